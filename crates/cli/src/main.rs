@@ -1,0 +1,51 @@
+//! `hv-vss`: the command-line tool of hv-vss (plan, self-test freeze, recovery, UIO binding,
+//! simulation). A thin layer: every subcommand parses its arguments here and calls a library.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+mod fs_cmds;
+mod simulate_cmds;
+mod uio_cmds;
+
+/// Hyper-V VSS backup quiesce agent: command-line tool.
+#[derive(Debug, Parser)]
+#[command(name = "hv-vss", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Show what a freeze would freeze, in which order, and why every other mount is skipped.
+    Plan(fs_cmds::PlanArgs),
+    /// Self-test: freeze the selected filesystems, hold, thaw, and print timings.
+    Freeze(fs_cmds::FreezeArgs),
+    /// Thaw what the journal of an earlier freeze lists (`--recover`).
+    Thaw(fs_cmds::ThawArgs),
+    /// Hand the VSS VMBus device to uio_hv_generic and back.
+    #[command(subcommand)]
+    Uio(uio_cmds::UioCommand),
+    /// Run a simulated Hyper-V host against a guest endpoint.
+    Simulate(simulate_cmds::SimulateArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Plan(args) => fs_cmds::plan(args),
+        Command::Freeze(args) => fs_cmds::freeze(args),
+        Command::Thaw(args) => fs_cmds::thaw(args),
+        Command::Uio(cmd) => uio_cmds::run(cmd),
+        Command::Simulate(args) => simulate_cmds::run(args),
+    };
+    match result {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("hv-vss: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
