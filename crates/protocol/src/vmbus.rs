@@ -39,7 +39,9 @@ impl core::fmt::Debug for PacketType {
 pub const PACKET_FLAG_COMPLETION_REQUESTED: u16 = 1;
 
 /// `struct vmpacket_descriptor`, byte-exact (16 bytes, little-endian, unaligned-safe).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned,
+)]
 #[repr(C)]
 pub struct PacketDescriptor {
     /// Packet type, see [`PacketType`].
@@ -134,7 +136,9 @@ impl PacketDescriptor {
 /// Length in bytes of an in-band packet (descriptor + payload, padded to 8), trailer excluded.
 /// `None` if it would overflow `len8`.
 pub fn packet_len(payload_len: usize) -> Option<usize> {
-    let len = DESCRIPTOR_LEN.checked_add(payload_len)?.checked_next_multiple_of(8)?;
+    let len = DESCRIPTOR_LEN
+        .checked_add(payload_len)?
+        .checked_next_multiple_of(8)?;
     (len / 8 <= usize::from(u16::MAX)).then_some(len)
 }
 
@@ -158,7 +162,10 @@ mod tests {
         assert_eq!(d.len_bytes(), 64);
         assert_eq!(d.ring_len(), 72);
         assert_eq!(d.trans_id.get(), 0x2a);
-        assert_eq!(PacketDescriptor::inband(48, 0x2a).unwrap().as_bytes(), &bytes);
+        assert_eq!(
+            PacketDescriptor::inband(48, 0x2a).unwrap().as_bytes(),
+            &bytes
+        );
         assert_eq!(trailer(0x180).to_le_bytes(), [0, 0, 0, 0, 0x80, 0x01, 0, 0]);
     }
 
@@ -174,9 +181,18 @@ mod tests {
         let mut b = [0u8; 16];
         b[2] = 1;
         b[4] = 8;
-        assert!(matches!(PacketDescriptor::parse(&b), Err(DescriptorError::BadOffset { .. })));
+        assert!(matches!(
+            PacketDescriptor::parse(&b),
+            Err(DescriptorError::BadOffset { .. })
+        ));
         b[2] = 9;
-        assert!(matches!(PacketDescriptor::parse(&b), Err(DescriptorError::BadOffset { .. })));
-        assert_eq!(PacketDescriptor::parse(&b[..3]), Err(DescriptorError::Truncated { len: 3 }));
+        assert!(matches!(
+            PacketDescriptor::parse(&b),
+            Err(DescriptorError::BadOffset { .. })
+        ));
+        assert_eq!(
+            PacketDescriptor::parse(&b[..3]),
+            Err(DescriptorError::Truncated { len: 3 })
+        );
     }
 }
