@@ -369,7 +369,7 @@ pub enum BindErrorKind {
 pub enum BindError {
     #[error(
         "no VMBus: {} does not exist; this is not a Hyper-V/Azure guest (or the hv_vmbus driver \
-         is not loaded), so there is no VSS device to bind",
+         is not loaded), so there is no VSS device",
         path.display()
     )]
     NoVmbus { path: PathBuf },

@@ -1,0 +1,282 @@
+//! The real `hv-vss uio` binary against fake sysfs, /dev and /proc trees, and against this
+//! machine's real /sys (which has no VMBus).
+
+use std::fs;
+use std::os::unix::fs::symlink;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+const VSS_CLASS: &str = "35fa2e29-ea23-4236-96ae-3a6ebacba440";
+const INSTANCE: &str = "2450ee40-33bf-4fbd-892e-9fb06e9214cf";
+
+struct FakeTree {
+    tmp: tempfile::TempDir,
+}
+
+impl FakeTree {
+    /// A VSS device on hv_utils, uio_hv_generic loaded. The uio node that the kernel would
+    /// create on probe already exists, so `bind` finds it without a kernel to react.
+    fn new(kernel: &str) -> Self {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path();
+        let vmbus = root.join("sys/bus/vmbus");
+        let dev = vmbus.join("devices").join(INSTANCE);
+        fs::create_dir_all(dev.join("uio/uio7/maps/map0")).unwrap();
+        fs::write(dev.join("uio/uio7/maps/map0/size"), "0x400000\n").unwrap();
+        fs::write(dev.join("class_id"), format!("{{{VSS_CLASS}}}\n")).unwrap();
+        fs::write(dev.join("driver_override"), "(null)\n").unwrap();
+        symlink("../../drivers/hv_utils", dev.join("driver")).unwrap();
+        for driver in ["hv_utils", "uio_hv_generic"] {
+            let dir = vmbus.join("drivers").join(driver);
+            fs::create_dir_all(&dir).unwrap();
+            for attr in ["bind", "unbind", "new_id", "remove_id"] {
+                fs::write(dir.join(attr), "").unwrap();
+            }
+        }
+        fs::write(vmbus.join("drivers_probe"), "").unwrap();
+        fs::create_dir_all(root.join("dev/vmbus")).unwrap();
+        fs::write(root.join("dev/vmbus/hv_vss"), "").unwrap();
+        fs::write(root.join("dev/uio7"), "").unwrap();
+        fs::create_dir_all(root.join("proc/sys/kernel")).unwrap();
+        fs::write(
+            root.join("proc/sys/kernel/osrelease"),
+            format!("{kernel}\n"),
+        )
+        .unwrap();
+        Self { tmp }
+    }
+
+    fn root(&self) -> &Path {
+        self.tmp.path()
+    }
+
+    fn vmbus(&self) -> PathBuf {
+        self.root().join("sys/bus/vmbus")
+    }
+
+    fn attr(&self, rel: &str) -> String {
+        fs::read_to_string(self.vmbus().join(rel)).unwrap()
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        let root = self.root();
+        Command::new(env!("CARGO_BIN_EXE_hv-vss"))
+            .args(args)
+            .arg("--sysfs-root")
+            .arg(root.join("sys"))
+            .arg("--dev-root")
+            .arg(root.join("dev"))
+            .arg("--proc-root")
+            .arg(root.join("proc"))
+            .output()
+            .unwrap()
+    }
+}
+
+fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn bind_prints_the_node_writes_the_attributes_and_the_env_file() {
+    let tree = FakeTree::new("6.18.44-fc-v669");
+    let env_file = tree.root().join("uio.env");
+    let out = tree.run(&["uio", "bind", "--env-file", env_file.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let node = tree.root().join("dev/uio7");
+    assert_eq!(stdout(&out), format!("{}\n", node.display()));
+    assert!(
+        stderr(&out).contains("ring 2097152 bytes"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(
+        tree.attr(&format!("devices/{INSTANCE}/driver_override")),
+        "uio_hv_generic\n"
+    );
+    assert_eq!(
+        tree.attr("drivers/hv_utils/unbind"),
+        format!("{INSTANCE}\n")
+    );
+    assert_eq!(tree.attr("drivers_probe"), format!("{INSTANCE}\n"));
+    assert_eq!(
+        fs::read_to_string(&env_file).unwrap(),
+        format!("HV_VSS_UIO_DEVICE={}\n", node.display())
+    );
+}
+
+#[test]
+fn status_json_reports_driver_node_and_ring() {
+    let tree = FakeTree::new("6.10.0-1-azure");
+    let out = tree.run(&["uio", "status", "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let v: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(v["instance"], INSTANCE);
+    assert_eq!(v["driver"], "hv_utils");
+    assert_eq!(v["driver_override"], serde_json::Value::Null);
+    assert_eq!(
+        v["kernel_device"],
+        tree.root().join("dev/vmbus/hv_vss").display().to_string()
+    );
+    assert_eq!(v["kernel_release"], "6.10.0-1-azure");
+    assert_eq!(v["uio_mode_supported"], true);
+
+    // What the kernel does once bound.
+    let dev = tree.vmbus().join("devices").join(INSTANCE);
+    fs::remove_file(dev.join("driver")).unwrap();
+    symlink("../../drivers/uio_hv_generic", dev.join("driver")).unwrap();
+    fs::write(dev.join("driver_override"), "uio_hv_generic\n").unwrap();
+    let out = tree.run(&["uio", "status", "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(v["driver"], "uio_hv_generic");
+    assert_eq!(v["driver_override"], "uio_hv_generic");
+    assert_eq!(
+        v["uio_device"],
+        tree.root().join("dev/uio7").display().to_string()
+    );
+    assert_eq!(v["ring_size_bytes"], 2 * 1024 * 1024);
+
+    let out = tree.run(&["uio", "status"]);
+    assert_eq!(out.status.code(), Some(0));
+    assert!(
+        stdout(&out).contains("driver:          uio_hv_generic"),
+        "{}",
+        stdout(&out)
+    );
+    assert!(
+        stdout(&out).contains("2097152 bytes per direction"),
+        "{}",
+        stdout(&out)
+    );
+}
+
+#[test]
+fn old_kernel_exits_3_and_says_why() {
+    let tree = FakeTree::new("5.15.0-1057-azure");
+    let out = tree.run(&["uio", "bind"]);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("kernel 5.15.0-1057-azure") && err.contains("6.10"),
+        "{err}"
+    );
+    assert_eq!(stdout(&out), "");
+    assert_eq!(tree.attr("drivers_probe"), "", "nothing may be written");
+}
+
+#[test]
+fn busy_device_exits_4_and_names_the_holder() {
+    let tree = FakeTree::new("6.10.0");
+    let proc_dir = tree.root().join("proc/1234");
+    fs::create_dir_all(proc_dir.join("fd")).unwrap();
+    fs::write(proc_dir.join("comm"), "hv_vss_daemon\n").unwrap();
+    symlink(tree.root().join("dev/vmbus/hv_vss"), proc_dir.join("fd/3")).unwrap();
+    let out = tree.run(&["uio", "bind"]);
+    assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("is held by pid 1234 (hv_vss_daemon)"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(tree.attr("drivers/hv_utils/unbind"), "");
+}
+
+#[test]
+fn unbind_gives_the_device_back() {
+    let tree = FakeTree::new("6.10.0");
+    let dev = tree.vmbus().join("devices").join(INSTANCE);
+    fs::remove_file(dev.join("driver")).unwrap();
+    symlink("../../drivers/uio_hv_generic", dev.join("driver")).unwrap();
+    fs::write(dev.join("driver_override"), "uio_hv_generic\n").unwrap();
+    let env_file = tree.root().join("uio.env");
+    fs::write(&env_file, "HV_VSS_UIO_DEVICE=/dev/uio7\n").unwrap();
+
+    // Plays the kernel: once drivers_probe is written, hv_utils takes the device.
+    let probe = tree.vmbus().join("drivers_probe");
+    let dev_for_kernel = dev.clone();
+    let kernel = std::thread::spawn(move || {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if fs::read_to_string(&probe).unwrap_or_default().trim() == INSTANCE {
+                let _ = fs::remove_file(dev_for_kernel.join("driver"));
+                symlink("../../drivers/hv_utils", dev_for_kernel.join("driver")).unwrap();
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    });
+    let out = tree.run(&["uio", "unbind", "--env-file", env_file.to_str().unwrap()]);
+    kernel.join().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("returned to hv_utils"),
+        "{}",
+        stdout(&out)
+    );
+    assert_eq!(
+        tree.attr("drivers/uio_hv_generic/unbind"),
+        format!("{INSTANCE}\n")
+    );
+    assert_eq!(
+        tree.attr(&format!("devices/{INSTANCE}/driver_override")),
+        "\n"
+    );
+    assert!(!env_file.exists());
+
+    // Again: nothing to do, still success.
+    let out = tree.run(&["uio", "unbind"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(stdout(&out).contains("nothing to do"), "{}", stdout(&out));
+}
+
+#[test]
+fn help_documents_the_exit_codes() {
+    let out = Command::new(env!("CARGO_BIN_EXE_hv-vss"))
+        .args(["uio", "bind", "--help"])
+        .output()
+        .unwrap();
+    let help = stdout(&out);
+    assert!(help.contains("3  not supported here"), "{help}");
+    assert!(help.contains("4  busy"), "{help}");
+    assert!(
+        !help.contains("--sysfs-root"),
+        "test flags stay hidden: {help}"
+    );
+}
+
+/// This machine is not a Hyper-V guest: the real /sys has no VMBus.
+#[test]
+fn real_sys_without_vmbus_says_not_a_hyperv_guest() {
+    if Path::new("/sys/bus/vmbus").exists() {
+        eprintln!("skipped: /sys/bus/vmbus exists here (a Hyper-V guest); not touching it");
+        return;
+    }
+    for args in [
+        &["uio", "status"][..],
+        &["uio", "bind"][..],
+        &["uio", "unbind"][..],
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_hv-vss"))
+            .args(args)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(3), "{args:?}: {}", stderr(&out));
+        let err = stderr(&out);
+        assert!(
+            err.contains("no VMBus: /sys/bus/vmbus does not exist")
+                && err.contains("not a Hyper-V/Azure guest"),
+            "{args:?}: {err}"
+        );
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_hv-vss"))
+        .args(["uio", "status", "--json"])
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(v["kind"], "unsupported");
+}
