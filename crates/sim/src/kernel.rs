@@ -7,7 +7,8 @@
 //! - One daemon at a time: the device open is exclusive. A second connection while one is
 //!   open is closed at once (the kernel's `EBUSY`).
 //! - States: INIT (connected, not registered) → READY after the REGISTER1 handshake (the
-//!   4-byte reply 129 is sent) → a request in flight. Legacy REGISTER (128) gets no reply
+//!   4-byte reply 129 is sent; the real kernel turns READY when the daemon reads it, which
+//!   differs only by the read's latency) → a request in flight. Legacy REGISTER (128) gets no reply
 //!   and never makes the device READY.
 //! - The host's HOT_BACKUP, FREEZE and THAW are forwarded as a 12-byte message holding only
 //!   the operation; every other operation is answered S_OK by the kernel itself. With no
@@ -838,5 +839,57 @@ fn read_daemon(shared: &Shared, id: u64, fd: &OwnedFd) {
         }
         Err(Errno::AGAIN | Errno::INTR) => {}
         Err(_) => shared.on_daemon_closed(&mut inner),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_deadlines_are_the_current_kernel_ones() {
+        let config = EmulatorConfig::default();
+        assert_eq!(
+            config.timeout_for(VssOperation::FREEZE),
+            Duration::from_secs(900)
+        );
+        assert_eq!(
+            config.timeout_for(VssOperation::THAW),
+            Duration::from_secs(30)
+        );
+        assert_eq!(
+            config.timeout_for(VssOperation::HOT_BACKUP),
+            Duration::from_secs(30)
+        );
+        let short = EmulatorConfig::with_timeout(Duration::from_millis(5));
+        assert_eq!(
+            short.timeout_for(VssOperation::FREEZE),
+            Duration::from_millis(5)
+        );
+    }
+
+    #[test]
+    fn outcome_status_is_what_the_host_sees() {
+        assert_eq!(HostOutcome::AnsweredLocally.status(), HvStatus::S_OK);
+        assert_eq!(
+            HostOutcome::Failed(FailReason::Timeout).status(),
+            HvStatus::E_FAIL
+        );
+        assert_eq!(HostOutcome::Replied(HvStatus(7)).status(), HvStatus(7));
+        assert!(!HostOutcome::Replied(HvStatus(7)).is_ok());
+    }
+
+    #[test]
+    fn start_at_an_existing_path_fails_and_drop_removes_the_socket() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s");
+        let emu = KernelEmulator::start_at(&path, EmulatorConfig::default()).unwrap();
+        assert_eq!(emu.state(), DeviceState::NoDaemon);
+        assert!(matches!(
+            KernelEmulator::start_at(&path, EmulatorConfig::default()),
+            Err(EmulatorError::Socket { .. })
+        ));
+        drop(emu);
+        assert!(!path.exists());
     }
 }
