@@ -239,8 +239,8 @@ mod tests {
 
     #[test]
     fn opcodes_match_the_c_literals() {
-        assert_eq!(FIFREEZE as u32, 0xC004_5877);
-        assert_eq!(FITHAW as u32, 0xC004_5878);
+        assert_eq!(FIFREEZE, 0xC004_5877);
+        assert_eq!(FITHAW, 0xC004_5878);
     }
 
     #[test]

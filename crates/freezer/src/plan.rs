@@ -1,0 +1,989 @@
+//! The freeze plan: which superblocks to freeze, through which path, in which levels, and
+//! why every other mount is left alone.
+//!
+//! # Mechanism
+//!
+//! 1. Mounts are grouped by superblock (mountinfo `major:minor`). Bind mounts, duplicate
+//!    mounts and btrfs subvolumes of one filesystem share a superblock and are frozen once
+//!    (R30), through a *visible* mount (one no later mount hides), preferring the mount of
+//!    the filesystem's root, then the shortest mount point. The freezer later checks that
+//!    the opened path reaches exactly that mount (statx mount id, else `st_dev`).
+//! 2. Each superblock is classified (R31): pseudo, remote, unfreezable types, read-only, or
+//!    not block-backed (device major 0, except btrfs/bcachefs whose source is a block
+//!    device) are skipped with that reason; config include/exclude rules then apply (R32).
+//!    An explicit list of mount points replaces discovery; a listed mount that cannot be
+//!    frozen is an error, not a skip.
+//! 3. A dependency graph over *all* superblocks (R34): a superblock depends on the one it is
+//!    mounted inside (nesting), and on every filesystem holding a file that its block device
+//!    is built on (loop `backing_file`, walking dm/md `slaves` and partition parents). The
+//!    graph is closed transitively, so a dependency through an unselected filesystem still
+//!    orders the selected ones.
+//! 4. Levels: level 0 holds what nothing selected depends on; a superblock's level is one
+//!    more than the highest level of any selected superblock depending on it. Freezing runs
+//!    level 0 first, in parallel within a level, so a loop-backed filesystem is frozen (its
+//!    dirty data written through to its image) before the filesystem holding the image. `/`
+//!    is always alone in the last level.
+//!
+//! # Limitations
+//!
+//! - Multi-device btrfs is walked through its mount source only (one device).
+//! - Loop images are resolved by `stat` of the backing path in the reader's namespace,
+//!   falling back to the longest mount-point prefix.
+//! - Hidden-mount detection follows the mount tree (a mount is hidden if a mount that is
+//!   not its ancestor sits on its mount point or a directory above it); exotic `--move`
+//!   histories can fool it, which the statx mount-id check at open time then catches.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::ffi::OsString;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+use hv_vss_sys::fs::DevNum;
+use serde::{Deserialize, Serialize};
+
+use crate::config::CompiledConfig;
+use crate::mountinfo::MountEntry;
+use crate::serde_util;
+use crate::topology::{Lower, Topology};
+
+/// How the set of filesystems is chosen.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Selection {
+    /// Every writable, local, block-backed filesystem, filtered by the config.
+    Discover,
+    /// Exactly these mount points (absolute, as they appear in mountinfo).
+    Explicit(Vec<PathBuf>),
+}
+
+/// Why a mount is not in the plan.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum SkipReason {
+    /// Kernel-internal or memory-backed (proc, sysfs, tmpfs, overlay, ...).
+    Pseudo,
+    /// Network filesystem (nfs, cifs, ...): its server's consistency is not ours to make.
+    Remote,
+    /// A type that cannot freeze (vfat, exfat, iso9660, squashfs, fuse, ...).
+    Unfreezable,
+    /// Mounted read-only: nothing to flush.
+    ReadOnly,
+    /// Not backed by a block device (major 0, and not a known block filesystem).
+    NotBlockBacked,
+    /// Another mount of the same superblock is the one frozen (bind mount, subvolume).
+    SameFilesystemAs {
+        /// The mount point that is frozen instead.
+        #[serde(with = "serde_util::path")]
+        frozen_via: PathBuf,
+    },
+    /// Over-mounted: its path leads to another mount, so it cannot be reached (R30).
+    Hidden {
+        /// Mount id of the mount on top.
+        by_mount_id: u64,
+    },
+    /// Removed by a config rule (`exclude.*`, or no `include` rule matched).
+    Config {
+        /// Which rule.
+        rule: String,
+    },
+    /// An explicit list was given and this mount is not on it.
+    NotListed,
+}
+
+impl std::fmt::Display for SkipReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Pseudo => f.write_str("pseudo filesystem"),
+            Self::Remote => f.write_str("remote filesystem"),
+            Self::Unfreezable => f.write_str("filesystem type cannot freeze"),
+            Self::ReadOnly => f.write_str("read-only"),
+            Self::NotBlockBacked => f.write_str("not block-backed"),
+            Self::SameFilesystemAs { frozen_via } => {
+                write!(
+                    f,
+                    "same filesystem as {} (frozen once)",
+                    frozen_via.display()
+                )
+            }
+            Self::Hidden { by_mount_id } => write!(f, "hidden under mount {by_mount_id}"),
+            Self::Config { rule } => write!(f, "config: {rule}"),
+            Self::NotListed => f.write_str("not in the --mount list"),
+        }
+    }
+}
+
+/// A superblock that will be frozen.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlannedFs {
+    /// Mount point it is frozen through.
+    #[serde(with = "serde_util::path")]
+    pub mount_point: PathBuf,
+    /// Path actually opened (the mount point, under `/proc/1/root` when planning from pid
+    /// 1's mount table).
+    #[serde(with = "serde_util::path")]
+    pub open_path: PathBuf,
+    /// Mount id of that mount (checked with statx at open time).
+    pub mount_id: u64,
+    /// Superblock device (`major:minor` from mountinfo).
+    #[serde(with = "serde_util::dev")]
+    pub dev: DevNum,
+    /// Filesystem type.
+    pub fs_type: String,
+    /// Mount source.
+    #[serde(with = "serde_util::os_string")]
+    pub source: OsString,
+    /// Level: 0 is frozen first.
+    pub level: usize,
+    /// Other mount points of the same superblock (bind mounts, subvolumes).
+    #[serde(with = "serde_util::paths")]
+    pub also_mounted_at: Vec<PathBuf>,
+    /// Selected filesystems this one depends on (frozen after it, thawed before it).
+    #[serde(with = "serde_util::paths")]
+    pub depends_on: Vec<PathBuf>,
+}
+
+/// A mount that will not be frozen, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SkippedMount {
+    /// Where it is mounted.
+    #[serde(with = "serde_util::path")]
+    pub mount_point: PathBuf,
+    /// Mount id.
+    pub mount_id: u64,
+    /// Superblock device.
+    #[serde(with = "serde_util::dev")]
+    pub dev: DevNum,
+    /// Filesystem type.
+    pub fs_type: String,
+    /// Mount source.
+    #[serde(with = "serde_util::os_string")]
+    pub source: OsString,
+    /// Why it is skipped.
+    pub reason: SkipReason,
+}
+
+/// Why no plan could be made.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PlanError {
+    /// An explicitly listed path is not a mount point.
+    #[error("{}: not a mount point", .0.display())]
+    NotAMountPoint(PathBuf),
+    /// An explicitly listed mount cannot be frozen.
+    #[error("{}: {fs_type} cannot be frozen ({reason})", .mount_point.display())]
+    NotFreezable {
+        /// The listed path.
+        mount_point: PathBuf,
+        /// Its type.
+        fs_type: String,
+        /// Why.
+        reason: SkipReason,
+    },
+}
+
+/// The plan: frozen level by level, `levels[0]` first.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Plan {
+    /// Superblocks to freeze, by level.
+    pub levels: Vec<Vec<PlannedFs>>,
+    /// Every other mount, with its reason.
+    pub skipped: Vec<SkippedMount>,
+    /// For each superblock in the mount table: the superblocks it depends on (transitively).
+    /// Used to refuse a state directory that could be frozen.
+    #[serde(skip)]
+    pub(crate) closure: BTreeMap<DevNum, BTreeSet<DevNum>>,
+    /// The mount table the plan was made from.
+    #[serde(skip)]
+    pub(crate) mounts: Vec<MountEntry>,
+}
+
+/// Types never frozen because they are not disk filesystems.
+const PSEUDO: &[&str] = &[
+    "proc",
+    "sysfs",
+    "devtmpfs",
+    "devpts",
+    "tmpfs",
+    "ramfs",
+    "rootfs",
+    "cgroup",
+    "cgroup2",
+    "securityfs",
+    "debugfs",
+    "tracefs",
+    "configfs",
+    "pstore",
+    "bpf",
+    "mqueue",
+    "hugetlbfs",
+    "autofs",
+    "fusectl",
+    "binfmt_misc",
+    "efivarfs",
+    "nsfs",
+    "rpc_pipefs",
+    "selinuxfs",
+    "overlay",
+    "aufs",
+    "nfsd",
+    "sockfs",
+    "pipefs",
+    "zonefs",
+    "shiftfs",
+];
+/// Network and host-shared filesystems.
+const REMOTE: &[&str] = &[
+    "nfs",
+    "nfs4",
+    "cifs",
+    "smb3",
+    "smbfs",
+    "ceph",
+    "glusterfs",
+    "9p",
+    "virtiofs",
+    "afs",
+    "lustre",
+    "ncpfs",
+    "coda",
+    "gfs",
+    "davfs",
+    "fuse.sshfs",
+    "fuse.glusterfs",
+    "fuse.s3fs",
+    "fuse.rclone",
+    "vboxsf",
+    "vmhgfs",
+    "fuse.vmhgfs-fuse",
+    "beegfs",
+    "gpfs",
+    "ocfs2_dlmfs",
+];
+/// Types whose kernel driver has no freeze support (FIFREEZE would say EOPNOTSUPP).
+const UNFREEZABLE: &[&str] = &[
+    "vfat", "msdos", "fat", "exfat", "iso9660", "udf", "squashfs", "erofs", "cramfs", "romfs",
+    "fuseblk", "ntfs", "ntfs3", "hfs", "hfsplus", "minix", "sysv", "zfs",
+];
+/// Block filesystems whose mountinfo device is an anonymous (major 0) number.
+const ANON_DEV_BLOCK_FS: &[&str] = &["btrfs", "bcachefs"];
+
+/// Classify one mount by type, options and device; `None` means freezable.
+pub fn classify(entry: &MountEntry) -> Option<SkipReason> {
+    let t = entry.fs_type.as_str();
+    if PSEUDO.contains(&t) {
+        return Some(SkipReason::Pseudo);
+    }
+    if REMOTE.contains(&t) {
+        return Some(SkipReason::Remote);
+    }
+    if UNFREEZABLE.contains(&t) || t == "fuse" || t.starts_with("fuse.") {
+        return Some(SkipReason::Unfreezable);
+    }
+    if entry.is_read_only() {
+        return Some(SkipReason::ReadOnly);
+    }
+    if entry.dev.major == 0 && !ANON_DEV_BLOCK_FS.contains(&t) {
+        return Some(SkipReason::NotBlockBacked);
+    }
+    None
+}
+
+fn is_prefix(prefix: &Path, path: &Path) -> bool {
+    path.starts_with(prefix)
+}
+
+struct Table<'a> {
+    mounts: &'a [MountEntry],
+    by_id: BTreeMap<u64, usize>,
+}
+
+impl<'a> Table<'a> {
+    fn new(mounts: &'a [MountEntry]) -> Self {
+        let by_id = mounts
+            .iter()
+            .enumerate()
+            .map(|(i, m)| (m.mount_id, i))
+            .collect();
+        Self { mounts, by_id }
+    }
+
+    /// Is `a` a (strict) ancestor of `b` in the mount tree?
+    fn is_ancestor(&self, a: usize, b: usize) -> bool {
+        let mut cur = b;
+        for _ in 0..self.mounts.len() {
+            let parent = self.mounts[cur].parent_id;
+            match self.by_id.get(&parent) {
+                Some(&p) if p != cur => {
+                    if p == a {
+                        return true;
+                    }
+                    cur = p;
+                }
+                _ => return false,
+            }
+        }
+        false
+    }
+
+    /// The mount that hides `e`, if any.
+    fn hidden_by(&self, e: usize) -> Option<u64> {
+        let me = &self.mounts[e];
+        self.mounts.iter().enumerate().find_map(|(f, other)| {
+            if f == e || self.is_ancestor(f, e) || !is_prefix(&other.mount_point, &me.mount_point) {
+                return None;
+            }
+            let same_point = other.mount_point == me.mount_point;
+            let on_top = !same_point || self.is_ancestor(e, f) || f > e;
+            on_top.then_some(other.mount_id)
+        })
+    }
+}
+
+/// Build the plan from a parsed mount table and a topology. Pure apart from the topology's
+/// lookups. `open_prefix` is prepended to mount points when opening (e.g. `/proc/1/root`).
+pub fn build_plan(
+    mounts: &[MountEntry],
+    topology: &dyn Topology,
+    selection: &Selection,
+    config: &CompiledConfig,
+    open_prefix: Option<&Path>,
+) -> Result<Plan, PlanError> {
+    let table = Table::new(mounts);
+    let hidden: Vec<Option<u64>> = (0..mounts.len()).map(|i| table.hidden_by(i)).collect();
+
+    // Group mounts by superblock, in table order.
+    let mut groups: BTreeMap<DevNum, Vec<usize>> = BTreeMap::new();
+    for (i, m) in mounts.iter().enumerate() {
+        groups.entry(m.dev).or_default().push(i);
+    }
+    // The mount each superblock is reached through.
+    let primary: BTreeMap<DevNum, usize> = groups
+        .iter()
+        .map(|(&dev, idx)| {
+            let best = idx
+                .iter()
+                .copied()
+                .min_by_key(|&i| {
+                    let m = &mounts[i];
+                    (
+                        hidden[i].is_some(),
+                        m.root != Path::new("/"),
+                        m.mount_point.as_os_str().len(),
+                        i,
+                    )
+                })
+                .expect("groups are non-empty");
+            (dev, best)
+        })
+        .collect();
+
+    let closure = dependency_closure(mounts, &table, &groups, &primary, topology);
+
+    let mut selected: Vec<DevNum> = Vec::new();
+    let mut skipped = Vec::new();
+    let skip = |i: usize, reason: SkipReason| {
+        let m = &mounts[i];
+        SkippedMount {
+            mount_point: m.mount_point.clone(),
+            mount_id: m.mount_id,
+            dev: m.dev,
+            fs_type: m.fs_type.clone(),
+            source: m.source.clone(),
+            reason,
+        }
+    };
+
+    match selection {
+        Selection::Discover => {
+            for (&dev, idx) in &groups {
+                let p = primary[&dev];
+                let reason = if let Some(by) = hidden[p] {
+                    Some(SkipReason::Hidden { by_mount_id: by })
+                } else if let Some(r) = classify(&mounts[p]) {
+                    Some(r)
+                } else {
+                    let mps: Vec<&Path> = idx
+                        .iter()
+                        .map(|&i| mounts[i].mount_point.as_path())
+                        .collect();
+                    config
+                        .filter_out(&mps, &mounts[p].fs_type, Path::new(&mounts[p].source))
+                        .map(|rule| SkipReason::Config { rule })
+                };
+                match reason {
+                    Some(r) => idx.iter().for_each(|&i| skipped.push(skip(i, r.clone()))),
+                    None => {
+                        selected.push(dev);
+                        for &i in idx.iter().filter(|&&i| i != p) {
+                            let frozen_via = mounts[p].mount_point.clone();
+                            skipped.push(skip(i, SkipReason::SameFilesystemAs { frozen_via }));
+                        }
+                    }
+                }
+            }
+        }
+        Selection::Explicit(paths) => {
+            let mut listed: BTreeSet<usize> = BTreeSet::new();
+            for path in paths {
+                // The visible mount at that path; among stacked ones, the top one.
+                let candidates: Vec<usize> = (0..mounts.len())
+                    .filter(|&i| mounts[i].mount_point == *path)
+                    .collect();
+                let Some(&i) = candidates
+                    .iter()
+                    .find(|&&i| hidden[i].is_none())
+                    .or(candidates.last())
+                else {
+                    return Err(PlanError::NotAMountPoint(path.clone()));
+                };
+                if let Some(reason) = hidden[i]
+                    .map(|by| SkipReason::Hidden { by_mount_id: by })
+                    .or_else(|| classify(&mounts[i]))
+                {
+                    return Err(PlanError::NotFreezable {
+                        mount_point: path.clone(),
+                        fs_type: mounts[i].fs_type.clone(),
+                        reason,
+                    });
+                }
+                listed.insert(i);
+                if !selected.contains(&mounts[i].dev) {
+                    selected.push(mounts[i].dev);
+                }
+            }
+            for (&dev, idx) in &groups {
+                let p = primary[&dev];
+                for &i in idx {
+                    if selected.contains(&dev) && i != p {
+                        let frozen_via = mounts[p].mount_point.clone();
+                        skipped.push(skip(i, SkipReason::SameFilesystemAs { frozen_via }));
+                    } else if !selected.contains(&dev) {
+                        skipped.push(skip(i, SkipReason::NotListed));
+                    }
+                }
+            }
+            // A listed bind mount whose superblock is reached through an unlisted primary is
+            // fine: the superblock is frozen once, via the primary.
+        }
+    }
+
+    let selected_set: BTreeSet<DevNum> = selected.iter().copied().collect();
+    let deps_of = |dev: DevNum| -> BTreeSet<DevNum> {
+        closure
+            .get(&dev)
+            .map(|d| {
+                d.iter()
+                    .copied()
+                    .filter(|x| *x != dev && selected_set.contains(x))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+
+    // level(x) = 0 if no selected superblock depends on x, else 1 + max level of those.
+    let mut level: BTreeMap<DevNum, usize> = BTreeMap::new();
+    fn level_of(
+        dev: DevNum,
+        selected: &BTreeSet<DevNum>,
+        deps_of: &dyn Fn(DevNum) -> BTreeSet<DevNum>,
+        memo: &mut BTreeMap<DevNum, usize>,
+        visiting: &mut BTreeSet<DevNum>,
+    ) -> usize {
+        if let Some(&l) = memo.get(&dev) {
+            return l;
+        }
+        if !visiting.insert(dev) {
+            return 0; // a cycle cannot happen in a real mount table; do not loop on one
+        }
+        let l = selected
+            .iter()
+            .filter(|&&other| other != dev && deps_of(other).contains(&dev))
+            .map(|&other| 1 + level_of(other, selected, deps_of, memo, visiting))
+            .max()
+            .unwrap_or(0);
+        visiting.remove(&dev);
+        memo.insert(dev, l);
+        l
+    }
+    for &dev in &selected {
+        level_of(
+            dev,
+            &selected_set,
+            &deps_of,
+            &mut level,
+            &mut BTreeSet::new(),
+        );
+    }
+    // `/` alone in the last level.
+    let root_dev = selected
+        .iter()
+        .copied()
+        .find(|d| mounts[primary[d]].mount_point == Path::new("/"));
+    if let Some(root) = root_dev {
+        let max_other = selected
+            .iter()
+            .filter(|&&d| d != root)
+            .map(|d| level[d])
+            .max();
+        if let Some(m) = max_other {
+            let l = level[&root].max(m + 1);
+            level.insert(root, l);
+        }
+    }
+    // Compact level numbers (0, 1, 2, ... with no gaps).
+    let distinct: BTreeSet<usize> = level.values().copied().collect();
+    let renumber: BTreeMap<usize, usize> =
+        distinct.iter().enumerate().map(|(n, &l)| (l, n)).collect();
+
+    let mut levels: Vec<Vec<PlannedFs>> = vec![Vec::new(); distinct.len()];
+    for &dev in &selected {
+        let p = primary[&dev];
+        let m = &mounts[p];
+        let lvl = renumber[&level[&dev]];
+        let mut depends_on: Vec<PathBuf> = deps_of(dev)
+            .iter()
+            .map(|d| mounts[primary[d]].mount_point.clone())
+            .collect();
+        depends_on.sort();
+        let open_path = match open_prefix {
+            Some(prefix) => {
+                let rel = m.mount_point.strip_prefix("/").unwrap_or(&m.mount_point);
+                prefix.join(rel)
+            }
+            None => m.mount_point.clone(),
+        };
+        levels[lvl].push(PlannedFs {
+            mount_point: m.mount_point.clone(),
+            open_path,
+            mount_id: m.mount_id,
+            dev,
+            fs_type: m.fs_type.clone(),
+            source: m.source.clone(),
+            level: lvl,
+            also_mounted_at: groups[&dev]
+                .iter()
+                .filter(|&&i| i != p)
+                .map(|&i| mounts[i].mount_point.clone())
+                .collect(),
+            depends_on,
+        });
+    }
+    for l in &mut levels {
+        l.sort_by(|a, b| {
+            a.mount_point
+                .as_os_str()
+                .as_bytes()
+                .cmp(b.mount_point.as_os_str().as_bytes())
+        });
+    }
+    skipped.sort_by_key(|s| s.mount_id);
+    Ok(Plan {
+        levels,
+        skipped,
+        closure,
+        mounts: mounts.to_vec(),
+    })
+}
+
+/// For every superblock: every superblock it depends on, transitively.
+fn dependency_closure(
+    mounts: &[MountEntry],
+    table: &Table<'_>,
+    groups: &BTreeMap<DevNum, Vec<usize>>,
+    primary: &BTreeMap<DevNum, usize>,
+    topology: &dyn Topology,
+) -> BTreeMap<DevNum, BTreeSet<DevNum>> {
+    // The superblock holding a path: by st_dev if it names a mounted superblock, else the
+    // longest visible mount point that is a prefix of the path.
+    let holder_of = |path: &Path| -> Option<DevNum> {
+        if let Some(dev) = topology.dev_of_path(path)
+            && groups.contains_key(&dev)
+        {
+            return Some(dev);
+        }
+        mounts
+            .iter()
+            .enumerate()
+            .filter(|(i, m)| is_prefix(&m.mount_point, path) && table.hidden_by(*i).is_none())
+            .max_by_key(|(_, m)| m.mount_point.as_os_str().len())
+            .map(|(_, m)| m.dev)
+    };
+
+    let mut direct: BTreeMap<DevNum, BTreeSet<DevNum>> = BTreeMap::new();
+    for (&dev, idx) in groups {
+        let mut deps = BTreeSet::new();
+        // Nesting: the superblock of the parent mount of every mount of this superblock.
+        for &i in idx {
+            if let Some(&p) = table.by_id.get(&mounts[i].parent_id)
+                && p != i
+                && mounts[p].dev != dev
+            {
+                deps.insert(mounts[p].dev);
+            }
+        }
+        // Block devices: the superblock's own device, and its source if a block device.
+        let mut devices: Vec<DevNum> = Vec::new();
+        if dev.major != 0 {
+            devices.push(dev);
+        }
+        let m = &mounts[primary[&dev]];
+        if let Some(rdev) = topology.block_device(Path::new(&m.source))
+            && !devices.contains(&rdev)
+        {
+            devices.push(rdev);
+        }
+        let mut seen: BTreeSet<DevNum> = BTreeSet::new();
+        while let Some(d) = devices.pop() {
+            if !seen.insert(d) || seen.len() > 4096 {
+                continue;
+            }
+            for lower in topology.lower(d) {
+                match lower {
+                    Lower::Device(l) => devices.push(l),
+                    Lower::BackingFile(path) => {
+                        if let Some(h) = holder_of(&path)
+                            && h != dev
+                        {
+                            deps.insert(h);
+                        }
+                    }
+                }
+            }
+        }
+        direct.insert(dev, deps);
+    }
+
+    // Transitive closure by DFS from each node.
+    let mut closure = BTreeMap::new();
+    for &start in direct.keys() {
+        let mut out = BTreeSet::new();
+        let mut stack: Vec<DevNum> = direct[&start].iter().copied().collect();
+        while let Some(d) = stack.pop() {
+            if d != start && out.insert(d) {
+                stack.extend(direct.get(&d).into_iter().flatten().copied());
+            }
+        }
+        closure.insert(start, out);
+    }
+    closure
+}
+
+impl Plan {
+    /// Every planned filesystem in freeze order (level by level).
+    pub fn filesystems(&self) -> impl Iterator<Item = &PlannedFs> {
+        self.levels.iter().flatten()
+    }
+
+    /// Nothing to freeze.
+    pub fn is_empty(&self) -> bool {
+        self.levels.iter().all(Vec::is_empty)
+    }
+
+    /// Number of superblocks to freeze.
+    pub fn len(&self) -> usize {
+        self.levels.iter().map(Vec::len).sum()
+    }
+
+    /// Could a file on superblock `dev` be blocked by this plan's freeze? True if `dev` is
+    /// in the plan, depends on something in it, or is unknown to the mount table.
+    pub fn may_freeze(&self, dev: DevNum) -> bool {
+        let planned: BTreeSet<DevNum> = self.filesystems().map(|f| f.dev).collect();
+        if planned.contains(&dev) {
+            return true;
+        }
+        match self.closure.get(&dev) {
+            Some(deps) => deps.iter().any(|d| planned.contains(d)),
+            None => true,
+        }
+    }
+
+    /// The superblock of the mount with this id in the plan's mount table.
+    pub fn dev_of_mount_id(&self, mount_id: u64) -> Option<DevNum> {
+        self.mounts
+            .iter()
+            .find(|m| m.mount_id == mount_id)
+            .map(|m| m.dev)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::FreezerConfig;
+    use crate::mountinfo::parse_mountinfo;
+
+    #[derive(Default)]
+    struct FakeTopology {
+        lower: BTreeMap<DevNum, Vec<Lower>>,
+        files: BTreeMap<PathBuf, DevNum>,
+        block: BTreeMap<PathBuf, DevNum>,
+    }
+
+    impl Topology for FakeTopology {
+        fn lower(&self, dev: DevNum) -> Vec<Lower> {
+            self.lower.get(&dev).cloned().unwrap_or_default()
+        }
+        fn dev_of_path(&self, path: &Path) -> Option<DevNum> {
+            self.files.get(path).copied()
+        }
+        fn block_device(&self, path: &Path) -> Option<DevNum> {
+            self.block.get(path).copied()
+        }
+    }
+
+    fn dev(major: u32, minor: u32) -> DevNum {
+        DevNum { major, minor }
+    }
+
+    const TABLE: &str = "\
+1 0 8:1 / / rw,relatime - ext4 /dev/sda1 rw
+2 1 0:5 / /proc rw - proc proc rw
+3 1 0:20 / /run rw - tmpfs tmpfs rw
+4 1 8:2 / /boot/efi rw - vfat /dev/sda2 rw
+5 1 8:3 / /data rw - xfs /dev/sda3 rw
+6 1 8:3 /sub /srv/bind rw - xfs /dev/sda3 rw
+7 5 7:0 / /data/inner rw - ext4 /dev/loop0 rw
+8 1 0:40 / /mnt/nfs rw - nfs4 server:/x rw
+9 1 8:4 / /ro ro - ext4 /dev/sda4 ro
+10 1 0:41 / /bt rw - btrfs /dev/loop1 rw
+11 1 0:41 /@home /home rw - btrfs /dev/loop1 rw
+12 1 8:5 / /mnt/iso ro - iso9660 /dev/sr0 ro
+13 1 0:42 / /fuse rw - fuse.sshfs me@h:/ rw
+";
+
+    fn topo() -> FakeTopology {
+        let mut t = FakeTopology::default();
+        // loop0 (inside /data): its image lies on /bt (btrfs, itself on loop1 whose image
+        // lies on /).
+        t.lower.insert(
+            dev(7, 0),
+            vec![Lower::BackingFile("/bt/images/a.img".into())],
+        );
+        t.lower
+            .insert(dev(7, 1), vec![Lower::BackingFile("/var/b.img".into())]);
+        t.files.insert("/var/b.img".into(), dev(8, 1));
+        t.block.insert("/dev/loop1".into(), dev(7, 1));
+        t
+    }
+
+    fn plan(sel: Selection, cfg: FreezerConfig) -> Result<Plan, PlanError> {
+        let mounts = parse_mountinfo(TABLE.as_bytes()).unwrap();
+        build_plan(&mounts, &topo(), &sel, &cfg.compile().unwrap(), None)
+    }
+
+    fn names(p: &Plan) -> Vec<Vec<String>> {
+        p.levels
+            .iter()
+            .map(|l| {
+                l.iter()
+                    .map(|f| f.mount_point.display().to_string())
+                    .collect()
+            })
+            .collect()
+    }
+
+    fn reason(p: &Plan, mp: &str) -> SkipReason {
+        p.skipped
+            .iter()
+            .find(|s| s.mount_point == Path::new(mp))
+            .unwrap()
+            .reason
+            .clone()
+    }
+
+    #[test]
+    fn discovery_selects_levels_and_states_every_skip() {
+        let p = plan(Selection::Discover, FreezerConfig::default()).unwrap();
+        // loop0's fs (/data/inner) depends on /data (nesting) and /bt (image); /bt depends on
+        // / (image and nesting); /data on /. / is last.
+        assert_eq!(
+            names(&p),
+            vec![vec!["/data/inner"], vec!["/bt", "/data"], vec!["/"]],
+        );
+        assert_eq!(reason(&p, "/proc"), SkipReason::Pseudo);
+        assert_eq!(reason(&p, "/run"), SkipReason::Pseudo);
+        assert_eq!(reason(&p, "/boot/efi"), SkipReason::Unfreezable);
+        assert_eq!(reason(&p, "/mnt/nfs"), SkipReason::Remote);
+        assert_eq!(reason(&p, "/ro"), SkipReason::ReadOnly);
+        assert_eq!(reason(&p, "/mnt/iso"), SkipReason::Unfreezable);
+        assert_eq!(reason(&p, "/fuse"), SkipReason::Remote);
+        assert_eq!(
+            reason(&p, "/srv/bind"),
+            SkipReason::SameFilesystemAs {
+                frozen_via: "/data".into()
+            }
+        );
+        assert_eq!(
+            reason(&p, "/home"),
+            SkipReason::SameFilesystemAs {
+                frozen_via: "/bt".into()
+            }
+        );
+        let inner = p
+            .filesystems()
+            .find(|f| f.mount_point == Path::new("/data/inner"))
+            .unwrap();
+        assert_eq!(
+            inner.depends_on,
+            vec![PathBuf::from("/"), "/bt".into(), "/data".into()]
+        );
+        let data = p
+            .filesystems()
+            .find(|f| f.mount_point == Path::new("/data"))
+            .unwrap();
+        assert_eq!(data.also_mounted_at, vec![PathBuf::from("/srv/bind")]);
+        assert_eq!(p.len(), 4);
+        // JSON is stable and serialisable.
+        let json = serde_json::to_value(&p).unwrap();
+        assert_eq!(json["levels"][0][0]["dev"], "7:0");
+        assert_eq!(json["skipped"][0]["reason"]["kind"], "pseudo");
+    }
+
+    #[test]
+    fn dependency_through_an_excluded_filesystem_still_orders() {
+        let mut cfg = FreezerConfig::default();
+        cfg.exclude.mount_points = vec!["/bt".into()];
+        let p = plan(Selection::Discover, cfg).unwrap();
+        assert_eq!(
+            names(&p),
+            vec![vec!["/data/inner"], vec!["/data"], vec!["/"]]
+        );
+        assert_eq!(
+            reason(&p, "/bt"),
+            SkipReason::Config {
+                rule: "exclude.mount_points".into()
+            }
+        );
+    }
+
+    #[test]
+    fn explicit_list_any_order_gives_the_same_levels() {
+        let a = plan(
+            Selection::Explicit(vec!["/bt".into(), "/data/inner".into()]),
+            FreezerConfig::default(),
+        )
+        .unwrap();
+        let b = plan(
+            Selection::Explicit(vec!["/data/inner".into(), "/bt".into()]),
+            FreezerConfig::default(),
+        )
+        .unwrap();
+        assert_eq!(names(&a), vec![vec!["/data/inner"], vec!["/bt"]]);
+        assert_eq!(a.levels, b.levels);
+        assert_eq!(reason(&a, "/data"), SkipReason::NotListed);
+    }
+
+    #[test]
+    fn explicit_list_errors() {
+        let e = plan(
+            Selection::Explicit(vec!["/run".into()]),
+            FreezerConfig::default(),
+        )
+        .unwrap_err();
+        assert!(
+            matches!(e, PlanError::NotFreezable { ref fs_type, reason: SkipReason::Pseudo, .. } if fs_type == "tmpfs")
+        );
+        assert!(e.to_string().contains("tmpfs cannot be frozen"), "{e}");
+        let e = plan(
+            Selection::Explicit(vec!["/nowhere".into()]),
+            FreezerConfig::default(),
+        )
+        .unwrap_err();
+        assert_eq!(e, PlanError::NotAMountPoint("/nowhere".into()));
+        // A bind mount and its original listed together: one superblock, frozen once.
+        let p = plan(
+            Selection::Explicit(vec!["/srv/bind".into(), "/data".into()]),
+            FreezerConfig::default(),
+        )
+        .unwrap();
+        assert_eq!(names(&p), vec![vec!["/data"]]);
+    }
+
+    #[test]
+    fn hidden_mounts_are_reported_not_frozen() {
+        let table = "\
+1 0 8:1 / / rw - ext4 /dev/sda1 rw
+2 1 8:2 / /mnt/a rw - ext4 /dev/sda2 rw
+3 1 8:3 / /mnt rw - xfs /dev/sda3 rw
+4 3 8:5 / /mnt/b rw - ext4 /dev/sda5 rw
+5 4 8:6 / /mnt/b rw - ext4 /dev/sda6 rw
+";
+        let mounts = parse_mountinfo(table.as_bytes()).unwrap();
+        let cfg = FreezerConfig::default().compile().unwrap();
+        let p = build_plan(
+            &mounts,
+            &FakeTopology::default(),
+            &Selection::Discover,
+            &cfg,
+            None,
+        )
+        .unwrap();
+        assert_eq!(reason(&p, "/mnt/a"), SkipReason::Hidden { by_mount_id: 3 });
+        // 8:5 is over-mounted at the same point by 8:6.
+        let hidden_b = p.skipped.iter().find(|s| s.dev == dev(8, 5)).unwrap();
+        assert_eq!(hidden_b.reason, SkipReason::Hidden { by_mount_id: 5 });
+        assert_eq!(names(&p), vec![vec!["/mnt/b"], vec!["/mnt"], vec!["/"]]);
+        assert_eq!(
+            p.filesystems()
+                .find(|f| f.mount_point == Path::new("/mnt/b"))
+                .unwrap()
+                .dev,
+            dev(8, 6)
+        );
+    }
+
+    #[test]
+    fn loop_partition_walks_to_the_parent_disk() {
+        let table = "\
+1 0 8:1 / / rw - ext4 /dev/sda1 rw
+2 1 8:3 / /host rw - xfs /dev/sda3 rw
+3 1 259:0 / /part rw - ext4 /dev/loop0p1 rw
+";
+        let mut t = FakeTopology::default();
+        t.lower.insert(dev(259, 0), vec![Lower::Device(dev(7, 0))]);
+        t.lower
+            .insert(dev(7, 0), vec![Lower::BackingFile("/host/disk.img".into())]);
+        let mounts = parse_mountinfo(table.as_bytes()).unwrap();
+        let cfg = FreezerConfig::default().compile().unwrap();
+        let p = build_plan(
+            &mounts,
+            &t,
+            &Selection::Explicit(vec!["/host".into(), "/part".into()]),
+            &cfg,
+            None,
+        )
+        .unwrap();
+        assert_eq!(names(&p), vec![vec!["/part"], vec!["/host"]]);
+        // A state directory on /part may be frozen (its image is on /host); one on / not.
+        assert!(p.may_freeze(dev(259, 0)));
+        assert!(!p.may_freeze(dev(8, 1)));
+        assert!(p.may_freeze(dev(99, 9)));
+    }
+
+    #[test]
+    fn open_prefix_for_pid1() {
+        let p = build_plan(
+            &parse_mountinfo(TABLE.as_bytes()).unwrap(),
+            &topo(),
+            &Selection::Explicit(vec!["/data".into()]),
+            &FreezerConfig::default().compile().unwrap(),
+            Some(Path::new("/proc/1/root")),
+        )
+        .unwrap();
+        assert_eq!(p.levels[0][0].open_path, PathBuf::from("/proc/1/root/data"));
+    }
+
+    #[test]
+    fn empty_discovery_is_an_empty_plan() {
+        let mounts = parse_mountinfo(b"1 0 0:2 / / rw - tmpfs tmpfs rw\n").unwrap();
+        let cfg = FreezerConfig::default().compile().unwrap();
+        let p = build_plan(
+            &mounts,
+            &FakeTopology::default(),
+            &Selection::Discover,
+            &cfg,
+            None,
+        )
+        .unwrap();
+        assert!(p.is_empty());
+        assert_eq!(p.skipped.len(), 1);
+    }
+}
