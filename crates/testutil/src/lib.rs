@@ -1,1 +1,494 @@
-//! (to be written)
+//! Test helpers for hv-vss: real filesystems on loop devices that tests create, freeze and
+//! always clean up; a "write blocks while frozen" probe; a timeout runner; root checks.
+//!
+//! # Safety rules these helpers enforce
+//!
+//! - Only images the test created, in a temp dir, are ever mounted or frozen.
+//! - Loop devices are found with `losetup --find --show`, never by number.
+//! - Every [`LoopFs`] is registered; dropping any of them (also while unwinding from a
+//!   panic), or a [`run_with_timeout`] expiring, first thaws **every** registered test
+//!   filesystem in creation order (a filesystem holding another's image was created first,
+//!   and must be thawed first so the upper one's thaw can write through), ignoring EINVAL,
+//!   then unmounts (lazily if busy) and detaches the loop device.
+//!
+//! # Sizes
+//!
+//! mkfs.xfs (xfsprogs >= 5.19) refuses filesystems under 300 MB; btrfs needs about 114 MiB.
+//! [`FsKind::min_size_mib`] gives sizes that work; images are sparse files.
+
+use std::os::fd::AsFd;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, mpsc};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+
+/// Is this process root (tests that freeze or mount need it)?
+pub fn is_root() -> bool {
+    rustix::process::geteuid().is_root()
+}
+
+/// Print why a root-only test is skipped and return `true` when not root:
+/// `if hv_vss_testutil::skip_unless_root("freeze test") { return; }`.
+pub fn skip_unless_root(what: &str) -> bool {
+    if is_root() {
+        return false;
+    }
+    eprintln!("skipped {what}: needs root (mounting loop devices and FIFREEZE)");
+    true
+}
+
+/// Return early from a test when not root, printing the reason.
+#[macro_export]
+macro_rules! require_root {
+    () => {
+        if $crate::skip_unless_root(module_path!()) {
+            return;
+        }
+    };
+}
+
+/// A filesystem type the helpers can create.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FsKind {
+    /// ext4 (mkfs.ext4).
+    Ext4,
+    /// xfs (mkfs.xfs; 300 MB minimum).
+    Xfs,
+    /// btrfs (mkfs.btrfs).
+    Btrfs,
+}
+
+impl FsKind {
+    /// Smallest image size (MiB) mkfs accepts, rounded up to a safe value.
+    pub fn min_size_mib(self) -> u64 {
+        match self {
+            Self::Ext4 => 32,
+            Self::Xfs => 320,
+            Self::Btrfs => 128,
+        }
+    }
+
+    /// The type name as in mountinfo.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Ext4 => "ext4",
+            Self::Xfs => "xfs",
+            Self::Btrfs => "btrfs",
+        }
+    }
+
+    fn mkfs(self, image: &Path) -> Command {
+        let mut cmd = match self {
+            Self::Ext4 => {
+                let mut c = Command::new("mkfs.ext4");
+                c.args(["-q", "-F", "-E", "lazy_itable_init=0,lazy_journal_init=0"]);
+                c
+            }
+            Self::Xfs => {
+                let mut c = Command::new("mkfs.xfs");
+                c.args(["-q", "-f"]);
+                c
+            }
+            Self::Btrfs => {
+                let mut c = Command::new("mkfs.btrfs");
+                c.args(["-q", "-f"]);
+                c
+            }
+        };
+        cmd.arg(image);
+        cmd
+    }
+}
+
+fn run(cmd: &mut Command) -> anyhow::Result<String> {
+    let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
+    if !out.status.success() {
+        bail!(
+            "{cmd:?} failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+/// Mount points of live test filesystems, in creation order.
+static REGISTRY: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+
+fn registry() -> std::sync::MutexGuard<'static, Vec<PathBuf>> {
+    REGISTRY.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// FITHAW on the filesystem at `path`. `Ok(true)`: it was frozen and is thawed now;
+/// `Ok(false)`: it was not frozen (EINVAL).
+pub fn thaw_path(path: &Path) -> anyhow::Result<bool> {
+    let fd = hv_vss_sys::fs::open_mount_point(path)
+        .with_context(|| format!("open {}", path.display()))?;
+    match hv_vss_sys::fs::thaw(fd.as_fd()) {
+        Ok(()) => Ok(true),
+        Err(hv_vss_sys::fs::ThawError::NotFrozen) => Ok(false),
+        Err(e) => Err(e).with_context(|| format!("FITHAW {}", path.display())),
+    }
+}
+
+/// FIFREEZE on the filesystem at `path`, from this process (tests use it to prepare state;
+/// a [`LoopFs`] guard thaws it on drop).
+pub fn freeze_path(path: &Path) -> anyhow::Result<()> {
+    let fd = hv_vss_sys::fs::open_mount_point(path)
+        .with_context(|| format!("open {}", path.display()))?;
+    hv_vss_sys::fs::freeze(fd.as_fd()).with_context(|| format!("FIFREEZE {}", path.display()))
+}
+
+/// Freeze `path` from **another process** (`fsfreeze -f`), which then exits: a foreign
+/// freeze, as a backup agent would leave it.
+pub fn freeze_from_other_process(path: &Path) -> anyhow::Result<()> {
+    run(Command::new("fsfreeze").arg("-f").arg(path)).map(drop)
+}
+
+/// Thaw every registered test filesystem (creation order), ignoring "not frozen".
+pub fn thaw_all_test_filesystems() {
+    let paths = registry().clone();
+    for p in paths {
+        let _ = thaw_path(&p);
+    }
+}
+
+/// A filesystem image loop-mounted in a temp dir; thawed, unmounted and detached on drop.
+#[derive(Debug)]
+pub struct LoopFs {
+    kind: FsKind,
+    image: PathBuf,
+    loop_device: PathBuf,
+    mount_point: PathBuf,
+    // The directory holding the mount point (and the image, unless placed elsewhere).
+    dir: Option<tempfile::TempDir>,
+    mounted: bool,
+}
+
+impl LoopFs {
+    /// A fresh `kind` filesystem of its minimum size, image and mount point in a new temp dir.
+    pub fn new(kind: FsKind) -> anyhow::Result<Self> {
+        Self::create(kind, kind.min_size_mib(), None)
+    }
+
+    /// Like [`LoopFs::new`] with the image file created in `image_dir` (for example another
+    /// test filesystem's mount point, to stack loop filesystems).
+    pub fn new_in(kind: FsKind, image_dir: &Path) -> anyhow::Result<Self> {
+        Self::create(kind, kind.min_size_mib(), Some(image_dir))
+    }
+
+    /// Full control: size in MiB (at least [`FsKind::min_size_mib`]) and image directory.
+    pub fn create(kind: FsKind, size_mib: u64, image_dir: Option<&Path>) -> anyhow::Result<Self> {
+        let dir = tempfile::Builder::new()
+            .prefix("hv-vss-loopfs-")
+            .tempdir()?;
+        let image_dir = image_dir.map_or_else(|| dir.path().to_path_buf(), Path::to_path_buf);
+        let image = tempfile::Builder::new()
+            .prefix(&format!("{}-", kind.name()))
+            .suffix(".img")
+            .tempfile_in(&image_dir)?
+            .into_temp_path()
+            .keep()?;
+        let mount_point = dir.path().join("mnt");
+        std::fs::create_dir(&mount_point)?;
+        let mut fs = Self {
+            kind,
+            image,
+            loop_device: PathBuf::new(),
+            mount_point,
+            dir: Some(dir),
+            mounted: false,
+        };
+        let file = std::fs::OpenOptions::new().write(true).open(&fs.image)?;
+        file.set_len(size_mib.max(kind.min_size_mib()) * 1024 * 1024)?;
+        drop(file);
+        run(&mut kind.mkfs(&fs.image))?;
+        fs.loop_device = PathBuf::from(run(Command::new("losetup")
+            .args(["--find", "--show"])
+            .arg(&fs.image))?);
+        run(Command::new("mount")
+            .arg(&fs.loop_device)
+            .arg(&fs.mount_point))?;
+        fs.mounted = true;
+        registry().push(fs.mount_point.clone());
+        Ok(fs)
+    }
+
+    /// Where it is mounted.
+    pub fn mount_point(&self) -> &Path {
+        &self.mount_point
+    }
+
+    /// The image file.
+    pub fn image(&self) -> &Path {
+        &self.image
+    }
+
+    /// The loop device (`/dev/loopN`).
+    pub fn loop_device(&self) -> &Path {
+        &self.loop_device
+    }
+
+    /// Its type.
+    pub fn kind(&self) -> FsKind {
+        self.kind
+    }
+
+    /// `st_dev` of the mount point (`major:minor`).
+    pub fn dev(&self) -> anyhow::Result<hv_vss_sys::fs::DevNum> {
+        Ok(hv_vss_sys::fs::stat_path(&self.mount_point)?.0)
+    }
+
+    /// Is it frozen? Probes with FIFREEZE+FITHAW is not allowed (it would change state), so
+    /// this tries FITHAW and, if that thawed it, freezes it again: use only in tests that
+    /// own the filesystem and have nothing else running on it.
+    pub fn is_frozen(&self) -> anyhow::Result<bool> {
+        if thaw_path(&self.mount_point)? {
+            freeze_path(&self.mount_point)?;
+            Ok(true)
+        } else {
+            Ok(false)
+        }
+    }
+
+    /// Unmount now (thawing every test filesystem first), reporting errors.
+    pub fn unmount(mut self) -> anyhow::Result<()> {
+        self.cleanup()
+    }
+
+    fn cleanup(&mut self) -> anyhow::Result<()> {
+        if !self.mounted {
+            return Ok(());
+        }
+        thaw_all_test_filesystems();
+        let mut result = Ok(());
+        let mut unmounted = false;
+        for _ in 0..20 {
+            if run(Command::new("umount").arg(&self.mount_point)).is_ok() {
+                unmounted = true;
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        if !unmounted && let Err(e) = run(Command::new("umount").arg("-l").arg(&self.mount_point)) {
+            result = Err(e);
+        }
+        let _ = run(Command::new("losetup").arg("-d").arg(&self.loop_device));
+        self.mounted = false;
+        registry().retain(|p| *p != self.mount_point);
+        let _ = std::fs::remove_file(&self.image);
+        if let Some(dir) = self.dir.take()
+            && unmounted
+        {
+            let _ = dir.close();
+        } else if let Some(dir) = self.dir.take() {
+            // Lazily unmounted: leave the directory rather than delete through a mount.
+            let _ = dir.keep();
+        }
+        result
+    }
+}
+
+impl Drop for LoopFs {
+    fn drop(&mut self) {
+        if let Err(e) = self.cleanup() {
+            eprintln!(
+                "hv-vss-testutil: cleanup of {}: {e:#}",
+                self.mount_point.display()
+            );
+        }
+    }
+}
+
+/// Some other mount (tmpfs, bind) in a temp dir, unmounted on drop.
+#[derive(Debug)]
+pub struct TestMount {
+    mount_point: PathBuf,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl TestMount {
+    /// A small tmpfs in a new temp dir.
+    pub fn tmpfs() -> anyhow::Result<Self> {
+        let dir = tempfile::Builder::new().prefix("hv-vss-tmpfs-").tempdir()?;
+        let mount_point = dir.path().join("mnt");
+        std::fs::create_dir(&mount_point)?;
+        run(Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=4m", "hv-vss-test"])
+            .arg(&mount_point))?;
+        Ok(Self {
+            mount_point,
+            _dir: Some(dir),
+        })
+    }
+
+    /// Bind-mount `source` (a directory) at a new temp dir.
+    pub fn bind(source: &Path) -> anyhow::Result<Self> {
+        let dir = tempfile::Builder::new().prefix("hv-vss-bind-").tempdir()?;
+        let mount_point = dir.path().join("mnt");
+        std::fs::create_dir(&mount_point)?;
+        run(Command::new("mount")
+            .arg("--bind")
+            .arg(source)
+            .arg(&mount_point))?;
+        Ok(Self {
+            mount_point,
+            _dir: Some(dir),
+        })
+    }
+
+    /// Where it is mounted.
+    pub fn mount_point(&self) -> &Path {
+        &self.mount_point
+    }
+}
+
+impl Drop for TestMount {
+    fn drop(&mut self) {
+        if run(Command::new("umount").arg(&self.mount_point)).is_err() {
+            let _ = run(Command::new("umount").arg("-l").arg(&self.mount_point));
+        }
+    }
+}
+
+/// A buffered write on another thread, to show whether writes block (frozen) or complete.
+#[derive(Debug)]
+pub struct WriteProbe {
+    done: Arc<AtomicBool>,
+    result: Arc<Mutex<Option<std::io::Result<()>>>>,
+}
+
+impl WriteProbe {
+    /// Start writing `bytes` to `file` (created or appended) on a new thread.
+    pub fn start(file: &Path, bytes: &[u8]) -> Self {
+        let done = Arc::new(AtomicBool::new(false));
+        let result = Arc::new(Mutex::new(None));
+        let (file, bytes) = (file.to_path_buf(), bytes.to_vec());
+        let (d, r) = (done.clone(), result.clone());
+        std::thread::spawn(move || {
+            use std::io::Write;
+            let res = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&file)
+                .and_then(|mut f| f.write_all(&bytes));
+            *r.lock().unwrap_or_else(|p| p.into_inner()) = Some(res);
+            d.store(true, Ordering::SeqCst);
+        });
+        Self { done, result }
+    }
+
+    /// Has the write returned?
+    pub fn is_done(&self) -> bool {
+        self.done.load(Ordering::SeqCst)
+    }
+
+    /// Wait up to `timeout` for the write to return; `true` if it did.
+    pub fn wait(&self, timeout: Duration) -> bool {
+        let end = std::time::Instant::now() + timeout;
+        while std::time::Instant::now() < end {
+            if self.is_done() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        self.is_done()
+    }
+
+    /// The write's result, once done.
+    pub fn result(&self) -> Option<Result<(), String>> {
+        self.result
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .map(|r| r.as_ref().map(|_| ()).map_err(ToString::to_string))
+    }
+}
+
+/// Run `body` on a thread; if it does not finish within `timeout`, thaw every registered
+/// test filesystem (so a blocked body can finish and its guards clean up), wait up to 10 s
+/// more, then panic. A panic in `body` is propagated.
+pub fn run_with_timeout<T: Send + 'static>(
+    timeout: Duration,
+    body: impl FnOnce() -> T + Send + 'static,
+) -> T {
+    let (tx, rx) = mpsc::channel();
+    let handle = std::thread::spawn(move || {
+        let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(body));
+        let _ = tx.send(());
+        out
+    });
+    if rx.recv_timeout(timeout).is_err() {
+        thaw_all_test_filesystems();
+        let _ = rx.recv_timeout(Duration::from_secs(10));
+        panic!("test body did not finish within {timeout:?}; test filesystems were thawed");
+    }
+    match handle.join() {
+        Ok(Ok(v)) => v,
+        Ok(Err(panic)) | Err(panic) => std::panic::resume_unwind(panic),
+    }
+}
+
+/// A unique temp dir for a state directory (journal, lock), on the root filesystem, which
+/// tests never freeze.
+pub fn state_dir() -> anyhow::Result<tempfile::TempDir> {
+    Ok(tempfile::Builder::new().prefix("hv-vss-state-").tempdir()?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timeout_returns_value_and_propagates_panics() {
+        assert_eq!(run_with_timeout(Duration::from_secs(5), || 7), 7);
+        let r = std::panic::catch_unwind(|| {
+            run_with_timeout(Duration::from_secs(5), || panic!("boom"))
+        });
+        assert!(r.is_err());
+        let r = std::panic::catch_unwind(|| {
+            run_with_timeout(Duration::from_millis(50), || {
+                std::thread::sleep(Duration::from_millis(300))
+            })
+        });
+        assert!(r.is_err());
+    }
+
+    #[test]
+    fn write_probe_completes_on_an_unfrozen_fs() {
+        let dir = tempfile::tempdir().unwrap();
+        let probe = WriteProbe::start(&dir.path().join("f"), b"hello");
+        assert!(probe.wait(Duration::from_secs(5)));
+        assert_eq!(probe.result(), Some(Ok(())));
+        assert_eq!(std::fs::read(dir.path().join("f")).unwrap(), b"hello");
+    }
+
+    #[test]
+    fn loop_fs_each_kind_mounts_freezes_and_cleans_up() {
+        if skip_unless_root("loop_fs test") {
+            return;
+        }
+        for kind in [FsKind::Ext4, FsKind::Xfs, FsKind::Btrfs] {
+            let fs = LoopFs::new(kind).unwrap();
+            let mp = fs.mount_point().to_path_buf();
+            let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+            assert!(
+                mounts.contains(&format!(" {} ", mp.display())),
+                "{kind:?} mounted"
+            );
+            assert!(mounts.contains(&format!(" - {} ", kind.name())));
+            assert!(!fs.is_frozen().unwrap());
+            freeze_path(&mp).unwrap();
+            assert!(fs.is_frozen().unwrap());
+            let dev = fs.loop_device().to_path_buf();
+            drop(fs); // frozen: Drop must thaw, unmount, detach
+            let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+            assert!(!mounts.contains(&format!(" {} ", mp.display())));
+            let list = run(Command::new("losetup").arg("-a")).unwrap();
+            assert!(!list.contains(&format!("{}:", dev.display())), "{list}");
+        }
+    }
+}
