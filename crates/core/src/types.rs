@@ -49,7 +49,7 @@ pub struct TxnId(pub u64);
 
 /// The host operations the coordinator handles (R17). Everything else is answered by the
 /// transport.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum HostOp {
     /// HOT_BACKUP: can the guest take part? (CHECK in FreeBSD's terms).
@@ -61,7 +61,7 @@ pub enum HostOp {
 }
 
 /// What a participant is told. `Abort` is never acknowledged.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum AppOp {
     Check,
@@ -71,7 +71,7 @@ pub enum AppOp {
 }
 
 /// The answer to a host request; the daemon maps it to HV_S_OK / HV_E_FAIL (R8).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Status {
     Ok,
