@@ -91,6 +91,10 @@ impl From<UioError> for ChannelError {
     }
 }
 
+/// Within the spin budget of [`VmbusChannel::wait`], how long to poll the ring without
+/// yielding the CPU.
+pub const BUSY_POLL: Duration = Duration::from_micros(5);
+
 /// Why [`VmbusChannel::wait`] returned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Wake {
@@ -220,17 +224,26 @@ impl<M: RingMem, D: Doorbell> VmbusChannel for RingChannel<M, D> {
         if !spin.is_zero() {
             // Masked while spinning: the peer sees the mask and skips its signal syscall.
             self.rx.mask();
+            // A few microseconds of pure busy polling catch a peer that is running on
+            // another core; after that each poll is followed by sched_yield, because on a
+            // machine with fewer free cores than spinners (the peer, a compiler, ...) a busy
+            // loop would hold the CPU the peer needs to answer, and every round trip would
+            // cost the whole budget.
             let spin_end = start + spin;
-            let mut polls = 0u32;
+            let busy_end = start + spin.min(BUSY_POLL);
             loop {
                 if self.rx.has_data()? {
                     return Ok(Wake::Ready);
                 }
-                polls = polls.wrapping_add(1);
-                if polls % 64 == 0 && Instant::now() >= spin_end {
+                let now = Instant::now();
+                if now >= spin_end {
                     break;
                 }
-                std::hint::spin_loop();
+                if now < busy_end {
+                    std::hint::spin_loop();
+                } else {
+                    std::thread::yield_now();
+                }
             }
         }
         // Unmask, full fence, look again: data published before the peer saw the unmask
