@@ -1,1 +1,922 @@
-//! (to be written)
+//! The guest side of the VSS integration service over a [`VmbusChannel`] (UIO mode): what
+//! Linux's `hv_utils` (drivers/hv/hv_snapshot.c) does in the kernel, done in userspace.
+//!
+//! # Kernel and host contract
+//!
+//! - wire-protocol.md §3.3: RX interrupts start masked after the first open, and NEGOTIATE
+//!   may already sit in the ring with no interrupt to announce it. On every wake: drain every
+//!   packet, answer each, unmask, fence, look at the ring again, and loop if data arrived.
+//!   [`IcEndpoint::service`] does exactly that; call it once right after construction.
+//! - §2.4 / R11: each packet is copied into the channel's private receive buffer (at least
+//!   16 KiB, descriptor included) before it is parsed; a larger packet is
+//!   [`EndpointError::Oversize`], never truncated.
+//! - §5.2 / R2 / R3: NEGOTIATE is answered at once, whatever else is going on (framework
+//!   3.0, VSS 5.0). A failed negotiation is answered once with counts 0 and HV_E_FAIL; every
+//!   later NEGOTIATE on this channel goes unanswered.
+//! - §6.4 / R5: GET_DM_INFO (S_OK, flags 0), CREATE, DELETE, AUTO_RECOVER and BU_COMPLETE
+//!   (S_OK) are answered here; an unknown operation gets HV_E_FAIL. HOT_BACKUP, FREEZE and
+//!   THAW are handed to the caller as a [`PendingRequest`].
+//! - R10: an IC type other than NEGOTIATE and VSS, a VSS payload under 40 bytes, or IC
+//!   framing that does not parse gets no reply; the caller is told why ([`IcNotice::Dropped`]).
+//! - §4.3 / R4 / R7 / R8: a reply is the request's private copy with status and icflags 0x05
+//!   set, HOT_BACKUP `flags` = 5 on success and failure, everything else echoed (LUN data
+//!   too), same length, in-band, VMBus flags 0, the request's `trans_id`. Only S_OK and
+//!   HV_E_FAIL go on the wire.
+//! - §3.3 step 5 / R15: `EIO` from the device is [`EndpointError::Rescinded`]; a corrupt
+//!   ring is [`EndpointError::Corrupt`]. Both are final: the caller thaws, drops the
+//!   endpoint, waits for the device, rebinds and reopens.
+//!
+//! # Design: exactly one reply
+//!
+//! A [`PendingRequest`] is a token that is neither `Clone` nor `Copy`; it holds the private
+//! copy of the request and its VMBus `trans_id`, and [`IcEndpoint::reply`] consumes it, so a
+//! second reply does not compile. A token dropped without a reply is not lost: its `Drop`
+//! queues an HV_E_FAIL reply with the endpoint, which sends it on the next call into the
+//! endpoint (any of `service`, `reply`, `flush`) and reports [`IcNotice::Abandoned`]. A
+//! token replied on the wrong endpoint is refused ([`EndpointError::ForeignRequest`]) and
+//! then answered HV_E_FAIL on its own endpoint the same way.
+//!
+//! Requests that arrive before the caller can serve them (R27) are still delivered as
+//! tokens; the caller answers them `reply(token, HvStatus::E_FAIL)` (or
+//! [`IcEndpoint::refuse`]).
+//!
+//! A reply that meets a full TX ring (a non-fatal condition the host creates by not reading)
+//! is kept in order in an outbox and sent by the next call; [`IcEndpoint::unsent_replies`]
+//! tells the caller to come back soon.
+//!
+//! # Design: no logging
+//!
+//! The daemon calls this while filesystems are frozen, when nothing may touch the disk
+//! (R60). The endpoint therefore never logs: notable conditions become [`IcNotice`]s in a
+//! bounded queue the caller drains with [`IcNotice`]-returning [`IcEndpoint::take_notices`]
+//! and logs once it is safe. Notices the host can provoke are rate-limited per
+//! [`NoticeKind`] (a burst per interval, then one [`IcNotice::Suppressed`] with the count).
+//!
+//! # Use in a poll loop
+//!
+//! ```text
+//! let mut ep = IcEndpoint::new(channel);
+//! loop {
+//!     for event in ep.service()? { ... }          // also right after construction
+//!     // add ep.poll_fd() (POLLIN) to your poll set; when readable, loop again
+//! }
+//! ```
+//!
+//! # Limitations
+//!
+//! - The receive buffer is the channel's ([`hv_vss_ring::RECV_BUFFER_MIN`] = 16 KiB with the
+//!   16-byte descriptor), so the largest payload is 16,368 bytes: above every VSS message
+//!   (AUTO_RECOVER ≤ 12,528 bytes of payload), below OpenVMM's 13,312-byte cap plus margin.
+//! - VSS requests are served whether or not a negotiation succeeded (a host that failed to
+//!   negotiate should not send them; if it does, answering is the safe choice).
+//! - The endpoint cannot see a rescind on a shared-memory channel (there is no `EIO`); the
+//!   process that handed the rings over signals it by hanging up its socket.
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::os::fd::BorrowedFd;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
+
+use hv_vss_protocol::ic::{IcError, IcMessage, IcReply};
+use hv_vss_protocol::negotiate::{NegotiateError, NegotiateOffer, NegotiateOutcome};
+use hv_vss_protocol::vss::{CoordinatorOp, LocalAnswer, NoReplyReason, UioRoute};
+use hv_vss_protocol::{HvStatus, Version, VssOperation};
+use hv_vss_ring::{Corruption, RingError};
+
+use crate::uio::{ChannelError, VmbusChannel, Wake};
+
+/// Errors of the endpoint. All but [`EndpointError::ForeignRequest`] are final: drop the
+/// endpoint, thaw, and reopen the channel.
+#[derive(Debug, thiserror::Error)]
+pub enum EndpointError {
+    /// The device was removed (`EIO`): thaw, wait for the re-offer, rebind, reopen (R15).
+    #[error("the VSS channel was rescinded")]
+    Rescinded,
+    /// The host wrote an impossible index or descriptor (R9).
+    #[error("the VSS ring is corrupt: {0}")]
+    Corrupt(Corruption),
+    /// A packet larger than the receive buffer (R11): it is left in the ring.
+    #[error("packet of {len} bytes exceeds the {buffer_len}-byte receive buffer")]
+    Oversize {
+        /// Packet length in bytes (descriptor included).
+        len: usize,
+        /// Receive buffer size.
+        buffer_len: usize,
+    },
+    /// Any other channel failure (setup, signalling fd, ring geometry).
+    #[error(transparent)]
+    Channel(ChannelError),
+    /// An earlier call failed with a final error; the endpoint does nothing more.
+    #[error("the endpoint stopped after an earlier error: {0}")]
+    Stopped(String),
+    /// The request was received by another endpoint; it is answered HV_E_FAIL there.
+    #[error("request {trans_id:#x} belongs to another endpoint")]
+    ForeignRequest {
+        /// The request's VMBus transaction id.
+        trans_id: u64,
+    },
+}
+
+impl From<ChannelError> for EndpointError {
+    fn from(e: ChannelError) -> Self {
+        match e {
+            ChannelError::Rescinded => EndpointError::Rescinded,
+            ChannelError::Ring(RingError::Corrupt(c)) => EndpointError::Corrupt(c),
+            ChannelError::Ring(RingError::Oversize { len8, buffer_len }) => {
+                EndpointError::Oversize {
+                    len: usize::from(len8) * 8,
+                    buffer_len,
+                }
+            }
+            other => EndpointError::Channel(other),
+        }
+    }
+}
+
+/// State of version negotiation on this channel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Negotiation {
+    /// No NEGOTIATE answered yet.
+    Awaiting,
+    /// The last NEGOTIATE agreed on these versions.
+    Agreed {
+        /// Framework version ("3.0").
+        framework: Version,
+        /// VSS message version ("5.0").
+        message: Version,
+    },
+    /// A NEGOTIATE offered nothing we support; it got counts 0 and HV_E_FAIL, and later
+    /// ones go unanswered (R3).
+    Failed,
+}
+
+/// Why a packet got no reply.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DropReason {
+    /// The IC framing did not parse (under 28 bytes, `icmsgsize` past the payload...).
+    BadFraming(IcError),
+    /// An IC type other than NEGOTIATE and VSS, or a VSS payload under 40 bytes (R10).
+    NotForUs(NoReplyReason),
+    /// A NEGOTIATE whose offer is malformed: there is nothing sound to answer.
+    BadNegotiate(NegotiateError),
+    /// A NEGOTIATE after a failed one (R3).
+    NegotiateAfterFailure,
+    /// Not an in-band data packet (type 6).
+    NotInband {
+        /// The descriptor's packet type.
+        packet_type: u16,
+    },
+}
+
+/// Classes of notices, each rate-limited on its own.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum NoticeKind {
+    /// Negotiation results.
+    Negotiation,
+    /// Packets that got no reply.
+    Dropped,
+    /// Unknown operation codes.
+    UnknownOperation,
+    /// A `trans_id` seen while a request with the same id is still pending.
+    DuplicateTransId,
+    /// Tokens dropped without a reply.
+    Abandoned,
+}
+
+const NOTICE_KINDS: [NoticeKind; 5] = [
+    NoticeKind::Negotiation,
+    NoticeKind::Dropped,
+    NoticeKind::UnknownOperation,
+    NoticeKind::DuplicateTransId,
+    NoticeKind::Abandoned,
+];
+
+/// A condition worth a log line, for the caller to log when it is safe (not while frozen).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum IcNotice {
+    /// A NEGOTIATE was answered with these versions.
+    Negotiated {
+        /// Framework version.
+        framework: Version,
+        /// VSS message version.
+        message: Version,
+    },
+    /// A NEGOTIATE offered nothing we support; answered counts 0, HV_E_FAIL (logged once).
+    NegotiationFailed {
+        /// Framework versions the host offered.
+        offered_framework: Vec<Version>,
+        /// Message versions the host offered.
+        offered_message: Vec<Version>,
+    },
+    /// A packet got no reply.
+    Dropped {
+        /// Its VMBus transaction id.
+        trans_id: u64,
+        /// Its payload length.
+        len: usize,
+        /// Why.
+        reason: DropReason,
+    },
+    /// An unknown operation code was answered HV_E_FAIL (R5).
+    UnknownOperation {
+        /// Its VMBus transaction id.
+        trans_id: u64,
+        /// The code.
+        op: VssOperation,
+    },
+    /// A request arrived with the `trans_id` of one still pending; both are delivered and
+    /// each gets its own reply.
+    DuplicateTransId {
+        /// The id.
+        trans_id: u64,
+    },
+    /// A [`PendingRequest`] was dropped without a reply; HV_E_FAIL was sent for it.
+    Abandoned {
+        /// Its VMBus transaction id.
+        trans_id: u64,
+        /// Its operation.
+        op: VssOperation,
+    },
+    /// `count` notices of `kind` were not queued (rate limit or full queue).
+    Suppressed {
+        /// Which class.
+        kind: NoticeKind,
+        /// How many.
+        count: u64,
+    },
+}
+
+impl IcNotice {
+    /// The class used for rate limiting.
+    pub fn kind(&self) -> NoticeKind {
+        match self {
+            IcNotice::Negotiated { .. } | IcNotice::NegotiationFailed { .. } => {
+                NoticeKind::Negotiation
+            }
+            IcNotice::Dropped { .. } => NoticeKind::Dropped,
+            IcNotice::UnknownOperation { .. } => NoticeKind::UnknownOperation,
+            IcNotice::DuplicateTransId { .. } => NoticeKind::DuplicateTransId,
+            IcNotice::Abandoned { .. } => NoticeKind::Abandoned,
+            IcNotice::Suppressed { kind, .. } => *kind,
+        }
+    }
+}
+
+/// What [`IcEndpoint::service`] hands to the caller.
+#[derive(Debug)]
+pub enum IcEvent {
+    /// HOT_BACKUP, FREEZE or THAW: answer it exactly once with [`IcEndpoint::reply`].
+    Request(PendingRequest),
+    /// BU_COMPLETE was answered S_OK: the daemon closes its backup report.
+    BackupComplete {
+        /// Its VMBus transaction id.
+        trans_id: u64,
+    },
+}
+
+/// Limits of the notice queue.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EndpointConfig {
+    /// Notices of one [`NoticeKind`] queued per `notice_interval`; more are counted.
+    pub notice_burst: u32,
+    /// Rate-limit window.
+    pub notice_interval: Duration,
+    /// Most notices held before the caller drains them.
+    pub max_queued_notices: usize,
+}
+
+impl Default for EndpointConfig {
+    fn default() -> Self {
+        Self {
+            notice_burst: 10,
+            notice_interval: Duration::from_secs(60),
+            max_queued_notices: 256,
+        }
+    }
+}
+
+/// Counters for status output.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EndpointStats {
+    /// Packets read from the ring.
+    pub packets: u64,
+    /// Replies queued on the ring (or the outbox), local and caller's.
+    pub replies: u64,
+    /// Requests answered here (NEGOTIATE, GET_DM_INFO, no-ops, unknown ops).
+    pub answered_locally: u64,
+    /// Requests handed to the caller.
+    pub delivered: u64,
+    /// Packets that got no reply.
+    pub dropped: u64,
+    /// Tokens dropped without a reply (answered HV_E_FAIL).
+    pub abandoned: u64,
+}
+
+/// A reply owed by a dropped token, queued for the endpoint to send.
+#[derive(Debug)]
+struct OwedReply {
+    trans_id: u64,
+    op: VssOperation,
+    payload: Vec<u8>,
+}
+
+/// Where dropped tokens leave their E_FAIL replies.
+type AbandonQueue = Mutex<Vec<OwedReply>>;
+
+static NEXT_ENDPOINT_ID: AtomicU64 = AtomicU64::new(1);
+
+/// A HOT_BACKUP, FREEZE or THAW waiting for the caller's answer. Consumed by
+/// [`IcEndpoint::reply`]; if dropped unanswered, HV_E_FAIL is sent for it by the endpoint.
+#[must_use = "every request needs exactly one reply: pass it to IcEndpoint::reply"]
+pub struct PendingRequest {
+    endpoint: u64,
+    trans_id: u64,
+    op: CoordinatorOp,
+    vss_op: VssOperation,
+    request: Box<[u8]>,
+    /// The reply with S_OK; only the status changes for HV_E_FAIL (§6.4: HOT_BACKUP carries
+    /// flags 5 either way, FREEZE and THAW echo everything).
+    reply: Option<IcReply>,
+    received_at: Instant,
+    abandon: Weak<AbandonQueue>,
+}
+
+impl fmt::Debug for PendingRequest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PendingRequest")
+            .field("trans_id", &self.trans_id)
+            .field("op", &self.vss_op)
+            .field("len", &self.request.len())
+            .finish()
+    }
+}
+
+impl PendingRequest {
+    /// The coordinator operation: Check (HOT_BACKUP), Freeze or Thaw.
+    pub fn op(&self) -> CoordinatorOp {
+        self.op
+    }
+
+    /// The VSS operation code.
+    pub fn vss_op(&self) -> VssOperation {
+        self.vss_op
+    }
+
+    /// The VMBus transaction id the reply will carry.
+    pub fn trans_id(&self) -> u64 {
+        self.trans_id
+    }
+
+    /// The private copy of the request payload (ring padding included).
+    pub fn request_bytes(&self) -> &[u8] {
+        &self.request
+    }
+
+    /// Bytes after the 12-byte VSS message (FREEZE LUN data, ring padding).
+    pub fn trailing_len(&self) -> usize {
+        self.request
+            .len()
+            .saturating_sub(hv_vss_protocol::vss::MIN_VSS_PAYLOAD_LEN)
+    }
+
+    /// When the packet was read from the ring.
+    pub fn received_at(&self) -> Instant {
+        self.received_at
+    }
+
+    /// Takes the reply payload for `status` (R8: anything but S_OK goes out as HV_E_FAIL).
+    fn take_reply(&mut self, status: HvStatus) -> Option<Vec<u8>> {
+        let mut reply = self.reply.take()?;
+        reply.set_status(wire_status(status));
+        Some(reply.into_bytes())
+    }
+}
+
+impl Drop for PendingRequest {
+    fn drop(&mut self) {
+        let Some(payload) = self.take_reply(HvStatus::E_FAIL) else {
+            return;
+        };
+        if let Some(queue) = self.abandon.upgrade() {
+            let owed = OwedReply {
+                trans_id: self.trans_id,
+                op: self.vss_op,
+                payload,
+            };
+            // A poisoned lock only means another thread panicked while pushing; the queue
+            // itself is still a valid Vec.
+            queue.lock().unwrap_or_else(|p| p.into_inner()).push(owed);
+        }
+    }
+}
+
+/// R8: only S_OK and HV_E_FAIL go on the wire.
+fn wire_status(status: HvStatus) -> HvStatus {
+    HvStatus::from_success(status.is_ok())
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Window {
+    start: Option<Instant>,
+    emitted: u32,
+    suppressed: u64,
+}
+
+/// The guest side of the VSS IC over one channel. See the module docs.
+#[derive(Debug)]
+pub struct IcEndpoint<C> {
+    channel: C,
+    id: u64,
+    config: EndpointConfig,
+    negotiation: Negotiation,
+    /// `trans_id`s of tokens handed out and not yet answered (for duplicate detection).
+    pending: Vec<u64>,
+    abandon: Arc<AbandonQueue>,
+    outbox: VecDeque<(u64, Vec<u8>)>,
+    notices: VecDeque<IcNotice>,
+    windows: [Window; NOTICE_KINDS.len()],
+    stats: EndpointStats,
+    stopped: Option<String>,
+}
+
+impl<C: VmbusChannel> IcEndpoint<C> {
+    /// An endpoint over `channel` with default notice limits. Does no I/O: call
+    /// [`IcEndpoint::service`] at once, since NEGOTIATE may already be waiting.
+    pub fn new(channel: C) -> Self {
+        Self::with_config(channel, EndpointConfig::default())
+    }
+
+    /// An endpoint with explicit notice limits.
+    pub fn with_config(channel: C, config: EndpointConfig) -> Self {
+        Self {
+            channel,
+            id: NEXT_ENDPOINT_ID.fetch_add(1, Ordering::Relaxed),
+            config,
+            negotiation: Negotiation::Awaiting,
+            pending: Vec::new(),
+            abandon: Arc::new(Mutex::new(Vec::new())),
+            outbox: VecDeque::new(),
+            notices: VecDeque::new(),
+            windows: [Window {
+                start: None,
+                emitted: 0,
+                suppressed: 0,
+            }; NOTICE_KINDS.len()],
+            stats: EndpointStats::default(),
+            stopped: None,
+        }
+    }
+
+    /// The negotiation state.
+    pub fn negotiation(&self) -> Negotiation {
+        self.negotiation
+    }
+
+    /// The agreed `(framework, message)` versions, if a negotiation succeeded.
+    pub fn versions(&self) -> Option<(Version, Version)> {
+        match self.negotiation {
+            Negotiation::Agreed { framework, message } => Some((framework, message)),
+            _ => None,
+        }
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> EndpointStats {
+        self.stats
+    }
+
+    /// Requests handed out and not yet answered.
+    pub fn pending_requests(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// Replies waiting for room in a full TX ring; call [`IcEndpoint::flush`] soon.
+    pub fn unsent_replies(&self) -> usize {
+        self.outbox.len()
+    }
+
+    /// The channel.
+    pub fn channel(&self) -> &C {
+        &self.channel
+    }
+
+    /// The fd to poll for `POLLIN`: the host signalled. Then call [`IcEndpoint::service`].
+    pub fn poll_fd(&self) -> BorrowedFd<'_> {
+        self.channel.signal_fd()
+    }
+
+    /// Blocks until the host may have sent something or `timeout` passes (`None`: forever).
+    /// For callers without their own poll loop; then call [`IcEndpoint::service`].
+    pub fn wait(&mut self, timeout: Option<Duration>) -> Result<Wake, EndpointError> {
+        self.check_running()?;
+        let r = self.channel.wait(timeout).map_err(EndpointError::from);
+        self.guard(r)
+    }
+
+    /// Drains the receive ring, answers everything answered locally, and returns the events
+    /// for the caller in arrival order; then unmasks and re-checks, looping until the ring
+    /// is empty and unmasked (§3.3). Also sends replies owed by dropped tokens and the
+    /// outbox first.
+    pub fn service(&mut self) -> Result<Vec<IcEvent>, EndpointError> {
+        self.check_running()?;
+        let r = self.service_inner();
+        self.guard(r)
+    }
+
+    /// Sends the replies owed by dropped tokens and those held back by a full ring.
+    pub fn flush(&mut self) -> Result<(), EndpointError> {
+        self.check_running()?;
+        let r = self.flush_inner();
+        self.guard(r)
+    }
+
+    /// Answers `request` (consumed): S_OK, or HV_E_FAIL for any other status (R8). The
+    /// reply echoes the request (§4.3) with its `trans_id`; HOT_BACKUP carries flags 5
+    /// (R7). On a final error the request is unanswerable (the channel is gone).
+    pub fn reply(
+        &mut self,
+        request: PendingRequest,
+        status: HvStatus,
+    ) -> Result<(), EndpointError> {
+        let mut request = request;
+        if request.endpoint != self.id {
+            // Its own Drop answers it HV_E_FAIL on the endpoint that received it.
+            return Err(EndpointError::ForeignRequest {
+                trans_id: request.trans_id,
+            });
+        }
+        let trans_id = request.trans_id;
+        if let Some(at) = self.pending.iter().position(|&t| t == trans_id) {
+            self.pending.swap_remove(at);
+        }
+        let payload = request.take_reply(status);
+        drop(request);
+        self.check_running()?;
+        let r = (|| {
+            self.flush_inner()?;
+            if let Some(payload) = payload {
+                self.send_reply(trans_id, payload)?;
+            }
+            Ok(())
+        })();
+        self.guard(r)
+    }
+
+    /// `reply(request, HvStatus::E_FAIL)`: for requests the caller cannot serve (R27).
+    pub fn refuse(&mut self, request: PendingRequest) -> Result<(), EndpointError> {
+        self.reply(request, HvStatus::E_FAIL)
+    }
+
+    /// Takes the queued notices (oldest first), with a [`IcNotice::Suppressed`] for every
+    /// class whose rate-limit window has ended with notices held back.
+    pub fn take_notices(&mut self) -> Vec<IcNotice> {
+        let now = Instant::now();
+        for (i, kind) in NOTICE_KINDS.iter().enumerate() {
+            let w = &mut self.windows[i];
+            let ended = w
+                .start
+                .is_some_and(|s| now.duration_since(s) >= self.config.notice_interval);
+            if ended && w.suppressed > 0 {
+                self.notices.push_back(IcNotice::Suppressed {
+                    kind: *kind,
+                    count: w.suppressed,
+                });
+                *w = Window {
+                    start: None,
+                    emitted: 0,
+                    suppressed: 0,
+                };
+            }
+        }
+        self.notices.drain(..).collect()
+    }
+
+    /// Notices suppressed so far in the current windows (not yet reported).
+    pub fn suppressed_notices(&self) -> u64 {
+        self.windows.iter().map(|w| w.suppressed).sum()
+    }
+
+    fn check_running(&self) -> Result<(), EndpointError> {
+        match &self.stopped {
+            Some(why) => Err(EndpointError::Stopped(why.clone())),
+            None => Ok(()),
+        }
+    }
+
+    /// Records a final error so that later calls refuse at once.
+    fn guard<T>(&mut self, r: Result<T, EndpointError>) -> Result<T, EndpointError> {
+        if let Err(e) = &r
+            && !matches!(e, EndpointError::ForeignRequest { .. })
+        {
+            self.stopped = Some(e.to_string());
+        }
+        r
+    }
+
+    fn notice(&mut self, notice: IcNotice) {
+        let kind = notice.kind();
+        let i = NOTICE_KINDS.iter().position(|k| *k == kind).unwrap_or(0);
+        let now = Instant::now();
+        let w = &mut self.windows[i];
+        match w.start {
+            Some(s) if now.duration_since(s) < self.config.notice_interval => {}
+            _ => {
+                if w.suppressed > 0 && self.notices.len() < self.config.max_queued_notices {
+                    self.notices.push_back(IcNotice::Suppressed {
+                        kind,
+                        count: w.suppressed,
+                    });
+                }
+                *w = Window {
+                    start: Some(now),
+                    emitted: 0,
+                    suppressed: 0,
+                };
+            }
+        }
+        if w.emitted < self.config.notice_burst
+            && self.notices.len() < self.config.max_queued_notices
+        {
+            w.emitted += 1;
+            self.notices.push_back(notice);
+        } else {
+            w.suppressed += 1;
+        }
+    }
+
+    fn flush_inner(&mut self) -> Result<(), EndpointError> {
+        let owed = std::mem::take(&mut *self.abandon.lock().unwrap_or_else(|p| p.into_inner()));
+        for o in owed {
+            if let Some(at) = self.pending.iter().position(|&t| t == o.trans_id) {
+                self.pending.swap_remove(at);
+            }
+            self.stats.abandoned += 1;
+            self.notice(IcNotice::Abandoned {
+                trans_id: o.trans_id,
+                op: o.op,
+            });
+            self.outbox.push_back((o.trans_id, o.payload));
+            self.stats.replies += 1;
+        }
+        while let Some((trans_id, payload)) = self.outbox.front() {
+            match self.channel.send(*trans_id, payload) {
+                Ok(()) => {
+                    self.outbox.pop_front();
+                }
+                Err(ChannelError::Ring(RingError::Full { .. })) => return Ok(()),
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends one reply, or queues it behind earlier ones / a full ring.
+    fn send_reply(&mut self, trans_id: u64, payload: Vec<u8>) -> Result<(), EndpointError> {
+        self.stats.replies += 1;
+        if self.outbox.is_empty() {
+            match self.channel.send(trans_id, &payload) {
+                Ok(()) => return Ok(()),
+                Err(ChannelError::Ring(RingError::Full { .. })) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        self.outbox.push_back((trans_id, payload));
+        Ok(())
+    }
+
+    fn service_inner(&mut self) -> Result<Vec<IcEvent>, EndpointError> {
+        // Consume the wake-up first: a signal that arrives while we drain makes the fd
+        // readable again, which at worst costs one empty pass.
+        self.channel.ack_signals()?;
+        self.flush_inner()?;
+        let mut events = Vec::new();
+        loop {
+            while self.service_one(&mut events)? {}
+            // Unmask, fence, look again: anything published before the host saw the unmask
+            // gets no signal (§3.3 step 3).
+            if !self.channel.unmask()? {
+                break;
+            }
+        }
+        Ok(events)
+    }
+
+    /// Reads and handles one packet; false when the ring is empty.
+    fn service_one(&mut self, events: &mut Vec<IcEvent>) -> Result<bool, EndpointError> {
+        // The channel's buffer is borrowed from the channel; copy what we need out so the
+        // channel can be used to send the reply.
+        let (trans_id, packet_type, payload) = match self.channel.recv()? {
+            None => return Ok(false),
+            Some(p) => (
+                p.trans_id(),
+                p.descriptor.packet_type.get(),
+                p.payload().to_vec(),
+            ),
+        };
+        self.stats.packets += 1;
+        let now = Instant::now();
+        if packet_type != hv_vss_protocol::vmbus::PacketType::DATA_INBAND.0 {
+            self.drop_packet(
+                trans_id,
+                payload.len(),
+                DropReason::NotInband { packet_type },
+            );
+            return Ok(true);
+        }
+        let ic = match IcMessage::parse(&payload) {
+            Ok(ic) => ic,
+            Err(e) => {
+                self.drop_packet(trans_id, payload.len(), DropReason::BadFraming(e));
+                return Ok(true);
+            }
+        };
+        match hv_vss_protocol::vss::route_uio(ic) {
+            UioRoute::Negotiate => self.negotiate(trans_id, ic)?,
+            UioRoute::NoReply(reason) => {
+                self.drop_packet(trans_id, payload.len(), DropReason::NotForUs(reason));
+            }
+            UioRoute::AnswerLocally {
+                request,
+                status,
+                why,
+            } => {
+                let reply = request.reply(status).into_bytes();
+                self.stats.answered_locally += 1;
+                self.send_reply(trans_id, reply)?;
+                match why {
+                    LocalAnswer::BackupComplete => {
+                        events.push(IcEvent::BackupComplete { trans_id })
+                    }
+                    LocalAnswer::UnknownOperation => self.notice(IcNotice::UnknownOperation {
+                        trans_id,
+                        op: request.op(),
+                    }),
+                    LocalAnswer::DmInfo | LocalAnswer::Acknowledge => {}
+                }
+            }
+            UioRoute::Coordinator { request, op } => {
+                if self.pending.contains(&trans_id) {
+                    self.notice(IcNotice::DuplicateTransId { trans_id });
+                }
+                self.pending.push(trans_id);
+                self.stats.delivered += 1;
+                events.push(IcEvent::Request(PendingRequest {
+                    endpoint: self.id,
+                    trans_id,
+                    op,
+                    vss_op: request.op(),
+                    reply: Some(request.reply(HvStatus::S_OK)),
+                    request: payload.clone().into_boxed_slice(),
+                    received_at: now,
+                    abandon: Arc::downgrade(&self.abandon),
+                }));
+            }
+        }
+        Ok(true)
+    }
+
+    fn negotiate(&mut self, trans_id: u64, ic: IcMessage<'_>) -> Result<(), EndpointError> {
+        if self.negotiation == Negotiation::Failed {
+            self.drop_packet(trans_id, ic.len(), DropReason::NegotiateAfterFailure);
+            return Ok(());
+        }
+        let offer = match NegotiateOffer::parse(ic) {
+            Ok(offer) => offer,
+            Err(e) => {
+                self.drop_packet(trans_id, ic.len(), DropReason::BadNegotiate(e));
+                return Ok(());
+            }
+        };
+        let answer = offer.answer(
+            &hv_vss_protocol::negotiate::GUEST_FRAMEWORK_VERSIONS,
+            &hv_vss_protocol::negotiate::GUEST_VSS_VERSIONS,
+        );
+        self.stats.answered_locally += 1;
+        // R2: the reply goes out before anything else happens.
+        self.send_reply(trans_id, answer.reply.into_bytes())?;
+        match answer.outcome {
+            NegotiateOutcome::Agreed { framework, message } => {
+                self.negotiation = Negotiation::Agreed { framework, message };
+                self.notice(IcNotice::Negotiated { framework, message });
+            }
+            NegotiateOutcome::Failed => {
+                self.negotiation = Negotiation::Failed;
+                self.notice(IcNotice::NegotiationFailed {
+                    offered_framework: offer.framework_versions,
+                    offered_message: offer.message_versions,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    fn drop_packet(&mut self, trans_id: u64, len: usize, reason: DropReason) {
+        self.stats.dropped += 1;
+        self.notice(IcNotice::Dropped {
+            trans_id,
+            len,
+            reason,
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::shm::{ShmChannel, ShmRings};
+    use hv_vss_protocol::negotiate::{build_offer, parse_reply};
+    use hv_vss_protocol::vss::build_request;
+
+    fn pair() -> (IcEndpoint<ShmChannel>, ShmChannel) {
+        let rings = ShmRings::create(64 * 1024).unwrap();
+        let host = rings.try_clone().unwrap().host().unwrap();
+        (IcEndpoint::new(rings.guest().unwrap()), host)
+    }
+
+    fn replies(host: &mut ShmChannel) -> Vec<(u64, Vec<u8>)> {
+        let mut out = Vec::new();
+        while let Some(p) = host.recv().unwrap() {
+            out.push((p.trans_id(), p.payload().to_vec()));
+        }
+        out
+    }
+
+    #[test]
+    fn negotiate_waiting_before_the_first_service_is_answered() {
+        let (mut ep, mut host) = pair();
+        let offer = build_offer(
+            &[Version::new(1, 0), Version::new(3, 0)],
+            &[Version::new(5, 0)],
+        )
+        .unwrap();
+        host.send(0x2a, &offer).unwrap();
+        assert!(ep.service().unwrap().is_empty());
+        let got = replies(&mut host);
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].0, 0x2a);
+        let r = parse_reply(&got[0].1).unwrap();
+        assert_eq!(r.chosen, Some((Version::new(3, 0), Version::new(5, 0))));
+        assert_eq!(
+            ep.versions().map(|(f, m)| (f.to_string(), m.to_string())),
+            Some(("3.0".into(), "5.0".into()))
+        );
+        assert!(!ep.channel().reader().is_masked(), "left unmasked");
+    }
+
+    #[test]
+    fn dropped_token_is_answered_e_fail_once() {
+        let (mut ep, mut host) = pair();
+        host.send(7, &build_request(VssOperation::FREEZE, 0, &[]).unwrap())
+            .unwrap();
+        let events = ep.service().unwrap();
+        assert_eq!(events.len(), 1);
+        drop(events);
+        assert!(
+            replies(&mut host).is_empty(),
+            "nothing sent until the next call"
+        );
+        ep.flush().unwrap();
+        let got = replies(&mut host);
+        assert_eq!(got.len(), 1);
+        assert_eq!(&got[0].1[20..24], &HvStatus::E_FAIL.0.to_le_bytes());
+        assert_eq!(ep.pending_requests(), 0);
+        assert!(
+            ep.take_notices()
+                .iter()
+                .any(|n| matches!(n, IcNotice::Abandoned { trans_id: 7, .. }))
+        );
+        ep.flush().unwrap();
+        assert!(replies(&mut host).is_empty(), "never twice");
+    }
+
+    #[test]
+    fn notices_are_rate_limited_per_kind() {
+        let rings = ShmRings::create(64 * 1024).unwrap();
+        let mut host = rings.try_clone().unwrap().host().unwrap();
+        let config = EndpointConfig {
+            notice_burst: 2,
+            notice_interval: Duration::from_millis(50),
+            max_queued_notices: 100,
+        };
+        let mut ep = IcEndpoint::with_config(rings.guest().unwrap(), config);
+        for id in 0..5 {
+            host.send(id, &[0u8; 8]).unwrap();
+        }
+        ep.service().unwrap();
+        let first = ep.take_notices();
+        assert_eq!(first.len(), 2);
+        assert_eq!(ep.suppressed_notices(), 3);
+        std::thread::sleep(Duration::from_millis(60));
+        let later = ep.take_notices();
+        assert_eq!(
+            later,
+            vec![IcNotice::Suppressed {
+                kind: NoticeKind::Dropped,
+                count: 3
+            }]
+        );
+        assert_eq!(ep.stats().dropped, 5);
+    }
+}
