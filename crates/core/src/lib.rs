@@ -98,3 +98,6 @@ pub use types::{
     KERNEL_UTIL_TIMEOUT, Limits, LimitsError, Millis, ParticipantId, RegisterError, Registration,
     RequestId, Status, TxnId,
 };
+
+#[cfg(test)]
+mod tests;
