@@ -16,6 +16,25 @@
 //! order, and calls [`Coordinator::tick`] at [`Coordinator::next_deadline`]. Deadlines due at
 //! the `now` of any call fire before its event is handled.
 //!
+//! ```
+//! use hv_vss_core::*;
+//!
+//! let mut c = Coordinator::new(Limits::default(), Millis(0)).unwrap();
+//! c.register(Registration { id: ParticipantId(1), name: "db".into(), tier: DEFAULT_TIER, timeout: None })
+//!     .unwrap();
+//! c.handle(Event::Ready, Millis(0));
+//! let freeze = RequestId(1);
+//! let actions = c.handle(Event::HostRequest { request: freeze, op: HostOp::Freeze }, Millis(5));
+//! let txn = TxnId(1);
+//! assert_eq!(actions, [Action::NotifyApp { participant: ParticipantId(1), txn, op: AppOp::Freeze }]);
+//! let ack = Event::AppAck { participant: ParticipantId(1), txn, op: AppOp::Freeze, ok: true };
+//! assert_eq!(c.handle(ack, Millis(9)), [Action::FreezeFs { txn }]);
+//! let frozen = Event::FsFrozen { txn, result: Ok(()) };
+//! assert_eq!(c.handle(frozen, Millis(40)), [Action::Reply { request: freeze, status: Status::Ok }]);
+//! // The daemon sleeps until the auto-thaw bound unless THAW comes first.
+//! assert_eq!(c.next_deadline(), Some(Millis(60_040)));
+//! ```
+//!
 //! # Design
 //!
 //! - States are one enum carrying their data (behaviour.md §5): Idle, Checking, FreezingApps,
