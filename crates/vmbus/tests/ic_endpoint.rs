@@ -1,0 +1,350 @@
+//! The IC endpoint against hand-made host packets on an in-process shared-memory pair:
+//! byte-exact replies (worked examples 11.2, 11.5, 11.6), the exactly-once reply token,
+//! R2 (NEGOTIATE mid-transaction), R3, R27, a full TX ring, and rescind.
+
+use std::os::fd::BorrowedFd;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use hv_vss_protocol::negotiate::build_offer;
+use hv_vss_protocol::vss::{CoordinatorOp, build_request};
+use hv_vss_protocol::{HvStatus, Version, VssOperation};
+use hv_vss_ring::Packet;
+use hv_vss_vmbus::ic_endpoint::{
+    DropReason, EndpointError, IcEndpoint, IcEvent, IcNotice, Negotiation, PendingRequest,
+};
+use hv_vss_vmbus::shm::{ShmChannel, ShmRings};
+use hv_vss_vmbus::uio::{ChannelError, VmbusChannel, Wake};
+
+const V1: Version = Version::new(1, 0);
+const V3: Version = Version::new(3, 0);
+const V4: Version = Version::new(4, 0);
+const V5: Version = Version::new(5, 0);
+
+/// Worked example 11.2: the guest's reply to the 11.1 offer.
+const REPLY_11_2: [u8; 48] = [
+    0x01, 0x00, 0x00, 0x00, 0x28, 0x00, 0x00, 0x00, 0x01, 0x00, 0x00, 0x00, 0x00, 0x00, 0x01, 0x00,
+    0x00, 0x00, 0x10, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x05, 0x00, 0x00, 0x01, 0x00, 0x01, 0x00,
+    0x00, 0x00, 0x00, 0x00, 0x03, 0x00, 0x00, 0x00, 0x05, 0x00, 0x00, 0x00, 0x05, 0x00, 0x00, 0x00,
+];
+/// Worked example 11.5: FREEZE success reply.
+const FREEZE_OK_11_5: [u8; 40] = [
+    0x01, 0x00, 0x00, 0x00, 0x20, 0x00, 0x00, 0x00, 0x03, 0x00, 0x00, 0x00, 0x05, 0x00, 0x05, 0x00,
+    0x00, 0x00, 0x0c, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x05, 0x00, 0x00, 0x05, 0x00, 0x00, 0x00,
+    0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,
+];
+/// Worked example 11.6: HOT_BACKUP reply with flags 5.
+const HOT_BACKUP_OK_11_6: [u8; 40] = [
+    0x01, 0x00, 0x00, 0x00, 0x20, 0x00, 0x00, 0x00, 0x03, 0x00, 0x00, 0x00, 0x05, 0x00, 0x05, 0x00,
+    0x00, 0x00, 0x0c, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x05, 0x00, 0x00, 0x02, 0x00, 0x00, 0x00,
+    0x00, 0x00, 0x00, 0x00, 0x05, 0x00, 0x00, 0x00,
+];
+const E_FAIL_BYTES: [u8; 4] = [0x05, 0x40, 0x00, 0x80];
+
+fn pair_with(ring_len: usize) -> (IcEndpoint<ShmChannel>, ShmChannel) {
+    let rings = ShmRings::create(ring_len).unwrap();
+    let host = rings.try_clone().unwrap().host().unwrap();
+    (IcEndpoint::new(rings.guest().unwrap()), host)
+}
+
+fn pair() -> (IcEndpoint<ShmChannel>, ShmChannel) {
+    pair_with(64 * 1024)
+}
+
+fn replies(host: &mut ShmChannel) -> Vec<(u64, Vec<u8>)> {
+    let mut out = Vec::new();
+    while let Some(p) = host.recv().unwrap() {
+        assert_eq!(p.descriptor.packet_type.get(), 6, "in-band");
+        assert_eq!(p.descriptor.flags.get(), 0, "VMBus flags 0");
+        out.push((p.trans_id(), p.payload().to_vec()));
+    }
+    out
+}
+
+fn requests(events: Vec<IcEvent>) -> Vec<PendingRequest> {
+    events
+        .into_iter()
+        .filter_map(|e| match e {
+            IcEvent::Request(r) => Some(r),
+            IcEvent::BackupComplete { .. } => None,
+        })
+        .collect()
+}
+
+#[test]
+fn negotiation_reply_is_worked_example_11_2() {
+    let (mut ep, mut host) = pair();
+    assert_eq!(ep.negotiation(), Negotiation::Awaiting);
+    host.send(0x2a, &build_offer(&[V1, V3], &[V5]).unwrap())
+        .unwrap();
+    assert!(ep.service().unwrap().is_empty());
+    assert_eq!(replies(&mut host), vec![(0x2a, REPLY_11_2.to_vec())]);
+    assert_eq!(
+        ep.negotiation(),
+        Negotiation::Agreed {
+            framework: V3,
+            message: V5
+        }
+    );
+    assert_eq!(
+        ep.take_notices(),
+        vec![IcNotice::Negotiated {
+            framework: V3,
+            message: V5
+        }]
+    );
+}
+
+#[test]
+fn coordinator_replies_are_worked_examples_11_5_and_11_6() {
+    let (mut ep, mut host) = pair();
+    host.send(
+        10,
+        &build_request(VssOperation::HOT_BACKUP, 0, &[]).unwrap(),
+    )
+    .unwrap();
+    host.send(11, &build_request(VssOperation::FREEZE, 0, &[]).unwrap())
+        .unwrap();
+    let mut reqs = requests(ep.service().unwrap());
+    assert_eq!(reqs.len(), 2);
+    let freeze = reqs.pop().unwrap();
+    let check = reqs.pop().unwrap();
+    assert_eq!((check.op(), check.trans_id()), (CoordinatorOp::Check, 10));
+    assert_eq!(
+        (freeze.op(), freeze.trans_id()),
+        (CoordinatorOp::Freeze, 11)
+    );
+    assert_eq!(ep.pending_requests(), 2);
+    ep.reply(check, HvStatus::S_OK).unwrap();
+    ep.reply(freeze, HvStatus::S_OK).unwrap();
+    assert_eq!(
+        replies(&mut host),
+        vec![
+            (10, HOT_BACKUP_OK_11_6.to_vec()),
+            (11, FREEZE_OK_11_5.to_vec())
+        ]
+    );
+    assert_eq!(ep.pending_requests(), 0);
+}
+
+#[test]
+fn vetoed_hot_backup_keeps_flags_5_and_any_failure_status_goes_out_as_e_fail() {
+    let (mut ep, mut host) = pair();
+    host.send(1, &build_request(VssOperation::HOT_BACKUP, 0, &[]).unwrap())
+        .unwrap();
+    let req = requests(ep.service().unwrap()).pop().unwrap();
+    // R8: a status other than S_OK is sent as HV_E_FAIL.
+    ep.reply(req, HvStatus::ERROR_DISK_FULL).unwrap();
+    let mut veto = HOT_BACKUP_OK_11_6;
+    veto[0x14..0x18].copy_from_slice(&E_FAIL_BYTES);
+    assert_eq!(replies(&mut host), vec![(1, veto.to_vec())]);
+}
+
+#[test]
+fn negotiate_is_answered_mid_transaction_and_thaw_during_freeze_is_delivered() {
+    let (mut ep, mut host) = pair();
+    host.send(1, &build_request(VssOperation::FREEZE, 0, &[]).unwrap())
+        .unwrap();
+    let freeze = requests(ep.service().unwrap()).pop().unwrap();
+    // The host renegotiates and sends THAW while FREEZE is still pending (R2, R26).
+    host.send(2, &build_offer(&[V3], &[V5]).unwrap()).unwrap();
+    host.send(3, &build_request(VssOperation::THAW, 0, &[]).unwrap())
+        .unwrap();
+    let thaw = requests(ep.service().unwrap()).pop().unwrap();
+    assert_eq!(thaw.op(), CoordinatorOp::Thaw);
+    let got = replies(&mut host);
+    assert_eq!(got.len(), 1, "only NEGOTIATE answered so far");
+    assert_eq!(got[0].0, 2);
+    // The coordinator's order: E_FAIL to the FREEZE, then the THAW.
+    ep.reply(freeze, HvStatus::E_FAIL).unwrap();
+    ep.reply(thaw, HvStatus::S_OK).unwrap();
+    let got = replies(&mut host);
+    assert_eq!(got.iter().map(|r| r.0).collect::<Vec<_>>(), [1, 3]);
+    assert_eq!(&got[0].1[20..24], &E_FAIL_BYTES);
+    assert_eq!(&got[1].1[20..24], &[0; 4]);
+}
+
+#[test]
+fn failed_negotiation_is_answered_once_then_repeats_are_dropped() {
+    let (mut ep, mut host) = pair();
+    let offer = build_offer(&[V3], &[V4]).unwrap();
+    host.send(1, &offer).unwrap();
+    ep.service().unwrap();
+    let got = replies(&mut host);
+    assert_eq!(got.len(), 1);
+    assert_eq!(&got[0].1[0x1c..0x20], &[0; 4], "counts 0");
+    assert_eq!(&got[0].1[0x14..0x18], &E_FAIL_BYTES);
+    assert_eq!(ep.negotiation(), Negotiation::Failed);
+    for id in 2..5 {
+        host.send(id, &offer).unwrap();
+    }
+    // Even an acceptable offer after a failure stays unanswered on this channel.
+    host.send(5, &build_offer(&[V3], &[V5]).unwrap()).unwrap();
+    ep.service().unwrap();
+    assert!(replies(&mut host).is_empty());
+    let notices = ep.take_notices();
+    assert!(matches!(notices[0], IcNotice::NegotiationFailed { .. }));
+    let repeats = notices
+        .iter()
+        .filter(|n| {
+            matches!(
+                n,
+                IcNotice::Dropped {
+                    reason: DropReason::NegotiateAfterFailure,
+                    ..
+                }
+            )
+        })
+        .count();
+    assert_eq!(repeats, 4);
+}
+
+#[test]
+fn requests_before_the_caller_is_ready_can_be_refused() {
+    let (mut ep, mut host) = pair();
+    host.send(9, &build_request(VssOperation::FREEZE, 0, &[]).unwrap())
+        .unwrap();
+    let req = requests(ep.service().unwrap()).pop().unwrap();
+    ep.refuse(req).unwrap();
+    let got = replies(&mut host);
+    assert_eq!(got.len(), 1);
+    assert_eq!(&got[0].1[20..24], &E_FAIL_BYTES);
+}
+
+#[test]
+fn a_token_replied_on_another_endpoint_is_refused_and_answered_by_its_own() {
+    let (mut a, mut host_a) = pair();
+    let (mut b, mut host_b) = pair();
+    host_a
+        .send(5, &build_request(VssOperation::THAW, 0, &[]).unwrap())
+        .unwrap();
+    let req = requests(a.service().unwrap()).pop().unwrap();
+    assert!(matches!(
+        b.reply(req, HvStatus::S_OK),
+        Err(EndpointError::ForeignRequest { trans_id: 5 })
+    ));
+    b.flush().expect("b keeps working");
+    assert!(replies(&mut host_b).is_empty());
+    a.flush().unwrap();
+    let got = replies(&mut host_a);
+    assert_eq!(got.len(), 1);
+    assert_eq!(&got[0].1[20..24], &E_FAIL_BYTES);
+}
+
+#[test]
+fn replies_wait_in_order_when_the_tx_ring_is_full() {
+    // A small ring the host does not drain: replies pile up in the outbox, in order.
+    let (mut ep, mut host) = pair_with(2 * hv_vss_sys::mem::page_size());
+    let lun = vec![0xab; 1500];
+    let mut sent = Vec::new();
+    let mut tokens = Vec::new();
+    for id in 0..6u64 {
+        host.send(id, &build_request(VssOperation::FREEZE, 0, &lun).unwrap())
+            .unwrap();
+        tokens.extend(requests(ep.service().unwrap()));
+        sent.push(id);
+    }
+    for t in tokens {
+        ep.reply(t, HvStatus::S_OK).unwrap();
+    }
+    assert!(
+        ep.unsent_replies() > 0,
+        "the 4 KiB ring cannot hold 6 replies"
+    );
+    let mut got = Vec::new();
+    for _ in 0..10 {
+        got.extend(replies(&mut host).into_iter().map(|r| r.0));
+        ep.flush().unwrap();
+        if ep.unsent_replies() == 0 {
+            break;
+        }
+    }
+    got.extend(replies(&mut host).into_iter().map(|r| r.0));
+    assert_eq!(got, sent, "every reply once, in order");
+}
+
+#[test]
+fn oversize_packet_is_a_final_error_not_truncated() {
+    let (mut ep, mut host) = pair();
+    host.send(1, &vec![0u8; 17 * 1024]).unwrap();
+    match ep.service() {
+        Err(EndpointError::Oversize { len, buffer_len }) => {
+            assert!(len > buffer_len && buffer_len >= 16 * 1024);
+        }
+        other => panic!("expected Oversize, got {other:?}"),
+    }
+    assert!(matches!(ep.service(), Err(EndpointError::Stopped(_))));
+}
+
+/// A channel that reports `EIO` (rescind) once the flag is set, as `/dev/uioN` does.
+struct Rescindable {
+    inner: ShmChannel,
+    rescinded: Arc<AtomicBool>,
+}
+
+impl Rescindable {
+    fn check(&self) -> Result<(), ChannelError> {
+        if self.rescinded.load(Ordering::SeqCst) {
+            return Err(ChannelError::Rescinded);
+        }
+        Ok(())
+    }
+}
+
+impl VmbusChannel for Rescindable {
+    fn send(&mut self, trans_id: u64, payload: &[u8]) -> Result<(), ChannelError> {
+        self.check()?;
+        self.inner.send(trans_id, payload)
+    }
+    fn recv(&mut self) -> Result<Option<Packet<'_>>, ChannelError> {
+        self.check()?;
+        self.inner.recv()
+    }
+    fn wait(&mut self, timeout: Option<Duration>) -> Result<Wake, ChannelError> {
+        self.check()?;
+        self.inner.wait(timeout)
+    }
+    fn mask(&mut self) -> Result<(), ChannelError> {
+        self.inner.mask()
+    }
+    fn unmask(&mut self) -> Result<bool, ChannelError> {
+        self.inner.unmask()
+    }
+    fn set_spin(&mut self, spin: Duration) {
+        self.inner.set_spin(spin)
+    }
+    fn signal_fd(&self) -> BorrowedFd<'_> {
+        self.inner.signal_fd()
+    }
+    fn ack_signals(&mut self) -> Result<(), ChannelError> {
+        self.check()?;
+        self.inner.ack_signals()
+    }
+}
+
+#[test]
+fn eio_is_rescinded_and_the_endpoint_stops() {
+    let rings = ShmRings::create(64 * 1024).unwrap();
+    let mut host = rings.try_clone().unwrap().host().unwrap();
+    let rescinded = Arc::new(AtomicBool::new(false));
+    let mut ep = IcEndpoint::new(Rescindable {
+        inner: rings.guest().unwrap(),
+        rescinded: rescinded.clone(),
+    });
+    host.send(1, &build_request(VssOperation::FREEZE, 0, &[]).unwrap())
+        .unwrap();
+    let req = requests(ep.service().unwrap()).pop().unwrap();
+    // The device goes away while the FREEZE is pending: the reply cannot be sent.
+    rescinded.store(true, Ordering::SeqCst);
+    assert!(matches!(
+        ep.reply(req, HvStatus::S_OK),
+        Err(EndpointError::Rescinded)
+    ));
+    assert!(matches!(ep.service(), Err(EndpointError::Stopped(_))));
+    assert!(matches!(
+        ep.wait(Some(Duration::ZERO)),
+        Err(EndpointError::Stopped(_))
+    ));
+    assert!(replies(&mut host).is_empty());
+}
