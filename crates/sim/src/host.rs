@@ -554,11 +554,14 @@ impl HostSimulator {
         self.post(RequestKind::Fault(FaultKind::Garbage), id, bytes)
     }
 
-    /// Sends a VSS request cut to `len` bytes (28 ≤ `len` < 40), with `icmsgsize` and the
-    /// pipe size shrunk to match so that only the VSS length check rejects it (R10).
+    /// Sends a VSS request cut to `len` bytes, with `icmsgsize` and the pipe size shrunk to
+    /// match so that only the VSS length check rejects it (R10). `len` is clamped to
+    /// 28..=32: the ring pads payloads to 8 bytes and VMBus keeps no unpadded length, so a
+    /// 33–39-byte payload reaches the guest as 40 bytes and is indistinguishable from a
+    /// minimal VSS message (the kernel has the same blind spot).
     pub fn post_truncated_vss(&mut self, op: VssOperation, len: usize) -> Result<Ticket, SimError> {
         let full = vss::build_request(op, 0, &[])?;
-        let len = len.clamp(ic::IC_BODY_OFFSET, full.len() - 1);
+        let len = len.clamp(ic::IC_BODY_OFFSET, 32);
         let mut bytes = full[..len].to_vec();
         let body = (len - ic::IC_BODY_OFFSET) as u16;
         bytes[4..8].copy_from_slice(&(u32::from(body) + ic::IC_HEADER_LEN as u32).to_le_bytes());

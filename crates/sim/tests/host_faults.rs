@@ -1,0 +1,308 @@
+//! Host misbehaviour against a guest IC endpoint over the in-process shared-memory pair.
+//!
+//! The guest runs in a thread with the transport self-test policy (S_OK to HOT_BACKUP,
+//! FREEZE and THAW; it freezes nothing) until the test closes its stop socket; it then
+//! returns its summary and the endpoint, so the test can check the notices. For every bad
+//! input: nothing crashes, the right reply (or none) comes back, and the guest keeps
+//! serving afterwards. Corrupt rings end with the typed error.
+
+use std::os::fd::{AsFd, OwnedFd};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use hv_vss_protocol::vss::NoReplyReason;
+use hv_vss_protocol::{HvStatus, VssOperation};
+use hv_vss_ring::Corruption;
+use hv_vss_sim::host::self_test_guest::{self, FixedPolicy, SelfTestSummary};
+use hv_vss_sim::host::{
+    ExchangeOutcome, HostConfig, HostSimulator, ReplyViolation, RingCorruption, SimError,
+};
+use hv_vss_vmbus::ic_endpoint::{DropReason, EndpointError, IcEndpoint, IcNotice};
+use hv_vss_vmbus::shm::ShmChannel;
+use rustix::net::{AddressFamily, SocketFlags, SocketType, socketpair};
+
+const SILENCE: Duration = Duration::from_millis(150);
+
+type GuestResult = (
+    Result<SelfTestSummary, EndpointError>,
+    IcEndpoint<ShmChannel>,
+);
+
+struct Guest {
+    stop: OwnedFd,
+    thread: JoinHandle<GuestResult>,
+}
+
+impl Guest {
+    fn finish(self) -> GuestResult {
+        drop(self.stop);
+        self.thread.join().expect("guest thread panicked")
+    }
+}
+
+fn start(config: HostConfig) -> (HostSimulator, Guest) {
+    let (sim, rings) = HostSimulator::create(
+        64 * 1024,
+        config.with_reply_timeout(Duration::from_secs(10)),
+    )
+    .unwrap();
+    let (stop, stop_peer) = socketpair(
+        AddressFamily::UNIX,
+        SocketType::SEQPACKET,
+        SocketFlags::CLOEXEC,
+        None,
+    )
+    .unwrap();
+    let channel = rings.guest().unwrap();
+    let thread = std::thread::spawn(move || {
+        let mut endpoint = IcEndpoint::new(channel);
+        let r = self_test_guest::serve(&mut endpoint, FixedPolicy::ALWAYS_OK, stop_peer.as_fd());
+        (r, endpoint)
+    });
+    (sim, Guest { stop, thread })
+}
+
+fn dropped(notices: &[IcNotice]) -> Vec<DropReason> {
+    notices
+        .iter()
+        .filter_map(|n| match n {
+            IcNotice::Dropped { reason, .. } => Some(reason.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn garbage_gets_no_reply_and_the_guest_keeps_serving() {
+    let (mut sim, guest) = start(HostConfig::default());
+    assert!(matches!(
+        sim.negotiate().unwrap(),
+        hv_vss_sim::host::NegotiationResult::Agreed { .. }
+    ));
+    let mut tickets = Vec::new();
+    for (i, len) in [0usize, 5, 27, 28, 100, 2000, 12_000]
+        .into_iter()
+        .enumerate()
+    {
+        tickets.push(sim.post_garbage(len, i as u64 + 1).unwrap());
+    }
+    for t in tickets {
+        // The seeds are fixed; none of these byte strings frames as NEGOTIATE or VSS.
+        sim.expect_no_reply(t, SILENCE).unwrap();
+    }
+    assert!(sim.hot_backup().unwrap().is_ok());
+    assert!(sim.freeze().unwrap().is_ok());
+    assert!(sim.thaw().unwrap().is_ok());
+    let (r, _) = guest.finish();
+    let summary = r.unwrap();
+    assert_eq!(summary.requests, 3);
+    assert_eq!(dropped(&summary.notices).len(), 7);
+}
+
+#[test]
+fn truncated_and_non_vss_packets_get_no_reply() {
+    let (mut sim, guest) = start(HostConfig::default());
+    sim.negotiate().unwrap();
+    let t = sim.post_truncated_vss(VssOperation::FREEZE, 32).unwrap();
+    sim.expect_no_reply(t, SILENCE).unwrap();
+    let t = sim
+        .post_truncated_vss(VssOperation::HOT_BACKUP, 28)
+        .unwrap();
+    sim.expect_no_reply(t, SILENCE).unwrap();
+    for msg_type in [1u16, 2, 3, 7, 42] {
+        let t = sim.post_non_vss(msg_type).unwrap();
+        sim.expect_no_reply(t, SILENCE).unwrap();
+    }
+    assert!(sim.freeze().unwrap().is_ok(), "still serving");
+    assert!(sim.thaw().unwrap().is_ok());
+    for e in &sim.exchanges()[1..8] {
+        assert_eq!(e.outcome, ExchangeOutcome::Silent, "{e:?}");
+    }
+    let (r, endpoint) = guest.finish();
+    let reasons = dropped(&r.unwrap().notices);
+    assert_eq!(endpoint.stats().dropped, 7);
+    assert!(reasons.contains(&DropReason::NotForUs(NoReplyReason::TooShort { len: 32 })));
+    assert!(reasons.iter().any(|r| matches!(
+        r,
+        DropReason::NotForUs(NoReplyReason::UnexpectedType(t)) if t.0 == 42
+    )));
+}
+
+#[test]
+fn local_operations_are_answered_per_the_table() {
+    let (mut sim, guest) = start(HostConfig::default());
+    sim.negotiate().unwrap();
+    let dm = sim.get_dm_info().unwrap();
+    assert_eq!((dm.status, dm.flags), (HvStatus::S_OK, 0));
+    // GET_DM_INFO flags are cleared even if the host set some.
+    let t = sim
+        .post_vss(VssOperation::GET_DM_INFO, 0xdead_beef, &[])
+        .unwrap();
+    assert_eq!(sim.await_vss(t).unwrap().flags, 0);
+    for op in [
+        VssOperation::CREATE,
+        VssOperation::DELETE,
+        VssOperation::AUTO_RECOVER,
+        VssOperation::BU_COMPLETE,
+    ] {
+        assert_eq!(sim.request(op).unwrap().status, HvStatus::S_OK, "{op}");
+    }
+    for code in [8u8, 9, 127, 128, 129, 255] {
+        let r = sim.request(VssOperation(code)).unwrap();
+        assert_eq!(r.status, HvStatus::E_FAIL, "unknown op {code}");
+    }
+    // AUTO_RECOVER with its largest body is echoed too.
+    let t = sim
+        .post_vss(VssOperation::AUTO_RECOVER, 0, &vec![3u8; 12_488])
+        .unwrap();
+    assert!(sim.await_vss(t).unwrap().is_ok());
+    let (r, endpoint) = guest.finish();
+    let summary = r.unwrap();
+    assert_eq!(summary.requests, 0, "nothing reached the coordinator");
+    assert_eq!(summary.backup_completes, 1);
+    let unknown = summary
+        .notices
+        .iter()
+        .filter(|n| matches!(n, IcNotice::UnknownOperation { .. }))
+        .count();
+    assert_eq!(unknown, 6);
+    assert_eq!(endpoint.stats().delivered, 0);
+}
+
+#[test]
+fn duplicate_trans_id_gets_two_replies() {
+    let (mut sim, guest) = start(HostConfig::default());
+    sim.negotiate().unwrap();
+    let (a, b) = sim.post_duplicate(VssOperation::HOT_BACKUP).unwrap();
+    assert_eq!(a.trans_id, b.trans_id);
+    assert!(sim.await_vss(a).unwrap().is_ok());
+    assert!(sim.await_vss(b).unwrap().is_ok());
+    assert!(sim.unmatched_replies().is_empty());
+    let (r, _) = guest.finish();
+    assert_eq!(r.unwrap().requests, 2);
+}
+
+#[test]
+fn freeze_lun_bytes_are_echoed_and_the_limit_is_enforced() {
+    let (mut sim, guest) = start(HostConfig::default());
+    sim.negotiate().unwrap();
+    let lun: Vec<u8> = (0..6_248u32).map(|i| (i % 251) as u8).collect();
+    assert!(sim.freeze_with_lun(&lun).unwrap().is_ok());
+    assert!(matches!(
+        sim.freeze_with_lun(&[0; 6_249]),
+        Err(SimError::Build(_))
+    ));
+    assert!(sim.thaw().unwrap().is_ok());
+    guest.finish().0.unwrap();
+}
+
+#[test]
+fn failed_negotiation_then_silence_on_repeats() {
+    let (mut sim, guest) = start(HostConfig::vss_4_0_only());
+    assert!(matches!(
+        sim.negotiate().unwrap(),
+        hv_vss_sim::host::NegotiationResult::Refused { .. }
+    ));
+    for _ in 0..3 {
+        let t = sim.post_negotiate().unwrap();
+        sim.expect_no_reply(t, SILENCE).unwrap();
+    }
+    let (r, endpoint) = guest.finish();
+    let notices = r.unwrap().notices;
+    let failures = notices
+        .iter()
+        .filter(|n| matches!(n, IcNotice::NegotiationFailed { .. }))
+        .count();
+    assert_eq!(failures, 1, "logged once");
+    assert_eq!(
+        dropped(&notices),
+        vec![DropReason::NegotiateAfterFailure; 3]
+    );
+    assert_eq!(
+        endpoint.negotiation(),
+        hv_vss_vmbus::ic_endpoint::Negotiation::Failed
+    );
+}
+
+#[test]
+fn a_request_with_no_guest_times_out_with_a_typed_error() {
+    // Nobody serves the guest side.
+    let (mut sim, _rings) = HostSimulator::create(
+        64 * 1024,
+        HostConfig::default().with_reply_timeout(Duration::from_millis(100)),
+    )
+    .unwrap();
+    match sim.freeze() {
+        Err(SimError::Timeout { waited, .. }) => assert_eq!(waited, Duration::from_millis(100)),
+        other => panic!("expected a timeout, got {other:?}"),
+    }
+    assert!(matches!(
+        sim.exchanges()[0].outcome,
+        ExchangeOutcome::TimedOut { .. }
+    ));
+}
+
+#[test]
+fn a_reply_that_breaks_the_spec_is_a_typed_violation() {
+    // A hand-written "guest" that forgets flags 5 on HOT_BACKUP.
+    let (mut sim, rings) = HostSimulator::create(64 * 1024, HostConfig::default()).unwrap();
+    let mut guest = rings.guest().unwrap();
+    let t = sim.post_vss(VssOperation::HOT_BACKUP, 0, &[]).unwrap();
+    use hv_vss_vmbus::uio::VmbusChannel;
+    let (id, mut payload) = {
+        let p = guest.recv().unwrap().unwrap();
+        (p.trans_id(), p.payload().to_vec())
+    };
+    payload[25] = 0x05;
+    guest.send(id, &payload).unwrap();
+    match sim.await_vss(t) {
+        Err(SimError::Invalid { violation, .. }) => {
+            assert_eq!(violation, ReplyViolation::HotBackupFlags(0));
+        }
+        other => panic!("expected a violation, got {other:?}"),
+    }
+}
+
+#[test]
+fn corrupt_rings_stop_the_endpoint_with_a_typed_error() {
+    for how in [
+        RingCorruption::WriteIndexPastEnd,
+        RingCorruption::WriteIndexUnaligned,
+        RingCorruption::DescriptorOffset,
+        RingCorruption::LengthPastWriteIndex,
+    ] {
+        let (mut sim, guest) = start(HostConfig::default());
+        sim.negotiate().unwrap();
+        assert!(sim.hot_backup().unwrap().is_ok());
+        sim.corrupt_ring(how).unwrap();
+        assert!(matches!(sim.freeze(), Err(SimError::Corrupted)));
+        // The guest thread returns on its own with the error; the stop socket is unused.
+        let (r, mut endpoint) = guest.finish();
+        let err = r.expect_err("a corrupt ring is an error");
+        let want = match &err {
+            EndpointError::Corrupt(Corruption::Index { .. }) => matches!(
+                how,
+                RingCorruption::WriteIndexPastEnd | RingCorruption::WriteIndexUnaligned
+            ),
+            EndpointError::Corrupt(Corruption::DescriptorOffset { offset8: 1, .. }) => {
+                how == RingCorruption::DescriptorOffset
+            }
+            EndpointError::Corrupt(Corruption::PacketPastWriteIndex { .. }) => {
+                how == RingCorruption::LengthPastWriteIndex
+            }
+            _ => false,
+        };
+        assert!(want, "{how:?} gave {err:?}");
+        assert!(matches!(endpoint.service(), Err(EndpointError::Stopped(_))));
+    }
+}
+
+#[test]
+fn oversize_packet_stops_the_endpoint() {
+    let (mut sim, guest) = start(HostConfig::default());
+    sim.negotiate().unwrap();
+    let t = sim.post_garbage(20_000, 7).unwrap();
+    let _ = sim.expect_no_reply(t, SILENCE);
+    let (r, _) = guest.finish();
+    assert!(matches!(r, Err(EndpointError::Oversize { .. })), "{r:?}");
+}
