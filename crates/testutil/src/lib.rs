@@ -432,6 +432,15 @@ pub fn run_with_timeout<T: Send + 'static>(
     }
 }
 
+static SERIAL: Mutex<()> = Mutex::new(());
+
+/// Serialise freezing tests within one test binary: a guard's drop thaws every registered
+/// test filesystem, which would disturb another test that froze one on purpose. Take this
+/// first in every test that freezes: `let _serial = hv_vss_testutil::serial();`.
+pub fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 /// A unique temp dir for a state directory (journal, lock), on the root filesystem, which
 /// tests never freeze.
 pub fn state_dir() -> anyhow::Result<tempfile::TempDir> {
