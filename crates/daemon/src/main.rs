@@ -1,9 +1,331 @@
-//! `hv-vssd`: the hv-vss daemon (being written).
+//! `hv-vssd`: the hv-vss daemon. It answers the Hyper-V host's HOT_BACKUP, FREEZE and THAW
+//! (drop-in mode over Linux's `/dev/vmbus/hv_vss`), freezes the filesystems with the
+//! freezer on a worker thread, and guarantees the thaw: auto-thaw, a guardian process that
+//! thaws when the daemon is killed, and recovery of an earlier instance's journal at start.
+//!
+//! Startup order (each step before the next, all before any freeze):
+//! 1. command line and config file, validated (exit 2, naming the flag or key);
+//! 2. logging through the freeze-safe gate ([`logbuf`]);
+//! 3. the state directory: created, checked not to be on a filesystem the plan may freeze
+//!    (exit 5), its instance lock taken (exit 4 if another hv-vssd uses it);
+//! 4. recovery: an earlier instance's journal is thawed before the transport opens (R59;
+//!    exit 6 if it cannot be completed);
+//! 5. the guardian process (exit 7 if it cannot start);
+//! 6. the transport: open and register (exit 4 if another VSS daemon holds the device,
+//!    exit 3 if it cannot be opened);
+//! 7. `READY=1` to systemd, then the main loop ([`daemon`]).
+//!
+//! The application socket (`--app-socket`) is validated and reserved here; its server and
+//! hooks come with the applications issue, so no participant is registered yet and every
+//! backup is filesystem-consistent.
 
-#[allow(dead_code)]
+mod config;
+mod daemon;
+mod exit;
+mod fsworker;
+mod guardian;
+mod history;
 mod logbuf;
+mod transport;
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::anyhow;
+use clap::Parser;
+use hv_vss_core::{AutoThaw, Coordinator, Millis};
+use hv_vss_freezer::{FreezeOptions, MountSource};
+
+use crate::config::{Overrides, Settings, TransportChoice};
+use crate::exit::{ExitKind, Fatal};
+use crate::logbuf::LogGate;
+
+/// Hyper-V VSS (Backup) daemon with guaranteed thaw.
+#[derive(Debug, Parser)]
+#[command(name = "hv-vssd", version, about)]
+struct Cli {
+    /// TOML configuration file [default: /etc/hv-vss/hv-vss.toml if present].
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Drop-in transport: /dev/vmbus/hv_vss, or a SOCK_SEQPACKET Unix socket speaking the
+    /// same bytes (simulators) [default: /dev/vmbus/hv_vss].
+    #[arg(long, value_name = "PATH", conflicts_with = "uio")]
+    device: Option<PathBuf>,
+    /// UIO transport: /dev/uioN, or a host simulator's Unix socket.
+    #[arg(long, value_name = "PATH")]
+    uio: Option<PathBuf>,
+    /// Freeze exactly this mount point (repeatable); without it, discovery plus the
+    /// config's [freezer] filters.
+    #[arg(long = "mount", value_name = "PATH")]
+    mounts: Vec<PathBuf>,
+    /// State directory (journal, locks, report history); must be on tmpfs
+    /// [default: /run/hv-vss].
+    #[arg(long, value_name = "DIR")]
+    state_dir: Option<PathBuf>,
+    /// Application socket path (reserved: the socket server comes with application
+    /// support) [default: STATE_DIR/app.sock].
+    #[arg(long, value_name = "PATH")]
+    app_socket: Option<PathBuf>,
+    /// Thaw on our own if THAW has not come this many seconds after the freeze (decimals
+    /// allowed), or "off" (warned) [default: 60].
+    #[arg(long, value_name = "SECONDS")]
+    auto_thaw: Option<String>,
+    /// Stay in the foreground (always the case; accepted for compatibility).
+    #[arg(short = 'n', long)]
+    no_daemon: bool,
+    /// Debug logging.
+    #[arg(short, long)]
+    debug: bool,
+    /// Internal: run as the guardian of the daemon that started this process.
+    #[arg(long, hide = true)]
+    guardian: bool,
+}
+
+/// Name of the instance lock inside the state directory.
+const INSTANCE_LOCK: &str = "hv-vssd.lock";
 
 fn main() {
-    eprintln!("hv-vssd: not implemented yet");
-    std::process::exit(1);
+    let cli = Cli::parse();
+    if cli.guardian {
+        init_plain_logging(cli.debug);
+        let state_dir = cli
+            .state_dir
+            .unwrap_or_else(|| hv_vss_freezer::DEFAULT_STATE_DIR.into());
+        std::process::exit(guardian::run(&state_dir));
+    }
+    match run(cli) {
+        Ok(()) => std::process::exit(ExitKind::Clean as i32),
+        Err(fatal) => {
+            // Logging may not be set up yet: plain stderr.
+            eprintln!("hv-vssd: {fatal}");
+            std::process::exit(fatal.kind as i32);
+        }
+    }
+}
+
+fn init_plain_logging(debug: bool) {
+    let level = if debug {
+        tracing::level_filters::LevelFilter::DEBUG
+    } else {
+        tracing::level_filters::LevelFilter::INFO
+    };
+    let _ = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_max_level(level)
+        .with_ansi(false)
+        .with_target(false)
+        .try_init();
+}
+
+fn run(cli: Cli) -> Result<(), Fatal> {
+    let start = Instant::now();
+    let usage = |e: config::ConfigError| Fatal::new(ExitKind::Usage, e);
+    let (file, config_path) = Settings::load_file(cli.config.as_deref()).map_err(usage)?;
+    let debug = cli.debug;
+    let settings = Settings::resolve(
+        file,
+        Overrides {
+            device: cli.device,
+            uio: cli.uio,
+            state_dir: cli.state_dir,
+            app_socket: cli.app_socket,
+            mounts: cli.mounts,
+            auto_thaw: cli.auto_thaw,
+            debug,
+        },
+    )
+    .map_err(usage)?;
+
+    let gate = LogGate::stderr(settings.log_ring_capacity);
+    let _ = tracing_subscriber::fmt()
+        .with_writer(gate.clone())
+        .with_max_level(settings.log_level.filter())
+        .with_ansi(false)
+        .with_target(false)
+        .try_init();
+    tracing::info!(
+        version = env!("CARGO_PKG_VERSION"),
+        config = ?config_path,
+        transport = ?settings.transport,
+        state_dir = %settings.state_dir.display(),
+        "hv-vssd starting"
+    );
+    match settings.limits.auto_thaw {
+        AutoThaw::Disabled => tracing::warn!(
+            "auto-thaw is DISABLED: if the host never sends THAW, filesystems stay frozen until shutdown, transport loss or guardian loss"
+        ),
+        AutoThaw::After(d) => {
+            tracing::info!(auto_thaw_ms = d.as_millis() as u64, "auto-thaw armed")
+        }
+    }
+    tracing::info!(
+        app_socket = %settings.app_socket.display(),
+        "application socket reserved; its server comes with application support (no participants: filesystem-consistent backups)"
+    );
+
+    let signals = daemon::signal_pipe()
+        .map_err(|e| Fatal::new(ExitKind::Internal, anyhow!("signal handlers: {e}")))?;
+
+    // The plan, as of now: validates --mount / mounts and the state directory's safety.
+    let source = MountSource::current();
+    let selection = fsworker::selection(&settings.mounts);
+    let plan = hv_vss_freezer::make_plan(&source, &selection, &settings.freezer).map_err(|e| {
+        let key = if settings.mounts.is_empty() {
+            "freezer"
+        } else {
+            "--mount/mounts"
+        };
+        Fatal::new(ExitKind::Usage, anyhow!("{key}: {e}"))
+    })?;
+    let planned: Vec<String> = plan
+        .filesystems()
+        .map(|f| f.mount_point.display().to_string())
+        .collect();
+    tracing::info!(mounts = ?planned, skipped = plan.skipped.len(), "freeze plan");
+    if plan.is_empty() {
+        tracing::warn!(
+            "the freeze plan is empty: FREEZE will fail until a freezable filesystem is mounted"
+        );
+    }
+
+    let _instance_lock = prepare_state_dir(&settings.state_dir, &plan)?;
+    recover_earlier(&settings.state_dir)?;
+
+    let guardian = guardian::Guardian::spawn(&settings.state_dir, debug)
+        .map_err(|e| Fatal::new(ExitKind::Guardian, e))?;
+    tracing::info!(pid = guardian.pid(), "guardian started");
+
+    let transport = transport::Transport::open(&settings.transport).map_err(|e| {
+        let kind = if e.is_busy() {
+            ExitKind::Busy
+        } else {
+            ExitKind::TransportUnavailable
+        };
+        let path = match &settings.transport {
+            TransportChoice::DropIn(p) | TransportChoice::Uio(p) => p.clone(),
+        };
+        let hint = if e.is_busy() {
+            " (stop hypervvssd / hv_vss_daemon, or the other hv-vssd, first)"
+        } else {
+            ""
+        };
+        Fatal::new(kind, anyhow!("{}: {e}{hint}", path.display()))
+    })?;
+
+    let coord = Coordinator::new(settings.limits, Millis(0))
+        .map_err(|e| Fatal::new(ExitKind::Usage, anyhow!("limits: {e}")))?;
+    let worker = fsworker::FsWorker::start(fsworker::FsSetup {
+        source,
+        selection,
+        config: settings.freezer.clone(),
+        options: FreezeOptions::new(settings.freezer.config(), settings.state_dir.clone()),
+    })
+    .map_err(|e| Fatal::new(ExitKind::Internal, anyhow!("filesystem worker: {e}")))?;
+
+    daemon::Daemon::new(daemon::Parts {
+        settings,
+        gate,
+        debug,
+        start,
+        coord,
+        transport,
+        worker,
+        guardian,
+        signals,
+    })
+    .run()
+    .map_err(|e| Fatal::new(ExitKind::Internal, e))
+}
+
+/// Creates the state directory (0700), refuses one the plan may freeze (R59), and takes the
+/// instance lock.
+fn prepare_state_dir(dir: &Path, plan: &hv_vss_freezer::Plan) -> Result<File, Fatal> {
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+    let unusable = |e: std::io::Error| {
+        Fatal::new(
+            ExitKind::StateDir,
+            anyhow!("state directory {}: {e}", dir.display()),
+        )
+    };
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(unusable)?;
+    let handle = File::open(dir).map_err(unusable)?;
+    let id = hv_vss_sys::fs::identify(std::os::fd::AsFd::as_fd(&handle)).map_err(unusable)?;
+    let dev = id
+        .mount_id
+        .and_then(|m| plan.dev_of_mount_id(m))
+        .unwrap_or(id.dev);
+    if plan.may_freeze(dev) {
+        return Err(Fatal::new(
+            ExitKind::StateDir,
+            anyhow!(
+                "state directory {}: on a filesystem that may be frozen (device {dev}); use a tmpfs such as /run/hv-vss",
+                dir.display()
+            ),
+        ));
+    }
+    let lock = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .custom_flags(rustix::fs::OFlags::CLOEXEC.bits() as i32)
+        .open(dir.join(INSTANCE_LOCK))
+        .map_err(unusable)?;
+    let locked =
+        hv_vss_sys::fs::try_lock_exclusive(std::os::fd::AsFd::as_fd(&lock)).map_err(unusable)?;
+    if !locked {
+        return Err(Fatal::new(
+            ExitKind::Busy,
+            anyhow!(
+                "another hv-vssd uses the state directory {} (lock {INSTANCE_LOCK})",
+                dir.display()
+            ),
+        ));
+    }
+    Ok(lock)
+}
+
+/// R59: thaw what an earlier instance's journal lists, before the transport opens.
+fn recover_earlier(dir: &Path) -> Result<(), Fatal> {
+    let report = hv_vss_freezer::recover(dir, hv_vss_freezer::RecoverOptions::default()).map_err(
+        |e| match e {
+            hv_vss_freezer::RecoverError::FreezerAlive { pid } => Fatal::new(
+                ExitKind::Busy,
+                anyhow!(
+                    "process {pid} froze filesystems listed in {} and still holds them",
+                    dir.display()
+                ),
+            ),
+            other => Fatal::new(
+                ExitKind::RecoveryIncomplete,
+                anyhow::Error::new(other).context("recovering the earlier freeze journal"),
+            ),
+        },
+    )?;
+    if !report.journal_found {
+        return Ok(());
+    }
+    let detail = serde_json::to_string(&report.filesystems).unwrap_or_default();
+    if report.complete() {
+        tracing::warn!(
+            earlier_pid = report.freezer_pid,
+            filesystems = %detail,
+            "an earlier instance left filesystems frozen; thawed them from its journal"
+        );
+        Ok(())
+    } else {
+        Err(Fatal::new(
+            ExitKind::RecoveryIncomplete,
+            anyhow!(
+                "the earlier freeze journal in {} could not be fully thawed: {detail}; see `hv-vss thaw --recover`",
+                dir.display()
+            ),
+        ))
+    }
 }

@@ -1,0 +1,606 @@
+//! The main loop: one thread polling the transport, the filesystem worker's wake fd, the
+//! signal pipe and the guardian socket, feeding the coordinator and executing its actions.
+//!
+//! # Ordering rules
+//!
+//! - Actions run in the order the coordinator gives them; a `Reply` is written to the
+//!   transport before any log line about it (R62).
+//! - The log gate is held from just before the `FreezeFs` work starts until the worker says
+//!   nothing of ours is frozen (R60, R61). Reports are kept in memory until then and only
+//!   then logged and appended to the history file.
+//! - Follow-up events (transport loss discovered while replying, guardian loss) go through
+//!   a queue, so the coordinator is never re-entered.
+//!
+//! # Transport loss (R13)
+//!
+//! Any failure that requires a reopen closes the transport, tells the coordinator
+//! (`TransportLost`: it thaws and gives up the request in flight), and schedules a reopen
+//! with a bounded exponential backoff; the daemon keeps serving once it is registered again.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::os::fd::OwnedFd;
+use std::os::unix::net::UnixStream;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use hv_vss_core::{
+    Action, Coordinator, Event, HostOp, Millis, Notice, RequestId, Status, TxnId, TxnReport,
+};
+use hv_vss_freezer::{FreezeReport, ThawReport};
+use rustix::event::{PollFd, PollFlags, Timespec};
+
+use crate::config::Settings;
+use crate::fsworker::{FsCommand, FsOutcome, FsWorker};
+use crate::guardian::Guardian;
+use crate::history::History;
+use crate::logbuf::LogGate;
+use crate::transport::{Incoming, Transport};
+
+/// First delay before reopening a lost transport; doubled up to [`REOPEN_BACKOFF_MAX`].
+pub const REOPEN_BACKOFF_MIN: Duration = Duration::from_millis(100);
+pub const REOPEN_BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// Delay between attempts to start a guardian that failed to start.
+const GUARDIAN_RETRY: Duration = Duration::from_secs(2);
+/// At most one "unknown operation" line per this interval (host-triggerable, R71).
+const REFUSED_LOG_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Everything the loop owns.
+pub struct Daemon {
+    settings: Settings,
+    gate: LogGate,
+    debug: bool,
+    start: Instant,
+    coord: Coordinator,
+    queue: VecDeque<Event>,
+    transport: Option<Transport>,
+    /// Bumped at every transport loss; requests of older generations are unanswerable.
+    generation: u64,
+    reopen_at: Option<Instant>,
+    reopen_backoff: Duration,
+    next_request: u64,
+    pending: BTreeMap<RequestId, (u64, HostOp)>,
+    worker: FsWorker,
+    /// A freeze was issued and the worker has not yet said that nothing is frozen.
+    fs_frozen: bool,
+    guardian: Option<Guardian>,
+    guardian_retry_at: Option<Instant>,
+    signals: UnixStream,
+    watchdog: Option<Duration>,
+    next_watchdog: Instant,
+    history: History,
+    freeze_reports: BTreeMap<TxnId, FreezeReport>,
+    thaw_reports: BTreeMap<TxnId, ThawReport>,
+    deferred_reports: Vec<TxnReport>,
+    refused_logged_at: Option<Instant>,
+    refused_suppressed: u64,
+    stopping: bool,
+    stopped: bool,
+}
+
+impl std::fmt::Debug for Daemon {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Daemon")
+            .field("state", &self.coord.state_kind())
+            .field("generation", &self.generation)
+            .field("fs_frozen", &self.fs_frozen)
+            .field("log_held", &self.gate.is_held())
+            .finish_non_exhaustive()
+    }
+}
+
+/// What the startup code hands to the loop.
+#[derive(Debug)]
+pub struct Parts {
+    pub settings: Settings,
+    pub gate: LogGate,
+    pub debug: bool,
+    pub start: Instant,
+    pub coord: Coordinator,
+    pub transport: Transport,
+    pub worker: FsWorker,
+    pub guardian: Guardian,
+    pub signals: UnixStream,
+}
+
+impl Daemon {
+    pub fn new(parts: Parts) -> Self {
+        let watchdog = sd_notify::watchdog_enabled().map(|d| d / 2);
+        let history = History::new(&parts.settings.state_dir, parts.settings.history_limit);
+        Self {
+            history,
+            gate: parts.gate,
+            debug: parts.debug,
+            start: parts.start,
+            coord: parts.coord,
+            queue: VecDeque::new(),
+            transport: Some(parts.transport),
+            generation: 0,
+            reopen_at: None,
+            reopen_backoff: REOPEN_BACKOFF_MIN,
+            next_request: 1,
+            pending: BTreeMap::new(),
+            worker: parts.worker,
+            fs_frozen: false,
+            guardian: Some(parts.guardian),
+            guardian_retry_at: None,
+            signals: parts.signals,
+            watchdog,
+            next_watchdog: Instant::now(),
+            freeze_reports: BTreeMap::new(),
+            thaw_reports: BTreeMap::new(),
+            deferred_reports: Vec::new(),
+            refused_logged_at: None,
+            refused_suppressed: 0,
+            stopping: false,
+            stopped: false,
+            settings: parts.settings,
+        }
+    }
+
+    fn now(&self) -> Millis {
+        Millis(u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX))
+    }
+
+    /// Runs until a shutdown has thawed everything.
+    pub fn run(mut self) -> anyhow::Result<()> {
+        self.queue.push_back(Event::Ready);
+        self.pump();
+        let _ = sd_notify::notify(&[
+            sd_notify::NotifyState::Ready,
+            sd_notify::NotifyState::Status("serving"),
+        ]);
+        while !self.stopped {
+            self.poll_once()?;
+        }
+        let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
+        // Everything is thawed (Stopped comes only then); release anything still held.
+        self.gate.release();
+        self.flush_reports();
+        tracing::info!("stopped: nothing of ours is frozen");
+        Ok(())
+    }
+
+    fn poll_timeout(&self) -> Duration {
+        let now_i = Instant::now();
+        let mut until: Vec<Instant> = Vec::new();
+        if let Some(d) = self.coord.next_deadline() {
+            let now = self.now();
+            until.push(now_i + Duration::from_millis(d.since(now)));
+        }
+        if self.watchdog.is_some() {
+            until.push(self.next_watchdog);
+        }
+        if let Some(t) = self.reopen_at {
+            until.push(t);
+        }
+        if self.guardian.is_none() && !self.fs_frozen && !self.stopping {
+            until.push(self.guardian_retry_at.unwrap_or(now_i));
+        }
+        until
+            .into_iter()
+            .min()
+            .map(|t| t.saturating_duration_since(now_i))
+            .unwrap_or(Duration::from_secs(60))
+    }
+
+    fn poll_once(&mut self) -> anyhow::Result<()> {
+        let timeout = self.poll_timeout();
+        let (sig_ready, wake_ready, guardian_ready, transport_ready) = {
+            let mut fds = Vec::with_capacity(4);
+            fds.push(PollFd::new(&self.signals, PollFlags::IN));
+            fds.push(PollFd::from_borrowed_fd(
+                self.worker.wake_fd(),
+                PollFlags::IN,
+            ));
+            let g = self.guardian.as_ref().map(|g| {
+                fds.push(PollFd::new(g, PollFlags::IN));
+                fds.len() - 1
+            });
+            let t = self.transport.as_ref().map(|t| {
+                fds.push(PollFd::new(t, PollFlags::IN));
+                fds.len() - 1
+            });
+            let ts = Timespec::try_from(timeout).unwrap_or(Timespec {
+                tv_sec: 60,
+                tv_nsec: 0,
+            });
+            match rustix::event::poll(&mut fds, Some(&ts)) {
+                Ok(_) | Err(rustix::io::Errno::INTR) => {}
+                Err(e) => anyhow::bail!("poll: {e}"),
+            }
+            let ready = |i: usize| !fds[i].revents().is_empty();
+            (
+                ready(0),
+                ready(1),
+                g.is_some_and(ready),
+                t.is_some_and(ready),
+            )
+        };
+
+        if sig_ready {
+            self.on_signal();
+        }
+        if wake_ready {
+            for outcome in self.worker.drain() {
+                self.on_fs_outcome(outcome);
+            }
+        }
+        if guardian_ready {
+            self.check_guardian();
+        }
+        if transport_ready {
+            self.on_transport_readable();
+        }
+        self.maybe_reopen();
+        self.maybe_respawn_guardian();
+        if self.coord.next_deadline().is_some_and(|d| d <= self.now()) {
+            self.queue.push_back(Event::Tick);
+        }
+        self.pump();
+        if let Some(interval) = self.watchdog {
+            if Instant::now() >= self.next_watchdog {
+                let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
+                self.next_watchdog = Instant::now() + interval;
+            }
+        }
+        Ok(())
+    }
+
+    /// Feeds queued events to the coordinator and executes the actions.
+    fn pump(&mut self) {
+        while let Some(event) = self.queue.pop_front() {
+            let now = self.now();
+            let actions = self.coord.handle(event, now);
+            self.execute(actions);
+        }
+        self.flush_reports();
+    }
+
+    fn execute(&mut self, actions: Vec<Action>) {
+        for action in actions {
+            match action {
+                Action::Reply { request, status } => self.reply(request, status),
+                Action::Unanswerable { request } => {
+                    if let Some((_, op)) = self.pending.remove(&request) {
+                        tracing::warn!(
+                            request = request.0,
+                            op = ?op,
+                            "request cannot be answered: the transport was lost"
+                        );
+                    }
+                }
+                Action::NotifyApp {
+                    participant, op, ..
+                }
+                | Action::RejectAck {
+                    participant, op, ..
+                } => {
+                    // No participant is ever registered in this build (the application
+                    // socket lands with the applications issue).
+                    tracing::error!(
+                        participant = participant.0,
+                        op = ?op,
+                        "application action without an application server"
+                    );
+                }
+                Action::CheckFs { txn } => self.worker.send(FsCommand::Check { txn }),
+                Action::FreezeFs { txn } => {
+                    // R60/R61: from here until the worker reports everything thawed,
+                    // nothing is written to stderr or files.
+                    self.gate.hold();
+                    self.fs_frozen = true;
+                    self.worker.send(FsCommand::Freeze { txn });
+                }
+                Action::ThawFs { txn } => self.worker.send(FsCommand::Thaw { txn }),
+                Action::Notice(notice) => log_notice(&notice),
+                Action::Report(report) => self.deferred_reports.push(*report),
+                Action::Stopped => self.stopped = true,
+            }
+        }
+    }
+
+    fn reply(&mut self, request: RequestId, status: Status) {
+        let Some((generation, op)) = self.pending.remove(&request) else {
+            tracing::error!(request = request.0, "reply for an unknown request");
+            return;
+        };
+        let result = match self.transport.as_mut() {
+            Some(t) if generation == self.generation => t.reply(status),
+            _ => {
+                tracing::warn!(request = request.0, op = ?op, "reply dropped: transport was reopened");
+                return;
+            }
+        };
+        match result {
+            Ok(()) => tracing::info!(request = request.0, op = ?op, status = ?status, "answered"),
+            Err(e) => {
+                tracing::warn!(request = request.0, op = ?op, error = %e, "reply failed");
+                if e.requires_reopen() {
+                    self.lose_transport();
+                }
+            }
+        }
+    }
+
+    fn on_transport_readable(&mut self) {
+        let Some(transport) = self.transport.as_mut() else {
+            return;
+        };
+        match transport.recv() {
+            Ok(None) => {}
+            Ok(Some(Incoming::Request { op, raw })) => {
+                let request = RequestId(self.next_request);
+                self.next_request += 1;
+                self.pending.insert(request, (self.generation, op));
+                tracing::debug!(request = request.0, op = ?op, raw = raw.0, "host request");
+                self.queue.push_back(Event::HostRequest { request, op });
+            }
+            Ok(Some(Incoming::Refused { raw })) => self.log_refused(raw.0),
+            Err(e) => {
+                tracing::warn!(error = %e, "VSS transport failed; thawing, then reopening");
+                if e.requires_reopen() {
+                    self.lose_transport();
+                }
+            }
+        }
+    }
+
+    fn log_refused(&mut self, raw: u8) {
+        let now = Instant::now();
+        let due = self
+            .refused_logged_at
+            .is_none_or(|t| now.duration_since(t) >= REFUSED_LOG_INTERVAL);
+        if due {
+            tracing::warn!(
+                op = raw,
+                suppressed = self.refused_suppressed,
+                "unknown VSS operation answered E_FAIL"
+            );
+            self.refused_logged_at = Some(now);
+            self.refused_suppressed = 0;
+        } else {
+            self.refused_suppressed += 1;
+        }
+    }
+
+    fn lose_transport(&mut self) {
+        if self.transport.take().is_none() {
+            return;
+        }
+        self.generation += 1;
+        if !self.stopping {
+            self.reopen_at = Some(Instant::now() + self.reopen_backoff);
+        }
+        self.queue.push_back(Event::TransportLost);
+    }
+
+    fn maybe_reopen(&mut self) {
+        let Some(at) = self.reopen_at else { return };
+        if Instant::now() < at || self.stopping {
+            return;
+        }
+        match Transport::open(&self.settings.transport) {
+            Ok(t) => {
+                tracing::info!(
+                    generation = self.generation,
+                    "VSS transport reopened and registered"
+                );
+                self.transport = Some(t);
+                self.reopen_at = None;
+                self.reopen_backoff = REOPEN_BACKOFF_MIN;
+            }
+            Err(e) => {
+                self.reopen_backoff = (self.reopen_backoff * 2).min(REOPEN_BACKOFF_MAX);
+                tracing::warn!(error = %e, retry_ms = self.reopen_backoff.as_millis() as u64, "reopening the VSS transport failed");
+                self.reopen_at = Some(Instant::now() + self.reopen_backoff);
+            }
+        }
+    }
+
+    fn on_signal(&mut self) {
+        let mut buf = [0u8; 64];
+        let _ = rustix::io::read(&self.signals, &mut buf);
+        if self.stopping {
+            tracing::info!("signal received while stopping; still thawing");
+            return;
+        }
+        self.stopping = true;
+        self.reopen_at = None;
+        tracing::info!("SIGTERM/SIGINT: thawing, answering E_FAIL, closing the transport");
+        let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
+        self.queue.push_back(Event::Shutdown);
+        self.pump();
+        // R63: close the transport at once (unbinding hv_utils waits for it); the reply to
+        // a pending request went out in the batch above.
+        self.transport = None;
+    }
+
+    fn on_fs_outcome(&mut self, outcome: FsOutcome) {
+        match outcome {
+            FsOutcome::Checked { txn, result } => {
+                self.queue.push_back(Event::FsChecked { txn, result });
+                self.pump();
+            }
+            FsOutcome::Frozen {
+                txn,
+                result,
+                report,
+            } => {
+                let failed = result.is_err();
+                if let Some(r) = report {
+                    self.freeze_reports.insert(txn, r);
+                }
+                self.queue.push_back(Event::FsFrozen { txn, result });
+                self.pump();
+                if failed {
+                    self.all_thawed();
+                }
+            }
+            FsOutcome::Thawed {
+                txn,
+                result,
+                report,
+                all_thawed,
+            } => {
+                if let Some(r) = report {
+                    self.thaw_reports.insert(txn, r);
+                }
+                self.queue.push_back(Event::FsThawed { txn, result });
+                self.pump();
+                if all_thawed {
+                    self.all_thawed();
+                }
+            }
+            FsOutcome::RetryThawed { report } => {
+                tracing::info!(
+                    thaw_us = report.thaw_us,
+                    "retried thaw completed: nothing of ours is frozen"
+                );
+                self.all_thawed();
+            }
+        }
+    }
+
+    /// Nothing of ours is frozen: logs and files may be written again.
+    fn all_thawed(&mut self) {
+        if !self.fs_frozen {
+            return;
+        }
+        self.fs_frozen = false;
+        let (written, dropped) = self.gate.release();
+        if dropped > 0 {
+            tracing::warn!(written, dropped, "log lines held while frozen were dropped");
+        }
+        self.flush_reports();
+    }
+
+    /// Logs and stores every finished report, once nothing is frozen (R60, R72).
+    fn flush_reports(&mut self) {
+        if self.fs_frozen || self.deferred_reports.is_empty() {
+            return;
+        }
+        for report in std::mem::take(&mut self.deferred_reports) {
+            let freeze = self.freeze_reports.remove(&report.txn);
+            let thaw = self.thaw_reports.remove(&report.txn);
+            let frozen_ms = report.frozen_window.map(|w| w.duration_ms());
+            tracing::info!(
+                txn = report.txn.0,
+                kind = ?report.kind,
+                verdict = ?report.verdict,
+                frozen_ms,
+                elapsed_ms = report.ended_at.since(report.started_at),
+                filesystems = freeze.as_ref().map(|f| f.filesystems.len()),
+                "transaction report"
+            );
+            let unix_ms = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_millis() as u64)
+                .unwrap_or(0);
+            let entry = serde_json::json!({
+                "unix_ms": unix_ms,
+                "report": report,
+                "freeze": freeze,
+                "thaw": thaw,
+            });
+            if let Err(e) = self.history.append(&entry) {
+                tracing::warn!(error = %e, path = %self.history.path().display(), "cannot append the report history");
+            }
+        }
+        // Reports of transactions that never produced a coordinator report do not linger.
+        if self.freeze_reports.len() > 16 {
+            self.freeze_reports.clear();
+        }
+        if self.thaw_reports.len() > 16 {
+            self.thaw_reports.clear();
+        }
+    }
+
+    fn check_guardian(&mut self) {
+        let gone = self.guardian.as_mut().is_some_and(Guardian::is_gone);
+        if !gone {
+            return;
+        }
+        self.guardian = None;
+        tracing::error!("the guardian process died; thawing if frozen, then starting a new one");
+        self.queue.push_back(Event::GuardianDied);
+        // No FREEZE without a guardian (R57).
+        self.queue.push_back(Event::NotReady);
+        self.guardian_retry_at = Some(Instant::now());
+        self.pump();
+    }
+
+    fn maybe_respawn_guardian(&mut self) {
+        if self.guardian.is_some() || self.fs_frozen || self.stopping {
+            return;
+        }
+        if self.guardian_retry_at.is_some_and(|t| Instant::now() < t) {
+            return;
+        }
+        // Exec only while nothing is frozen (R60).
+        match Guardian::spawn(&self.settings.state_dir, self.debug) {
+            Ok(g) => {
+                tracing::info!(pid = g.pid(), "guardian started");
+                self.guardian = Some(g);
+                self.guardian_retry_at = None;
+                self.queue.push_back(Event::Ready);
+            }
+            Err(e) => {
+                tracing::error!(error = %format!("{e:#}"), "cannot start a guardian; FREEZE is refused until one runs");
+                self.guardian_retry_at = Some(Instant::now() + GUARDIAN_RETRY);
+            }
+        }
+    }
+}
+
+/// Registers SIGTERM and SIGINT to write a byte to a socket the loop polls (R63); returns
+/// the end to poll.
+pub fn signal_pipe() -> std::io::Result<UnixStream> {
+    let (read, write) = UnixStream::pair()?;
+    read.set_nonblocking(true)?;
+    write.set_nonblocking(true)?;
+    let write_fd: OwnedFd = write.into();
+    for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        let dup = write_fd.try_clone()?;
+        signal_hook::low_level::pipe::register(sig, dup)?;
+    }
+    Ok(read)
+}
+
+fn log_notice(notice: &Notice) {
+    match notice {
+        Notice::Refused {
+            request,
+            op,
+            reason,
+        } => {
+            tracing::warn!(request = request.0, op = ?op, reason = ?reason, "request refused with E_FAIL")
+        }
+        Notice::AlreadyFrozen { request, txn } => {
+            tracing::info!(
+                request = request.0,
+                txn = txn.0,
+                "FREEZE while frozen: S_OK, staying frozen"
+            )
+        }
+        Notice::ThawWithoutFreeze { request } => {
+            tracing::info!(request = request.0, "THAW with nothing frozen: S_OK")
+        }
+        Notice::ThawAfterAutoThaw { request, txn } => tracing::warn!(
+            request = request.0,
+            txn = txn.0,
+            "THAW after an auto-thaw: E_FAIL, the snapshot may not be consistent"
+        ),
+        Notice::Failed { txn, failure } => {
+            tracing::warn!(txn = txn.0, failure = ?failure, "transaction failed")
+        }
+        Notice::AutoThawed {
+            txn,
+            cause,
+            frozen_ms,
+        } => tracing::error!(
+            txn = txn.0,
+            cause = ?cause,
+            frozen_ms,
+            "AUTO-THAW: filesystems thawed without a THAW from the host; the next THAW gets E_FAIL"
+        ),
+    }
+}

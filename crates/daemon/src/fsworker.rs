@@ -1,0 +1,271 @@
+//! The filesystem worker: runs the freezer's preflight, freeze and thaw on its own thread,
+//! so a hung FIFREEZE never blocks the main loop, the watchdog or signal handling.
+//!
+//! # Contract with the coordinator
+//!
+//! Commands run one at a time, in the order sent. A `Thaw` sent while a `Freeze` of the same
+//! transaction still runs therefore waits for it and then thaws whatever it froze (the
+//! coordinator ignores the late `FsFrozen`). Each command produces one [`FsOutcome`], sent on
+//! a channel, and the wake fd is written so the main loop's `poll` returns.
+//!
+//! The plan is recomputed from the mount table for each preflight and freeze (reading
+//! `/proc` and `/sys` only, before the first FIFREEZE), so mounts made after start are seen.
+//!
+//! A thaw that leaves members frozen (FITHAW failing) is retried every
+//! [`THAW_RETRY_INTERVAL`] until it completes; [`FsOutcome::Thawed::all_thawed`] (or a later
+//! [`FsOutcome::RetryThawed`]) tells the main loop when nothing of ours is frozen any more,
+//! which is when it may write logs and files again (R60).
+
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::PathBuf;
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use hv_vss_core::{FsError, FsResult, TxnId};
+use hv_vss_freezer::{
+    CompiledConfig, FreezeOptions, FreezeReport, FrozenSet, MountSource, Selection, ThawReport,
+};
+use rustix::event::EventfdFlags;
+
+/// How often a thaw that left members frozen is retried.
+pub const THAW_RETRY_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Work for the worker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FsCommand {
+    Check { txn: TxnId },
+    Freeze { txn: TxnId },
+    Thaw { txn: TxnId },
+}
+
+/// What the worker did.
+#[derive(Debug)]
+pub enum FsOutcome {
+    Checked {
+        txn: TxnId,
+        result: FsResult,
+    },
+    /// `result` Ok: the worker holds the frozen set until `Thaw`.
+    Frozen {
+        txn: TxnId,
+        result: FsResult,
+        report: Option<FreezeReport>,
+    },
+    Thawed {
+        txn: TxnId,
+        result: FsResult,
+        report: Option<ThawReport>,
+        /// Nothing of ours is frozen any more.
+        all_thawed: bool,
+    },
+    /// A background retry finished the thaw of members an earlier `Thaw` left frozen.
+    RetryThawed {
+        report: ThawReport,
+    },
+}
+
+/// What the worker needs to plan and freeze.
+#[derive(Debug, Clone)]
+pub struct FsSetup {
+    pub source: MountSource,
+    pub selection: Selection,
+    pub config: CompiledConfig,
+    pub options: FreezeOptions,
+}
+
+/// Handle to the worker thread.
+#[derive(Debug)]
+pub struct FsWorker {
+    commands: Option<Sender<FsCommand>>,
+    outcomes: Receiver<FsOutcome>,
+    wake: std::sync::Arc<OwnedFd>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl FsWorker {
+    /// Starts the worker thread.
+    pub fn start(setup: FsSetup) -> std::io::Result<Self> {
+        let wake = std::sync::Arc::new(rustix::event::eventfd(
+            0,
+            EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK,
+        )?);
+        let (cmd_tx, cmd_rx) = mpsc::channel();
+        let (out_tx, out_rx) = mpsc::channel();
+        let thread_wake = std::sync::Arc::clone(&wake);
+        let thread = std::thread::Builder::new()
+            .name("hv-vss-fs".into())
+            .spawn(move || run(setup, &cmd_rx, &out_tx, &thread_wake))?;
+        Ok(Self {
+            commands: Some(cmd_tx),
+            outcomes: out_rx,
+            wake,
+            thread: Some(thread),
+        })
+    }
+
+    /// Queues a command.
+    pub fn send(&self, command: FsCommand) {
+        if let Some(tx) = &self.commands {
+            // The worker only exits when the sender is dropped.
+            let _ = tx.send(command);
+        }
+    }
+
+    /// The fd that becomes readable when outcomes are waiting.
+    pub fn wake_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.wake.as_fd()
+    }
+
+    /// Takes every outcome waiting (and resets the wake fd).
+    pub fn drain(&self) -> Vec<FsOutcome> {
+        let mut buf = [0u8; 8];
+        let _ = rustix::io::read(&*self.wake, &mut buf);
+        self.outcomes.try_iter().collect()
+    }
+}
+
+impl Drop for FsWorker {
+    fn drop(&mut self) {
+        // Dropping the sender ends the worker's loop; it thaws anything it still holds
+        // (FrozenSet's Drop) before exiting.
+        self.commands = None;
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn run(setup: FsSetup, commands: &Receiver<FsCommand>, out: &Sender<FsOutcome>, wake: &OwnedFd) {
+    let emit = |o: FsOutcome| {
+        let _ = out.send(o);
+        let _ = rustix::io::write(wake, &1u64.to_ne_bytes());
+    };
+    let mut held: Option<FrozenSet> = None;
+    loop {
+        let retrying = held.as_ref().is_some_and(|s| !s.is_empty());
+        let command = if retrying {
+            match commands.recv_timeout(THAW_RETRY_INTERVAL) {
+                Ok(c) => Some(c),
+                Err(RecvTimeoutError::Timeout) => None,
+                Err(RecvTimeoutError::Disconnected) => return,
+            }
+        } else {
+            match commands.recv() {
+                Ok(c) => Some(c),
+                Err(_) => return,
+            }
+        };
+        match command {
+            None => {
+                // Background retry of an incomplete thaw (R41).
+                if let Some(set) = held.as_mut() {
+                    let report = set.thaw();
+                    if report.complete {
+                        held = None;
+                        emit(FsOutcome::RetryThawed { report });
+                    }
+                }
+            }
+            Some(FsCommand::Check { txn }) => {
+                let result = check(&setup);
+                emit(FsOutcome::Checked { txn, result });
+            }
+            Some(FsCommand::Freeze { txn }) => {
+                if held.is_some() {
+                    emit(FsOutcome::Frozen {
+                        txn,
+                        result: Err(FsError::new(
+                            "an earlier freeze is not fully thawed yet; retrying its thaw",
+                        )),
+                        report: None,
+                    });
+                    continue;
+                }
+                let (result, report) = match freeze(&setup) {
+                    Ok(set) => {
+                        let report = set.report().clone();
+                        held = Some(set);
+                        (Ok(()), Some(report))
+                    }
+                    Err((e, report)) => (Err(e), report.map(|r| *r)),
+                };
+                emit(FsOutcome::Frozen {
+                    txn,
+                    result,
+                    report,
+                });
+            }
+            Some(FsCommand::Thaw { txn }) => {
+                let Some(set) = held.as_mut() else {
+                    emit(FsOutcome::Thawed {
+                        txn,
+                        result: Ok(()),
+                        report: None,
+                        all_thawed: true,
+                    });
+                    continue;
+                };
+                let report = set.thaw();
+                let result = thaw_result(&report);
+                let all_thawed = report.complete;
+                if all_thawed {
+                    held = None;
+                }
+                emit(FsOutcome::Thawed {
+                    txn,
+                    result,
+                    report: Some(report),
+                    all_thawed,
+                });
+            }
+        }
+    }
+}
+
+fn plan(setup: &FsSetup) -> Result<hv_vss_freezer::Plan, FsError> {
+    hv_vss_freezer::make_plan(&setup.source, &setup.selection, &setup.config)
+        .map_err(|e| FsError::new(format!("plan: {e}")))
+}
+
+fn check(setup: &FsSetup) -> FsResult {
+    let plan = plan(setup)?;
+    hv_vss_freezer::preflight(&plan, &setup.options)
+        .map(|_| ())
+        .map_err(|e| FsError::new(e.to_string()))
+}
+
+fn freeze(setup: &FsSetup) -> Result<FrozenSet, (FsError, Option<Box<FreezeReport>>)> {
+    let plan = plan(setup).map_err(|e| (e, None))?;
+    hv_vss_freezer::freeze(&plan, &setup.options)
+        .map_err(|f| (FsError::new(f.error.to_string()), Some(f.report)))
+}
+
+fn thaw_result(report: &ThawReport) -> FsResult {
+    if report.complete {
+        return Ok(());
+    }
+    let failed: Vec<String> = report
+        .filesystems
+        .iter()
+        .filter_map(|f| match &f.outcome {
+            hv_vss_freezer::FsThawOutcome::Failed { error } => {
+                Some(format!("{}: {error}", f.mount_point.display()))
+            }
+            _ => None,
+        })
+        .collect();
+    Err(FsError::new(format!(
+        "thaw incomplete, retrying: {}",
+        failed.join("; ")
+    )))
+}
+
+/// The selection for the configured mounts (explicit list or discovery).
+pub fn selection(mounts: &[PathBuf]) -> Selection {
+    if mounts.is_empty() {
+        Selection::Discover
+    } else {
+        Selection::Explicit(mounts.to_vec())
+    }
+}

@@ -1,0 +1,452 @@
+//! End-to-end: the real `hv-vssd` binary in drop-in mode against the kernel emulator
+//! (hv-vss-sim, modelled on Linux's hv_snapshot.c) over the socket form of `--device`, on
+//! loop-mounted filesystems made by each test. Frozen means "a write really blocks";
+//! thawed means "that write completes".
+
+mod common;
+
+use std::ffi::OsStr;
+use std::time::{Duration, Instant};
+
+use common::{Daemon, LoopFs, kill, with_timeout};
+use hv_vss_protocol::{HvStatus, VssOperation};
+use hv_vss_sim::kernel::{EmulatorConfig, EventKind, FailReason, HostOutcome, KernelEmulator};
+use rustix::process::Signal;
+
+const READY: Duration = Duration::from_secs(15);
+const BLOCKED: Duration = Duration::from_millis(400);
+const THAWED: Duration = Duration::from_secs(5);
+const TEST_LIMIT: Duration = Duration::from_secs(120);
+
+fn emulator() -> KernelEmulator {
+    KernelEmulator::start(EmulatorConfig::default()).unwrap()
+}
+
+struct Setup {
+    fs: Vec<LoopFs>,
+    state: tempfile::TempDir,
+    emu: KernelEmulator,
+}
+
+impl Setup {
+    fn new(filesystems: usize) -> Self {
+        Self::with_emulator(filesystems, emulator())
+    }
+
+    fn with_emulator(filesystems: usize, emu: KernelEmulator) -> Self {
+        Self {
+            fs: (0..filesystems).map(|_| LoopFs::ext4()).collect(),
+            state: common::state_dir(),
+            emu,
+        }
+    }
+
+    fn args<'a>(&'a self, extra: &'a [&'a str]) -> Vec<&'a OsStr> {
+        let mut args: Vec<&OsStr> = vec![
+            OsStr::new("--device"),
+            self.emu.socket_path().as_os_str(),
+            OsStr::new("--state-dir"),
+            self.state.path().as_os_str(),
+        ];
+        for fs in &self.fs {
+            args.push(OsStr::new("--mount"));
+            args.push(fs.path().as_os_str());
+        }
+        args.extend(extra.iter().map(OsStr::new));
+        args
+    }
+
+    /// Starts the daemon and waits until it is registered.
+    fn daemon(&self, extra: &[&str]) -> Daemon {
+        let d = Daemon::start(&self.args(extra));
+        assert!(
+            self.emu.wait_ready(READY),
+            "daemon never registered:\n{}",
+            d.log()
+        );
+        d
+    }
+
+    fn request(&self, op: VssOperation) -> HostOutcome {
+        self.emu.host_request(op)
+    }
+
+    fn assert_ok(&self, op: VssOperation) {
+        let outcome = self.request(op);
+        assert_eq!(outcome, HostOutcome::Replied(HvStatus::S_OK), "{op:?}");
+    }
+
+    fn all_writable(&self) -> bool {
+        self.fs.iter().all(|f| f.writable_within(THAWED))
+    }
+
+    fn journal_exists(&self) -> bool {
+        self.state.path().join("freeze-journal.json").exists()
+    }
+
+    fn registrations(&self) -> usize {
+        self.emu
+            .events()
+            .iter()
+            .filter(|e| matches!(e.kind, EventKind::Registered { .. }))
+            .count()
+    }
+
+    fn wait_registrations(&self, n: usize, limit: Duration) -> bool {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if self.registrations() >= n && self.emu.wait_ready(Duration::from_millis(50)) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    }
+
+    fn history(&self) -> Vec<serde_json::Value> {
+        std::fs::read_to_string(self.state.path().join("history.jsonl"))
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+}
+
+#[test]
+fn hot_backup_freeze_thaw_really_freeze_and_thaw() {
+    with_timeout(TEST_LIMIT, || {
+        let s = Setup::new(2);
+        let d = s.daemon(&[]);
+        s.assert_ok(VssOperation::HOT_BACKUP);
+        assert!(s.all_writable(), "HOT_BACKUP must not freeze");
+
+        s.assert_ok(VssOperation::FREEZE);
+        let mut probes: Vec<_> = s.fs.iter().map(LoopFs::probe).collect();
+        for p in &mut probes {
+            assert!(!p.done_within(BLOCKED), "a write went through while frozen");
+        }
+        assert!(s.journal_exists(), "the journal lists the frozen set");
+        // R60/R61: nothing reaches stderr while frozen; the FREEZE line is held in memory.
+        let frozen_log = d.log();
+        assert!(frozen_log.contains("op=Check status=Ok"), "{frozen_log}");
+        assert!(!frozen_log.contains("op=Freeze status=Ok"), "{frozen_log}");
+
+        s.assert_ok(VssOperation::THAW);
+        for p in &mut probes {
+            assert!(
+                p.done_within(THAWED),
+                "the blocked write did not complete after THAW"
+            );
+        }
+        assert!(!s.journal_exists());
+        assert!(
+            d.wait_log("op=Freeze status=Ok", THAWED),
+            "held lines are flushed after thaw"
+        );
+
+        // The report is stored after the thaw: a check and a backup.
+        assert!(d.wait_log("transaction report", THAWED));
+        let deadline = Instant::now() + THAWED;
+        while s.history().len() < 2 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let history = s.history();
+        assert_eq!(history.len(), 2, "{history:?}");
+        assert_eq!(history[0]["report"]["verdict"]["kind"], "check_passed");
+        assert_eq!(history[1]["report"]["verdict"]["kind"], "fs_consistent");
+        assert_eq!(
+            history[1]["freeze"]["filesystems"].as_array().map(Vec::len),
+            Some(2)
+        );
+    });
+}
+
+#[test]
+fn hundred_cycles_in_a_row() {
+    with_timeout(Duration::from_secs(300), || {
+        let s = Setup::new(1);
+        let _d = s.daemon(&[]);
+        for i in 0..100 {
+            for op in [
+                VssOperation::HOT_BACKUP,
+                VssOperation::FREEZE,
+                VssOperation::THAW,
+            ] {
+                let outcome = s.request(op);
+                assert_eq!(
+                    outcome,
+                    HostOutcome::Replied(HvStatus::S_OK),
+                    "cycle {i} {op:?}"
+                );
+            }
+        }
+        assert!(s.all_writable());
+        assert!(!s.journal_exists());
+        assert_eq!(s.registrations(), 1, "no reopen was needed");
+    });
+}
+
+#[test]
+fn unknown_op_gets_e_fail_and_the_daemon_keeps_serving() {
+    with_timeout(TEST_LIMIT, || {
+        let s = Setup::new(1);
+        let d = s.daemon(&[]);
+        for op in [42u8, 0, 7, 200] {
+            assert_eq!(
+                s.emu.forward_request(VssOperation(op)),
+                HostOutcome::Replied(HvStatus::E_FAIL),
+                "op {op}"
+            );
+        }
+        s.assert_ok(VssOperation::FREEZE);
+        assert!(!s.fs[0].writable_within(BLOCKED));
+        s.assert_ok(VssOperation::THAW);
+        assert!(s.all_writable());
+        assert_eq!(s.registrations(), 1);
+        assert!(d.log().contains("unknown VSS operation answered E_FAIL"));
+    });
+}
+
+#[test]
+fn thaw_without_freeze_is_s_ok_and_second_freeze_stays_frozen() {
+    with_timeout(TEST_LIMIT, || {
+        let s = Setup::new(1);
+        let _d = s.daemon(&[]);
+        s.assert_ok(VssOperation::THAW);
+        s.assert_ok(VssOperation::FREEZE);
+        s.assert_ok(VssOperation::FREEZE);
+        let mut probe = s.fs[0].probe();
+        assert!(
+            !probe.done_within(BLOCKED),
+            "second FREEZE must keep it frozen"
+        );
+        s.assert_ok(VssOperation::THAW);
+        assert!(probe.done_within(THAWED));
+        s.assert_ok(VssOperation::THAW);
+        assert!(s.all_writable());
+    });
+}
+
+#[test]
+fn wrong_length_message_reopens_and_nothing_stays_frozen() {
+    with_timeout(TEST_LIMIT, || {
+        let s = Setup::new(1);
+        let _d = s.daemon(&[]);
+        // While frozen, a malformed message arrives: thaw, reopen, register again (R13).
+        s.assert_ok(VssOperation::FREEZE);
+        assert!(!s.fs[0].writable_within(BLOCKED));
+        assert!(s.emu.send_raw(&[5, 0, 0]));
+        assert!(
+            s.wait_registrations(2, READY),
+            "the daemon did not re-register"
+        );
+        assert!(s.all_writable(), "transport loss must thaw");
+        assert!(s.emu.send_raw(&[6; 20]));
+        assert!(s.wait_registrations(3, READY));
+        s.assert_ok(VssOperation::FREEZE);
+        s.assert_ok(VssOperation::THAW);
+        assert!(s.all_writable());
+        assert!(!s.journal_exists());
+    });
+}
+
+#[test]
+fn hang_up_mid_freeze_thaws_and_re_registers() {
+    with_timeout(TEST_LIMIT, || {
+        let s = Setup::new(1);
+        let _d = s.daemon(&[]);
+        s.emu.hang_up_after_next_forward();
+        assert_eq!(
+            s.request(VssOperation::FREEZE),
+            HostOutcome::Failed(FailReason::DaemonHungUp)
+        );
+        assert!(s.wait_registrations(2, READY));
+        assert!(s.all_writable(), "the freeze in flight must be rolled back");
+        assert!(!s.journal_exists());
+        // Hang-up while frozen, too.
+        s.assert_ok(VssOperation::FREEZE);
+        assert!(!s.fs[0].writable_within(BLOCKED));
+        assert!(s.emu.hang_up());
+        assert!(s.wait_registrations(3, READY));
+        assert!(s.all_writable());
+        s.assert_ok(VssOperation::HOT_BACKUP);
+    });
+}
+
+#[test]
+fn kernel_timeout_and_late_reply_reopen_and_thaw() {
+    with_timeout(TEST_LIMIT, || {
+        // The kernel gives the daemon 1 ms for FREEZE: it answers E_FAIL itself, thaws
+        // nothing, and the daemon's late reply fails.
+        let emu = KernelEmulator::start(EmulatorConfig {
+            freeze_timeout: Duration::from_millis(1),
+            ..EmulatorConfig::default()
+        })
+        .unwrap();
+        let s = Setup::with_emulator(1, emu);
+        let _d = s.daemon(&[]);
+        assert_eq!(
+            s.request(VssOperation::FREEZE),
+            HostOutcome::Failed(FailReason::Timeout)
+        );
+        assert!(s.wait_registrations(2, READY));
+        assert!(
+            s.all_writable(),
+            "our freeze must be undone after the kernel gave up"
+        );
+        assert!(!s.journal_exists());
+        s.assert_ok(VssOperation::HOT_BACKUP);
+    });
+}
+
+#[test]
+fn hibernation_fake_thaw_thaws_and_re_registers() {
+    with_timeout(TEST_LIMIT, || {
+        let s = Setup::new(1);
+        let _d = s.daemon(&[]);
+        s.assert_ok(VssOperation::FREEZE);
+        assert!(!s.fs[0].writable_within(BLOCKED));
+        assert!(s.emu.hibernate());
+        assert!(s.all_writable());
+        assert!(s.wait_registrations(2, READY));
+        s.assert_ok(VssOperation::FREEZE);
+        s.assert_ok(VssOperation::THAW);
+    });
+}
+
+#[test]
+fn auto_thaw_thaws_on_time_and_the_late_thaw_gets_e_fail() {
+    with_timeout(TEST_LIMIT, || {
+        let s = Setup::new(1);
+        let d = s.daemon(&["--auto-thaw", "1"]);
+        s.assert_ok(VssOperation::FREEZE);
+        let mut probe = s.fs[0].probe();
+        assert!(!probe.done_within(Duration::from_millis(500)));
+        assert!(probe.done_within(THAWED), "auto-thaw did not thaw");
+        assert_eq!(
+            s.request(VssOperation::THAW),
+            HostOutcome::Replied(HvStatus::E_FAIL)
+        );
+        assert!(d.wait_log("AUTO-THAW", THAWED));
+        // The next backup works normally.
+        s.assert_ok(VssOperation::FREEZE);
+        s.assert_ok(VssOperation::THAW);
+        assert!(s.all_writable());
+    });
+}
+
+#[test]
+fn sigkill_while_frozen_is_thawed_by_the_guardian_within_2s() {
+    with_timeout(TEST_LIMIT, || {
+        let s = Setup::new(2);
+        let mut d = s.daemon(&[]);
+        s.assert_ok(VssOperation::FREEZE);
+        let mut probes: Vec<_> = s.fs.iter().map(LoopFs::probe).collect();
+        for p in &mut probes {
+            assert!(!p.done_within(BLOCKED));
+        }
+        let guardian = d.guardian_pid().expect("a guardian runs");
+        d.signal(Signal::KILL);
+        let killed = Instant::now();
+        for p in &mut probes {
+            let left = Duration::from_secs(2).saturating_sub(killed.elapsed());
+            assert!(p.done_within(left), "not thawed within 2 s of SIGKILL");
+        }
+        assert!(d.wait_exit(THAWED).is_some());
+        let deadline = Instant::now() + THAWED;
+        while common::process_exists(guardian) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(
+            !common::process_exists(guardian),
+            "the guardian exits after recovery"
+        );
+        assert!(!s.journal_exists());
+    });
+}
+
+#[test]
+fn restart_recovers_what_a_killed_instance_left_frozen() {
+    with_timeout(TEST_LIMIT, || {
+        let s = Setup::new(1);
+        let mut d = s.daemon(&[]);
+        s.assert_ok(VssOperation::FREEZE);
+        let mut probe = s.fs[0].probe();
+        assert!(!probe.done_within(BLOCKED));
+        // Stop the daemon so it cannot react, kill its guardian, then the daemon.
+        let guardian = d.guardian_pid().expect("a guardian runs");
+        d.signal(Signal::STOP);
+        kill(guardian, Signal::KILL);
+        d.signal(Signal::KILL);
+        assert!(d.wait_exit(THAWED).is_some());
+        assert!(
+            !probe.done_within(Duration::from_secs(1)),
+            "nobody should have thawed"
+        );
+        assert!(s.journal_exists());
+        drop(d);
+
+        let d2 = s.daemon(&[]);
+        assert!(
+            probe.done_within(THAWED),
+            "the new instance must thaw at start"
+        );
+        assert!(!s.journal_exists());
+        assert!(
+            d2.log()
+                .contains("an earlier instance left filesystems frozen")
+        );
+        s.assert_ok(VssOperation::FREEZE);
+        s.assert_ok(VssOperation::THAW);
+        assert!(s.all_writable());
+    });
+}
+
+#[test]
+fn sigterm_while_frozen_thaws_and_exits_cleanly() {
+    with_timeout(TEST_LIMIT, || {
+        let s = Setup::new(1);
+        let mut d = s.daemon(&[]);
+        s.assert_ok(VssOperation::FREEZE);
+        let mut probe = s.fs[0].probe();
+        assert!(!probe.done_within(BLOCKED));
+        d.signal(Signal::TERM);
+        let status = d.wait_exit(THAWED).expect("the daemon exits after SIGTERM");
+        assert_eq!(status.code(), Some(0), "{}", d.log());
+        assert!(probe.done_within(THAWED));
+        assert!(!s.journal_exists());
+        assert!(d.log().contains("stopped: nothing of ours is frozen"));
+    });
+}
+
+#[test]
+fn guardian_death_while_frozen_thaws_and_a_new_guardian_starts() {
+    with_timeout(TEST_LIMIT, || {
+        let s = Setup::new(1);
+        let d = s.daemon(&[]);
+        s.assert_ok(VssOperation::FREEZE);
+        let mut probe = s.fs[0].probe();
+        assert!(!probe.done_within(BLOCKED));
+        let guardian = d.guardian_pid().expect("a guardian runs");
+        kill(guardian, Signal::KILL);
+        assert!(probe.done_within(THAWED), "guardian loss must thaw (R57)");
+        assert_eq!(
+            s.request(VssOperation::THAW),
+            HostOutcome::Replied(HvStatus::E_FAIL),
+            "the snapshot may not be consistent"
+        );
+        let deadline = Instant::now() + READY;
+        let mut new_guardian = None;
+        while Instant::now() < deadline {
+            new_guardian = d.guardian_pid().filter(|g| *g != guardian);
+            if new_guardian.is_some() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(new_guardian.is_some(), "no new guardian:\n{}", d.log());
+        s.assert_ok(VssOperation::FREEZE);
+        s.assert_ok(VssOperation::THAW);
+        assert!(s.all_writable());
+    });
+}
