@@ -225,3 +225,61 @@ fn real_daemon_freezes_the_scratch_filesystem() {
         }
     }
 }
+
+/// The daemon-mode wiring with a stand-in daemon: a script that claims `--uio`, records its
+/// arguments, and serves the socket with the loopback guest (SIGTERM ignored, so it exits
+/// cleanly when the host hangs up). Shows what simulate passes to the daemon, that the
+/// scratch filesystem is created for it and unmounted afterwards.
+#[test]
+fn daemon_mode_passes_the_contract_arguments_and_cleans_up() {
+    if !rustix::process::geteuid().is_root() {
+        eprintln!("SKIPPED: needs root to loop-mount the scratch filesystem");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let args_file = dir.path().join("args");
+    let fake = dir.path().join("fake-hv-vssd");
+    std::fs::write(
+        &fake,
+        format!(
+            "#!/bin/sh\n\
+             if [ \"$1\" = --help ]; then echo '  --uio <PATH>  /dev/uioN or a socket'; exit 0; fi\n\
+             echo \"$@\" > '{}'\n\
+             trap '' TERM\n\
+             exec '{}' simulate --loopback-guest-child \"$2\"\n",
+            args_file.display(),
+            env!("CARGO_BIN_EXE_hv-vss")
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let mut cmd = hv_vss();
+    cmd.args(["simulate", "--json", "--hold", "10ms", "--auto-thaw", "20"])
+        .arg("--daemon")
+        .arg(&fake);
+    let out = run_with_timeout(cmd, Duration::from_secs(60));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(doc["mode"], "daemon");
+    assert_eq!(doc["ok"], true);
+
+    let args = std::fs::read_to_string(&args_file).unwrap();
+    let words: Vec<&str> = args.split_whitespace().collect();
+    assert_eq!(words[0], "--uio");
+    assert!(words[1].ends_with("/vss.sock"), "{args}");
+    assert_eq!(words[2], "--state-dir");
+    assert!(
+        words[3].starts_with("/dev/shm/") || words[3].starts_with("/run/"),
+        "state dir on tmpfs: {args}"
+    );
+    assert_eq!(words[4], "--mount");
+    let scratch = words[5];
+    assert!(scratch.ends_with("/scratch"), "{args}");
+    assert_eq!(&words[6..], ["--auto-thaw", "20", "-n"]);
+    assert_eq!(doc["mounts"][0], scratch);
+    // Unmounted and removed afterwards; the state dir is gone too.
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(!mountinfo.contains(scratch), "{scratch} still mounted");
+    assert!(!Path::new(scratch).exists());
+    assert!(!Path::new(words[3]).exists());
+}
