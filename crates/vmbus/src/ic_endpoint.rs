@@ -48,7 +48,7 @@
 //!
 //! The daemon calls this while filesystems are frozen, when nothing may touch the disk
 //! (R60). The endpoint therefore never logs: notable conditions become [`IcNotice`]s in a
-//! bounded queue the caller drains with [`IcNotice`]-returning [`IcEndpoint::take_notices`]
+//! bounded queue the caller drains with [`IcEndpoint::take_notices`]
 //! and logs once it is safe. Notices the host can provoke are rate-limited per
 //! [`NoticeKind`] (a burst per interval, then one [`IcNotice::Suppressed`] with the count).
 //!
