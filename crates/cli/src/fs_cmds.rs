@@ -1,19 +1,489 @@
-//! `plan`, `freeze`, `thaw` (to be written by the freezer work).
+//! `hv-vss plan`, `hv-vss freeze --hold`, `hv-vss thaw --recover`: the filesystem freezer
+//! from the command line.
+//!
+//! Exit codes (also in docs/freezer.md): 0 success; 1 other failure; 2 usage; 3 not root;
+//! 4 nothing to freeze; 5 unknown or unfreezable mount point, or bad config; 6 another
+//! freezer (lock held, foreign freeze, leftover journal, live freezer); 7 state directory
+//! unsafe; 8 freeze failed (rolled back); 9 thaw or recovery incomplete.
+//!
+//! `freeze` prints nothing between the first FIFREEZE and the last FITHAW: stdout may be a
+//! file on a filesystem being frozen.
+
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use hv_vss_freezer::hold::{HoldEnd, hold};
+use hv_vss_freezer::{
+    CompiledConfig, DEFAULT_STATE_DIR, FreezeError, FreezeOptions, FreezeReport, FreezerConfig,
+    FsFreezeOutcome, MakePlanError, MountSource, Plan, RecoverError, RecoverOptions,
+    RecoverOutcome, Selection, SkipReason, ThawReport,
+};
+
+/// Exit codes of the freezer subcommands.
+mod exit {
+    pub const NOT_ROOT: u8 = 3;
+    pub const NOTHING_TO_FREEZE: u8 = 4;
+    pub const BAD_MOUNT: u8 = 5;
+    pub const ANOTHER_FREEZER: u8 = 6;
+    pub const STATE_DIR_UNSAFE: u8 = 7;
+    pub const FREEZE_FAILED: u8 = 8;
+    pub const INCOMPLETE: u8 = 9;
+}
+
+/// Which filesystems: shared by `plan` and `freeze`.
+#[derive(Debug, clap::Args)]
+pub struct SelectArgs {
+    /// Freeze exactly this mount point (repeatable); replaces discovery and config filters.
+    #[arg(long = "mount", value_name = "PATH")]
+    mounts: Vec<PathBuf>,
+    /// TOML file whose `[freezer]` table holds include/exclude rules and policies.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Read pid 1's mount table and open mount points through /proc/1/root.
+    #[arg(long)]
+    pid1: bool,
+    /// Mount table to read (default /proc/self/mountinfo).
+    #[arg(long, value_name = "FILE", hide = true)]
+    mountinfo: Option<PathBuf>,
+    /// sysfs root for the block topology (default /sys).
+    #[arg(long, value_name = "DIR", hide = true)]
+    sysfs: Option<PathBuf>,
+}
 
 #[derive(Debug, clap::Args)]
-pub struct PlanArgs {}
-#[derive(Debug, clap::Args)]
-pub struct FreezeArgs {}
-#[derive(Debug, clap::Args)]
-pub struct ThawArgs {}
+pub struct PlanArgs {
+    #[command(flatten)]
+    select: SelectArgs,
+    /// Print the plan as JSON.
+    #[arg(long)]
+    json: bool,
+}
 
-pub fn plan(_: PlanArgs) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("not implemented yet")
+#[derive(Debug, clap::Args)]
+pub struct FreezeArgs {
+    #[command(flatten)]
+    select: SelectArgs,
+    /// How long to hold the freeze, e.g. 0, 500ms, 5s, 1m (SIGINT/SIGTERM end it early).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "0")]
+    hold: Duration,
+    /// State directory for the journal and lock; must not be on a filesystem being frozen.
+    #[arg(long, value_name = "DIR", default_value = DEFAULT_STATE_DIR)]
+    state_dir: PathBuf,
+    /// Print the plan and reports as JSON (after the thaw).
+    #[arg(long)]
+    json: bool,
 }
-pub fn freeze(_: FreezeArgs) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("not implemented yet")
+
+#[derive(Debug, clap::Args)]
+pub struct ThawArgs {
+    /// Thaw exactly what the journal of an earlier freeze lists.
+    #[arg(long, required = true)]
+    recover: bool,
+    /// State directory holding the journal.
+    #[arg(long, value_name = "DIR", default_value = DEFAULT_STATE_DIR)]
+    state_dir: PathBuf,
+    /// Recover even if the freezing process is alive and holds the lock.
+    #[arg(long)]
+    force: bool,
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
 }
-pub fn thaw(_: ThawArgs) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("not implemented yet")
+
+/// Parse `0`, `250ms`, `5s`, `1.5s`, `2m`, `1h`; a bare number is seconds.
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let value: f64 = number
+        .parse()
+        .map_err(|_| format!("invalid duration {text:?}"))?;
+    let seconds = match unit {
+        "" | "s" => value,
+        "ms" => value / 1000.0,
+        "m" | "min" => value * 60.0,
+        "h" => value * 3600.0,
+        _ => {
+            return Err(format!(
+                "invalid duration unit {unit:?} (use ms, s, m or h)"
+            ));
+        }
+    };
+    Duration::try_from_secs_f64(seconds).map_err(|e| format!("invalid duration {text:?}: {e}"))
+}
+
+fn fail(code: u8, message: impl std::fmt::Display) -> anyhow::Result<ExitCode> {
+    eprintln!("hv-vss: {message}");
+    Ok(ExitCode::from(code))
+}
+
+fn load_config(path: Option<&Path>) -> anyhow::Result<CompiledConfig> {
+    let config = match path {
+        None => FreezerConfig::default(),
+        Some(p) => {
+            let text =
+                std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
+            FreezerConfig::from_toml_table(&text, "freezer")
+                .with_context(|| format!("config {}", p.display()))?
+        }
+    };
+    Ok(config.compile()?)
+}
+
+/// Build the plan, or the exit code and message to give up with.
+fn make_plan(select: &SelectArgs) -> anyhow::Result<Result<(Plan, CompiledConfig), ExitCode>> {
+    let config = match load_config(select.config.as_deref()) {
+        Ok(c) => c,
+        Err(e) => return Ok(Err(fail(exit::BAD_MOUNT, format!("{e:#}"))?)),
+    };
+    let mut source = if select.pid1 {
+        MountSource::pid1()
+    } else {
+        MountSource::current()
+    };
+    if let Some(m) = &select.mountinfo {
+        source.mountinfo = m.clone();
+    }
+    if let Some(s) = &select.sysfs {
+        source.sysfs_root = s.clone();
+    }
+    let selection = if select.mounts.is_empty() {
+        Selection::Discover
+    } else {
+        Selection::Explicit(select.mounts.clone())
+    };
+    match hv_vss_freezer::make_plan(&source, &selection, &config) {
+        Ok(plan) => Ok(Ok((plan, config))),
+        Err(e @ (MakePlanError::Plan(_) | MakePlanError::NoSuchPath { .. })) => {
+            Ok(Err(fail(exit::BAD_MOUNT, e)?))
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn print_plan(plan: &Plan) {
+    let levels = plan.levels.len();
+    println!(
+        "Freeze plan: {} filesystem(s) in {} level(s); level 0 is frozen first, thaw runs in reverse.",
+        plan.len(),
+        levels
+    );
+    for (n, level) in plan.levels.iter().enumerate() {
+        for fs in level {
+            let mut notes = Vec::new();
+            if !fs.depends_on.is_empty() {
+                let deps: Vec<String> = fs
+                    .depends_on
+                    .iter()
+                    .map(|p| p.display().to_string())
+                    .collect();
+                notes.push(format!("before {}", deps.join(", ")));
+            }
+            if !fs.also_mounted_at.is_empty() {
+                let also: Vec<String> = fs
+                    .also_mounted_at
+                    .iter()
+                    .map(|p| p.display().to_string())
+                    .collect();
+                notes.push(format!("also at {}", also.join(", ")));
+            }
+            let notes = if notes.is_empty() {
+                String::new()
+            } else {
+                format!("  ({})", notes.join("; "))
+            };
+            println!(
+                "  level {n}: {}  {}  {}  {}{notes}",
+                fs.mount_point.display(),
+                fs.fs_type,
+                fs.dev,
+                Path::new(&fs.source).display()
+            );
+        }
+    }
+    let not_listed = plan
+        .skipped
+        .iter()
+        .filter(|s| s.reason == SkipReason::NotListed)
+        .count();
+    let shown: Vec<_> = plan
+        .skipped
+        .iter()
+        .filter(|s| s.reason != SkipReason::NotListed)
+        .collect();
+    if !shown.is_empty() {
+        println!("Skipped:");
+        for s in shown {
+            println!("  {}  {}: {}", s.mount_point.display(), s.fs_type, s.reason);
+        }
+    }
+    if not_listed > 0 {
+        println!("{not_listed} other mount(s) not in the --mount list.");
+    }
+}
+
+pub fn plan(args: PlanArgs) -> anyhow::Result<ExitCode> {
+    let (plan, _) = match make_plan(&args.select)? {
+        Ok(p) => p,
+        Err(code) => return Ok(code),
+    };
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&plan)?);
+    } else {
+        print_plan(&plan);
+    }
+    Ok(if plan.is_empty() {
+        ExitCode::from(exit::NOTHING_TO_FREEZE)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+fn ms(us: u64) -> String {
+    format!("{:.1} ms", us as f64 / 1000.0)
+}
+
+fn print_freeze(report: &FreezeReport, thaw: Option<&ThawReport>, held: Option<Duration>) {
+    for fs in &report.filesystems {
+        let thaw_us = thaw
+            .and_then(|t| {
+                t.filesystems
+                    .iter()
+                    .find(|f| f.mount_point == fs.mount_point)
+            })
+            .map(|f| f.thaw_us);
+        let outcome = match &fs.outcome {
+            FsFreezeOutcome::Frozen => "frozen".to_string(),
+            FsFreezeOutcome::NotAttempted => "not attempted".into(),
+            FsFreezeOutcome::ForeignFrozen => "frozen by another freezer (left alone)".into(),
+            FsFreezeOutcome::Unsupported => "cannot freeze (skipped)".into(),
+            FsFreezeOutcome::Failed { error } => format!("failed: {error}"),
+            FsFreezeOutcome::TimedOut => "FIFREEZE deadline missed".into(),
+        };
+        println!(
+            "  {}  {}  level {}  sync {}  freeze {}{}  thaw {}  {outcome}{}",
+            fs.mount_point.display(),
+            fs.fs_type,
+            fs.level,
+            fs.sync_us.map_or("-".into(), ms),
+            fs.freeze_us.map_or("-".into(), ms),
+            fs.freeze_start_us
+                .map_or(String::new(), |s| format!(" (at +{})", ms(s))),
+            thaw_us.map_or("-".into(), ms),
+            fs.sync_error
+                .as_ref()
+                .map_or(String::new(), |e| format!(" [syncfs: {e}]")),
+        );
+    }
+    if let Some(t) = thaw {
+        println!(
+            "sync {}, freeze {}, thaw {}; held {}; frozen window {}",
+            ms(report.sync_us),
+            ms(report.freeze_us),
+            ms(t.thaw_us),
+            held.map_or("-".into(), |h| ms(
+                u64::try_from(h.as_micros()).unwrap_or(u64::MAX)
+            )),
+            ms(t.frozen_window_us)
+        );
+        for f in t
+            .filesystems
+            .iter()
+            .filter(|f| !matches!(f.outcome, hv_vss_freezer::FsThawOutcome::Thawed))
+        {
+            println!("  thaw {}: {:?}", f.mount_point.display(), f.outcome);
+        }
+    }
+}
+
+pub fn freeze(args: FreezeArgs) -> anyhow::Result<ExitCode> {
+    if !rustix::process::geteuid().is_root() {
+        return fail(
+            exit::NOT_ROOT,
+            "freeze needs root (FIFREEZE requires CAP_SYS_ADMIN)",
+        );
+    }
+    let (plan, config) = match make_plan(&args.select)? {
+        Ok(p) => p,
+        Err(code) => return Ok(code),
+    };
+    if plan.is_empty() {
+        return fail(
+            exit::NOTHING_TO_FREEZE,
+            "nothing to freeze (see `hv-vss plan`)",
+        );
+    }
+    let options = FreezeOptions::new(config.config(), &args.state_dir);
+
+    // From here to the thaw: no output, no logging.
+    let mut frozen = match hv_vss_freezer::freeze(&plan, &options) {
+        Ok(f) => f,
+        Err(failure) => {
+            if args.json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&serde_json::json!({
+                        "plan": plan, "freeze": failure.report, "error": failure.error.to_string(),
+                    }))?
+                );
+            } else if failure.report.rollback.is_some() {
+                print_freeze(&failure.report, failure.report.rollback.as_ref(), None);
+            }
+            let code = match &failure.error {
+                FreezeError::NothingToFreeze => exit::NOTHING_TO_FREEZE,
+                FreezeError::StateDirUnsafe { .. } => exit::STATE_DIR_UNSAFE,
+                FreezeError::LockHeld { .. }
+                | FreezeError::ForeignFreeze { .. }
+                | FreezeError::JournalPresent { .. } => exit::ANOTHER_FREEZER,
+                FreezeError::Open { .. } | FreezeError::MountChanged { .. } => exit::BAD_MOUNT,
+                _ => exit::FREEZE_FAILED,
+            };
+            let rollback_incomplete = failure
+                .report
+                .rollback
+                .as_ref()
+                .is_some_and(|r| !r.complete);
+            let msg = if rollback_incomplete {
+                format!(
+                    "{}; rollback INCOMPLETE, run `hv-vss thaw --recover`",
+                    failure.error
+                )
+            } else {
+                failure.error.to_string()
+            };
+            return fail(
+                if rollback_incomplete {
+                    exit::INCOMPLETE
+                } else {
+                    code
+                },
+                msg,
+            );
+        }
+    };
+    let hold_start = std::time::Instant::now();
+    let end = hold(args.hold);
+    let held = hold_start.elapsed();
+    let thaw = frozen.thaw();
+    // Thawed: output is safe again.
+    let interrupted = matches!(end, Ok(HoldEnd::Interrupted));
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({
+                "plan": plan,
+                "freeze": frozen.report(),
+                "thaw": thaw,
+                "held_us": u64::try_from(held.as_micros()).unwrap_or(u64::MAX),
+                "interrupted": interrupted,
+            }))?
+        );
+    } else {
+        println!(
+            "Froze {} filesystem(s) in {} level(s){}:",
+            frozen
+                .report()
+                .filesystems
+                .iter()
+                .filter(|f| f.outcome == FsFreezeOutcome::Frozen)
+                .count(),
+            plan.levels.len(),
+            if interrupted {
+                ", hold interrupted by a signal"
+            } else {
+                ""
+            }
+        );
+        print_freeze(frozen.report(), Some(&thaw), Some(held));
+    }
+    if let Err(e) = end {
+        eprintln!("hv-vss: signal handling failed, held without it: {e}");
+    }
+    if !thaw.complete {
+        return fail(
+            exit::INCOMPLETE,
+            "some filesystems could not be thawed; they stay journaled: run `hv-vss thaw --recover`",
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn thaw(args: ThawArgs) -> anyhow::Result<ExitCode> {
+    debug_assert!(args.recover);
+    if !rustix::process::geteuid().is_root() {
+        return fail(
+            exit::NOT_ROOT,
+            "thaw needs root (FITHAW requires CAP_SYS_ADMIN)",
+        );
+    }
+    let report =
+        match hv_vss_freezer::recover(&args.state_dir, RecoverOptions { force: args.force }) {
+            Ok(r) => r,
+            Err(e @ RecoverError::FreezerAlive { .. }) => return fail(exit::ANOTHER_FREEZER, e),
+            Err(e) => return Err(e.into()),
+        };
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else if !report.journal_found {
+        println!(
+            "No journal in {}: nothing to recover.",
+            args.state_dir.display()
+        );
+    } else {
+        println!(
+            "Journal of pid {} in {}:",
+            report.freezer_pid.unwrap_or(0),
+            args.state_dir.display()
+        );
+        for f in &report.filesystems {
+            let what = match &f.outcome {
+                RecoverOutcome::Thawed => "thawed".to_string(),
+                RecoverOutcome::WasNotFrozen => "was not frozen".into(),
+                RecoverOutcome::DeviceMismatch { found } => {
+                    format!(
+                        "NOT thawed: path now leads to device {found}, journal says {}",
+                        f.entry.dev
+                    )
+                }
+                RecoverOutcome::Unreachable { error } => {
+                    format!("NOT thawed: cannot open: {error}")
+                }
+                RecoverOutcome::Failed { error } => format!("FITHAW failed: {error}"),
+            };
+            println!(
+                "  {}  {}  {}: {what}",
+                f.entry.path.display(),
+                f.entry.fs_type,
+                f.entry.dev
+            );
+        }
+    }
+    if !report.complete() {
+        return fail(
+            exit::INCOMPLETE,
+            "recovery incomplete; the journal is kept. Last resort: `fsfreeze -u MOUNT` or SysRq-j (emergency thaw)",
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("0"), Ok(Duration::ZERO));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("3"), Ok(Duration::from_secs(3)));
+        assert!(parse_duration("5 parsecs").is_err());
+        assert!(parse_duration("-1s").is_err());
+        assert!(parse_duration("").is_err());
+    }
 }

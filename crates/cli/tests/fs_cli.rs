@@ -1,0 +1,293 @@
+//! `hv-vss plan`, `freeze --hold`, `thaw --recover` run as a user runs them, on loop-mounted
+//! filesystems these tests create (root only; skipped otherwise).
+
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+use hv_vss_testutil::{
+    FsKind, LoopFs, TestMount, WriteProbe, freeze_from_other_process, run_with_timeout, serial,
+    skip_unless_root, state_dir, thaw_path,
+};
+
+const TIMEOUT: Duration = Duration::from_secs(120);
+
+fn hv_vss() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_hv-vss"))
+}
+
+fn run(cmd: &mut Command) -> Output {
+    cmd.output().unwrap()
+}
+
+fn code(out: &Output) -> i32 {
+    out.status.code().unwrap_or(-1)
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn json(out: &Output) -> serde_json::Value {
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)))
+}
+
+#[test]
+fn plan_discovers_this_machine_as_json_and_text() {
+    let out = run(hv_vss().args(["plan", "--json"]));
+    assert!(matches!(code(&out), 0 | 4), "{}", stderr(&out));
+    let plan = json(&out);
+    assert!(
+        plan["skipped"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s["mount_point"] == "/proc" && s["reason"]["kind"] == "pseudo")
+    );
+    let out = run(hv_vss().arg("plan"));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("/proc  proc: pseudo filesystem"));
+}
+
+#[test]
+fn plan_orders_a_stacked_loop_fs_before_its_host() {
+    if skip_unless_root("plan test") {
+        return;
+    }
+    let _serial = serial();
+    let outer = LoopFs::new(FsKind::Ext4).unwrap();
+    let inner = LoopFs::new_in(FsKind::Ext4, outer.mount_point()).unwrap();
+    let out = run(hv_vss()
+        .args(["plan", "--json", "--mount"])
+        .arg(outer.mount_point())
+        .arg("--mount")
+        .arg(inner.mount_point()));
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let plan = json(&out);
+    assert_eq!(
+        plan["levels"][0][0]["mount_point"],
+        inner.mount_point().to_str().unwrap()
+    );
+    assert_eq!(
+        plan["levels"][1][0]["mount_point"],
+        outer.mount_point().to_str().unwrap()
+    );
+    assert_eq!(
+        plan["levels"][0][0]["depends_on"][0],
+        outer.mount_point().to_str().unwrap()
+    );
+    let out = run(hv_vss()
+        .args(["plan", "--mount"])
+        .arg(inner.mount_point())
+        .arg("--mount")
+        .arg(outer.mount_point()));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("2 filesystem(s) in 2 level(s)"), "{text}");
+    drop(inner);
+}
+
+#[test]
+fn plan_and_freeze_refuse_tmpfs_and_non_mount_points() {
+    if skip_unless_root("mount test") {
+        return;
+    }
+    let tmp = TestMount::tmpfs().unwrap();
+    for sub in ["plan", "freeze"] {
+        let out = run(hv_vss().args([sub, "--mount"]).arg(tmp.mount_point()));
+        assert_eq!(code(&out), 5, "{sub}: {}", stderr(&out));
+        assert!(
+            stderr(&out).contains("tmpfs cannot be frozen (pseudo filesystem)"),
+            "{}",
+            stderr(&out)
+        );
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let out = run(hv_vss().args(["freeze", "--mount"]).arg(dir.path()));
+    assert_eq!(code(&out), 5);
+    assert!(
+        stderr(&out).contains("not a mount point"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn freeze_hold_reports_timings_and_thaws() {
+    if skip_unless_root("freeze test") {
+        return;
+    }
+    let _serial = serial();
+    run_with_timeout(TIMEOUT, || {
+        let a = LoopFs::new(FsKind::Ext4).unwrap();
+        let b = LoopFs::new(FsKind::Xfs).unwrap();
+        let state = state_dir().unwrap();
+        let out = run(hv_vss()
+            .args(["freeze", "--hold", "300ms", "--json", "--state-dir"])
+            .arg(state.path())
+            .arg("--mount")
+            .arg(a.mount_point())
+            .arg("--mount")
+            .arg(b.mount_point()));
+        assert_eq!(code(&out), 0, "{}", stderr(&out));
+        let r = json(&out);
+        assert_eq!(r["thaw"]["complete"], true);
+        assert!(r["thaw"]["frozen_window_us"].as_u64().unwrap() >= 300_000);
+        assert!(r["held_us"].as_u64().unwrap() >= 300_000);
+        let fss = r["freeze"]["filesystems"].as_array().unwrap();
+        assert_eq!(fss.len(), 2);
+        assert!(
+            fss.iter()
+                .all(|f| f["outcome"]["state"] == "frozen" && f["freeze_us"].is_u64())
+        );
+        // Text mode names every filesystem and the frozen window.
+        let out = run(hv_vss()
+            .args(["freeze", "--hold", "0", "--state-dir"])
+            .arg(state.path())
+            .arg("--mount")
+            .arg(a.mount_point()));
+        assert_eq!(code(&out), 0, "{}", stderr(&out));
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.contains("frozen window"), "{text}");
+        assert!(text.contains(a.mount_point().to_str().unwrap()), "{text}");
+        for fs in [&a, &b] {
+            assert!(
+                WriteProbe::start(&fs.mount_point().join("w"), b"x").wait(Duration::from_secs(10))
+            );
+        }
+    });
+}
+
+#[test]
+fn freeze_fails_on_another_freezer_and_on_an_unsafe_state_dir() {
+    if skip_unless_root("freeze test") {
+        return;
+    }
+    let _serial = serial();
+    run_with_timeout(TIMEOUT, || {
+        let a = LoopFs::new(FsKind::Ext4).unwrap();
+        let b = LoopFs::new(FsKind::Ext4).unwrap();
+        let state = state_dir().unwrap();
+        freeze_from_other_process(b.mount_point()).unwrap();
+        let out = run(hv_vss()
+            .args(["freeze", "--state-dir"])
+            .arg(state.path())
+            .arg("--mount")
+            .arg(a.mount_point())
+            .arg("--mount")
+            .arg(b.mount_point()));
+        assert_eq!(code(&out), 6, "{}", stderr(&out));
+        assert!(
+            stderr(&out).contains("already frozen by another freezer"),
+            "{}",
+            stderr(&out)
+        );
+        assert!(WriteProbe::start(&a.mount_point().join("w"), b"x").wait(Duration::from_secs(10)));
+        assert!(thaw_path(b.mount_point()).unwrap(), "theirs stayed frozen");
+
+        let out = run(hv_vss()
+            .args(["freeze", "--state-dir"])
+            .arg(a.mount_point().join("state"))
+            .arg("--mount")
+            .arg(a.mount_point()));
+        assert_eq!(code(&out), 7, "{}", stderr(&out));
+        assert!(stderr(&out).contains("may be frozen"), "{}", stderr(&out));
+    });
+}
+
+#[test]
+fn thaw_recover_after_the_freezer_is_killed() {
+    if skip_unless_root("freeze test") {
+        return;
+    }
+    let _serial = serial();
+    run_with_timeout(TIMEOUT, || {
+        let a = LoopFs::new(FsKind::Ext4).unwrap();
+        let b = LoopFs::new(FsKind::Btrfs).unwrap();
+        let state = state_dir().unwrap();
+        let mut child = hv_vss()
+            .args(["freeze", "--hold", "10m", "--state-dir"])
+            .arg(state.path())
+            .arg("--mount")
+            .arg(a.mount_point())
+            .arg("--mount")
+            .arg(b.mount_point())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let journal = state.path().join("freeze-journal.json");
+        // The journal appears before the first FIFREEZE; wait until a write blocks too.
+        while !journal.exists() {
+            assert!(child.try_wait().unwrap().is_none(), "freezer exited early");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        // Frozen once a write on each blocks (a probe that completes was too early).
+        let blocked_probe = |mp: &Path| {
+            for i in 0..200 {
+                let probe = WriteProbe::start(&mp.join(format!("w{i}")), b"x");
+                if !probe.wait(Duration::from_millis(200)) {
+                    return probe;
+                }
+            }
+            panic!("{} never froze", mp.display());
+        };
+        let probe = blocked_probe(a.mount_point());
+        let probe_b = blocked_probe(b.mount_point());
+        child.kill().unwrap();
+        child.wait().unwrap();
+        std::thread::sleep(Duration::from_millis(200));
+        assert!(
+            !probe.is_done() && !probe_b.is_done(),
+            "frozen after the freezer died"
+        );
+
+        // A live freezer is protected: none here, so recovery proceeds.
+        let out = run(hv_vss()
+            .args(["thaw", "--recover", "--json", "--state-dir"])
+            .arg(state.path()));
+        assert_eq!(code(&out), 0, "{}", stderr(&out));
+        let r = json(&out);
+        assert_eq!(r["journal_removed"], true);
+        assert_eq!(r["filesystems"].as_array().unwrap().len(), 2);
+        assert!(
+            r["filesystems"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|f| f["outcome"] == "thawed")
+        );
+        assert!(probe.wait(Duration::from_secs(10)) && probe_b.wait(Duration::from_secs(10)));
+        let out = run(hv_vss()
+            .args(["thaw", "--recover", "--state-dir"])
+            .arg(state.path()));
+        assert_eq!(code(&out), 0);
+        assert!(String::from_utf8_lossy(&out.stdout).contains("nothing to recover"));
+    });
+}
+
+#[test]
+fn thaw_without_recover_is_a_usage_error() {
+    let out = run(hv_vss().arg("thaw"));
+    assert_eq!(code(&out), 2, "{}", stderr(&out));
+    assert!(stderr(&out).contains("--recover"));
+}
+
+#[test]
+fn nothing_to_freeze_has_its_exit_code() {
+    // A mount table with nothing freezable in it.
+    let dir = tempfile::tempdir().unwrap();
+    let table = dir.path().join("mountinfo");
+    std::fs::write(
+        &table,
+        "1 0 0:2 / / rw - tmpfs tmpfs rw\n2 1 0:3 / /proc rw - proc proc rw\n",
+    )
+    .unwrap();
+    let out = run(hv_vss().args(["plan", "--mountinfo"]).arg(&table));
+    assert_eq!(code(&out), 4, "{}", stderr(&out));
+    if hv_vss_testutil::is_root() {
+        let out = run(hv_vss().args(["freeze", "--mountinfo"]).arg(&table));
+        assert_eq!(code(&out), 4, "{}", stderr(&out));
+        assert!(stderr(&out).contains("nothing to freeze"));
+    }
+    let _ = Path::new("/");
+}
