@@ -57,7 +57,7 @@ pub struct Daemon {
     reopen_at: Option<Instant>,
     reopen_backoff: Duration,
     next_request: u64,
-    pending: BTreeMap<RequestId, (u64, HostOp)>,
+    pending: BTreeMap<RequestId, (u64, u64, HostOp)>,
     worker: FsWorker,
     /// A freeze was issued and the worker has not yet said that nothing is frozen.
     fs_frozen: bool,
@@ -95,7 +95,8 @@ pub struct Parts {
     pub debug: bool,
     pub start: Instant,
     pub coord: Coordinator,
-    pub transport: Transport,
+    /// None: lost during start-up; the loop reopens it.
+    pub transport: Option<Transport>,
     pub worker: FsWorker,
     pub guardian: Guardian,
     pub signals: UnixStream,
@@ -112,9 +113,9 @@ impl Daemon {
             start: parts.start,
             coord: parts.coord,
             queue: VecDeque::new(),
-            transport: Some(parts.transport),
+            reopen_at: parts.transport.is_none().then(Instant::now),
+            transport: parts.transport,
             generation: 0,
-            reopen_at: None,
             reopen_backoff: REOPEN_BACKOFF_MIN,
             next_request: 1,
             pending: BTreeMap::new(),
@@ -172,6 +173,13 @@ impl Daemon {
         if let Some(t) = self.reopen_at {
             until.push(t);
         }
+        if self
+            .transport
+            .as_ref()
+            .is_some_and(Transport::wants_service)
+        {
+            until.push(now_i + Duration::from_millis(10));
+        }
         if self.guardian.is_none() && !self.fs_frozen && !self.stopping {
             until.push(self.guardian_retry_at.unwrap_or(now_i));
         }
@@ -195,10 +203,13 @@ impl Daemon {
                 fds.push(PollFd::new(g, PollFlags::IN));
                 fds.len() - 1
             });
-            let t = self.transport.as_ref().map(|t| {
-                fds.push(PollFd::new(t, PollFlags::IN));
-                fds.len() - 1
-            });
+            let t_start = fds.len();
+            if let Some(t) = self.transport.as_ref() {
+                for fd in t.fds() {
+                    fds.push(PollFd::from_borrowed_fd(fd, PollFlags::IN));
+                }
+            }
+            let t_end = fds.len();
             let ts = Timespec::try_from(timeout).unwrap_or(Timespec {
                 tv_sec: 60,
                 tv_nsec: 0,
@@ -212,7 +223,7 @@ impl Daemon {
                 ready(0),
                 ready(1),
                 g.is_some_and(ready),
-                t.is_some_and(ready),
+                (t_start..t_end).any(ready),
             )
         };
 
@@ -227,7 +238,12 @@ impl Daemon {
         if guardian_ready {
             self.check_guardian();
         }
-        if transport_ready {
+        if transport_ready
+            || self
+                .transport
+                .as_ref()
+                .is_some_and(Transport::wants_service)
+        {
             self.on_transport_readable();
         }
         self.maybe_reopen();
@@ -260,7 +276,7 @@ impl Daemon {
             match action {
                 Action::Reply { request, status } => self.reply(request, status),
                 Action::Unanswerable { request } => {
-                    if let Some((_, op)) = self.pending.remove(&request) {
+                    if let Some((_, _, op)) = self.pending.remove(&request) {
                         tracing::warn!(
                             request = request.0,
                             op = ?op,
@@ -299,12 +315,12 @@ impl Daemon {
     }
 
     fn reply(&mut self, request: RequestId, status: Status) {
-        let Some((generation, op)) = self.pending.remove(&request) else {
+        let Some((generation, key, op)) = self.pending.remove(&request) else {
             tracing::error!(request = request.0, "reply for an unknown request");
             return;
         };
         let result = match self.transport.as_mut() {
-            Some(t) if generation == self.generation => t.reply(status),
+            Some(t) if generation == self.generation => t.reply(key, status),
             _ => {
                 tracing::warn!(request = request.0, op = ?op, "reply dropped: transport was reopened");
                 return;
@@ -325,21 +341,26 @@ impl Daemon {
         let Some(transport) = self.transport.as_mut() else {
             return;
         };
-        match transport.recv() {
-            Ok(None) => {}
-            Ok(Some(Incoming::Request { op, raw })) => {
-                let request = RequestId(self.next_request);
-                self.next_request += 1;
-                self.pending.insert(request, (self.generation, op));
-                tracing::debug!(request = request.0, op = ?op, raw = raw.0, "host request");
-                self.queue.push_back(Event::HostRequest { request, op });
-            }
-            Ok(Some(Incoming::Refused { raw })) => self.log_refused(raw.0),
+        let incoming = match transport.recv() {
+            Ok(incoming) => incoming,
             Err(e) => {
                 tracing::warn!(error = %e, "VSS transport failed; thawing, then reopening");
                 if e.requires_reopen() {
                     self.lose_transport();
                 }
+                return;
+            }
+        };
+        for item in incoming {
+            match item {
+                Incoming::Request { key, op } => {
+                    let request = RequestId(self.next_request);
+                    self.next_request += 1;
+                    self.pending.insert(request, (self.generation, key, op));
+                    tracing::debug!(request = request.0, op = ?op, "host request");
+                    self.queue.push_back(Event::HostRequest { request, op });
+                }
+                Incoming::Refused { raw } => self.log_refused(raw.0),
             }
         }
     }

@@ -196,22 +196,16 @@ fn run(cli: Cli) -> Result<(), Fatal> {
         .map_err(|e| Fatal::new(ExitKind::Guardian, e))?;
     tracing::info!(pid = guardian.pid(), "guardian started");
 
-    let transport = transport::Transport::open(&settings.transport).map_err(|e| {
-        let kind = if e.is_busy() {
-            ExitKind::Busy
-        } else {
-            ExitKind::TransportUnavailable
-        };
-        let path = match &settings.transport {
-            TransportChoice::DropIn(p) | TransportChoice::Uio(p) => p.clone(),
-        };
-        let hint = if e.is_busy() {
-            " (stop hypervvssd / hv_vss_daemon, or the other hv-vssd, first)"
-        } else {
-            ""
-        };
-        Fatal::new(kind, anyhow!("{}: {e}{hint}", path.display()))
-    })?;
+    let transport = match transport::Transport::open(&settings.transport) {
+        Ok(t) => Some(t),
+        // Opened, then lost during the handshake (e.g. the device hung up at once): the
+        // loop reopens it with backoff, as after any later loss.
+        Err(e) if e.requires_reopen() => {
+            tracing::warn!(error = %e, "VSS transport lost during start-up; reopening");
+            None
+        }
+        Err(e) => return Err(transport_fatal(&settings, &e)),
+    };
 
     let coord = Coordinator::new(settings.limits, Millis(0))
         .map_err(|e| Fatal::new(ExitKind::Usage, anyhow!("limits: {e}")))?;
@@ -328,4 +322,22 @@ fn recover_earlier(dir: &Path) -> Result<(), Fatal> {
             ),
         ))
     }
+}
+
+fn transport_fatal(settings: &Settings, e: &transport::TransportError) -> Fatal {
+    let kind = if e.is_busy() {
+        ExitKind::Busy
+    } else {
+        ExitKind::TransportUnavailable
+    };
+    let flag = match &settings.transport {
+        TransportChoice::DropIn(_) => "--device",
+        TransportChoice::Uio(_) => "--uio",
+    };
+    let hint = if e.is_busy() {
+        " (stop hypervvssd / hv_vss_daemon, or the other hv-vssd, first)"
+    } else {
+        ""
+    };
+    Fatal::new(kind, anyhow!("{flag}: {e}{hint}"))
 }

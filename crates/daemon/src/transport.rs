@@ -1,35 +1,58 @@
-//! The host side of the daemon: Linux's `/dev/vmbus/hv_vss` (drop-in mode) behind one type,
-//! so the main loop polls one fd and answers each request through the transport it came from.
+//! The host side of the daemon behind one type: Linux's `/dev/vmbus/hv_vss` (drop-in mode)
+//! or the VSS VMBus channel itself (UIO mode), so the main loop polls a few fds and answers
+//! each request through the transport it came from.
 //!
-//! # Kernel contract (drop-in, wire-protocol.md §8, R12, R13)
+//! # Drop-in (wire-protocol.md §8, R12, R13)
 //!
 //! Open exclusively (`EBUSY`: another VSS daemon), REGISTER1 and its 4-byte reply, poll
 //! before read, 12-byte requests, the answer as a 32-bit status in bytes 0–3. The kernel
-//! forwards only HOT_BACKUP, FREEZE and THAW; anything else that arrives is answered E_FAIL
-//! here (R5) and never reaches the coordinator. Any failure after open (`EINVAL`, a short
-//! write, a wrong-length read, a hang-up) requires closing, thawing and reopening
-//! ([`TransportError::requires_reopen`]); the main loop does that.
+//! forwards only HOT_BACKUP, FREEZE and THAW, one at a time; anything else that arrives is
+//! answered E_FAIL here (R5) and never reaches the coordinator. Any failure after open
+//! (`EINVAL`, a short write, a wrong-length read, a hang-up) requires closing, thawing and
+//! reopening ([`TransportError::requires_reopen`]); the main loop does that.
 //!
-//! # Limitations
+//! # UIO (R2–R11, R14, R15)
 //!
-//! UIO mode (`--uio`) is refused with [`TransportError::UioUnavailable`] until the IC
-//! endpoint (hv-vss-vmbus::ic_endpoint) lands.
+//! [`hv_vss_vmbus::ic_endpoint::IcEndpoint`] does what `hv_utils` does in the kernel:
+//! NEGOTIATE, GET_DM_INFO, BU_COMPLETE and the no-ops are answered inside it, unknown
+//! operations get E_FAIL, replies echo the request with its `trans_id` and HOT_BACKUP flags
+//! 5. HOT_BACKUP, FREEZE and THAW come out as tokens; this module keeps each token until the
+//! coordinator answers it (several may be pending: the host can overlap requests, R26). The
+//! channel is either:
+//!
+//! - `/dev/uioN`: the real `uio_hv_generic` device; `EIO` is a rescind (reopen when the
+//!   device returns);
+//! - a Unix socket: a host simulator's hand-over point. The daemon connects as
+//!   `SOCK_SEQPACKET`, receives the shared-memory rings ([`ShmRings::recv_from`]) and keeps
+//!   the connection: its hang-up is the simulator's "rescind".
+//!
+//! The endpoint never logs; its notices are logged here, through the log gate (held while
+//! frozen, R60).
 
-use std::os::fd::{AsFd, BorrowedFd};
-use std::path::PathBuf;
+use std::collections::{BTreeMap, VecDeque};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::path::{Path, PathBuf};
 
 use hv_vss_core::{HostOp, Status};
+use hv_vss_protocol::vss::CoordinatorOp;
 use hv_vss_protocol::{HvStatus, VssOperation};
+use hv_vss_vmbus::ic_endpoint::{EndpointError, IcEndpoint, IcEvent, IcNotice, PendingRequest};
 use hv_vss_vmbus::kernel_dev::{KernelDevError, KernelDevice};
+use hv_vss_vmbus::shm::{ShmChannel, ShmRings};
+use hv_vss_vmbus::uio::{ChannelError, UioChannel, VmbusChannel};
+use rustix::fs::FileType;
+use rustix::net::{AddressFamily, RecvFlags, SocketAddrUnix, SocketFlags, SocketType};
 
 use crate::config::TransportChoice;
 
 /// Something that arrived from the host.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Incoming {
-    /// HOT_BACKUP, FREEZE or THAW: for the coordinator; answer with [`Transport::reply`].
-    Request { op: HostOp, raw: VssOperation },
-    /// Anything else: already answered E_FAIL here.
+    /// HOT_BACKUP, FREEZE or THAW: for the coordinator; answer with [`Transport::reply`]
+    /// and this `key`.
+    Request { key: u64, op: HostOp },
+    /// An operation that is not ours: already answered E_FAIL here (drop-in mode; in UIO
+    /// mode the endpoint reports it as a notice).
     Refused { raw: VssOperation },
 }
 
@@ -38,19 +61,41 @@ pub enum Incoming {
 pub enum TransportError {
     #[error(transparent)]
     Kernel(#[from] KernelDevError),
-    #[error(
-        "--uio {}: UIO mode is not available in this build yet (the IC endpoint has not landed); use --device",
-        .0.display()
-    )]
-    UioUnavailable(PathBuf),
+    #[error(transparent)]
+    Endpoint(#[from] EndpointError),
+    /// Opening the UIO channel (device, mapping, hand-over) failed.
+    #[error("{}: {source}", .path.display())]
+    UioOpen {
+        path: PathBuf,
+        #[source]
+        source: ChannelError,
+    },
+    /// Connecting to the simulator's hand-over socket failed.
+    #[error("{}: {source}", .path.display())]
+    Connect {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The path is neither `/dev/uioN` nor a Unix socket.
+    #[error("--uio {}: expected /dev/uioN or a host simulator's Unix socket", .0.display())]
+    UioPath(PathBuf),
+    /// The simulator closed the hand-over connection (its "rescind").
+    #[error("the host simulator hung up")]
+    HandoverClosed,
+    /// A reply for a request this transport does not hold.
+    #[error("no pending request {0}")]
+    UnknownRequest(u64),
 }
 
 impl TransportError {
-    /// Thaw, close, reopen and register again (R13).
+    /// Thaw, close, reopen (R13, R15).
     pub fn requires_reopen(&self) -> bool {
         match self {
             Self::Kernel(e) => e.requires_reopen(),
-            Self::UioUnavailable(_) => false,
+            Self::Endpoint(EndpointError::ForeignRequest { .. }) | Self::UnknownRequest(_) => false,
+            Self::Endpoint(_) | Self::HandoverClosed => true,
+            Self::UioOpen { .. } | Self::Connect { .. } | Self::UioPath(_) => false,
         }
     }
 
@@ -60,14 +105,107 @@ impl TransportError {
     }
 }
 
+/// The UIO-mode transport over any channel.
+#[derive(Debug)]
+pub struct IcTransport<C> {
+    endpoint: IcEndpoint<C>,
+    /// The hand-over connection (simulator only), watched for hang-up.
+    handover: Option<OwnedFd>,
+    pending: BTreeMap<u64, PendingRequest>,
+    next_key: u64,
+    ready: VecDeque<Incoming>,
+}
+
+impl<C: VmbusChannel> IcTransport<C> {
+    fn new(channel: C, handover: Option<OwnedFd>) -> Result<Self, TransportError> {
+        let mut t = Self {
+            endpoint: IcEndpoint::new(channel),
+            handover,
+            pending: BTreeMap::new(),
+            next_key: 1,
+            ready: VecDeque::new(),
+        };
+        // NEGOTIATE may already be waiting with no interrupt to announce it (§3.3).
+        t.service()?;
+        Ok(t)
+    }
+
+    fn service(&mut self) -> Result<(), TransportError> {
+        if let Some(sock) = &self.handover {
+            let mut b = [0u8; 1];
+            match rustix::net::recv(sock, &mut b, RecvFlags::DONTWAIT) {
+                Ok((0, _)) => return Err(TransportError::HandoverClosed),
+                Ok(_) | Err(rustix::io::Errno::AGAIN) | Err(rustix::io::Errno::INTR) => {}
+                Err(_) => return Err(TransportError::HandoverClosed),
+            }
+        }
+        for event in self.endpoint.service()? {
+            match event {
+                IcEvent::Request(request) => {
+                    let key = self.next_key;
+                    self.next_key += 1;
+                    let op = match request.op() {
+                        CoordinatorOp::Check => HostOp::Check,
+                        CoordinatorOp::Freeze => HostOp::Freeze,
+                        CoordinatorOp::Thaw => HostOp::Thaw,
+                    };
+                    self.pending.insert(key, request);
+                    self.ready.push_back(Incoming::Request { key, op });
+                }
+                IcEvent::BackupComplete { trans_id } => {
+                    tracing::info!(trans_id, "BU_COMPLETE from the host (answered S_OK)");
+                }
+            }
+        }
+        for notice in self.endpoint.take_notices() {
+            log_ic_notice(&notice);
+        }
+        Ok(())
+    }
+
+    fn reply(&mut self, key: u64, status: HvStatus) -> Result<(), TransportError> {
+        let request = self
+            .pending
+            .remove(&key)
+            .ok_or(TransportError::UnknownRequest(key))?;
+        self.endpoint.reply(request, status)?;
+        Ok(())
+    }
+
+    fn fds(&self) -> Vec<BorrowedFd<'_>> {
+        let mut fds = vec![self.endpoint.poll_fd()];
+        if let Some(s) = &self.handover {
+            fds.push(s.as_fd());
+        }
+        fds
+    }
+}
+
+fn log_ic_notice(notice: &IcNotice) {
+    match notice {
+        IcNotice::Negotiated { framework, message } => {
+            tracing::info!(framework = ?framework, message = ?message, "VSS channel negotiated")
+        }
+        IcNotice::NegotiationFailed { .. } | IcNotice::Dropped { .. } => {
+            tracing::warn!(notice = ?notice, "VSS channel")
+        }
+        IcNotice::UnknownOperation { trans_id, op } => {
+            tracing::warn!(trans_id, op = op.0, "unknown VSS operation answered E_FAIL")
+        }
+        other => tracing::warn!(notice = ?other, "VSS channel"),
+    }
+}
+
 /// An open, registered transport.
 #[derive(Debug)]
 pub enum Transport {
     Kernel(KernelDevice),
+    Shm(IcTransport<ShmChannel>),
+    Uio(IcTransport<UioChannel>),
 }
 
 impl Transport {
-    /// Opens and registers.
+    /// Opens (and in drop-in mode registers).
     pub fn open(choice: &TransportChoice) -> Result<Self, TransportError> {
         match choice {
             TransportChoice::DropIn(path) => {
@@ -75,16 +213,26 @@ impl Transport {
                 dev.register()?;
                 Ok(Self::Kernel(dev))
             }
-            TransportChoice::Uio(path) => Err(TransportError::UioUnavailable(path.clone())),
+            TransportChoice::Uio(path) => open_uio(path),
         }
     }
 
-    /// Reads what is pending, if anything (call when the fd polled readable).
-    pub fn recv(&mut self) -> Result<Option<Incoming>, TransportError> {
+    /// Whether a poll should come back soon (replies held back by a full ring, or requests
+    /// already read).
+    pub fn wants_service(&self) -> bool {
+        match self {
+            Self::Kernel(_) => false,
+            Self::Shm(t) => t.endpoint.unsent_replies() > 0 || !t.ready.is_empty(),
+            Self::Uio(t) => t.endpoint.unsent_replies() > 0 || !t.ready.is_empty(),
+        }
+    }
+
+    /// Reads what is pending (call when a fd polled readable, or when [`Self::wants_service`]).
+    pub fn recv(&mut self) -> Result<Vec<Incoming>, TransportError> {
         match self {
             Self::Kernel(dev) => {
                 let Some(request) = dev.recv_timeout(std::time::Duration::ZERO)? else {
-                    return Ok(None);
+                    return Ok(Vec::new());
                 };
                 let op = match request.op {
                     VssOperation::HOT_BACKUP => HostOp::Check,
@@ -94,33 +242,111 @@ impl Transport {
                         // R5: only HOT_BACKUP, FREEZE and THAW are ours; the kernel answers
                         // the rest itself, so anything else is a faulty peer: E_FAIL.
                         dev.reply(HvStatus::E_FAIL)?;
-                        return Ok(Some(Incoming::Refused { raw }));
+                        return Ok(vec![Incoming::Refused { raw }]);
                     }
                 };
-                Ok(Some(Incoming::Request {
-                    op,
-                    raw: request.op,
-                }))
+                Ok(vec![Incoming::Request { key: 0, op }])
+            }
+            Self::Shm(t) => {
+                t.service()?;
+                Ok(t.ready.drain(..).collect())
+            }
+            Self::Uio(t) => {
+                t.service()?;
+                Ok(t.ready.drain(..).collect())
             }
         }
     }
 
-    /// Answers the request in flight.
-    pub fn reply(&mut self, status: Status) -> Result<(), TransportError> {
+    /// Answers request `key`.
+    pub fn reply(&mut self, key: u64, status: Status) -> Result<(), TransportError> {
         let status = match status {
             Status::Ok => HvStatus::S_OK,
             Status::Fail => HvStatus::E_FAIL,
         };
         match self {
             Self::Kernel(dev) => Ok(dev.reply(status)?),
+            Self::Shm(t) => t.reply(key, status),
+            Self::Uio(t) => t.reply(key, status),
+        }
+    }
+
+    /// The fds to poll for `POLLIN`.
+    pub fn fds(&self) -> Vec<BorrowedFd<'_>> {
+        match self {
+            Self::Kernel(dev) => vec![dev.as_fd()],
+            Self::Shm(t) => t.fds(),
+            Self::Uio(t) => t.fds(),
         }
     }
 }
 
-impl AsFd for Transport {
-    fn as_fd(&self) -> BorrowedFd<'_> {
-        match self {
-            Self::Kernel(dev) => dev.as_fd(),
-        }
+fn open_uio(path: &Path) -> Result<Transport, TransportError> {
+    let is_socket = rustix::fs::stat(path)
+        .map(|st| FileType::from_raw_mode(st.st_mode) == FileType::Socket)
+        .map_err(|e| TransportError::Connect {
+            path: path.to_path_buf(),
+            source: e.into(),
+        })?;
+    if is_socket {
+        let connect_err = |e: rustix::io::Errno| TransportError::Connect {
+            path: path.to_path_buf(),
+            source: e.into(),
+        };
+        let sock = rustix::net::socket_with(
+            AddressFamily::UNIX,
+            SocketType::SEQPACKET,
+            SocketFlags::CLOEXEC,
+            None,
+        )
+        .map_err(connect_err)?;
+        let addr = SocketAddrUnix::new(path).map_err(connect_err)?;
+        rustix::net::connect(&sock, &addr).map_err(connect_err)?;
+        let uio_err = |source| TransportError::UioOpen {
+            path: path.to_path_buf(),
+            source,
+        };
+        let channel = ShmRings::recv_from(&sock)
+            .and_then(ShmRings::guest)
+            .map_err(uio_err)?;
+        tracing::info!(path = %path.display(), "connected to the host simulator's rings");
+        return Ok(Transport::Shm(IcTransport::new(channel, Some(sock))?));
+    }
+    let index = uio_index(path).ok_or_else(|| TransportError::UioPath(path.to_path_buf()))?;
+    let channel = UioChannel::open(index).map_err(|source| TransportError::UioOpen {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    tracing::info!(path = %path.display(), "opened the VSS channel through uio_hv_generic");
+    Ok(Transport::Uio(IcTransport::new(channel, None)?))
+}
+
+/// `N` of `/dev/uioN`.
+fn uio_index(path: &Path) -> Option<u32> {
+    path.file_name()?
+        .to_str()?
+        .strip_prefix("uio")?
+        .parse()
+        .ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn uio_index_accepts_only_uio_nodes() {
+        assert_eq!(uio_index(Path::new("/dev/uio3")), Some(3));
+        assert_eq!(uio_index(Path::new("/dev/uio12")), Some(12));
+        assert_eq!(uio_index(Path::new("/dev/sda")), None);
+        assert_eq!(uio_index(Path::new("/dev/uio")), None);
+    }
+
+    #[test]
+    fn only_channel_failures_require_a_reopen() {
+        assert!(TransportError::HandoverClosed.requires_reopen());
+        assert!(TransportError::Endpoint(EndpointError::Rescinded).requires_reopen());
+        assert!(!TransportError::UnknownRequest(3).requires_reopen());
+        assert!(!TransportError::UioPath("/x".into()).requires_reopen());
     }
 }

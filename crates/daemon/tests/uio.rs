@@ -1,0 +1,159 @@
+//! End-to-end: the real `hv-vssd` in UIO mode (`--uio <socket>`) against the simulated
+//! Hyper-V host (hv-vss-sim::host) in this test process, over the shared-memory ring pair
+//! handed to the daemon through SCM_RIGHTS. The daemon's IC endpoint negotiates, answers
+//! the minor operations itself, and hands HOT_BACKUP, FREEZE and THAW to the coordinator,
+//! which freezes loop-mounted filesystems made by the test.
+
+mod common;
+
+use std::ffi::OsStr;
+use std::os::fd::OwnedFd;
+use std::time::Duration;
+
+use common::{Daemon, LoopFs, with_timeout};
+use hv_vss_protocol::{HvStatus, Version, VssOperation};
+use hv_vss_sim::host::{HandoverListener, HostConfig, HostSimulator, NegotiationResult};
+use hv_vss_vmbus::shm::ShmRings;
+
+const ACCEPT: Duration = Duration::from_secs(15);
+const BLOCKED: Duration = Duration::from_millis(400);
+const THAWED: Duration = Duration::from_secs(5);
+const LIMIT: Duration = Duration::from_secs(120);
+
+struct Host {
+    _dir: tempfile::TempDir,
+    path: std::path::PathBuf,
+    listener: HandoverListener,
+}
+
+impl Host {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("vss.sock");
+        let listener = HandoverListener::bind(&path).unwrap();
+        Self {
+            _dir: dir,
+            path,
+            listener,
+        }
+    }
+
+    /// Waits for the daemon to connect and hands it a fresh ring pair.
+    fn accept(&self, daemon: &Daemon) -> (HostSimulator, OwnedFd) {
+        let conn = self
+            .listener
+            .accept(ACCEPT)
+            .unwrap()
+            .unwrap_or_else(|| panic!("the daemon never connected:\n{}", daemon.log()));
+        let rings = ShmRings::create(256 * 1024).unwrap();
+        rings.send_over(&conn).unwrap();
+        let sim = HostSimulator::new(
+            rings,
+            HostConfig::default().with_reply_timeout(Duration::from_secs(20)),
+        )
+        .unwrap();
+        (sim, conn)
+    }
+}
+
+fn start(host: &Host, fs: &LoopFs, state: &tempfile::TempDir, extra: &[&str]) -> Daemon {
+    let mut args: Vec<&OsStr> = vec![
+        OsStr::new("--uio"),
+        host.path.as_os_str(),
+        OsStr::new("--state-dir"),
+        state.path().as_os_str(),
+        OsStr::new("--mount"),
+        fs.path().as_os_str(),
+    ];
+    args.extend(extra.iter().map(OsStr::new));
+    Daemon::start(&args)
+}
+
+#[test]
+fn backup_over_uio_negotiates_freezes_and_thaws() {
+    with_timeout(LIMIT, || {
+        let host = Host::new();
+        let fs = LoopFs::ext4();
+        let state = common::state_dir();
+        let d = start(&host, &fs, &state, &[]);
+        let (mut sim, _conn) = host.accept(&d);
+
+        match sim.negotiate().unwrap() {
+            NegotiationResult::Agreed {
+                framework, message, ..
+            } => {
+                assert_eq!(framework, Version::new(3, 0));
+                assert_eq!(message, Version::new(5, 0));
+            }
+            other => panic!("{other:?}"),
+        }
+        let check = sim.hot_backup().unwrap();
+        assert_eq!((check.status, check.flags), (HvStatus::S_OK, 5));
+        let dm = sim.get_dm_info().unwrap();
+        assert_eq!((dm.status, dm.flags), (HvStatus::S_OK, 0));
+
+        assert!(sim.freeze().unwrap().is_ok());
+        let mut probe = fs.probe();
+        assert!(
+            !probe.done_within(BLOCKED),
+            "FREEZE over UIO must really freeze"
+        );
+        assert!(sim.thaw().unwrap().is_ok());
+        assert!(probe.done_within(THAWED));
+        assert!(sim.bu_complete().unwrap().is_ok());
+
+        // Unknown operations get E_FAIL from the endpoint; the daemon keeps serving.
+        assert_eq!(
+            sim.request(VssOperation(42)).unwrap().status,
+            HvStatus::E_FAIL
+        );
+        for _ in 0..10 {
+            let cycle = sim.backup_cycle(Duration::from_millis(5));
+            assert!(cycle.all_ok, "{cycle:?}");
+        }
+        assert!(sim.unmatched_replies().is_empty());
+        assert!(fs.writable_within(THAWED));
+        assert!(d.wait_log("VSS channel negotiated", THAWED));
+    });
+}
+
+#[test]
+fn host_hang_up_while_frozen_thaws_and_reconnects() {
+    with_timeout(LIMIT, || {
+        let host = Host::new();
+        let fs = LoopFs::ext4();
+        let state = common::state_dir();
+        let d = start(&host, &fs, &state, &[]);
+        let (mut sim, conn) = host.accept(&d);
+        sim.negotiate().unwrap();
+        assert!(sim.freeze().unwrap().is_ok());
+        let mut probe = fs.probe();
+        assert!(!probe.done_within(BLOCKED));
+        // The host side goes away (the simulator's rescind): thaw, then reconnect.
+        drop(conn);
+        drop(sim);
+        assert!(probe.done_within(THAWED), "transport loss must thaw");
+        let (mut sim, _conn) = host.accept(&d);
+        sim.negotiate().unwrap();
+        let cycle = sim.backup_cycle(Duration::from_millis(5));
+        assert!(cycle.all_ok, "{cycle:?}");
+    });
+}
+
+#[test]
+fn auto_thaw_over_uio_answers_the_late_thaw_e_fail() {
+    with_timeout(LIMIT, || {
+        let host = Host::new();
+        let fs = LoopFs::ext4();
+        let state = common::state_dir();
+        let d = start(&host, &fs, &state, &["--auto-thaw", "0.5"]);
+        let (mut sim, _conn) = host.accept(&d);
+        sim.negotiate().unwrap();
+        assert!(sim.freeze().unwrap().is_ok());
+        let mut probe = fs.probe();
+        assert!(probe.done_within(THAWED), "auto-thaw must thaw");
+        assert_eq!(sim.thaw().unwrap().status, HvStatus::E_FAIL);
+        let cycle = sim.backup_cycle(Duration::from_millis(5));
+        assert!(cycle.all_ok, "{cycle:?}");
+    });
+}
