@@ -450,3 +450,44 @@ fn guardian_death_while_frozen_thaws_and_a_new_guardian_starts() {
         assert!(s.all_writable());
     });
 }
+
+#[test]
+fn systemd_notify_ready_watchdog_and_stopping() {
+    with_timeout(TEST_LIMIT, || {
+        let s = Setup::new(1);
+        let sock_dir = common::state_dir();
+        let sock_path = sock_dir.path().join("notify.sock");
+        let sock = std::os::unix::net::UnixDatagram::bind(&sock_path).unwrap();
+        sock.set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let mut d = Daemon::start_with_env(
+            &s.args(&[]),
+            &[
+                ("NOTIFY_SOCKET", sock_path.as_os_str()),
+                ("WATCHDOG_USEC", OsStr::new("200000")),
+            ],
+        );
+        let mut messages = Vec::new();
+        let mut buf = [0u8; 512];
+        while messages
+            .iter()
+            .filter(|m: &&String| m.contains("WATCHDOG=1"))
+            .count()
+            < 3
+        {
+            let n = sock.recv(&mut buf).expect("notify message");
+            messages.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+        }
+        assert!(messages[0].contains("READY=1"), "{messages:?}");
+        // The kernel emulator sees a registered daemon when READY=1 is sent.
+        assert!(s.emu.wait_ready(READY));
+        d.signal(Signal::TERM);
+        loop {
+            let n = sock.recv(&mut buf).expect("STOPPING=1");
+            if String::from_utf8_lossy(&buf[..n]).contains("STOPPING=1") {
+                break;
+            }
+        }
+        assert_eq!(d.wait_exit(THAWED).and_then(|s| s.code()), Some(0));
+    });
+}

@@ -102,6 +102,17 @@ fn backup_over_uio_negotiates_freezes_and_thaws() {
         assert!(probe.done_within(THAWED));
         assert!(sim.bu_complete().unwrap().is_ok());
 
+        // A request arriving while a FREEZE is in flight or held gets E_FAIL at once (R17,
+        // R26); the FREEZE itself is unaffected.
+        let freeze = sim.post_vss(VssOperation::FREEZE, 0, &[]).unwrap();
+        let check = sim.post_vss(VssOperation::HOT_BACKUP, 0, &[]).unwrap();
+        let check = sim.await_vss(check).unwrap();
+        assert_eq!((check.status, check.flags), (HvStatus::E_FAIL, 5));
+        assert!(sim.await_vss(freeze).unwrap().is_ok());
+        assert!(!fs.writable_within(BLOCKED));
+        assert!(sim.thaw().unwrap().is_ok());
+        assert!(fs.writable_within(THAWED));
+
         // Unknown operations get E_FAIL from the endpoint; the daemon keeps serving.
         assert_eq!(
             sim.request(VssOperation(42)).unwrap().status,

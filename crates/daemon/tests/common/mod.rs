@@ -217,6 +217,11 @@ pub struct Daemon {
 impl Daemon {
     /// Starts `hv-vssd` with an empty config file and `args`.
     pub fn start(args: &[&std::ffi::OsStr]) -> Self {
+        Self::start_with_env(args, &[])
+    }
+
+    /// As [`Daemon::start`] with extra environment variables.
+    pub fn start_with_env(args: &[&std::ffi::OsStr], env: &[(&str, &std::ffi::OsStr)]) -> Self {
         let log_dir = tempfile::Builder::new()
             .prefix("hv-vssd-log")
             .tempdir_in("/dev/shm")
@@ -231,6 +236,7 @@ impl Daemon {
             .arg("-n")
             .arg("--debug")
             .env_remove("NOTIFY_SOCKET")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(File::create(&log).unwrap())
