@@ -20,7 +20,9 @@ impl hv_vss_freezer::Topology for NoTopology {
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {
     if let Ok(mounts) = parse_mountinfo(data) {
         if mounts.len() <= 64 {
-            let config = FreezerConfig::default().compile().expect("default config compiles");
+            let config = FreezerConfig::default()
+                .compile()
+                .expect("default config compiles");
             let _ = build_plan(&mounts, &NoTopology, &Selection::Discover, &config, None);
         }
     }
