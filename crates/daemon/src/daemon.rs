@@ -445,14 +445,14 @@ impl Daemon {
                 txn,
                 result,
                 report,
+                nothing_frozen,
             } => {
-                let failed = result.is_err();
                 if let Some(r) = report {
                     self.freeze_reports.insert(txn, r);
                 }
                 self.queue.push_back(Event::FsFrozen { txn, result });
                 self.pump();
-                if failed {
+                if nothing_frozen {
                     self.all_thawed();
                 }
             }

@@ -51,6 +51,9 @@ pub enum FsOutcome {
         txn: TxnId,
         result: FsResult,
         report: Option<FreezeReport>,
+        /// Nothing of ours is frozen (a failed freeze rolled back, and no earlier set is
+        /// still waiting for its thaw to be retried).
+        nothing_frozen: bool,
     },
     Thawed {
         txn: TxnId,
@@ -179,6 +182,7 @@ fn run(setup: FsSetup, commands: &Receiver<FsCommand>, out: &Sender<FsOutcome>, 
                             "an earlier freeze is not fully thawed yet; retrying its thaw",
                         )),
                         report: None,
+                        nothing_frozen: false,
                     });
                     continue;
                 }
@@ -194,6 +198,7 @@ fn run(setup: FsSetup, commands: &Receiver<FsCommand>, out: &Sender<FsOutcome>, 
                     txn,
                     result,
                     report,
+                    nothing_frozen: held.is_none(),
                 });
             }
             Some(FsCommand::Thaw { txn }) => {

@@ -491,3 +491,31 @@ fn systemd_notify_ready_watchdog_and_stopping() {
         assert_eq!(d.wait_exit(THAWED).and_then(|s| s.code()), Some(0));
     });
 }
+
+#[test]
+fn failed_freeze_answers_e_fail_rolls_back_and_never_thaws_a_foreign_freeze() {
+    with_timeout(TEST_LIMIT, || {
+        let s = Setup::new(2);
+        let _d = s.daemon(&[]);
+        // Someone else froze the second filesystem (R38).
+        let foreign = hv_vss_sys::fs::open_mount_point(s.fs[1].path()).unwrap();
+        hv_vss_sys::fs::freeze(std::os::fd::AsFd::as_fd(&foreign)).unwrap();
+        assert_eq!(
+            s.request(VssOperation::FREEZE),
+            HostOutcome::Replied(HvStatus::E_FAIL)
+        );
+        assert!(s.fs[0].writable_within(THAWED), "ours must be rolled back");
+        let mut probe = s.fs[1].probe();
+        assert!(
+            !probe.done_within(BLOCKED),
+            "a foreign freeze is never thawed by us"
+        );
+        assert!(!s.journal_exists());
+        hv_vss_sys::fs::thaw(std::os::fd::AsFd::as_fd(&foreign)).unwrap();
+        assert!(probe.done_within(THAWED));
+        // The daemon serves on.
+        s.assert_ok(VssOperation::FREEZE);
+        s.assert_ok(VssOperation::THAW);
+        assert!(s.all_writable());
+    });
+}
