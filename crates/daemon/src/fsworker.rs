@@ -145,8 +145,11 @@ fn run(setup: FsSetup, commands: &Receiver<FsCommand>, out: &Sender<FsOutcome>, 
         let _ = rustix::io::write(wake, &1u64.to_ne_bytes());
     };
     let mut held: Option<FrozenSet> = None;
+    // Set only when a `Thaw` left members frozen: a set held between FREEZE and THAW is
+    // frozen on purpose and must never be thawed by the retry timer.
+    let mut thaw_incomplete = false;
     loop {
-        let retrying = held.as_ref().is_some_and(|s| !s.is_empty());
+        let retrying = thaw_incomplete && held.as_ref().is_some_and(|s| !s.is_empty());
         let command = if retrying {
             match commands.recv_timeout(THAW_RETRY_INTERVAL) {
                 Ok(c) => Some(c),
@@ -166,6 +169,7 @@ fn run(setup: FsSetup, commands: &Receiver<FsCommand>, out: &Sender<FsOutcome>, 
                     let report = set.thaw();
                     if report.complete {
                         held = None;
+                        thaw_incomplete = false;
                         emit(FsOutcome::RetryThawed { report });
                     }
                 }
@@ -214,6 +218,7 @@ fn run(setup: FsSetup, commands: &Receiver<FsCommand>, out: &Sender<FsOutcome>, 
                 let report = set.thaw();
                 let result = thaw_result(&report);
                 let all_thawed = report.complete;
+                thaw_incomplete = !all_thawed;
                 if all_thawed {
                     held = None;
                 }
@@ -272,5 +277,75 @@ pub fn selection(mounts: &[PathBuf]) -> Selection {
         Selection::Discover
     } else {
         Selection::Explicit(mounts.to_vec())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hv_vss_freezer::FreezerConfig;
+    use hv_vss_testutil::{FsKind, LoopFs, WriteProbe};
+
+    fn wait_outcome(worker: &FsWorker) -> FsOutcome {
+        for _ in 0..600 {
+            if let Some(o) = worker.drain().into_iter().next() {
+                return o;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("the worker gave no outcome within 30 s");
+    }
+
+    /// Regression: the worker once treated a set held between FREEZE and THAW as an
+    /// incomplete thaw and "retried" it after one second, thawing behind the host's back.
+    #[test]
+    fn held_set_stays_frozen_until_thaw_however_long_the_host_waits() {
+        if hv_vss_testutil::skip_unless_root("fsworker hold test") {
+            return;
+        }
+        let _serial = hv_vss_testutil::serial();
+        hv_vss_testutil::run_with_timeout(Duration::from_secs(120), || {
+            let fs = LoopFs::new(FsKind::Ext4).expect("loop fs");
+            let state = hv_vss_testutil::state_dir().expect("state dir");
+            let config = FreezerConfig::default();
+            let setup = FsSetup {
+                source: hv_vss_freezer::MountSource::current(),
+                selection: Selection::Explicit(vec![fs.mount_point().to_path_buf()]),
+                config: config.compile().expect("config"),
+                options: FreezeOptions::new(&config, state.path()),
+            };
+            let worker = FsWorker::start(setup).expect("worker");
+            let txn = TxnId(1);
+            worker.send(FsCommand::Freeze { txn });
+            match wait_outcome(&worker) {
+                FsOutcome::Frozen { result, .. } => result.expect("freeze"),
+                other => panic!("expected Frozen, got {other:?}"),
+            }
+            let probe = WriteProbe::start(&fs.mount_point().join("probe"), b"x");
+            // Well past THAW_RETRY_INTERVAL: nothing may thaw on its own.
+            std::thread::sleep(THAW_RETRY_INTERVAL * 3);
+            assert!(
+                !probe.is_done(),
+                "a write completed while the host still held the freeze"
+            );
+            assert!(
+                worker.drain().is_empty(),
+                "the worker acted without a command"
+            );
+            worker.send(FsCommand::Thaw { txn });
+            match wait_outcome(&worker) {
+                FsOutcome::Thawed {
+                    result, all_thawed, ..
+                } => {
+                    result.expect("thaw");
+                    assert!(all_thawed);
+                }
+                other => panic!("expected Thawed, got {other:?}"),
+            }
+            assert!(
+                probe.wait(Duration::from_secs(10)),
+                "the write did not complete after thaw"
+            );
+        });
     }
 }
