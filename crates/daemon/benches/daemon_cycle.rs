@@ -1,0 +1,729 @@
+//! The daemon's FREEZE latency, frozen window and per-cycle overhead, measured end to end:
+//! the real `hv-vssd` binary in drop-in mode, driven through the kernel emulator
+//! (`hv_vss_sim::kernel::KernelEmulator`, the socket form of `--device`), freezing
+//! loop-mounted ext4 filesystems this benchmark creates.
+//!
+//! # Part 1: FREEZE latency and frozen window, N = 1 and N = 8 filesystems
+//!
+//! Each filesystem (256 MiB sparse image in /tmp) gets 64 MiB of fresh dirty data just
+//! before every trial, and one writer per filesystem appends 4 KiB buffered writes every
+//! millisecond, so the blocked time is what applications feel. Methods alternate per trial:
+//!
+//! - **stock** (baseline, in process): the stock daemon's method (tools/hv/hv_vss_daemon.c):
+//!   for each filesystem in mount order open, FIFREEZE, close; then the same with FITHAW,
+//!   zero hold. Benches cannot import each other, so this is a copy of the freezer bench's
+//!   routine, with the all-frozen instant recorded as well.
+//! - **hv-vssd**: HOT_BACKUP (untimed, as the host sends it first), then FREEZE and, as soon
+//!   as it is answered, THAW, each through `KernelEmulator::host_request`.
+//!
+//! Metrics, per trial:
+//! - FREEZE latency: hv-vssd: the host's FREEZE round trip (request sent → answer
+//!   received); stock: first FIFREEZE call → last FIFREEZE return (no IPC, no planning: the
+//!   stock daemon's answer could not come earlier).
+//! - Longest blocked write: the longest single `write()` of any writer during the
+//!   operation, the frozen window as applications feel it.
+//! - Frozen window: first FIFREEZE call → last FITHAW return, zero hold. hv-vssd: its own
+//!   `ThawReport::frozen_window_us` from `STATE_DIR/history.jsonl` (includes the THAW round
+//!   trip through the emulator); stock: measured around the loops.
+//! - Answer to thaw: hv-vssd: FREEZE answer received → THAW answer received, THAW sent at
+//!   once; stock: last FIFREEZE return → last FITHAW return.
+//!
+//! # Part 2: the daemon's own overhead per cycle
+//!
+//! One clean 32 MiB ext4 filesystem (nothing ever written to it), `--mount` of it only.
+//! HOT_BACKUP + FREEZE + THAW back to back, against an in-process open + FIFREEZE + close,
+//! open + FITHAW + close of the same filesystem, interleaved in 5 slices. The difference of
+//! the medians is what the daemon adds per backup. Two figures locate it: the transport's
+//! floor (an unknown operation, which the daemon answers E_FAIL without touching a
+//! filesystem: one host round trip through the emulator, socket and coordinator) and the
+//! daemon's own phase times from its history (open+check+journal, syncfs, FIFREEZE, FITHAW),
+//! plus the in-process cost of reading the mount table and planning, which the daemon does
+//! before every HOT_BACKUP check and every FREEZE.
+//!
+//! Run (root; release build of hv-vssd and this bench; about 2 minutes):
+//! `cargo bench -p hv-vssd --bench daemon_cycle` (env `TRIALS`, default 9; `CYCLES`,
+//! default 500). Not a test: nothing is asserted except that every request got S_OK; the
+//! results are printed as Markdown tables.
+
+use std::fs::File;
+use std::io::Write;
+use std::os::fd::AsFd;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use hv_vss_freezer::{FreezerConfig, MountSource, Selection, make_plan};
+use hv_vss_protocol::{HvStatus, VssOperation};
+use hv_vss_sim::kernel::{EmulatorConfig, HostOutcome, KernelEmulator};
+use hv_vss_testutil::{FsKind, LoopFs};
+use rustix::process::{Pid, Signal};
+
+const DIRTY_MIB: usize = 64;
+const IMAGE_MIB: u64 = 256;
+const WRITE_BYTES: usize = 4096;
+const READY: Duration = Duration::from_secs(15);
+/// The whole run; on expiry every test filesystem is thawed and every daemon killed.
+const RUN_LIMIT: Duration = Duration::from_secs(900);
+
+/// Daemons started by this run, killed if the run panics or times out.
+static DAEMON_PIDS: Mutex<Vec<u32>> = Mutex::new(Vec::new());
+
+fn pids() -> std::sync::MutexGuard<'static, Vec<u32>> {
+    DAEMON_PIDS.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn signal(pid: u32, sig: Signal) {
+    if let Some(pid) = Pid::from_raw(pid as i32) {
+        let _ = rustix::process::kill_process(pid, sig);
+    }
+}
+
+/// Live (non-zombie) processes whose parent is `parent`, from /proc.
+fn children_of(parent: u32) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+                return false;
+            };
+            // "pid (comm) state ppid ...": comm may hold spaces, so parse after the last ')'.
+            let fields: Vec<&str> = stat
+                .rsplit_once(')')
+                .map_or("", |(_, rest)| rest)
+                .split_whitespace()
+                .collect();
+            fields.first() != Some(&"Z") && fields.get(1) == Some(&parent.to_string().as_str())
+        })
+        .collect()
+}
+
+fn process_exists(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+        s.rsplit_once(')')
+            .is_some_and(|(_, rest)| !rest.trim_start().starts_with('Z'))
+    })
+}
+
+/// The real hv-vssd (release build next to this bench), registered with `emu`; stopped with
+/// SIGTERM on drop (it thaws and exits), killed if it does not exit, guardian included.
+struct VssDaemon {
+    child: Child,
+    guardian: Option<u32>,
+    dir: tempfile::TempDir,
+}
+
+impl VssDaemon {
+    fn start(emu: &KernelEmulator, mounts: &[PathBuf]) -> anyhow::Result<Self> {
+        // Config, log and state directory on tmpfs, which nothing here freezes.
+        let dir = tempfile::Builder::new()
+            .prefix("hv-vssd-bench-")
+            .tempdir_in("/dev/shm")?;
+        let config = dir.path().join("empty.toml");
+        std::fs::write(&config, "")?;
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_hv-vssd"));
+        cmd.arg("--config")
+            .arg(&config)
+            .arg("--device")
+            .arg(emu.socket_path())
+            .arg("--state-dir")
+            .arg(dir.path().join("state"));
+        for m in mounts {
+            cmd.arg("--mount").arg(m);
+        }
+        let child = cmd
+            .arg("-n")
+            .env_remove("NOTIFY_SOCKET")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(File::create(dir.path().join("stderr.log"))?)
+            .spawn()
+            .context("starting hv-vssd")?;
+        pids().push(child.id());
+        let mut daemon = Self {
+            child,
+            guardian: None,
+            dir,
+        };
+        if !emu.wait_ready(READY) {
+            bail!("hv-vssd never registered:\n{}", daemon.log());
+        }
+        // The guardian is started before the transport opens, so it exists by now.
+        daemon.guardian = children_of(daemon.child.id()).first().copied();
+        Ok(daemon)
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("stderr.log")).unwrap_or_default()
+    }
+
+    /// History entries of finished FREEZE transactions (those with a thaw report).
+    fn backups(&self) -> Vec<serde_json::Value> {
+        std::fs::read_to_string(self.dir.path().join("state/history.jsonl"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|e| !e["thaw"].is_null())
+            .collect()
+    }
+
+    /// Waits (the report is written after the THAW answer) for backup number `n` (1-based).
+    fn backup(&self, n: usize) -> anyhow::Result<serde_json::Value> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(entry) = self.backups().into_iter().nth(n - 1) {
+                return Ok(entry);
+            }
+            if Instant::now() >= deadline {
+                bail!("no report of backup {n} in the history:\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+}
+
+impl Drop for VssDaemon {
+    fn drop(&mut self) {
+        let pid = self.child.id();
+        signal(pid, Signal::TERM);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline && matches!(self.child.try_wait(), Ok(None)) {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        // The guardian exits once the daemon's socket closes; make sure.
+        if let Some(g) = self.guardian {
+            let deadline = Instant::now() + Duration::from_secs(3);
+            while Instant::now() < deadline && process_exists(g) {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            if process_exists(g) {
+                signal(g, Signal::KILL);
+            }
+        }
+        pids().retain(|p| *p != pid);
+    }
+}
+
+/// One host request through the emulator; its round trip, or an error unless S_OK.
+fn request(emu: &KernelEmulator, op: VssOperation) -> anyhow::Result<Duration> {
+    let t = Instant::now();
+    let outcome = emu.host_request(op);
+    let took = t.elapsed();
+    if outcome != HostOutcome::Replied(HvStatus::S_OK) {
+        bail!("{op:?}: {outcome:?}");
+    }
+    Ok(took)
+}
+
+/// One appending writer per filesystem, each recording its longest `write()`.
+struct Writers {
+    stop: Arc<AtomicBool>,
+    max_us: Vec<Arc<AtomicU64>>,
+    threads: Vec<std::thread::JoinHandle<std::io::Result<()>>>,
+}
+
+impl Writers {
+    fn start(mounts: &[PathBuf]) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut max_us = Vec::new();
+        let mut threads = Vec::new();
+        for mp in mounts {
+            let max = Arc::new(AtomicU64::new(0));
+            max_us.push(max.clone());
+            let stop = stop.clone();
+            let path = mp.join("appender.log");
+            threads.push(std::thread::spawn(move || {
+                let mut f = std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&path)?;
+                let buf = [b'w'; WRITE_BYTES];
+                while !stop.load(Ordering::Relaxed) {
+                    let t = Instant::now();
+                    f.write_all(&buf)?;
+                    max.fetch_max(t.elapsed().as_micros() as u64, Ordering::Relaxed);
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                Ok(())
+            }));
+        }
+        Self {
+            stop,
+            max_us,
+            threads,
+        }
+    }
+
+    fn reset(&self) {
+        self.max_us
+            .iter()
+            .for_each(|m| m.store(0, Ordering::Relaxed));
+    }
+
+    /// Stops the writers; the longest write since the last reset, µs.
+    fn finish(mut self) -> anyhow::Result<u64> {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads.drain(..) {
+            t.join()
+                .map_err(|_| anyhow::anyhow!("writer panicked"))?
+                .context("writer")?;
+        }
+        Ok(self
+            .max_us
+            .iter()
+            .map(|m| m.load(Ordering::Relaxed))
+            .max()
+            .unwrap_or(0))
+    }
+}
+
+impl Drop for Writers {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Old data removed and written back, then `DIRTY_MIB` of fresh dirty data in each.
+fn prepare(mounts: &[PathBuf], trial: usize) -> anyhow::Result<()> {
+    std::thread::scope(|s| {
+        let jobs: Vec<_> = mounts
+            .iter()
+            .map(|mp| {
+                s.spawn(move || -> anyhow::Result<()> {
+                    for entry in std::fs::read_dir(mp)?.flatten() {
+                        let name = entry.file_name();
+                        let name = name.to_string_lossy();
+                        if name.starts_with("dirty-") || name == "appender.log" {
+                            std::fs::remove_file(entry.path())?;
+                        }
+                    }
+                    let fd = hv_vss_sys::fs::open_mount_point(mp)?;
+                    hv_vss_sys::fs::syncfs(fd.as_fd())?;
+                    Ok(())
+                })
+            })
+            .collect();
+        jobs.into_iter()
+            .try_for_each(|j| j.join().map_err(|_| anyhow::anyhow!("panicked"))?)
+    })?;
+    std::thread::scope(|s| {
+        let jobs: Vec<_> = mounts
+            .iter()
+            .map(|mp| {
+                s.spawn(move || -> anyhow::Result<()> {
+                    let chunk = vec![0x5au8; 1024 * 1024];
+                    let mut f = File::create(mp.join(format!("dirty-{trial}")))?;
+                    for _ in 0..DIRTY_MIB {
+                        f.write_all(&chunk)?;
+                    }
+                    Ok(())
+                })
+            })
+            .collect();
+        jobs.into_iter()
+            .try_for_each(|j| j.join().map_err(|_| anyhow::anyhow!("panicked"))?)
+    })
+}
+
+fn freeze_path(mp: &Path) -> anyhow::Result<()> {
+    let fd = hv_vss_sys::fs::open_mount_point(mp)?;
+    hv_vss_sys::fs::freeze(fd.as_fd()).with_context(|| format!("FIFREEZE {}", mp.display()))
+}
+
+fn thaw_path(mp: &Path) -> anyhow::Result<()> {
+    let fd = hv_vss_sys::fs::open_mount_point(mp)?;
+    hv_vss_sys::fs::thaw(fd.as_fd()).with_context(|| format!("FITHAW {}", mp.display()))
+}
+
+/// The stock daemon's method: open, FIFREEZE, close for each in mount order; then the same
+/// with FITHAW. Returns (first FIFREEZE → all frozen, first FIFREEZE → all thawed).
+fn stock_freeze_thaw(mounts: &[PathBuf]) -> anyhow::Result<(Duration, Duration)> {
+    let t = Instant::now();
+    for mp in mounts {
+        freeze_path(mp)?;
+    }
+    let frozen = t.elapsed();
+    for mp in mounts {
+        thaw_path(mp)?;
+    }
+    Ok((frozen, t.elapsed()))
+}
+
+/// Samples in µs; median (upper median for even counts), min, max.
+#[derive(Default)]
+struct Samples(Vec<u64>);
+
+impl Samples {
+    fn push(&mut self, d: Duration) {
+        self.0.push(d.as_micros() as u64);
+    }
+
+    fn push_us(&mut self, us: u64) {
+        self.0.push(us);
+    }
+
+    fn sorted(&self) -> Vec<u64> {
+        let mut v = self.0.clone();
+        v.sort_unstable();
+        v
+    }
+
+    fn median(&self) -> f64 {
+        let v = self.sorted();
+        v.get(v.len() / 2).copied().unwrap_or(0) as f64
+    }
+
+    fn cell(&self, unit: Unit) -> String {
+        let v = self.sorted();
+        let (Some(lo), Some(hi)) = (v.first(), v.last()) else {
+            return "–".into();
+        };
+        format!(
+            "{} ({}–{})",
+            unit.fmt(self.median()),
+            unit.fmt(*lo as f64),
+            unit.fmt(*hi as f64)
+        )
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Unit {
+    Ms,
+    Us,
+}
+
+impl Unit {
+    fn fmt(self, us: f64) -> String {
+        match self {
+            Self::Ms => format!("{:.1} ms", us / 1000.0),
+            Self::Us => format!("{us:.0} µs"),
+        }
+    }
+}
+
+fn ratio(ours: &Samples, base: &Samples) -> String {
+    format!("{:.3}x", ours.median() / base.median())
+}
+
+/// Part 1's figures of one method (module docs define them).
+#[derive(Default)]
+struct Figures {
+    latency: Samples,
+    blocked: Samples,
+    window: Samples,
+    after: Samples,
+}
+
+/// Part 1 on `mounts`, with a daemon that freezes exactly those.
+fn frozen_window(emu: &KernelEmulator, mounts: &[PathBuf], trials: usize) -> anyhow::Result<()> {
+    let n = mounts.len();
+    let daemon = VssDaemon::start(emu, mounts)?;
+    let (mut stock, mut ours) = (Figures::default(), Figures::default());
+    let (mut d_sync, mut d_fifreeze) = (Samples::default(), Samples::default());
+    for trial in 0..trials {
+        for method in ["stock", "hv-vssd"] {
+            prepare(mounts, trial)?;
+            let writers = Writers::start(mounts);
+            std::thread::sleep(Duration::from_millis(100));
+            if method == "stock" {
+                writers.reset();
+                let (frozen, thawed) = stock_freeze_thaw(mounts)?;
+                std::thread::sleep(Duration::from_millis(50));
+                let blocked = writers.finish()?;
+                eprintln!(
+                    "N={n} trial {trial} {method:>7}: all frozen {:>7.1} ms, longest write {:>7.1} ms, window {:>7.1} ms",
+                    frozen.as_secs_f64() * 1e3,
+                    blocked as f64 / 1e3,
+                    thawed.as_secs_f64() * 1e3
+                );
+                stock.latency.push(frozen);
+                stock.blocked.push_us(blocked);
+                stock.window.push(thawed);
+                stock.after.push(thawed - frozen);
+            } else {
+                request(emu, VssOperation::HOT_BACKUP)?;
+                writers.reset();
+                let t = Instant::now();
+                request(emu, VssOperation::FREEZE)?;
+                let answered = t.elapsed();
+                request(emu, VssOperation::THAW)?;
+                let thawed = t.elapsed();
+                std::thread::sleep(Duration::from_millis(50));
+                let blocked = writers.finish()?;
+                let entry = daemon.backup(trial + 1)?;
+                let window = entry["thaw"]["frozen_window_us"]
+                    .as_u64()
+                    .context("history: thaw.frozen_window_us")?;
+                let sync = entry["freeze"]["sync_us"]
+                    .as_u64()
+                    .context("history: freeze.sync_us")?;
+                let fifreeze = entry["freeze"]["freeze_us"]
+                    .as_u64()
+                    .context("history: freeze.freeze_us")?;
+                eprintln!(
+                    "N={n} trial {trial} {method:>7}: FREEZE answer {:>7.1} ms (syncfs {:.1}), longest write {:>7.1} ms, window {:>7.1} ms",
+                    answered.as_secs_f64() * 1e3,
+                    sync as f64 / 1e3,
+                    blocked as f64 / 1e3,
+                    window as f64 / 1e3
+                );
+                ours.latency.push(answered);
+                ours.blocked.push_us(blocked);
+                ours.window.push_us(window);
+                ours.after.push(thawed - answered);
+                d_sync.push_us(sync);
+                d_fifreeze.push_us(fifreeze);
+            }
+        }
+    }
+    drop(daemon);
+    let ms = Unit::Ms;
+    println!();
+    println!(
+        "N = {n} ext4, {DIRTY_MIB} MiB dirty each; median (min–max) of {trials} trials, ratio of medians"
+    );
+    println!();
+    println!("| metric | stock method | hv-vssd | ratio |");
+    println!("|---|---|---|---|");
+    for (name, stock, ours) in [
+        (
+            "FREEZE latency (hv-vssd: host round trip; stock: first FIFREEZE → all frozen)",
+            &stock.latency,
+            &ours.latency,
+        ),
+        ("longest blocked write", &stock.blocked, &ours.blocked),
+        (
+            "frozen window, first FIFREEZE → last FITHAW, zero hold",
+            &stock.window,
+            &ours.window,
+        ),
+        (
+            "FREEZE answered → THAW answered (stock: all frozen → all thawed)",
+            &stock.after,
+            &ours.after,
+        ),
+    ] {
+        println!(
+            "| {name} | {} | {} | {} |",
+            stock.cell(ms),
+            ours.cell(ms),
+            ratio(ours, stock)
+        );
+    }
+    println!(
+        "| hv-vssd: syncfs phase inside FREEZE (not frozen) | | {} | |",
+        d_sync.cell(ms)
+    );
+    println!(
+        "| hv-vssd: parallel FIFREEZE (first call → last return) | | {} | |",
+        d_fifreeze.cell(ms)
+    );
+    Ok(())
+}
+
+/// Part 2: per-cycle cost with nothing to freeze.
+fn overhead(emu: &KernelEmulator, cycles: usize) -> anyhow::Result<()> {
+    const SLICES: usize = 5;
+    const WARM_UP: usize = 10;
+    let fs = LoopFs::new(FsKind::Ext4)?;
+    let mp = fs.mount_point().to_path_buf();
+    hv_vss_sys::fs::syncfs(hv_vss_sys::fs::open_mount_point(&mp)?.as_fd())?;
+    let daemon = VssDaemon::start(emu, std::slice::from_ref(&mp))?;
+    let daemon_cycle = |samples: Option<&mut [Samples; 4]>| -> anyhow::Result<()> {
+        let t = Instant::now();
+        let check = request(emu, VssOperation::HOT_BACKUP)?;
+        let freeze = request(emu, VssOperation::FREEZE)?;
+        let thaw = request(emu, VssOperation::THAW)?;
+        let whole = t.elapsed();
+        if let Some(s) = samples {
+            for (slot, d) in s.iter_mut().zip([whole, check, freeze, thaw]) {
+                slot.push(d);
+            }
+        }
+        Ok(())
+    };
+    let direct_cycle = |samples: Option<&mut Samples>| -> anyhow::Result<()> {
+        let t = Instant::now();
+        freeze_path(&mp)?;
+        thaw_path(&mp)?;
+        if let Some(s) = samples {
+            s.push(t.elapsed());
+        }
+        Ok(())
+    };
+    // The transport's floor: an operation the daemon does not know, answered E_FAIL at
+    // once by its coordinator, with no filesystem work (its log line is rate-limited).
+    let unknown = VssOperation(42);
+    let floor_trip = |samples: Option<&mut Samples>| -> anyhow::Result<()> {
+        let t = Instant::now();
+        let outcome = emu.forward_request(unknown);
+        let took = t.elapsed();
+        if outcome != HostOutcome::Replied(HvStatus::E_FAIL) {
+            bail!("unknown operation: {outcome:?}");
+        }
+        if let Some(s) = samples {
+            s.push(took);
+        }
+        Ok(())
+    };
+    // What the daemon does before every check and every freeze: read the mount table and
+    // plan (in process here, with the daemon's default freezer settings).
+    let config = FreezerConfig::default().compile()?;
+    let selection = Selection::Explicit(vec![mp.clone()]);
+    let planning = |samples: Option<&mut Samples>| -> anyhow::Result<()> {
+        let t = Instant::now();
+        let plan = make_plan(&MountSource::current(), &selection, &config)?;
+        let took = t.elapsed();
+        if plan.filesystems().count() != 1 {
+            bail!("plan: expected the one filesystem");
+        }
+        if let Some(s) = samples {
+            s.push(took);
+        }
+        Ok(())
+    };
+    for _ in 0..WARM_UP {
+        daemon_cycle(None)?;
+        direct_cycle(None)?;
+        floor_trip(None)?;
+        planning(None)?;
+    }
+    let mut ours: [Samples; 4] = Default::default();
+    let (mut direct, mut floor, mut plans) = Default::default();
+    let per_slice = cycles.div_ceil(SLICES);
+    for _ in 0..SLICES {
+        for _ in 0..per_slice {
+            daemon_cycle(Some(&mut ours))?;
+        }
+        for _ in 0..per_slice {
+            direct_cycle(Some(&mut direct))?;
+        }
+        for _ in 0..per_slice {
+            floor_trip(Some(&mut floor))?;
+            planning(Some(&mut plans))?;
+        }
+    }
+    // The daemon's own phase times of the last cycles its history keeps.
+    let last = WARM_UP + per_slice * SLICES;
+    daemon.backup(last.min(50))?;
+    let mut phases: [Samples; 4] = Default::default();
+    for entry in daemon.backups() {
+        for (slot, value) in phases.iter_mut().zip([
+            &entry["freeze"]["prepare_us"],
+            &entry["freeze"]["sync_us"],
+            &entry["freeze"]["freeze_us"],
+            &entry["thaw"]["thaw_us"],
+        ]) {
+            slot.push_us(value.as_u64().context("history: phase times")?);
+        }
+    }
+    drop(daemon);
+    drop(fs);
+    let us = Unit::Us;
+    let [whole, check, freeze, thaw] = &ours;
+    println!();
+    println!(
+        "One clean ext4, {} cycles each, median (min–max), ratio of medians to the direct cycle",
+        per_slice * SLICES
+    );
+    println!();
+    println!("| per cycle | time | ratio |");
+    println!("|---|---|---|");
+    println!(
+        "| direct, in process: open+FIFREEZE, open+FITHAW | {} | 1.000x |",
+        direct.cell(us)
+    );
+    println!(
+        "| hv-vssd: HOT_BACKUP + FREEZE + THAW, host round trips | {} | {} |",
+        whole.cell(us),
+        ratio(whole, &direct)
+    );
+    println!("| of which HOT_BACKUP | {} | |", check.cell(us));
+    println!("| of which FREEZE | {} | |", freeze.cell(us));
+    println!("| of which THAW | {} | |", thaw.cell(us));
+    println!(
+        "| added by the daemon (difference of medians) | {} | |",
+        us.fmt(whole.median() - direct.median())
+    );
+    println!(
+        "| transport floor: unknown op answered E_FAIL, one host round trip | {} | |",
+        floor.cell(us)
+    );
+    println!(
+        "| in process: reading the mount table and planning (`make_plan`) | {} | |",
+        plans.cell(us)
+    );
+    let [prepare, sync, fifreeze, fithaw] = &phases;
+    println!(
+        "| daemon's report, last {} cycles: open+check+journal / syncfs / FIFREEZE / FITHAW | {} / {} / {} / {} | |",
+        prepare.0.len(),
+        us.fmt(prepare.median()),
+        us.fmt(sync.median()),
+        us.fmt(fifreeze.median()),
+        us.fmt(fithaw.median())
+    );
+    Ok(())
+}
+
+fn env_usize(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|&v| v > 0)
+        .unwrap_or(default)
+}
+
+fn run(trials: usize, cycles: usize) -> anyhow::Result<()> {
+    let emu = KernelEmulator::start(EmulatorConfig::default())?;
+    let filesystems: Vec<LoopFs> = (0..8)
+        .map(|_| LoopFs::create(FsKind::Ext4, IMAGE_MIB, None))
+        .collect::<anyhow::Result<_>>()?;
+    let mounts: Vec<PathBuf> = filesystems
+        .iter()
+        .map(|f| f.mount_point().to_path_buf())
+        .collect();
+    let started = Instant::now();
+    frozen_window(&emu, &mounts[..1], trials)?;
+    frozen_window(&emu, &mounts, trials)?;
+    drop(filesystems);
+    overhead(&emu, cycles)?;
+    eprintln!("measured in {:.0} s", started.elapsed().as_secs_f64());
+    Ok(())
+}
+
+fn main() {
+    if std::env::args().any(|a| a == "--list") {
+        return; // `cargo test --benches` probes with --list
+    }
+    if !hv_vss_testutil::is_root() {
+        eprintln!("daemon_cycle: skipped, needs root (loop mounts and FIFREEZE)");
+        return;
+    }
+    let trials = env_usize("TRIALS", 9);
+    let cycles = env_usize("CYCLES", 500);
+    let outcome = std::panic::catch_unwind(|| {
+        hv_vss_testutil::run_with_timeout(RUN_LIMIT, move || run(trials, cycles))
+    });
+    // A panic or timeout may leave a daemon running (its guard never dropped): kill it; its
+    // guardian then thaws whatever it froze.
+    for pid in pids().drain(..) {
+        signal(pid, Signal::KILL);
+    }
+    match outcome {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            eprintln!("daemon_cycle: {e:#}");
+            std::process::exit(1);
+        }
+        Err(panic) => std::panic::resume_unwind(panic),
+    }
+}
