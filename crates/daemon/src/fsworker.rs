@@ -4,9 +4,13 @@
 //! # Contract with the coordinator
 //!
 //! Commands run one at a time, in the order sent. A `Thaw` sent while a `Freeze` of the same
-//! transaction still runs therefore waits for it and then thaws whatever it froze (the
-//! coordinator ignores the late `FsFrozen`). Each command produces one [`FsOutcome`], sent on
-//! a channel, and the wake fd is written so the main loop's `poll` returns.
+//! transaction still runs also *cancels* that freeze at once (the core's `ThawFs` contract:
+//! the request was given up, so nothing more may be frozen for it): the freezer stops before
+//! its flush, its first FIFREEZE or its next level and rolls back; the queued `Thaw` then
+//! runs and answers (the coordinator ignores the late `FsFrozen`). Each command produces one
+//! [`FsOutcome`], sent on a channel, and the wake fd is written so the main loop's `poll`
+//! returns. A panic in the freezer is caught and answered as a failure (what froze is
+//! thawed by unwinding), so the coordinator is never left waiting for an answer.
 //!
 //! The plan is recomputed from the mount table for each preflight and freeze (reading
 //! `/proc` and `/sys` only, before the first FIFREEZE), so mounts made after start are seen.
@@ -18,6 +22,8 @@
 
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -82,33 +88,42 @@ pub struct FsSetup {
 pub struct FsWorker {
     commands: Option<Sender<FsCommand>>,
     outcomes: Receiver<FsOutcome>,
-    wake: std::sync::Arc<OwnedFd>,
+    wake: Arc<OwnedFd>,
+    /// Highest transaction a `Thaw` was sent for: a freeze of that or an earlier
+    /// transaction is cancelled.
+    thaw_sent_through: Arc<AtomicU64>,
     thread: Option<JoinHandle<()>>,
 }
 
 impl FsWorker {
     /// Starts the worker thread.
     pub fn start(setup: FsSetup) -> std::io::Result<Self> {
-        let wake = std::sync::Arc::new(rustix::event::eventfd(
+        let wake = Arc::new(rustix::event::eventfd(
             0,
             EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK,
         )?);
         let (cmd_tx, cmd_rx) = mpsc::channel();
         let (out_tx, out_rx) = mpsc::channel();
-        let thread_wake = std::sync::Arc::clone(&wake);
+        let thread_wake = Arc::clone(&wake);
+        let thaw_sent_through = Arc::new(AtomicU64::new(0));
+        let cancel = Arc::clone(&thaw_sent_through);
         let thread = std::thread::Builder::new()
             .name("hv-vss-fs".into())
-            .spawn(move || run(setup, &cmd_rx, &out_tx, &thread_wake))?;
+            .spawn(move || run(setup, &cmd_rx, &out_tx, &thread_wake, &cancel))?;
         Ok(Self {
             commands: Some(cmd_tx),
             outcomes: out_rx,
             wake,
+            thaw_sent_through,
             thread: Some(thread),
         })
     }
 
-    /// Queues a command.
+    /// Queues a command. A `Thaw` also cancels a running freeze of its transaction.
     pub fn send(&self, command: FsCommand) {
+        if let FsCommand::Thaw { txn } = command {
+            self.thaw_sent_through.fetch_max(txn.0, Ordering::SeqCst);
+        }
         if let Some(tx) = &self.commands {
             // The worker only exits when the sender is dropped.
             let _ = tx.send(command);
@@ -139,7 +154,28 @@ impl Drop for FsWorker {
     }
 }
 
-fn run(setup: FsSetup, commands: &Receiver<FsCommand>, out: &Sender<FsOutcome>, wake: &OwnedFd) {
+/// Runs `work`, turning a panic into an error: the worker thread must outlive any bug in the
+/// freezer, or the coordinator would wait forever for an answer.
+fn guarded<T>(what: &str, work: impl FnOnce() -> Result<T, FsError>) -> Result<T, FsError> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(work)).unwrap_or_else(|panic| {
+        let detail = panic
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        Err(FsError::new(format!(
+            "internal error during {what}: {detail}"
+        )))
+    })
+}
+
+fn run(
+    setup: FsSetup,
+    commands: &Receiver<FsCommand>,
+    out: &Sender<FsOutcome>,
+    wake: &OwnedFd,
+    thaw_sent_through: &AtomicU64,
+) {
     let emit = |o: FsOutcome| {
         let _ = out.send(o);
         let _ = rustix::io::write(wake, &1u64.to_ne_bytes());
@@ -175,7 +211,7 @@ fn run(setup: FsSetup, commands: &Receiver<FsCommand>, out: &Sender<FsOutcome>, 
                 }
             }
             Some(FsCommand::Check { txn }) => {
-                let result = check(&setup);
+                let result = guarded("the preflight", || check(&setup));
                 emit(FsOutcome::Checked { txn, result });
             }
             Some(FsCommand::Freeze { txn }) => {
@@ -190,13 +226,21 @@ fn run(setup: FsSetup, commands: &Receiver<FsCommand>, out: &Sender<FsOutcome>, 
                     });
                     continue;
                 }
-                let (result, report) = match freeze(&setup) {
+                let cancelled = || thaw_sent_through.load(Ordering::SeqCst) >= txn.0;
+                let mut failed_report = None;
+                let frozen = guarded("the freeze", || {
+                    freeze(&setup, &cancelled).map_err(|(e, report)| {
+                        failed_report = report.map(|r| *r);
+                        e
+                    })
+                });
+                let (result, report) = match frozen {
                     Ok(set) => {
                         let report = set.report().clone();
                         held = Some(set);
                         (Ok(()), Some(report))
                     }
-                    Err((e, report)) => (Err(e), report.map(|r| *r)),
+                    Err(e) => (Err(e), failed_report),
                 };
                 emit(FsOutcome::Frozen {
                     txn,
@@ -245,9 +289,15 @@ fn check(setup: &FsSetup) -> FsResult {
         .map_err(|e| FsError::new(e.to_string()))
 }
 
-fn freeze(setup: &FsSetup) -> Result<FrozenSet, (FsError, Option<Box<FreezeReport>>)> {
+fn freeze(
+    setup: &FsSetup,
+    cancelled: &(dyn Fn() -> bool + Sync),
+) -> Result<FrozenSet, (FsError, Option<Box<FreezeReport>>)> {
+    if cancelled() {
+        return Err((FsError::new("freeze cancelled: a thaw was asked for"), None));
+    }
     let plan = plan(setup).map_err(|e| (e, None))?;
-    hv_vss_freezer::freeze(&plan, &setup.options)
+    hv_vss_freezer::freeze_cancellable(&plan, &setup.options, cancelled)
         .map_err(|f| (FsError::new(f.error.to_string()), Some(f.report)))
 }
 
@@ -294,6 +344,131 @@ mod tests {
             std::thread::sleep(Duration::from_millis(50));
         }
         panic!("the worker gave no outcome within 30 s");
+    }
+
+    /// The next `n` outcomes, in order (a drain may return several at once).
+    fn wait_outcomes(worker: &FsWorker, n: usize, within: Duration) -> Vec<FsOutcome> {
+        let mut got = Vec::new();
+        let end = std::time::Instant::now() + within;
+        while got.len() < n {
+            got.extend(worker.drain());
+            if std::time::Instant::now() > end {
+                panic!(
+                    "the worker gave {} of {n} outcomes within {within:?}: {got:?}",
+                    got.len()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        got
+    }
+
+    fn setup_for(fs: &LoopFs, state: &std::path::Path, config: &FreezerConfig) -> FsSetup {
+        FsSetup {
+            source: hv_vss_freezer::MountSource::current(),
+            selection: Selection::Explicit(vec![fs.mount_point().to_path_buf()]),
+            config: config.compile().expect("config"),
+            options: FreezeOptions::new(config, state),
+        }
+    }
+
+    /// Regression: a THAW (or deadline, or SIGTERM) that reaches the worker while it is
+    /// still freezing must stop the freeze (the core's `ThawFs` contract): the host has
+    /// already been told E_FAIL, so nothing may be frozen on its behalf any more. The worker
+    /// used to finish the whole freeze first, then thaw.
+    #[test]
+    fn thaw_sent_while_freezing_stops_the_freeze() {
+        if hv_vss_testutil::skip_unless_root("fsworker cancel test") {
+            return;
+        }
+        let _serial = hv_vss_testutil::serial();
+        hv_vss_testutil::run_with_timeout(Duration::from_secs(120), || {
+            let fs = LoopFs::new(FsKind::Ext4).expect("loop fs");
+            let state = hv_vss_testutil::state_dir().expect("state dir");
+            let worker = FsWorker::start(setup_for(&fs, state.path(), &FreezerConfig::default()))
+                .expect("worker");
+            let txn = TxnId(7);
+            worker.send(FsCommand::Freeze { txn });
+            worker.send(FsCommand::Thaw { txn });
+            let outcomes = wait_outcomes(&worker, 2, Duration::from_secs(30));
+            match &outcomes[0] {
+                FsOutcome::Frozen {
+                    result,
+                    report,
+                    nothing_frozen,
+                    ..
+                } => {
+                    assert!(
+                        result.is_err(),
+                        "the freeze went ahead after its thaw: {report:?}"
+                    );
+                    let froze_any = report.as_ref().is_some_and(|r| {
+                        r.filesystems
+                            .iter()
+                            .any(|f| f.outcome == hv_vss_freezer::FsFreezeOutcome::Frozen)
+                    });
+                    assert!(
+                        !froze_any,
+                        "a filesystem was frozen after the thaw was asked: {report:?}"
+                    );
+                    assert!(nothing_frozen);
+                }
+                other => panic!("expected Frozen, got {other:?}"),
+            }
+            match &outcomes[1] {
+                FsOutcome::Thawed {
+                    txn: t, all_thawed, ..
+                } => {
+                    assert_eq!(*t, txn);
+                    assert!(all_thawed);
+                }
+                other => panic!("expected Thawed, got {other:?}"),
+            }
+            assert!(fs.writable_within(Duration::from_secs(5)));
+            // A later transaction freezes normally: the cancel was for txn 7 only.
+            let next = TxnId(8);
+            worker.send(FsCommand::Freeze { txn: next });
+            match wait_outcomes(&worker, 1, Duration::from_secs(30)).remove(0) {
+                FsOutcome::Frozen { result, .. } => result.expect("freeze of the next txn"),
+                other => panic!("expected Frozen, got {other:?}"),
+            }
+            worker.send(FsCommand::Thaw { txn: next });
+            let _ = wait_outcomes(&worker, 1, Duration::from_secs(30));
+            assert!(fs.writable_within(Duration::from_secs(5)));
+        });
+    }
+
+    /// Regression: a per-filesystem deadline from the config too large to add to the clock
+    /// (`freezer.freeze_deadline_secs = 9223372036854775807` is valid TOML) panicked the
+    /// freeze after FIFREEZE had started: the filesystem stayed frozen, the worker thread
+    /// died, and the daemon never answered or thawed.
+    #[test]
+    fn an_enormous_freeze_deadline_neither_panics_nor_strands_a_freeze() {
+        if hv_vss_testutil::skip_unless_root("fsworker deadline test") {
+            return;
+        }
+        let _serial = hv_vss_testutil::serial();
+        hv_vss_testutil::run_with_timeout(Duration::from_secs(120), || {
+            let fs = LoopFs::new(FsKind::Ext4).expect("loop fs");
+            let state = hv_vss_testutil::state_dir().expect("state dir");
+            let config = FreezerConfig {
+                freeze_deadline_secs: i64::MAX as u64,
+                ..FreezerConfig::default()
+            };
+            let worker = FsWorker::start(setup_for(&fs, state.path(), &config)).expect("worker");
+            let txn = TxnId(1);
+            worker.send(FsCommand::Freeze { txn });
+            match wait_outcomes(&worker, 1, Duration::from_secs(20)).remove(0) {
+                FsOutcome::Frozen { result, .. } => result.expect("freeze"),
+                other => panic!("expected Frozen, got {other:?}"),
+            }
+            worker.send(FsCommand::Thaw { txn });
+            match wait_outcomes(&worker, 1, Duration::from_secs(20)).remove(0) {
+                FsOutcome::Thawed { all_thawed, .. } => assert!(all_thawed),
+                other => panic!("expected Thawed, got {other:?}"),
+            }
+            assert!(fs.writable_within(Duration::from_secs(5)));
+        });
     }
 
     /// Regression: the worker once treated a set held between FREEZE and THAW as an

@@ -24,6 +24,13 @@
 //!    freezes completed, and the journal is removed once all are thawed. A filesystem that
 //!    answered EBUSY was frozen by someone else and is never thawed by us.
 //!
+//! [`freeze_cancellable`] also stops (and rolls back) when its caller says the freeze was
+//! overtaken by a thaw, checked before the flush, before the first FIFREEZE and between
+//! levels. From the journal write on, the [`FrozenSet`] under construction owns the lock,
+//! the journal and every member the moment it freezes, so even a panic unwinding through
+//! the freeze thaws what froze (and FIFREEZE calls still running are abandoned: they thaw
+//! their filesystem when they return).
+//!
 //! Between the first FIFREEZE and the last FITHAW nothing here writes a file, logs, or
 //! spawns a process (R60): events are collected into the report, which the caller logs
 //! after the thaw. The only writes are the journal removal and lock release *after* the
@@ -181,6 +188,9 @@ pub enum FreezeError {
         /// The error.
         error: SysFreezeError,
     },
+    /// The caller cancelled the freeze (a thaw overtook it); what froze was rolled back.
+    #[error("freeze cancelled: a thaw was asked for while freezing")]
+    Cancelled,
     /// FIFREEZE did not return within the deadline.
     #[error("{}: FIFREEZE did not return within {deadline:?}", .mount_point.display())]
     Deadline {
@@ -476,7 +486,21 @@ pub fn preflight(plan: &Plan, options: &FreezeOptions) -> Result<PreflightReport
 /// Freeze the plan. On success every planned filesystem is frozen (except those skipped by
 /// policy, see the report) and owned by the returned set.
 pub fn freeze(plan: &Plan, options: &FreezeOptions) -> Result<FrozenSet, FreezeFailure> {
-    freeze_with(plan, options, Arc::new(KernelOps))
+    freeze_with(plan, options, Arc::new(KernelOps), &|| false)
+}
+
+/// [`freeze`] that stops as soon as `cancelled` returns true: checked before the flush,
+/// before the first FIFREEZE and before each level. A level already started finishes
+/// (bounded by its deadline); then everything frozen is rolled back and the error is
+/// [`FreezeError::Cancelled`]. For a caller whose freeze was overtaken by a thaw (a THAW,
+/// a deadline or a shutdown while freezing): nothing more is frozen for a request that
+/// has already been given up.
+pub fn freeze_cancellable(
+    plan: &Plan,
+    options: &FreezeOptions,
+    cancelled: &(dyn Fn() -> bool + Sync),
+) -> Result<FrozenSet, FreezeFailure> {
+    freeze_with(plan, options, Arc::new(KernelOps), cancelled)
 }
 
 fn prepare_state_dir(
@@ -568,6 +592,7 @@ pub(crate) fn freeze_with(
     plan: &Plan,
     options: &FreezeOptions,
     ops: Arc<dyn FsOps>,
+    cancelled: &(dyn Fn() -> bool + Sync),
 ) -> Result<FrozenSet, FreezeFailure> {
     let started = Instant::now();
     let mut report = FreezeReport {
@@ -604,6 +629,9 @@ pub(crate) fn freeze_with(
     if plan.is_empty() {
         fail!(FreezeError::NothingToFreeze);
     }
+    if cancelled() {
+        fail!(FreezeError::Cancelled);
+    }
     let lock = match prepare_state_dir(plan, options, ops.as_ref()) {
         Ok(l) => l,
         Err(e) => fail!(e),
@@ -635,6 +663,61 @@ pub(crate) fn freeze_with(
     }
     report.prepare_us = micros(started.elapsed());
 
+    // From here the set owns the lock and the journal, and every member the moment it is
+    // frozen: whatever ends the freeze (failure, cancel, even a panic unwinding through
+    // here), its thaw or its Drop thaws what froze and removes the journal.
+    let mut set = FrozenSet {
+        members: Vec::new(),
+        window_start: Instant::now(),
+        state_dir: options.state_dir.clone(),
+        lock: Some(lock),
+        report,
+        ops,
+    };
+    match freeze_levels(plan, options, &handles, &mut set, cancelled) {
+        Ok(()) => Ok(set),
+        Err(error) => {
+            let rollback = set.thaw();
+            let mut report = Box::new(set.report.clone());
+            report.rollback = Some(rollback);
+            // Whatever could not be thawed stays owned by `set`, whose Drop tries again.
+            drop(set);
+            Err(FreezeFailure { error, report })
+        }
+    }
+}
+
+/// Marks the jobs still running as abandoned if a panic unwinds past them, so that a
+/// FIFREEZE returning later thaws its filesystem instead of leaving it frozen unowned.
+struct AbandonOnUnwind<'a>(&'a [(usize, Arc<Job>)]);
+
+impl Drop for AbandonOnUnwind<'_> {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            return;
+        }
+        for (_, job) in self.0 {
+            let mut state = job.state.lock().unwrap_or_else(|p| p.into_inner());
+            if matches!(*state, JobState::Running) {
+                *state = JobState::Abandoned;
+            }
+        }
+    }
+}
+
+/// Flush, then freeze level by level into `set`. `Err`: the first failure; the caller
+/// rolls back what `set` holds.
+fn freeze_levels(
+    plan: &Plan,
+    options: &FreezeOptions,
+    handles: &[Handle],
+    set: &mut FrozenSet,
+    cancelled: &(dyn Fn() -> bool + Sync),
+) -> Result<(), FreezeError> {
+    if cancelled() {
+        return Err(FreezeError::Cancelled);
+    }
+    let ops = set.ops.clone();
     // Flush everything in parallel before the first freeze.
     let sync_start = Instant::now();
     let sync_results: Vec<(Duration, std::io::Result<()>)> = std::thread::scope(|s| {
@@ -659,18 +742,23 @@ pub(crate) fn freeze_with(
             })
             .collect()
     });
-    for (r, (took, result)) in report.filesystems.iter_mut().zip(sync_results) {
+    for (r, (took, result)) in set.report.filesystems.iter_mut().zip(sync_results) {
         r.sync_us = Some(micros(took));
         r.sync_error = result.err().map(|e| e.to_string());
     }
-    report.sync_us = micros(sync_start.elapsed());
+    set.report.sync_us = micros(sync_start.elapsed());
 
     // Freeze level by level. Nothing below this line may log or write files until thawed.
     let window_start = Instant::now();
-    let mut frozen: Vec<FrozenFs> = Vec::new();
+    set.window_start = window_start;
     let mut failure: Option<FreezeError> = None;
-    let levels = plan.levels.len();
-    for level in 0..levels {
+    for level in 0..plan.levels.len() {
+        // A thaw asked for while we freeze stops the freeze before the next level (the
+        // levels already started finish, bounded by their deadline, and are rolled back).
+        if cancelled() {
+            failure = Some(FreezeError::Cancelled);
+            break;
+        }
         let indices: Vec<usize> = (0..handles.len())
             .filter(|&i| handles[i].planned.level == level)
             .collect();
@@ -712,48 +800,63 @@ pub(crate) fn freeze_with(
             }
         }
         drop(tx);
-        let deadline = Instant::now() + options.freeze_deadline;
+        let _abandon_on_unwind = AbandonOnUnwind(&jobs);
+        // A deadline too far away to add to the clock (config input) means "no deadline".
+        let deadline = Instant::now().checked_add(options.freeze_deadline);
         let mut pending = jobs.len();
-        while pending > 0 {
-            let wait = deadline.saturating_duration_since(Instant::now());
-            match rx.recv_timeout(wait) {
-                Ok((i, t, took, result)) => {
-                    pending -= 1;
-                    let h = &handles[i];
-                    let r = &mut report.filesystems[i];
-                    r.freeze_start_us = Some(micros(t.saturating_duration_since(window_start)));
-                    r.freeze_us = Some(micros(took));
-                    let mount_point = h.planned.mount_point.clone();
-                    match result {
-                        Ok(()) => {
-                            r.outcome = FsFreezeOutcome::Frozen;
-                            frozen.push(FrozenFs {
-                                mount_point,
-                                dev: h.dev,
-                                fs_type: h.planned.fs_type.clone(),
-                                level,
-                                fd: h.fd.clone(),
-                            });
+        let record =
+            |set: &mut FrozenSet,
+             failure: &mut Option<FreezeError>,
+             (i, t, took, result): (usize, Instant, Duration, Result<(), SysFreezeError>),
+             after_deadline: bool| {
+                let h = &handles[i];
+                let r = &mut set.report.filesystems[i];
+                r.freeze_start_us = Some(micros(t.saturating_duration_since(window_start)));
+                r.freeze_us = Some(micros(took));
+                let mount_point = h.planned.mount_point.clone();
+                match result {
+                    Ok(()) => {
+                        r.outcome = FsFreezeOutcome::Frozen;
+                        set.members.push(FrozenFs {
+                            mount_point,
+                            dev: h.dev,
+                            fs_type: h.planned.fs_type.clone(),
+                            level,
+                            fd: h.fd.clone(),
+                        });
+                    }
+                    Err(SysFreezeError::AlreadyFrozen) => {
+                        r.outcome = FsFreezeOutcome::ForeignFrozen;
+                        if !after_deadline && options.on_foreign_freeze == ForeignFreezePolicy::Fail
+                        {
+                            failure.get_or_insert(FreezeError::ForeignFreeze { mount_point });
                         }
-                        Err(SysFreezeError::AlreadyFrozen) => {
-                            r.outcome = FsFreezeOutcome::ForeignFrozen;
-                            if options.on_foreign_freeze == ForeignFreezePolicy::Fail {
-                                failure.get_or_insert(FreezeError::ForeignFreeze { mount_point });
-                            }
+                    }
+                    Err(SysFreezeError::Unsupported) => {
+                        r.outcome = FsFreezeOutcome::Unsupported;
+                        if !after_deadline && options.on_unsupported == UnsupportedPolicy::Fail {
+                            failure.get_or_insert(FreezeError::Unsupported { mount_point });
                         }
-                        Err(SysFreezeError::Unsupported) => {
-                            r.outcome = FsFreezeOutcome::Unsupported;
-                            if options.on_unsupported == UnsupportedPolicy::Fail {
-                                failure.get_or_insert(FreezeError::Unsupported { mount_point });
-                            }
-                        }
-                        Err(error) => {
-                            r.outcome = FsFreezeOutcome::Failed {
-                                error: error.to_string(),
-                            };
+                    }
+                    Err(error) => {
+                        r.outcome = FsFreezeOutcome::Failed {
+                            error: error.to_string(),
+                        };
+                        if !after_deadline {
                             failure.get_or_insert(FreezeError::Freeze { mount_point, error });
                         }
                     }
+                }
+            };
+        while pending > 0 {
+            let received = match deadline {
+                Some(d) => rx.recv_timeout(d.saturating_duration_since(Instant::now())),
+                None => rx.recv().map_err(|_| mpsc::RecvTimeoutError::Disconnected),
+            };
+            match received {
+                Ok(msg) => {
+                    pending -= 1;
+                    record(set, &mut failure, msg, false);
                 }
                 Err(_) => {
                     // Deadline: abandon every job still running. A job that finished between
@@ -763,7 +866,7 @@ pub(crate) fn freeze_with(
                         if matches!(*state, JobState::Running) {
                             *state = JobState::Abandoned;
                             pending -= 1;
-                            report.filesystems[*i].outcome = FsFreezeOutcome::TimedOut;
+                            set.report.filesystems[*i].outcome = FsFreezeOutcome::TimedOut;
                             failure.get_or_insert(FreezeError::Deadline {
                                 mount_point: handles[*i].planned.mount_point.clone(),
                                 deadline: options.freeze_deadline,
@@ -771,37 +874,11 @@ pub(crate) fn freeze_with(
                         }
                     }
                     while pending > 0 {
-                        let Ok((i, t, took, result)) = rx.recv() else {
+                        let Ok(msg) = rx.recv() else {
                             break;
                         };
                         pending -= 1;
-                        let h = &handles[i];
-                        let r = &mut report.filesystems[i];
-                        r.freeze_start_us = Some(micros(t.saturating_duration_since(window_start)));
-                        r.freeze_us = Some(micros(took));
-                        match result {
-                            Ok(()) => {
-                                r.outcome = FsFreezeOutcome::Frozen;
-                                frozen.push(FrozenFs {
-                                    mount_point: h.planned.mount_point.clone(),
-                                    dev: h.dev,
-                                    fs_type: h.planned.fs_type.clone(),
-                                    level,
-                                    fd: h.fd.clone(),
-                                });
-                            }
-                            Err(SysFreezeError::AlreadyFrozen) => {
-                                r.outcome = FsFreezeOutcome::ForeignFrozen
-                            }
-                            Err(SysFreezeError::Unsupported) => {
-                                r.outcome = FsFreezeOutcome::Unsupported
-                            }
-                            Err(e) => {
-                                r.outcome = FsFreezeOutcome::Failed {
-                                    error: e.to_string(),
-                                }
-                            }
-                        }
+                        record(set, &mut failure, msg, true);
                     }
                 }
             }
@@ -810,26 +887,10 @@ pub(crate) fn freeze_with(
             break;
         }
     }
-    report.freeze_us = micros(window_start.elapsed());
-
-    let mut set = FrozenSet {
-        members: frozen,
-        window_start,
-        state_dir: options.state_dir.clone(),
-        lock: Some(lock),
-        report,
-        ops,
-    };
+    set.report.freeze_us = micros(window_start.elapsed());
     match failure {
-        None => Ok(set),
-        Some(error) => {
-            let rollback = set.thaw();
-            let mut report = Box::new(set.report.clone());
-            report.rollback = Some(rollback);
-            // Whatever could not be thawed stays owned by `set`, whose Drop tries again.
-            drop(set);
-            Err(FreezeFailure { error, report })
-        }
+        None => Ok(()),
+        Some(e) => Err(e),
     }
 }
 
@@ -994,7 +1055,7 @@ mod tests {
     fn freezes_dependents_first_and_thaws_in_reverse() {
         let (plan, fake, dir) = setup(vec!["/host", "/img", "/other"]);
         let fake = Arc::new(fake);
-        let mut set = freeze_with(&plan, &opts(&dir), fake.clone()).unwrap();
+        let mut set = freeze_with(&plan, &opts(&dir), fake.clone(), &|| false).unwrap();
         assert_eq!(set.fds().len(), 3);
         // The journal lists every superblock while frozen.
         let j = Journal::read(&dir.path().join("state")).unwrap().unwrap();
@@ -1039,7 +1100,7 @@ mod tests {
         let (plan, mut fake, dir) = setup(vec!["/host", "/img", "/other"]);
         fake.foreign = vec!["/host".into()];
         let fake = Arc::new(fake);
-        let err = freeze_with(&plan, &opts(&dir), fake.clone()).unwrap_err();
+        let err = freeze_with(&plan, &opts(&dir), fake.clone(), &|| false).unwrap_err();
         assert!(
             matches!(err.error, FreezeError::ForeignFreeze { ref mount_point } if mount_point == Path::new("/host"))
         );
@@ -1061,7 +1122,7 @@ mod tests {
         let fake = Arc::new(fake);
         let mut o = opts(&dir);
         o.on_foreign_freeze = ForeignFreezePolicy::Ignore;
-        let mut set = freeze_with(&plan, &o, fake.clone()).unwrap();
+        let mut set = freeze_with(&plan, &o, fake.clone(), &|| false).unwrap();
         assert_eq!(set.members().len(), 1);
         set.thaw();
         assert!(!fake.calls().contains(&"thaw /host".to_string()));
@@ -1072,7 +1133,7 @@ mod tests {
         let (plan, mut fake, dir) = setup(vec!["/other", "/img"]);
         fake.unsupported = vec!["/other".into()];
         let fake = Arc::new(fake);
-        let set = freeze_with(&plan, &opts(&dir), fake.clone()).unwrap();
+        let set = freeze_with(&plan, &opts(&dir), fake.clone(), &|| false).unwrap();
         assert_eq!(set.members().len(), 1);
         assert!(
             set.report()
@@ -1084,7 +1145,7 @@ mod tests {
         assert!(fake.frozen.lock().unwrap().is_empty(), "drop thaws");
         let mut o = opts(&dir);
         o.on_unsupported = UnsupportedPolicy::Fail;
-        let err = freeze_with(&plan, &o, fake.clone()).unwrap_err();
+        let err = freeze_with(&plan, &o, fake.clone(), &|| false).unwrap_err();
         assert!(matches!(err.error, FreezeError::Unsupported { .. }));
         assert!(fake.frozen.lock().unwrap().is_empty());
     }
@@ -1094,7 +1155,7 @@ mod tests {
         let (plan, mut fake, dir) = setup(vec!["/other", "/img"]);
         fake.hang = vec!["/other".into()];
         let fake = Arc::new(fake);
-        let err = freeze_with(&plan, &opts(&dir), fake.clone()).unwrap_err();
+        let err = freeze_with(&plan, &opts(&dir), fake.clone(), &|| false).unwrap_err();
         assert!(matches!(err.error, FreezeError::Deadline { .. }));
         // The hung call returns after 300 ms, freezes, and its worker thaws it.
         std::thread::sleep(Duration::from_millis(600));
@@ -1103,10 +1164,91 @@ mod tests {
     }
 
     #[test]
+    fn a_cancel_while_freezing_stops_before_the_next_level_and_rolls_back() {
+        // /img (level 0, its image is on /host) is slow; /host is level 1.
+        let (plan, mut fake, dir) = setup(vec!["/host", "/img"]);
+        fake.hang = vec!["/img".into()];
+        let fake = Arc::new(fake);
+        let cancel = std::sync::atomic::AtomicBool::new(false);
+        let err = std::thread::scope(|s| {
+            s.spawn(|| {
+                std::thread::sleep(Duration::from_millis(50));
+                cancel.store(true, std::sync::atomic::Ordering::SeqCst);
+            });
+            let mut o = opts(&dir);
+            o.freeze_deadline = Duration::from_secs(5);
+            freeze_with(&plan, &o, fake.clone(), &|| {
+                cancel.load(std::sync::atomic::Ordering::SeqCst)
+            })
+            .unwrap_err()
+        });
+        assert!(matches!(err.error, FreezeError::Cancelled), "{}", err.error);
+        let calls = fake.calls();
+        assert!(
+            !calls.contains(&"freeze /host".to_string()),
+            "the next level was frozen after the cancel: {calls:?}"
+        );
+        assert!(calls.contains(&"thaw /img".to_string()), "{calls:?}");
+        assert!(fake.frozen.lock().unwrap().is_empty());
+        assert!(err.report.rollback.unwrap().complete);
+        assert!(Journal::read(&dir.path().join("state")).unwrap().is_none());
+        assert!(
+            StateLock::try_acquire(&dir.path().join("state"))
+                .unwrap()
+                .is_some()
+        );
+    }
+
+    #[test]
+    fn a_freeze_cancelled_before_it_starts_touches_nothing() {
+        let (plan, fake, dir) = setup(vec!["/other"]);
+        let fake = Arc::new(fake);
+        let err = freeze_with(&plan, &opts(&dir), fake.clone(), &|| true).unwrap_err();
+        assert!(matches!(err.error, FreezeError::Cancelled));
+        assert!(fake.calls().is_empty(), "{:?}", fake.calls());
+        assert!(Journal::read(&dir.path().join("state")).unwrap().is_none());
+    }
+
+    #[test]
+    fn a_deadline_too_large_for_the_clock_means_no_deadline() {
+        let (plan, fake, dir) = setup(vec!["/other", "/img"]);
+        let fake = Arc::new(fake);
+        let mut o = opts(&dir);
+        o.freeze_deadline = Duration::MAX;
+        let mut set = freeze_with(&plan, &o, fake.clone(), &|| false).unwrap();
+        assert_eq!(set.members().len(), 2);
+        assert!(set.thaw().complete);
+    }
+
+    /// A panic between levels (here injected through the cancel check) unwinds through
+    /// the set, whose Drop thaws what the earlier levels froze and removes the journal.
+    #[test]
+    fn a_panic_while_freezing_thaws_what_froze() {
+        let (plan, fake, dir) = setup(vec!["/host", "/img"]);
+        let fake = Arc::new(fake);
+        let checks = std::sync::atomic::AtomicUsize::new(0);
+        let cancelled = || {
+            // 1: start, 2: before the flush, 3: level 0, 4: level 1.
+            if checks.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 3 {
+                panic!("injected");
+            }
+            false
+        };
+        let o = opts(&dir);
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            freeze_with(&plan, &o, fake.clone(), &cancelled)
+        }));
+        assert!(result.is_err());
+        assert!(fake.calls().contains(&"freeze /img".to_string()));
+        assert!(fake.frozen.lock().unwrap().is_empty(), "{:?}", fake.calls());
+        assert!(Journal::read(&dir.path().join("state")).unwrap().is_none());
+    }
+
+    #[test]
     fn state_dir_on_a_planned_filesystem_is_refused() {
         let (plan, mut fake, dir) = setup(vec!["/host", "/img"]);
         fake.state_dev = Some(DevNum { major: 8, minor: 2 });
-        let err = freeze_with(&plan, &opts(&dir), Arc::new(fake)).unwrap_err();
+        let err = freeze_with(&plan, &opts(&dir), Arc::new(fake), &|| false).unwrap_err();
         assert!(
             matches!(err.error, FreezeError::StateDirUnsafe { .. }),
             "{}",
@@ -1115,7 +1257,7 @@ mod tests {
         // Also one built on a planned filesystem (the loop fs whose image is on /host).
         let (plan, mut fake, dir) = setup(vec!["/host"]);
         fake.state_dev = Some(DevNum { major: 7, minor: 0 });
-        let err = freeze_with(&plan, &opts(&dir), Arc::new(fake)).unwrap_err();
+        let err = freeze_with(&plan, &opts(&dir), Arc::new(fake), &|| false).unwrap_err();
         assert!(matches!(err.error, FreezeError::StateDirUnsafe { .. }));
     }
 
@@ -1123,8 +1265,8 @@ mod tests {
     fn lock_and_journal_refuse_a_second_freeze() {
         let (plan, fake, dir) = setup(vec!["/other"]);
         let fake = Arc::new(fake);
-        let set = freeze_with(&plan, &opts(&dir), fake.clone()).unwrap();
-        let err = freeze_with(&plan, &opts(&dir), fake.clone()).unwrap_err();
+        let set = freeze_with(&plan, &opts(&dir), fake.clone(), &|| false).unwrap();
+        let err = freeze_with(&plan, &opts(&dir), fake.clone(), &|| false).unwrap_err();
         assert!(matches!(err.error, FreezeError::LockHeld { .. }));
         std::mem::forget(set); // simulated crash: journal stays, lock fd leaks...
         // ...but a leaked fd still holds the lock in this process, so only check the journal.
@@ -1138,7 +1280,7 @@ mod tests {
         fake.mounts
             .insert("/other".into(), (42, DevNum { major: 8, minor: 3 }));
         let fake = Arc::new(fake);
-        let err = freeze_with(&plan, &opts(&dir), fake.clone()).unwrap_err();
+        let err = freeze_with(&plan, &opts(&dir), fake.clone(), &|| false).unwrap_err();
         assert!(matches!(err.error, FreezeError::MountChanged { .. }));
         assert!(!fake.calls().iter().any(|c| c.starts_with("freeze")));
     }

@@ -44,7 +44,8 @@ pub use config::{
 };
 pub use engine::{
     FreezeError, FreezeFailure, FreezeOptions, FreezeReport, FrozenFs, FrozenSet, FsFreezeOutcome,
-    FsReport, FsThawOutcome, FsThawReport, PreflightReport, ThawReport, freeze, preflight,
+    FsReport, FsThawOutcome, FsThawReport, PreflightReport, ThawReport, freeze, freeze_cancellable,
+    preflight,
 };
 pub use hv_vss_sys::fs::DevNum;
 pub use journal::{
