@@ -181,14 +181,29 @@ impl<C: VmbusChannel> IcTransport<C> {
     }
 }
 
+/// Versions as the host and the docs write them: "3.0, 5.0".
+fn versions(list: &[hv_vss_protocol::ic::Version]) -> String {
+    list.iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 fn log_ic_notice(notice: &IcNotice) {
     match notice {
         IcNotice::Negotiated { framework, message } => {
-            tracing::info!(framework = ?framework, message = ?message, "VSS channel negotiated")
+            // Not `message`: that name is the event's own text in tracing.
+            tracing::info!(%framework, message_version = %message, "VSS channel negotiated")
         }
-        IcNotice::NegotiationFailed { .. } | IcNotice::Dropped { .. } => {
-            tracing::warn!(notice = ?notice, "VSS channel")
-        }
+        IcNotice::NegotiationFailed {
+            offered_framework,
+            offered_message,
+        } => tracing::warn!(
+            offered_framework = %versions(offered_framework),
+            offered_message = %versions(offered_message),
+            "VSS negotiation failed: the host offered no version we support; answered E_FAIL"
+        ),
+        IcNotice::Dropped { .. } => tracing::warn!(notice = ?notice, "VSS channel"),
         IcNotice::UnknownOperation { trans_id, op } => {
             tracing::warn!(trans_id, op = op.0, "unknown VSS operation answered E_FAIL")
         }
@@ -340,6 +355,50 @@ mod tests {
         assert_eq!(uio_index(Path::new("/dev/uio12")), Some(12));
         assert_eq!(uio_index(Path::new("/dev/sda")), None);
         assert_eq!(uio_index(Path::new("/dev/uio")), None);
+    }
+
+    /// What `log_ic_notice` writes for `notice`, through a real fmt subscriber.
+    fn logged(notice: &IcNotice) -> String {
+        #[derive(Clone, Default)]
+        struct Sink(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+        impl std::io::Write for Sink {
+            fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(buf);
+                Ok(buf.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let sink = Sink::default();
+        let gate = crate::logbuf::LogGate::with_sink(Box::new(sink.clone()), 16);
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(gate)
+            .with_ansi(false)
+            .finish();
+        tracing::subscriber::with_default(subscriber, || log_ic_notice(notice));
+        String::from_utf8(sink.0.lock().unwrap().clone()).unwrap()
+    }
+
+    /// Regression: the negotiated versions were logged with Debug,
+    /// `framework=Version { major: 3, minor: 0 }`, instead of "3.0".
+    #[test]
+    fn negotiated_versions_are_logged_as_major_dot_minor() {
+        use hv_vss_protocol::ic::Version;
+        let line = logged(&IcNotice::Negotiated {
+            framework: Version::new(3, 0),
+            message: Version::new(5, 0),
+        });
+        assert!(line.contains("framework=3.0"), "{line}");
+        assert!(line.contains("message_version=5.0"), "{line}");
+        assert!(line.contains("VSS channel negotiated"), "{line}");
+        assert!(!line.contains("major"), "{line}");
+        let line = logged(&IcNotice::NegotiationFailed {
+            offered_framework: vec![Version::new(1, 0), Version::new(2, 0)],
+            offered_message: vec![Version::new(4, 0)],
+        });
+        assert!(line.contains("1.0, 2.0"), "{line}");
+        assert!(!line.contains("major"), "{line}");
     }
 
     #[test]
