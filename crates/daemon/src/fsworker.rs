@@ -229,9 +229,14 @@ fn run(
                 let cancelled = || thaw_sent_through.load(Ordering::SeqCst) >= txn.0;
                 let mut failed_report = None;
                 let frozen = guarded("the freeze", || {
-                    freeze(&setup, &cancelled).map_err(|(e, report)| {
-                        failed_report = report.map(|r| *r);
-                        e
+                    freeze(&setup, &cancelled).map_err(|f| {
+                        failed_report = f.report.map(|r| *r);
+                        if let Some(rest) = f.unthawed {
+                            // Still ours and still frozen: keep it and retry its thaw.
+                            held = Some(*rest);
+                            thaw_incomplete = true;
+                        }
+                        f.error
                     })
                 });
                 let (result, report) = match frozen {
@@ -289,16 +294,40 @@ fn check(setup: &FsSetup) -> FsResult {
         .map_err(|e| FsError::new(e.to_string()))
 }
 
+/// A failed freeze: the error, its report, and what its rollback could not thaw.
+struct FreezeFailed {
+    error: FsError,
+    report: Option<Box<FreezeReport>>,
+    unthawed: Option<Box<FrozenSet>>,
+}
+
 fn freeze(
     setup: &FsSetup,
     cancelled: &(dyn Fn() -> bool + Sync),
-) -> Result<FrozenSet, (FsError, Option<Box<FreezeReport>>)> {
+) -> Result<FrozenSet, FreezeFailed> {
+    let early = |error| FreezeFailed {
+        error,
+        report: None,
+        unthawed: None,
+    };
     if cancelled() {
-        return Err((FsError::new("freeze cancelled: a thaw was asked for"), None));
+        return Err(early(FsError::new(
+            "freeze cancelled: a thaw was asked for",
+        )));
     }
-    let plan = plan(setup).map_err(|e| (e, None))?;
-    hv_vss_freezer::freeze_cancellable(&plan, &setup.options, cancelled)
-        .map_err(|f| (FsError::new(f.error.to_string()), Some(f.report)))
+    let plan = plan(setup).map_err(early)?;
+    hv_vss_freezer::freeze_cancellable(&plan, &setup.options, cancelled).map_err(|f| {
+        let detail = if f.unthawed.is_some() {
+            format!("{} (rollback incomplete: retrying its thaw)", f.error)
+        } else {
+            f.error.to_string()
+        };
+        FreezeFailed {
+            error: FsError::new(detail),
+            report: Some(f.report),
+            unthawed: f.unthawed,
+        }
+    })
 }
 
 fn thaw_result(report: &ThawReport) -> FsResult {

@@ -111,7 +111,8 @@ impl FreezeOptions {
     }
 }
 
-/// Why a freeze (or preflight) failed. Nothing of ours stays frozen after one.
+/// Why a freeze (or preflight) failed. Nothing of ours stays frozen after one, except what
+/// a failed rollback hands back in [`FreezeFailure::unthawed`].
 #[derive(Debug, thiserror::Error)]
 pub enum FreezeError {
     /// The plan is empty.
@@ -210,6 +211,10 @@ pub struct FreezeFailure {
     pub error: FreezeError,
     /// Timings, outcomes and the rollback.
     pub report: Box<FreezeReport>,
+    /// What the rollback could not thaw (FITHAW failed), still owned, still holding the
+    /// state lock and the journal: retry with [`FrozenSet::thaw`] (R41). `None` when the
+    /// rollback was complete, i.e. nothing of ours is frozen.
+    pub unthawed: Option<Box<FrozenSet>>,
 }
 
 /// The outcome of FIFREEZE on one filesystem.
@@ -623,6 +628,7 @@ pub(crate) fn freeze_with(
             return Err(FreezeFailure {
                 error: $e,
                 report: Box::new(report),
+                unthawed: None,
             })
         };
     }
@@ -678,11 +684,17 @@ pub(crate) fn freeze_with(
         Ok(()) => Ok(set),
         Err(error) => {
             let rollback = set.thaw();
+            let complete = rollback.complete;
             let mut report = Box::new(set.report.clone());
             report.rollback = Some(rollback);
-            // Whatever could not be thawed stays owned by `set`, whose Drop tries again.
-            drop(set);
-            Err(FreezeFailure { error, report })
+            // Whatever could not be thawed stays owned (lock and journal included) and goes
+            // back to the caller to retry; dropping it would leave it frozen unowned.
+            let unthawed = (!complete).then(|| Box::new(set));
+            Err(FreezeFailure {
+                error,
+                report,
+                unthawed,
+            })
         }
     }
 }
@@ -916,6 +928,9 @@ mod tests {
         foreign: Vec<PathBuf>,
         unsupported: Vec<PathBuf>,
         hang: Vec<PathBuf>,
+        /// FITHAW fails (EIO) on these while the flag is set.
+        stuck: Vec<PathBuf>,
+        stuck_on: std::sync::atomic::AtomicBool,
         state_dev: Option<DevNum>,
     }
 
@@ -987,6 +1002,9 @@ mod tests {
                 .lock()
                 .unwrap()
                 .push(format!("thaw {}", p.display()));
+            if self.stuck.contains(&p) && self.stuck_on.load(std::sync::atomic::Ordering::SeqCst) {
+                return Err(ThawError::Other(rustix::io::Errno::IO));
+            }
             let mut frozen = self.frozen.lock().unwrap();
             match frozen.iter().position(|f| *f == p) {
                 Some(i) => {
@@ -1242,6 +1260,43 @@ mod tests {
         assert!(fake.calls().contains(&"freeze /img".to_string()));
         assert!(fake.frozen.lock().unwrap().is_empty(), "{:?}", fake.calls());
         assert!(Journal::read(&dir.path().join("state")).unwrap().is_none());
+    }
+
+    /// Regression: when the rollback of a failed freeze could not thaw a member, the set
+    /// was dropped anyway: the member stayed frozen with nobody owning it, the state lock
+    /// was released (so nothing showed a freeze in progress) and the caller was told
+    /// nothing of ours was frozen. The rest now comes back to the caller, still locked.
+    #[test]
+    fn a_rollback_that_cannot_thaw_hands_the_rest_back_still_locked() {
+        let (plan, mut fake, dir) = setup(vec!["/host", "/img", "/other"]);
+        fake.foreign = vec!["/host".into()];
+        fake.stuck = vec!["/img".into()];
+        fake.stuck_on = true.into();
+        let fake = Arc::new(fake);
+        let state = dir.path().join("state");
+        let err = freeze_with(&plan, &opts(&dir), fake.clone(), &|| false).unwrap_err();
+        assert!(matches!(err.error, FreezeError::ForeignFreeze { .. }));
+        assert!(!err.report.rollback.as_ref().unwrap().complete);
+        assert_eq!(*fake.frozen.lock().unwrap(), vec![PathBuf::from("/img")]);
+        assert!(
+            StateLock::try_acquire(&state).unwrap().is_none(),
+            "the state lock was released while /img is still frozen by us"
+        );
+        assert!(Journal::read(&state).unwrap().is_some());
+        let mut rest = err.unthawed.expect("the unthawed rest is handed back");
+        let members: Vec<&Path> = rest
+            .members()
+            .iter()
+            .map(|m| m.mount_point.as_path())
+            .collect();
+        assert_eq!(members, vec![Path::new("/img")]);
+        // Once FITHAW works again, a retry finishes the job and releases everything.
+        fake.stuck_on
+            .store(false, std::sync::atomic::Ordering::SeqCst);
+        assert!(rest.thaw().complete);
+        assert!(fake.frozen.lock().unwrap().is_empty());
+        assert!(Journal::read(&state).unwrap().is_none());
+        assert!(StateLock::try_acquire(&state).unwrap().is_some());
     }
 
     #[test]
