@@ -104,6 +104,20 @@ fn main() {
     }
 }
 
+/// Routes panic messages through `tracing`, so the log gate holds them in memory while
+/// filesystems are frozen like every other line (R60, R61). The default hook writes to
+/// stderr directly, which journald may be writing to a frozen `/var`.
+fn install_panic_hook() {
+    std::panic::set_hook(Box::new(|info| {
+        let thread = std::thread::current();
+        tracing::error!(
+            thread = thread.name().unwrap_or("unnamed"),
+            panic = %info,
+            "internal error (panic)"
+        );
+    }));
+}
+
 fn init_plain_logging(debug: bool) {
     let level = if debug {
         tracing::level_filters::LevelFilter::DEBUG
@@ -144,6 +158,7 @@ fn run(cli: Cli) -> Result<(), Fatal> {
         .with_ansi(false)
         .with_target(false)
         .try_init();
+    install_panic_hook();
     tracing::info!(
         version = env!("CARGO_PKG_VERSION"),
         config = ?config_path,
@@ -340,4 +355,59 @@ fn transport_fatal(settings: &Settings, e: &transport::TransportError) -> Fatal 
         ""
     };
     Fatal::new(kind, anyhow!("{flag}: {e}{hint}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::{Arc, Mutex};
+
+    #[derive(Clone, Default)]
+    struct Sink(Arc<Mutex<Vec<u8>>>);
+    impl std::io::Write for Sink {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    impl Sink {
+        fn text(&self) -> String {
+            String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+        }
+    }
+
+    /// Regression: a panic (the fs worker now survives one in the freezer, which can
+    /// happen while filesystems are frozen) was printed by the default hook straight to
+    /// stderr, past the log gate: a disk write while frozen (R60), which can block on a
+    /// journald stuck on a frozen /var. The daemon's hook logs it through the gate.
+    #[test]
+    fn a_panic_while_the_gate_is_held_is_kept_in_memory() {
+        let sink = Sink::default();
+        let gate = LogGate::with_sink(Box::new(sink.clone()), 16);
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(gate.clone())
+            .with_ansi(false)
+            .finish();
+        let previous = std::panic::take_hook();
+        install_panic_hook();
+        gate.hold();
+        tracing::subscriber::with_default(subscriber, || {
+            let _ = std::panic::catch_unwind(|| panic!("injected panic 4711"));
+        });
+        std::panic::set_hook(previous);
+        assert!(
+            !sink.text().contains("4711"),
+            "the panic reached the sink while held"
+        );
+        let (written, _) = gate.release();
+        assert!(written >= 1);
+        assert!(
+            sink.text().contains("injected panic 4711"),
+            "{}",
+            sink.text()
+        );
+    }
 }
