@@ -45,6 +45,9 @@ use rustix::net::{AddressFamily, RecvFlags, SocketAddrUnix, SocketFlags, SocketT
 
 use crate::config::TransportChoice;
 
+/// How long a host simulator may take to hand over its rings after the connect.
+pub const HANDOVER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Something that arrived from the host.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Incoming {
@@ -317,6 +320,13 @@ fn open_uio(path: &Path) -> Result<Transport, TransportError> {
         .map_err(connect_err)?;
         let addr = SocketAddrUnix::new(path).map_err(connect_err)?;
         rustix::net::connect(&sock, &addr).map_err(connect_err)?;
+        // The main loop waits here: a peer that never hands over must not stall it.
+        rustix::net::sockopt::set_socket_timeout(
+            &sock,
+            rustix::net::sockopt::Timeout::Recv,
+            Some(HANDOVER_TIMEOUT),
+        )
+        .map_err(connect_err)?;
         let uio_err = |source| TransportError::UioOpen {
             path: path.to_path_buf(),
             source,
@@ -324,6 +334,8 @@ fn open_uio(path: &Path) -> Result<Transport, TransportError> {
         let channel = ShmRings::recv_from(&sock)
             .and_then(ShmRings::guest)
             .map_err(uio_err)?;
+        rustix::net::sockopt::set_socket_timeout(&sock, rustix::net::sockopt::Timeout::Recv, None)
+            .map_err(connect_err)?;
         tracing::info!(path = %path.display(), "connected to the host simulator's rings");
         return Ok(Transport::Shm(IcTransport::new(channel, Some(sock))?));
     }
@@ -399,6 +411,31 @@ mod tests {
         });
         assert!(line.contains("1.0, 2.0"), "{line}");
         assert!(!line.contains("major"), "{line}");
+    }
+
+    /// Regression: connecting to a simulator socket that accepts but never hands over the
+    /// rings blocked the daemon's main loop in `recvmsg` for ever (no poll, no timers, no
+    /// signals, no watchdog, also when reopening after a loss).
+    #[test]
+    fn a_simulator_that_never_hands_over_fails_the_open_instead_of_hanging() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("host.sock");
+        let listener = rustix::net::socket_with(
+            AddressFamily::UNIX,
+            SocketType::SEQPACKET,
+            SocketFlags::CLOEXEC,
+            None,
+        )
+        .unwrap();
+        rustix::net::bind(&listener, &SocketAddrUnix::new(&path).unwrap()).unwrap();
+        rustix::net::listen(&listener, 4).unwrap();
+        let choice = TransportChoice::Uio(path);
+        let result = hv_vss_testutil::run_with_timeout(HANDOVER_TIMEOUT * 3, move || {
+            Transport::open(&choice).map(|_| ())
+        });
+        let err = result.expect_err("nothing was handed over");
+        assert!(!err.requires_reopen(), "{err}");
+        drop(listener);
     }
 
     #[test]
