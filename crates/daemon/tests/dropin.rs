@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use common::{Daemon, LoopFs, kill, with_timeout};
 use hv_vss_protocol::{HvStatus, VssOperation};
 use hv_vss_sim::kernel::{EmulatorConfig, EventKind, FailReason, HostOutcome, KernelEmulator};
+use hv_vss_testutil::WriteProbe;
 use rustix::process::Signal;
 
 const READY: Duration = Duration::from_secs(15);
@@ -35,7 +36,7 @@ impl Setup {
 
     fn with_emulator(filesystems: usize, emu: KernelEmulator) -> Self {
         Self {
-            fs: (0..filesystems).map(|_| LoopFs::ext4()).collect(),
+            fs: (0..filesystems).map(|_| common::ext4()).collect(),
             state: common::state_dir(),
             emu,
         }
@@ -50,7 +51,7 @@ impl Setup {
         ];
         for fs in &self.fs {
             args.push(OsStr::new("--mount"));
-            args.push(fs.path().as_os_str());
+            args.push(fs.mount_point().as_os_str());
         }
         args.extend(extra.iter().map(OsStr::new));
         args
@@ -74,6 +75,24 @@ impl Setup {
     fn assert_ok(&self, op: VssOperation) {
         let outcome = self.request(op);
         assert_eq!(outcome, HostOutcome::Replied(HvStatus::S_OK), "{op:?}");
+    }
+
+    /// FREEZE answered S_OK, and a write to every filesystem really blocks; the probes
+    /// complete once thawed.
+    fn freeze_held(&self) -> Vec<WriteProbe> {
+        self.assert_ok(VssOperation::FREEZE);
+        let probes: Vec<_> = self.fs.iter().map(LoopFs::write_probe).collect();
+        for p in &probes {
+            assert!(!p.wait_ok(BLOCKED), "a write went through while frozen");
+        }
+        probes
+    }
+
+    /// A whole FREEZE/THAW works and leaves every filesystem writable.
+    fn assert_backup_works(&self) {
+        self.assert_ok(VssOperation::FREEZE);
+        self.assert_ok(VssOperation::THAW);
+        assert!(self.all_writable());
     }
 
     fn all_writable(&self) -> bool {
@@ -120,11 +139,7 @@ fn hot_backup_freeze_thaw_really_freeze_and_thaw() {
         s.assert_ok(VssOperation::HOT_BACKUP);
         assert!(s.all_writable(), "HOT_BACKUP must not freeze");
 
-        s.assert_ok(VssOperation::FREEZE);
-        let mut probes: Vec<_> = s.fs.iter().map(LoopFs::probe).collect();
-        for p in &mut probes {
-            assert!(!p.done_within(BLOCKED), "a write went through while frozen");
-        }
+        let probes = s.freeze_held();
         assert!(s.journal_exists(), "the journal lists the frozen set");
         // R60/R61: nothing reaches stderr while frozen; the FREEZE line is held in memory.
         let frozen_log = d.log();
@@ -132,9 +147,9 @@ fn hot_backup_freeze_thaw_really_freeze_and_thaw() {
         assert!(!frozen_log.contains("op=Freeze status=Ok"), "{frozen_log}");
 
         s.assert_ok(VssOperation::THAW);
-        for p in &mut probes {
+        for p in &probes {
             assert!(
-                p.done_within(THAWED),
+                p.wait_ok(THAWED),
                 "the blocked write did not complete after THAW"
             );
         }
@@ -198,8 +213,7 @@ fn unknown_op_gets_e_fail_and_the_daemon_keeps_serving() {
                 "op {op}"
             );
         }
-        s.assert_ok(VssOperation::FREEZE);
-        assert!(!s.fs[0].writable_within(BLOCKED));
+        s.freeze_held();
         s.assert_ok(VssOperation::THAW);
         assert!(s.all_writable());
         assert_eq!(s.registrations(), 1);
@@ -215,13 +229,10 @@ fn thaw_without_freeze_is_s_ok_and_second_freeze_stays_frozen() {
         s.assert_ok(VssOperation::THAW);
         s.assert_ok(VssOperation::FREEZE);
         s.assert_ok(VssOperation::FREEZE);
-        let mut probe = s.fs[0].probe();
-        assert!(
-            !probe.done_within(BLOCKED),
-            "second FREEZE must keep it frozen"
-        );
+        let probe = s.fs[0].write_probe();
+        assert!(!probe.wait_ok(BLOCKED), "second FREEZE must keep it frozen");
         s.assert_ok(VssOperation::THAW);
-        assert!(probe.done_within(THAWED));
+        assert!(probe.wait_ok(THAWED));
         s.assert_ok(VssOperation::THAW);
         assert!(s.all_writable());
     });
@@ -233,8 +244,7 @@ fn wrong_length_message_reopens_and_nothing_stays_frozen() {
         let s = Setup::new(1);
         let _d = s.daemon(&[]);
         // While frozen, a malformed message arrives: thaw, reopen, register again (R13).
-        s.assert_ok(VssOperation::FREEZE);
-        assert!(!s.fs[0].writable_within(BLOCKED));
+        s.freeze_held();
         assert!(s.emu.send_raw(&[5, 0, 0]));
         assert!(
             s.wait_registrations(2, READY),
@@ -243,9 +253,7 @@ fn wrong_length_message_reopens_and_nothing_stays_frozen() {
         assert!(s.all_writable(), "transport loss must thaw");
         assert!(s.emu.send_raw(&[6; 20]));
         assert!(s.wait_registrations(3, READY));
-        s.assert_ok(VssOperation::FREEZE);
-        s.assert_ok(VssOperation::THAW);
-        assert!(s.all_writable());
+        s.assert_backup_works();
         assert!(!s.journal_exists());
     });
 }
@@ -264,8 +272,7 @@ fn hang_up_mid_freeze_thaws_and_re_registers() {
         assert!(s.all_writable(), "the freeze in flight must be rolled back");
         assert!(!s.journal_exists());
         // Hang-up while frozen, too.
-        s.assert_ok(VssOperation::FREEZE);
-        assert!(!s.fs[0].writable_within(BLOCKED));
+        s.freeze_held();
         assert!(s.emu.hang_up());
         assert!(s.wait_registrations(3, READY));
         assert!(s.all_writable());
@@ -304,13 +311,11 @@ fn hibernation_fake_thaw_thaws_and_re_registers() {
     with_timeout(TEST_LIMIT, || {
         let s = Setup::new(1);
         let _d = s.daemon(&[]);
-        s.assert_ok(VssOperation::FREEZE);
-        assert!(!s.fs[0].writable_within(BLOCKED));
+        s.freeze_held();
         assert!(s.emu.hibernate());
         assert!(s.all_writable());
         assert!(s.wait_registrations(2, READY));
-        s.assert_ok(VssOperation::FREEZE);
-        s.assert_ok(VssOperation::THAW);
+        s.assert_backup_works();
     });
 }
 
@@ -320,18 +325,16 @@ fn auto_thaw_thaws_on_time_and_the_late_thaw_gets_e_fail() {
         let s = Setup::new(1);
         let d = s.daemon(&["--auto-thaw", "1"]);
         s.assert_ok(VssOperation::FREEZE);
-        let mut probe = s.fs[0].probe();
-        assert!(!probe.done_within(Duration::from_millis(500)));
-        assert!(probe.done_within(THAWED), "auto-thaw did not thaw");
+        let probe = s.fs[0].write_probe();
+        assert!(!probe.wait_ok(Duration::from_millis(500)));
+        assert!(probe.wait_ok(THAWED), "auto-thaw did not thaw");
         assert_eq!(
             s.request(VssOperation::THAW),
             HostOutcome::Replied(HvStatus::E_FAIL)
         );
         assert!(d.wait_log("AUTO-THAW", THAWED));
         // The next backup works normally.
-        s.assert_ok(VssOperation::FREEZE);
-        s.assert_ok(VssOperation::THAW);
-        assert!(s.all_writable());
+        s.assert_backup_works();
     });
 }
 
@@ -340,17 +343,13 @@ fn sigkill_while_frozen_is_thawed_by_the_guardian_within_2s() {
     with_timeout(TEST_LIMIT, || {
         let s = Setup::new(2);
         let mut d = s.daemon(&[]);
-        s.assert_ok(VssOperation::FREEZE);
-        let mut probes: Vec<_> = s.fs.iter().map(LoopFs::probe).collect();
-        for p in &mut probes {
-            assert!(!p.done_within(BLOCKED));
-        }
+        let probes = s.freeze_held();
         let guardian = d.guardian_pid().expect("a guardian runs");
         d.signal(Signal::KILL);
         let killed = Instant::now();
-        for p in &mut probes {
+        for p in &probes {
             let left = Duration::from_secs(2).saturating_sub(killed.elapsed());
-            assert!(p.done_within(left), "not thawed within 2 s of SIGKILL");
+            assert!(p.wait_ok(left), "not thawed within 2 s of SIGKILL");
         }
         assert!(d.wait_exit(THAWED).is_some());
         let deadline = Instant::now() + THAWED;
@@ -370,9 +369,7 @@ fn restart_recovers_what_a_killed_instance_left_frozen() {
     with_timeout(TEST_LIMIT, || {
         let s = Setup::new(1);
         let mut d = s.daemon(&[]);
-        s.assert_ok(VssOperation::FREEZE);
-        let mut probe = s.fs[0].probe();
-        assert!(!probe.done_within(BLOCKED));
+        let probe = s.freeze_held().remove(0);
         // Stop the daemon so it cannot react, kill its guardian, then the daemon.
         let guardian = d.guardian_pid().expect("a guardian runs");
         d.signal(Signal::STOP);
@@ -380,25 +377,20 @@ fn restart_recovers_what_a_killed_instance_left_frozen() {
         d.signal(Signal::KILL);
         assert!(d.wait_exit(THAWED).is_some());
         assert!(
-            !probe.done_within(Duration::from_secs(1)),
+            !probe.wait_ok(Duration::from_secs(1)),
             "nobody should have thawed"
         );
         assert!(s.journal_exists());
         drop(d);
 
         let d2 = s.daemon(&[]);
-        assert!(
-            probe.done_within(THAWED),
-            "the new instance must thaw at start"
-        );
+        assert!(probe.wait_ok(THAWED), "the new instance must thaw at start");
         assert!(!s.journal_exists());
         assert!(
             d2.log()
                 .contains("an earlier instance left filesystems frozen")
         );
-        s.assert_ok(VssOperation::FREEZE);
-        s.assert_ok(VssOperation::THAW);
-        assert!(s.all_writable());
+        s.assert_backup_works();
     });
 }
 
@@ -407,13 +399,11 @@ fn sigterm_while_frozen_thaws_and_exits_cleanly() {
     with_timeout(TEST_LIMIT, || {
         let s = Setup::new(1);
         let mut d = s.daemon(&[]);
-        s.assert_ok(VssOperation::FREEZE);
-        let mut probe = s.fs[0].probe();
-        assert!(!probe.done_within(BLOCKED));
+        let probe = s.freeze_held().remove(0);
         d.signal(Signal::TERM);
         let status = d.wait_exit(THAWED).expect("the daemon exits after SIGTERM");
         assert_eq!(status.code(), Some(0), "{}", d.log());
-        assert!(probe.done_within(THAWED));
+        assert!(probe.wait_ok(THAWED));
         assert!(!s.journal_exists());
         assert!(d.log().contains("stopped: nothing of ours is frozen"));
     });
@@ -424,12 +414,10 @@ fn guardian_death_while_frozen_thaws_and_a_new_guardian_starts() {
     with_timeout(TEST_LIMIT, || {
         let s = Setup::new(1);
         let d = s.daemon(&[]);
-        s.assert_ok(VssOperation::FREEZE);
-        let mut probe = s.fs[0].probe();
-        assert!(!probe.done_within(BLOCKED));
+        let probe = s.freeze_held().remove(0);
         let guardian = d.guardian_pid().expect("a guardian runs");
         kill(guardian, Signal::KILL);
-        assert!(probe.done_within(THAWED), "guardian loss must thaw (R57)");
+        assert!(probe.wait_ok(THAWED), "guardian loss must thaw (R57)");
         assert_eq!(
             s.request(VssOperation::THAW),
             HostOutcome::Replied(HvStatus::E_FAIL),
@@ -445,9 +433,7 @@ fn guardian_death_while_frozen_thaws_and_a_new_guardian_starts() {
             std::thread::sleep(Duration::from_millis(20));
         }
         assert!(new_guardian.is_some(), "no new guardian:\n{}", d.log());
-        s.assert_ok(VssOperation::FREEZE);
-        s.assert_ok(VssOperation::THAW);
-        assert!(s.all_writable());
+        s.assert_backup_works();
     });
 }
 
@@ -498,24 +484,24 @@ fn failed_freeze_answers_e_fail_rolls_back_and_never_thaws_a_foreign_freeze() {
         let s = Setup::new(2);
         let _d = s.daemon(&[]);
         // Someone else froze the second filesystem (R38).
-        let foreign = hv_vss_sys::fs::open_mount_point(s.fs[1].path()).unwrap();
-        hv_vss_sys::fs::freeze(std::os::fd::AsFd::as_fd(&foreign)).unwrap();
+        hv_vss_testutil::freeze_path(s.fs[1].mount_point()).unwrap();
         assert_eq!(
             s.request(VssOperation::FREEZE),
             HostOutcome::Replied(HvStatus::E_FAIL)
         );
         assert!(s.fs[0].writable_within(THAWED), "ours must be rolled back");
-        let mut probe = s.fs[1].probe();
+        let probe = s.fs[1].write_probe();
         assert!(
-            !probe.done_within(BLOCKED),
+            !probe.wait_ok(BLOCKED),
             "a foreign freeze is never thawed by us"
         );
         assert!(!s.journal_exists());
-        hv_vss_sys::fs::thaw(std::os::fd::AsFd::as_fd(&foreign)).unwrap();
-        assert!(probe.done_within(THAWED));
+        assert!(
+            hv_vss_testutil::thaw_path(s.fs[1].mount_point()).unwrap(),
+            "still frozen by us, the foreign freezer"
+        );
+        assert!(probe.wait_ok(THAWED));
         // The daemon serves on.
-        s.assert_ok(VssOperation::FREEZE);
-        s.assert_ok(VssOperation::THAW);
-        assert!(s.all_writable());
+        s.assert_backup_works();
     });
 }

@@ -6,13 +6,13 @@ mod common;
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-use common::{LoopFs, with_timeout};
+use common::with_timeout;
 use hv_vss_sim::kernel::{EmulatorConfig, KernelEmulator};
 
 const LIMIT: Duration = Duration::from_secs(60);
 
 fn run(config: &str, args: &[&str]) -> Output {
-    let dir = tempfile::tempdir_in("/dev/shm").unwrap();
+    let dir = common::state_dir();
     let file = dir.path().join("hv-vss.toml");
     std::fs::write(&file, config).unwrap();
     let state = dir.path().join("state");
@@ -57,8 +57,8 @@ fn assert_fails(config: &str, args: &[&str], code: i32, needle: &str) {
 #[test]
 fn bad_config_keys_and_values_name_the_key_and_exit_2() {
     with_timeout(LIMIT, || {
-        let fs = LoopFs::ext4();
-        let m = fs.path().to_str().unwrap();
+        let fs = common::ext4();
+        let m = fs.mount_point().to_str().unwrap();
         let cases = [
             ("bogus = 1", "bogus"),
             ("auto_thaw_seconds = 0", "auto_thaw_seconds: must be > 0"),
@@ -87,8 +87,8 @@ fn bad_config_keys_and_values_name_the_key_and_exit_2() {
 #[test]
 fn bad_flags_name_the_flag_and_exit_2() {
     with_timeout(LIMIT, || {
-        let fs = LoopFs::ext4();
-        let m = fs.path().to_str().unwrap();
+        let fs = common::ext4();
+        let m = fs.mount_point().to_str().unwrap();
         assert_fails(
             "",
             &["--mount", m, "--auto-thaw", "0"],
@@ -121,8 +121,8 @@ fn bad_flags_name_the_flag_and_exit_2() {
 #[test]
 fn unusable_environment_gets_its_own_exit_code() {
     with_timeout(LIMIT, || {
-        let fs = LoopFs::ext4();
-        let m = fs.path().to_str().unwrap();
+        let fs = common::ext4();
+        let m = fs.mount_point().to_str().unwrap();
         // No device: 3.
         assert_fails(
             "",
@@ -131,7 +131,7 @@ fn unusable_environment_gets_its_own_exit_code() {
             "/nonexistent/hv_vss",
         );
         // State directory on the filesystem to be frozen: 5.
-        let state = fs.path().join("state");
+        let state = fs.mount_point().join("state");
         assert_fails(
             "",
             &[
@@ -145,7 +145,7 @@ fn unusable_environment_gets_its_own_exit_code() {
             5,
             "may be frozen",
         );
-        // UIO not available yet in this build: 3.
+        // No UIO node or socket there: 3.
         assert_fails("", &["--mount", m, "--uio", "/nonexistent/uio"], 3, "--uio");
     });
 }
@@ -153,7 +153,7 @@ fn unusable_environment_gets_its_own_exit_code() {
 #[test]
 fn second_instance_on_the_same_state_dir_exits_4() {
     with_timeout(LIMIT, || {
-        let fs = LoopFs::ext4();
+        let fs = common::ext4();
         let state = common::state_dir();
         let emu = KernelEmulator::start(EmulatorConfig::default()).unwrap();
         let args = [
@@ -162,7 +162,7 @@ fn second_instance_on_the_same_state_dir_exits_4() {
             std::ffi::OsStr::new("--state-dir"),
             state.path().as_os_str(),
             std::ffi::OsStr::new("--mount"),
-            fs.path().as_os_str(),
+            fs.mount_point().as_os_str(),
         ];
         let _first = common::Daemon::start(&args);
         assert!(emu.wait_ready(Duration::from_secs(15)));

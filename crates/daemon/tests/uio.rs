@@ -63,7 +63,7 @@ fn start(host: &Host, fs: &LoopFs, state: &tempfile::TempDir, extra: &[&str]) ->
         OsStr::new("--state-dir"),
         state.path().as_os_str(),
         OsStr::new("--mount"),
-        fs.path().as_os_str(),
+        fs.mount_point().as_os_str(),
     ];
     args.extend(extra.iter().map(OsStr::new));
     Daemon::start(&args)
@@ -73,7 +73,7 @@ fn start(host: &Host, fs: &LoopFs, state: &tempfile::TempDir, extra: &[&str]) ->
 fn backup_over_uio_negotiates_freezes_and_thaws() {
     with_timeout(LIMIT, || {
         let host = Host::new();
-        let fs = LoopFs::ext4();
+        let fs = common::ext4();
         let state = common::state_dir();
         let d = start(&host, &fs, &state, &[]);
         let (mut sim, _conn) = host.accept(&d);
@@ -93,13 +93,13 @@ fn backup_over_uio_negotiates_freezes_and_thaws() {
         assert_eq!((dm.status, dm.flags), (HvStatus::S_OK, 0));
 
         assert!(sim.freeze().unwrap().is_ok());
-        let mut probe = fs.probe();
+        let probe = fs.write_probe();
         assert!(
-            !probe.done_within(BLOCKED),
+            !probe.wait_ok(BLOCKED),
             "FREEZE over UIO must really freeze"
         );
         assert!(sim.thaw().unwrap().is_ok());
-        assert!(probe.done_within(THAWED));
+        assert!(probe.wait_ok(THAWED));
         assert!(sim.bu_complete().unwrap().is_ok());
 
         // A request arriving while a FREEZE is in flight or held gets E_FAIL at once (R17,
@@ -132,18 +132,18 @@ fn backup_over_uio_negotiates_freezes_and_thaws() {
 fn host_hang_up_while_frozen_thaws_and_reconnects() {
     with_timeout(LIMIT, || {
         let host = Host::new();
-        let fs = LoopFs::ext4();
+        let fs = common::ext4();
         let state = common::state_dir();
         let d = start(&host, &fs, &state, &[]);
         let (mut sim, conn) = host.accept(&d);
         sim.negotiate().unwrap();
         assert!(sim.freeze().unwrap().is_ok());
-        let mut probe = fs.probe();
-        assert!(!probe.done_within(BLOCKED));
+        let probe = fs.write_probe();
+        assert!(!probe.wait_ok(BLOCKED));
         // The host side goes away (the simulator's rescind): thaw, then reconnect.
         drop(conn);
         drop(sim);
-        assert!(probe.done_within(THAWED), "transport loss must thaw");
+        assert!(probe.wait_ok(THAWED), "transport loss must thaw");
         let (mut sim, _conn) = host.accept(&d);
         sim.negotiate().unwrap();
         let cycle = sim.backup_cycle(Duration::from_millis(5));
@@ -155,14 +155,14 @@ fn host_hang_up_while_frozen_thaws_and_reconnects() {
 fn auto_thaw_over_uio_answers_the_late_thaw_e_fail() {
     with_timeout(LIMIT, || {
         let host = Host::new();
-        let fs = LoopFs::ext4();
+        let fs = common::ext4();
         let state = common::state_dir();
         let d = start(&host, &fs, &state, &["--auto-thaw", "0.5"]);
         let (mut sim, _conn) = host.accept(&d);
         sim.negotiate().unwrap();
         assert!(sim.freeze().unwrap().is_ok());
-        let mut probe = fs.probe();
-        assert!(probe.done_within(THAWED), "auto-thaw must thaw");
+        let probe = fs.write_probe();
+        assert!(probe.wait_ok(THAWED), "auto-thaw must thaw");
         assert_eq!(sim.thaw().unwrap().status, HvStatus::E_FAIL);
         let cycle = sim.backup_cycle(Duration::from_millis(5));
         assert!(cycle.all_ok, "{cycle:?}");

@@ -242,6 +242,23 @@ impl LoopFs {
         Ok(hv_vss_sys::fs::stat_path(&self.mount_point)?.0)
     }
 
+    /// Start a [`WriteProbe::start_synced`] on a new file (unique in this process) at the
+    /// root of the filesystem: it blocks while the filesystem is frozen.
+    pub fn write_probe(&self) -> WriteProbe {
+        static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = SEQ.fetch_add(1, Ordering::Relaxed);
+        let file = self
+            .mount_point
+            .join(format!("probe-{}-{n}", std::process::id()));
+        WriteProbe::start_synced(&file, b"probe")
+    }
+
+    /// Does a new [`LoopFs::write_probe`] succeed within `timeout`? `false`: it is still
+    /// blocked (frozen); a failed write panics.
+    pub fn writable_within(&self, timeout: Duration) -> bool {
+        self.write_probe().wait_ok(timeout)
+    }
+
     /// Is it frozen? Probes with FIFREEZE+FITHAW is not allowed (it would change state), so
     /// this tries FITHAW and, if that thawed it, freezes it again: use only in tests that
     /// own the filesystem and have nothing else running on it.
@@ -364,6 +381,17 @@ pub struct WriteProbe {
 impl WriteProbe {
     /// Start writing `bytes` to `file` (created or appended) on a new thread.
     pub fn start(file: &Path, bytes: &[u8]) -> Self {
+        Self::spawn(file, bytes, false)
+    }
+
+    /// Like [`WriteProbe::start`], then `fsync` the file: the probe is done only once the
+    /// data reached the filesystem's device, so "done after thaw" also proves the thawed
+    /// filesystem accepts writeback, not just a page-cache write.
+    pub fn start_synced(file: &Path, bytes: &[u8]) -> Self {
+        Self::spawn(file, bytes, true)
+    }
+
+    fn spawn(file: &Path, bytes: &[u8], sync: bool) -> Self {
         let done = Arc::new(AtomicBool::new(false));
         let result = Arc::new(Mutex::new(None));
         let (file, bytes) = (file.to_path_buf(), bytes.to_vec());
@@ -374,7 +402,10 @@ impl WriteProbe {
                 .create(true)
                 .append(true)
                 .open(&file)
-                .and_then(|mut f| f.write_all(&bytes));
+                .and_then(|mut f| {
+                    f.write_all(&bytes)?;
+                    if sync { f.sync_all() } else { Ok(()) }
+                });
             *r.lock().unwrap_or_else(|p| p.into_inner()) = Some(res);
             d.store(true, Ordering::SeqCst);
         });
@@ -398,6 +429,19 @@ impl WriteProbe {
         self.is_done()
     }
 
+    /// Like [`WriteProbe::wait`], but a write that returned an error panics with that error:
+    /// `true` means the write really succeeded within `timeout`, `false` that it is still
+    /// blocked.
+    pub fn wait_ok(&self, timeout: Duration) -> bool {
+        if !self.wait(timeout) {
+            return false;
+        }
+        if let Some(Err(e)) = self.result() {
+            panic!("probe write failed: {e}");
+        }
+        true
+    }
+
     /// The write's result, once done.
     pub fn result(&self) -> Option<Result<(), String>> {
         self.result
@@ -415,6 +459,17 @@ pub fn run_with_timeout<T: Send + 'static>(
     timeout: Duration,
     body: impl FnOnce() -> T + Send + 'static,
 ) -> T {
+    run_with_timeout_and_cleanup(timeout, || {}, body)
+}
+
+/// Like [`run_with_timeout`], with `on_timeout` run first when time is up, before the test
+/// filesystems are thawed: for example to kill child processes the test started, which
+/// could otherwise freeze them again.
+pub fn run_with_timeout_and_cleanup<T: Send + 'static>(
+    timeout: Duration,
+    on_timeout: impl FnOnce(),
+    body: impl FnOnce() -> T + Send + 'static,
+) -> T {
     let (tx, rx) = mpsc::channel();
     let handle = std::thread::spawn(move || {
         let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(body));
@@ -422,6 +477,7 @@ pub fn run_with_timeout<T: Send + 'static>(
         out
     });
     if rx.recv_timeout(timeout).is_err() {
+        on_timeout();
         thaw_all_test_filesystems();
         let _ = rx.recv_timeout(Duration::from_secs(10));
         panic!("test body did not finish within {timeout:?}; test filesystems were thawed");
@@ -447,12 +503,44 @@ pub fn state_dir() -> anyhow::Result<tempfile::TempDir> {
     Ok(tempfile::Builder::new().prefix("hv-vss-state-").tempdir()?)
 }
 
+/// A unique temp dir on tmpfs (`/dev/shm`), as a daemon's state directory should be (the
+/// daemon refuses one on a filesystem it may freeze), also for files that must stay
+/// writable while test filesystems are frozen.
+pub fn tmpfs_state_dir() -> anyhow::Result<tempfile::TempDir> {
+    tempfile::Builder::new()
+        .prefix("hv-vss-state-")
+        .tempdir_in("/dev/shm")
+        .context("temp dir in /dev/shm")
+}
+
+/// An example TOML file (dist/hv-vss.toml) with every commented-out `# key = value` and
+/// `# [table]` line uncommented; prose comments stay. A key line is `# ` then a key of
+/// lowercase letters and `_`, then ` = `.
+pub fn uncomment_toml_example(text: &str) -> String {
+    text.lines()
+        .map(|line| match line.strip_prefix("# ") {
+            Some(rest)
+                if rest.starts_with('[')
+                    || rest.split_once(" = ").is_some_and(|(k, _)| {
+                        !k.is_empty() && k.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')
+                    }) =>
+            {
+                rest
+            }
+            _ => line,
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn timeout_returns_value_and_propagates_panics() {
+        // An expiring timeout thaws every registered filesystem, also another test's.
+        let _serial = serial();
         assert_eq!(run_with_timeout(Duration::from_secs(5), || 7), 7);
         let r = std::panic::catch_unwind(|| {
             run_with_timeout(Duration::from_secs(5), || panic!("boom"))
@@ -464,6 +552,61 @@ mod tests {
             })
         });
         assert!(r.is_err());
+    }
+
+    #[test]
+    fn timeout_cleanup_runs_only_when_time_is_up() {
+        // An expiring timeout thaws every registered filesystem, also another test's.
+        let _serial = serial();
+        let ran = Arc::new(AtomicBool::new(false));
+        let r = ran.clone();
+        let v = run_with_timeout_and_cleanup(
+            Duration::from_secs(5),
+            move || r.store(true, Ordering::SeqCst),
+            || 3,
+        );
+        assert_eq!(v, 3);
+        assert!(!ran.load(Ordering::SeqCst));
+        let r = ran.clone();
+        let out = std::panic::catch_unwind(|| {
+            run_with_timeout_and_cleanup(
+                Duration::from_millis(50),
+                move || r.store(true, Ordering::SeqCst),
+                || std::thread::sleep(Duration::from_millis(300)),
+            )
+        });
+        assert!(out.is_err());
+        assert!(ran.load(Ordering::SeqCst));
+    }
+
+    #[test]
+    fn synced_probe_writes_and_wait_ok_panics_on_a_failed_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let probe = WriteProbe::start_synced(&dir.path().join("f"), b"abc");
+        assert!(probe.wait_ok(Duration::from_secs(5)));
+        assert_eq!(std::fs::read(dir.path().join("f")).unwrap(), b"abc");
+        let bad = WriteProbe::start_synced(&dir.path().join("no/such/dir/f"), b"x");
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            bad.wait_ok(Duration::from_secs(5))
+        }));
+        assert!(r.is_err(), "a failed write is not reported as unblocked");
+    }
+
+    #[test]
+    fn uncomment_toml_example_keeps_prose() {
+        let text =
+            "# Prose, with a = sign.\n# key_a = 1   # note\n#   \"skip\": x\n# [t.u]\n#x = 2";
+        assert_eq!(
+            uncomment_toml_example(text),
+            "# Prose, with a = sign.\nkey_a = 1   # note\n#   \"skip\": x\n[t.u]\n#x = 2"
+        );
+    }
+
+    #[test]
+    fn tmpfs_state_dir_is_on_tmpfs() {
+        let dir = tmpfs_state_dir().unwrap();
+        let fs = rustix::fs::statfs(dir.path()).unwrap();
+        assert_eq!(fs.f_type as i64, 0x0102_1994, "TMPFS_MAGIC");
     }
 
     #[test]
@@ -480,6 +623,7 @@ mod tests {
         if skip_unless_root("loop_fs test") {
             return;
         }
+        let _serial = serial();
         for kind in [FsKind::Ext4, FsKind::Xfs, FsKind::Btrfs] {
             let fs = LoopFs::new(kind).unwrap();
             let mp = fs.mount_point().to_path_buf();
@@ -490,8 +634,17 @@ mod tests {
             );
             assert!(mounts.contains(&format!(" - {} ", kind.name())));
             assert!(!fs.is_frozen().unwrap());
+            assert!(fs.writable_within(Duration::from_secs(10)));
             freeze_path(&mp).unwrap();
             assert!(fs.is_frozen().unwrap());
+            let probe = fs.write_probe();
+            assert!(
+                !probe.wait_ok(Duration::from_millis(300)),
+                "{kind:?}: blocked while frozen"
+            );
+            thaw_path(&mp).unwrap();
+            assert!(probe.wait_ok(Duration::from_secs(10)), "done after thaw");
+            freeze_path(&mp).unwrap();
             let dev = fs.loop_device().to_path_buf();
             drop(fs); // frozen: Drop must thaw, unmount, detach
             let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();

@@ -1,209 +1,53 @@
-//! Test harness for the real `hv-vssd` binary: loop-mounted filesystems the test creates,
-//! write probes, the daemon as a child process, and a per-test timeout that cleans up.
+//! Test harness for the real `hv-vssd` binary: the daemon as a child process, its log, its
+//! guardian, and a per-test timeout that also kills it. Filesystems, write probes, state
+//! directories and the timeout itself come from hv-vss-testutil.
 //!
-//! Safety rules (team preamble): only loop images made here are frozen; every guard thaws
-//! and unmounts in Drop (also on panic); every test body runs under [`with_timeout`], which
-//! on expiry thaws and unmounts every registered filesystem and kills every registered
-//! process before failing.
+//! Safety rules (team preamble): only loop images made by the test are frozen (testutil's
+//! [`LoopFs`] thaws, unmounts and detaches in Drop, also on panic); every test body runs
+//! under [`with_timeout`], which holds testutil's [`serial`] lock (a `LoopFs` drop thaws
+//! every test filesystem of this binary) and on expiry kills every daemon started here
+//! before testutil thaws every test filesystem.
 
 #![allow(dead_code)]
 
 use std::fs::File;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::Mutex;
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+pub use hv_vss_testutil::{FsKind, LoopFs, serial};
 use rustix::process::{Pid, Signal};
 
-/// Everything a timed-out test must clean up.
-static MOUNTS: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+/// Daemons a timed-out test must kill.
 static PIDS: Mutex<Vec<u32>> = Mutex::new(Vec::new());
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// Runs `body` on a thread; if it does not finish within `limit`, kills registered processes,
-/// thaws and unmounts registered filesystems, and panics.
+/// Runs `body` (one test at a time in this binary); if it does not finish within `limit`,
+/// kills every daemon it started, thaws every test filesystem, and fails.
 pub fn with_timeout<F: FnOnce() + Send + 'static>(limit: Duration, body: F) {
-    let (tx, rx) = mpsc::channel();
-    let handle = std::thread::spawn(move || {
-        body();
-        let _ = tx.send(());
-    });
-    match rx.recv_timeout(limit) {
-        Ok(()) => handle.join().unwrap(),
-        Err(mpsc::RecvTimeoutError::Disconnected) => {
-            // The body panicked; its guards already ran. Re-raise the panic.
-            if let Err(p) = handle.join() {
-                std::panic::resume_unwind(p);
-            }
-        }
-        Err(mpsc::RecvTimeoutError::Timeout) => {
-            emergency_cleanup();
-            panic!("test timed out after {limit:?}");
-        }
-    }
+    let _serial = serial();
+    hv_vss_testutil::run_with_timeout_and_cleanup(limit, kill_registered, body);
 }
 
-fn emergency_cleanup() {
+fn kill_registered() {
+    // The guardians see their daemon die, thaw what it froze and exit on their own.
     for pid in lock(&PIDS).drain(..) {
-        if let Some(pid) = Pid::from_raw(pid as i32) {
-            let _ = rustix::process::kill_process(pid, Signal::KILL);
-        }
-    }
-    for mnt in lock(&MOUNTS).drain(..) {
-        thaw_path(&mnt);
-        let _ = Command::new("umount").arg("-l").arg(&mnt).status();
+        kill(pid, Signal::KILL);
     }
 }
 
-fn thaw_path(mnt: &Path) {
-    if let Ok(fd) = hv_vss_sys::fs::open_mount_point(mnt) {
-        let _ = hv_vss_sys::fs::thaw(std::os::fd::AsFd::as_fd(&fd));
-    }
+/// A fresh ext4 filesystem, loop-mounted in its own temp directory.
+pub fn ext4() -> LoopFs {
+    LoopFs::new(FsKind::Ext4).expect("loop-mounted ext4")
 }
 
-/// A loop-mounted filesystem in its own temp directory.
-#[derive(Debug)]
-pub struct LoopFs {
-    dir: tempfile::TempDir,
-    mnt: PathBuf,
-    mounted: bool,
-}
-
-impl LoopFs {
-    /// A fresh ext4 image of 32 MiB, loop-mounted.
-    pub fn ext4() -> Self {
-        Self::new("ext4", 32 << 20, &["-q", "-F"])
-    }
-
-    /// A fresh xfs image of 320 MiB (xfs's minimum is 300 MiB), loop-mounted.
-    pub fn xfs() -> Self {
-        Self::new("xfs", 320 << 20, &["-q", "-f"])
-    }
-
-    fn new(fs: &str, size: u64, mkfs_args: &[&str]) -> Self {
-        let dir = tempfile::Builder::new()
-            .prefix("hv-vssd-test")
-            .tempdir()
-            .unwrap();
-        let img = dir.path().join("fs.img");
-        File::create(&img).unwrap().set_len(size).unwrap();
-        let ok = Command::new(format!("mkfs.{fs}"))
-            .args(mkfs_args)
-            .arg(&img)
-            .stdout(Stdio::null())
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok, "mkfs.{fs} failed");
-        let mnt = dir.path().join("mnt");
-        std::fs::create_dir(&mnt).unwrap();
-        let ok = Command::new("mount")
-            .args(["-o", "loop"])
-            .arg(&img)
-            .arg(&mnt)
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok, "mount -o loop failed");
-        lock(&MOUNTS).push(mnt.clone());
-        Self {
-            dir,
-            mnt,
-            mounted: true,
-        }
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.mnt
-    }
-
-    /// Starts a write (create + write + fsync of a new file) on a thread.
-    pub fn probe(&self) -> WriteProbe {
-        WriteProbe::start(&self.mnt)
-    }
-
-    /// A write completes within `limit`.
-    pub fn writable_within(&self, limit: Duration) -> bool {
-        self.probe().done_within(limit)
-    }
-}
-
-impl Drop for LoopFs {
-    fn drop(&mut self) {
-        if !self.mounted {
-            return;
-        }
-        thaw_path(&self.mnt);
-        let ok = Command::new("umount")
-            .arg(&self.mnt)
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
-        if !ok {
-            let _ = Command::new("umount").arg("-l").arg(&self.mnt).status();
-        }
-        lock(&MOUNTS).retain(|m| m != &self.mnt);
-        let _ = &self.dir;
-    }
-}
-
-/// A write running on its own thread; it blocks while the filesystem is frozen and finishes
-/// after the thaw.
-#[derive(Debug)]
-pub struct WriteProbe {
-    done: mpsc::Receiver<std::io::Result<()>>,
-    finished: bool,
-}
-
-static PROBE_SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-
-impl WriteProbe {
-    pub fn start(dir: &Path) -> Self {
-        let n = PROBE_SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let path = dir.join(format!("probe-{}-{n}", std::process::id()));
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            let result = (|| {
-                use std::io::Write;
-                let mut f = File::create(&path)?;
-                f.write_all(b"probe")?;
-                f.sync_all()
-            })();
-            let _ = tx.send(result);
-        });
-        Self {
-            done: rx,
-            finished: false,
-        }
-    }
-
-    /// True if the write finished (successfully) within `limit`.
-    pub fn done_within(&mut self, limit: Duration) -> bool {
-        if self.finished {
-            return true;
-        }
-        match self.done.recv_timeout(limit) {
-            Ok(r) => {
-                r.expect("probe write failed");
-                self.finished = true;
-                true
-            }
-            Err(_) => false,
-        }
-    }
-}
-
-/// A state directory on tmpfs (/dev/shm).
+/// A state directory on tmpfs, as the daemon wants it.
 pub fn state_dir() -> tempfile::TempDir {
-    tempfile::Builder::new()
-        .prefix("hv-vssd-state")
-        .tempdir_in("/dev/shm")
-        .unwrap()
+    hv_vss_testutil::tmpfs_state_dir().expect("state dir on /dev/shm")
 }
 
 /// The real daemon as a child process; stderr goes to a file read by [`Daemon::log`].
@@ -222,10 +66,8 @@ impl Daemon {
 
     /// As [`Daemon::start`] with extra environment variables.
     pub fn start_with_env(args: &[&std::ffi::OsStr], env: &[(&str, &std::ffi::OsStr)]) -> Self {
-        let log_dir = tempfile::Builder::new()
-            .prefix("hv-vssd-log")
-            .tempdir_in("/dev/shm")
-            .unwrap();
+        // On tmpfs: the daemon's stderr must never block on a filesystem a test freezes.
+        let log_dir = state_dir();
         let config = log_dir.path().join("empty.toml");
         std::fs::write(&config, "").unwrap();
         let log = log_dir.path().join("stderr.log");
