@@ -369,10 +369,16 @@ fn udev_rule_starts_the_unit_when_vmbus_hv_vss_appears() {
     }
 }
 
+/// The real daemon accepting every key is proven in crates/daemon/tests/example_config.rs;
+/// here: as shipped nothing is set, and once uncommented each key shows the daemon's
+/// default.
 #[test]
 fn example_config_is_valid_toml_once_uncommented() {
     let text = fs::read_to_string(dist().join("hv-vss.toml")).unwrap();
-    assert!(text.contains("keys may still change until the daemon lands"));
+    assert!(
+        text.contains("hv-vssd reads /etc/hv-vss/hv-vss.toml at start when that file exists"),
+        "the header says when the file is read"
+    );
     // As shipped, nothing is set.
     let shipped: toml::Table = toml::from_str(&text).unwrap();
     assert!(
@@ -381,35 +387,40 @@ fn example_config_is_valid_toml_once_uncommented() {
             .all(|v| v.as_table().is_some_and(|t| t.is_empty())),
         "{shipped:?}"
     );
-    // Uncomment every `# key = value` and `# [table]` line.
-    let uncommented: String = text
-        .lines()
-        .map(|line| match line.strip_prefix("# ") {
-            Some(rest)
-                if rest.starts_with('[')
-                    || rest.split_once(" = ").is_some_and(|(k, _)| {
-                        !k.is_empty() && k.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')
-                    }) =>
-            {
-                rest
-            }
-            _ => line,
-        })
-        .collect::<Vec<_>>()
-        .join("\n");
+    let uncommented = hv_vss_testutil::uncomment_toml_example(&text);
     let full: toml::Table = toml::from_str(&uncommented).unwrap_or_else(|e| panic!("{e}"));
-    for key in ["state_dir", "app_socket", "auto_thaw_seconds"] {
-        assert!(full.contains_key(key), "{key}");
-    }
+    assert_eq!(full["device"].as_str(), Some("/dev/vmbus/hv_vss"));
+    assert!(
+        full["uio"]
+            .as_str()
+            .is_some_and(|u| u.starts_with("/dev/uio"))
+    );
+    assert_eq!(full["state_dir"].as_str(), Some("/run/hv-vss"));
+    assert_eq!(full["app_socket"].as_str(), Some("/run/hv-vss/app.sock"));
+    assert_eq!(full["mounts"].as_array().map(Vec::len), Some(0));
+    assert_eq!(full["auto_thaw"].as_bool(), Some(true));
+    assert_eq!(full["auto_thaw_seconds"].as_integer(), Some(60));
+    assert_eq!(full["log_level"].as_str(), Some("info"));
+    assert_eq!(full["log_ring_capacity"].as_integer(), Some(4096));
+    assert_eq!(full["history_limit"].as_integer(), Some(100));
     let freezer = full["freezer"].as_table().unwrap();
-    assert_eq!(freezer["eopnotsupp"].as_str(), Some("skip"));
-    assert_eq!(freezer["foreign_freeze"].as_str(), Some("fail"));
-    assert_eq!(freezer["freeze_timeout_seconds"].as_integer(), Some(60));
+    assert_eq!(freezer["on_unsupported"].as_str(), Some("skip"));
+    assert_eq!(freezer["on_foreign_freeze"].as_str(), Some("fail"));
+    assert_eq!(freezer["freeze_deadline_secs"].as_integer(), Some(60));
     for list in ["include", "exclude"] {
         let table = freezer[list].as_table().unwrap();
-        for key in ["mount_points", "fs_types", "sources"] {
-            assert!(table[key].is_array(), "freezer.{list}.{key}");
-        }
+        let mut keys: Vec<&str> = table.keys().map(String::as_str).collect();
+        keys.sort_unstable();
+        assert_eq!(
+            keys,
+            ["fs_types", "mount_points", "sources"],
+            "freezer.{list}"
+        );
+        assert!(
+            table
+                .values()
+                .all(|v| v.as_array().is_some_and(Vec::is_empty))
+        );
     }
     let limits = full["limits"].as_table().unwrap();
     assert_eq!(limits["check_deadline_seconds"].as_integer(), Some(25));
