@@ -16,7 +16,9 @@
 //! 2. Every planned mount is opened (`O_RDONLY|O_DIRECTORY|O_NOFOLLOW|O_CLOEXEC|O_NONBLOCK`)
 //!    and checked to be the planned mount (statx mount id, else `st_dev`).
 //! 3. The journal is written (temp + fsync + rename).
-//! 4. `syncfs` on every filesystem in parallel, so FIFREEZE finds little left to write.
+//! 4. `syncfs` on every filesystem in parallel, so FIFREEZE finds little left to write,
+//!    under the same deadline: a flush that misses it fails the freeze before anything is
+//!    frozen (its thread is abandoned and ends when the call returns).
 //! 5. Level by level, FIFREEZE on one thread per filesystem, each with the configured
 //!    deadline. A call that misses it fails the freeze; its thread thaws the filesystem if
 //!    the call ever succeeds (R39).
@@ -192,6 +194,15 @@ pub enum FreezeError {
     /// The caller cancelled the freeze (a thaw overtook it); what froze was rolled back.
     #[error("freeze cancelled: a thaw was asked for while freezing")]
     Cancelled,
+    /// `syncfs` did not return within the freeze deadline: nothing was frozen (the flush
+    /// thread is abandoned and finishes on its own).
+    #[error("{}: syncfs did not return within {deadline:?}; nothing was frozen", .mount_point.display())]
+    FlushDeadline {
+        /// The mount point.
+        mount_point: PathBuf,
+        /// The deadline.
+        deadline: Duration,
+    },
     /// FIFREEZE did not return within the deadline.
     #[error("{}: FIFREEZE did not return within {deadline:?}", .mount_point.display())]
     Deadline {
@@ -730,33 +741,72 @@ fn freeze_levels(
         return Err(FreezeError::Cancelled);
     }
     let ops = set.ops.clone();
-    // Flush everything in parallel before the first freeze.
+    // Flush everything in parallel before the first freeze, under the freeze deadline: a
+    // hung syncfs must not wedge the caller. Nothing is frozen yet, so a flush that misses
+    // the deadline is simply abandoned (its thread finishes on its own) and fails the freeze.
     let sync_start = Instant::now();
-    let sync_results: Vec<(Duration, std::io::Result<()>)> = std::thread::scope(|s| {
-        let workers: Vec<_> = handles
-            .iter()
-            .map(|h| {
-                let ops = &ops;
-                s.spawn(move || {
-                    let t = Instant::now();
-                    let r = ops.syncfs(h.fd.as_fd());
-                    (t.elapsed(), r)
-                })
-            })
-            .collect();
-        workers
-            .into_iter()
-            .map(|w| {
-                w.join().unwrap_or((
-                    Duration::ZERO,
-                    Err(std::io::Error::other("syncfs worker panicked")),
-                ))
-            })
-            .collect()
-    });
-    for (r, (took, result)) in set.report.filesystems.iter_mut().zip(sync_results) {
-        r.sync_us = Some(micros(took));
-        r.sync_error = result.err().map(|e| e.to_string());
+    let (tx, rx) = mpsc::channel::<(usize, Duration, std::io::Result<()>)>();
+    let mut flushing = vec![false; handles.len()];
+    for (i, h) in handles.iter().enumerate() {
+        let fd = h.fd.clone();
+        let ops = ops.clone();
+        let tx = tx.clone();
+        let spawned = std::thread::Builder::new()
+            .name("hv-vss-syncfs".into())
+            .spawn(move || {
+                let t = Instant::now();
+                let r = ops.syncfs(fd.as_fd());
+                let _ = tx.send((i, t.elapsed(), r));
+            });
+        match spawned {
+            Ok(_) => flushing[i] = true,
+            Err(e) => set.report.filesystems[i].sync_error = Some(format!("no flush thread: {e}")),
+        }
+    }
+    drop(tx);
+    let sync_deadline = sync_start.checked_add(options.freeze_deadline);
+    while flushing.iter().any(|&f| f) {
+        let received = match sync_deadline {
+            Some(d) => rx.recv_timeout(d.saturating_duration_since(Instant::now())),
+            None => rx.recv().map_err(|_| mpsc::RecvTimeoutError::Disconnected),
+        };
+        match received {
+            Ok((i, took, result)) => {
+                flushing[i] = false;
+                let r = &mut set.report.filesystems[i];
+                r.sync_us = Some(micros(took));
+                r.sync_error = result.err().map(|e| e.to_string());
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                // A flush thread died without answering (a panic in syncfs).
+                for (i, f) in flushing.iter_mut().enumerate() {
+                    if std::mem::take(f) {
+                        set.report.filesystems[i].sync_error =
+                            Some("syncfs worker panicked".into());
+                    }
+                }
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                set.report.sync_us = micros(sync_start.elapsed());
+                let i = flushing.iter().position(|&f| f).unwrap_or(0);
+                for (r, _) in set
+                    .report
+                    .filesystems
+                    .iter_mut()
+                    .zip(&flushing)
+                    .filter(|(_, f)| **f)
+                {
+                    r.sync_error = Some(format!(
+                        "syncfs did not return within {:?}",
+                        options.freeze_deadline
+                    ));
+                }
+                return Err(FreezeError::FlushDeadline {
+                    mount_point: handles[i].planned.mount_point.clone(),
+                    deadline: options.freeze_deadline,
+                });
+            }
+        }
     }
     set.report.sync_us = micros(sync_start.elapsed());
 
@@ -928,6 +978,8 @@ mod tests {
         foreign: Vec<PathBuf>,
         unsupported: Vec<PathBuf>,
         hang: Vec<PathBuf>,
+        /// syncfs takes 1.5 s on these.
+        sync_hang: Vec<PathBuf>,
         /// FITHAW fails (EIO) on these while the flag is set.
         stuck: Vec<PathBuf>,
         stuck_on: std::sync::atomic::AtomicBool,
@@ -972,10 +1024,14 @@ mod tests {
             })
         }
         fn syncfs(&self, fd: BorrowedFd<'_>) -> std::io::Result<()> {
+            let p = self.path(fd);
+            if self.sync_hang.contains(&p) {
+                std::thread::sleep(Duration::from_millis(1500));
+            }
             self.calls
                 .lock()
                 .unwrap()
-                .push(format!("sync {}", self.path(fd).display()));
+                .push(format!("sync {}", p.display()));
             Ok(())
         }
         fn freeze(&self, fd: BorrowedFd<'_>) -> Result<(), SysFreezeError> {
@@ -1179,6 +1235,42 @@ mod tests {
         std::thread::sleep(Duration::from_millis(600));
         assert!(fake.frozen.lock().unwrap().is_empty());
         assert!(fake.calls().contains(&"thaw /other".to_string()));
+    }
+
+    /// Regression: syncfs had no deadline, so a hung flush wedged the caller (the daemon's
+    /// fs worker: coordinator stuck, every later FREEZE refused as busy). It now fails the
+    /// freeze at the per-filesystem deadline, before anything is frozen.
+    #[test]
+    fn a_hung_flush_fails_the_freeze_at_the_deadline_with_nothing_frozen() {
+        let (plan, mut fake, dir) = setup(vec!["/other", "/img"]);
+        fake.sync_hang = vec!["/img".into()];
+        let fake = Arc::new(fake);
+        let state = dir.path().join("state");
+        let started = Instant::now();
+        let err = freeze_with(&plan, &opts(&dir), fake.clone(), &|| false)
+            .expect_err("the flush of /img hangs past the deadline");
+        let took = started.elapsed();
+        assert!(
+            matches!(err.error, FreezeError::FlushDeadline { ref mount_point, .. } if mount_point == Path::new("/img")),
+            "{}",
+            err.error
+        );
+        assert!(
+            took < Duration::from_millis(1200),
+            "waited for the hung syncfs ({took:?})"
+        );
+        assert!(err.unthawed.is_none());
+        assert!(
+            !fake.calls().iter().any(|c| c.starts_with("freeze")),
+            "{:?}",
+            fake.calls()
+        );
+        assert!(Journal::read(&state).unwrap().is_none());
+        assert!(StateLock::try_acquire(&state).unwrap().is_some());
+        // The abandoned flush finishes on its own later; nothing to undo.
+        std::thread::sleep(Duration::from_millis(1600));
+        assert!(fake.calls().contains(&"sync /img".to_string()));
+        assert!(fake.frozen.lock().unwrap().is_empty());
     }
 
     #[test]
