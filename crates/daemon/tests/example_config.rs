@@ -10,7 +10,7 @@ mod common;
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::time::Duration;
 
 use common::with_timeout;
@@ -68,29 +68,16 @@ fn leaf_keys(table: &toml::Table, prefix: &str, out: &mut BTreeSet<String>) {
 /// conflict), `--state-dir` keeps it out of /run/hv-vss, `--mount` keeps the plan to a
 /// filesystem this test made.
 fn run_daemon(config: &Path, state: &Path, mount: &Path) -> Output {
-    let child = Command::new(env!("CARGO_BIN_EXE_hv-vssd"))
-        .arg("--config")
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_hv-vssd"));
+    cmd.arg("--config")
         .arg(config)
         .args(["--device", "/nonexistent/hv_vss"])
         .arg("--state-dir")
         .arg(state)
         .arg("--mount")
-        .arg(mount)
-        .env_remove("NOTIFY_SOCKET")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let pid = child.id();
+        .arg(mount);
     // Bounded: the daemon must exit at start-up.
-    let killer = std::thread::spawn(move || {
-        std::thread::sleep(Duration::from_secs(20));
-        common::kill(pid, rustix::process::Signal::KILL);
-    });
-    let out = child.wait_with_output().unwrap();
-    drop(killer);
-    out
+    common::run_to_exit(&mut cmd, Duration::from_secs(20))
 }
 
 #[test]

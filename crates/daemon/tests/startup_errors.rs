@@ -3,7 +3,7 @@
 
 mod common;
 
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::time::Duration;
 
 use common::with_timeout;
@@ -21,23 +21,9 @@ fn run(config: &str, args: &[&str]) -> Output {
     if !args.contains(&"--state-dir") {
         cmd.arg("--state-dir").arg(&state);
     }
-    cmd.args(args)
-        .stdin(Stdio::null())
-        .env_remove("NOTIFY_SOCKET");
+    cmd.args(args);
     // Bounded: every case here must fail at start-up.
-    let child = cmd
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let pid = child.id();
-    let killer = std::thread::spawn(move || {
-        std::thread::sleep(Duration::from_secs(20));
-        common::kill(pid, rustix::process::Signal::KILL);
-    });
-    let out = child.wait_with_output().unwrap();
-    drop(killer);
-    out
+    common::run_to_exit(&mut cmd, Duration::from_secs(20))
 }
 
 fn assert_fails(config: &str, args: &[&str], code: i32, needle: &str) {

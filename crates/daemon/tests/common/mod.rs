@@ -12,8 +12,8 @@
 
 use std::fs::File;
 use std::path::PathBuf;
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::Mutex;
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::{Mutex, mpsc};
 use std::time::{Duration, Instant};
 
 pub use hv_vss_testutil::{FsKind, LoopFs, serial};
@@ -48,6 +48,30 @@ pub fn ext4() -> LoopFs {
 /// A state directory on tmpfs, as the daemon wants it.
 pub fn state_dir() -> tempfile::TempDir {
     hv_vss_testutil::tmpfs_state_dir().expect("state dir on /dev/shm")
+}
+
+/// Runs `cmd` (the daemon, expected to exit at start-up) to completion with stdin closed,
+/// stdout and stderr captured and no `NOTIFY_SOCKET`, killing it if it has not exited
+/// within `limit`.
+pub fn run_to_exit(cmd: &mut Command, limit: Duration) -> Output {
+    let child = cmd
+        .env_remove("NOTIFY_SOCKET")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let (exited, wait_exit) = mpsc::channel::<()>();
+    let killer = std::thread::spawn(move || {
+        if wait_exit.recv_timeout(limit) == Err(mpsc::RecvTimeoutError::Timeout) {
+            kill(pid, Signal::KILL);
+        }
+    });
+    let out = child.wait_with_output().unwrap();
+    drop(exited);
+    let _ = killer.join();
+    out
 }
 
 /// The real daemon as a child process; stderr goes to a file read by [`Daemon::log`].
