@@ -322,7 +322,21 @@ pub fn freeze(args: FreezeArgs) -> anyhow::Result<ExitCode> {
     // From here to the thaw: no output, no logging.
     let mut frozen = match hv_vss_freezer::freeze(&plan, &options) {
         Ok(f) => f,
-        Err(failure) => {
+        Err(mut failure) => {
+            // Still ours: members FITHAW refused, or a FIFREEZE abandoned at its deadline
+            // that may yet freeze. Retry for a while before printing anything (stdout may
+            // be on one of them); what is left stays journaled for `thaw --recover`.
+            if let Some(rest) = failure.unthawed.as_mut() {
+                let give_up = std::time::Instant::now()
+                    + options
+                        .freeze_deadline
+                        .saturating_mul(2)
+                        .min(Duration::from_secs(30));
+                while !rest.is_empty() && std::time::Instant::now() < give_up {
+                    std::thread::sleep(Duration::from_millis(100));
+                    failure.report.rollback = Some(rest.thaw());
+                }
+            }
             if args.json {
                 println!(
                     "{}",

@@ -317,7 +317,22 @@ fn freeze(
     }
     let plan = plan(setup).map_err(early)?;
     hv_vss_freezer::freeze_cancellable(&plan, &setup.options, cancelled).map_err(|f| {
-        let detail = if f.unthawed.is_some() {
+        let pending = f
+            .unthawed
+            .as_ref()
+            .map(|rest| rest.freezes_pending())
+            .unwrap_or_default();
+        let detail = if !pending.is_empty() {
+            format!(
+                "{} (FIFREEZE still running on {}: journal and lock kept until it returns and is thawed)",
+                f.error,
+                pending
+                    .iter()
+                    .map(|p| p.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        } else if f.unthawed.is_some() {
             format!("{} (rollback incomplete: retrying its thaw)", f.error)
         } else {
             f.error.to_string()

@@ -21,7 +21,10 @@
 //!    frozen (its thread is abandoned and ends when the call returns).
 //! 5. Level by level, FIFREEZE on one thread per filesystem, each with the configured
 //!    deadline. A call that misses it fails the freeze; its thread thaws the filesystem if
-//!    the call ever succeeds (R39).
+//!    the call ever succeeds (R39). Until it has returned (and that thaw worked), the
+//!    journal (narrowed to what may still be ours) and the lock stay, held by the set that
+//!    [`FreezeFailure::unthawed`] hands back: a crash in that window leaves the filesystem
+//!    listed for the guardian and the next start.
 //! 6. On any failure: everything we froze is thawed in exact reverse of the order the
 //!    freezes completed, and the journal is removed once all are thawed. A filesystem that
 //!    answered EBUSY was frozen by someone else and is never thawed by us.
@@ -222,9 +225,11 @@ pub struct FreezeFailure {
     pub error: FreezeError,
     /// Timings, outcomes and the rollback.
     pub report: Box<FreezeReport>,
-    /// What the rollback could not thaw (FITHAW failed), still owned, still holding the
-    /// state lock and the journal: retry with [`FrozenSet::thaw`] (R41). `None` when the
-    /// rollback was complete, i.e. nothing of ours is frozen.
+    /// What the rollback could not thaw (FITHAW failed) or what may still freeze (a
+    /// FIFREEZE abandoned at its deadline that has not returned), still owned, still
+    /// holding the state lock and the journal: retry with [`FrozenSet::thaw`] until it is
+    /// complete (R39, R41). `None` when the rollback was complete, i.e. nothing of ours is
+    /// or may become frozen.
     pub unthawed: Option<Box<FrozenSet>>,
 }
 
@@ -334,6 +339,11 @@ pub struct ThawReport {
     pub complete: bool,
     /// Removing the journal failed (after a complete thaw).
     pub journal_error: Option<String>,
+    /// Filesystems whose FIFREEZE missed its deadline and has not returned yet: it may
+    /// still freeze (its thread then thaws it), so the thaw is not complete and the
+    /// journal and lock stay until it has returned (R39).
+    #[serde(default, with = "serde_util::paths")]
+    pub freezes_pending: Vec<PathBuf>,
 }
 
 /// A filesystem we froze.
@@ -367,6 +377,17 @@ pub struct FrozenSet {
     lock: Option<StateLock>,
     report: FreezeReport,
     ops: Arc<dyn FsOps>,
+    /// FIFREEZE calls that have not been collected: while freezing, the level running;
+    /// after a deadline, the abandoned calls until they return (R39).
+    in_flight: Vec<InFlight>,
+}
+
+/// A FIFREEZE call not yet collected, and the member it becomes if it froze.
+struct InFlight {
+    /// Index in the plan (and the report).
+    index: usize,
+    job: Arc<Job>,
+    member: FrozenFs,
 }
 
 impl std::fmt::Debug for FrozenSet {
@@ -389,9 +410,17 @@ impl FrozenSet {
         self.members.iter().map(FrozenFs::fd).collect()
     }
 
-    /// Nothing of ours is frozen any more.
+    /// Nothing of ours is frozen any more, and no abandoned FIFREEZE may still freeze.
     pub fn is_empty(&self) -> bool {
-        self.members.is_empty()
+        self.members.is_empty() && self.in_flight.is_empty()
+    }
+
+    /// Mount points whose FIFREEZE missed its deadline and has not returned yet.
+    pub fn freezes_pending(&self) -> Vec<PathBuf> {
+        self.in_flight
+            .iter()
+            .map(|f| f.member.mount_point.clone())
+            .collect()
     }
 
     /// The freeze's report.
@@ -410,11 +439,40 @@ impl FrozenSet {
     }
 
     /// Thaw every member in exact reverse of freeze order, going on past errors (R41).
-    /// Members that thawed (or were found not frozen) leave the set; when it is empty, the
-    /// journal is removed and the lock released. Call again to retry the rest.
+    /// Members that thawed (or were found not frozen) leave the set; when it is empty and
+    /// every abandoned FIFREEZE has returned (and been undone), the journal is removed and
+    /// the lock released. Call again to retry the rest.
     pub fn thaw(&mut self) -> ThawReport {
-        let report = thaw_members(&mut self.members, self.ops.as_ref(), self.window_start);
+        self.collect_abandoned();
+        let mut report = thaw_members(&mut self.members, self.ops.as_ref(), self.window_start);
+        report.freezes_pending = self.freezes_pending();
+        report.complete = report.complete && report.freezes_pending.is_empty();
         self.finish(report)
+    }
+
+    /// Forgets abandoned FIFREEZE calls that returned and were undone by their thread, and
+    /// adopts those that froze but whose thread could not thaw them, so the thaw retries.
+    fn collect_abandoned(&mut self) {
+        let mut still_running = Vec::new();
+        for f in std::mem::take(&mut self.in_flight) {
+            let (returned, frozen) = {
+                let mut state = f.job.state.lock().unwrap_or_else(|p| p.into_inner());
+                match *state {
+                    JobState::Done => (true, false),
+                    JobState::StillFrozen => {
+                        *state = JobState::Done;
+                        (true, true)
+                    }
+                    JobState::Running | JobState::Abandoned => (false, false),
+                }
+            };
+            if frozen {
+                self.members.push(f.member);
+            } else if !returned {
+                still_running.push(f);
+            }
+        }
+        self.in_flight = still_running;
     }
 
     fn finish(&mut self, mut report: ThawReport) -> ThawReport {
@@ -430,6 +488,8 @@ impl FrozenSet {
 
 impl Drop for FrozenSet {
     fn drop(&mut self) {
+        // With an abandoned FIFREEZE still running the thaw is incomplete: the journal stays
+        // for the guardian or the next start, and the lock goes with this process.
         if !self.members.is_empty() || self.lock.is_some() {
             let _ = self.thaw();
         }
@@ -473,6 +533,7 @@ fn thaw_members(members: &mut Vec<FrozenFs>, ops: &dyn FsOps, window_start: Inst
         frozen_window_us: micros(window_start.elapsed()),
         complete: members.is_empty(),
         journal_error: None,
+        freezes_pending: Vec::new(),
     }
 }
 
@@ -596,8 +657,12 @@ fn open_all(plan: &Plan, ops: &dyn FsOps) -> Result<Vec<Handle>, FreezeError> {
 #[derive(Debug)]
 enum JobState {
     Running,
+    /// The caller gave up at the deadline; the thread undoes a late success itself.
     Abandoned,
+    /// Collected, or returned after being abandoned and left nothing frozen.
     Done,
+    /// Returned after being abandoned, froze, and its FITHAW failed: still frozen, ours.
+    StillFrozen,
 }
 
 struct Job {
@@ -690,6 +755,7 @@ pub(crate) fn freeze_with(
         lock: Some(lock),
         report,
         ops,
+        in_flight: Vec::new(),
     };
     match freeze_levels(plan, options, &handles, &mut set, cancelled) {
         Ok(()) => Ok(set),
@@ -698,8 +764,22 @@ pub(crate) fn freeze_with(
             let complete = rollback.complete;
             let mut report = Box::new(set.report.clone());
             report.rollback = Some(rollback);
-            // Whatever could not be thawed stays owned (lock and journal included) and goes
-            // back to the caller to retry; dropping it would leave it frozen unowned.
+            // Whatever could not be thawed, or may still freeze (an abandoned FIFREEZE),
+            // stays owned (lock and journal included) and goes back to the caller to retry;
+            // dropping it would leave it frozen unowned. The journal is narrowed to those
+            // (state directory only, never frozen): it must no longer list what we thawed
+            // or what another freezer holds (EBUSY), which recovery would thaw.
+            if !complete {
+                let ours: Vec<DevNum> = set
+                    .members
+                    .iter()
+                    .map(|m| m.dev)
+                    .chain(set.in_flight.iter().map(|f| f.member.dev))
+                    .collect();
+                let mut narrowed = journal;
+                narrowed.filesystems.retain(|e| ours.contains(&e.dev));
+                let _ = narrowed.write(&options.state_dir);
+            }
             let unthawed = (!complete).then(|| Box::new(set));
             Err(FreezeFailure {
                 error,
@@ -843,14 +923,34 @@ fn freeze_levels(
                     let mut state = job.state.lock().unwrap_or_else(|p| p.into_inner());
                     if matches!(*state, JobState::Abandoned) {
                         // The caller gave up on us and rolled back: undo our late freeze.
-                        if result.is_ok() {
-                            let _ = ops.thaw(fd.as_fd());
-                        }
+                        // The set keeps journal and lock until it sees us done; if FITHAW
+                        // fails it adopts the filesystem and retries.
+                        let frozen = result.is_ok()
+                            && !matches!(ops.thaw(fd.as_fd()), Ok(()) | Err(ThawError::NotFrozen));
+                        *state = if frozen {
+                            JobState::StillFrozen
+                        } else {
+                            JobState::Done
+                        };
                     } else {
                         let _ = tx.send((i, t, took, result));
+                        *state = JobState::Done;
                     }
-                    *state = JobState::Done;
                 });
+            if spawned.is_ok() {
+                let h = &handles[i];
+                set.in_flight.push(InFlight {
+                    index: i,
+                    job: jobs[jobs.len() - 1].1.clone(),
+                    member: FrozenFs {
+                        mount_point: h.planned.mount_point.clone(),
+                        dev: h.dev,
+                        fs_type: h.planned.fs_type.clone(),
+                        level,
+                        fd: h.fd.clone(),
+                    },
+                });
+            }
             if let Err(e) = spawned {
                 failure.get_or_insert(FreezeError::Freeze {
                     mount_point: handles[i].planned.mount_point.clone(),
@@ -872,6 +972,7 @@ fn freeze_levels(
              (i, t, took, result): (usize, Instant, Duration, Result<(), SysFreezeError>),
              after_deadline: bool| {
                 let h = &handles[i];
+                set.in_flight.retain(|f| f.index != i);
                 let r = &mut set.report.filesystems[i];
                 r.freeze_start_us = Some(micros(t.saturating_duration_since(window_start)));
                 r.freeze_us = Some(micros(took));
@@ -1352,6 +1453,78 @@ mod tests {
         assert!(fake.calls().contains(&"freeze /img".to_string()));
         assert!(fake.frozen.lock().unwrap().is_empty(), "{:?}", fake.calls());
         assert!(Journal::read(&dir.path().join("state")).unwrap().is_none());
+    }
+
+    /// Regression (R39): after a FIFREEZE missed its deadline, the rollback removed the
+    /// journal and released the lock while the abandoned call could still succeed; a daemon
+    /// dying in that window left a frozen filesystem that nothing listed. The journal and
+    /// lock now stay (in the set handed back) until the call returned and was undone.
+    #[test]
+    fn a_timed_out_freeze_keeps_journal_and_lock_until_the_abandoned_call_returns() {
+        let (plan, mut fake, dir) = setup(vec!["/other", "/img"]);
+        fake.hang = vec!["/other".into()];
+        let fake = Arc::new(fake);
+        let state = dir.path().join("state");
+        let err = freeze_with(&plan, &opts(&dir), fake.clone(), &|| false).unwrap_err();
+        assert!(
+            matches!(err.error, FreezeError::Deadline { .. }),
+            "{}",
+            err.error
+        );
+        let rollback = err.report.rollback.as_ref().unwrap();
+        assert!(!rollback.complete);
+        assert_eq!(rollback.freezes_pending, vec![PathBuf::from("/other")]);
+        let journal = Journal::read(&state).unwrap();
+        assert!(
+            journal.is_some_and(|j| j.filesystems.iter().any(|e| e.path == Path::new("/other"))),
+            "the journal no longer lists /other while its FIFREEZE may still succeed"
+        );
+        let listed = Journal::read(&state).unwrap().unwrap().filesystems;
+        assert!(
+            !listed.iter().any(|e| e.path == Path::new("/img")),
+            "the journal still lists /img, thawed by the rollback: {listed:?}"
+        );
+        assert!(
+            StateLock::try_acquire(&state).unwrap().is_none(),
+            "the state lock was released while a FIFREEZE was still running"
+        );
+        let mut rest = err.unthawed.expect("the pending freeze is handed back");
+        assert!(!rest.is_empty());
+        // The hung call returns after 300 ms, freezes, and its thread thaws it.
+        std::thread::sleep(Duration::from_millis(600));
+        assert!(fake.frozen.lock().unwrap().is_empty());
+        let report = rest.thaw();
+        assert!(report.complete, "{report:?}");
+        assert!(report.freezes_pending.is_empty());
+        assert!(rest.is_empty());
+        assert!(Journal::read(&state).unwrap().is_none());
+        assert!(StateLock::try_acquire(&state).unwrap().is_some());
+    }
+
+    /// An abandoned FIFREEZE that succeeds late and whose own thaw fails is adopted by the
+    /// set, so the caller's retries thaw it; journal and lock stay until then.
+    #[test]
+    fn a_late_freeze_whose_thaw_fails_is_adopted_and_retried() {
+        let (plan, mut fake, dir) = setup(vec!["/other"]);
+        fake.hang = vec!["/other".into()];
+        fake.stuck = vec!["/other".into()];
+        fake.stuck_on = true.into();
+        let fake = Arc::new(fake);
+        let state = dir.path().join("state");
+        let err = freeze_with(&plan, &opts(&dir), fake.clone(), &|| false).unwrap_err();
+        let mut rest = err.unthawed.expect("the pending freeze is handed back");
+        std::thread::sleep(Duration::from_millis(600));
+        assert_eq!(*fake.frozen.lock().unwrap(), vec![PathBuf::from("/other")]);
+        let report = rest.thaw();
+        assert!(!report.complete);
+        assert_eq!(rest.members().len(), 1, "the late freeze was not adopted");
+        assert!(Journal::read(&state).unwrap().is_some());
+        fake.stuck_on
+            .store(false, std::sync::atomic::Ordering::SeqCst);
+        assert!(rest.thaw().complete);
+        assert!(fake.frozen.lock().unwrap().is_empty());
+        assert!(Journal::read(&state).unwrap().is_none());
+        assert!(StateLock::try_acquire(&state).unwrap().is_some());
     }
 
     /// Regression: when the rollback of a failed freeze could not thaw a member, the set
