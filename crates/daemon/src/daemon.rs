@@ -104,7 +104,7 @@ pub struct Parts {
 
 impl Daemon {
     pub fn new(parts: Parts) -> Self {
-        let watchdog = sd_notify::watchdog_enabled().map(|d| d / 2);
+        let watchdog = watchdog_interval(sd_notify::watchdog_enabled());
         let history = History::new(&parts.settings.state_dir, parts.settings.history_limit);
         Self {
             history,
@@ -572,6 +572,19 @@ impl Daemon {
     }
 }
 
+/// Shortest interval between watchdog pings, whatever `WATCHDOG_USEC` says.
+const WATCHDOG_MIN_INTERVAL: Duration = Duration::from_millis(10);
+
+/// How often to ping systemd's watchdog, from its `WATCHDOG_USEC` (already parsed; garbage
+/// is `None`): half the timeout, at least [`WATCHDOG_MIN_INTERVAL`]. A zero timeout means no
+/// watchdog: the ping deadline would otherwise make every `poll` return at once (a busy
+/// loop).
+fn watchdog_interval(timeout: Option<Duration>) -> Option<Duration> {
+    timeout
+        .filter(|t| !t.is_zero())
+        .map(|t| (t / 2).max(WATCHDOG_MIN_INTERVAL))
+}
+
 /// Registers SIGTERM and SIGINT to write a byte to a socket the loop polls (R63); returns
 /// the end to poll.
 pub fn signal_pipe() -> std::io::Result<UnixStream> {
@@ -623,5 +636,26 @@ fn log_notice(notice: &Notice) {
             frozen_ms,
             "AUTO-THAW: filesystems thawed without a THAW from the host; the next THAW gets E_FAIL"
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Regression: `WATCHDOG_USEC=0` gave a zero ping interval, so the poll timeout was
+    /// always zero: a busy loop. Zero now means no watchdog; tiny values are clamped.
+    #[test]
+    fn a_zero_watchdog_timeout_means_no_watchdog_and_tiny_ones_are_clamped() {
+        assert_eq!(watchdog_interval(None), None);
+        assert_eq!(watchdog_interval(Some(Duration::ZERO)), None);
+        assert_eq!(
+            watchdog_interval(Some(Duration::from_micros(1))),
+            Some(WATCHDOG_MIN_INTERVAL)
+        );
+        assert_eq!(
+            watchdog_interval(Some(Duration::from_secs(30))),
+            Some(Duration::from_secs(15))
+        );
     }
 }
