@@ -186,10 +186,16 @@ pub struct Plan {
     pub levels: Vec<Vec<PlannedFs>>,
     /// Every other mount, with its reason.
     pub skipped: Vec<SkippedMount>,
-    /// For each superblock in the mount table: the superblocks it depends on (transitively).
-    /// Used to refuse a state directory that could be frozen.
+    /// For each superblock in the mount table: the superblocks it depends on (transitively),
+    /// by storage or by nesting. Orders the levels.
     #[serde(skip)]
     pub(crate) closure: BTreeMap<DevNum, BTreeSet<DevNum>>,
+    /// The same, by storage only (block-device stacking and loop backing files): the
+    /// superblocks whose freeze blocks writes to this one. Used to refuse a state directory
+    /// that could be frozen. Nesting does not count: a tmpfs mounted on `/run` stays
+    /// writable while `/` is frozen.
+    #[serde(skip)]
+    pub(crate) storage_closure: BTreeMap<DevNum, BTreeSet<DevNum>>,
     /// The mount table the plan was made from.
     #[serde(skip)]
     pub(crate) mounts: Vec<MountEntry>,
@@ -375,7 +381,10 @@ pub fn build_plan(
         })
         .collect();
 
-    let closure = dependency_closure(mounts, &table, &groups, &primary, topology);
+    let Dependencies {
+        closure,
+        storage_closure,
+    } = dependency_closure(mounts, &table, &groups, &primary, topology);
 
     let mut selected: Vec<DevNum> = Vec::new();
     let mut skipped = Vec::new();
@@ -579,18 +588,27 @@ pub fn build_plan(
         levels,
         skipped,
         closure,
+        storage_closure,
         mounts: mounts.to_vec(),
     })
 }
 
 /// For every superblock: every superblock it depends on, transitively.
+/// Transitive dependencies of every superblock in the mount table.
+struct Dependencies {
+    /// By storage or nesting.
+    closure: BTreeMap<DevNum, BTreeSet<DevNum>>,
+    /// By storage only.
+    storage_closure: BTreeMap<DevNum, BTreeSet<DevNum>>,
+}
+
 fn dependency_closure(
     mounts: &[MountEntry],
     table: &Table<'_>,
     groups: &BTreeMap<DevNum, Vec<usize>>,
     primary: &BTreeMap<DevNum, usize>,
     topology: &dyn Topology,
-) -> BTreeMap<DevNum, BTreeSet<DevNum>> {
+) -> Dependencies {
     // The superblock holding a path: by st_dev if it names a mounted superblock, else the
     // longest visible mount point that is a prefix of the path.
     let holder_of = |path: &Path| -> Option<DevNum> {
@@ -608,17 +626,19 @@ fn dependency_closure(
     };
 
     let mut direct: BTreeMap<DevNum, BTreeSet<DevNum>> = BTreeMap::new();
+    let mut direct_storage: BTreeMap<DevNum, BTreeSet<DevNum>> = BTreeMap::new();
     for (&dev, idx) in groups {
-        let mut deps = BTreeSet::new();
+        let mut nesting = BTreeSet::new();
         // Nesting: the superblock of the parent mount of every mount of this superblock.
         for &i in idx {
             if let Some(&p) = table.by_id.get(&mounts[i].parent_id)
                 && p != i
                 && mounts[p].dev != dev
             {
-                deps.insert(mounts[p].dev);
+                nesting.insert(mounts[p].dev);
             }
         }
+        let mut deps = BTreeSet::new();
         // Block devices: the superblock's own device, and its source if a block device.
         let mut devices: Vec<DevNum> = Vec::new();
         if dev.major != 0 {
@@ -648,10 +668,19 @@ fn dependency_closure(
                 }
             }
         }
-        direct.insert(dev, deps);
+        direct.insert(dev, deps.union(&nesting).copied().collect());
+        direct_storage.insert(dev, deps);
     }
+    Dependencies {
+        closure: transitive_closure(&direct),
+        storage_closure: transitive_closure(&direct_storage),
+    }
+}
 
-    // Transitive closure by DFS from each node.
+/// Transitive closure of a dependency graph, by DFS from each node.
+fn transitive_closure(
+    direct: &BTreeMap<DevNum, BTreeSet<DevNum>>,
+) -> BTreeMap<DevNum, BTreeSet<DevNum>> {
     let mut closure = BTreeMap::new();
     for &start in direct.keys() {
         let mut out = BTreeSet::new();
@@ -683,13 +712,15 @@ impl Plan {
     }
 
     /// Could a file on superblock `dev` be blocked by this plan's freeze? True if `dev` is
-    /// in the plan, depends on something in it, or is unknown to the mount table.
+    /// in the plan, is stored on something in it (a loop image on a planned filesystem, a
+    /// device stacked on one), or is unknown to the mount table. A filesystem merely mounted
+    /// inside a planned one (tmpfs on `/run` under `/`) stays writable.
     pub fn may_freeze(&self, dev: DevNum) -> bool {
         let planned: BTreeSet<DevNum> = self.filesystems().map(|f| f.dev).collect();
         if planned.contains(&dev) {
             return true;
         }
-        match self.closure.get(&dev) {
+        match self.storage_closure.get(&dev) {
             Some(deps) => deps.iter().any(|d| planned.contains(d)),
             None => true,
         }
@@ -928,6 +959,40 @@ mod tests {
                 .dev,
             dev(8, 6)
         );
+    }
+
+    #[test]
+    fn a_tmpfs_mounted_inside_a_planned_fs_is_a_safe_state_dir() {
+        // /run is a tmpfs mounted on /; /srv/img.ext4 is a loop image on /, mounted at
+        // /srv/inner. Freezing / blocks writes to /srv/inner but not to /run.
+        let table = "\
+1 0 8:1 / / rw - ext4 /dev/sda1 rw
+2 1 0:27 / /run rw - tmpfs tmpfs rw
+3 1 7:0 / /srv/inner rw - ext4 /dev/loop0 rw
+";
+        let mut t = FakeTopology::default();
+        t.lower
+            .insert(dev(7, 0), vec![Lower::BackingFile("/srv/img.ext4".into())]);
+        let mounts = parse_mountinfo(table.as_bytes()).unwrap();
+        let cfg = FreezerConfig::default().compile().unwrap();
+        let p = build_plan(
+            &mounts,
+            &t,
+            &Selection::Explicit(vec!["/".into()]),
+            &cfg,
+            None,
+        )
+        .unwrap();
+        assert_eq!(names(&p), vec![vec!["/"]]);
+        assert!(
+            !p.may_freeze(dev(0, 27)),
+            "a tmpfs on /run stays writable while / is frozen"
+        );
+        assert!(
+            p.may_freeze(dev(7, 0)),
+            "a loop fs whose image is on / is blocked by it"
+        );
+        assert!(p.may_freeze(dev(8, 1)));
     }
 
     #[test]
