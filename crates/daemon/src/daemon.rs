@@ -38,6 +38,85 @@ use crate::transport::{Incoming, Transport};
 /// First delay before reopening a lost transport; doubled up to [`REOPEN_BACKOFF_MAX`].
 pub const REOPEN_BACKOFF_MIN: Duration = Duration::from_millis(100);
 pub const REOPEN_BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// A transport that stayed up this long (or carried a request) resets the backoff.
+pub const REOPEN_STABLE_AFTER: Duration = Duration::from_secs(10);
+/// At most one line per this interval about each of losing and reopening the transport
+/// (a device that hangs up at once is host-triggerable, R71).
+const REOPEN_LOG_INTERVAL: Duration = Duration::from_secs(10);
+
+/// When to reopen a lost transport: exponential backoff from [`REOPEN_BACKOFF_MIN`] to
+/// [`REOPEN_BACKOFF_MAX`], reset only once a transport has proved itself (stayed up
+/// [`REOPEN_STABLE_AFTER`] or carried a request). A successful open alone proves nothing:
+/// a device that hangs up right after registering would otherwise be reopened ten times a
+/// second for ever.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReopenBackoff {
+    next: Duration,
+    up_since: Option<Instant>,
+}
+
+impl Default for ReopenBackoff {
+    fn default() -> Self {
+        Self {
+            next: REOPEN_BACKOFF_MIN,
+            up_since: None,
+        }
+    }
+}
+
+impl ReopenBackoff {
+    /// The transport was opened (and registered) at `now`.
+    pub fn opened(&mut self, now: Instant) {
+        self.up_since = Some(now);
+    }
+
+    /// The transport carried a request: it works.
+    pub fn proved(&mut self) {
+        self.next = REOPEN_BACKOFF_MIN;
+    }
+
+    /// The transport was lost at `now`: how long to wait before reopening.
+    pub fn lost(&mut self, now: Instant) -> Duration {
+        if self
+            .up_since
+            .take()
+            .is_some_and(|t| now.saturating_duration_since(t) >= REOPEN_STABLE_AFTER)
+        {
+            self.next = REOPEN_BACKOFF_MIN;
+        }
+        self.take()
+    }
+
+    /// Reopening failed: how long to wait before the next attempt.
+    pub fn open_failed(&mut self) -> Duration {
+        self.take()
+    }
+
+    fn take(&mut self) -> Duration {
+        let delay = self.next;
+        self.next = (self.next * 2).min(REOPEN_BACKOFF_MAX);
+        delay
+    }
+}
+
+/// Lets one line through per interval and counts the rest.
+#[derive(Debug, Default)]
+struct LogLimit {
+    last: Option<Instant>,
+    suppressed: u64,
+}
+
+impl LogLimit {
+    /// `Some(suppressed since the last line)` if a line may be logged now.
+    fn allow(&mut self, now: Instant, interval: Duration) -> Option<u64> {
+        if self.last.is_some_and(|t| now.duration_since(t) < interval) {
+            self.suppressed += 1;
+            return None;
+        }
+        self.last = Some(now);
+        Some(std::mem::take(&mut self.suppressed))
+    }
+}
 /// Delay between attempts to start a guardian that failed to start.
 const GUARDIAN_RETRY: Duration = Duration::from_secs(2);
 /// At most one "unknown operation" line per this interval (host-triggerable, R71).
@@ -55,7 +134,9 @@ pub struct Daemon {
     /// Bumped at every transport loss; requests of older generations are unanswerable.
     generation: u64,
     reopen_at: Option<Instant>,
-    reopen_backoff: Duration,
+    reopen_backoff: ReopenBackoff,
+    lost_log: LogLimit,
+    reopen_log: LogLimit,
     next_request: u64,
     pending: BTreeMap<RequestId, (u64, u64, HostOp)>,
     worker: FsWorker,
@@ -106,6 +187,10 @@ impl Daemon {
     pub fn new(parts: Parts) -> Self {
         let watchdog = watchdog_interval(sd_notify::watchdog_enabled());
         let history = History::new(&parts.settings.state_dir, parts.settings.history_limit);
+        let mut reopen_backoff = ReopenBackoff::default();
+        if parts.transport.is_some() {
+            reopen_backoff.opened(Instant::now());
+        }
         Self {
             history,
             gate: parts.gate,
@@ -116,7 +201,9 @@ impl Daemon {
             reopen_at: parts.transport.is_none().then(Instant::now),
             transport: parts.transport,
             generation: 0,
-            reopen_backoff: REOPEN_BACKOFF_MIN,
+            reopen_backoff,
+            lost_log: LogLimit::default(),
+            reopen_log: LogLimit::default(),
             next_request: 1,
             pending: BTreeMap::new(),
             worker: parts.worker,
@@ -344,7 +431,9 @@ impl Daemon {
         let incoming = match transport.recv() {
             Ok(incoming) => incoming,
             Err(e) => {
-                tracing::warn!(error = %e, "VSS transport failed; thawing, then reopening");
+                if let Some(suppressed) = self.lost_log.allow(Instant::now(), REOPEN_LOG_INTERVAL) {
+                    tracing::warn!(error = %e, suppressed, "VSS transport failed; thawing, then reopening");
+                }
                 if e.requires_reopen() {
                     self.lose_transport();
                 }
@@ -354,6 +443,7 @@ impl Daemon {
         for item in incoming {
             match item {
                 Incoming::Request { key, op } => {
+                    self.reopen_backoff.proved();
                     let request = RequestId(self.next_request);
                     self.next_request += 1;
                     self.pending.insert(request, (self.generation, key, op));
@@ -389,7 +479,8 @@ impl Daemon {
         }
         self.generation += 1;
         if !self.stopping {
-            self.reopen_at = Some(Instant::now() + self.reopen_backoff);
+            let now = Instant::now();
+            self.reopen_at = Some(now + self.reopen_backoff.lost(now));
         }
         self.queue.push_back(Event::TransportLost);
     }
@@ -401,18 +492,25 @@ impl Daemon {
         }
         match Transport::open(&self.settings.transport) {
             Ok(t) => {
-                tracing::info!(
-                    generation = self.generation,
-                    "VSS transport reopened and registered"
-                );
+                let now = Instant::now();
+                if let Some(suppressed) = self.reopen_log.allow(now, REOPEN_LOG_INTERVAL) {
+                    tracing::info!(
+                        generation = self.generation,
+                        suppressed,
+                        "VSS transport reopened and registered"
+                    );
+                }
                 self.transport = Some(t);
                 self.reopen_at = None;
-                self.reopen_backoff = REOPEN_BACKOFF_MIN;
+                self.reopen_backoff.opened(now);
             }
             Err(e) => {
-                self.reopen_backoff = (self.reopen_backoff * 2).min(REOPEN_BACKOFF_MAX);
-                tracing::warn!(error = %e, retry_ms = self.reopen_backoff.as_millis() as u64, "reopening the VSS transport failed");
-                self.reopen_at = Some(Instant::now() + self.reopen_backoff);
+                let now = Instant::now();
+                let delay = self.reopen_backoff.open_failed();
+                if let Some(suppressed) = self.reopen_log.allow(now, REOPEN_LOG_INTERVAL) {
+                    tracing::warn!(error = %e, retry_ms = delay.as_millis() as u64, suppressed, "reopening the VSS transport failed");
+                }
+                self.reopen_at = Some(now + delay);
             }
         }
     }
@@ -642,6 +740,69 @@ fn log_notice(notice: &Notice) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Regression: the backoff went back to 100 ms after every successful open, so a
+    /// device hanging up right after registering was reopened ~10 times a second for ever.
+    #[test]
+    fn reopen_backoff_grows_across_opens_until_the_transport_proves_itself() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        let mut b = ReopenBackoff::default();
+        b.opened(t0);
+        let mut delays = Vec::new();
+        let mut now = t0;
+        for _ in 0..8 {
+            // Opened, then hung up 1 ms later.
+            now += ms(1);
+            let d = b.lost(now);
+            delays.push(d);
+            now += d;
+            b.opened(now);
+        }
+        assert_eq!(
+            delays,
+            vec![
+                ms(100),
+                ms(200),
+                ms(400),
+                ms(800),
+                ms(1600),
+                ms(3200),
+                REOPEN_BACKOFF_MAX,
+                REOPEN_BACKOFF_MAX
+            ]
+        );
+        // Failed opens keep growing it too.
+        assert_eq!(b.open_failed(), REOPEN_BACKOFF_MAX);
+        // Up long enough: the next loss starts over.
+        b.opened(now);
+        assert_eq!(b.lost(now + REOPEN_STABLE_AFTER), REOPEN_BACKOFF_MIN);
+        // A request carried also proves it, however short the connection.
+        for _ in 0..4 {
+            b.opened(now);
+            b.lost(now);
+        }
+        b.opened(now);
+        b.proved();
+        assert_eq!(b.lost(now + ms(1)), REOPEN_BACKOFF_MIN);
+    }
+
+    #[test]
+    fn log_limit_lets_one_line_through_per_interval_and_counts_the_rest() {
+        let t0 = Instant::now();
+        let mut l = LogLimit::default();
+        assert_eq!(l.allow(t0, REOPEN_LOG_INTERVAL), Some(0));
+        for i in 1..=5 {
+            assert_eq!(
+                l.allow(t0 + Duration::from_millis(i), REOPEN_LOG_INTERVAL),
+                None
+            );
+        }
+        assert_eq!(
+            l.allow(t0 + REOPEN_LOG_INTERVAL, REOPEN_LOG_INTERVAL),
+            Some(5)
+        );
+    }
 
     /// Regression: `WATCHDOG_USEC=0` gave a zero ping interval, so the poll timeout was
     /// always zero: a busy loop. Zero now means no watchdog; tiny values are clamped.
