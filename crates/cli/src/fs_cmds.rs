@@ -65,8 +65,9 @@ pub struct PlanArgs {
 pub struct FreezeArgs {
     #[command(flatten)]
     select: SelectArgs,
-    /// How long to hold the freeze, e.g. 0, 500ms, 5s, 1m (SIGINT/SIGTERM end it early).
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "0")]
+    /// How long to hold the freeze, e.g. 0, 500ms, 5s, 1m, at most 24h (SIGINT/SIGTERM end
+    /// it early).
+    #[arg(long, value_name = "DURATION", value_parser = parse_hold, default_value = "0")]
     hold: Duration,
     /// State directory for the journal and lock; must not be on a filesystem being frozen.
     #[arg(long, value_name = "DIR", default_value = DEFAULT_STATE_DIR)]
@@ -114,6 +115,20 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
         }
     };
     Duration::try_from_secs_f64(seconds).map_err(|e| format!("invalid duration {text:?}: {e}"))
+}
+
+/// Longest `--hold`: a self-test keeps everything frozen meanwhile; longer is a typo.
+const MAX_HOLD: Duration = Duration::from_secs(24 * 3600);
+
+/// [`parse_duration`], at most [`MAX_HOLD`].
+fn parse_hold(text: &str) -> Result<Duration, String> {
+    let hold = parse_duration(text)?;
+    if hold > MAX_HOLD {
+        return Err(format!(
+            "hold {text:?} is longer than the maximum of 24h (everything stays frozen meanwhile)"
+        ));
+    }
+    Ok(hold)
 }
 
 fn fail(code: u8, message: impl std::fmt::Display) -> anyhow::Result<ExitCode> {
@@ -498,6 +513,18 @@ mod tests {
         assert_eq!(parse_duration("3"), Ok(Duration::from_secs(3)));
         assert!(parse_duration("5 parsecs").is_err());
         assert!(parse_duration("-1s").is_err());
+    }
+
+    /// Regression: `--hold 10000000000000000000` parsed, and then `Instant::now() + hold`
+    /// panicked with everything frozen. Absurd holds are refused before anything happens.
+    #[test]
+    fn absurd_holds_are_refused_with_a_clear_message() {
+        assert_eq!(parse_hold("24h"), Ok(MAX_HOLD));
+        assert_eq!(parse_hold("500ms"), Ok(Duration::from_millis(500)));
+        for text in ["10000000000000000000", "25h", "1441m"] {
+            let err = parse_hold(text).expect_err(text);
+            assert!(err.contains("maximum of 24h"), "{err}");
+        }
         assert!(parse_duration("").is_err());
     }
 }

@@ -35,21 +35,29 @@ pub fn hold(duration: Duration) -> std::io::Result<HoldEnd> {
             }
         }
     }
-    let end = Instant::now() + duration;
-    let outcome = loop {
-        if flag.load(Ordering::SeqCst) {
-            break HoldEnd::Interrupted;
-        }
-        let now = Instant::now();
-        if now >= end {
-            break HoldEnd::Elapsed;
-        }
-        std::thread::sleep((end - now).min(Duration::from_millis(10)));
-    };
+    let outcome = wait(duration, &flag);
     for id in ids {
         signal_hook::low_level::unregister(id);
     }
     Ok(outcome)
+}
+
+/// Polls `interrupted` every 10 ms until it is set or `duration` has passed.
+fn wait(duration: Duration, interrupted: &AtomicBool) -> HoldEnd {
+    // Too far away to add to the clock: only a signal ends the hold.
+    let end = Instant::now().checked_add(duration);
+    loop {
+        if interrupted.load(Ordering::SeqCst) {
+            return HoldEnd::Interrupted;
+        }
+        let now = Instant::now();
+        let left = match end {
+            Some(end) if now >= end => return HoldEnd::Elapsed,
+            Some(end) => end - now,
+            None => Duration::MAX,
+        };
+        std::thread::sleep(left.min(Duration::from_millis(10)));
+    }
 }
 
 #[cfg(test)]
@@ -61,5 +69,21 @@ mod tests {
         let t = Instant::now();
         assert_eq!(hold(Duration::from_millis(30)).unwrap(), HoldEnd::Elapsed);
         assert!(t.elapsed() >= Duration::from_millis(30));
+    }
+
+    /// Regression: `Instant::now() + duration` panicked for a duration too large for the
+    /// clock (`hv-vss freeze --hold 10000000000000000000`), with everything frozen. Such a
+    /// hold now lasts until a signal.
+    #[test]
+    fn a_hold_too_long_for_the_clock_does_not_panic_and_ends_on_a_signal() {
+        let interrupted = AtomicBool::new(false);
+        let end = std::thread::scope(|s| {
+            s.spawn(|| {
+                std::thread::sleep(Duration::from_millis(50));
+                interrupted.store(true, Ordering::SeqCst);
+            });
+            wait(Duration::MAX, &interrupted)
+        });
+        assert_eq!(end, HoldEnd::Interrupted);
     }
 }
