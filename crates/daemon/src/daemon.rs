@@ -33,7 +33,7 @@ use crate::fsworker::{FsCommand, FsOutcome, FsWorker};
 use crate::guardian::Guardian;
 use crate::history::History;
 use crate::logbuf::LogGate;
-use crate::transport::{Incoming, Transport};
+use crate::transport::{Delivery, Incoming, Transport};
 
 /// First delay before reopening a lost transport; doubled up to [`REOPEN_BACKOFF_MAX`].
 pub const REOPEN_BACKOFF_MIN: Duration = Duration::from_millis(100);
@@ -414,7 +414,15 @@ impl Daemon {
             }
         };
         match result {
-            Ok(()) => tracing::info!(request = request.0, op = ?op, status = ?status, "answered"),
+            Ok(Delivery::Sent) => {
+                tracing::info!(request = request.0, op = ?op, status = ?status, "answered")
+            }
+            Ok(Delivery::Queued) => tracing::info!(
+                request = request.0,
+                op = ?op,
+                status = ?status,
+                "reply queued: the ring to the host is full; sent when it makes room"
+            ),
             Err(e) => {
                 tracing::warn!(request = request.0, op = ?op, error = %e, "reply failed");
                 if e.requires_reopen() {

@@ -59,6 +59,15 @@ pub enum Incoming {
     Refused { raw: VssOperation },
 }
 
+/// What became of a reply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Delivery {
+    /// Written to the host (device or ring).
+    Sent,
+    /// The ring to the host is full: queued, sent when the host makes room (UIO mode).
+    Queued,
+}
+
 /// A transport failure.
 #[derive(Debug, thiserror::Error)]
 pub enum TransportError {
@@ -166,13 +175,19 @@ impl<C: VmbusChannel> IcTransport<C> {
         Ok(())
     }
 
-    fn reply(&mut self, key: u64, status: HvStatus) -> Result<(), TransportError> {
+    fn reply(&mut self, key: u64, status: HvStatus) -> Result<Delivery, TransportError> {
         let request = self
             .pending
             .remove(&key)
             .ok_or(TransportError::UnknownRequest(key))?;
         self.endpoint.reply(request, status)?;
-        Ok(())
+        // The endpoint sends the older queued replies first and queues this one behind
+        // them if any is left or the ring is full: a non-empty outbox means ours waits.
+        Ok(if self.endpoint.unsent_replies() > 0 {
+            Delivery::Queued
+        } else {
+            Delivery::Sent
+        })
     }
 
     fn fds(&self) -> Vec<BorrowedFd<'_>> {
@@ -276,14 +291,17 @@ impl Transport {
         }
     }
 
-    /// Answers request `key`.
-    pub fn reply(&mut self, key: u64, status: Status) -> Result<(), TransportError> {
+    /// Answers request `key`; in UIO mode a full ring queues the reply instead.
+    pub fn reply(&mut self, key: u64, status: Status) -> Result<Delivery, TransportError> {
         let status = match status {
             Status::Ok => HvStatus::S_OK,
             Status::Fail => HvStatus::E_FAIL,
         };
         match self {
-            Self::Kernel(dev) => Ok(dev.reply(status)?),
+            Self::Kernel(dev) => {
+                dev.reply(status)?;
+                Ok(Delivery::Sent)
+            }
             Self::Shm(t) => t.reply(key, status),
             Self::Uio(t) => t.reply(key, status),
         }
@@ -436,6 +454,39 @@ mod tests {
         let err = result.expect_err("nothing was handed over");
         assert!(!err.requires_reopen(), "{err}");
         drop(listener);
+    }
+
+    /// Regression: in UIO mode a reply the full ring could not take was only queued, yet
+    /// the daemon logged "answered". The transport now says which it was.
+    #[test]
+    fn a_reply_the_full_ring_cannot_take_is_reported_queued() {
+        use hv_vss_sim::host::{HostConfig, HostSimulator};
+        let (mut host, rings) = HostSimulator::create(2 * 4096, HostConfig::default()).unwrap();
+        let mut t = IcTransport::new(rings.guest().unwrap(), None).unwrap();
+        host.post_negotiate().unwrap();
+        t.service().unwrap();
+        // The host never reads its ring: the guest's replies pile up until it is full.
+        let mut deliveries = Vec::new();
+        for _ in 0..200 {
+            host.post_vss(VssOperation::HOT_BACKUP, 0, &[]).unwrap();
+            t.service().unwrap();
+            let Some(Incoming::Request { key, .. }) = t.ready.pop_front() else {
+                panic!("no request came through");
+            };
+            let d = t.reply(key, HvStatus::S_OK).unwrap();
+            deliveries.push(d);
+            if d == Delivery::Queued {
+                break;
+            }
+        }
+        assert_eq!(deliveries.first(), Some(&Delivery::Sent));
+        assert_eq!(
+            deliveries.last(),
+            Some(&Delivery::Queued),
+            "the ring never filled: {} replies",
+            deliveries.len()
+        );
+        assert!(t.endpoint.unsent_replies() > 0);
     }
 
     #[test]
