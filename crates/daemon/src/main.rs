@@ -8,8 +8,10 @@
 //! 2. logging through the freeze-safe gate ([`logbuf`]);
 //! 3. the state directory: created, checked not to be on a filesystem the plan may freeze
 //!    (exit 5), its instance lock taken (exit 4 if another hv-vssd uses it);
-//! 4. recovery: an earlier instance's journal is thawed before the transport opens (R59;
-//!    exit 6 if it cannot be completed);
+//! 4. recovery: an earlier instance's journal is thawed before the transport opens (R59);
+//!    entries that are unmounted or now another device are never thawed: reported, and the
+//!    journal is set aside so the daemon can start; exit 6 only if a filesystem that is
+//!    ours stays frozen (see [`recover_earlier`]);
 //! 5. the guardian process (exit 7 if it cannot start);
 //! 6. the transport: open and register (exit 4 if another VSS daemon holds the device,
 //!    exit 3 if it cannot be opened);
@@ -35,7 +37,7 @@ use std::time::Instant;
 use anyhow::anyhow;
 use clap::Parser;
 use hv_vss_core::{AutoThaw, Coordinator, Millis};
-use hv_vss_freezer::{FreezeOptions, MountSource};
+use hv_vss_freezer::{FreezeOptions, MountSource, RecoverOutcome};
 
 use crate::config::{Overrides, Settings, TransportChoice};
 use crate::exit::{ExitKind, Fatal};
@@ -300,23 +302,52 @@ fn prepare_state_dir(dir: &Path, plan: &hv_vss_freezer::Plan) -> Result<File, Fa
     Ok(lock)
 }
 
+/// How long start-up retries thawing a journaled filesystem that is ours but whose FITHAW
+/// fails, before giving up with exit 6.
+const RECOVER_RETRY_FOR: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// R59: thaw what an earlier instance's journal lists, before the transport opens.
+///
+/// # Policy
+///
+/// Recovery never thaws what it cannot show is ours: each entry is thawed only through its
+/// recorded path, and only if that path still leads to the recorded device.
+///
+/// - Every entry thawed or found not frozen: the journal is removed; start.
+/// - Some entries unreachable (mount gone) or on another device (the path now leads
+///   elsewhere), the rest thawed or not frozen: nothing more can be done for them, and
+///   refusing to start would keep the daemon down for ever (every restart would find the
+///   same journal). They are logged at error level and the journal is renamed
+///   `freeze-journal.json.stale-<unix_ms>` in the state directory for the operator; start.
+/// - An entry whose device matches but whose FITHAW fails is ours and still frozen:
+///   retried for [`RECOVER_RETRY_FOR`], then start-up fails (exit 6) with the journal kept,
+///   so the guardian-less state is never entered while we know something is frozen.
 fn recover_earlier(dir: &Path) -> Result<(), Fatal> {
-    let report = hv_vss_freezer::recover(dir, hv_vss_freezer::RecoverOptions::default()).map_err(
-        |e| match e {
-            hv_vss_freezer::RecoverError::FreezerAlive { pid } => Fatal::new(
-                ExitKind::Busy,
-                anyhow!(
-                    "process {pid} froze filesystems listed in {} and still holds them",
-                    dir.display()
+    let started = Instant::now();
+    let report = loop {
+        let report = hv_vss_freezer::recover(dir, hv_vss_freezer::RecoverOptions::default())
+            .map_err(|e| match e {
+                hv_vss_freezer::RecoverError::FreezerAlive { pid } => Fatal::new(
+                    ExitKind::Busy,
+                    anyhow!(
+                        "process {pid} froze filesystems listed in {} and still holds them",
+                        dir.display()
+                    ),
                 ),
-            ),
-            other => Fatal::new(
-                ExitKind::RecoveryIncomplete,
-                anyhow::Error::new(other).context("recovering the earlier freeze journal"),
-            ),
-        },
-    )?;
+                other => Fatal::new(
+                    ExitKind::RecoveryIncomplete,
+                    anyhow::Error::new(other).context("recovering the earlier freeze journal"),
+                ),
+            })?;
+        let ours_still_frozen = report
+            .filesystems
+            .iter()
+            .any(|f| matches!(f.outcome, RecoverOutcome::Failed { .. }));
+        if !ours_still_frozen || started.elapsed() >= RECOVER_RETRY_FOR {
+            break report;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    };
     if !report.journal_found {
         return Ok(());
     }
@@ -327,16 +358,35 @@ fn recover_earlier(dir: &Path) -> Result<(), Fatal> {
             filesystems = %detail,
             "an earlier instance left filesystems frozen; thawed them from its journal"
         );
-        Ok(())
-    } else {
-        Err(Fatal::new(
+        return Ok(());
+    }
+    let ours_still_frozen = report
+        .filesystems
+        .iter()
+        .any(|f| matches!(f.outcome, RecoverOutcome::Failed { .. }));
+    if ours_still_frozen {
+        return Err(Fatal::new(
             ExitKind::RecoveryIncomplete,
             anyhow!(
                 "the earlier freeze journal in {} could not be fully thawed: {detail}; see `hv-vss thaw --recover`",
                 dir.display()
             ),
-        ))
+        ));
     }
+    // Only unreachable or foreign entries are left: never thawed, set aside, start.
+    let aside = hv_vss_freezer::Journal::set_aside(dir).map_err(|e| {
+        Fatal::new(
+            ExitKind::RecoveryIncomplete,
+            anyhow::Error::new(e).context("setting aside the earlier freeze journal"),
+        )
+    })?;
+    tracing::error!(
+        earlier_pid = report.freezer_pid,
+        filesystems = %detail,
+        moved_to = %aside.display(),
+        "the earlier freeze journal lists filesystems that are unmounted or now another device; NOT thawed (they may not be ours). Journal set aside; check them by hand (SysRq-j thaws everything as a last resort)"
+    );
+    Ok(())
 }
 
 fn transport_fatal(settings: &Settings, e: &transport::TransportError) -> Fatal {
@@ -377,6 +427,78 @@ mod tests {
         fn text(&self) -> String {
             String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
         }
+    }
+
+    fn journal_listing(path: &Path, dev: hv_vss_freezer::DevNum) -> hv_vss_freezer::Journal {
+        hv_vss_freezer::Journal {
+            version: 1,
+            pid: 999_999_999,
+            created_unix_ms: 1,
+            filesystems: vec![hv_vss_freezer::JournalEntry {
+                path: path.to_path_buf(),
+                dev,
+                fs_type: "ext4".into(),
+                pid: 999_999_999,
+            }],
+        }
+    }
+
+    fn stale_journals(dir: &Path) -> Vec<PathBuf> {
+        std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.to_string_lossy().contains(".stale-"))
+            .collect()
+    }
+
+    /// Regression: a journal entry whose mount is gone made start-up exit 6 on every
+    /// restart, so the daemon could never start again. It is reported and set aside.
+    #[test]
+    fn a_journal_entry_whose_mount_is_gone_is_set_aside_and_start_up_goes_on() {
+        let state = tempfile::tempdir().unwrap();
+        let gone = state.path().join("unmounted-long-ago");
+        journal_listing(&gone, hv_vss_freezer::DevNum { major: 7, minor: 3 })
+            .write(state.path())
+            .unwrap();
+        recover_earlier(state.path())
+            .map_err(|f| f.to_string())
+            .unwrap();
+        assert!(
+            hv_vss_freezer::Journal::read(state.path())
+                .unwrap()
+                .is_none()
+        );
+        let aside = stale_journals(state.path());
+        assert_eq!(aside.len(), 1, "{aside:?}");
+        let kept: hv_vss_freezer::Journal =
+            serde_json::from_slice(&std::fs::read(&aside[0]).unwrap()).unwrap();
+        assert_eq!(kept.filesystems[0].path, gone);
+    }
+
+    /// Same for an entry whose path now leads to another device: never thawed (it may not
+    /// be ours), set aside, start.
+    #[test]
+    fn a_journal_entry_on_another_device_is_not_thawed_but_set_aside() {
+        let state = tempfile::tempdir().unwrap();
+        let elsewhere = tempfile::tempdir().unwrap();
+        journal_listing(
+            elsewhere.path(),
+            hv_vss_freezer::DevNum {
+                major: 4095,
+                minor: 77,
+            },
+        )
+        .write(state.path())
+        .unwrap();
+        recover_earlier(state.path())
+            .map_err(|f| f.to_string())
+            .unwrap();
+        assert!(
+            hv_vss_freezer::Journal::read(state.path())
+                .unwrap()
+                .is_none()
+        );
+        assert_eq!(stale_journals(state.path()).len(), 1);
     }
 
     /// Regression: a panic (the fs worker now survives one in the freezer, which can

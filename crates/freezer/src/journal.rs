@@ -133,6 +133,26 @@ impl Journal {
         }
     }
 
+    /// Rename the journal to `freeze-journal.json.stale-<unix_ms>` in the same directory
+    /// (and fsync the directory), so a freeze or a start is no longer refused by it while
+    /// it stays there for an operator to read. Returns the new path.
+    pub fn set_aside(state_dir: &Path) -> Result<PathBuf, JournalError> {
+        let path = Self::path_in(state_dir);
+        let unix_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis());
+        let aside = state_dir.join(format!("{JOURNAL_FILE}.stale-{unix_ms}"));
+        let io = |source| JournalError::Io {
+            path: path.clone(),
+            source,
+        };
+        std::fs::rename(&path, &aside).map_err(io)?;
+        File::open(state_dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io)?;
+        Ok(aside)
+    }
+
     /// Remove the journal (and fsync the directory); absent is fine.
     pub fn remove(state_dir: &Path) -> Result<(), JournalError> {
         let path = Self::path_in(state_dir);
