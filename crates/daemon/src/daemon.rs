@@ -11,6 +11,14 @@
 //! - Follow-up events (transport loss discovered while replying, guardian loss) go through
 //!   a queue, so the coordinator is never re-entered.
 //!
+//! # Shutdown (R63)
+//!
+//! SIGTERM/SIGINT ends the coordinator's work at once; if the worker is still retrying a
+//! thaw that FITHAW refused, the loop keeps waiting for it for up to the THAW budget
+//! (`thaw_deadline`) with the log gate held. If it still fails, the daemon exits with an
+//! error, gate still held, and the worker's frozen set keeps its journal for the guardian
+//! and the next start.
+//!
 //! # Transport loss (R13)
 //!
 //! Any failure that requires a reopen closes the transport, tells the coordinator
@@ -240,11 +248,44 @@ impl Daemon {
             self.poll_once()?;
         }
         let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
-        // Everything is thawed (Stopped comes only then); release anything still held.
+        // The coordinator is done, but a thaw the worker is still retrying (FITHAW failed)
+        // may leave something of ours frozen: keep retrying for up to a THAW's budget.
+        let give_up = Instant::now() + self.settings.limits.thaw_deadline;
+        while self.fs_frozen && Instant::now() < give_up {
+            self.wait_for_worker(give_up);
+        }
+        if self.fs_frozen {
+            // Still frozen: the gate stays held (no disk logging), the worker's set keeps
+            // the journal when it is dropped, and the guardian (told when we exit) and the
+            // next start recover it.
+            tracing::error!("stopping with filesystems still frozen: FITHAW keeps failing");
+            anyhow::bail!(
+                "stopping with filesystems still frozen (FITHAW kept failing for {:?}); their journal stays in {} for the guardian, the next start or `hv-vss thaw --recover`",
+                self.settings.limits.thaw_deadline,
+                self.settings.state_dir.display()
+            );
+        }
         self.gate.release();
         self.flush_reports();
         tracing::info!("stopped: nothing of ours is frozen");
         Ok(())
+    }
+
+    /// Waits (until `until` at most) for the worker's next outcomes and handles them.
+    fn wait_for_worker(&mut self, until: Instant) {
+        let left = until.saturating_duration_since(Instant::now());
+        let ts = Timespec::try_from(left).unwrap_or(Timespec {
+            tv_sec: 1,
+            tv_nsec: 0,
+        });
+        let mut fds = [PollFd::from_borrowed_fd(
+            self.worker.wake_fd(),
+            PollFlags::IN,
+        )];
+        let _ = rustix::event::poll(&mut fds, Some(&ts));
+        for outcome in self.worker.drain() {
+            self.on_fs_outcome(outcome);
+        }
     }
 
     fn poll_timeout(&self) -> Duration {
