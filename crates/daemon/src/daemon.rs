@@ -24,6 +24,10 @@
 //! Any failure that requires a reopen closes the transport, tells the coordinator
 //! (`TransportLost`: it thaws and gives up the request in flight), and schedules a reopen
 //! with a bounded exponential backoff; the daemon keeps serving once it is registered again.
+//! A `/dev/uioN` transport is not reopened blindly at the same path: after a rescind (R15)
+//! the device is found again in sysfs, rebound to `uio_hv_generic` on a helper thread if
+//! `hv_utils` took it (never while something is frozen), and opened at its new node
+//! ([`Reopener`]). Each waiting step is logged once, then at most once per interval.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::os::fd::OwnedFd;
@@ -41,13 +45,16 @@ use crate::fsworker::{FsCommand, FsOutcome, FsWorker};
 use crate::guardian::Guardian;
 use crate::history::History;
 use crate::logbuf::LogGate;
-use crate::transport::{Delivery, Incoming, Transport};
+use crate::transport::{Delivery, Incoming, ReopenStep, Reopener, Transport};
 
 /// First delay before reopening a lost transport; doubled up to [`REOPEN_BACKOFF_MAX`].
 pub const REOPEN_BACKOFF_MIN: Duration = Duration::from_millis(100);
 pub const REOPEN_BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// A transport that stayed up this long (or carried a request) resets the backoff.
 pub const REOPEN_STABLE_AFTER: Duration = Duration::from_secs(10);
+/// How often a running rebind of the UIO device is checked (the bind itself runs on its own
+/// thread, so the loop never waits for it).
+const REBIND_POLL: Duration = Duration::from_millis(50);
 /// At most one line per this interval about each of losing and reopening the transport
 /// (a device that hangs up at once is host-triggerable, R71).
 const REOPEN_LOG_INTERVAL: Duration = Duration::from_secs(10);
@@ -145,6 +152,11 @@ pub struct Daemon {
     reopen_backoff: ReopenBackoff,
     lost_log: LogLimit,
     reopen_log: LogLimit,
+    /// Finds the device again after a loss (`/dev/uioN`: rescan sysfs, rebind, R15).
+    reopener: Reopener,
+    /// The last "not yet" step of a reopen, so each new step is logged once.
+    last_wait: Option<&'static str>,
+    wait_log: LogLimit,
     next_request: u64,
     pending: BTreeMap<RequestId, (u64, u64, HostOp)>,
     worker: FsWorker,
@@ -212,6 +224,9 @@ impl Daemon {
             reopen_backoff,
             lost_log: LogLimit::default(),
             reopen_log: LogLimit::default(),
+            reopener: Reopener::new(&parts.settings.transport),
+            last_wait: None,
+            wait_log: LogLimit::default(),
             next_request: 1,
             pending: BTreeMap::new(),
             worker: parts.worker,
@@ -539,22 +554,47 @@ impl Daemon {
         if Instant::now() < at || self.stopping {
             return;
         }
-        match Transport::open(&self.settings.transport) {
-            Ok(t) => {
+        // No bind (which may exec modprobe) while something of ours is frozen (R60).
+        match self.reopener.attempt(!self.fs_frozen) {
+            ReopenStep::Opened { transport, node } => {
                 let now = Instant::now();
+                self.last_wait = None;
                 if let Some(suppressed) = self.reopen_log.allow(now, REOPEN_LOG_INTERVAL) {
                     tracing::info!(
                         generation = self.generation,
+                        node = %node.display(),
                         suppressed,
                         "VSS transport reopened and registered"
                     );
                 }
-                self.transport = Some(t);
+                self.transport = Some(*transport);
                 self.reopen_at = None;
                 self.reopen_backoff.opened(now);
             }
-            Err(e) => {
+            ReopenStep::Waiting(waiting) => {
                 let now = Instant::now();
+                let delay = if waiting.check_soon() {
+                    REBIND_POLL
+                } else {
+                    self.reopen_backoff.open_failed()
+                };
+                // Each new step is logged once; a step that repeats, once per interval.
+                let changed = self.last_wait != Some(waiting.kind());
+                let allowed = self.wait_log.allow(now, REOPEN_LOG_INTERVAL);
+                if changed || allowed.is_some() {
+                    tracing::info!(
+                        step = waiting.kind(),
+                        retry_ms = delay.as_millis() as u64,
+                        suppressed = allowed.unwrap_or(0),
+                        "{waiting}"
+                    );
+                }
+                self.last_wait = Some(waiting.kind());
+                self.reopen_at = Some(now + delay);
+            }
+            ReopenStep::Failed(e) => {
+                let now = Instant::now();
+                self.last_wait = None;
                 let delay = self.reopen_backoff.open_failed();
                 if let Some(suppressed) = self.reopen_log.allow(now, REOPEN_LOG_INTERVAL) {
                     tracing::warn!(error = %e, retry_ms = delay.as_millis() as u64, suppressed, "reopening the VSS transport failed");

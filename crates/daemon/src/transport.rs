@@ -20,8 +20,10 @@
 //! coordinator answers it (several may be pending: the host can overlap requests, R26). The
 //! channel is either:
 //!
-//! - `/dev/uioN`: the real `uio_hv_generic` device; `EIO` is a rescind (reopen when the
-//!   device returns);
+//! - `/dev/uioN`: the real `uio_hv_generic` device; `EIO` is a rescind. The device is then
+//!   found again by its class GUID under `/sys/bus/vmbus/devices` once the host offers it
+//!   again, handed back to `uio_hv_generic` if `hv_utils` took it, and opened at whatever
+//!   `uioN` it has now ([`Reopener`], [`UioRediscovery`]);
 //! - a Unix socket: a host simulator's hand-over point. The daemon connects as
 //!   `SOCK_SEQPACKET`, receives the shared-memory rings ([`ShmRings::recv_from`]) and keeps
 //!   the connection: its hang-up is the simulator's "rescind".
@@ -36,6 +38,8 @@ use std::path::{Path, PathBuf};
 use hv_vss_core::{HostOp, Status};
 use hv_vss_protocol::vss::CoordinatorOp;
 use hv_vss_protocol::{HvStatus, VssOperation};
+use hv_vss_sys::uio::UioPaths;
+use hv_vss_vmbus::bind::SystemRoots;
 use hv_vss_vmbus::ic_endpoint::{EndpointError, IcEndpoint, IcEvent, IcNotice, PendingRequest};
 use hv_vss_vmbus::kernel_dev::{KernelDevError, KernelDevice};
 use hv_vss_vmbus::shm::{ShmChannel, ShmRings};
@@ -44,6 +48,9 @@ use rustix::fs::FileType;
 use rustix::net::{AddressFamily, RecvFlags, SocketAddrUnix, SocketFlags, SocketType};
 
 use crate::config::TransportChoice;
+
+mod rediscover;
+pub use rediscover::{Attempt, UioRediscovery, Waiting, is_uio_node_path};
 
 /// How long a host simulator may take to hand over its rings after the connect.
 pub const HANDOVER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
@@ -358,12 +365,85 @@ fn open_uio(path: &Path) -> Result<Transport, TransportError> {
         return Ok(Transport::Shm(IcTransport::new(channel, Some(sock))?));
     }
     let index = uio_index(path).ok_or_else(|| TransportError::UioPath(path.to_path_buf()))?;
-    let channel = UioChannel::open(index).map_err(|source| TransportError::UioOpen {
-        path: path.to_path_buf(),
-        source,
-    })?;
+    open_uio_node(path, UioPaths::default(), index)
+}
+
+/// Opens `/dev/uio<index>` (named `path` in messages) under `paths`.
+fn open_uio_node(path: &Path, paths: UioPaths, index: u32) -> Result<Transport, TransportError> {
+    let channel =
+        UioChannel::open_with(paths, index).map_err(|source| TransportError::UioOpen {
+            path: path.to_path_buf(),
+            source,
+        })?;
     tracing::info!(path = %path.display(), "opened the VSS channel through uio_hv_generic");
     Ok(Transport::Uio(IcTransport::new(channel, None)?))
+}
+
+/// How the daemon reopens a lost transport.
+///
+/// Drop-in devices and simulator sockets are reopened at the configured path. A `/dev/uioN`
+/// path is only where the device was at start: after a rescind the re-offered device is a
+/// new object that may come back as another `uioN`, or on `hv_utils` (R15, wire §3.5
+/// caveats), so it is found again through sysfs ([`UioRediscovery`]).
+#[derive(Debug)]
+pub enum Reopener {
+    /// Reopen this choice as configured.
+    Fixed(TransportChoice),
+    /// Find the VSS device again, rebind it if needed, open its node.
+    Rediscover(Box<UioRediscovery>),
+}
+
+/// One reopen attempt, as the main loop acts on it.
+#[derive(Debug)]
+pub enum ReopenStep {
+    /// Open (and registered): `node` is the path used.
+    Opened {
+        transport: Box<Transport>,
+        node: PathBuf,
+    },
+    /// Not yet: log it (rate-limited) and try again (soon if [`Waiting::check_soon`], else
+    /// after the backoff).
+    Waiting(Waiting),
+    /// Opening failed: try again after the backoff.
+    Failed(TransportError),
+}
+
+impl Reopener {
+    /// The reopener for `choice` on this machine (`/sys`, `/dev`).
+    pub fn new(choice: &TransportChoice) -> Self {
+        Self::with_roots(choice, SystemRoots::host())
+    }
+
+    /// As [`Self::new`], looking for the VSS device under `roots`.
+    pub fn with_roots(choice: &TransportChoice, roots: SystemRoots) -> Self {
+        match choice {
+            TransportChoice::Uio(path) if is_uio_node_path(path) => {
+                Self::Rediscover(Box::new(UioRediscovery::new(roots)))
+            }
+            other => Self::Fixed(other.clone()),
+        }
+    }
+
+    /// One attempt. Never blocks for long (a bind runs on its own thread). `may_bind` is
+    /// false while filesystems are frozen.
+    pub fn attempt(&mut self, may_bind: bool) -> ReopenStep {
+        match self {
+            Self::Fixed(choice) => match Transport::open(choice) {
+                Ok(transport) => ReopenStep::Opened {
+                    transport: Box::new(transport),
+                    node: match choice {
+                        TransportChoice::DropIn(p) | TransportChoice::Uio(p) => p.clone(),
+                    },
+                },
+                Err(e) => ReopenStep::Failed(e),
+            },
+            Self::Rediscover(r) => match r.attempt(may_bind) {
+                Attempt::Opened { transport, node } => ReopenStep::Opened { transport, node },
+                Attempt::Waiting(w) => ReopenStep::Waiting(w),
+                Attempt::OpenFailed(e) => ReopenStep::Failed(e),
+            },
+        }
+    }
 }
 
 /// `N` of `/dev/uioN`.
