@@ -21,6 +21,8 @@ use hv_vss_freezer::{
     RecoverOutcome, Selection, SkipReason, ThawReport,
 };
 
+use crate::duration;
+
 /// Exit codes of the freezer subcommands.
 mod exit {
     pub const NOT_ROOT: u8 = 3;
@@ -65,9 +67,9 @@ pub struct PlanArgs {
 pub struct FreezeArgs {
     #[command(flatten)]
     select: SelectArgs,
-    /// How long to hold the freeze, e.g. 0, 500ms, 5s, 1m, at most 24h (SIGINT/SIGTERM end
-    /// it early).
-    #[arg(long, value_name = "DURATION", value_parser = parse_hold, default_value = "0")]
+    /// How long to hold the freeze, e.g. 0, 500ms, 5s, 1m, 1h 30m, at most 24h (SIGINT/SIGTERM
+    /// end it early).
+    #[arg(long, value_name = "DURATION", value_parser = duration::parse_hold, default_value = "0")]
     hold: Duration,
     /// State directory for the journal and lock; must not be on a filesystem being frozen.
     #[arg(long, value_name = "DIR", default_value = DEFAULT_STATE_DIR)]
@@ -91,44 +93,6 @@ pub struct ThawArgs {
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
-}
-
-/// Parse `0`, `250ms`, `5s`, `1.5s`, `2m`, `1h`; a bare number is seconds.
-fn parse_duration(text: &str) -> Result<Duration, String> {
-    let text = text.trim();
-    let split = text
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let value: f64 = number
-        .parse()
-        .map_err(|_| format!("invalid duration {text:?}"))?;
-    let seconds = match unit {
-        "" | "s" => value,
-        "ms" => value / 1000.0,
-        "m" | "min" => value * 60.0,
-        "h" => value * 3600.0,
-        _ => {
-            return Err(format!(
-                "invalid duration unit {unit:?} (use ms, s, m or h)"
-            ));
-        }
-    };
-    Duration::try_from_secs_f64(seconds).map_err(|e| format!("invalid duration {text:?}: {e}"))
-}
-
-/// Longest `--hold`: a self-test keeps everything frozen meanwhile; longer is a typo.
-const MAX_HOLD: Duration = Duration::from_secs(24 * 3600);
-
-/// [`parse_duration`], at most [`MAX_HOLD`].
-fn parse_hold(text: &str) -> Result<Duration, String> {
-    let hold = parse_duration(text)?;
-    if hold > MAX_HOLD {
-        return Err(format!(
-            "hold {text:?} is longer than the maximum of 24h (everything stays frozen meanwhile)"
-        ));
-    }
-    Ok(hold)
 }
 
 fn fail(code: u8, message: impl std::fmt::Display) -> anyhow::Result<ExitCode> {
@@ -503,28 +467,29 @@ pub fn thaw(args: ThawArgs) -> anyhow::Result<ExitCode> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use clap::Parser;
 
-    #[test]
-    fn durations() {
-        assert_eq!(parse_duration("0"), Ok(Duration::ZERO));
-        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
-        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
-        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
-        assert_eq!(parse_duration("3"), Ok(Duration::from_secs(3)));
-        assert!(parse_duration("5 parsecs").is_err());
-        assert!(parse_duration("-1s").is_err());
+    #[derive(Debug, Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: FreezeArgs,
     }
 
-    /// Regression: `--hold 10000000000000000000` parsed, and then `Instant::now() + hold`
-    /// panicked with everything frozen. Absurd holds are refused before anything happens.
+    /// `--hold` goes through the shared parser, capped at 24h before anything is frozen.
     #[test]
-    fn absurd_holds_are_refused_with_a_clear_message() {
-        assert_eq!(parse_hold("24h"), Ok(MAX_HOLD));
-        assert_eq!(parse_hold("500ms"), Ok(Duration::from_millis(500)));
-        for text in ["10000000000000000000", "25h", "1441m"] {
-            let err = parse_hold(text).expect_err(text);
-            assert!(err.contains("maximum of 24h"), "{err}");
-        }
-        assert!(parse_duration("").is_err());
+    fn freeze_hold_uses_the_shared_bounded_parser() {
+        let hold = |value: &str| {
+            Cli::try_parse_from(["freeze", "--hold", value])
+                .map(|cli| cli.args.hold)
+                .map_err(|e| e.to_string())
+        };
+        assert_eq!(hold("1h 30m"), Ok(Duration::from_secs(5400)));
+        assert_eq!(hold("0"), Ok(Duration::ZERO));
+        let err = hold("10000000000000000000").unwrap_err();
+        assert!(err.contains("maximum of 24h"), "{err}");
+        assert!(
+            Cli::try_parse_from(["freeze"]).unwrap().args.hold.is_zero(),
+            "default hold"
+        );
     }
 }

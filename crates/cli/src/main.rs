@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod duration;
 mod fs_cmds;
 mod simulate_cmds;
 mod uio_cmds;

@@ -35,6 +35,8 @@ use hv_vss_vmbus::ic_endpoint::IcEndpoint;
 use hv_vss_vmbus::shm::ShmRings;
 use serde_json::json;
 
+use crate::duration;
+
 /// Ring size per direction: uio_hv_generic's default for VSS (wire §3.2).
 const RING_LEN: usize = 2 << 20;
 /// How long the guest may take to connect to the hand-over socket.
@@ -59,14 +61,14 @@ pub struct SimulateArgs {
     /// Backup cycles to run (HOT_BACKUP, FREEZE, hold, THAW, BU_COMPLETE each).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
     cycles: u32,
-    /// How long the host holds the freeze (the snapshot), e.g. 500ms, 2s, 1m.
-    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    /// How long the host holds the freeze (the snapshot), e.g. 500ms, 2s, 1m, at most 24h.
+    #[arg(long, default_value = "1s", value_parser = duration::parse_hold)]
     hold: Duration,
     /// Auto-thaw bound passed to the daemon, in seconds.
     #[arg(long, default_value_t = 60)]
     auto_thaw: u64,
-    /// How long the host waits for each reply.
-    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    /// How long the host waits for each reply, at most 1h.
+    #[arg(long, default_value = "60s", value_parser = duration::parse_reply_timeout)]
     reply_timeout: Duration,
     /// Print one JSON document instead of text.
     #[arg(long)]
@@ -78,25 +80,6 @@ pub struct SimulateArgs {
     /// Internal: run as the loopback guest, connecting to this socket.
     #[arg(long, hide = true, value_name = "SOCKET")]
     loopback_guest_child: Option<PathBuf>,
-}
-
-/// Parses `250ms`, `2s`, `1m` or a bare number of seconds.
-fn parse_duration(text: &str) -> Result<Duration, String> {
-    let text = text.trim();
-    let (number, unit) = match text.find(|c: char| !c.is_ascii_digit() && c != '.') {
-        Some(at) => text.split_at(at),
-        None => (text, "s"),
-    };
-    let value: f64 = number
-        .parse()
-        .map_err(|_| format!("{text:?} is not a duration (try 500ms, 2s, 1m)"))?;
-    let seconds = match unit {
-        "ms" => value / 1000.0,
-        "s" => value,
-        "m" => value * 60.0,
-        _ => return Err(format!("unknown unit {unit:?} in {text:?} (ms, s, m)")),
-    };
-    Duration::try_from_secs_f64(seconds).map_err(|e| format!("{text:?}: {e}"))
 }
 
 pub fn run(args: SimulateArgs) -> anyhow::Result<ExitCode> {
@@ -648,15 +631,34 @@ fn run_loopback_guest(socket: &Path) -> anyhow::Result<ExitCode> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use clap::Parser;
 
+    #[derive(Debug, Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: SimulateArgs,
+    }
+
+    fn parse(args: &[&str]) -> Result<SimulateArgs, String> {
+        Cli::try_parse_from(std::iter::once("simulate").chain(args.iter().copied()))
+            .map(|cli| cli.args)
+            .map_err(|e| e.to_string())
+    }
+
+    /// `--hold` and `--reply-timeout` go through the shared, bounded duration parsers.
     #[test]
-    fn durations_parse_with_units() {
-        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
-        assert_eq!(parse_duration("2s"), Ok(Duration::from_secs(2)));
-        assert_eq!(parse_duration("1.5"), Ok(Duration::from_millis(1500)));
-        assert_eq!(parse_duration("1m"), Ok(Duration::from_secs(60)));
-        assert!(parse_duration("soon").is_err());
-        assert!(parse_duration("3h").is_err());
-        assert!(parse_duration("-1s").is_err());
+    fn durations_are_parsed_by_the_shared_bounded_parsers() {
+        let args = parse(&["--hold", "1m 30s", "--reply-timeout", "500ms"]).unwrap();
+        assert_eq!(args.hold, Duration::from_secs(90));
+        assert_eq!(args.reply_timeout, Duration::from_millis(500));
+        let defaults = parse(&[]).unwrap();
+        assert_eq!(defaults.hold, Duration::from_secs(1));
+        assert_eq!(defaults.reply_timeout, Duration::from_secs(60));
+        let err = parse(&["--hold", "25h"]).unwrap_err();
+        assert!(err.contains("maximum of 24h"), "{err}");
+        let err = parse(&["--reply-timeout", "10000000000000000000"]).unwrap_err();
+        assert!(err.contains("maximum of 1h"), "{err}");
+        let err = parse(&["--hold", "soon"]).unwrap_err();
+        assert!(err.contains("not a duration"), "{err}");
     }
 }
