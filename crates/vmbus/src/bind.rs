@@ -39,8 +39,9 @@
 //! - The holder check and the unbind write are not atomic: a process that opens
 //!   `/dev/vmbus/hv_vss` in between makes the unbind write block until it closes the device.
 //! - Reading other processes' `/proc/<pid>/fd` needs root; unreadable entries are skipped.
-//! - Nothing here survives a rescind and re-offer: the new device object is probed by
-//!   `hv_utils` again, and the bind must be redone (§3.5 caveats).
+//! - A rescind and re-offer creates a new device object that `hv_utils` probes again, so the
+//!   bind must be redone (§3.5 caveats); this module does not watch for that itself. The
+//!   daemon does: after a rescind it finds the device again by class and calls [`bind`].
 
 use std::fmt;
 use std::fs;
