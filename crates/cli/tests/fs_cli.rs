@@ -6,7 +6,7 @@ use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
 use hv_vss_testutil::{
-    FsKind, LoopFs, TestMount, WriteProbe, freeze_from_other_process, run_with_timeout, serial,
+    FsKind, LoopFs, TestMount, WriteProbe, freeze_from_other_process, freezing_test, serial,
     skip_unless_root, state_dir, thaw_path,
 };
 
@@ -113,11 +113,7 @@ fn plan_and_freeze_refuse_tmpfs_and_non_mount_points() {
 
 #[test]
 fn freeze_hold_reports_timings_and_thaws() {
-    if skip_unless_root("freeze test") {
-        return;
-    }
-    let _serial = serial();
-    run_with_timeout(TIMEOUT, || {
+    freezing_test(TIMEOUT, || {
         let a = LoopFs::new(FsKind::Ext4).unwrap();
         let b = LoopFs::new(FsKind::Xfs).unwrap();
         let state = state_dir().unwrap();
@@ -159,11 +155,7 @@ fn freeze_hold_reports_timings_and_thaws() {
 
 #[test]
 fn freeze_fails_on_another_freezer_and_on_an_unsafe_state_dir() {
-    if skip_unless_root("freeze test") {
-        return;
-    }
-    let _serial = serial();
-    run_with_timeout(TIMEOUT, || {
+    freezing_test(TIMEOUT, || {
         let a = LoopFs::new(FsKind::Ext4).unwrap();
         let b = LoopFs::new(FsKind::Ext4).unwrap();
         let state = state_dir().unwrap();
@@ -196,11 +188,7 @@ fn freeze_fails_on_another_freezer_and_on_an_unsafe_state_dir() {
 
 #[test]
 fn thaw_recover_after_the_freezer_is_killed() {
-    if skip_unless_root("freeze test") {
-        return;
-    }
-    let _serial = serial();
-    run_with_timeout(TIMEOUT, || {
+    freezing_test(TIMEOUT, || {
         let a = LoopFs::new(FsKind::Ext4).unwrap();
         let b = LoopFs::new(FsKind::Btrfs).unwrap();
         let state = state_dir().unwrap();

@@ -12,7 +12,7 @@ use hv_vss_freezer::{
     make_plan, preflight, recover,
 };
 use hv_vss_testutil::{
-    FsKind, LoopFs, TestMount, WriteProbe, freeze_from_other_process, run_with_timeout, serial,
+    FsKind, LoopFs, TestMount, WriteProbe, freeze_from_other_process, freezing_test,
     skip_unless_root, state_dir, thaw_path,
 };
 
@@ -36,11 +36,7 @@ fn dirty(dir: &Path, name: &str, mib: usize) {
 
 #[test]
 fn a_write_blocks_while_frozen_and_completes_after_thaw() {
-    if skip_unless_root("freeze test") {
-        return;
-    }
-    let _serial = serial();
-    run_with_timeout(TIMEOUT, || {
+    freezing_test(TIMEOUT, || {
         for kind in [FsKind::Ext4, FsKind::Xfs, FsKind::Btrfs] {
             let fs = LoopFs::new(kind).unwrap();
             let state = state_dir().unwrap();
@@ -80,11 +76,7 @@ fn a_write_blocks_while_frozen_and_completes_after_thaw() {
 
 #[test]
 fn a_bind_mount_and_its_original_are_frozen_once() {
-    if skip_unless_root("freeze test") {
-        return;
-    }
-    let _serial = serial();
-    run_with_timeout(TIMEOUT, || {
+    freezing_test(TIMEOUT, || {
         let fs = LoopFs::new(FsKind::Ext4).unwrap();
         std::fs::create_dir(fs.mount_point().join("sub")).unwrap();
         let bind = TestMount::bind(&fs.mount_point().join("sub")).unwrap();
@@ -116,76 +108,62 @@ fn a_bind_mount_and_its_original_are_frozen_once() {
 }
 
 fn stacked(order_outer_first: bool) {
-    run_with_timeout(TIMEOUT, move || {
-        let outer = LoopFs::new(FsKind::Xfs).unwrap();
-        let inner = LoopFs::new_in(FsKind::Ext4, outer.mount_point()).unwrap();
-        let state = state_dir().unwrap();
-        // Lots of dirty data in the inner fs: freezing the outer first would deadlock the
-        // inner's writeback through its loop device.
-        dirty(inner.mount_point(), "big", 16);
-        let list: Vec<&Path> = if order_outer_first {
-            vec![outer.mount_point(), inner.mount_point()]
-        } else {
-            vec![inner.mount_point(), outer.mount_point()]
-        };
-        let plan = plan_for(&list).unwrap();
-        let levels: Vec<Vec<PathBuf>> = plan
-            .levels
-            .iter()
-            .map(|l| l.iter().map(|f| f.mount_point.clone()).collect())
-            .collect();
-        assert_eq!(
-            levels,
-            vec![
-                vec![inner.mount_point().to_path_buf()],
-                vec![outer.mount_point().to_path_buf()]
-            ]
-        );
-        let mut frozen = freeze(&plan, &options(state.path())).unwrap();
-        let order: Vec<&Path> = frozen
-            .members()
-            .iter()
-            .map(|m| m.mount_point.as_path())
-            .collect();
-        assert_eq!(order, vec![inner.mount_point(), outer.mount_point()]);
-        let report = frozen.thaw();
-        assert!(report.complete);
-        let thawed: Vec<&Path> = report
-            .filesystems
-            .iter()
-            .map(|f| f.mount_point.as_path())
-            .collect();
-        assert_eq!(thawed, vec![outer.mount_point(), inner.mount_point()]);
-        drop(inner);
-        drop(outer);
-    });
+    let outer = LoopFs::new(FsKind::Xfs).unwrap();
+    let inner = LoopFs::new_in(FsKind::Ext4, outer.mount_point()).unwrap();
+    let state = state_dir().unwrap();
+    // Lots of dirty data in the inner fs: freezing the outer first would deadlock the
+    // inner's writeback through its loop device.
+    dirty(inner.mount_point(), "big", 16);
+    let list: Vec<&Path> = if order_outer_first {
+        vec![outer.mount_point(), inner.mount_point()]
+    } else {
+        vec![inner.mount_point(), outer.mount_point()]
+    };
+    let plan = plan_for(&list).unwrap();
+    let levels: Vec<Vec<PathBuf>> = plan
+        .levels
+        .iter()
+        .map(|l| l.iter().map(|f| f.mount_point.clone()).collect())
+        .collect();
+    assert_eq!(
+        levels,
+        vec![
+            vec![inner.mount_point().to_path_buf()],
+            vec![outer.mount_point().to_path_buf()]
+        ]
+    );
+    let mut frozen = freeze(&plan, &options(state.path())).unwrap();
+    let order: Vec<&Path> = frozen
+        .members()
+        .iter()
+        .map(|m| m.mount_point.as_path())
+        .collect();
+    assert_eq!(order, vec![inner.mount_point(), outer.mount_point()]);
+    let report = frozen.thaw();
+    assert!(report.complete);
+    let thawed: Vec<&Path> = report
+        .filesystems
+        .iter()
+        .map(|f| f.mount_point.as_path())
+        .collect();
+    assert_eq!(thawed, vec![outer.mount_point(), inner.mount_point()]);
+    drop(inner);
+    drop(outer);
 }
 
 #[test]
 fn stacked_loop_filesystems_freeze_in_dependency_order_listed_outer_first() {
-    if skip_unless_root("freeze test") {
-        return;
-    }
-    let _serial = serial();
-    stacked(true);
+    freezing_test(TIMEOUT, || stacked(true));
 }
 
 #[test]
 fn stacked_loop_filesystems_freeze_in_dependency_order_listed_inner_first() {
-    if skip_unless_root("freeze test") {
-        return;
-    }
-    let _serial = serial();
-    stacked(false);
+    freezing_test(TIMEOUT, || stacked(false));
 }
 
 #[test]
 fn a_foreign_freeze_fails_ours_roll_back_and_theirs_stays() {
-    if skip_unless_root("freeze test") {
-        return;
-    }
-    let _serial = serial();
-    run_with_timeout(TIMEOUT, || {
+    freezing_test(TIMEOUT, || {
         let a = LoopFs::new(FsKind::Ext4).unwrap();
         let b = LoopFs::new(FsKind::Xfs).unwrap();
         let c = LoopFs::new(FsKind::Btrfs).unwrap();
@@ -249,11 +227,7 @@ fn tmpfs_in_the_explicit_list_is_a_clear_error() {
 
 #[test]
 fn an_image_copied_while_frozen_is_clean() {
-    if skip_unless_root("freeze test") {
-        return;
-    }
-    let _serial = serial();
-    run_with_timeout(TIMEOUT, || {
+    freezing_test(TIMEOUT, || {
         for kind in [FsKind::Ext4, FsKind::Xfs, FsKind::Btrfs] {
             let fs = LoopFs::new(kind).unwrap();
             let state = state_dir().unwrap();
@@ -350,11 +324,7 @@ fn crash_child() {
 
 #[test]
 fn recover_after_a_crash_thaws_exactly_the_journal() {
-    if skip_unless_root("freeze test") {
-        return;
-    }
-    let _serial = serial();
-    run_with_timeout(TIMEOUT, || {
+    freezing_test(TIMEOUT, || {
         let a = LoopFs::new(FsKind::Ext4).unwrap();
         let b = LoopFs::new(FsKind::Btrfs).unwrap();
         let other = LoopFs::new(FsKind::Ext4).unwrap();
@@ -431,11 +401,7 @@ fn recover_after_a_crash_thaws_exactly_the_journal() {
 
 #[test]
 fn a_state_dir_on_a_filesystem_being_frozen_is_refused() {
-    if skip_unless_root("freeze test") {
-        return;
-    }
-    let _serial = serial();
-    run_with_timeout(TIMEOUT, || {
+    freezing_test(TIMEOUT, || {
         let fs = LoopFs::new(FsKind::Ext4).unwrap();
         let inner = LoopFs::new_in(FsKind::Ext4, fs.mount_point()).unwrap();
         let plan = plan_for(&[fs.mount_point()]).unwrap();

@@ -497,6 +497,29 @@ pub fn serial() -> std::sync::MutexGuard<'static, ()> {
     SERIAL.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// The frame of a test that freezes filesystems: skipped with a message unless root, then
+/// serialised with the other freezing tests of its binary ([`serial`]), then `body` run
+/// under [`run_with_timeout`] (on expiry every test filesystem is thawed and the test
+/// fails). A panic in `body` fails the test.
+///
+/// ```ignore
+/// #[test]
+/// fn a_write_blocks_while_frozen() {
+///     hv_vss_testutil::freezing_test(TIMEOUT, || { /* LoopFs::new, freeze, assert */ });
+/// }
+/// ```
+pub fn freezing_test(timeout: Duration, body: impl FnOnce() + Send + 'static) {
+    // libtest names each test's thread after the test.
+    let name = std::thread::current()
+        .name()
+        .map_or_else(|| "freeze test".to_owned(), str::to_owned);
+    if skip_unless_root(&name) {
+        return;
+    }
+    let _serial = serial();
+    run_with_timeout(timeout, body);
+}
+
 /// A unique temp dir for a state directory (journal, lock), on the root filesystem, which
 /// tests never freeze.
 pub fn state_dir() -> anyhow::Result<tempfile::TempDir> {
