@@ -11,8 +11,8 @@
 //!
 //! - **stock** (baseline, in process): the stock daemon's method (tools/hv/hv_vss_daemon.c):
 //!   for each filesystem in mount order open, FIFREEZE, close; then the same with FITHAW,
-//!   zero hold. Benches cannot import each other, so this is a copy of the freezer bench's
-//!   routine, with the all-frozen instant recorded as well.
+//!   zero hold: `hv_vss_testutil::bench::stock_freeze_thaw`, which the freezer bench uses
+//!   too, recording the all-frozen instant as well.
 //! - **hv-vssd**: HOT_BACKUP (untimed, as the host sends it first), then FREEZE and, as soon
 //!   as it is answered, THAW, each through `KernelEmulator::host_request`.
 //!
@@ -46,24 +46,22 @@
 //! results are printed as Markdown tables.
 
 use std::fs::File;
-use std::io::Write;
 use std::os::fd::AsFd;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use hv_vss_freezer::{FreezerConfig, MountSource, Selection, make_plan};
 use hv_vss_protocol::{HvStatus, VssOperation};
 use hv_vss_sim::kernel::{EmulatorConfig, HostOutcome, KernelEmulator};
-use hv_vss_testutil::{FsKind, LoopFs};
+use hv_vss_testutil::bench::{Writers, prepare_dirty, stock_freeze_thaw};
+use hv_vss_testutil::{FsKind, LoopFs, freeze_path, thaw_path};
 use rustix::process::{Pid, Signal};
 
 const DIRTY_MIB: usize = 64;
 const IMAGE_MIB: u64 = 256;
-const WRITE_BYTES: usize = 4096;
 const READY: Duration = Duration::from_secs(15);
 /// The whole run; on expiry every test filesystem is thawed and every daemon killed.
 const RUN_LIMIT: Duration = Duration::from_secs(900);
@@ -223,140 +221,6 @@ fn request(emu: &KernelEmulator, op: VssOperation) -> anyhow::Result<Duration> {
     Ok(took)
 }
 
-/// One appending writer per filesystem, each recording its longest `write()`.
-struct Writers {
-    stop: Arc<AtomicBool>,
-    max_us: Vec<Arc<AtomicU64>>,
-    threads: Vec<std::thread::JoinHandle<std::io::Result<()>>>,
-}
-
-impl Writers {
-    fn start(mounts: &[PathBuf]) -> Self {
-        let stop = Arc::new(AtomicBool::new(false));
-        let mut max_us = Vec::new();
-        let mut threads = Vec::new();
-        for mp in mounts {
-            let max = Arc::new(AtomicU64::new(0));
-            max_us.push(max.clone());
-            let stop = stop.clone();
-            let path = mp.join("appender.log");
-            threads.push(std::thread::spawn(move || {
-                let mut f = std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(&path)?;
-                let buf = [b'w'; WRITE_BYTES];
-                while !stop.load(Ordering::Relaxed) {
-                    let t = Instant::now();
-                    f.write_all(&buf)?;
-                    max.fetch_max(t.elapsed().as_micros() as u64, Ordering::Relaxed);
-                    std::thread::sleep(Duration::from_millis(1));
-                }
-                Ok(())
-            }));
-        }
-        Self {
-            stop,
-            max_us,
-            threads,
-        }
-    }
-
-    fn reset(&self) {
-        self.max_us
-            .iter()
-            .for_each(|m| m.store(0, Ordering::Relaxed));
-    }
-
-    /// Stops the writers; the longest write since the last reset, µs.
-    fn finish(mut self) -> anyhow::Result<u64> {
-        self.stop.store(true, Ordering::Relaxed);
-        for t in self.threads.drain(..) {
-            t.join()
-                .map_err(|_| anyhow::anyhow!("writer panicked"))?
-                .context("writer")?;
-        }
-        Ok(self
-            .max_us
-            .iter()
-            .map(|m| m.load(Ordering::Relaxed))
-            .max()
-            .unwrap_or(0))
-    }
-}
-
-impl Drop for Writers {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-    }
-}
-
-/// Old data removed and written back, then `DIRTY_MIB` of fresh dirty data in each.
-fn prepare(mounts: &[PathBuf], trial: usize) -> anyhow::Result<()> {
-    std::thread::scope(|s| {
-        let jobs: Vec<_> = mounts
-            .iter()
-            .map(|mp| {
-                s.spawn(move || -> anyhow::Result<()> {
-                    for entry in std::fs::read_dir(mp)?.flatten() {
-                        let name = entry.file_name();
-                        let name = name.to_string_lossy();
-                        if name.starts_with("dirty-") || name == "appender.log" {
-                            std::fs::remove_file(entry.path())?;
-                        }
-                    }
-                    let fd = hv_vss_sys::fs::open_mount_point(mp)?;
-                    hv_vss_sys::fs::syncfs(fd.as_fd())?;
-                    Ok(())
-                })
-            })
-            .collect();
-        jobs.into_iter()
-            .try_for_each(|j| j.join().map_err(|_| anyhow::anyhow!("panicked"))?)
-    })?;
-    std::thread::scope(|s| {
-        let jobs: Vec<_> = mounts
-            .iter()
-            .map(|mp| {
-                s.spawn(move || -> anyhow::Result<()> {
-                    let chunk = vec![0x5au8; 1024 * 1024];
-                    let mut f = File::create(mp.join(format!("dirty-{trial}")))?;
-                    for _ in 0..DIRTY_MIB {
-                        f.write_all(&chunk)?;
-                    }
-                    Ok(())
-                })
-            })
-            .collect();
-        jobs.into_iter()
-            .try_for_each(|j| j.join().map_err(|_| anyhow::anyhow!("panicked"))?)
-    })
-}
-
-fn freeze_path(mp: &Path) -> anyhow::Result<()> {
-    let fd = hv_vss_sys::fs::open_mount_point(mp)?;
-    hv_vss_sys::fs::freeze(fd.as_fd()).with_context(|| format!("FIFREEZE {}", mp.display()))
-}
-
-fn thaw_path(mp: &Path) -> anyhow::Result<()> {
-    let fd = hv_vss_sys::fs::open_mount_point(mp)?;
-    hv_vss_sys::fs::thaw(fd.as_fd()).with_context(|| format!("FITHAW {}", mp.display()))
-}
-
-/// The stock daemon's method: open, FIFREEZE, close for each in mount order; then the same
-/// with FITHAW. Returns (first FIFREEZE → all frozen, first FIFREEZE → all thawed).
-fn stock_freeze_thaw(mounts: &[PathBuf]) -> anyhow::Result<(Duration, Duration)> {
-    let t = Instant::now();
-    for mp in mounts {
-        freeze_path(mp)?;
-    }
-    let frozen = t.elapsed();
-    for mp in mounts {
-        thaw_path(mp)?;
-    }
-    Ok((frozen, t.elapsed()))
-}
-
 /// Samples in µs; median (upper median for even counts), min, max.
 #[derive(Default)]
 struct Samples(Vec<u64>);
@@ -431,7 +295,7 @@ fn frozen_window(emu: &KernelEmulator, mounts: &[PathBuf], trials: usize) -> any
     let (mut d_sync, mut d_fifreeze) = (Samples::default(), Samples::default());
     for trial in 0..trials {
         for method in ["stock", "hv-vssd"] {
-            prepare(mounts, trial)?;
+            prepare_dirty(mounts, trial, DIRTY_MIB)?;
             let writers = Writers::start(mounts);
             std::thread::sleep(Duration::from_millis(100));
             if method == "stock" {
@@ -554,7 +418,9 @@ fn overhead(emu: &KernelEmulator, cycles: usize) -> anyhow::Result<()> {
     let direct_cycle = |samples: Option<&mut Samples>| -> anyhow::Result<()> {
         let t = Instant::now();
         freeze_path(&mp)?;
-        thaw_path(&mp)?;
+        if !thaw_path(&mp)? {
+            bail!("FITHAW {}: was not frozen", mp.display());
+        }
         if let Some(s) = samples {
             s.push(t.elapsed());
         }

@@ -25,6 +25,8 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 
+pub mod bench;
+
 /// Is this process root (tests that freeze or mount need it)?
 pub fn is_root() -> bool {
     rustix::process::geteuid().is_root()
