@@ -2,61 +2,27 @@
 //! machine's real /sys (which has no VMBus).
 
 use std::fs;
-use std::os::unix::fs::symlink;
-use std::path::{Path, PathBuf};
+use std::ops::Deref;
+use std::path::Path;
 use std::process::{Command, Output};
-use std::time::{Duration, Instant};
 
-const VSS_CLASS: &str = "35fa2e29-ea23-4236-96ae-3a6ebacba440";
-const INSTANCE: &str = "2450ee40-33bf-4fbd-892e-9fb06e9214cf";
+use hv_vss_testutil::fake_vmbus::{FakeKernel, FakeVmbus, VSS_INSTANCE as INSTANCE};
+
+/// Its `uio_hv_generic` node.
+const UIO_NODE: u32 = 7;
 
 struct FakeTree {
-    tmp: tempfile::TempDir,
+    bus: FakeVmbus,
 }
 
 impl FakeTree {
     /// A VSS device on hv_utils, uio_hv_generic loaded. The uio node that the kernel would
     /// create on probe already exists, so `bind` finds it without a kernel to react.
     fn new(kernel: &str) -> Self {
-        let tmp = tempfile::tempdir().unwrap();
-        let root = tmp.path();
-        let vmbus = root.join("sys/bus/vmbus");
-        let dev = vmbus.join("devices").join(INSTANCE);
-        fs::create_dir_all(dev.join("uio/uio7/maps/map0")).unwrap();
-        fs::write(dev.join("uio/uio7/maps/map0/size"), "0x400000\n").unwrap();
-        fs::write(dev.join("class_id"), format!("{{{VSS_CLASS}}}\n")).unwrap();
-        fs::write(dev.join("driver_override"), "(null)\n").unwrap();
-        symlink("../../drivers/hv_utils", dev.join("driver")).unwrap();
-        for driver in ["hv_utils", "uio_hv_generic"] {
-            let dir = vmbus.join("drivers").join(driver);
-            fs::create_dir_all(&dir).unwrap();
-            for attr in ["bind", "unbind", "new_id", "remove_id"] {
-                fs::write(dir.join(attr), "").unwrap();
-            }
-        }
-        fs::write(vmbus.join("drivers_probe"), "").unwrap();
-        fs::create_dir_all(root.join("dev/vmbus")).unwrap();
-        fs::write(root.join("dev/vmbus/hv_vss"), "").unwrap();
-        fs::write(root.join("dev/uio7"), "").unwrap();
-        fs::create_dir_all(root.join("proc/sys/kernel")).unwrap();
-        fs::write(
-            root.join("proc/sys/kernel/osrelease"),
-            format!("{kernel}\n"),
-        )
-        .unwrap();
-        Self { tmp }
-    }
-
-    fn root(&self) -> &Path {
-        self.tmp.path()
-    }
-
-    fn vmbus(&self) -> PathBuf {
-        self.root().join("sys/bus/vmbus")
-    }
-
-    fn attr(&self, rel: &str) -> String {
-        fs::read_to_string(self.vmbus().join(rel)).unwrap()
+        let bus = FakeVmbus::vss_on_hv_utils(kernel, true);
+        bus.add_uio_driver();
+        bus.add_uio_node(INSTANCE, UIO_NODE, 0x40_0000);
+        Self { bus }
     }
 
     fn run(&self, args: &[&str]) -> Output {
@@ -71,6 +37,14 @@ impl FakeTree {
             .arg(root.join("proc"))
             .output()
             .unwrap()
+    }
+}
+
+impl Deref for FakeTree {
+    type Target = FakeVmbus;
+
+    fn deref(&self) -> &FakeVmbus {
+        &self.bus
     }
 }
 
@@ -127,10 +101,12 @@ fn status_json_reports_driver_node_and_ring() {
     assert_eq!(v["uio_mode_supported"], true);
 
     // What the kernel does once bound.
-    let dev = tree.vmbus().join("devices").join(INSTANCE);
-    fs::remove_file(dev.join("driver")).unwrap();
-    symlink("../../drivers/uio_hv_generic", dev.join("driver")).unwrap();
-    fs::write(dev.join("driver_override"), "uio_hv_generic\n").unwrap();
+    tree.set_driver(INSTANCE, Some("uio_hv_generic"));
+    fs::write(
+        tree.device_dir(INSTANCE).join("driver_override"),
+        "uio_hv_generic\n",
+    )
+    .unwrap();
     let out = tree.run(&["uio", "status", "--json"]);
     let v: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
     assert_eq!(v["driver"], "uio_hv_generic");
@@ -172,10 +148,7 @@ fn old_kernel_exits_3_and_says_why() {
 #[test]
 fn busy_device_exits_4_and_names_the_holder() {
     let tree = FakeTree::new("6.10.0");
-    let proc_dir = tree.root().join("proc/1234");
-    fs::create_dir_all(proc_dir.join("fd")).unwrap();
-    fs::write(proc_dir.join("comm"), "hv_vss_daemon\n").unwrap();
-    symlink(tree.root().join("dev/vmbus/hv_vss"), proc_dir.join("fd/3")).unwrap();
+    tree.hold_open(1234, "hv_vss_daemon", &tree.root().join("dev/vmbus/hv_vss"));
     let out = tree.run(&["uio", "bind"]);
     assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
     assert!(
@@ -188,30 +161,26 @@ fn busy_device_exits_4_and_names_the_holder() {
 
 #[test]
 fn unbind_gives_the_device_back() {
-    let tree = FakeTree::new("6.10.0");
-    let dev = tree.vmbus().join("devices").join(INSTANCE);
-    fs::remove_file(dev.join("driver")).unwrap();
-    symlink("../../drivers/uio_hv_generic", dev.join("driver")).unwrap();
-    fs::write(dev.join("driver_override"), "uio_hv_generic\n").unwrap();
+    let mut tree = FakeTree::new("6.10.0");
+    tree.set_driver(INSTANCE, Some("uio_hv_generic"));
+    fs::write(
+        tree.device_dir(INSTANCE).join("driver_override"),
+        "uio_hv_generic\n",
+    )
+    .unwrap();
     let env_file = tree.root().join("uio.env");
     fs::write(&env_file, "HV_VSS_UIO_DEVICE=/dev/uio7\n").unwrap();
 
-    // Plays the kernel: once drivers_probe is written, hv_utils takes the device.
-    let probe = tree.vmbus().join("drivers_probe");
-    let dev_for_kernel = dev.clone();
-    let kernel = std::thread::spawn(move || {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if fs::read_to_string(&probe).unwrap_or_default().trim() == INSTANCE {
-                let _ = fs::remove_file(dev_for_kernel.join("driver"));
-                symlink("../../drivers/hv_utils", dev_for_kernel.join("driver")).unwrap();
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        }
-    });
+    // The kernel: unbinding from uio_hv_generic drops the node; once drivers_probe is
+    // written, hv_utils takes the device.
+    tree.bus.start_kernel(
+        INSTANCE,
+        FakeKernel {
+            uio_node: UIO_NODE,
+            ..FakeKernel::default()
+        },
+    );
     let out = tree.run(&["uio", "unbind", "--env-file", env_file.to_str().unwrap()]);
-    kernel.join().unwrap();
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     assert!(
         stdout(&out).contains("returned to hv_utils"),

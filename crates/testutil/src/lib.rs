@@ -26,6 +26,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 
 pub mod bench;
+pub mod fake_vmbus;
 
 /// Is this process root (tests that freeze or mount need it)?
 pub fn is_root() -> bool {

@@ -1,31 +1,23 @@
 //! `bind`/`unbind`/`status` against fake sysfs, /dev and /proc trees in a temp dir.
 //!
-//! A fake tree cannot react to writes, so a thread plays the kernel's part: it watches the
-//! attribute files with inotify (`IN_CLOSE_WRITE`, one queue, so events arrive in write
-//! order), records every write with its exact bytes, and reacts as the vmbus core would:
-//! `hv_utils/unbind` drops the driver link and `/dev/vmbus/hv_vss`; `drivers_probe` binds
-//! `uio_hv_generic` when steered there (creating `uio/uio3`, its map table and `/dev/uio3`),
-//! else `hv_utils`.
+//! The trees and the thread that plays the kernel's part (recording every attribute write
+//! with its exact bytes, in order, and reacting as the vmbus core would) are
+//! `hv_vss_testutil::fake_vmbus`, shared with the CLI's and the daemon's tests. Here the
+//! kernel's `uio_hv_generic` node is `uio3`, with a 4 MiB map 0 (2 MiB rings).
 
 use std::fs;
-use std::mem::MaybeUninit;
-use std::os::unix::fs::symlink;
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
+use std::ops::Deref;
+use std::path::Path;
 use std::time::Duration;
 
 use hv_vss_protocol::guid::VSS_CLASS_GUID_STR;
+use hv_vss_testutil::fake_vmbus::{
+    FCOPY_INSTANCE, FakeKernel, FakeVmbus, VSS_INSTANCE as INSTANCE, written as w,
+};
 use hv_vss_vmbus::bind::{
     self, BindError, BindErrorKind, BindOptions, BoundDriver, OverrideMethod, SystemRoots,
     UnbindOptions,
 };
-use rustix::fs::inotify;
-
-const INSTANCE: &str = "2450ee40-33bf-4fbd-892e-9fb06e9214cf";
-const FCOPY_INSTANCE: &str = "eb765408-105f-49b6-b4aa-c123b64d17d4";
-const FCOPY_CLASS: &str = "34d14be3-dee4-41c8-9ae7-6b174977c192";
 
 /// How the fake tree starts out.
 #[derive(Clone, Copy)]
@@ -46,215 +38,37 @@ const MODERN: Setup = Setup {
     uio_probes: true,
 };
 
+/// The VSS device on `hv_utils` (the file-copy device beside it), with the fake kernel
+/// running for it; its `uio_hv_generic` node is `uio3`.
 struct FakeHost {
-    tmp: tempfile::TempDir,
+    bus: FakeVmbus,
     roots: SystemRoots,
-    writes: Arc<Mutex<Vec<(String, String)>>>,
-    stop: Arc<AtomicBool>,
-    kernel: Option<JoinHandle<()>>,
-}
-
-fn vmbus(root: &Path) -> PathBuf {
-    root.join("sys/bus/vmbus")
-}
-
-fn add_device(root: &Path, instance: &str, class: &str, has_override: bool) -> PathBuf {
-    let dir = vmbus(root).join("devices").join(instance);
-    fs::create_dir_all(&dir).unwrap();
-    fs::write(dir.join("class_id"), format!("{{{class}}}\n")).unwrap();
-    if has_override {
-        fs::write(dir.join("driver_override"), "(null)\n").unwrap();
-    }
-    dir
-}
-
-fn set_driver(device_dir: &Path, driver: Option<&str>) {
-    let link = device_dir.join("driver");
-    let _ = fs::remove_file(&link);
-    if let Some(driver) = driver {
-        symlink(format!("../../drivers/{driver}"), link).unwrap();
-    }
-}
-
-fn add_uio_driver(root: &Path) {
-    let dir = vmbus(root).join("drivers/uio_hv_generic");
-    fs::create_dir_all(&dir).unwrap();
-    for attr in ["new_id", "remove_id", "bind", "unbind"] {
-        fs::write(dir.join(attr), "").unwrap();
-    }
 }
 
 impl FakeHost {
     fn new(setup: Setup) -> Self {
-        let tmp = tempfile::tempdir().unwrap();
-        let root = tmp.path();
-        let dev_dir = add_device(root, INSTANCE, VSS_CLASS_GUID_STR, setup.has_override);
-        add_device(root, FCOPY_INSTANCE, FCOPY_CLASS, setup.has_override);
-        set_driver(&dev_dir, Some("hv_utils"));
-        let hv_utils = vmbus(root).join("drivers/hv_utils");
-        fs::create_dir_all(&hv_utils).unwrap();
-        fs::write(hv_utils.join("bind"), "").unwrap();
-        fs::write(hv_utils.join("unbind"), "").unwrap();
-        fs::write(vmbus(root).join("drivers_probe"), "").unwrap();
+        let mut bus = FakeVmbus::vss_on_hv_utils(setup.kernel, setup.has_override);
         if setup.uio_loaded {
-            add_uio_driver(root);
+            bus.add_uio_driver();
         }
-        fs::create_dir_all(root.join("dev/vmbus")).unwrap();
-        fs::write(root.join("dev/vmbus/hv_vss"), "").unwrap();
-        fs::create_dir_all(root.join("proc/sys/kernel")).unwrap();
-        fs::write(
-            root.join("proc/sys/kernel/osrelease"),
-            format!("{}\n", setup.kernel),
-        )
-        .unwrap();
-
-        let roots = SystemRoots::under(root);
-        let writes = Arc::new(Mutex::new(Vec::new()));
-        let stop = Arc::new(AtomicBool::new(false));
-        let kernel = spawn_kernel(
-            root.to_owned(),
-            setup,
-            Arc::clone(&writes),
-            Arc::clone(&stop),
+        bus.start_kernel(
+            INSTANCE,
+            FakeKernel {
+                uio_probes: setup.uio_probes,
+                ..FakeKernel::default()
+            },
         );
-        Self {
-            tmp,
-            roots,
-            writes,
-            stop,
-            kernel: Some(kernel),
-        }
-    }
-
-    fn root(&self) -> &Path {
-        self.tmp.path()
-    }
-
-    fn device_dir(&self) -> PathBuf {
-        vmbus(self.root()).join("devices").join(INSTANCE)
-    }
-
-    /// The writes seen so far, after letting the kernel thread drain its queue.
-    fn writes(&self) -> Vec<(String, String)> {
-        std::thread::sleep(Duration::from_millis(100));
-        self.writes.lock().unwrap().clone()
-    }
-
-    fn clear_writes(&self) {
-        std::thread::sleep(Duration::from_millis(100));
-        self.writes.lock().unwrap().clear();
-    }
-
-    fn hold_open(&self, pid: u32, comm: &str, device: &Path) {
-        let proc_dir = self.root().join("proc").join(pid.to_string());
-        fs::create_dir_all(proc_dir.join("fd")).unwrap();
-        fs::write(proc_dir.join("comm"), format!("{comm}\n")).unwrap();
-        symlink(device, proc_dir.join("fd/5")).unwrap();
+        let roots = SystemRoots::under(bus.root());
+        Self { bus, roots }
     }
 }
 
-impl Drop for FakeHost {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        if let Some(kernel) = self.kernel.take() {
-            let _ = kernel.join();
-        }
-    }
-}
+impl Deref for FakeHost {
+    type Target = FakeVmbus;
 
-fn spawn_kernel(
-    root: PathBuf,
-    setup: Setup,
-    writes: Arc<Mutex<Vec<(String, String)>>>,
-    stop: Arc<AtomicBool>,
-) -> JoinHandle<()> {
-    let vmbus_dir = vmbus(&root);
-    let device_dir = vmbus_dir.join("devices").join(INSTANCE);
-    let fd = inotify::init(inotify::CreateFlags::CLOEXEC | inotify::CreateFlags::NONBLOCK).unwrap();
-    let mut watches = Vec::new();
-    for dir in [
-        vmbus_dir.clone(),
-        device_dir.clone(),
-        vmbus_dir.join("drivers/hv_utils"),
-        vmbus_dir.join("drivers/uio_hv_generic"),
-    ] {
-        if dir.is_dir() {
-            let wd = inotify::add_watch(&fd, &dir, inotify::WatchFlags::CLOSE_WRITE).unwrap();
-            watches.push((wd, dir));
-        }
+    fn deref(&self) -> &FakeVmbus {
+        &self.bus
     }
-    std::thread::spawn(move || {
-        let mut buf = [MaybeUninit::<u8>::uninit(); 4096];
-        let mut new_id_class: Option<String> = None;
-        while !stop.load(Ordering::SeqCst) {
-            let mut reader = inotify::Reader::new(&fd, &mut buf);
-            let mut seen = Vec::new();
-            while let Ok(event) = reader.next() {
-                let Some(name) = event.file_name() else {
-                    continue;
-                };
-                let Some((_, dir)) = watches.iter().find(|(wd, _)| *wd == event.wd()) else {
-                    continue;
-                };
-                seen.push(dir.join(name.to_str().unwrap()));
-            }
-            for path in seen {
-                let content = fs::read_to_string(&path).unwrap_or_default();
-                let rel = path
-                    .strip_prefix(&vmbus_dir)
-                    .unwrap()
-                    .to_string_lossy()
-                    .into_owned();
-                writes.lock().unwrap().push((rel.clone(), content.clone()));
-                react(&root, setup, &rel, content.trim(), &mut new_id_class);
-            }
-            std::thread::sleep(Duration::from_millis(2));
-        }
-    })
-}
-
-/// What the vmbus core does on each write.
-fn react(root: &Path, setup: Setup, rel: &str, value: &str, new_id: &mut Option<String>) {
-    let device_dir = vmbus(root).join("devices").join(INSTANCE);
-    let driver_of = || fs::read_link(device_dir.join("driver")).ok();
-    match rel {
-        "drivers/hv_utils/unbind" if value == INSTANCE => {
-            set_driver(&device_dir, None);
-            let _ = fs::remove_file(root.join("dev/vmbus/hv_vss"));
-        }
-        "drivers/uio_hv_generic/unbind" if value == INSTANCE => {
-            set_driver(&device_dir, None);
-            let _ = fs::remove_dir_all(device_dir.join("uio"));
-            let _ = fs::remove_file(root.join("dev/uio3"));
-        }
-        "drivers/uio_hv_generic/new_id" => *new_id = Some(value.to_owned()),
-        "drivers/uio_hv_generic/remove_id" if new_id.as_deref() == Some(value) => *new_id = None,
-        "drivers_probe" if value == INSTANCE && driver_of().is_none() => {
-            let override_value = fs::read_to_string(device_dir.join("driver_override"))
-                .unwrap_or_default()
-                .trim()
-                .to_owned();
-            let to_uio =
-                override_value == "uio_hv_generic" || new_id.as_deref() == Some(VSS_CLASS_GUID_STR);
-            if to_uio {
-                if setup.uio_probes {
-                    let map0 = device_dir.join("uio/uio3/maps/map0");
-                    fs::create_dir_all(&map0).unwrap();
-                    fs::write(map0.join("size"), "0x400000\n").unwrap();
-                    fs::write(root.join("dev/uio3"), "").unwrap();
-                    set_driver(&device_dir, Some("uio_hv_generic"));
-                }
-            } else if override_value.is_empty() || override_value == "(null)" {
-                set_driver(&device_dir, Some("hv_utils"));
-                fs::write(root.join("dev/vmbus/hv_vss"), "").unwrap();
-            }
-        }
-        _ => {}
-    }
-}
-
-fn w(rel: &str, value: &str) -> (String, String) {
-    (rel.to_owned(), value.to_owned())
 }
 
 fn override_rel() -> String {
@@ -288,9 +102,8 @@ fn bind_writes_override_then_unbind_then_probe_and_returns_the_node() {
         ]
     );
     // The file-copy device was not touched.
-    let fcopy = vmbus(host.root()).join("devices").join(FCOPY_INSTANCE);
     assert_eq!(
-        fs::read_to_string(fcopy.join("driver_override")).unwrap(),
+        fs::read_to_string(host.device_dir(FCOPY_INSTANCE).join("driver_override")).unwrap(),
         "(null)\n"
     );
 }
@@ -360,7 +173,7 @@ fn kernel_release_override_wins_over_proc() {
 #[test]
 fn no_vss_device_is_named() {
     let host = FakeHost::new(MODERN);
-    fs::remove_dir_all(host.device_dir()).unwrap();
+    fs::remove_dir_all(host.device_dir(INSTANCE)).unwrap();
     let err = bind::bind(&host.roots, &quick()).unwrap_err();
     assert!(matches!(err, BindError::NoVssDevice { .. }), "{err:?}");
     assert_eq!(err.kind(), BindErrorKind::Unsupported);
@@ -396,8 +209,8 @@ fn no_vmbus_says_not_a_hyperv_guest() {
 fn several_devices_are_listed_and_one_can_be_chosen() {
     let host = FakeHost::new(MODERN);
     let other = "aaaaaaaa-0000-0000-0000-000000000001";
-    let other_dir = add_device(host.root(), other, VSS_CLASS_GUID_STR, true);
-    set_driver(&other_dir, Some("hv_utils"));
+    host.add_device(other, VSS_CLASS_GUID_STR, true);
+    host.set_driver(other, Some("hv_utils"));
     let err = bind::bind(&host.roots, &quick()).unwrap_err();
     let BindError::SeveralVssDevices { instances } = &err else {
         panic!("{err:?}");
@@ -482,7 +295,7 @@ fn modprobe_runs_when_the_driver_is_absent() {
         ..MODERN
     });
     // Plays the kernel: loading the module registers the driver directory.
-    let driver_dir = vmbus(host.root()).join("drivers/uio_hv_generic");
+    let driver_dir = host.vmbus().join("drivers/uio_hv_generic");
     let args_file = host.root().join("modprobe-args");
     let script = host.root().join("modprobe-ok");
     fs::write(
@@ -617,7 +430,7 @@ fn unbind_refuses_a_held_uio_node_unless_forced() {
 #[test]
 fn a_foreign_driver_is_left_alone() {
     let host = FakeHost::new(MODERN);
-    set_driver(&host.device_dir(), Some("vfio_vmbus"));
+    host.set_driver(INSTANCE, Some("vfio_vmbus"));
     let err = bind::bind(&host.roots, &quick()).unwrap_err();
     assert!(err.to_string().contains("vfio_vmbus"), "{err}");
     let err = bind::unbind(&host.roots, &UnbindOptions::default()).unwrap_err();

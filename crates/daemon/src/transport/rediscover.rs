@@ -370,217 +370,83 @@ pub fn is_uio_node_path(path: &Path) -> bool {
 
 #[cfg(test)]
 mod tests {
-    //! Against fake `/sys`, `/dev` and `/proc` trees in a temp dir. A thread plays the
-    //! kernel (as in crates/vmbus/tests/bind_fake_sysfs.rs): it records every attribute
-    //! write with its exact bytes (inotify `IN_CLOSE_WRITE`, one queue, so in write order)
-    //! and reacts as the vmbus core would. The re-offered device's node is `uio5`, not the
-    //! `uio3` the daemon started with. `/dev/uio5` is a regular file of map 0's size: the
-    //! mapping and ring placement work on it as on the real node; `EIO`, `poll` and the
-    //! host's interrupts of a real `/dev/uioN` cannot be reproduced here.
+    //! Against fake `/sys`, `/dev` and `/proc` trees in a temp dir
+    //! (`hv_vss_testutil::fake_vmbus`, as in crates/vmbus/tests/bind_fake_sysfs.rs). A
+    //! thread plays the kernel: it records every attribute write with its exact bytes, in
+    //! write order, and reacts as the vmbus core would. The re-offered device's node is
+    //! `uio5`, not the `uio3` the daemon started with. `/dev/uio5` is a regular file of map
+    //! 0's size: the mapping and ring placement work on it as on the real node; `EIO`,
+    //! `poll` and the host's interrupts of a real `/dev/uioN` cannot be reproduced here.
 
     use super::*;
     use std::fs;
-    use std::mem::MaybeUninit;
-    use std::os::unix::fs::symlink;
-    use std::sync::atomic::{AtomicBool, Ordering};
-    use std::sync::{Arc, Mutex};
+    use std::ops::Deref;
     use std::time::Instant;
 
     use hv_vss_protocol::guid::VSS_CLASS_GUID_STR;
-    use rustix::fs::inotify;
+    use hv_vss_testutil::fake_vmbus::{
+        FCOPY_CLASS, FCOPY_INSTANCE, FakeKernel, FakeVmbus, VSS_INSTANCE as INSTANCE, written as w,
+    };
 
     use crate::config::TransportChoice;
     use crate::transport::{ReopenStep, Reopener};
 
-    const INSTANCE: &str = "2450ee40-33bf-4fbd-892e-9fb06e9214cf";
-    const FCOPY_INSTANCE: &str = "eb765408-105f-49b6-b4aa-c123b64d17d4";
-    const FCOPY_CLASS: &str = "34d14be3-dee4-41c8-9ae7-6b174977c192";
     /// Map 0: two 256 KiB rings (a multiple of any page size up to 64 KiB).
     const MAP0_LEN: u64 = 512 * 1024;
-
-    type Writes = Arc<Mutex<Vec<(String, String)>>>;
+    /// The node `uio_hv_generic` gives the re-offered device.
+    const UIO_NODE: u32 = 5;
 
     struct FakeSystem {
-        tmp: tempfile::TempDir,
+        bus: FakeVmbus,
         roots: SystemRoots,
-        writes: Writes,
-        stop: Arc<AtomicBool>,
-        kernel: Option<std::thread::JoinHandle<()>>,
     }
 
     impl FakeSystem {
         /// VMBus with the file-copy device only: the VSS device has been rescinded.
         fn rescinded() -> Self {
-            let tmp = tempfile::tempdir().unwrap();
-            let root = tmp.path();
-            let vmbus = root.join("sys/bus/vmbus");
-            let fcopy = vmbus.join("devices").join(FCOPY_INSTANCE);
-            fs::create_dir_all(&fcopy).unwrap();
-            fs::write(fcopy.join("class_id"), format!("{{{FCOPY_CLASS}}}\n")).unwrap();
-            for driver in ["hv_utils", "uio_hv_generic"] {
-                let dir = vmbus.join("drivers").join(driver);
-                fs::create_dir_all(&dir).unwrap();
-                for attr in ["bind", "unbind", "new_id", "remove_id"] {
-                    fs::write(dir.join(attr), "").unwrap();
-                }
-            }
-            fs::write(vmbus.join("drivers_probe"), "").unwrap();
-            fs::create_dir_all(root.join("dev/vmbus")).unwrap();
-            fs::create_dir_all(root.join("sys/class/uio")).unwrap();
-            fs::create_dir_all(root.join("proc")).unwrap();
-            let mut roots = SystemRoots::under(root);
+            let bus = FakeVmbus::new();
+            bus.add_uio_driver();
+            bus.add_device(FCOPY_INSTANCE, FCOPY_CLASS, false);
+            let mut roots = SystemRoots::under(bus.root());
             roots.kernel_release = Some("6.10.0-1-azure".into());
-            Self {
-                tmp,
-                roots,
-                writes: Arc::default(),
-                stop: Arc::default(),
-                kernel: None,
-            }
-        }
-
-        fn root(&self) -> &Path {
-            self.tmp.path()
-        }
-
-        fn vmbus(&self) -> PathBuf {
-            self.root().join("sys/bus/vmbus")
-        }
-
-        fn device_dir(&self, instance: &str) -> PathBuf {
-            self.vmbus().join("devices").join(instance)
+            Self { bus, roots }
         }
 
         /// The host offers the VSS device again as `instance`, on `driver` (a new object:
         /// `driver_override` reads `(null)`).
         fn reoffer(&self, instance: &str, driver: Option<&str>) {
-            let dir = self.device_dir(instance);
-            fs::create_dir_all(&dir).unwrap();
-            fs::write(dir.join("class_id"), format!("{{{VSS_CLASS_GUID_STR}}}\n")).unwrap();
-            fs::write(dir.join("driver_override"), "(null)\n").unwrap();
-            set_driver(&dir, driver);
+            self.add_device(instance, VSS_CLASS_GUID_STR, true);
+            self.set_driver(instance, driver);
             match driver {
-                Some("hv_utils") => fs::write(self.root().join("dev/vmbus/hv_vss"), "").unwrap(),
-                Some("uio_hv_generic") => create_uio_node(self.root(), &dir, 5),
+                Some("hv_utils") => {
+                    self.add_hv_vss_node();
+                }
+                Some("uio_hv_generic") => {
+                    self.add_uio_node(instance, UIO_NODE, MAP0_LEN);
+                }
                 _ => {}
             }
         }
 
         /// Starts the thread that plays the kernel for `instance`.
         fn start_kernel(&mut self, instance: &str) {
-            let fd = inotify::init(inotify::CreateFlags::CLOEXEC | inotify::CreateFlags::NONBLOCK)
-                .unwrap();
-            let vmbus = self.vmbus();
-            let watches: Vec<_> = [
-                vmbus.clone(),
-                self.device_dir(instance),
-                vmbus.join("drivers/hv_utils"),
-                vmbus.join("drivers/uio_hv_generic"),
-            ]
-            .into_iter()
-            .filter(|dir| dir.is_dir())
-            .map(|dir| {
-                let wd = inotify::add_watch(&fd, &dir, inotify::WatchFlags::CLOSE_WRITE).unwrap();
-                (wd, dir)
-            })
-            .collect();
-            let (root, writes, stop) = (
-                self.root().to_owned(),
-                Arc::clone(&self.writes),
-                Arc::clone(&self.stop),
+            self.bus.start_kernel(
+                instance,
+                FakeKernel {
+                    uio_node: UIO_NODE,
+                    map0_len: MAP0_LEN,
+                    uio_probes: true,
+                },
             );
-            let instance = instance.to_owned();
-            self.kernel = Some(std::thread::spawn(move || {
-                let mut buf = [MaybeUninit::<u8>::uninit(); 4096];
-                while !stop.load(Ordering::SeqCst) {
-                    let mut reader = inotify::Reader::new(&fd, &mut buf);
-                    let mut seen = Vec::new();
-                    while let Ok(event) = reader.next() {
-                        let (Some(name), Some((_, dir))) = (
-                            event.file_name(),
-                            watches.iter().find(|(wd, _)| *wd == event.wd()),
-                        ) else {
-                            continue;
-                        };
-                        seen.push(dir.join(name.to_str().unwrap()));
-                    }
-                    for path in seen {
-                        let value = fs::read_to_string(&path).unwrap_or_default();
-                        let rel = path.strip_prefix(&vmbus).unwrap().to_string_lossy();
-                        writes
-                            .lock()
-                            .unwrap()
-                            .push((rel.to_string(), value.clone()));
-                        react(&root, &instance, &rel, value.trim());
-                    }
-                    std::thread::sleep(Duration::from_millis(2));
-                }
-            }));
-        }
-
-        /// The writes seen so far, after letting the kernel thread drain its queue.
-        fn writes(&self) -> Vec<(String, String)> {
-            std::thread::sleep(Duration::from_millis(100));
-            self.writes.lock().unwrap().clone()
         }
     }
 
-    impl Drop for FakeSystem {
-        fn drop(&mut self) {
-            self.stop.store(true, Ordering::SeqCst);
-            if let Some(kernel) = self.kernel.take() {
-                let _ = kernel.join();
-            }
-        }
-    }
+    impl Deref for FakeSystem {
+        type Target = FakeVmbus;
 
-    fn set_driver(device_dir: &Path, driver: Option<&str>) {
-        let link = device_dir.join("driver");
-        let _ = fs::remove_file(&link);
-        if let Some(driver) = driver {
-            symlink(format!("../../drivers/{driver}"), link).unwrap();
+        fn deref(&self) -> &FakeVmbus {
+            &self.bus
         }
-    }
-
-    /// What `uio_hv_generic`'s probe leaves behind: `<inst>/uio/uioN`, the class map table
-    /// and `/dev/uioN`.
-    fn create_uio_node(root: &Path, device_dir: &Path, n: u32) {
-        for map0 in [
-            device_dir.join(format!("uio/uio{n}/maps/map0")),
-            root.join(format!("sys/class/uio/uio{n}/maps/map0")),
-        ] {
-            fs::create_dir_all(&map0).unwrap();
-            fs::write(map0.join("size"), format!("{MAP0_LEN:#x}\n")).unwrap();
-        }
-        let node = fs::File::create(root.join(format!("dev/uio{n}"))).unwrap();
-        node.set_len(MAP0_LEN).unwrap();
-    }
-
-    /// What the vmbus core does on each write.
-    fn react(root: &Path, instance: &str, rel: &str, value: &str) {
-        let device_dir = root.join("sys/bus/vmbus/devices").join(instance);
-        match rel {
-            "drivers/hv_utils/unbind" if value == instance => {
-                set_driver(&device_dir, None);
-                let _ = fs::remove_file(root.join("dev/vmbus/hv_vss"));
-            }
-            "drivers_probe" if value == instance && !device_dir.join("driver").exists() => {
-                let wanted =
-                    fs::read_to_string(device_dir.join("driver_override")).unwrap_or_default();
-                if wanted.trim() == "uio_hv_generic" {
-                    create_uio_node(root, &device_dir, 5);
-                    set_driver(&device_dir, Some("uio_hv_generic"));
-                } else {
-                    set_driver(&device_dir, Some("hv_utils"));
-                    fs::write(root.join("dev/vmbus/hv_vss"), "").unwrap();
-                }
-            }
-            _ => {}
-        }
-    }
-
-    fn w(rel: &str, value: &str) -> (String, String) {
-        (rel.to_owned(), value.to_owned())
     }
 
     fn rediscovery(sys: &FakeSystem) -> UioRediscovery {
@@ -720,10 +586,7 @@ mod tests {
         let mut sys = FakeSystem::rescinded();
         sys.reoffer(INSTANCE, Some("hv_utils"));
         // A drop-in daemon (started by udev when /dev/vmbus/hv_vss reappeared) holds it.
-        let proc_dir = sys.root().join("proc/812");
-        fs::create_dir_all(proc_dir.join("fd")).unwrap();
-        fs::write(proc_dir.join("comm"), "hypervvssd\n").unwrap();
-        symlink(sys.root().join("dev/vmbus/hv_vss"), proc_dir.join("fd/3")).unwrap();
+        sys.hold_open(812, "hypervvssd", &sys.root().join("dev/vmbus/hv_vss"));
         sys.start_kernel(INSTANCE);
         let mut r = rediscovery(&sys);
         let (steps, last) = attempt_until_done(&mut r);
@@ -760,7 +623,7 @@ mod tests {
                 instance: INSTANCE.into()
             }
         );
-        set_driver(&sys.device_dir(INSTANCE), Some("vfio_vmbus"));
+        sys.set_driver(INSTANCE, Some("vfio_vmbus"));
         let mut r = rediscovery(&sys);
         match r.attempt(true) {
             Attempt::Waiting(Waiting::ForeignDriver { driver, .. }) => {
