@@ -252,7 +252,7 @@ fn run(cli: Cli) -> Result<(), Fatal> {
 /// Creates the state directory (0700), refuses one the plan may freeze (R59), and takes the
 /// instance lock.
 fn prepare_state_dir(dir: &Path, plan: &hv_vss_freezer::Plan) -> Result<File, Fatal> {
-    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+    use std::os::unix::fs::DirBuilderExt;
     let unusable = |e: std::io::Error| {
         Fatal::new(
             ExitKind::StateDir,
@@ -279,27 +279,17 @@ fn prepare_state_dir(dir: &Path, plan: &hv_vss_freezer::Plan) -> Result<File, Fa
             ),
         ));
     }
-    let lock = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .mode(0o600)
-        .custom_flags(rustix::fs::OFlags::CLOEXEC.bits() as i32)
-        .open(dir.join(INSTANCE_LOCK))
-        .map_err(unusable)?;
-    let locked =
-        hv_vss_sys::fs::try_lock_exclusive(std::os::fd::AsFd::as_fd(&lock)).map_err(unusable)?;
-    if !locked {
-        return Err(Fatal::new(
-            ExitKind::Busy,
-            anyhow!(
-                "another hv-vssd uses the state directory {} (lock {INSTANCE_LOCK})",
-                dir.display()
-            ),
-        ));
-    }
-    Ok(lock)
+    hv_vss_freezer::journal::try_lock_file(&dir.join(INSTANCE_LOCK))
+        .map_err(unusable)?
+        .ok_or_else(|| {
+            Fatal::new(
+                ExitKind::Busy,
+                anyhow!(
+                    "another hv-vssd uses the state directory {} (lock {INSTANCE_LOCK})",
+                    dir.display()
+                ),
+            )
+        })
 }
 
 /// How long start-up retries thawing a journaled filesystem that is ours but whose FITHAW

@@ -167,6 +167,24 @@ impl Journal {
     }
 }
 
+/// Opens the lock file at `path` (created with mode 0600 if missing, never truncated,
+/// close-on-exec) and takes its exclusive advisory lock (`flock(LOCK_EX | LOCK_NB)`) without
+/// waiting: `Ok(None)` if another open file description holds it. The lock lasts while the
+/// returned file, or a descriptor inherited from it, stays open. [`StateLock`] uses it for
+/// [`LOCK_FILE`]; the daemon for its instance lock beside it.
+pub fn try_lock_file(path: &Path) -> std::io::Result<Option<File>> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .custom_flags(rustix::fs::OFlags::CLOEXEC.bits() as i32)
+        .open(path)?;
+    Ok(hv_vss_sys::fs::try_lock_exclusive(file.as_fd())?.then_some(file))
+}
+
 /// The state directory's advisory lock, held while anything may be frozen.
 #[derive(Debug)]
 pub struct StateLock {
@@ -177,20 +195,12 @@ impl StateLock {
     /// Create the state directory (0700) if needed and take the lock without waiting;
     /// `Ok(None)` if someone else holds it.
     pub fn try_acquire(state_dir: &Path) -> std::io::Result<Option<Self>> {
-        use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+        use std::os::unix::fs::DirBuilderExt;
         std::fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
             .create(state_dir)?;
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o600)
-            .custom_flags(rustix::fs::OFlags::CLOEXEC.bits() as i32)
-            .open(state_dir.join(LOCK_FILE))?;
-        Ok(hv_vss_sys::fs::try_lock_exclusive(file.as_fd())?.then_some(Self { file }))
+        Ok(try_lock_file(&state_dir.join(LOCK_FILE))?.map(|file| Self { file }))
     }
 
     /// The lock file (its fd holds the lock; a process inheriting it holds it too).
@@ -400,6 +410,30 @@ mod tests {
         assert!(StateLock::try_acquire(&state).unwrap().is_none());
         drop(a);
         assert!(StateLock::try_acquire(&state).unwrap().is_some());
+    }
+
+    #[test]
+    fn a_lock_file_is_private_kept_and_close_on_exec() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x.lock");
+        std::fs::write(&path, "kept").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let held = try_lock_file(&path).unwrap().unwrap();
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            "kept",
+            "not truncated"
+        );
+        let flags = rustix::io::fcntl_getfd(&held).unwrap();
+        assert!(flags.contains(rustix::io::FdFlags::CLOEXEC));
+        assert!(try_lock_file(&path).unwrap().is_none(), "exclusive");
+        drop(held);
+        assert!(try_lock_file(&path).unwrap().is_some());
+        let fresh = dir.path().join("new.lock");
+        drop(try_lock_file(&fresh).unwrap().unwrap());
+        let mode = std::fs::metadata(&fresh).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode & !0o600, 0, "created private: {mode:o}");
     }
 
     #[test]
