@@ -400,24 +400,7 @@ fn transport_fatal(settings: &Settings, e: &transport::TransportError) -> Fatal 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::{Arc, Mutex};
-
-    #[derive(Clone, Default)]
-    struct Sink(Arc<Mutex<Vec<u8>>>);
-    impl std::io::Write for Sink {
-        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(buf);
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-    impl Sink {
-        fn text(&self) -> String {
-            String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
-        }
-    }
+    use hv_vss_testutil::SharedBuf;
 
     fn journal_listing(path: &Path, dev: hv_vss_freezer::DevNum) -> hv_vss_freezer::Journal {
         hv_vss_freezer::Journal {
@@ -497,7 +480,7 @@ mod tests {
     /// journald stuck on a frozen /var. The daemon's hook logs it through the gate.
     #[test]
     fn a_panic_while_the_gate_is_held_is_kept_in_memory() {
-        let sink = Sink::default();
+        let sink = SharedBuf::default();
         let gate = LogGate::with_sink(Box::new(sink.clone()), 16);
         let subscriber = tracing_subscriber::fmt()
             .with_writer(gate.clone())

@@ -469,25 +469,14 @@ mod tests {
 
     /// What `log_ic_notice` writes for `notice`, through a real fmt subscriber.
     fn logged(notice: &IcNotice) -> String {
-        #[derive(Clone, Default)]
-        struct Sink(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
-        impl std::io::Write for Sink {
-            fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-                self.0.lock().unwrap().extend_from_slice(buf);
-                Ok(buf.len())
-            }
-            fn flush(&mut self) -> std::io::Result<()> {
-                Ok(())
-            }
-        }
-        let sink = Sink::default();
+        let sink = hv_vss_testutil::SharedBuf::default();
         let gate = crate::logbuf::LogGate::with_sink(Box::new(sink.clone()), 16);
         let subscriber = tracing_subscriber::fmt()
             .with_writer(gate)
             .with_ansi(false)
             .finish();
         tracing::subscriber::with_default(subscriber, || log_ic_notice(notice));
-        String::from_utf8(sink.0.lock().unwrap().clone()).unwrap()
+        sink.text()
     }
 
     /// Regression: the negotiated versions were logged with Debug,

@@ -539,6 +539,37 @@ pub fn tmpfs_state_dir() -> anyhow::Result<tempfile::TempDir> {
         .context("temp dir in /dev/shm")
 }
 
+/// A cloneable [`std::io::Write`] that keeps every byte written to it: hand one clone to a
+/// logger (a `tracing` writer, a log gate) and read back through another what it wrote.
+#[derive(Debug, Clone, Default)]
+pub struct SharedBuf(Arc<Mutex<Vec<u8>>>);
+
+impl SharedBuf {
+    /// Everything written so far.
+    pub fn bytes(&self) -> Vec<u8> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Everything written so far, as text; panics if it is not UTF-8.
+    pub fn text(&self) -> String {
+        String::from_utf8(self.bytes()).expect("written text is UTF-8")
+    }
+}
+
+impl std::io::Write for SharedBuf {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 /// An example TOML file (dist/hv-vss.toml) with every commented-out `# key = value` and
 /// `# [table]` line uncommented; prose comments stay. A key line is `# ` then a key of
 /// lowercase letters and `_`, then ` = `.
@@ -616,6 +647,17 @@ mod tests {
             bad.wait_ok(Duration::from_secs(5))
         }));
         assert!(r.is_err(), "a failed write is not reported as unblocked");
+    }
+
+    #[test]
+    fn shared_buf_clones_see_one_buffer() {
+        use std::io::Write;
+        let buf = SharedBuf::default();
+        let mut writer = buf.clone();
+        writer.write_all(b"one ").unwrap();
+        write!(writer, "two").unwrap();
+        assert_eq!(buf.text(), "one two");
+        assert_eq!(buf.bytes(), b"one two");
     }
 
     #[test]
