@@ -402,7 +402,13 @@ mod tests {
     use super::*;
     use hv_vss_testutil::SharedBuf;
 
-    fn journal_listing(path: &Path, dev: hv_vss_freezer::DevNum) -> hv_vss_freezer::Journal {
+    /// Start-up recovery over a journal an earlier instance left, listing `path` on `dev`:
+    /// it must go on (not exit) and remove the journal. Returns the journals it set aside.
+    fn start_up_over_journal_listing(
+        state: &Path,
+        path: &Path,
+        dev: hv_vss_freezer::DevNum,
+    ) -> Vec<PathBuf> {
         hv_vss_freezer::Journal {
             version: 1,
             pid: 999_999_999,
@@ -414,10 +420,11 @@ mod tests {
                 pid: 999_999_999,
             }],
         }
-    }
-
-    fn stale_journals(dir: &Path) -> Vec<PathBuf> {
-        std::fs::read_dir(dir)
+        .write(state)
+        .unwrap();
+        recover_earlier(state).map_err(|f| f.to_string()).unwrap();
+        assert!(hv_vss_freezer::Journal::read(state).unwrap().is_none());
+        std::fs::read_dir(state)
             .unwrap()
             .map(|e| e.unwrap().path())
             .filter(|p| p.to_string_lossy().contains(".stale-"))
@@ -430,18 +437,8 @@ mod tests {
     fn a_journal_entry_whose_mount_is_gone_is_set_aside_and_start_up_goes_on() {
         let state = tempfile::tempdir().unwrap();
         let gone = state.path().join("unmounted-long-ago");
-        journal_listing(&gone, hv_vss_freezer::DevNum { major: 7, minor: 3 })
-            .write(state.path())
-            .unwrap();
-        recover_earlier(state.path())
-            .map_err(|f| f.to_string())
-            .unwrap();
-        assert!(
-            hv_vss_freezer::Journal::read(state.path())
-                .unwrap()
-                .is_none()
-        );
-        let aside = stale_journals(state.path());
+        let dev = hv_vss_freezer::DevNum { major: 7, minor: 3 };
+        let aside = start_up_over_journal_listing(state.path(), &gone, dev);
         assert_eq!(aside.len(), 1, "{aside:?}");
         let kept: hv_vss_freezer::Journal =
             serde_json::from_slice(&std::fs::read(&aside[0]).unwrap()).unwrap();
@@ -454,24 +451,12 @@ mod tests {
     fn a_journal_entry_on_another_device_is_not_thawed_but_set_aside() {
         let state = tempfile::tempdir().unwrap();
         let elsewhere = tempfile::tempdir().unwrap();
-        journal_listing(
-            elsewhere.path(),
-            hv_vss_freezer::DevNum {
-                major: 4095,
-                minor: 77,
-            },
-        )
-        .write(state.path())
-        .unwrap();
-        recover_earlier(state.path())
-            .map_err(|f| f.to_string())
-            .unwrap();
-        assert!(
-            hv_vss_freezer::Journal::read(state.path())
-                .unwrap()
-                .is_none()
-        );
-        assert_eq!(stale_journals(state.path()).len(), 1);
+        let dev = hv_vss_freezer::DevNum {
+            major: 4095,
+            minor: 77,
+        };
+        let aside = start_up_over_journal_listing(state.path(), elsewhere.path(), dev);
+        assert_eq!(aside.len(), 1, "{aside:?}");
     }
 
     /// Regression: a panic (the fs worker now survives one in the freezer, which can
