@@ -56,7 +56,7 @@ use anyhow::{Context, bail};
 use hv_vss_freezer::{FreezerConfig, MountSource, Selection, make_plan};
 use hv_vss_protocol::{HvStatus, VssOperation};
 use hv_vss_sim::kernel::{EmulatorConfig, HostOutcome, KernelEmulator};
-use hv_vss_testutil::bench::{Writers, prepare_dirty, stock_freeze_thaw};
+use hv_vss_testutil::bench::{Writers, env_count, prepare_dirty, should_run, stock_freeze_thaw};
 use hv_vss_testutil::{FsKind, LoopFs, freeze_path, thaw_path};
 use rustix::process::{Pid, Signal};
 
@@ -540,14 +540,6 @@ fn overhead(emu: &KernelEmulator, cycles: usize) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .filter(|&v| v > 0)
-        .unwrap_or(default)
-}
-
 fn run(trials: usize, cycles: usize) -> anyhow::Result<()> {
     let emu = KernelEmulator::start(EmulatorConfig::default())?;
     let filesystems: Vec<LoopFs> = (0..8)
@@ -567,15 +559,11 @@ fn run(trials: usize, cycles: usize) -> anyhow::Result<()> {
 }
 
 fn main() {
-    if std::env::args().any(|a| a == "--list") {
-        return; // `cargo test --benches` probes with --list
-    }
-    if !hv_vss_testutil::is_root() {
-        eprintln!("daemon_cycle: skipped, needs root (loop mounts and FIFREEZE)");
+    if !should_run("daemon_cycle") {
         return;
     }
-    let trials = env_usize("TRIALS", 9);
-    let cycles = env_usize("CYCLES", 500);
+    let trials = env_count("TRIALS", 9);
+    let cycles = env_count("CYCLES", 500);
     let outcome = std::panic::catch_unwind(|| {
         hv_vss_testutil::run_with_timeout(RUN_LIMIT, move || run(trials, cycles))
     });

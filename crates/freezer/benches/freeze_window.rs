@@ -22,7 +22,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use hv_vss_freezer::{FreezeOptions, FreezerConfig, MountSource, Selection, make_plan};
-use hv_vss_testutil::bench::{Writers, prepare_dirty, stock_freeze_thaw};
+use hv_vss_testutil::bench::{Writers, env_count, prepare_dirty, should_run, stock_freeze_thaw};
 use hv_vss_testutil::{FsKind, LoopFs, state_dir};
 
 const FILESYSTEMS: usize = 8;
@@ -34,17 +34,10 @@ fn median(mut v: Vec<u64>) -> u64 {
 }
 
 fn main() {
-    if std::env::args().any(|a| a == "--list") {
-        return; // `cargo test --benches` probes with --list
-    }
-    if !hv_vss_testutil::is_root() {
-        eprintln!("freeze_window: skipped, needs root (loop mounts and FIFREEZE)");
+    if !should_run("freeze_window") {
         return;
     }
-    let trials: usize = std::env::var("TRIALS")
-        .ok()
-        .and_then(|t| t.parse().ok())
-        .unwrap_or(5);
+    let trials = env_count("TRIALS", 5);
     let filesystems: Vec<LoopFs> = (0..FILESYSTEMS)
         .map(|_| LoopFs::create(FsKind::Ext4, 256, None).unwrap())
         .collect();

@@ -26,6 +26,32 @@ pub const WRITE_BYTES: usize = 4096;
 /// The file each [`Writers`] writer appends to, at the root of its filesystem.
 pub const APPENDER_FILE: &str = "appender.log";
 
+/// Should the benchmark binary `name` measure? Not when `cargo test --benches` only probes
+/// it with `--list`, and not without root (it says why on stderr).
+pub fn should_run(name: &str) -> bool {
+    if std::env::args().any(|a| a == "--list") {
+        return false;
+    }
+    if !crate::is_root() {
+        eprintln!("{name}: skipped, needs root (loop mounts and FIFREEZE)");
+        return false;
+    }
+    true
+}
+
+/// A count from the environment variable `var` (`TRIALS`, `CYCLES`): its value if it is a
+/// whole number above 0, else `default`.
+pub fn env_count(var: &str, default: usize) -> usize {
+    count_or(std::env::var(var).ok().as_deref(), default)
+}
+
+fn count_or(value: Option<&str>, default: usize) -> usize {
+    value
+        .and_then(|v| v.parse().ok())
+        .filter(|&v| v > 0)
+        .unwrap_or(default)
+}
+
 /// The stock daemon's method on `mounts`: open, FIFREEZE, close for each in the given
 /// (mount) order; then the same with FITHAW. Returns (first FIFREEZE → all frozen, first
 /// FIFREEZE → all thawed). A filesystem found not frozen at thaw time is an error.
@@ -163,6 +189,21 @@ impl Drop for Writers {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn counts_are_positive_whole_numbers_else_the_default() {
+        assert_eq!(count_or(Some("3"), 7), 3);
+        for bad in [
+            None,
+            Some(""),
+            Some("0"),
+            Some("-1"),
+            Some("2.5"),
+            Some("many"),
+        ] {
+            assert_eq!(count_or(bad, 7), 7, "{bad:?}");
+        }
+    }
 
     #[test]
     fn prepare_dirty_replaces_old_data_and_writers_append_until_finished() {
