@@ -164,22 +164,7 @@ impl<'a> MakeWriter<'a> for LogGate {
 mod tests {
     use super::*;
 
-    #[derive(Clone, Default)]
-    struct Shared(Arc<Mutex<Vec<u8>>>);
-    impl Write for Shared {
-        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(buf);
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> io::Result<()> {
-            Ok(())
-        }
-    }
-    impl Shared {
-        fn text(&self) -> String {
-            String::from_utf8(self.0.lock().unwrap().clone()).unwrap()
-        }
-    }
+    use hv_vss_testutil::SharedBuf;
 
     fn line(gate: &LogGate, text: &str) {
         let mut w = gate.make_writer();
@@ -188,7 +173,7 @@ mod tests {
 
     #[test]
     fn open_gate_writes_through() {
-        let sink = Shared::default();
+        let sink = SharedBuf::default();
         let gate = LogGate::with_sink(Box::new(sink.clone()), 4);
         line(&gate, "a\n");
         assert_eq!(sink.text(), "a\n");
@@ -196,7 +181,7 @@ mod tests {
 
     #[test]
     fn held_lines_wait_for_release_and_overflow_is_counted() {
-        let sink = Shared::default();
+        let sink = SharedBuf::default();
         let gate = LogGate::with_sink(Box::new(sink.clone()), 2);
         gate.hold();
         for t in ["1\n", "2\n", "3\n", "4\n"] {
@@ -214,7 +199,7 @@ mod tests {
 
     #[test]
     fn release_without_hold_is_a_no_op() {
-        let sink = Shared::default();
+        let sink = SharedBuf::default();
         let gate = LogGate::with_sink(Box::new(sink.clone()), 2);
         assert_eq!(gate.release(), (0, 0));
         assert_eq!(sink.text(), "");
