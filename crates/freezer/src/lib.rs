@@ -27,6 +27,8 @@
 //! ```
 //!
 //! After a crash: [`recover`] (`hv-vss thaw --recover`, the daemon at start, the guardian).
+//! To thaw whatever is frozen, whoever froze it (an explicit, separate action):
+//! [`thaw_all_frozen`] (`hv-vss thaw --all-frozen`).
 
 pub mod config;
 pub mod engine;
@@ -35,6 +37,7 @@ pub mod journal;
 pub mod mountinfo;
 pub mod plan;
 pub mod serde_util;
+pub mod sweep;
 pub mod topology;
 
 use std::path::PathBuf;
@@ -54,6 +57,7 @@ pub use journal::{
 };
 pub use mountinfo::{MountEntry, MountInfoError, parse_mountinfo};
 pub use plan::{Plan, PlanError, PlannedFs, Selection, SkipReason, SkippedMount, build_plan};
+pub use sweep::{SweepOutcome, SweepReport, SweptFs, thaw_all_frozen};
 pub use topology::{SysfsTopology, Topology};
 
 /// Where the mount table and block topology come from.
