@@ -1,5 +1,5 @@
-//! `hv-vss plan`, `hv-vss freeze --hold`, `hv-vss thaw --recover`: the filesystem freezer
-//! from the command line.
+//! `hv-vss plan`, `hv-vss freeze --hold`, `hv-vss thaw --recover`, `hv-vss thaw
+//! --all-frozen`: the filesystem freezer from the command line.
 //!
 //! Exit codes (also in docs/freezer.md): 0 success; 1 other failure; 2 usage; 3 not root;
 //! 4 nothing to freeze; 5 unknown or unfreezable mount point, or bad config; 6 another
@@ -7,7 +7,8 @@
 //! unsafe; 8 freeze failed (rolled back); 9 thaw or recovery incomplete.
 //!
 //! `freeze` prints nothing between the first FIFREEZE and the last FITHAW: stdout may be a
-//! file on a filesystem being frozen.
+//! file on a filesystem being frozen. For the same reason `thaw` prints (its warning too)
+//! only after thawing.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -18,7 +19,7 @@ use hv_vss_freezer::hold::{HoldEnd, hold};
 use hv_vss_freezer::{
     CompiledConfig, DEFAULT_STATE_DIR, FreezeError, FreezeOptions, FreezeReport, FreezerConfig,
     FsFreezeOutcome, MakePlanError, MountSource, Plan, RecoverError, RecoverOptions,
-    RecoverOutcome, Selection, SkipReason, ThawReport,
+    RecoverOutcome, Selection, SkipReason, SweepOutcome, ThawReport,
 };
 
 use crate::duration;
@@ -80,15 +81,23 @@ pub struct FreezeArgs {
 }
 
 #[derive(Debug, clap::Args)]
+#[command(group(clap::ArgGroup::new("action").required(true).args(["recover", "all_frozen"])))]
 pub struct ThawArgs {
     /// Thaw exactly what the journal of an earlier freeze lists.
-    #[arg(long, required = true)]
+    #[arg(long)]
     recover: bool,
-    /// State directory holding the journal.
+    /// Thaw every frozen filesystem in the mount table (or the --mount list), WHOEVER
+    /// froze it: backup agents' and fsfreeze's freezes too. Last resort after that: SysRq-j.
+    #[arg(long)]
+    all_frozen: bool,
+    /// With --all-frozen: only the filesystem mounted here (repeatable).
+    #[arg(long = "mount", value_name = "PATH", conflicts_with = "recover")]
+    mounts: Vec<PathBuf>,
+    /// State directory holding the journal (--recover).
     #[arg(long, value_name = "DIR", default_value = DEFAULT_STATE_DIR)]
     state_dir: PathBuf,
     /// Recover even if the freezing process is alive and holds the lock.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "all_frozen")]
     force: bool,
     /// Print the report as JSON.
     #[arg(long)]
@@ -406,13 +415,16 @@ pub fn freeze(args: FreezeArgs) -> anyhow::Result<ExitCode> {
 }
 
 pub fn thaw(args: ThawArgs) -> anyhow::Result<ExitCode> {
-    debug_assert!(args.recover);
     if !rustix::process::geteuid().is_root() {
         return fail(
             exit::NOT_ROOT,
             "thaw needs root (FITHAW requires CAP_SYS_ADMIN)",
         );
     }
+    if args.all_frozen {
+        return thaw_all_frozen(&args);
+    }
+    debug_assert!(args.recover);
     let report =
         match hv_vss_freezer::recover(&args.state_dir, RecoverOptions { force: args.force }) {
             Ok(r) => r,
@@ -464,6 +476,84 @@ pub fn thaw(args: ThawArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// `thaw --all-frozen`: FITHAW on every frozen filesystem (or the listed ones), whoever
+/// froze it. Prints only after the sweep: stdout and stderr may be on a frozen filesystem.
+fn thaw_all_frozen(args: &ThawArgs) -> anyhow::Result<ExitCode> {
+    let selection = if args.mounts.is_empty() {
+        Selection::Discover
+    } else {
+        Selection::Explicit(args.mounts.clone())
+    };
+    let report = match hv_vss_freezer::thaw_all_frozen(&MountSource::current(), &selection) {
+        Ok(r) => r,
+        Err(e @ (MakePlanError::Plan(_) | MakePlanError::NoSuchPath { .. })) => {
+            return fail(exit::BAD_MOUNT, e);
+        }
+        Err(e) => return Err(e.into()),
+    };
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        let count = |f: fn(&SweepOutcome) -> bool| {
+            report.filesystems.iter().filter(|s| f(&s.outcome)).count()
+        };
+        println!(
+            "Swept {} filesystem(s): {} thawed, {} not frozen, {} failed.",
+            report.filesystems.len(),
+            count(|o| *o == SweepOutcome::Thawed),
+            count(|o| matches!(o, SweepOutcome::NotFrozen | SweepOutcome::Unsupported)),
+            count(|o| !o.is_ok()),
+        );
+        for f in &report.filesystems {
+            let what = match &f.outcome {
+                SweepOutcome::Thawed => "was frozen, now thawed".to_string(),
+                SweepOutcome::NotFrozen => "not frozen".into(),
+                SweepOutcome::Unsupported => "not frozen (cannot freeze)".into(),
+                SweepOutcome::Unreachable { error } => format!("FAILED, not reached: {error}"),
+                SweepOutcome::Failed { error } => format!("FAILED: FITHAW: {error}"),
+                SweepOutcome::TimedOut { deadline_ms } => format!(
+                    "FAILED: FITHAW did not return within {deadline_ms} ms (storage below it frozen?)"
+                ),
+            };
+            let also = if f.also_mounted_at.is_empty() {
+                String::new()
+            } else {
+                let also: Vec<String> = f
+                    .also_mounted_at
+                    .iter()
+                    .map(|p| p.display().to_string())
+                    .collect();
+                format!(" (also at {})", also.join(", "))
+            };
+            println!(
+                "  {}  {}  {}: {what}{also}",
+                f.mount_point.display(),
+                f.fs_type,
+                f.dev
+            );
+        }
+        if report.not_swept > 0 {
+            println!(
+                "{} other mount(s) not swept (pseudo, remote, cannot freeze, or not listed).",
+                report.not_swept
+            );
+        }
+    }
+    eprintln!(
+        "hv-vss: warning: --all-frozen thaws every frozen filesystem it reaches, including \
+         freezes taken by other tools (backup agents, fsfreeze, a running hv-vssd); \
+         `hv-vss thaw --recover` thaws only what hv-vss froze"
+    );
+    if !report.complete() {
+        return fail(
+            exit::INCOMPLETE,
+            "some filesystems could not be thawed. Last resort: SysRq-j (emergency thaw: \
+             `echo j > /proc/sysrq-trigger`)",
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -491,5 +581,32 @@ mod tests {
             Cli::try_parse_from(["freeze"]).unwrap().args.hold.is_zero(),
             "default hold"
         );
+    }
+
+    #[derive(Debug, Parser)]
+    struct ThawCli {
+        #[command(flatten)]
+        args: ThawArgs,
+    }
+
+    /// `--recover` and `--all-frozen` are two actions: exactly one, and each its own flags.
+    #[test]
+    fn thaw_takes_exactly_one_action() {
+        let parse = |argv: &[&str]| {
+            ThawCli::try_parse_from(std::iter::once("thaw").chain(argv.iter().copied()))
+                .map(|c| c.args)
+        };
+        let sweep = parse(&["--all-frozen", "--mount", "/a", "--mount", "/b"]).unwrap();
+        assert!(sweep.all_frozen && !sweep.recover);
+        assert_eq!(sweep.mounts, [PathBuf::from("/a"), PathBuf::from("/b")]);
+        assert!(parse(&["--recover"]).unwrap().recover);
+        for bad in [
+            &[][..],
+            &["--recover", "--all-frozen"],
+            &["--recover", "--mount", "/a"],
+            &["--all-frozen", "--force"],
+        ] {
+            assert!(parse(bad).is_err(), "{bad:?}");
+        }
     }
 }

@@ -1,5 +1,6 @@
-//! `hv-vss plan`, `freeze --hold`, `thaw --recover` run as a user runs them, on loop-mounted
-//! filesystems these tests create (root only; skipped otherwise).
+//! `hv-vss plan`, `freeze --hold`, `thaw --recover`, `thaw --all-frozen` run as a user runs
+//! them, on loop-mounted filesystems these tests create (root only; skipped otherwise).
+//! `--all-frozen` is only ever run with `--mount` of the test's own filesystems.
 
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
@@ -258,6 +259,187 @@ fn thaw_without_recover_is_a_usage_error() {
     let out = run(hv_vss().arg("thaw"));
     assert_eq!(code(&out), 2, "{}", stderr(&out));
     assert!(stderr(&out).contains("--recover"));
+    assert!(stderr(&out).contains("--all-frozen"));
+}
+
+#[test]
+fn thaw_recover_and_all_frozen_together_are_a_usage_error() {
+    // Parsing fails before anything is opened: the paths need not exist.
+    for args in [
+        &[
+            "thaw",
+            "--recover",
+            "--all-frozen",
+            "--mount",
+            "/nonexistent/a",
+        ][..],
+        &["thaw", "--recover", "--mount", "/nonexistent/a"],
+        &["thaw", "--mount", "/nonexistent/a"],
+        &[
+            "thaw",
+            "--all-frozen",
+            "--force",
+            "--mount",
+            "/nonexistent/a",
+        ],
+    ] {
+        let out = run(hv_vss().args(args));
+        assert_eq!(code(&out), 2, "{args:?}: {}", stderr(&out));
+        assert!(out.stdout.is_empty(), "{args:?}");
+    }
+    let out = run(hv_vss().args(["thaw", "--recover", "--all-frozen"]));
+    assert!(
+        stderr(&out).contains("cannot be used with"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+/// `--all-frozen` thaws freezes taken by another process, on the listed mounts only.
+#[test]
+fn thaw_all_frozen_thaws_what_another_process_froze() {
+    freezing_test(TIMEOUT, || {
+        let a = LoopFs::new(FsKind::Ext4).unwrap();
+        let b = LoopFs::new(FsKind::Xfs).unwrap();
+        let other = LoopFs::new(FsKind::Ext4).unwrap();
+        for fs in [&a, &b, &other] {
+            freeze_from_other_process(fs.mount_point()).unwrap();
+        }
+        let probes = [a.write_probe(), b.write_probe()];
+        std::thread::sleep(Duration::from_millis(200));
+        assert!(
+            probes.iter().all(|p| !p.is_done()),
+            "frozen before the sweep"
+        );
+
+        let out = run(hv_vss()
+            .args(["thaw", "--all-frozen", "--mount"])
+            .arg(a.mount_point())
+            .arg("--mount")
+            .arg(b.mount_point()));
+        assert_eq!(code(&out), 0, "{}", stderr(&out));
+        for p in &probes {
+            assert!(p.wait_ok(Duration::from_secs(10)), "a write completes");
+        }
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.contains("2 thawed, 0 not frozen, 0 failed"), "{text}");
+        for fs in [&a, &b] {
+            let line = format!("{}  {}", fs.mount_point().display(), fs.kind().name());
+            assert!(
+                text.lines()
+                    .any(|l| l.contains(&line) && l.ends_with("was frozen, now thawed")),
+                "{line}: {text}"
+            );
+        }
+        assert!(
+            !text.contains(other.mount_point().to_str().unwrap()),
+            "{text}"
+        );
+        assert!(
+            stderr(&out).contains("freezes taken by other tools"),
+            "{}",
+            stderr(&out)
+        );
+        // Not listed: still frozen.
+        assert!(
+            thaw_path(other.mount_point()).unwrap(),
+            "unlisted stayed frozen"
+        );
+    });
+}
+
+#[test]
+fn thaw_all_frozen_reports_a_filesystem_that_is_not_frozen() {
+    freezing_test(TIMEOUT, || {
+        let a = LoopFs::new(FsKind::Ext4).unwrap();
+        let out = run(hv_vss()
+            .args(["thaw", "--all-frozen", "--mount"])
+            .arg(a.mount_point()));
+        assert_eq!(code(&out), 0, "{}", stderr(&out));
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            text.contains(&format!("{}  ext4", a.mount_point().display()))
+                && text.contains(": not frozen"),
+            "{text}"
+        );
+        let out = run(hv_vss()
+            .args(["thaw", "--all-frozen", "--json", "--mount"])
+            .arg(a.mount_point()));
+        assert_eq!(code(&out), 0, "{}", stderr(&out));
+        let r = json(&out);
+        let fss = r["filesystems"].as_array().unwrap();
+        assert_eq!(fss.len(), 1);
+        assert_eq!(fss[0]["mount_point"], a.mount_point().to_str().unwrap());
+        assert_eq!(fss[0]["outcome"], "not_frozen");
+        assert_eq!(fss[0]["dev"], a.dev().unwrap().to_string());
+    });
+}
+
+/// A tmpfs mounted over a test filesystem's mount point, unmounted on drop.
+struct Cover<'a>(&'a Path);
+
+impl<'a> Cover<'a> {
+    fn new(path: &'a Path) -> Self {
+        let ok = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=1m", "hv-vss-cover"])
+            .arg(path)
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "mount tmpfs over {}", path.display());
+        Self(path)
+    }
+}
+
+impl Drop for Cover<'_> {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(self.0).status();
+    }
+}
+
+/// A failure is reported with its reason and exits 9; a bad `--mount` thaws nothing.
+#[test]
+fn thaw_all_frozen_fails_on_what_it_cannot_reach_and_on_a_bad_mount() {
+    freezing_test(TIMEOUT, || {
+        let a = LoopFs::new(FsKind::Ext4).unwrap();
+        freeze_from_other_process(a.mount_point()).unwrap();
+
+        // A listed path that is not a mount point: usage of a bad mount, nothing thawed.
+        let dir = tempfile::tempdir().unwrap();
+        let out = run(hv_vss()
+            .args(["thaw", "--all-frozen", "--mount"])
+            .arg(a.mount_point())
+            .arg("--mount")
+            .arg(dir.path()));
+        assert_eq!(code(&out), 5, "{}", stderr(&out));
+        assert!(
+            stderr(&out).contains("not a mount point"),
+            "{}",
+            stderr(&out)
+        );
+
+        // Over-mounted: its path leads to the tmpfs, so the frozen ext4 is not reached.
+        {
+            let _cover = Cover::new(a.mount_point());
+            let out = run(hv_vss()
+                .args(["thaw", "--all-frozen", "--mount"])
+                .arg(a.mount_point()));
+            assert_eq!(code(&out), 9, "{}", stderr(&out));
+            let text = String::from_utf8_lossy(&out.stdout);
+            assert!(
+                text.lines().any(|l| l.contains("  ext4  ")
+                    && l.contains("FAILED, not reached")
+                    && l.contains("over-mounted")),
+                "{text}"
+            );
+            assert!(text.contains("1 failed"), "{text}");
+            assert!(stderr(&out).contains("SysRq-j"), "{}", stderr(&out));
+        }
+        assert!(
+            thaw_path(a.mount_point()).unwrap(),
+            "still frozen after both"
+        );
+    });
 }
 
 #[test]
