@@ -24,7 +24,8 @@ enum Command {
     Plan(fs_cmds::PlanArgs),
     /// Self-test: freeze the selected filesystems, hold, thaw, and print timings.
     Freeze(fs_cmds::FreezeArgs),
-    /// Thaw what the journal of an earlier freeze lists (`--recover`).
+    /// Thaw what the journal of an earlier freeze lists (`--recover`), or sweep every frozen
+    /// filesystem, whoever froze it (`--all-frozen`).
     Thaw(fs_cmds::ThawArgs),
     /// Hand the VSS VMBus device to uio_hv_generic and back.
     #[command(subcommand)]
