@@ -170,3 +170,68 @@ pub struct TxnReport {
     pub failures: Vec<Failure>,
     pub verdict: Verdict,
 }
+
+/// How the wait for the host's BU_COMPLETE after a backup ended (wire-protocol.md §6.4: in
+/// UIO mode "BU_COMPLETE closes the backup report").
+///
+/// The coordinator never sees BU_COMPLETE (the transport answers it), so this is not part
+/// of [`TxnReport`]: the daemon records it next to the report of a backup transaction. It
+/// is absent in drop-in mode, where the kernel answers BU_COMPLETE and nobody can tell.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostCompletion {
+    /// The host sent BU_COMPLETE after this backup (`closed_by` is `BuComplete`).
+    pub completed: bool,
+    /// What ended the wait.
+    pub closed_by: CompletionEnd,
+    /// Milliseconds from the end of the transaction to `closed_by`.
+    pub after_ms: u64,
+}
+
+impl HostCompletion {
+    /// The wait ended by `closed_by`, `after_ms` after the transaction ended.
+    pub fn new(closed_by: CompletionEnd, after_ms: u64) -> Self {
+        Self {
+            completed: closed_by == CompletionEnd::BuComplete,
+            closed_by,
+            after_ms,
+        }
+    }
+}
+
+/// What ended the wait for BU_COMPLETE after a backup.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CompletionEnd {
+    /// The host sent BU_COMPLETE.
+    BuComplete,
+    /// The host started another transaction (HOT_BACKUP or FREEZE) first.
+    NextRequest,
+    /// Nothing came within the daemon's wait.
+    Timeout,
+    /// The transport was lost: the channel BU_COMPLETE would come on is gone.
+    TransportLost,
+    /// The daemon stopped first.
+    Shutdown,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The shape `history.jsonl` readers rely on.
+    #[test]
+    fn host_completion_serializes_flat_with_snake_case_closer() {
+        let done = HostCompletion::new(CompletionEnd::BuComplete, 12);
+        assert!(done.completed);
+        assert_eq!(
+            serde_json::to_value(done).unwrap(),
+            serde_json::json!({ "completed": true, "closed_by": "bu_complete", "after_ms": 12 })
+        );
+        let superseded = HostCompletion::new(CompletionEnd::NextRequest, 3);
+        assert!(!superseded.completed);
+        assert_eq!(
+            serde_json::to_value(superseded).unwrap()["closed_by"],
+            "next_request"
+        );
+    }
+}
