@@ -7,7 +7,8 @@
 //!   transport before any log line about it (R62).
 //! - The log gate is held from just before the `FreezeFs` work starts until the worker says
 //!   nothing of ours is frozen (R60, R61). Reports are kept in memory until then and only
-//!   then logged and appended to the history file.
+//!   then logged and appended to the history file. In UIO mode a backup's history entry
+//!   then waits for the host's BU_COMPLETE ([`crate::completion`]).
 //! - Follow-up events (transport loss discovered while replying, guardian loss) go through
 //!   a queue, so the coordinator is never re-entered.
 //!
@@ -34,16 +35,18 @@ use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use hv_vss_core::report::{CompletionEnd, TxnKind};
 use hv_vss_core::{
     Action, Coordinator, Event, HostOp, Millis, Notice, RequestId, Status, TxnId, TxnReport,
 };
 use hv_vss_freezer::{FreezeReport, ThawReport};
 use rustix::event::{PollFd, PollFlags, Timespec};
 
-use crate::config::Settings;
+use crate::completion::{BU_COMPLETE_WAIT, BuComplete, CompletionWait};
+use crate::config::{Settings, TransportChoice};
 use crate::fsworker::{FsCommand, FsOutcome, FsWorker};
 use crate::guardian::Guardian;
-use crate::history::History;
+use crate::history::{History, HistoryEntry};
 use crate::logbuf::LogGate;
 use crate::transport::{Delivery, Incoming, ReopenStep, Reopener, Transport};
 
@@ -136,6 +139,9 @@ impl LogLimit {
 const GUARDIAN_RETRY: Duration = Duration::from_secs(2);
 /// At most one "unknown operation" line per this interval (host-triggerable, R71).
 const REFUSED_LOG_INTERVAL: Duration = Duration::from_secs(10);
+/// At most one line per this interval about a BU_COMPLETE no backup waited for
+/// (host-triggerable, R71).
+const STRAY_BU_COMPLETE_LOG_INTERVAL: Duration = Duration::from_secs(10);
 
 /// Everything the loop owns.
 pub struct Daemon {
@@ -171,6 +177,11 @@ pub struct Daemon {
     freeze_reports: BTreeMap<TxnId, FreezeReport>,
     thaw_reports: BTreeMap<TxnId, ThawReport>,
     deferred_reports: Vec<TxnReport>,
+    /// The backup entry waiting for BU_COMPLETE (UIO mode).
+    completion: CompletionWait,
+    /// Entries to append to the history as soon as nothing is frozen, in order.
+    ready_entries: Vec<HistoryEntry>,
+    stray_bu_complete_log: LogLimit,
     refused_logged_at: Option<Instant>,
     refused_suppressed: u64,
     stopping: bool,
@@ -239,6 +250,13 @@ impl Daemon {
             freeze_reports: BTreeMap::new(),
             thaw_reports: BTreeMap::new(),
             deferred_reports: Vec::new(),
+            // Only in UIO mode does BU_COMPLETE reach us (drop-in: the kernel answers it).
+            completion: CompletionWait::new(
+                matches!(parts.settings.transport, TransportChoice::Uio(_)),
+                BU_COMPLETE_WAIT,
+            ),
+            ready_entries: Vec::new(),
+            stray_bu_complete_log: LogLimit::default(),
             refused_logged_at: None,
             refused_suppressed: 0,
             stopping: false,
@@ -281,6 +299,7 @@ impl Daemon {
             );
         }
         self.gate.release();
+        self.close_completion(CompletionEnd::Shutdown);
         self.flush_reports();
         tracing::info!("stopped: nothing of ours is frozen");
         Ok(())
@@ -306,9 +325,11 @@ impl Daemon {
     fn poll_timeout(&self) -> Duration {
         let now_i = Instant::now();
         let mut until: Vec<Instant> = Vec::new();
-        if let Some(d) = self.coord.next_deadline() {
-            let now = self.now();
-            until.push(now_i + Duration::from_millis(d.since(now)));
+        for d in [self.coord.next_deadline(), self.completion.deadline()]
+            .into_iter()
+            .flatten()
+        {
+            until.push(now_i + Duration::from_millis(d.since(self.now())));
         }
         if self.watchdog.is_some() {
             until.push(self.next_watchdog);
@@ -393,6 +414,14 @@ impl Daemon {
         self.maybe_respawn_guardian();
         if self.coord.next_deadline().is_some_and(|d| d <= self.now()) {
             self.queue.push_back(Event::Tick);
+        }
+        if let Some(entry) = self.completion.expire(self.now()) {
+            tracing::info!(
+                txn = entry.report.txn.0,
+                "no BU_COMPLETE from the host within {}s of the backup; storing its report as not completed",
+                BU_COMPLETE_WAIT.as_secs()
+            );
+            self.ready_entries.push(entry);
         }
         self.pump();
         if let Some(interval) = self.watchdog {
@@ -508,6 +537,12 @@ impl Daemon {
             match item {
                 Incoming::Request { key, op } => {
                     self.reopen_backoff.proved();
+                    if matches!(op, HostOp::Check | HostOp::Freeze) {
+                        // A new transaction: the host went on without BU_COMPLETE. Stored
+                        // now, before a FREEZE can hold the files (R60).
+                        self.close_completion(CompletionEnd::NextRequest);
+                        self.flush_reports();
+                    }
                     let request = RequestId(self.next_request);
                     self.next_request += 1;
                     self.pending.insert(request, (self.generation, key, op));
@@ -515,6 +550,7 @@ impl Daemon {
                     self.queue.push_back(Event::HostRequest { request, op });
                 }
                 Incoming::Refused { raw } => self.log_refused(raw.0),
+                Incoming::BackupComplete { trans_id } => self.on_bu_complete(trans_id),
             }
         }
     }
@@ -541,6 +577,8 @@ impl Daemon {
         if self.transport.take().is_none() {
             return;
         }
+        // The channel a BU_COMPLETE would come on is gone.
+        self.close_completion(CompletionEnd::TransportLost);
         self.generation += 1;
         if !self.stopping {
             let now = Instant::now();
@@ -681,9 +719,10 @@ impl Daemon {
         self.flush_reports();
     }
 
-    /// Logs and stores every finished report, once nothing is frozen (R60, R72).
+    /// Logs every finished report and stores what is ready, once nothing is frozen (R60,
+    /// R72). In UIO mode a backup's entry waits for BU_COMPLETE first ([`CompletionWait`]).
     fn flush_reports(&mut self) {
-        if self.fs_frozen || self.deferred_reports.is_empty() {
+        if self.fs_frozen {
             return;
         }
         for report in std::mem::take(&mut self.deferred_reports) {
@@ -703,12 +742,17 @@ impl Daemon {
                 .duration_since(UNIX_EPOCH)
                 .map(|d| d.as_millis() as u64)
                 .unwrap_or(0);
-            let entry = serde_json::json!({
-                "unix_ms": unix_ms,
-                "report": report,
-                "freeze": freeze,
-                "thaw": thaw,
-            });
+            let entry = HistoryEntry {
+                unix_ms,
+                report,
+                freeze,
+                thaw,
+                host_completion: None,
+            };
+            let ready = self.completion.finished(entry, self.now());
+            self.ready_entries.extend(ready);
+        }
+        for entry in std::mem::take(&mut self.ready_entries) {
             if let Err(e) = self.history.append(&entry) {
                 tracing::warn!(error = %e, path = %self.history.path().display(), "cannot append the report history");
             }
@@ -719,6 +763,58 @@ impl Daemon {
         }
         if self.thaw_reports.len() > 16 {
             self.thaw_reports.clear();
+        }
+    }
+
+    /// Ends the wait for BU_COMPLETE for `end`; the entry is stored by the next
+    /// [`Self::flush_reports`] that finds nothing frozen.
+    fn close_completion(&mut self, end: CompletionEnd) {
+        if let Some(entry) = self.completion.close(end, self.now()) {
+            tracing::info!(
+                txn = entry.report.txn.0,
+                closed_by = ?end,
+                "backup report stored without BU_COMPLETE from the host"
+            );
+            self.ready_entries.push(entry);
+        }
+    }
+
+    /// BU_COMPLETE (already answered S_OK by the endpoint, R62): closes the latest backup's
+    /// report.
+    fn on_bu_complete(&mut self, trans_id: u64) {
+        let unstored = self
+            .deferred_reports
+            .iter()
+            .rev()
+            .find(|r| r.kind == TxnKind::Backup)
+            .map(|r| r.txn);
+        match self.completion.bu_complete(self.now(), unstored) {
+            BuComplete::Closed(entry) => {
+                tracing::info!(
+                    trans_id,
+                    txn = entry.report.txn.0,
+                    after_ms = entry.host_completion.map(|c| c.after_ms),
+                    "BU_COMPLETE from the host (answered S_OK): backup completed"
+                );
+                self.ready_entries.push(*entry);
+            }
+            BuComplete::Noted(txn) => tracing::info!(
+                trans_id,
+                txn = txn.0,
+                "BU_COMPLETE from the host (answered S_OK): backup completed; its report follows the thaw"
+            ),
+            BuComplete::Stray => {
+                if let Some(suppressed) = self
+                    .stray_bu_complete_log
+                    .allow(Instant::now(), STRAY_BU_COMPLETE_LOG_INTERVAL)
+                {
+                    tracing::info!(
+                        trans_id,
+                        suppressed,
+                        "BU_COMPLETE from the host (answered S_OK) with no backup report waiting for it"
+                    );
+                }
+            }
         }
     }
 

@@ -8,8 +8,26 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
+use hv_vss_core::TxnReport;
+use hv_vss_core::report::HostCompletion;
+use hv_vss_freezer::{FreezeReport, ThawReport};
+
 /// File name inside the state directory.
 pub const HISTORY_FILE: &str = "history.jsonl";
+
+/// One line of the history: the coordinator's report with the freezer's reports of the
+/// same transaction.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct HistoryEntry {
+    /// Wall-clock time the transaction's report was finished (after the last thaw).
+    pub unix_ms: u64,
+    pub report: TxnReport,
+    pub freeze: Option<FreezeReport>,
+    pub thaw: Option<ThawReport>,
+    /// Whether the host closed this backup with BU_COMPLETE: `None` for HOT_BACKUP checks
+    /// and in drop-in mode (the kernel answers BU_COMPLETE; we never see it).
+    pub host_completion: Option<HostCompletion>,
+}
 
 /// The history file.
 #[derive(Debug, Clone)]
@@ -31,7 +49,7 @@ impl History {
     }
 
     /// Appends one entry, dropping the oldest beyond the limit.
-    pub fn append(&self, entry: &serde_json::Value) -> std::io::Result<()> {
+    pub fn append(&self, entry: &impl serde::Serialize) -> std::io::Result<()> {
         let existing = match std::fs::read_to_string(&self.path) {
             Ok(text) => text,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),

@@ -21,6 +21,7 @@
 //! hooks come with the applications issue, so no participant is registered yet and every
 //! backup is filesystem-consistent.
 
+mod completion;
 mod config;
 mod daemon;
 mod exit;

@@ -16,7 +16,8 @@
 //! [`hv_vss_vmbus::ic_endpoint::IcEndpoint`] does what `hv_utils` does in the kernel:
 //! NEGOTIATE, GET_DM_INFO, BU_COMPLETE and the no-ops are answered inside it, unknown
 //! operations get E_FAIL, replies echo the request with its `trans_id` and HOT_BACKUP flags
-//! 5. HOT_BACKUP, FREEZE and THAW come out as tokens; this module keeps each token until the
+//! 5. BU_COMPLETE is passed on after its answer ([`Incoming::BackupComplete`]: it closes
+//! the backup report). HOT_BACKUP, FREEZE and THAW come out as tokens; this module keeps each token until the
 //! coordinator answers it (several may be pending: the host can overlap requests, R26). The
 //! channel is either:
 //!
@@ -64,6 +65,9 @@ pub enum Incoming {
     /// An operation that is not ours: already answered E_FAIL here (drop-in mode; in UIO
     /// mode the endpoint reports it as a notice).
     Refused { raw: VssOperation },
+    /// BU_COMPLETE, already answered S_OK by the endpoint (UIO mode only: in drop-in mode
+    /// the kernel answers it and never forwards it). It closes the backup report.
+    BackupComplete { trans_id: u64 },
 }
 
 /// What became of a reply.
@@ -172,7 +176,7 @@ impl<C: VmbusChannel> IcTransport<C> {
                     self.ready.push_back(Incoming::Request { key, op });
                 }
                 IcEvent::BackupComplete { trans_id } => {
-                    tracing::info!(trans_id, "BU_COMPLETE from the host (answered S_OK)");
+                    self.ready.push_back(Incoming::BackupComplete { trans_id });
                 }
             }
         }

@@ -168,3 +168,123 @@ fn auto_thaw_over_uio_answers_the_late_thaw_e_fail() {
         assert!(cycle.all_ok, "{cycle:?}");
     });
 }
+
+/// The history entries in `state`, oldest first.
+fn history(state: &tempfile::TempDir) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(state.path().join("history.jsonl"))
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// The history's backup entries (FREEZE transactions), oldest first.
+fn backups(state: &tempfile::TempDir) -> Vec<serde_json::Value> {
+    history(state)
+        .into_iter()
+        .filter(|e| e["report"]["kind"] == "backup")
+        .collect()
+}
+
+/// Waits until the history holds `n` backup entries; returns them.
+fn wait_backups(state: &tempfile::TempDir, n: usize, d: &Daemon) -> Vec<serde_json::Value> {
+    let deadline = std::time::Instant::now() + THAWED;
+    loop {
+        let b = backups(state);
+        if b.len() >= n {
+            return b;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} of {n} backup entries in the history: {:?}\n{}",
+            b.len(),
+            history(state),
+            d.log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn bu_complete_after_a_backup_marks_its_history_entry_host_completed() {
+    with_timeout(LIMIT, || {
+        let host = Host::new();
+        let fs = common::ext4();
+        let state = common::state_dir();
+        let d = start(&host, &fs, &state, &[]);
+        let (mut sim, _conn) = host.accept(&d);
+        sim.negotiate().unwrap();
+        assert!(sim.hot_backup().unwrap().is_ok());
+        assert!(sim.freeze().unwrap().is_ok());
+        assert!(sim.thaw().unwrap().is_ok());
+        assert!(fs.writable_within(THAWED));
+        // The check is stored at once; the backup waits for the host's BU_COMPLETE.
+        assert!(d.wait_log("transaction report", THAWED));
+        std::thread::sleep(BLOCKED);
+        let before = history(&state);
+        assert_eq!(before.len(), 1, "{before:?}");
+        assert_eq!(before[0]["report"]["kind"], "check");
+        assert!(before[0]["host_completion"].is_null(), "{before:?}");
+
+        assert!(sim.bu_complete().unwrap().is_ok());
+        let b = wait_backups(&state, 1, &d);
+        assert_eq!(b.len(), 1, "{b:?}");
+        assert_eq!(b[0]["report"]["verdict"]["kind"], "fs_consistent");
+        assert_eq!(b[0]["host_completion"]["completed"], true, "{b:?}");
+        assert_eq!(b[0]["host_completion"]["closed_by"], "bu_complete");
+        assert_eq!(
+            b[0]["freeze"]["filesystems"].as_array().map(Vec::len),
+            Some(1)
+        );
+        assert!(d.wait_log("backup completed", THAWED));
+        // One line per transaction: a second BU_COMPLETE changes nothing.
+        assert!(sim.bu_complete().unwrap().is_ok());
+        std::thread::sleep(BLOCKED);
+        assert_eq!(history(&state).len(), 2, "{:?}", history(&state));
+    });
+}
+
+#[test]
+fn a_backup_without_bu_complete_is_stored_not_completed() {
+    with_timeout(LIMIT, || {
+        let host = Host::new();
+        let fs = common::ext4();
+        let state = common::state_dir();
+        let mut d = start(&host, &fs, &state, &[]);
+        let (mut sim, _conn) = host.accept(&d);
+        sim.negotiate().unwrap();
+        // Backup 1: no BU_COMPLETE. The next HOT_BACKUP closes it as not completed.
+        assert!(sim.hot_backup().unwrap().is_ok());
+        assert!(sim.freeze().unwrap().is_ok());
+        assert!(sim.thaw().unwrap().is_ok());
+        assert!(sim.hot_backup().unwrap().is_ok());
+        let b = wait_backups(&state, 1, &d);
+        assert_eq!(b[0]["host_completion"]["completed"], false, "{b:?}");
+        assert_eq!(b[0]["host_completion"]["closed_by"], "next_request");
+        // Backup 2 is completed.
+        assert!(sim.freeze().unwrap().is_ok());
+        assert!(sim.thaw().unwrap().is_ok());
+        assert!(sim.bu_complete().unwrap().is_ok());
+        let b = wait_backups(&state, 2, &d);
+        assert_eq!(b[1]["host_completion"]["completed"], true, "{b:?}");
+        // Backup 3: the daemon stops before any BU_COMPLETE; SIGTERM still stores it.
+        assert!(sim.freeze().unwrap().is_ok());
+        assert!(sim.thaw().unwrap().is_ok());
+        d.signal(rustix::process::Signal::TERM);
+        let status = d.wait_exit(THAWED).expect("the daemon did not stop");
+        assert!(status.success(), "{status:?}\n{}", d.log());
+        let b = backups(&state);
+        assert_eq!(b.len(), 3, "{b:?}");
+        assert_eq!(b[2]["host_completion"]["completed"], false, "{b:?}");
+        assert_eq!(b[2]["host_completion"]["closed_by"], "shutdown");
+        // Appended in transaction order, one line each.
+        let txns: Vec<u64> = history(&state)
+            .iter()
+            .map(|e| e["report"]["txn"].as_u64().unwrap())
+            .collect();
+        let mut sorted = txns.clone();
+        sorted.sort_unstable();
+        sorted.dedup();
+        assert_eq!(txns, sorted, "{:?}", history(&state));
+    });
+}
