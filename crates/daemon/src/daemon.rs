@@ -9,6 +9,9 @@
 //!   nothing of ours is frozen (R60, R61). Reports are kept in memory until then and only
 //!   then logged and appended to the history file. In UIO mode a backup's history entry
 //!   then waits for the host's BU_COMPLETE ([`crate::completion`]).
+//! - While anything of ours is frozen, the few conditions that mean trouble (a thaw failing,
+//!   a FIFREEZE past its deadline, guardian or transport lost, exiting still frozen) also
+//!   write one line to `/dev/kmsg` ([`crate::kmsg`]); nothing else ever does.
 //! - Follow-up events (transport loss discovered while replying, guardian loss) go through
 //!   a queue, so the coordinator is never re-entered.
 //!
@@ -37,16 +40,18 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use hv_vss_core::report::{CompletionEnd, TxnKind};
 use hv_vss_core::{
-    Action, Coordinator, Event, HostOp, Millis, Notice, RequestId, Status, TxnId, TxnReport,
+    Action, Coordinator, Event, Failure, HostOp, Millis, Notice, RequestId, Stage, Status, TxnId,
+    TxnReport,
 };
 use hv_vss_freezer::{FreezeReport, ThawReport};
 use rustix::event::{PollFd, PollFlags, Timespec};
 
 use crate::completion::{BU_COMPLETE_WAIT, BuComplete, CompletionWait};
 use crate::config::{Settings, TransportChoice};
-use crate::fsworker::{FsCommand, FsOutcome, FsWorker};
+use crate::fsworker::{FsCommand, FsOutcome, FsWorker, THAW_RETRY_INTERVAL};
 use crate::guardian::Guardian;
 use crate::history::{History, HistoryEntry};
+use crate::kmsg::{Kmsg, Urgent};
 use crate::logbuf::LogGate;
 use crate::transport::{Delivery, Incoming, ReopenStep, Reopener, Transport};
 
@@ -182,6 +187,8 @@ pub struct Daemon {
     /// Entries to append to the history as soon as nothing is frozen, in order.
     ready_entries: Vec<HistoryEntry>,
     stray_bu_complete_log: LogLimit,
+    /// Urgent lines while frozen (R61).
+    kmsg: Kmsg,
     refused_logged_at: Option<Instant>,
     refused_suppressed: u64,
     stopping: bool,
@@ -212,6 +219,8 @@ pub struct Parts {
     pub worker: FsWorker,
     pub guardian: Guardian,
     pub signals: UnixStream,
+    /// The kernel log, opened before any freeze.
+    pub kmsg: Kmsg,
 }
 
 impl Daemon {
@@ -257,6 +266,7 @@ impl Daemon {
             ),
             ready_entries: Vec::new(),
             stray_bu_complete_log: LogLimit::default(),
+            kmsg: parts.kmsg,
             refused_logged_at: None,
             refused_suppressed: 0,
             stopping: false,
@@ -292,6 +302,13 @@ impl Daemon {
             // the journal when it is dropped, and the guardian (told when we exit) and the
             // next start recover it.
             tracing::error!("stopping with filesystems still frozen: FITHAW keeps failing");
+            self.urgent(
+                Urgent::ExitingFrozen,
+                &format!(
+                    "exiting with filesystems still frozen (FITHAW keeps failing); journal kept in {}: run `hv-vss thaw --recover`",
+                    self.settings.state_dir.display()
+                ),
+            );
             anyhow::bail!(
                 "stopping with filesystems still frozen (FITHAW kept failing for {:?}); their journal stays in {} for the guardian, the next start or `hv-vss thaw --recover`",
                 self.settings.limits.thaw_deadline,
@@ -479,7 +496,10 @@ impl Daemon {
                     self.worker.send(FsCommand::Freeze { txn });
                 }
                 Action::ThawFs { txn } => self.worker.send(FsCommand::Thaw { txn }),
-                Action::Notice(notice) => log_notice(&notice),
+                Action::Notice(notice) => {
+                    self.urgent_notice(&notice);
+                    log_notice(&notice);
+                }
                 Action::Report(report) => self.deferred_reports.push(*report),
                 Action::Stopped => self.stopped = true,
             }
@@ -577,6 +597,10 @@ impl Daemon {
         if self.transport.take().is_none() {
             return;
         }
+        self.urgent(
+            Urgent::TransportLost,
+            "VSS transport lost while filesystems are frozen; thawing, then reopening",
+        );
         // The channel a BU_COMPLETE would come on is gone.
         self.close_completion(CompletionEnd::TransportLost);
         self.generation += 1;
@@ -672,6 +696,37 @@ impl Daemon {
                 report,
                 nothing_frozen,
             } => {
+                if let Some(r) = &report {
+                    let timed_out: Vec<String> = r
+                        .filesystems
+                        .iter()
+                        .filter(|f| f.outcome == hv_vss_freezer::FsFreezeOutcome::TimedOut)
+                        .map(|f| f.mount_point.display().to_string())
+                        .collect();
+                    if !timed_out.is_empty() && !nothing_frozen {
+                        self.urgent(
+                            Urgent::FreezeDeadline,
+                            &format!(
+                                "FIFREEZE past its deadline on {} (txn {}); thawing as soon as it returns",
+                                timed_out.join(", "),
+                                txn.0
+                            ),
+                        );
+                    }
+                }
+                if let Err(e) = &result {
+                    if !nothing_frozen {
+                        self.urgent(
+                            Urgent::ThawFailing,
+                            &format!(
+                                "freeze failed and filesystems are still frozen (txn {}); retrying their thaw every {}s: {}",
+                                txn.0,
+                                THAW_RETRY_INTERVAL.as_secs(),
+                                e.detail
+                            ),
+                        );
+                    }
+                }
                 if let Some(r) = report {
                     self.freeze_reports.insert(txn, r);
                 }
@@ -687,6 +742,17 @@ impl Daemon {
                 report,
                 all_thawed,
             } => {
+                if let (false, Err(e)) = (all_thawed, &result) {
+                    self.urgent(
+                        Urgent::ThawFailing,
+                        &format!(
+                            "thaw failed, filesystems still frozen (txn {}); retrying every {}s: {}",
+                            txn.0,
+                            THAW_RETRY_INTERVAL.as_secs(),
+                            e.detail
+                        ),
+                    );
+                }
                 if let Some(r) = report {
                     self.thaw_reports.insert(txn, r);
                 }
@@ -818,6 +884,43 @@ impl Daemon {
         }
     }
 
+    /// One kernel-log line for an urgent condition, only while something of ours is frozen
+    /// (the held log is invisible until the last thaw, R61). Rate-limited per kind.
+    fn urgent(&mut self, kind: Urgent, text: &str) {
+        if self.fs_frozen {
+            self.kmsg.urgent(kind, Instant::now(), text);
+        }
+    }
+
+    /// The coordinator's notices that are urgent while frozen: a request deadline that ran
+    /// out in a filesystem stage (a FIFREEZE or FITHAW that has not returned).
+    fn urgent_notice(&mut self, notice: &Notice) {
+        let Notice::Failed {
+            txn,
+            failure: Failure::Deadline { stage, .. },
+        } = notice
+        else {
+            return;
+        };
+        match stage {
+            Stage::FreezeFs => self.urgent(
+                Urgent::FreezeDeadline,
+                &format!(
+                    "FREEZE deadline ran out while FIFREEZE is still running (txn {}); answered E_FAIL, thawing",
+                    txn.0
+                ),
+            ),
+            Stage::ThawFs => self.urgent(
+                Urgent::ThawFailing,
+                &format!(
+                    "THAW deadline ran out while FITHAW is still running (txn {}); filesystems may still be frozen",
+                    txn.0
+                ),
+            ),
+            _ => {}
+        }
+    }
+
     fn check_guardian(&mut self) {
         let gone = self.guardian.as_mut().is_some_and(Guardian::is_gone);
         if !gone {
@@ -825,6 +928,10 @@ impl Daemon {
         }
         self.guardian = None;
         tracing::error!("the guardian process died; thawing if frozen, then starting a new one");
+        self.urgent(
+            Urgent::GuardianDied,
+            "guardian process died while filesystems are frozen; thawing now",
+        );
         self.queue.push_back(Event::GuardianDied);
         // No FREEZE without a guardian (R57).
         self.queue.push_back(Event::NotReady);

@@ -5,7 +5,8 @@
 //!
 //! Startup order (each step before the next, all before any freeze):
 //! 1. command line and config file, validated (exit 2, naming the flag or key);
-//! 2. logging through the freeze-safe gate ([`logbuf`]);
+//! 2. logging through the freeze-safe gate ([`logbuf`]), and `/dev/kmsg` for urgent lines
+//!    while frozen ([`kmsg`]);
 //! 3. the state directory: created, checked not to be on a filesystem the plan may freeze
 //!    (exit 5), its instance lock taken (exit 4 if another hv-vssd uses it);
 //! 4. recovery: an earlier instance's journal is thawed before the transport opens (R59);
@@ -28,6 +29,7 @@ mod exit;
 mod fsworker;
 mod guardian;
 mod history;
+mod kmsg;
 mod logbuf;
 mod transport;
 
@@ -83,6 +85,9 @@ struct Cli {
     /// Internal: run as the guardian of the daemon that started this process.
     #[arg(long, hide = true)]
     guardian: bool,
+    /// Internal (tests): where urgent lines go while frozen, instead of /dev/kmsg.
+    #[arg(long, hide = true, value_name = "PATH", default_value = kmsg::DEFAULT_KMSG)]
+    kmsg: PathBuf,
 }
 
 /// Name of the instance lock inside the state directory.
@@ -182,6 +187,12 @@ fn run(cli: Cli) -> Result<(), Fatal> {
         "application socket reserved; its server comes with application support (no participants: filesystem-consistent backups)"
     );
 
+    // Opened once, before anything can be frozen (R60, R61).
+    let (kmsg, kmsg_error) = kmsg::Kmsg::open(&cli.kmsg);
+    if let Some(e) = kmsg_error {
+        tracing::info!(path = %cli.kmsg.display(), error = %e, "kernel log unavailable: urgent lines while frozen stay in the held log only");
+    }
+
     let signals = daemon::signal_pipe()
         .map_err(|e| Fatal::new(ExitKind::Internal, anyhow!("signal handlers: {e}")))?;
 
@@ -245,6 +256,7 @@ fn run(cli: Cli) -> Result<(), Fatal> {
         worker,
         guardian,
         signals,
+        kmsg,
     })
     .run()
     .map_err(|e| Fatal::new(ExitKind::Internal, e))

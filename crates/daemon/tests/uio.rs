@@ -288,3 +288,56 @@ fn a_backup_without_bu_complete_is_stored_not_completed() {
         assert_eq!(txns, sorted, "{:?}", history(&state));
     });
 }
+
+/// R61: while frozen, the held log is invisible; a transport or guardian loss writes one
+/// line each to the (injected) kernel log. Normal backups write none.
+#[test]
+fn losses_while_frozen_write_kmsg_lines_and_normal_backups_none() {
+    with_timeout(LIMIT, || {
+        let host = Host::new();
+        let fs = common::ext4();
+        let state = common::state_dir();
+        let kmsg_dir = common::state_dir();
+        let kmsg = kmsg_dir.path().join("kmsg");
+        std::fs::write(&kmsg, "").unwrap();
+        let d = start(&host, &fs, &state, &["--kmsg", kmsg.to_str().unwrap()]);
+        let (mut sim, conn) = host.accept(&d);
+        sim.negotiate().unwrap();
+        for _ in 0..3 {
+            let cycle = sim.backup_cycle(Duration::from_millis(5));
+            assert!(cycle.all_ok, "{cycle:?}");
+        }
+        assert!(sim.freeze().unwrap().is_ok());
+        let probe = fs.write_probe();
+        assert!(!probe.wait_ok(BLOCKED));
+        assert_eq!(
+            std::fs::read_to_string(&kmsg).unwrap(),
+            "",
+            "kmsg lines in normal operation"
+        );
+        drop(conn);
+        drop(sim);
+        assert!(probe.wait_ok(THAWED), "transport loss must thaw");
+        let text = std::fs::read_to_string(&kmsg).unwrap();
+        assert_eq!(text.lines().count(), 1, "{text:?}");
+        assert!(text.starts_with("<4>hv-vssd: "), "{text:?}");
+        assert!(text.contains("transport lost"), "{text:?}");
+
+        // The guardian dying while frozen: one more line.
+        let (mut sim, _conn) = host.accept(&d);
+        sim.negotiate().unwrap();
+        assert!(sim.freeze().unwrap().is_ok());
+        let probe = fs.write_probe();
+        assert!(!probe.wait_ok(BLOCKED));
+        let guardian = d.guardian_pid().expect("a guardian");
+        common::kill(guardian, rustix::process::Signal::KILL);
+        assert!(probe.wait_ok(THAWED), "guardian loss must thaw");
+        let text = std::fs::read_to_string(&kmsg).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 2, "{text:?}");
+        assert!(
+            lines[1].starts_with("<4>hv-vssd: guardian process died"),
+            "{text:?}"
+        );
+    });
+}
