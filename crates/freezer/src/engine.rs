@@ -1085,6 +1085,51 @@ mod tests {
         stuck: Vec<PathBuf>,
         stuck_on: std::sync::atomic::AtomicBool,
         state_dev: Option<DevNum>,
+        /// Every FIFREEZE waits here until `parties` calls have started (or it times out).
+        freeze_rendezvous: Option<Rendezvous>,
+        /// Every syncfs waits here likewise.
+        sync_rendezvous: Option<Rendezvous>,
+    }
+
+    /// A barrier with a timeout: a serial caller makes the test fail instead of hang.
+    struct Rendezvous {
+        parties: usize,
+        arrived: Mutex<usize>,
+        all_here: std::sync::Condvar,
+        timeout: Duration,
+        /// Calls that gave up waiting: they ran while no other call had started.
+        timed_out: std::sync::atomic::AtomicUsize,
+    }
+
+    impl Rendezvous {
+        fn new(parties: usize) -> Self {
+            Self {
+                parties,
+                arrived: Mutex::new(0),
+                all_here: std::sync::Condvar::new(),
+                timeout: Duration::from_secs(2),
+                timed_out: 0.into(),
+            }
+        }
+
+        /// Arrive and wait until every party has arrived, or the timeout.
+        fn meet(&self) {
+            let mut arrived = self.arrived.lock().unwrap();
+            *arrived += 1;
+            self.all_here.notify_all();
+            let (_arrived, waited) = self
+                .all_here
+                .wait_timeout_while(arrived, self.timeout, |n| *n < self.parties)
+                .unwrap();
+            if waited.timed_out() {
+                self.timed_out
+                    .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }
+        }
+
+        fn timed_out(&self) -> usize {
+            self.timed_out.load(std::sync::atomic::Ordering::SeqCst)
+        }
     }
 
     impl Fake {
@@ -1126,6 +1171,9 @@ mod tests {
         }
         fn syncfs(&self, fd: BorrowedFd<'_>) -> std::io::Result<()> {
             let p = self.path(fd);
+            if let Some(r) = &self.sync_rendezvous {
+                r.meet();
+            }
             if self.sync_hang.contains(&p) {
                 std::thread::sleep(Duration::from_millis(1500));
             }
@@ -1137,6 +1185,9 @@ mod tests {
         }
         fn freeze(&self, fd: BorrowedFd<'_>) -> Result<(), SysFreezeError> {
             let p = self.path(fd);
+            if let Some(r) = &self.freeze_rendezvous {
+                r.meet();
+            }
             if self.hang.contains(&p) {
                 std::thread::sleep(Duration::from_millis(300));
             }
@@ -1268,6 +1319,53 @@ mod tests {
         let last_sync = calls.iter().rposition(|c| c.starts_with("sync")).unwrap();
         let first_freeze = calls.iter().position(|c| c.starts_with("freeze")).unwrap();
         assert!(last_sync < first_freeze);
+    }
+
+    /// /img and /other are independent (both level 0): their FIFREEZE calls must run at the
+    /// same time, so each fake call waits until the other has started. A serial engine makes
+    /// the first call wait out the rendezvous timeout.
+    #[test]
+    fn freezes_within_a_level_run_concurrently() {
+        let (plan, mut fake, dir) = setup(vec!["/img", "/other"]);
+        assert_eq!(plan.levels.len(), 1, "{:?}", plan.levels);
+        assert_eq!(plan.levels[0].len(), 2);
+        fake.freeze_rendezvous = Some(Rendezvous::new(2));
+        let fake = Arc::new(fake);
+        let mut o = opts(&dir);
+        o.freeze_deadline = Duration::from_secs(10);
+        let mut set = freeze_with(&plan, &o, fake.clone(), &|| false).unwrap();
+        assert_eq!(set.members().len(), 2);
+        let r = fake.freeze_rendezvous.as_ref().unwrap();
+        assert_eq!(
+            r.timed_out(),
+            0,
+            "a FIFREEZE waited alone for the other: the level was frozen serially"
+        );
+        assert!(set.thaw().complete);
+    }
+
+    /// The flush before the first freeze runs every syncfs at the same time.
+    #[test]
+    fn flushes_run_concurrently() {
+        let (plan, mut fake, dir) = setup(vec!["/img", "/other"]);
+        fake.sync_rendezvous = Some(Rendezvous::new(2));
+        let fake = Arc::new(fake);
+        let mut o = opts(&dir);
+        o.freeze_deadline = Duration::from_secs(10);
+        let mut set = freeze_with(&plan, &o, fake.clone(), &|| false).unwrap();
+        let r = fake.sync_rendezvous.as_ref().unwrap();
+        assert_eq!(
+            r.timed_out(),
+            0,
+            "a syncfs waited alone for the other: the flush ran serially"
+        );
+        assert!(
+            set.report()
+                .filesystems
+                .iter()
+                .all(|f| f.sync_error.is_none())
+        );
+        assert!(set.thaw().complete);
     }
 
     #[test]
