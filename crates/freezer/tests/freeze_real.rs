@@ -424,3 +424,106 @@ fn a_state_dir_on_a_filesystem_being_frozen_is_refused() {
         drop(inner);
     });
 }
+
+/// A btrfs subvolume mounted at a second mount point this test owns; unmounted on drop.
+struct SubvolMount {
+    dir: tempfile::TempDir,
+}
+
+impl SubvolMount {
+    fn new(fs: &LoopFs, name: &str) -> Self {
+        let status = Command::new("btrfs")
+            .args(["subvolume", "create"])
+            .arg(fs.mount_point().join(name))
+            .stdout(Stdio::null())
+            .status()
+            .unwrap();
+        assert!(status.success(), "btrfs subvolume create");
+        let dir = tempfile::Builder::new()
+            .prefix("hv-vss-subvol-")
+            .tempdir()
+            .unwrap();
+        let status = Command::new("mount")
+            .args(["-o", &format!("subvol={name}")])
+            .arg(fs.loop_device())
+            .arg(dir.path())
+            .status()
+            .unwrap();
+        assert!(status.success(), "mount -o subvol={name}");
+        Self { dir }
+    }
+
+    fn mount_point(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for SubvolMount {
+    fn drop(&mut self) {
+        // The superblock may still be frozen if the test failed: thaw first.
+        hv_vss_testutil::thaw_all_test_filesystems();
+        let ok = Command::new("umount")
+            .arg(self.dir.path())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !ok {
+            let _ = Command::new("umount")
+                .arg("-l")
+                .arg(self.dir.path())
+                .status();
+        }
+    }
+}
+
+/// A btrfs filesystem and one of its subvolumes mounted elsewhere are one superblock: one
+/// plan entry (the subvolume under also_mounted_at), one FIFREEZE (a second one would fail
+/// with EBUSY), writes through both mounts block, and both complete after the thaw. The
+/// subvolume's st_dev differs from mountinfo's major:minor; grouping is by the latter.
+#[test]
+fn a_btrfs_subvolume_mount_and_its_filesystem_are_frozen_once() {
+    freezing_test(TIMEOUT, || {
+        let fs = LoopFs::new(FsKind::Btrfs).unwrap();
+        let sub = SubvolMount::new(&fs, "vol");
+        let (sub_dev, _) = hv_vss_sys::fs::stat_path(sub.mount_point()).unwrap();
+        let state = state_dir().unwrap();
+        for list in [
+            vec![sub.mount_point(), fs.mount_point()],
+            vec![fs.mount_point(), sub.mount_point()],
+            vec![sub.mount_point()],
+        ] {
+            let plan = plan_for(&list).unwrap();
+            assert_eq!(plan.len(), 1, "{list:?}: {:?}", plan.levels);
+            let only = plan.filesystems().next().unwrap();
+            assert_eq!(only.mount_point, fs.mount_point(), "{list:?}");
+            assert_eq!(
+                only.also_mounted_at,
+                vec![sub.mount_point().to_path_buf()],
+                "{list:?}"
+            );
+            assert_ne!(only.dev, sub_dev, "subvolume st_dev vs mountinfo");
+            let mut frozen = freeze(&plan, &options(state.path())).unwrap();
+            assert_eq!(frozen.members().len(), 1);
+            assert_eq!(frozen.report().filesystems.len(), 1);
+            assert_eq!(
+                frozen.report().filesystems[0].outcome,
+                FsFreezeOutcome::Frozen
+            );
+            let in_sub = WriteProbe::start_synced(&sub.mount_point().join("s"), b"x");
+            let in_top = fs.write_probe();
+            assert!(
+                !in_sub.wait(Duration::from_millis(300)),
+                "{list:?}: write to the subvolume mount must block"
+            );
+            assert!(
+                !in_top.wait(Duration::from_millis(100)),
+                "{list:?}: write to the top-level mount must block"
+            );
+            assert!(frozen.thaw().complete);
+            assert!(in_sub.wait_ok(Duration::from_secs(10)), "{list:?}");
+            assert!(in_top.wait_ok(Duration::from_secs(10)), "{list:?}");
+            assert!(Journal::read(state.path()).unwrap().is_none());
+        }
+        drop(sub);
+        drop(fs);
+    });
+}
