@@ -8,12 +8,13 @@ mod common;
 
 use std::ffi::OsStr;
 use std::os::fd::OwnedFd;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::{Daemon, LoopFs, with_timeout};
 use hv_vss_protocol::{HvStatus, Version, VssOperation};
 use hv_vss_sim::host::{HandoverListener, HostConfig, HostSimulator, NegotiationResult};
 use hv_vss_vmbus::shm::ShmRings;
+use rustix::process::Signal;
 
 const ACCEPT: Duration = Duration::from_secs(15);
 const BLOCKED: Duration = Duration::from_millis(400);
@@ -339,5 +340,180 @@ fn losses_while_frozen_write_kmsg_lines_and_normal_backups_none() {
             lines[1].starts_with("<4>hv-vssd: guardian process died"),
             "{text:?}"
         );
+    });
+}
+
+/// Where the daemon lists what it froze while a freeze is held.
+fn journal_exists(state: &tempfile::TempDir) -> bool {
+    state.path().join("freeze-journal.json").exists()
+}
+
+/// The daemon did not come back for a new ring pair: it kept its first channel.
+fn assert_no_reconnect(host: &Host, d: &Daemon) {
+    assert!(
+        host.listener
+            .accept(Duration::from_millis(100))
+            .unwrap()
+            .is_none(),
+        "the daemon reconnected, so it lost its channel:\n{}",
+        d.log()
+    );
+}
+
+#[test]
+fn sigkill_while_frozen_over_uio_is_thawed_by_the_guardian_within_2s() {
+    with_timeout(LIMIT, || {
+        let host = Host::new();
+        let fs = common::ext4();
+        let state = common::state_dir();
+        let mut d = start(&host, &fs, &state, &[]);
+        let (mut sim, _conn) = host.accept(&d);
+        sim.negotiate().unwrap();
+        assert!(sim.hot_backup().unwrap().is_ok());
+        assert!(sim.freeze().unwrap().is_ok());
+        let probe = fs.write_probe();
+        assert!(
+            !probe.wait_ok(BLOCKED),
+            "FREEZE over UIO must really freeze"
+        );
+        assert!(journal_exists(&state), "the journal lists the frozen set");
+
+        let guardian = d.guardian_pid().expect("a guardian runs");
+        d.signal(Signal::KILL);
+        let killed = Instant::now();
+        assert!(
+            probe.wait_ok(Duration::from_secs(2).saturating_sub(killed.elapsed())),
+            "not thawed within 2 s of SIGKILL:\n{}",
+            d.log()
+        );
+        // No restart: the daemon is dead and its guardian did the thaw.
+        assert!(d.wait_exit(THAWED).is_some());
+        let deadline = Instant::now() + THAWED;
+        while common::process_exists(guardian) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(
+            !common::process_exists(guardian),
+            "the guardian exits after recovery"
+        );
+        assert!(!journal_exists(&state));
+        assert!(fs.writable_within(THAWED));
+    });
+}
+
+#[test]
+fn hundred_cycles_in_a_row_over_uio() {
+    with_timeout(Duration::from_secs(300), || {
+        let host = Host::new();
+        let fs = common::ext4();
+        let state = common::state_dir();
+        let d = start(&host, &fs, &state, &[]);
+        let (mut sim, _conn) = host.accept(&d);
+        sim.negotiate().unwrap();
+        for i in 0..100 {
+            // The simulator also rejects a HOT_BACKUP reply without flags 5 (R7) as invalid.
+            let check = sim.hot_backup().unwrap();
+            assert_eq!(
+                (check.status, check.flags),
+                (HvStatus::S_OK, 5),
+                "cycle {i}"
+            );
+            assert_eq!(sim.freeze().unwrap().status, HvStatus::S_OK, "cycle {i}");
+            if i == 0 || i == 99 {
+                // Zero hold otherwise; here the freeze is shown to be real.
+                let probe = fs.write_probe();
+                assert!(!probe.wait_ok(BLOCKED), "cycle {i}: FREEZE must freeze");
+                assert_eq!(sim.thaw().unwrap().status, HvStatus::S_OK, "cycle {i}");
+                assert!(probe.wait_ok(THAWED), "cycle {i}: THAW must thaw");
+            } else {
+                assert_eq!(sim.thaw().unwrap().status, HvStatus::S_OK, "cycle {i}");
+            }
+            assert_eq!(
+                sim.bu_complete().unwrap().status,
+                HvStatus::S_OK,
+                "cycle {i}"
+            );
+        }
+        assert_eq!(sim.exchanges().len(), 1 + 4 * 100);
+        assert!(sim.unmatched_replies().is_empty());
+        assert!(fs.writable_within(THAWED));
+        assert!(!journal_exists(&state));
+        assert_no_reconnect(&host, &d);
+    });
+}
+
+#[test]
+fn bad_input_while_frozen_over_uio_gets_no_reply_and_keeps_the_freeze() {
+    with_timeout(LIMIT, || {
+        let host = Host::new();
+        let fs = common::ext4();
+        let state = common::state_dir();
+        let d = start(&host, &fs, &state, &[]);
+        let (mut sim, _conn) = host.accept(&d);
+        sim.negotiate().unwrap();
+        assert!(sim.hot_backup().unwrap().is_ok());
+        assert!(sim.freeze().unwrap().is_ok());
+        let probe = fs.write_probe();
+        assert!(
+            !probe.wait_ok(BLOCKED),
+            "FREEZE over UIO must really freeze"
+        );
+
+        // R10: garbage, a VSS payload under 40 bytes (a THAW: acting on it would thaw), and
+        // well-formed IC messages of other types get no reply and change nothing.
+        let mut bad = Vec::new();
+        for (len, seed) in [
+            (1, 1),
+            (8, 2),
+            (24, 3),
+            (40, 4),
+            (64, 5),
+            (512, 6),
+            (4096, 7),
+        ] {
+            bad.push(sim.post_garbage(len, seed).unwrap());
+        }
+        for len in [28, 30, 32] {
+            bad.push(sim.post_truncated_vss(VssOperation::THAW, len).unwrap());
+        }
+        for msg_type in [1, 2, 3, 4, 6, 7, 0x100, 0xffff] {
+            bad.push(sim.post_non_vss(msg_type).unwrap());
+        }
+        // The channel is processed in order: once the FREEZE behind them is answered, any
+        // reply to the bad packets would already be in the ring.
+        let freeze = sim.post_vss(VssOperation::FREEZE, 0, &[]).unwrap();
+        let again = sim.await_vss(freeze).unwrap();
+        assert_eq!(again.status, HvStatus::S_OK, "the daemon still answers");
+        for (i, ticket) in bad.into_iter().enumerate() {
+            let window = if i == 0 {
+                BLOCKED
+            } else {
+                Duration::from_millis(20)
+            };
+            if let Err(e) = sim.expect_no_reply(ticket, window) {
+                panic!("bad packet {i} was answered: {e}\n{}", d.log());
+            }
+        }
+        assert!(sim.unmatched_replies().is_empty());
+        assert!(
+            !probe.wait_ok(BLOCKED),
+            "bad input must not thaw:\n{}",
+            d.log()
+        );
+        assert!(journal_exists(&state));
+
+        assert!(sim.thaw().unwrap().is_ok());
+        assert!(probe.wait_ok(THAWED), "the blocked write did not complete");
+        assert!(!journal_exists(&state));
+        assert!(
+            d.wait_log("notice=Dropped", THAWED),
+            "the drops are logged once thawed (R10)"
+        );
+        assert!(sim.bu_complete().unwrap().is_ok());
+        // Same channel, still serving.
+        let cycle = sim.backup_cycle(Duration::ZERO);
+        assert!(cycle.all_ok, "{cycle:?}");
+        assert!(fs.writable_within(THAWED));
+        assert_no_reconnect(&host, &d);
     });
 }
