@@ -461,3 +461,81 @@ fn nothing_to_freeze_has_its_exit_code() {
     }
     let _ = Path::new("/");
 }
+
+/// The CLI writes nothing between the first FIFREEZE and the last FITHAW: its stdout and
+/// stderr are files on the very filesystem it freezes, so a single write while frozen would
+/// block it on its own freeze forever. It must exit 0 after its hold, with the timings in
+/// its output file.
+#[test]
+fn freeze_with_its_output_on_the_frozen_filesystem_writes_only_after_the_thaw() {
+    freezing_test(TIMEOUT, || {
+        let fs = LoopFs::new(FsKind::Ext4).unwrap();
+        let state = state_dir().unwrap();
+        let out_path = fs.mount_point().join("freeze.out");
+        let err_path = fs.mount_point().join("freeze.err");
+        let mut child = hv_vss()
+            .args(["freeze", "--hold", "1s", "--state-dir"])
+            .arg(state.path())
+            .arg("--mount")
+            .arg(fs.mount_point())
+            .stdout(std::fs::File::create(&out_path).unwrap())
+            .stderr(std::fs::File::create(&err_path).unwrap())
+            .spawn()
+            .unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break Some(status);
+            }
+            if std::time::Instant::now() > deadline {
+                break None;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let Some(status) = status else {
+            // Blocked on its own freeze: thaw it so it can finish, then fail.
+            let _ = thaw_path(fs.mount_point());
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("hv-vss freeze did not exit within 20 s: it wrote while frozen");
+        };
+        let stdout = std::fs::read_to_string(&out_path).unwrap();
+        let stderr = std::fs::read_to_string(&err_path).unwrap();
+        assert!(status.success(), "{status}: {stdout}{stderr}");
+        assert!(stdout.contains("frozen window"), "{stdout}");
+        assert!(
+            stdout.contains(fs.mount_point().to_str().unwrap()),
+            "{stdout}"
+        );
+        assert!(fs.writable_within(Duration::from_secs(10)), "thawed");
+    });
+}
+
+/// `freeze` as an unprivileged user: exit 3 (not root) with a message saying root is
+/// needed, before planning or opening anything (`/` is never frozen: FIFREEZE would need
+/// CAP_SYS_ADMIN anyway).
+#[test]
+fn freeze_as_an_unprivileged_user_exits_3_saying_root_is_needed() {
+    use std::os::unix::process::CommandExt;
+    if skip_unless_root("setuid test (needs root to drop to uid 65534)") {
+        return;
+    }
+    let state = tempfile::tempdir().unwrap();
+    let out = run(hv_vss()
+        .args(["freeze", "--hold", "0", "--mount", "/", "--state-dir"])
+        .arg(state.path().join("state"))
+        .uid(65534)
+        .gid(65534));
+    assert_eq!(code(&out), 3, "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(err.contains("needs root"), "{err}");
+    assert!(
+        out.stdout.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(
+        !state.path().join("state").exists(),
+        "the state directory was created"
+    );
+}
