@@ -7,7 +7,7 @@
 //!     feel it;
 //! (b) the whole freeze + thaw time with a zero hold.
 //!
-//! Methods, alternated within the same run:
+//! Methods, both in every trial of the same run, stock first:
 //! - stock: for each filesystem in mount order, open, FIFREEZE, close; then the same for
 //!   FITHAW (tools/hv/hv_vss_daemon.c; `hv_vss_testutil::bench::stock_freeze_thaw`, which
 //!   the daemon's bench uses too);
