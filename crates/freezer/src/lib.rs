@@ -119,13 +119,13 @@ pub enum MakePlanError {
     Plan(#[from] PlanError),
 }
 
-/// Read the mount table and sysfs, and build the plan. Listed paths are made absolute and
-/// canonical first (so `mnt/` and `/tmp/x/../mnt` name their mount).
-pub fn make_plan(
+/// Reads and parses `source`'s mount table, and makes the paths of an explicit selection
+/// absolute and canonical (so `mnt/` and `/tmp/x/../mnt` name their mount). Shared by
+/// planning and the sweep.
+pub(crate) fn read_mount_table(
     source: &MountSource,
     selection: &Selection,
-    config: &CompiledConfig,
-) -> Result<Plan, MakePlanError> {
+) -> Result<(Vec<MountEntry>, Selection), MakePlanError> {
     let data = std::fs::read(&source.mountinfo).map_err(|e| MakePlanError::Read {
         path: source.mountinfo.clone(),
         source: e,
@@ -145,6 +145,17 @@ pub fn make_plan(
         ),
         other => other.clone(),
     };
+    Ok((mounts, selection))
+}
+
+/// Read the mount table and sysfs, and build the plan. Listed paths are made absolute and
+/// canonical first (so `mnt/` and `/tmp/x/../mnt` name their mount).
+pub fn make_plan(
+    source: &MountSource,
+    selection: &Selection,
+    config: &CompiledConfig,
+) -> Result<Plan, MakePlanError> {
+    let (mounts, selection) = read_mount_table(source, selection)?;
     let topology = SysfsTopology::new(&source.sysfs_root);
     Ok(build_plan(
         &mounts,

@@ -55,7 +55,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::FreezerConfig;
 use crate::engine::{FsOps, KernelOps};
-use crate::mountinfo::{MountEntry, parse_mountinfo};
+use crate::mountinfo::MountEntry;
 use crate::plan::{PlanError, Selection, SkipReason, build_plan, classify};
 use crate::topology::{SysfsTopology, Topology};
 use crate::{MakePlanError, MountSource, serde_util};
@@ -167,25 +167,7 @@ pub fn thaw_all_frozen(
     source: &MountSource,
     selection: &Selection,
 ) -> Result<SweepReport, MakePlanError> {
-    let data = std::fs::read(&source.mountinfo).map_err(|e| MakePlanError::Read {
-        path: source.mountinfo.clone(),
-        source: e,
-    })?;
-    let mounts = parse_mountinfo(&data)?;
-    let selection = match selection {
-        Selection::Explicit(paths) if source.open_prefix.is_none() => Selection::Explicit(
-            paths
-                .iter()
-                .map(|p| {
-                    std::fs::canonicalize(p).map_err(|e| MakePlanError::NoSuchPath {
-                        path: p.clone(),
-                        source: e,
-                    })
-                })
-                .collect::<Result<_, _>>()?,
-        ),
-        other => other.clone(),
-    };
+    let (mounts, selection) = crate::read_mount_table(source, selection)?;
     let topology = SysfsTopology::new(&source.sysfs_root);
     let (targets, not_swept) = sweep_targets(
         &mounts,
@@ -389,6 +371,7 @@ fn thaw_one(target: &SweepTarget, ops: &dyn FsOps) -> (PathBuf, SweepOutcome) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::mountinfo::parse_mountinfo;
     use crate::topology::Lower;
     use hv_vss_sys::fs::{FileIdentity, FreezeError as SysFreezeError};
     use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
