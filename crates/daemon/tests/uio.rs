@@ -55,6 +55,13 @@ impl Host {
         .unwrap();
         (sim, conn)
     }
+
+    /// [`Host::accept`], then a successful NEGOTIATE (framework 3.0, VSS 5.0 by default).
+    fn accept_negotiated(&self, daemon: &Daemon) -> (HostSimulator, OwnedFd) {
+        let (mut sim, conn) = self.accept(daemon);
+        sim.negotiate().unwrap();
+        (sim, conn)
+    }
 }
 
 fn start(host: &Host, fs: &LoopFs, state: &tempfile::TempDir, extra: &[&str]) -> Daemon {
@@ -136,8 +143,7 @@ fn host_hang_up_while_frozen_thaws_and_reconnects() {
         let fs = common::ext4();
         let state = common::state_dir();
         let d = start(&host, &fs, &state, &[]);
-        let (mut sim, conn) = host.accept(&d);
-        sim.negotiate().unwrap();
+        let (mut sim, conn) = host.accept_negotiated(&d);
         assert!(sim.freeze().unwrap().is_ok());
         let probe = fs.write_probe();
         assert!(!probe.wait_ok(BLOCKED));
@@ -145,8 +151,7 @@ fn host_hang_up_while_frozen_thaws_and_reconnects() {
         drop(conn);
         drop(sim);
         assert!(probe.wait_ok(THAWED), "transport loss must thaw");
-        let (mut sim, _conn) = host.accept(&d);
-        sim.negotiate().unwrap();
+        let (mut sim, _conn) = host.accept_negotiated(&d);
         let cycle = sim.backup_cycle(Duration::from_millis(5));
         assert!(cycle.all_ok, "{cycle:?}");
     });
@@ -159,8 +164,7 @@ fn auto_thaw_over_uio_answers_the_late_thaw_e_fail() {
         let fs = common::ext4();
         let state = common::state_dir();
         let d = start(&host, &fs, &state, &["--auto-thaw", "0.5"]);
-        let (mut sim, _conn) = host.accept(&d);
-        sim.negotiate().unwrap();
+        let (mut sim, _conn) = host.accept_negotiated(&d);
         assert!(sim.freeze().unwrap().is_ok());
         let probe = fs.write_probe();
         assert!(probe.wait_ok(THAWED), "auto-thaw must thaw");
@@ -213,8 +217,7 @@ fn bu_complete_after_a_backup_marks_its_history_entry_host_completed() {
         let fs = common::ext4();
         let state = common::state_dir();
         let d = start(&host, &fs, &state, &[]);
-        let (mut sim, _conn) = host.accept(&d);
-        sim.negotiate().unwrap();
+        let (mut sim, _conn) = host.accept_negotiated(&d);
         assert!(sim.hot_backup().unwrap().is_ok());
         assert!(sim.freeze().unwrap().is_ok());
         assert!(sim.thaw().unwrap().is_ok());
@@ -252,8 +255,7 @@ fn a_backup_without_bu_complete_is_stored_not_completed() {
         let fs = common::ext4();
         let state = common::state_dir();
         let mut d = start(&host, &fs, &state, &[]);
-        let (mut sim, _conn) = host.accept(&d);
-        sim.negotiate().unwrap();
+        let (mut sim, _conn) = host.accept_negotiated(&d);
         // Backup 1: no BU_COMPLETE. The next HOT_BACKUP closes it as not completed.
         assert!(sim.hot_backup().unwrap().is_ok());
         assert!(sim.freeze().unwrap().is_ok());
@@ -302,8 +304,7 @@ fn losses_while_frozen_write_kmsg_lines_and_normal_backups_none() {
         let kmsg = kmsg_dir.path().join("kmsg");
         std::fs::write(&kmsg, "").unwrap();
         let d = start(&host, &fs, &state, &["--kmsg", kmsg.to_str().unwrap()]);
-        let (mut sim, conn) = host.accept(&d);
-        sim.negotiate().unwrap();
+        let (mut sim, conn) = host.accept_negotiated(&d);
         for _ in 0..3 {
             let cycle = sim.backup_cycle(Duration::from_millis(5));
             assert!(cycle.all_ok, "{cycle:?}");
@@ -325,8 +326,7 @@ fn losses_while_frozen_write_kmsg_lines_and_normal_backups_none() {
         assert!(text.contains("transport lost"), "{text:?}");
 
         // The guardian dying while frozen: one more line.
-        let (mut sim, _conn) = host.accept(&d);
-        sim.negotiate().unwrap();
+        let (mut sim, _conn) = host.accept_negotiated(&d);
         assert!(sim.freeze().unwrap().is_ok());
         let probe = fs.write_probe();
         assert!(!probe.wait_ok(BLOCKED));
@@ -367,8 +367,7 @@ fn sigkill_while_frozen_over_uio_is_thawed_by_the_guardian_within_2s() {
         let fs = common::ext4();
         let state = common::state_dir();
         let mut d = start(&host, &fs, &state, &[]);
-        let (mut sim, _conn) = host.accept(&d);
-        sim.negotiate().unwrap();
+        let (mut sim, _conn) = host.accept_negotiated(&d);
         assert!(sim.hot_backup().unwrap().is_ok());
         assert!(sim.freeze().unwrap().is_ok());
         let probe = fs.write_probe();
@@ -408,8 +407,7 @@ fn hundred_cycles_in_a_row_over_uio() {
         let fs = common::ext4();
         let state = common::state_dir();
         let d = start(&host, &fs, &state, &[]);
-        let (mut sim, _conn) = host.accept(&d);
-        sim.negotiate().unwrap();
+        let (mut sim, _conn) = host.accept_negotiated(&d);
         for i in 0..100 {
             // The simulator also rejects a HOT_BACKUP reply without flags 5 (R7) as invalid.
             let check = sim.hot_backup().unwrap();
@@ -449,8 +447,7 @@ fn bad_input_while_frozen_over_uio_gets_no_reply_and_keeps_the_freeze() {
         let fs = common::ext4();
         let state = common::state_dir();
         let d = start(&host, &fs, &state, &[]);
-        let (mut sim, _conn) = host.accept(&d);
-        sim.negotiate().unwrap();
+        let (mut sim, _conn) = host.accept_negotiated(&d);
         assert!(sim.hot_backup().unwrap().is_ok());
         assert!(sim.freeze().unwrap().is_ok());
         let probe = fs.write_probe();
