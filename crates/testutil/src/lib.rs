@@ -25,6 +25,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 
+pub mod app_server;
 pub mod bench;
 pub mod fake_vmbus;
 

@@ -1,0 +1,1 @@
+//! hv-vss application integrations (work in progress: see the bins as they land).
