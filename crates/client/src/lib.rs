@@ -48,5 +48,5 @@ pub mod run;
 
 pub use connection::{Connection, DEFAULT_SOCKET, Event, Registration, Request};
 pub use error::Error;
-pub use hv_vss_app_protocol::{DEFAULT_TIER, MAX_LINE, PROTOCOL_VERSION};
+pub use hv_vss_app_protocol::{DEFAULT_TIER, MAX_LINE, PROTOCOL_VERSION, validate_name};
 pub use run::{Backoff, Config, Handler, HandlerResult, run, run_until};
