@@ -25,7 +25,8 @@ use serde::Deserialize;
 /// Flags every integration takes.
 #[derive(Debug, Default, clap::Args)]
 pub struct CommonArgs {
-    /// TOML file with any of the settings below (flags win).
+    /// TOML file with any of the settings below (flags win) [default:
+    /// /etc/hv-vss/<integration>.toml if it exists].
     #[arg(long, value_name = "PATH")]
     pub config: Option<PathBuf>,
     /// Registration name on the app socket.
@@ -85,13 +86,20 @@ fn parse_timeout(text: &str) -> Result<Duration, String> {
 }
 
 impl Settings {
-    /// Flags over the file named by `--config`, over the defaults.
+    /// Flags over the file named by `--config` (or `default_config` if that exists), over
+    /// the defaults.
     pub fn resolve(
         args: &CommonArgs,
+        default_config: &Path,
         default_name: &str,
         default_connect: &str,
     ) -> anyhow::Result<Self> {
-        let file = match &args.config {
+        let config = args.config.clone().or_else(|| {
+            default_config
+                .exists()
+                .then(|| default_config.to_path_buf())
+        });
+        let file = match &config {
             Some(path) => {
                 let text = std::fs::read_to_string(path)
                     .with_context(|| format!("reading {}", path.display()))?;

@@ -20,7 +20,7 @@ const BLOCKED_FOR: Duration = Duration::from_millis(700);
 fn integration(server: &TestAppServer, maria: &Maria, extra: &[&str]) -> Proc {
     Proc::spawn(
         Command::new(env!("CARGO_BIN_EXE_hv-vss-mariadb"))
-            .args(["--name", "maria", "--socket"])
+            .args(["--config", "/dev/null", "--name", "maria", "--socket"])
             .arg(server.path())
             .arg("--connect")
             .arg(maria.url())

@@ -15,7 +15,7 @@ const TIMEOUT: Duration = Duration::from_secs(180);
 fn integration(server: &TestAppServer, pg: &Pg, extra: &[&str]) -> Proc {
     Proc::spawn(
         Command::new(env!("CARGO_BIN_EXE_hv-vss-postgres"))
-            .args(["--name", "pg", "--socket"])
+            .args(["--config", "/dev/null", "--name", "pg", "--socket"])
             .arg(server.path())
             .arg("--connect")
             .arg(pg.connect_string())
