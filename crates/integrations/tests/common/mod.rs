@@ -248,6 +248,9 @@ impl Maria {
     pub fn init_and_start(dir: &Path) -> Self {
         let data = dir.join("mysql");
         std::fs::create_dir(&data).unwrap();
+        // Each server its own tmpdir: mariadbd removes `#sql*` files in its tmpdir at
+        // start, which would remove another instance's temporary tables in /tmp.
+        let tmp = run_dir("hv-vss-maria-tmp-");
         run_ok(
             Command::new("mariadb-install-db")
                 .args([
@@ -257,6 +260,7 @@ impl Maria {
                     "--skip-test-db",
                 ])
                 .arg(format!("--datadir={}", data.display()))
+                .arg(format!("--tmpdir={}", tmp.path().display()))
                 .args(MARIA_OPTS),
         );
         Self::start(&data)
