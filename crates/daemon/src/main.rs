@@ -22,6 +22,7 @@
 //! hooks come with the applications issue, so no participant is registered yet and every
 //! backup is filesystem-consistent.
 
+mod apps;
 mod completion;
 mod config;
 mod daemon;
