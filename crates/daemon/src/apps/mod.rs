@@ -491,11 +491,6 @@ impl AppServer {
             }
         }
     }
-
-    /// Registered clients (for the start-up line and tests of the loop).
-    pub fn clients(&self) -> usize {
-        self.registry.len()
-    }
 }
 
 /// Sends `error` to a connection that is not taken and closes it.
