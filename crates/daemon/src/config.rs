@@ -54,6 +54,7 @@ use std::time::Duration;
 
 use hv_vss_core::{AutoThaw, Limits, LimitsError};
 use hv_vss_freezer::{CompiledConfig, FreezerConfig};
+use hv_vss_hooks::{HookDir, HookStyle};
 use serde::Deserialize;
 
 /// Where the daemon looks for its config when `--config` is not given.
@@ -192,17 +193,6 @@ impl LogLevel {
     }
 }
 
-/// How a hook directory's scripts are called.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum HookStyle {
-    /// hv-vss hooks: `freeze`, `thaw`, `abort`.
-    Native,
-    /// qemu-ga fsfreeze-hook.d scripts: `freeze`, `thaw` (thaw also on abort).
-    QemuGa,
-    /// VMware backupScripts.d scripts: `freeze`, `freezeFail`, `thaw`.
-    Vmware,
-}
-
 /// One hook directory: one coordinator participant named `hooks:<dir>`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct HookDirSettings {
@@ -213,10 +203,6 @@ pub struct HookDirSettings {
     pub timeout: Duration,
 }
 
-/// Where hooks live when the config names none (used only if it exists).
-pub const DEFAULT_HOOK_DIR: &str = "/etc/hv-vss/hooks.d";
-/// Per-hook timeout when a `[[hooks]]` entry names none.
-pub const DEFAULT_HOOK_TIMEOUT: Duration = Duration::from_secs(30);
 /// Default `[apps] max_clients`.
 pub const DEFAULT_MAX_CLIENTS: usize = 256;
 /// Default `[apps] max_pending_bytes`: bytes queued to a client that does not read.
@@ -507,13 +493,13 @@ fn resolve_apps(file: &FileApps, socket: PathBuf) -> Result<AppSettings, ConfigE
 /// `[[hooks]]`, or the default directory if it exists and none is configured.
 fn resolve_hooks(file: Option<Vec<FileHookDir>>) -> Result<Vec<HookDirSettings>, ConfigError> {
     let Some(entries) = file else {
-        let dir = PathBuf::from(DEFAULT_HOOK_DIR);
+        let dir = PathBuf::from(HookDir::DEFAULT_PATH);
         return Ok(if dir.is_dir() {
             vec![HookDirSettings {
                 dir,
                 style: HookStyle::Native,
                 tier: hv_vss_core::DEFAULT_TIER,
-                timeout: DEFAULT_HOOK_TIMEOUT,
+                timeout: HookDir::DEFAULT_TIMEOUT,
             }]
         } else {
             Vec::new()
@@ -529,18 +515,13 @@ fn resolve_hooks(file: Option<Vec<FileHookDir>>) -> Result<Vec<HookDirSettings>,
             ));
         }
         let style = match e.style.as_deref() {
-            None | Some("native") => HookStyle::Native,
-            Some("qemu-ga") => HookStyle::QemuGa,
-            Some("vmware") => HookStyle::Vmware,
-            Some(other) => {
-                return Err(invalid(
-                    "hooks.style",
-                    format!("{other:?} is not one of native, qemu-ga, vmware"),
-                ));
-            }
+            None => HookStyle::Native,
+            Some(s) => s
+                .parse()
+                .map_err(|e: hv_vss_hooks::UnknownStyle| invalid("hooks.style", e.to_string()))?,
         };
         let timeout = match e.timeout_secs {
-            None => DEFAULT_HOOK_TIMEOUT,
+            None => HookDir::DEFAULT_TIMEOUT,
             Some(v) => seconds("hooks.timeout_secs", v)?,
         };
         out.push(HookDirSettings {

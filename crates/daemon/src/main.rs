@@ -216,8 +216,15 @@ fn run(cli: Cli) -> Result<(), Fatal> {
     recover_earlier(&settings.state_dir)?;
 
     // Before the transport: a client may register before the first request.
-    let apps = apps::AppServer::start(&settings.apps, &settings.state_dir)
-        .map_err(|e| Fatal::new(ExitKind::AppSocket, anyhow!("app_socket: {e}")))?;
+    let mut coord = Coordinator::new(settings.limits, Millis(0))
+        .map_err(|e| Fatal::new(ExitKind::Usage, anyhow!("limits: {e}")))?;
+    let apps = apps::AppServer::start(
+        &settings.apps,
+        &settings.hooks,
+        &settings.state_dir,
+        &mut coord,
+    )
+    .map_err(|e| Fatal::new(ExitKind::AppSocket, e))?;
     tracing::info!(
         app_socket = %settings.app_socket.display(),
         mode = format!("{:o}", settings.apps.mode),
@@ -239,8 +246,6 @@ fn run(cli: Cli) -> Result<(), Fatal> {
         Err(e) => return Err(transport_fatal(&settings, &e)),
     };
 
-    let coord = Coordinator::new(settings.limits, Millis(0))
-        .map_err(|e| Fatal::new(ExitKind::Usage, anyhow!("limits: {e}")))?;
     let worker = fsworker::FsWorker::start(fsworker::FsSetup {
         source,
         selection,

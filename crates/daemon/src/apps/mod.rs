@@ -22,6 +22,7 @@
 
 pub mod accounts;
 mod conn;
+mod hooks;
 pub mod journal;
 pub mod listener;
 mod registry;
@@ -47,6 +48,8 @@ const ACCEPT_BUDGET: usize = 64;
 pub enum Slot {
     Listener,
     Client(ConnId),
+    /// The hook runner's wake descriptor.
+    Hooks,
 }
 
 /// At most [`ClientLog::BURST`] lines per [`ClientLog::WINDOW`] about things clients
@@ -107,17 +110,36 @@ pub struct AppServer {
     releases: Vec<Release>,
     settings: AppSettings,
     next_participant: u64,
+    hooks: hooks::Hooks,
     log: ClientLog,
     journal_log: ClientLog,
 }
 
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("app_socket: {0}")]
+    Listen(#[from] listener::ListenError),
+    #[error("hooks: {0:#}")]
+    Hooks(anyhow::Error),
+}
+
 impl AppServer {
-    /// Binds the socket and reads what an earlier instance still owes (see [`journal`]).
+    /// Binds the socket, reads what an earlier instance still owes (see [`journal`]) and
+    /// registers the hook directories with `coord`.
     pub fn start(
         settings: &AppSettings,
+        hook_dirs: &[crate::config::HookDirSettings],
         state_dir: &std::path::Path,
-    ) -> Result<Self, listener::ListenError> {
+        coord: &mut Coordinator,
+    ) -> Result<Self, StartError> {
         let listener = Listener::bind(settings)?;
+        let mut next_participant = 0;
+        let hooks = hooks::Hooks::start(hook_dirs, coord, || {
+            next_participant += 1;
+            ParticipantId(next_participant)
+        })
+        .map_err(StartError::Hooks)?;
         let (journal, inherited) = AppJournal::open(state_dir, unix_ms());
         if let Some(e) = &inherited.unreadable {
             tracing::warn!(path = %journal.path().display(), error = %e, "the owed-abort journal is unreadable; replacing it");
@@ -135,7 +157,8 @@ impl AppServer {
             journal,
             releases: Vec::new(),
             settings: settings.clone(),
-            next_participant: 0,
+            next_participant,
+            hooks,
             log: ClientLog::default(),
             journal_log: ClientLog::default(),
         })
@@ -158,6 +181,9 @@ impl AppServer {
             }
             fds.push((c.conn.fd(), flags, Slot::Client(id)));
         }
+        if let Some(fd) = self.hooks.wake_fd() {
+            fds.push((fd, PollFlags::IN, Slot::Hooks));
+        }
         fds
     }
 
@@ -175,6 +201,7 @@ impl AppServer {
             }
             match slot {
                 Slot::Listener => self.accept_all(),
+                Slot::Hooks => self.hooks.drain(),
                 Slot::Client(id) => {
                     if revents.contains(PollFlags::OUT) {
                         self.flush_one(id, events);
@@ -410,6 +437,10 @@ impl AppServer {
                 deadline,
                 reason,
             } => {
+                if self.hooks.owns(*participant) {
+                    self.hooks.notify(*participant, *txn, *op, *deadline, now);
+                    return true;
+                }
                 let Some(id) = self.registry.conn_of(*participant) else {
                     return false;
                 };
@@ -445,6 +476,11 @@ impl AppServer {
                 op,
                 reason,
             } => {
+                if self.hooks.owns(*participant) {
+                    // A hook run that reported after its stage gave up on it.
+                    tracing::debug!(participant = participant.0, txn = txn.0, op = ?op, reason = ?reason, "late hook report ignored");
+                    return true;
+                }
                 let Some(client) = self
                     .registry
                     .conn_of(*participant)
@@ -460,9 +496,10 @@ impl AppServer {
     }
 
     /// End of a batch: records who is about to be told to freeze, writes every outbox,
-    /// drops journal entries whose thaw or abort went out. Departures found while writing
-    /// (a client that does not read) are pushed to `events`.
+    /// drops journal entries whose thaw or abort went out. Hook acks ready and departures
+    /// found while writing (a client that does not read) are pushed to `events`.
     pub fn flush(&mut self, events: &mut Vec<Event>) {
+        events.extend(self.hooks.take_acks());
         self.sync_journal();
         for id in self.registry.ids() {
             if self.registry.get(id).is_some_and(|c| c.conn.wants_write()) {

@@ -43,10 +43,12 @@ impl Client {
         }
     }
 
-    /// The op an ack for `txn` answers: the last event if it was of that txn.
+    /// The op an ack for `txn` answers: the last event if it was of that txn. Abort is
+    /// never acked, so an ack after an abort answers the freeze it cancelled (and is then
+    /// refused as late rather than as unexpected).
     pub fn op_for_ack(&self, txn: TxnId) -> AppOp {
         match self.told {
-            Some((t, op)) if t == txn => op,
+            Some((t, AppOp::Abort)) if t == txn => AppOp::Freeze,
             Some((_, op)) => op,
             None => AppOp::Check,
         }
