@@ -520,8 +520,19 @@ impl Harness {
                 participant,
                 txn,
                 op,
+                deadline,
+                reason,
             } => {
                 new_txn(self, *txn);
+                // An ack deadline for everything but Abort, never in the past; a reason
+                // for Abort only.
+                assert_eq!(deadline.is_none(), *op == AppOp::Abort, "{a:?}");
+                assert!(
+                    deadline.is_none_or(|d| d.0 >= self.now),
+                    "{a:?} at {}",
+                    self.now
+                );
+                assert_eq!(reason.is_some(), *op == AppOp::Abort, "{a:?}");
                 let p = *participant;
                 assert!(!self.gone.contains(&p), "{op:?} to departed {p:?}");
                 // (5)

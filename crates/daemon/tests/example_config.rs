@@ -65,8 +65,8 @@ fn leaf_keys(table: &toml::Table, prefix: &str, out: &mut BTreeSet<String>) {
 
 /// Runs the real daemon with `config` and a transport that does not exist. `--device`
 /// overrides the file's transport (so `device` and `uio`, both set once uncommented, do not
-/// conflict), `--state-dir` keeps it out of /run/hv-vss, `--mount` keeps the plan to a
-/// filesystem this test made.
+/// conflict), `--state-dir` and `--app-socket` keep it out of /run/hv-vss, `--mount` keeps
+/// the plan to a filesystem this test made.
 fn run_daemon(config: &Path, state: &Path, mount: &Path) -> Output {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_hv-vssd"));
     cmd.arg("--config")
@@ -74,6 +74,8 @@ fn run_daemon(config: &Path, state: &Path, mount: &Path) -> Output {
         .args(["--device", "/nonexistent/hv_vss"])
         .arg("--state-dir")
         .arg(state)
+        .arg("--app-socket")
+        .arg(state.join("app.sock"))
         .arg("--mount")
         .arg(mount);
     // Bounded: the daemon must exit at start-up.

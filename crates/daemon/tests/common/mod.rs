@@ -90,10 +90,23 @@ impl Daemon {
 
     /// As [`Daemon::start`] with extra environment variables.
     pub fn start_with_env(args: &[&std::ffi::OsStr], env: &[(&str, &std::ffi::OsStr)]) -> Self {
+        Self::spawn("", args, env)
+    }
+
+    /// As [`Daemon::start`] with `config` as the config file's text.
+    pub fn start_with_config(config: &str, args: &[&std::ffi::OsStr]) -> Self {
+        Self::spawn(config, args, &[])
+    }
+
+    fn spawn(
+        config_text: &str,
+        args: &[&std::ffi::OsStr],
+        env: &[(&str, &std::ffi::OsStr)],
+    ) -> Self {
         // On tmpfs: the daemon's stderr must never block on a filesystem a test freezes.
         let log_dir = state_dir();
-        let config = log_dir.path().join("empty.toml");
-        std::fs::write(&config, "").unwrap();
+        let config = log_dir.path().join("hv-vss.toml");
+        std::fs::write(&config, config_text).unwrap();
         let log = log_dir.path().join("stderr.log");
         let child = Command::new(env!("CARGO_BIN_EXE_hv-vssd"))
             .arg("--config")
