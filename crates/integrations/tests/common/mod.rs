@@ -422,3 +422,225 @@ impl Drop for Writer {
         // thaw it.
     }
 }
+
+// ---- the real hv-vssd, for backups end to end --------------------------------------------
+
+/// `hv-vssd` built next to this package's binaries (`cargo test --workspace` and
+/// `cargo build -p hv-vssd` put it there; `cargo test -p hv-vss-integrations` alone does
+/// not build it).
+pub fn hv_vssd() -> Option<PathBuf> {
+    let path = Path::new(env!("CARGO_BIN_EXE_hv-vss-postgres")).with_file_name("hv-vssd");
+    path.exists().then_some(path)
+}
+
+/// `true` (after printing why) when a backup test through hv-vssd cannot run here.
+pub fn skip_backup(what: &str, db: Db) -> bool {
+    if skip(what, db) {
+        return true;
+    }
+    if hv_vssd().is_none() {
+        eprintln!(
+            "skipped {what}: hv-vssd is not built next to the integrations \
+             (cargo build -p hv-vssd, or cargo test --workspace)"
+        );
+        return true;
+    }
+    for tool in ["fsck.ext4", "losetup", "cp"] {
+        if which(tool).is_none() {
+            eprintln!("skipped {what}: {tool} is not installed");
+            return true;
+        }
+    }
+    false
+}
+
+/// hv-vssd in drop-in mode against the kernel emulator, freezing only `mount`; state and
+/// log on tmpfs. Killed on drop (its guardian thaws what it froze).
+pub struct Vssd {
+    pub emu: hv_vss_sim::kernel::KernelEmulator,
+    pub state: tempfile::TempDir,
+    child: Child,
+}
+
+impl Vssd {
+    pub fn start(mount: &Path) -> Self {
+        let emu = hv_vss_sim::kernel::KernelEmulator::start(
+            hv_vss_sim::kernel::EmulatorConfig::default(),
+        )
+        .unwrap();
+        let state = hv_vss_testutil::tmpfs_state_dir().unwrap();
+        std::fs::write(state.path().join("hv-vss.toml"), "").unwrap();
+        let child = Command::new(hv_vssd().unwrap())
+            .arg("--config")
+            .arg(state.path().join("hv-vss.toml"))
+            .arg("--device")
+            .arg(emu.socket_path())
+            .arg("--state-dir")
+            .arg(state.path())
+            .arg("--mount")
+            .arg(mount)
+            .arg("-n")
+            .env_remove("NOTIFY_SOCKET")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(state.path().join("hv-vssd.log")).unwrap())
+            .spawn()
+            .unwrap();
+        let d = Self { emu, state, child };
+        assert!(d.emu.wait_ready(WAIT), "hv-vssd not ready:\n{}", d.log());
+        d
+    }
+
+    pub fn socket(&self) -> PathBuf {
+        self.state.path().join("app.sock")
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.state.path().join("hv-vssd.log")).unwrap_or_default()
+    }
+
+    pub fn request(&self, op: hv_vss_protocol::VssOperation) -> hv_vss_sim::kernel::HostOutcome {
+        self.emu.host_request(op)
+    }
+
+    /// The verdicts of the stored reports, once `n` are there (or after `WAIT`).
+    pub fn verdicts(&self, n: usize) -> Vec<String> {
+        let end = Instant::now() + WAIT;
+        loop {
+            let text = std::fs::read_to_string(self.state.path().join("history.jsonl"))
+                .unwrap_or_default();
+            let v: Vec<String> = text
+                .lines()
+                .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+                .filter_map(|j| j["report"]["verdict"]["kind"].as_str().map(str::to_owned))
+                .collect();
+            if v.len() >= n || Instant::now() >= end {
+                return v;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Vssd {
+    fn drop(&mut self) {
+        signal(self.child.id(), rustix::process::Signal::TERM);
+        let end = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < end {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// An integration binary with its stderr in a file, killed on drop.
+pub struct Integration {
+    proc: Proc,
+    log: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Integration {
+    pub fn start(binary: &Path, socket: &Path, name: &str, connect: &str) -> Self {
+        let dir = run_dir("hv-vss-integration-log-");
+        let log = dir.path().join("stderr.log");
+        let proc = Proc::spawn(
+            Command::new(binary)
+                .args(["--config", "/dev/null", "--name", name, "--timeout", "60s"])
+                .arg("--socket")
+                .arg(socket)
+                .arg("--connect")
+                .arg(connect)
+                .stderr(std::fs::File::create(&log).unwrap()),
+        );
+        let i = Self {
+            proc,
+            log,
+            _dir: dir,
+        };
+        wait_until("integration registration", || {
+            i.log().contains("registered with hv-vssd")
+        });
+        i
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn stop(mut self) {
+        signal(self.proc.pid(), rustix::process::Signal::TERM);
+        let _ = self.proc.0.wait();
+    }
+}
+
+/// Copies `image` (sparse), as a backup reads a snapshot.
+pub fn copy_image(image: &Path, to: &Path) {
+    run_ok(Command::new("cp").arg("--sparse=always").arg(image).arg(to));
+}
+
+/// `fsck.ext4 -fn` on `image`: its exit status and output.
+pub fn fsck(image: &Path) -> (i32, String) {
+    let out = Command::new("fsck.ext4")
+        .arg("-fn")
+        .arg(image)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+/// An existing image loop-mounted read-write in a temp dir; unmounted and detached on drop.
+pub struct MountedImage {
+    device: String,
+    pub mount_point: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl MountedImage {
+    pub fn mount(image: &Path) -> Self {
+        let dir = run_dir("hv-vss-copy-");
+        let mount_point = dir.path().join("mnt");
+        std::fs::create_dir(&mount_point).unwrap();
+        let out = Command::new("losetup")
+            .args(["--find", "--show"])
+            .arg(image)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "losetup: {out:?}");
+        let device = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        let m = Self {
+            device,
+            mount_point,
+            _dir: dir,
+        };
+        run_ok(Command::new("mount").arg(&m.device).arg(&m.mount_point));
+        m
+    }
+}
+
+impl Drop for MountedImage {
+    fn drop(&mut self) {
+        let ok = Command::new("umount")
+            .arg(&self.mount_point)
+            .status()
+            .is_ok_and(|s| s.success());
+        if !ok {
+            let _ = Command::new("umount")
+                .arg("-l")
+                .arg(&self.mount_point)
+                .status();
+        }
+        let _ = Command::new("losetup").arg("-d").arg(&self.device).status();
+    }
+}
