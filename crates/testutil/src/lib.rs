@@ -28,6 +28,7 @@ use anyhow::{Context, bail};
 pub mod app_server;
 pub mod bench;
 pub mod fake_vmbus;
+pub mod vssd;
 
 /// Is this process root (tests that freeze or mount need it)?
 pub fn is_root() -> bool {

@@ -454,12 +454,12 @@ pub fn skip_backup(what: &str, db: Db) -> bool {
     false
 }
 
-/// hv-vssd in drop-in mode against the kernel emulator, freezing only `mount`; state and
-/// log on tmpfs. Killed on drop (its guardian thaws what it froze).
+/// hv-vssd in drop-in mode against the kernel emulator, freezing only `mount`.
 pub struct Vssd {
+    // Dropped first: the daemon stops before its device goes away.
+    pub daemon: hv_vss_testutil::vssd::Vssd,
     pub emu: hv_vss_sim::kernel::KernelEmulator,
-    pub state: tempfile::TempDir,
-    child: Child,
+    _state: tempfile::TempDir,
 }
 
 impl Vssd {
@@ -469,71 +469,34 @@ impl Vssd {
         )
         .unwrap();
         let state = hv_vss_testutil::tmpfs_state_dir().unwrap();
-        std::fs::write(state.path().join("hv-vss.toml"), "").unwrap();
-        let child = Command::new(hv_vssd().unwrap())
-            .arg("--config")
-            .arg(state.path().join("hv-vss.toml"))
-            .arg("--device")
-            .arg(emu.socket_path())
-            .arg("--state-dir")
-            .arg(state.path())
-            .arg("--mount")
-            .arg(mount)
-            .arg("-n")
-            .env_remove("NOTIFY_SOCKET")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(state.path().join("hv-vssd.log")).unwrap())
-            .spawn()
-            .unwrap();
-        let d = Self { emu, state, child };
-        assert!(d.emu.wait_ready(WAIT), "hv-vssd not ready:\n{}", d.log());
-        d
+        let daemon = hv_vss_testutil::vssd::Vssd::start(
+            &hv_vssd().unwrap(),
+            emu.socket_path(),
+            state.path(),
+            &[mount],
+        );
+        assert!(emu.wait_ready(WAIT), "hv-vssd not ready:\n{}", daemon.log());
+        Self {
+            daemon,
+            emu,
+            _state: state,
+        }
     }
 
     pub fn socket(&self) -> PathBuf {
-        self.state.path().join("app.sock")
+        self.daemon.socket()
     }
 
     pub fn log(&self) -> String {
-        std::fs::read_to_string(self.state.path().join("hv-vssd.log")).unwrap_or_default()
+        self.daemon.log()
     }
 
     pub fn request(&self, op: hv_vss_protocol::VssOperation) -> hv_vss_sim::kernel::HostOutcome {
         self.emu.host_request(op)
     }
 
-    /// The verdicts of the stored reports, once `n` are there (or after `WAIT`).
     pub fn verdicts(&self, n: usize) -> Vec<String> {
-        let end = Instant::now() + WAIT;
-        loop {
-            let text = std::fs::read_to_string(self.state.path().join("history.jsonl"))
-                .unwrap_or_default();
-            let v: Vec<String> = text
-                .lines()
-                .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-                .filter_map(|j| j["report"]["verdict"]["kind"].as_str().map(str::to_owned))
-                .collect();
-            if v.len() >= n || Instant::now() >= end {
-                return v;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Vssd {
-    fn drop(&mut self) {
-        signal(self.child.id(), rustix::process::Signal::TERM);
-        let end = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < end {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.daemon.verdicts(n)
     }
 }
 
