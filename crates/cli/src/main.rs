@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 mod app_cmds;
 mod duration;
 mod fs_cmds;
+mod simulate_app;
 mod simulate_cmds;
 mod uio_cmds;
 
