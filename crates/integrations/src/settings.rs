@@ -85,6 +85,26 @@ fn parse_timeout(text: &str) -> Result<Duration, String> {
     Ok(t)
 }
 
+impl FileSettings {
+    /// Parses and checks the file's text: unknown keys, a bad `timeout` or `name` are
+    /// errors. Pure: reads no other file (`password_file` is read when settings merge).
+    pub fn parse(text: &str) -> anyhow::Result<Self> {
+        let file: FileSettings = toml::from_str(text).context("parsing TOML")?;
+        if let Some(t) = &file.timeout {
+            file_timeout(t)?;
+        }
+        if let Some(name) = &file.name {
+            hv_vss_client::validate_name(name)
+                .map_err(|e| anyhow::anyhow!("name {name:?}: {e}"))?;
+        }
+        Ok(file)
+    }
+}
+
+fn file_timeout(text: &str) -> anyhow::Result<Duration> {
+    parse_timeout(text).map_err(|e| anyhow::anyhow!("timeout: {e}"))
+}
+
 impl Settings {
     /// Flags over the file named by `--config` (or `default_config` if that exists), over
     /// the defaults.
@@ -103,8 +123,7 @@ impl Settings {
             Some(path) => {
                 let text = std::fs::read_to_string(path)
                     .with_context(|| format!("reading {}", path.display()))?;
-                toml::from_str::<FileSettings>(&text)
-                    .with_context(|| format!("parsing {}", path.display()))?
+                FileSettings::parse(&text).with_context(|| format!("in {}", path.display()))?
             }
             None => FileSettings::default(),
         };
@@ -119,9 +138,7 @@ impl Settings {
     ) -> anyhow::Result<Self> {
         let timeout = match (args.timeout, &file.timeout) {
             (Some(t), _) => Some(t),
-            (None, Some(text)) => {
-                Some(parse_timeout(text).map_err(|e| anyhow::anyhow!("timeout: {e}"))?)
-            }
+            (None, Some(text)) => Some(file_timeout(text)?),
             (None, None) => None,
         };
         let name = args
@@ -216,8 +233,19 @@ mod tests {
 
     #[test]
     fn unknown_keys_and_bad_values_are_errors() {
-        assert!(toml::from_str::<FileSettings>("nmae = \"x\"").is_err());
-        assert!(toml::from_str::<FileSettings>("tier = 300").is_err());
+        for bad in [
+            "nmae = \"x\"",
+            "tier = 300",
+            "timeout = \"soon\"",
+            "timeout = \"0s\"",
+            "name = \"\"",
+            "name = \"a\\nb\"",
+            "veto_if_unreachable = \"yes\"",
+        ] {
+            assert!(FileSettings::parse(bad).is_err(), "{bad}");
+        }
+        let file = FileSettings::parse("timeout = \"90s\"\nname = \"pg\"").unwrap();
+        assert_eq!(file.timeout.as_deref(), Some("90s"));
         let file: FileSettings = toml::from_str("timeout = \"soon\"").unwrap();
         let err = Settings::merge(&CommonArgs::default(), file, "n", "c").unwrap_err();
         assert!(err.to_string().contains("timeout"), "{err}");
