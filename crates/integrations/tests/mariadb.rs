@@ -227,3 +227,58 @@ fn an_unreachable_server_vetoes_only_when_configured() {
         }
     });
 }
+
+#[test]
+fn a_lock_that_cannot_be_taken_before_the_deadline_acks_not_ok_and_holds_nothing() {
+    if common::skip("mariadb lock deadline test", Db::Mariadb) {
+        return;
+    }
+    hv_vss_testutil::run_with_timeout(TIMEOUT, || {
+        let fs = common::data_fs();
+        let maria = Maria::init_and_start(fs.mount_point());
+        setup(&maria);
+        maria
+            .conn()
+            .query_drop("INSERT INTO db.t VALUES (0); CREATE TABLE db.other (n INT) ENGINE=InnoDB")
+            .unwrap();
+        // A long write statement in progress: FLUSH TABLES WITH READ LOCK waits for it.
+        let mut busy = maria.conn();
+        let busy_thread = std::thread::spawn(move || {
+            let _ = busy.query_drop("UPDATE db.t SET n = n WHERE SLEEP(20) = 0");
+        });
+        std::thread::sleep(Duration::from_millis(300));
+        let run = common::run_dir("hv-vss-maria-app-");
+        let server = TestAppServer::start(&run.path().join("app.sock")).unwrap();
+        let _app = integration(&server, &maria, &[]);
+        assert!(server.wait_registered("maria", WAIT));
+        let sent = Instant::now();
+        server
+            .send(
+                "maria",
+                &DaemonMessage::Freeze {
+                    txn: 3,
+                    deadline_ms: 2500,
+                },
+            )
+            .unwrap();
+        let ack = server.wait_ack("maria", 3, WAIT).unwrap();
+        let took = sent.elapsed();
+        assert!(!ack.ok, "{ack:?}");
+        assert!(
+            ack.message
+                .as_deref()
+                .unwrap()
+                .contains("FLUSH TABLES WITH READ LOCK"),
+            "{ack:?}"
+        );
+        assert!(took < Duration::from_millis(2500), "acked after {took:?}");
+        // Nothing is held: another session writes at once (another table: db.t is busy).
+        let mut other = maria.conn();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(other.query_drop("INSERT INTO db.other VALUES (1)").is_ok());
+        });
+        assert_eq!(rx.recv_timeout(Duration::from_secs(1)), Ok(true));
+        drop(busy_thread);
+    });
+}
