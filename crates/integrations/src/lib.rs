@@ -21,20 +21,53 @@ pub mod mariadb;
 pub mod postgresql;
 pub mod settings;
 
-/// The body of each integration's `main`: logging, signals, then the client loop until
-/// SIGTERM/SIGINT (exit 0) or a fatal error (exit 1, printed).
-pub fn serve(program: &str, settings: &settings::Settings, handler: &mut impl Handler) -> ExitCode {
-    match serve_inner(settings, handler) {
+/// What distinguishes one integration's binary from another.
+#[derive(Debug, Clone, Copy)]
+pub struct Program {
+    /// The binary's name, for messages.
+    pub name: &'static str,
+    /// The settings file read when `--config` is not given and it exists.
+    pub default_config: &'static str,
+    /// The registration name when none is configured.
+    pub default_name: &'static str,
+    /// The connection string when none is configured.
+    pub default_connect: &'static str,
+}
+
+/// The body of each integration's `main`: settings (exit 2 when they are bad), logging,
+/// signals, then the client loop with the handler `make` builds, until SIGTERM/SIGINT
+/// (exit 0) or a fatal error (exit 1). Errors are printed.
+pub fn main<H: Handler>(
+    program: Program,
+    args: &settings::CommonArgs,
+    make: impl FnOnce(&settings::Settings) -> anyhow::Result<H>,
+) -> ExitCode {
+    init_logging();
+    let built = settings::Settings::resolve(
+        args,
+        std::path::Path::new(program.default_config),
+        program.default_name,
+        program.default_connect,
+    )
+    .and_then(|s| Ok((make(&s)?, s)));
+    let (mut handler, settings) = match built {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("{}: {e:#}", program.name);
+            return ExitCode::from(2);
+        }
+    };
+    match serve(&settings, &mut handler) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("{program}: {e:#}");
+            eprintln!("{}: {e:#}", program.name);
             ExitCode::FAILURE
         }
     }
 }
 
 /// Logs to stderr (the journal under systemd), plain text unless a terminal.
-pub fn init_logging() {
+fn init_logging() {
     let _ = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
@@ -42,7 +75,7 @@ pub fn init_logging() {
         .try_init();
 }
 
-fn serve_inner(settings: &settings::Settings, handler: &mut impl Handler) -> anyhow::Result<()> {
+fn serve(settings: &settings::Settings, handler: &mut impl Handler) -> anyhow::Result<()> {
     let stop = Arc::new(AtomicBool::new(false));
     for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
         signal_hook::flag::register(signal, stop.clone()).context("installing signal handler")?;

@@ -51,15 +51,7 @@ fn a_postgres_backup_through_hv_vssd_has_every_row_committed_before_the_freeze()
     hv_vss_testutil::freezing_test(TIMEOUT, || {
         let fs = common::data_fs();
         let mut pg = Pg::init_and_start(fs.mount_point());
-        pg.client()
-            .batch_execute("CREATE TABLE t (n bigint PRIMARY KEY)")
-            .unwrap();
-        let mut wc = pg.client();
-        let writer = Writer::start(move |n| {
-            wc.execute("INSERT INTO t VALUES ($1)", &[&(n as i64)])
-                .map(drop)
-                .map_err(|e| e.to_string())
-        });
+        let writer = pg.start_writer();
         writer.wait_for(100);
         let vssd = Vssd::start(fs.mount_point());
         let app = Integration::start(

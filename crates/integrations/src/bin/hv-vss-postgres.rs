@@ -1,15 +1,11 @@
 //! `hv-vss-postgres`: PostgreSQL takes part in hv-vss backups (CHECKPOINT on freeze).
 //! See docs/integrations.md.
 
-use std::path::Path;
 use std::process::ExitCode;
 
 use clap::Parser;
 use hv_vss_integrations::postgresql::Postgres;
-use hv_vss_integrations::settings::{CommonArgs, Settings};
-
-const DEFAULT_CONFIG: &str = "/etc/hv-vss/postgres.toml";
-const DEFAULT_CONNECT: &str = "host=/run/postgresql user=postgres dbname=postgres";
+use hv_vss_integrations::settings::CommonArgs;
 
 /// PostgreSQL integration of hv-vss: CHECKPOINT before the filesystems freeze.
 ///
@@ -23,25 +19,13 @@ struct Args {
 }
 
 fn main() -> ExitCode {
-    let args = Args::parse();
-    hv_vss_integrations::init_logging();
-    let built = Settings::resolve(
-        &args.common,
-        Path::new(DEFAULT_CONFIG),
-        "postgres",
-        DEFAULT_CONNECT,
-    )
-    .and_then(|s| {
-        let handler = Postgres::new(&s.connect, s.password.as_deref(), s.veto_if_unreachable)?;
-        Ok((s, handler))
-    });
-    match built {
-        Ok((settings, mut handler)) => {
-            hv_vss_integrations::serve("hv-vss-postgres", &settings, &mut handler)
-        }
-        Err(e) => {
-            eprintln!("hv-vss-postgres: {e:#}");
-            ExitCode::from(2)
-        }
-    }
+    let program = hv_vss_integrations::Program {
+        name: "hv-vss-postgres",
+        default_config: "/etc/hv-vss/postgres.toml",
+        default_name: "postgres",
+        default_connect: "host=/run/postgresql user=postgres dbname=postgres",
+    };
+    hv_vss_integrations::main(program, &Args::parse().common, |s| {
+        Postgres::new(&s.connect, s.password.as_deref(), s.veto_if_unreachable)
+    })
 }

@@ -607,3 +607,101 @@ impl Drop for MountedImage {
         let _ = Command::new("losetup").arg("-d").arg(&self.device).status();
     }
 }
+
+// ---- the integrations against the in-test app socket server ----------------------------
+
+/// An app socket server (protocol v1, in-test) in its own temp dir.
+pub struct AppServer {
+    pub server: hv_vss_testutil::app_server::TestAppServer,
+    _dir: tempfile::TempDir,
+}
+
+impl AppServer {
+    pub fn start() -> Self {
+        let dir = run_dir("hv-vss-app-server-");
+        let server =
+            hv_vss_testutil::app_server::TestAppServer::start(&dir.path().join("app.sock"))
+                .unwrap();
+        Self { server, _dir: dir }
+    }
+
+    /// Starts `binary` registered as `name`, connecting to the database with `connect`,
+    /// with `extra` flags; waits for the registration.
+    pub fn integration(&self, binary: &str, name: &str, connect: &str, extra: &[&str]) -> Proc {
+        let p = Proc::spawn(
+            Command::new(binary)
+                .args(["--config", "/dev/null", "--name", name, "--socket"])
+                .arg(self.server.path())
+                .arg("--connect")
+                .arg(connect)
+                .args(extra),
+        );
+        assert!(self.server.wait_registered(name, WAIT), "{name} registered");
+        p
+    }
+
+    /// Sends `message` to `name` and returns its ack.
+    pub fn ask(
+        &self,
+        name: &str,
+        message: &hv_vss_app_protocol::DaemonMessage,
+    ) -> hv_vss_app_protocol::Ack {
+        let (kind, txn, _) = message.as_event().expect("an event that is acked");
+        self.server.send(name, message).unwrap();
+        self.server
+            .wait_ack(name, txn, WAIT)
+            .unwrap_or_else(|| panic!("{name} acked {kind:?} {txn}"))
+    }
+
+    /// With the database down, check and freeze are acked ok by `start(&[])`'s integration
+    /// and vetoed, naming the database as unreachable, by `start(&["--veto-if-unreachable"])`.
+    pub fn assert_vetoes_unreachable_only_when_configured(
+        &self,
+        name: &str,
+        start: impl Fn(&[&str]) -> Proc,
+    ) {
+        use hv_vss_app_protocol::DaemonMessage;
+        let events = |txn: u64| {
+            [
+                DaemonMessage::Check {
+                    txn,
+                    deadline_ms: 5000,
+                },
+                DaemonMessage::Freeze {
+                    txn: txn + 1,
+                    deadline_ms: 5000,
+                },
+            ]
+        };
+        let mut lenient = start(&[]);
+        for e in events(1) {
+            assert!(self.ask(name, &e).ok, "lenient: {e:?}");
+        }
+        lenient.kill9();
+        assert!(self.server.wait_gone(name, WAIT));
+        let _strict = start(&["--veto-if-unreachable"]);
+        for e in events(3) {
+            let ack = self.ask(name, &e);
+            assert!(!ack.ok, "strict: {e:?}");
+            assert!(
+                ack.message.unwrap().contains("unreachable"),
+                "strict: {e:?}"
+            );
+        }
+    }
+}
+
+impl Pg {
+    /// Creates table `t (n bigint primary key)` and starts a writer committing into it.
+    pub fn start_writer(&self) -> Writer {
+        self.client()
+            .batch_execute("CREATE TABLE t (n bigint PRIMARY KEY)")
+            .unwrap();
+        let mut conn = self.client();
+        Writer::start(move |n| {
+            conn.execute("INSERT INTO t VALUES ($1)", &[&(n as i64)])
+                .map(drop)
+                .map_err(|e| e.to_string())
+        })
+    }
+}
