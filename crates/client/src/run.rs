@@ -5,8 +5,9 @@
 //!
 //! - **Reconnect.** A missing socket, a refused connect, a closed or broken connection and
 //!   a daemon that sends garbage all lead to a new connect after a pause that doubles from
-//!   [`Backoff::initial`] up to [`Backoff::max`], and starts over after each successful
-//!   registration. The client registers again under the same name, so a restarted daemon
+//!   [`Backoff::initial`] up to [`Backoff::max`]. The pauses start over once a connection
+//!   has lasted [`STABLE`]; one that ends sooner (registered, then closed at once) counts
+//!   as a failed attempt. The client registers again under the same name, so a restarted daemon
 //!   recognises it and sends the abort it owes first.
 //! - **Holding across a lost connection.** A client that acked freeze holds (a lock, a
 //!   paused writer) until thaw or abort. If the connection is lost while holding, the loop
@@ -34,6 +35,9 @@ pub const CONNECTION_LOST: &str = "connection to hv-vssd lost while holding";
 pub const STOPPING: &str = "client stopping while holding";
 /// How often [`run_until`] looks at its stop flag while waiting.
 pub const POLL: Duration = Duration::from_millis(100);
+/// A connection that lasted this long resets the backoff; one that ended sooner counts as
+/// a failed attempt.
+pub const STABLE: Duration = Duration::from_secs(10);
 
 /// What a handler returns: `Err` becomes an `ok: false` ack whose message is the error's
 /// text (a veto on check and freeze).
@@ -121,8 +125,8 @@ pub fn run_until(
     while !stop.load(Ordering::SeqCst) {
         match Connection::open(&config.socket, &config.registration) {
             Ok(mut conn) => {
-                failures = 0;
                 registered_once = true;
+                let registered_at = Instant::now();
                 tracing::info!(
                     socket = %config.socket.display(),
                     name = config.registration.name,
@@ -141,6 +145,14 @@ pub fn run_until(
                     Ok(()) => return Ok(()),
                     Err(e) if e.is_transient() => {
                         tracing::warn!(error = %e, "app socket connection ended; reconnecting");
+                        if registered_at.elapsed() >= STABLE {
+                            failures = 0;
+                        } else {
+                            // Registered, then dropped at once: pause as after a failed
+                            // connect, so a daemon that keeps closing us is not hammered.
+                            sleep_unless_stopped(config.backoff.delay(failures), stop);
+                            failures = failures.saturating_add(1);
+                        }
                     }
                     Err(e) => return Err(e),
                 }

@@ -342,6 +342,36 @@ fn run_reconnects_after_garbage_from_the_daemon() {
 }
 
 #[test]
+fn a_daemon_that_keeps_dropping_the_client_is_retried_with_growing_pauses() {
+    let dir = socket_dir();
+    let server = TestAppServer::start(&dir.path().join("app.sock")).unwrap();
+    let rec = Recorder::default();
+    let mut cfg = config(server.path(), "drop");
+    cfg.backoff = Backoff {
+        initial: Duration::from_millis(100),
+        max: Duration::from_secs(5),
+    };
+    let running = Running::start(cfg, &rec);
+    // Every registration is answered with garbage at once, for 2 s.
+    let end = Instant::now() + Duration::from_secs(2);
+    let mut answered = 0;
+    while Instant::now() < end {
+        if server.registrations().len() > answered
+            && server.wait_registered("drop", Duration::from_millis(50))
+        {
+            answered = server.registrations().len();
+            let _ = server.send_raw("drop", b"garbage\n");
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    drop(running);
+    // Pauses of 100, 200, 400, 800 ms fit 5 attempts into 2 s; without them there would be
+    // one per round trip.
+    let n = server.registrations().len();
+    assert!((3..=6).contains(&n), "{n} registrations in 2 s");
+}
+
+#[test]
 fn run_waits_for_a_missing_socket_and_reconnects_after_a_restart() {
     let dir = socket_dir();
     let path = dir.path().join("app.sock");
