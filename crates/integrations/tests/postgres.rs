@@ -92,3 +92,36 @@ fn an_unreachable_server_vetoes_only_when_configured() {
         });
     });
 }
+
+#[test]
+fn a_checkpoint_is_cut_off_at_the_deadline_and_acks_not_ok() {
+    if common::skip("postgres checkpoint deadline test", Db::Postgres) {
+        return;
+    }
+    hv_vss_testutil::run_with_timeout(TIMEOUT, || {
+        let fs = common::data_fs();
+        let pg = Pg::init_and_start(fs.mount_point());
+        // About 50 MB of dirty buffers: no disk writes and fsyncs them in 10 ms.
+        pg.client()
+            .batch_execute(
+                "CREATE TABLE big (n int, pad text); \
+                 INSERT INTO big SELECT g, repeat('x', 500) FROM generate_series(1, 100000) g",
+            )
+            .unwrap();
+        let app = AppServer::start();
+        let _pg_app = app.integration(BINARY, "pg", &pg.connect_string(), &[]);
+        // 210 ms to ack, 200 of them kept for the ack itself: the CHECKPOINT gets at most
+        // 10 ms (statement_timeout), then is cancelled.
+        let freeze = DaemonMessage::Freeze {
+            txn: 1,
+            deadline_ms: 210,
+        };
+        let ack = app.ask("pg", &freeze);
+        assert!(!ack.ok, "{ack:?}");
+        let message = ack.message.unwrap();
+        assert!(
+            message.contains("CHECKPOINT failed") && message.contains("statement timeout"),
+            "{message}"
+        );
+    });
+}
