@@ -78,10 +78,17 @@ impl HookSet {
             });
         }
         let canonical = std::fs::canonicalize(&dir.path).map_err(|e| io_error(&dir.path, e))?;
-        scan::check_dir_chain(&canonical).map_err(|e| match e {
+        let chain_error = |e| match e {
             DirChainError::Unsafe(path, why) => HookError::UnsafeDir { path, why },
             DirChainError::Io(path, source) => HookError::Io { path, source },
-        })?;
+        };
+        scan::check_dir_chain(&canonical).map_err(chain_error)?;
+        let is_link = std::fs::symlink_metadata(&dir.path).is_ok_and(|m| m.is_symlink());
+        if let (true, Some(link_dir)) = (is_link, dir.path.parent()) {
+            // Whoever may replace the link chooses the directory.
+            let link_dir = std::fs::canonicalize(link_dir).map_err(|e| io_error(link_dir, e))?;
+            scan::check_ancestors(&link_dir).map_err(chain_error)?;
+        }
 
         let mut entries = Vec::new();
         for entry in std::fs::read_dir(&dir.path).map_err(|e| io_error(&dir.path, e))? {

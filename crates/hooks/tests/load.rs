@@ -234,3 +234,47 @@ fn symlinks_run_only_when_the_target_is_safe() {
     ));
     assert_eq!(reason_for(&set, "80-gone"), SkipReason::DanglingSymlink);
 }
+
+#[test]
+fn a_symlinked_directory_is_checked_where_the_link_lives_and_where_it_points() {
+    if !root_or_skip("a_symlinked_directory_is_checked_where_the_link_lives_and_where_it_points") {
+        return;
+    }
+    let fx = Fixture::new();
+    fx.script("ok", "exit 0\n");
+    let etc = fx.tmp.path().join("etc");
+    std::fs::create_dir(&etc).unwrap();
+    chmod(&etc, 0o755);
+    let link = etc.join("hooks.d");
+    symlink(&fx.hooks, &link).unwrap();
+    let dir = HookDir {
+        path: link.clone(),
+        ..fx.dir(HookStyle::Native, Duration::from_secs(1))
+    };
+    let set = HookSet::load(&dir).unwrap();
+    assert_eq!(
+        set.hooks(),
+        [link.join("ok")],
+        "hooks keep the configured path"
+    );
+
+    // Someone else could replace the link: refused.
+    chown(&etc, Some(65534), None).unwrap();
+    match HookSet::load(&dir).unwrap_err() {
+        HookError::UnsafeDir { path, why } => {
+            assert_eq!(path, std::fs::canonicalize(&etc).unwrap());
+            assert_eq!(why, Unsafe::NotRootOwned { uid: 65534 });
+        }
+        other => panic!("{other:?}"),
+    }
+    // The target directory itself is checked too.
+    chown(&etc, Some(0), None).unwrap();
+    chmod(&fx.hooks, 0o757);
+    assert!(matches!(
+        HookSet::load(&dir).unwrap_err(),
+        HookError::UnsafeDir {
+            why: Unsafe::OtherWritable { .. },
+            ..
+        }
+    ));
+}

@@ -51,12 +51,12 @@ fn reports_arrive_through_the_wake_fd_with_their_job_ids() {
     let fx = Fixture::new();
     fx.logging("10-a", "exit 0");
     fx.logging("20-b", "exit 0");
-    let set = Arc::new(HookSet::load(&fx.dir(HookStyle::Native, Duration::from_secs(1))).unwrap());
+    let set = Arc::new(HookSet::load(&fx.dir(HookStyle::Native, Duration::from_secs(20))).unwrap());
     let runner = HookRunner::spawn().unwrap();
     assert!(!wake_is_readable(&runner));
     assert!(runner.drain().is_empty());
 
-    let deadline = Instant::now() + Duration::from_secs(10);
+    let deadline = Instant::now() + Duration::from_secs(60);
     runner.start(41, Arc::clone(&set), HookOp::Freeze, deadline);
     runner.start(42, Arc::clone(&set), HookOp::Thaw, deadline);
     let reports = collect(&runner, 2);
@@ -82,9 +82,9 @@ fn abort_job_after_a_veto_reaches_the_hooks_told_to_freeze() {
     fx.logging("10-a", "exit 0");
     fx.logging("20-veto", "[ \"$1\" = freeze ] && exit 1; exit 0");
     fx.logging("30-c", "exit 0");
-    let set = Arc::new(HookSet::load(&fx.dir(HookStyle::Native, Duration::from_secs(1))).unwrap());
+    let set = Arc::new(HookSet::load(&fx.dir(HookStyle::Native, Duration::from_secs(20))).unwrap());
     let runner = HookRunner::spawn().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
+    let deadline = Instant::now() + Duration::from_secs(60);
 
     runner.start(1, Arc::clone(&set), HookOp::Freeze, deadline);
     let (id, freeze) = collect(&runner, 1).remove(0);
