@@ -7,7 +7,7 @@ use std::os::fd::AsRawFd;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::{Fixture, chmod, lines, root_or_skip};
+use common::{Fixture, chmod, lines};
 use hv_vss_hooks::{HookOp, HookOutcome, HookSet, HookStyle, OUTPUT_LIMIT, RunReport};
 
 /// The timeout for hooks meant to time out, and the deadline meant to pass.
@@ -42,10 +42,9 @@ fn output(report: &RunReport, index: usize) -> String {
 
 #[test]
 fn freeze_in_order_thaw_and_abort_in_reverse() {
-    if !root_or_skip("freeze_in_order_thaw_and_abort_in_reverse") {
+    let Some(fx) = Fixture::for_root("freeze_in_order_thaw_and_abort_in_reverse") else {
         return;
-    }
-    let fx = Fixture::new();
+    };
     for name in ["20-b", "10-a", "30-c"] {
         fx.logging(name, "exit 0");
     }
@@ -68,10 +67,9 @@ fn freeze_in_order_thaw_and_abort_in_reverse() {
 
 #[test]
 fn failing_freeze_vetoes_and_later_hooks_do_not_run() {
-    if !root_or_skip("failing_freeze_vetoes_and_later_hooks_do_not_run") {
+    let Some(fx) = Fixture::for_root("failing_freeze_vetoes_and_later_hooks_do_not_run") else {
         return;
-    }
-    let fx = Fixture::new();
+    };
     fx.logging("10-a", "exit 0");
     fx.logging("20-b", "[ \"$1\" = freeze ] && exit 3; exit 0");
     fx.logging("30-c", "exit 0");
@@ -97,10 +95,9 @@ fn failing_freeze_vetoes_and_later_hooks_do_not_run() {
 
 #[test]
 fn thaw_and_abort_continue_past_failures() {
-    if !root_or_skip("thaw_and_abort_continue_past_failures") {
+    let Some(fx) = Fixture::for_root("thaw_and_abort_continue_past_failures") else {
         return;
-    }
-    let fx = Fixture::new();
+    };
     fx.logging("10-a", "exit 0");
     fx.logging("20-b", "exit 1");
     fx.logging("30-c", "kill -TERM $$");
@@ -155,10 +152,9 @@ fn read_pid(path: &Path) -> i32 {
 
 #[test]
 fn timeout_kills_the_whole_process_group_and_vetoes() {
-    if !root_or_skip("timeout_kills_the_whole_process_group_and_vetoes") {
+    let Some(fx) = Fixture::for_root("timeout_kills_the_whole_process_group_and_vetoes") else {
         return;
-    }
-    let fx = Fixture::new();
+    };
     let grandchild = fx.tmp.path().join("grandchild.pid");
     // The hook forks a long sleeper that keeps the output pipe open, then hangs itself.
     fx.script(
@@ -190,10 +186,10 @@ fn timeout_kills_the_whole_process_group_and_vetoes() {
 
 #[test]
 fn deadline_shortens_the_timeout_and_stops_starting_hooks() {
-    if !root_or_skip("deadline_shortens_the_timeout_and_stops_starting_hooks") {
+    let Some(fx) = Fixture::for_root("deadline_shortens_the_timeout_and_stops_starting_hooks")
+    else {
         return;
-    }
-    let fx = Fixture::new();
+    };
     fx.logging("10-b", "exit 0");
     fx.logging("20-slow", "sleep 30");
     // A per-hook timeout of a minute, but the run's deadline is in one second: the slow hook
@@ -221,10 +217,10 @@ fn deadline_shortens_the_timeout_and_stops_starting_hooks() {
 
 #[test]
 fn background_child_holding_the_pipe_does_not_hang_the_run() {
-    if !root_or_skip("background_child_holding_the_pipe_does_not_hang_the_run") {
+    let Some(fx) = Fixture::for_root("background_child_holding_the_pipe_does_not_hang_the_run")
+    else {
         return;
-    }
-    let fx = Fixture::new();
+    };
     let pgid_file = fx.tmp.path().join("pgid");
     // Like the qemu-ga MySQL sample: leave a process behind that outlives the hook.
     fx.script(
@@ -251,10 +247,9 @@ fn background_child_holding_the_pipe_does_not_hang_the_run() {
 
 #[test]
 fn output_is_captured_from_both_streams_and_bounded() {
-    if !root_or_skip("output_is_captured_from_both_streams_and_bounded") {
+    let Some(fx) = Fixture::for_root("output_is_captured_from_both_streams_and_bounded") else {
         return;
-    }
-    let fx = Fixture::new();
+    };
     fx.script("10-both", "echo out\necho err >&2\necho out2\n");
     // 100 KiB: more than the limit and more than a pipe buffer, so a runner that stopped
     // reading at the limit would leave the hook blocked until its timeout.
@@ -270,10 +265,9 @@ fn output_is_captured_from_both_streams_and_bounded() {
 
 #[test]
 fn hooks_run_detached_with_a_minimal_environment() {
-    if !root_or_skip("hooks_run_detached_with_a_minimal_environment") {
+    let Some(fx) = Fixture::for_root("hooks_run_detached_with_a_minimal_environment") else {
         return;
-    }
-    let fx = Fixture::new();
+    };
     // A descriptor this process opened without O_CLOEXEC must not reach the hook.
     let probe = fx.tmp.path().join("leak-probe");
     let file = std::fs::File::create(&probe).unwrap();
@@ -318,10 +312,9 @@ fn hooks_run_detached_with_a_minimal_environment() {
 
 #[test]
 fn unstartable_hook_vetoes_freeze() {
-    if !root_or_skip("unstartable_hook_vetoes_freeze") {
+    let Some(fx) = Fixture::for_root("unstartable_hook_vetoes_freeze") else {
         return;
-    }
-    let fx = Fixture::new();
+    };
     let bad = fx.hooks.join("10-bad-interpreter");
     std::fs::write(&bad, "#!/nonexistent/interpreter\n").unwrap();
     chmod(&bad, 0o755);
@@ -340,10 +333,9 @@ fn unstartable_hook_vetoes_freeze() {
 
 #[test]
 fn a_hook_made_unsafe_after_load_is_not_run() {
-    if !root_or_skip("a_hook_made_unsafe_after_load_is_not_run") {
+    let Some(fx) = Fixture::for_root("a_hook_made_unsafe_after_load_is_not_run") else {
         return;
-    }
-    let fx = Fixture::new();
+    };
     let hook = fx.logging("10-a", "exit 0");
     let set = load(&fx, HookStyle::Native, ROOMY);
     chmod(&hook, 0o777);
@@ -358,10 +350,9 @@ fn a_hook_made_unsafe_after_load_is_not_run() {
 
 #[test]
 fn qemu_ga_style_gets_freeze_and_thaw_and_thaw_on_abort() {
-    if !root_or_skip("qemu_ga_style_gets_freeze_and_thaw_and_thaw_on_abort") {
+    let Some(fx) = Fixture::for_root("qemu_ga_style_gets_freeze_and_thaw_and_thaw_on_abort") else {
         return;
-    }
-    let fx = Fixture::new();
+    };
     // Shaped like an fsfreeze-hook.d script: knows freeze and thaw only, fails otherwise.
     for name in ["10-a", "20-b"] {
         fx.logging(
@@ -382,10 +373,9 @@ fn qemu_ga_style_gets_freeze_and_thaw_and_thaw_on_abort() {
 
 #[test]
 fn vmware_style_gets_freeze_freeze_fail_and_thaw() {
-    if !root_or_skip("vmware_style_gets_freeze_freeze_fail_and_thaw") {
+    let Some(fx) = Fixture::for_root("vmware_style_gets_freeze_freeze_fail_and_thaw") else {
         return;
-    }
-    let fx = Fixture::new();
+    };
     for name in ["10-a", "20-b"] {
         fx.logging(
             name,

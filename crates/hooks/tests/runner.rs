@@ -5,7 +5,7 @@ mod common;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{Fixture, lines, root_or_skip};
+use common::{Fixture, lines};
 use hv_vss_hooks::{HookOp, HookRunner, HookSet, HookStyle, RunReport};
 use rustix::event::{PollFd, PollFlags, Timespec};
 
@@ -45,10 +45,10 @@ fn wake_is_readable(runner: &HookRunner) -> bool {
 
 #[test]
 fn reports_arrive_through_the_wake_fd_with_their_job_ids() {
-    if !root_or_skip("reports_arrive_through_the_wake_fd_with_their_job_ids") {
+    let Some(fx) = Fixture::for_root("reports_arrive_through_the_wake_fd_with_their_job_ids")
+    else {
         return;
-    }
-    let fx = Fixture::new();
+    };
     fx.logging("10-a", "exit 0");
     fx.logging("20-b", "exit 0");
     let set = Arc::new(HookSet::load(&fx.dir(HookStyle::Native, Duration::from_secs(20))).unwrap());
@@ -75,10 +75,10 @@ fn reports_arrive_through_the_wake_fd_with_their_job_ids() {
 
 #[test]
 fn abort_job_after_a_veto_reaches_the_hooks_told_to_freeze() {
-    if !root_or_skip("abort_job_after_a_veto_reaches_the_hooks_told_to_freeze") {
+    let Some(fx) = Fixture::for_root("abort_job_after_a_veto_reaches_the_hooks_told_to_freeze")
+    else {
         return;
-    }
-    let fx = Fixture::new();
+    };
     fx.logging("10-a", "exit 0");
     fx.logging("20-veto", "[ \"$1\" = freeze ] && exit 1; exit 0");
     fx.logging("30-c", "exit 0");
