@@ -409,3 +409,28 @@ fn vmware_style_gets_freeze_freeze_fail_and_thaw() {
         ["30-veto", "20-b", "10-a"]
     );
 }
+
+#[test]
+fn a_relative_hook_directory_runs_from_the_root_working_directory() {
+    let Some(fx) =
+        Fixture::for_root("a_relative_hook_directory_runs_from_the_root_working_directory")
+    else {
+        return;
+    };
+    fx.logging("10-a", "exit 0");
+    // Relative to this process's working directory. (`..` stops at `/`, so from the hooks'
+    // working directory `/` it happens to name the same place; what matters is that the set
+    // holds absolute paths, so nothing depends on where the hook starts.)
+    let relative: std::path::PathBuf = std::iter::repeat_n("..", 64)
+        .collect::<std::path::PathBuf>()
+        .join(fx.hooks.strip_prefix("/").unwrap());
+    let dir = hv_vss_hooks::HookDir {
+        path: relative,
+        ..fx.dir(HookStyle::Native, ROOMY)
+    };
+    let set = HookSet::load(&dir).unwrap();
+    assert!(set.hooks()[0].is_absolute());
+    let freeze = set.run(HookOp::Freeze, far());
+    assert!(freeze.ok, "{freeze:?}");
+    assert_eq!(fx.log_lines(), lines(&["10-a"], "freeze"));
+}
