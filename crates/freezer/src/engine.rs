@@ -15,31 +15,35 @@
 //!    (an earlier freeze was never thawed: run recovery).
 //! 2. Every planned mount is opened (`O_RDONLY|O_DIRECTORY|O_NOFOLLOW|O_CLOEXEC|O_NONBLOCK`)
 //!    and checked to be the planned mount (statx mount id, else `st_dev`).
-//! 3. The journal is written (temp + fsync + rename).
-//! 4. `syncfs` on every filesystem in parallel, so FIFREEZE finds little left to write,
+//! 3. `syncfs` on every filesystem in parallel, so FIFREEZE finds little left to write,
 //!    under the same deadline: a flush that misses it fails the freeze before anything is
 //!    frozen (its thread is abandoned and ends when the call returns).
-//! 5. Level by level, FIFREEZE on one thread per filesystem, each with the configured
-//!    deadline. A call that misses it fails the freeze; its thread thaws the filesystem if
+//! 4. Level by level, FIFREEZE on one thread per filesystem, each with the configured
+//!    deadline. Before a level's first FIFREEZE the journal (temp + fsync + rename) is
+//!    rewritten to list what is frozen so far plus the level (in flight); each result that
+//!    leaves a filesystem not ours (EBUSY, EOPNOTSUPP, an error) takes it off at once, and
+//!    every partial thaw narrows it to what is still frozen. So the journal lists exactly
+//!    what is frozen or in flight, never someone else's freeze once its EBUSY is known. A call that misses it fails the freeze; its thread thaws the filesystem if
 //!    the call ever succeeds (R39). Until it has returned (and that thaw worked), the
 //!    journal (narrowed to what may still be ours) and the lock stay, held by the set that
 //!    [`FreezeFailure::unthawed`] hands back: a crash in that window leaves the filesystem
 //!    listed for the guardian and the next start.
-//! 6. On any failure: everything we froze is thawed in exact reverse of the order the
+//! 5. On any failure: everything we froze is thawed in exact reverse of the order the
 //!    freezes completed, and the journal is removed once all are thawed. A filesystem that
 //!    answered EBUSY was frozen by someone else and is never thawed by us.
 //!
 //! [`freeze_cancellable`] also stops (and rolls back) when its caller says the freeze was
 //! overtaken by a thaw, checked before the flush, before the first FIFREEZE and between
-//! levels. From the journal write on, the [`FrozenSet`] under construction owns the lock,
+//! levels. From the opening on, the [`FrozenSet`] under construction owns the lock,
 //! the journal and every member the moment it freezes, so even a panic unwinding through
 //! the freeze thaws what froze (and FIFREEZE calls still running are abandoned: they thaw
 //! their filesystem when they return).
 //!
 //! Between the first FIFREEZE and the last FITHAW nothing here writes a file, logs, or
 //! spawns a process (R60): events are collected into the report, which the caller logs
-//! after the thaw. The only writes are the journal removal and lock release *after* the
-//! last thaw, in the state directory (checked not to be frozen).
+//! after the thaw. The only writes are the journal's, in the state directory, which is
+//! checked not to be on or built on anything the plan freezes (R59), so they cannot block
+//! on our own freeze.
 
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
@@ -357,10 +361,21 @@ pub struct FrozenFs {
     pub fs_type: String,
     /// Level.
     pub level: usize,
+    /// Path it was opened through (what the journal lists).
+    open_path: PathBuf,
     fd: Arc<OwnedFd>,
 }
 
 impl FrozenFs {
+    fn journal_entry(&self, pid: i32) -> JournalEntry {
+        JournalEntry {
+            path: self.open_path.clone(),
+            dev: self.dev,
+            fs_type: self.fs_type.clone(),
+            pid,
+        }
+    }
+
     /// The fd it was frozen through (hand it to a guardian over SCM_RIGHTS; FITHAW on any
     /// fd of the filesystem thaws it).
     pub fn fd(&self) -> BorrowedFd<'_> {
@@ -380,6 +395,10 @@ pub struct FrozenSet {
     /// FIFREEZE calls that have not been collected: while freezing, the level running;
     /// after a deadline, the abandoned calls until they return (R39).
     in_flight: Vec<InFlight>,
+    /// When the freeze started (the journal's `created_unix_ms`).
+    started_unix_ms: u64,
+    /// What the journal on disk lists now (empty: no journal).
+    journal_listed: Vec<JournalEntry>,
 }
 
 /// A FIFREEZE call not yet collected, and the member it becomes if it froze.
@@ -439,15 +458,54 @@ impl FrozenSet {
     }
 
     /// Thaw every member in exact reverse of freeze order, going on past errors (R41).
-    /// Members that thawed (or were found not frozen) leave the set; when it is empty and
-    /// every abandoned FIFREEZE has returned (and been undone), the journal is removed and
-    /// the lock released. Call again to retry the rest.
+    /// Members that thawed (or were found not frozen) leave the set, and the journal is
+    /// narrowed to what is left; when it is empty and every abandoned FIFREEZE has returned
+    /// (and been undone), the journal is removed and the lock released. Call again to retry
+    /// the rest.
     pub fn thaw(&mut self) -> ThawReport {
         self.collect_abandoned();
         let mut report = thaw_members(&mut self.members, self.ops.as_ref(), self.window_start);
         report.freezes_pending = self.freezes_pending();
         report.complete = report.complete && report.freezes_pending.is_empty();
+        if !report.complete
+            && let Err(e) = self.write_journal()
+        {
+            report.journal_error = Some(e.to_string());
+        }
         self.finish(report)
+    }
+
+    /// Makes the journal list exactly what is frozen (members) or in flight (FIFREEZE
+    /// called and not collected), in freeze order; removes it when that is nothing. Only
+    /// writes when the list changed. This is the one file written while frozen: the state
+    /// directory is checked not to be on (or built on) anything the plan freezes (R59), so
+    /// the write cannot block on our freeze, and a journal listing less than the truth
+    /// would leave a freeze nobody recovers, while one listing more would thaw someone
+    /// else's (R65).
+    fn write_journal(&mut self) -> Result<(), crate::journal::JournalError> {
+        let pid = std::process::id() as i32;
+        let listed: Vec<JournalEntry> = self
+            .members
+            .iter()
+            .chain(self.in_flight.iter().map(|f| &f.member))
+            .map(|m| m.journal_entry(pid))
+            .collect();
+        if listed == self.journal_listed {
+            return Ok(());
+        }
+        if listed.is_empty() {
+            Journal::remove(&self.state_dir)?;
+        } else {
+            Journal {
+                version: 1,
+                pid,
+                created_unix_ms: self.started_unix_ms,
+                filesystems: listed.clone(),
+            }
+            .write(&self.state_dir)?;
+        }
+        self.journal_listed = listed;
+        Ok(())
     }
 
     /// Forgets abandoned FIFREEZE calls that returned and were undone by their thread, and
@@ -480,6 +538,7 @@ impl FrozenSet {
             if let Err(e) = Journal::remove(&self.state_dir) {
                 report.journal_error = Some(e.to_string());
             }
+            self.journal_listed.clear();
             self.lock = None;
         }
         report
@@ -621,6 +680,20 @@ struct Handle {
     fd: Arc<OwnedFd>,
 }
 
+impl Handle {
+    /// The member this filesystem becomes once frozen.
+    fn member(&self) -> FrozenFs {
+        FrozenFs {
+            mount_point: self.planned.mount_point.clone(),
+            dev: self.dev,
+            fs_type: self.planned.fs_type.clone(),
+            level: self.planned.level,
+            open_path: self.planned.open_path.clone(),
+            fd: self.fd.clone(),
+        }
+    }
+}
+
 fn open_all(plan: &Plan, ops: &dyn FsOps) -> Result<Vec<Handle>, FreezeError> {
     plan.filesystems()
         .map(|p| {
@@ -725,61 +798,34 @@ pub(crate) fn freeze_with(
     for (r, h) in report.filesystems.iter_mut().zip(&handles) {
         r.dev = h.dev;
     }
-    let pid = std::process::id() as i32;
-    let journal = Journal {
-        version: 1,
-        pid,
-        created_unix_ms: report.started_unix_ms,
-        filesystems: handles
-            .iter()
-            .map(|h| JournalEntry {
-                path: h.planned.open_path.clone(),
-                dev: h.dev,
-                fs_type: h.planned.fs_type.clone(),
-                pid,
-            })
-            .collect(),
-    };
-    if let Err(e) = journal.write(&options.state_dir) {
-        fail!(e.into());
-    }
     report.prepare_us = micros(started.elapsed());
 
     // From here the set owns the lock and the journal, and every member the moment it is
     // frozen: whatever ends the freeze (failure, cancel, even a panic unwinding through
-    // here), its thaw or its Drop thaws what froze and removes the journal.
+    // here), its thaw or its Drop thaws what froze and removes the journal. The journal is
+    // written per level, before its FIFREEZE calls, and narrowed as results come in.
     let mut set = FrozenSet {
         members: Vec::new(),
         window_start: Instant::now(),
         state_dir: options.state_dir.clone(),
         lock: Some(lock),
+        started_unix_ms: report.started_unix_ms,
         report,
         ops,
         in_flight: Vec::new(),
+        journal_listed: Vec::new(),
     };
     match freeze_levels(plan, options, &handles, &mut set, cancelled) {
         Ok(()) => Ok(set),
         Err(error) => {
+            // The rollback narrows the journal to what it could not thaw.
             let rollback = set.thaw();
             let complete = rollback.complete;
             let mut report = Box::new(set.report.clone());
             report.rollback = Some(rollback);
             // Whatever could not be thawed, or may still freeze (an abandoned FIFREEZE),
             // stays owned (lock and journal included) and goes back to the caller to retry;
-            // dropping it would leave it frozen unowned. The journal is narrowed to those
-            // (state directory only, never frozen): it must no longer list what we thawed
-            // or what another freezer holds (EBUSY), which recovery would thaw.
-            if !complete {
-                let ours: Vec<DevNum> = set
-                    .members
-                    .iter()
-                    .map(|m| m.dev)
-                    .chain(set.in_flight.iter().map(|f| f.member.dev))
-                    .collect();
-                let mut narrowed = journal;
-                narrowed.filesystems.retain(|e| ours.contains(&e.dev));
-                let _ = narrowed.write(&options.state_dir);
-            }
+            // dropping it would leave it frozen unowned.
             let unthawed = (!complete).then(|| Box::new(set));
             Err(FreezeFailure {
                 error,
@@ -905,18 +951,35 @@ fn freeze_levels(
             .filter(|&i| handles[i].planned.level == level)
             .collect();
         let (tx, rx) = mpsc::channel::<(usize, Instant, Duration, Result<(), SysFreezeError>)>();
+        // The level is listed in the journal (as in flight) before any of its FIFREEZE
+        // calls starts, so a crash from here on leaves nothing frozen that is not listed.
         let mut jobs: Vec<(usize, Arc<Job>)> = Vec::new();
         for &i in &indices {
             let job = Arc::new(Job {
                 state: Mutex::new(JobState::Running),
             });
             jobs.push((i, job.clone()));
+            set.in_flight.push(InFlight {
+                index: i,
+                job,
+                member: handles[i].member(),
+            });
+        }
+        if let Err(e) = set.write_journal() {
+            set.in_flight.retain(|f| !indices.contains(&f.index));
+            failure = Some(e.into());
+            break;
+        }
+        let mut started: Vec<(usize, Arc<Job>)> = Vec::with_capacity(jobs.len());
+        for (i, job) in jobs {
             let fd = handles[i].fd.clone();
             let ops = ops.clone();
             let tx = tx.clone();
+            let thread_job = job.clone();
             let spawned = std::thread::Builder::new()
                 .name("hv-vss-freeze".into())
                 .spawn(move || {
+                    let job = thread_job;
                     let t = Instant::now();
                     let result = ops.freeze(fd.as_fd());
                     let took = t.elapsed();
@@ -937,29 +1000,23 @@ fn freeze_levels(
                         *state = JobState::Done;
                     }
                 });
-            if spawned.is_ok() {
-                let h = &handles[i];
-                set.in_flight.push(InFlight {
-                    index: i,
-                    job: jobs[jobs.len() - 1].1.clone(),
-                    member: FrozenFs {
-                        mount_point: h.planned.mount_point.clone(),
-                        dev: h.dev,
-                        fs_type: h.planned.fs_type.clone(),
-                        level,
-                        fd: h.fd.clone(),
-                    },
-                });
+            match spawned {
+                Ok(_) => started.push((i, job)),
+                Err(e) => {
+                    set.in_flight.retain(|f| f.index != i);
+                    failure.get_or_insert(FreezeError::Freeze {
+                        mount_point: handles[i].planned.mount_point.clone(),
+                        error: SysFreezeError::Other(
+                            rustix::io::Errno::from_io_error(&e)
+                                .unwrap_or(rustix::io::Errno::AGAIN),
+                        ),
+                    });
+                }
             }
-            if let Err(e) = spawned {
-                failure.get_or_insert(FreezeError::Freeze {
-                    mount_point: handles[i].planned.mount_point.clone(),
-                    error: SysFreezeError::Other(
-                        rustix::io::Errno::from_io_error(&e).unwrap_or(rustix::io::Errno::AGAIN),
-                    ),
-                });
-                jobs.pop();
-            }
+        }
+        let jobs = started;
+        if jobs.len() < indices.len() {
+            let _ = set.write_journal();
         }
         drop(tx);
         let _abandon_on_unwind = AbandonOnUnwind(&jobs);
@@ -977,16 +1034,16 @@ fn freeze_levels(
                 r.freeze_start_us = Some(micros(t.saturating_duration_since(window_start)));
                 r.freeze_us = Some(micros(took));
                 let mount_point = h.planned.mount_point.clone();
+                if result.is_err() {
+                    // Not ours (EBUSY: someone else's freeze) or not frozen: off the journal
+                    // at once, so recovery never thaws it.
+                    let _ = set.write_journal();
+                }
+                let r = &mut set.report.filesystems[i];
                 match result {
                     Ok(()) => {
                         r.outcome = FsFreezeOutcome::Frozen;
-                        set.members.push(FrozenFs {
-                            mount_point,
-                            dev: h.dev,
-                            fs_type: h.planned.fs_type.clone(),
-                            level,
-                            fd: h.fd.clone(),
-                        });
+                        set.members.push(h.member());
                     }
                     Err(SysFreezeError::AlreadyFrozen) => {
                         r.outcome = FsFreezeOutcome::ForeignFrozen;
@@ -1397,8 +1454,36 @@ mod tests {
         o.on_foreign_freeze = ForeignFreezePolicy::Ignore;
         let mut set = freeze_with(&plan, &o, fake.clone(), &|| false).unwrap();
         assert_eq!(set.members().len(), 1);
+        // Regression (issue 8, item 3): the journal listed every planned filesystem, so a
+        // crash now made recovery thaw /host, someone else's freeze.
+        let j = Journal::read(&dir.path().join("state")).unwrap().unwrap();
+        let listed: Vec<&Path> = j.filesystems.iter().map(|e| e.path.as_path()).collect();
+        assert_eq!(listed, vec![Path::new("/img")], "only what we froze");
         set.thaw();
         assert!(!fake.calls().contains(&"thaw /host".to_string()));
+    }
+
+    /// Regression (issue 8, item 3): a partial thaw left the journal listing what it had
+    /// thawed; recovery after a crash would thaw it again, maybe after someone else froze it.
+    #[test]
+    fn a_partial_thaw_narrows_the_journal_to_what_is_still_frozen() {
+        let (plan, mut fake, dir) = setup(vec!["/img", "/other"]);
+        fake.stuck = vec!["/other".into()];
+        fake.stuck_on
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        let fake = Arc::new(fake);
+        let state = dir.path().join("state");
+        let mut set = freeze_with(&plan, &opts(&dir), fake.clone(), &|| false).unwrap();
+        assert_eq!(Journal::read(&state).unwrap().unwrap().filesystems.len(), 2);
+        let report = set.thaw();
+        assert!(!report.complete);
+        let j = Journal::read(&state).unwrap().unwrap();
+        let listed: Vec<&Path> = j.filesystems.iter().map(|e| e.path.as_path()).collect();
+        assert_eq!(listed, vec![Path::new("/other")]);
+        fake.stuck_on
+            .store(false, std::sync::atomic::Ordering::SeqCst);
+        assert!(set.thaw().complete);
+        assert!(Journal::read(&state).unwrap().is_none());
     }
 
     #[test]
