@@ -31,6 +31,7 @@ mod guardian;
 mod history;
 mod kmsg;
 mod logbuf;
+mod safety;
 mod transport;
 
 use std::fs::File;
@@ -238,11 +239,13 @@ fn run(cli: Cli) -> Result<(), Fatal> {
 
     let coord = Coordinator::new(settings.limits, Millis(0))
         .map_err(|e| Fatal::new(ExitKind::Usage, anyhow!("limits: {e}")))?;
+    let guardian_link = guardian::GuardianLink::default();
     let worker = fsworker::FsWorker::start(fsworker::FsSetup {
         source,
         selection,
         config: settings.freezer.clone(),
         options: FreezeOptions::new(settings.freezer.config(), settings.state_dir.clone()),
+        watch: Some(std::sync::Arc::new(guardian_link.clone())),
     })
     .map_err(|e| Fatal::new(ExitKind::Internal, anyhow!("filesystem worker: {e}")))?;
 
@@ -255,6 +258,7 @@ fn run(cli: Cli) -> Result<(), Fatal> {
         transport,
         worker,
         guardian,
+        guardian_link,
         signals,
         kmsg,
     })
