@@ -334,7 +334,7 @@ fn recover_earlier(dir: &Path) -> Result<(), Fatal> {
     let report = loop {
         let report = hv_vss_freezer::recover(dir, hv_vss_freezer::RecoverOptions::default())
             .map_err(|e| match e {
-                hv_vss_freezer::RecoverError::FreezerAlive { pid } => Fatal::new(
+                hv_vss_freezer::RecoverError::FreezerAlive { pid, .. } => Fatal::new(
                     ExitKind::Busy,
                     anyhow!(
                         "process {pid} froze filesystems listed in {} and still holds them",
