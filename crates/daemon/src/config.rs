@@ -616,6 +616,22 @@ mod tests {
             freeze_deadline_seconds = 100.5
             thaw_deadline_seconds = 20
             client_timeout_seconds = 10
+            [apps]
+            socket_mode = "0600"
+            socket_owner = "root"
+            socket_group = 0
+            allowed_users = ["root", 1000]
+            allowed_groups = ["0"]
+            max_clients = 8
+            max_pending_bytes = 4096
+            [[hooks]]
+            dir = "/etc/qemu/fsfreeze-hook.d"
+            style = "qemu-ga"
+            tier = 20
+            timeout_secs = 5.5
+            [[hooks]]
+            dir = "/etc/vmware-tools/backupScripts.d"
+            style = "vmware"
             [freezer]
             on_unsupported = "fail"
             "#,
@@ -627,6 +643,56 @@ mod tests {
         assert_eq!(s.limits.freeze_deadline, Duration::from_millis(100_500));
         assert_eq!(s.mounts, vec![PathBuf::from("/srv")]);
         assert_eq!(s.history_limit, 5);
+        assert_eq!(
+            s.apps,
+            AppSettings {
+                socket: "/run/x/a.sock".into(),
+                mode: 0o600,
+                owner: Some(0),
+                group: Some(0),
+                allowed_uids: vec![0, 1000],
+                allowed_gids: vec![0],
+                max_clients: 8,
+                max_pending_bytes: 4096,
+            }
+        );
+        assert_eq!(
+            s.hooks,
+            vec![
+                HookDirSettings {
+                    dir: "/etc/qemu/fsfreeze-hook.d".into(),
+                    style: HookStyle::QemuGa,
+                    tier: 20,
+                    timeout: Duration::from_millis(5500),
+                },
+                HookDirSettings {
+                    dir: "/etc/vmware-tools/backupScripts.d".into(),
+                    style: HookStyle::Vmware,
+                    tier: hv_vss_core::DEFAULT_TIER,
+                    timeout: HookDir::DEFAULT_TIMEOUT,
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn app_socket_defaults() {
+        let s = resolve("", Overrides::default()).unwrap();
+        assert_eq!(s.apps.mode, DEFAULT_SOCKET_MODE);
+        assert_eq!((s.apps.owner, s.apps.group), (None, None));
+        assert!(s.apps.allowed_uids.is_empty() && s.apps.allowed_gids.is_empty());
+        assert_eq!(s.apps.max_clients, DEFAULT_MAX_CLIENTS);
+        assert_eq!(s.apps.max_pending_bytes, DEFAULT_MAX_PENDING_BYTES);
+        // No [[hooks]]: the default directory, only if it exists on this machine.
+        let default_exists = Path::new(HookDir::DEFAULT_PATH).is_dir();
+        assert_eq!(s.hooks.len(), usize::from(default_exists));
+        // An empty list means no hooks at all.
+        assert!(
+            resolve("hooks = []", Overrides::default())
+                .unwrap()
+                .hooks
+                .is_empty()
+        );
     }
 
     #[test]
@@ -692,6 +758,67 @@ mod tests {
                 "log_ring_capacity",
             ),
             ("history_limit = 0", Overrides::default(), "history_limit"),
+            ("[apps]\nsocket = 1", Overrides::default(), "socket"),
+            (
+                "[apps]\nsocket_mode = \"rw\"",
+                Overrides::default(),
+                "apps.socket_mode",
+            ),
+            (
+                "[apps]\nsocket_mode = \"1777\"",
+                Overrides::default(),
+                "apps.socket_mode",
+            ),
+            (
+                "[apps]\nsocket_owner = \"no-such-user-hv\"",
+                Overrides::default(),
+                "apps.socket_owner: no user named",
+            ),
+            (
+                "[apps]\nallowed_groups = [\"no-such-group-hv\"]",
+                Overrides::default(),
+                "apps.allowed_groups",
+            ),
+            (
+                "[apps]\nmax_clients = 0",
+                Overrides::default(),
+                "apps.max_clients",
+            ),
+            (
+                "[apps]\nmax_pending_bytes = 0",
+                Overrides::default(),
+                "apps.max_pending_bytes",
+            ),
+            (
+                "[[hooks]]\ndir = \"rel\"",
+                Overrides::default(),
+                "hooks.dir",
+            ),
+            (
+                "[[hooks]]\ndir = \"/a\"\n[[hooks]]\ndir = \"/a\"",
+                Overrides::default(),
+                "hooks.dir: /a is listed twice",
+            ),
+            (
+                "[[hooks]]\ndir = \"/a\"\nstyle = \"bash\"",
+                Overrides::default(),
+                "hooks.style",
+            ),
+            (
+                "[[hooks]]\ndir = \"/a\"\ntimeout_secs = 0",
+                Overrides::default(),
+                "hooks.timeout_secs",
+            ),
+            (
+                "[[hooks]]\ndir = \"/a\"\ntier = 256",
+                Overrides::default(),
+                "tier",
+            ),
+            (
+                "[[hooks]]\ndir = \"/a\"\nargs = 1",
+                Overrides::default(),
+                "args",
+            ),
             (
                 "[limits]\ncheck_deadline_seconds = 0",
                 Overrides::default(),
