@@ -532,6 +532,58 @@ fn a_duplicate_name_is_refused_and_the_first_client_keeps_it() {
     });
 }
 
+// ---- limits -----------------------------------------------------------------------------------
+
+#[test]
+fn a_client_that_does_not_read_is_dropped_and_the_client_limit_holds() {
+    with_timeout(TEST_LIMIT, || {
+        let s = Setup::new();
+        let d = s.daemon_with("[apps]\nmax_pending_bytes = 4096\nmax_clients = 3\n", &[]);
+        let mut good = App::register(&s.socket(), "good", None, None);
+        let mut flooder = App::register(&s.socket(), "flooder", None, None);
+        // Acks that match nothing, each answered with ack_rejected, which the flooder never
+        // reads: its outbox fills and the daemon drops it instead of waiting.
+        let bogus = ClientMessage::Ack(Ack {
+            txn: 999,
+            ok: true,
+            message: None,
+        })
+        .to_line();
+        let flood = std::thread::spawn(move || {
+            for sent in 0..1_000_000u64 {
+                if let Err(e) = flooder.stream.write_all(&bogus) {
+                    return Some((sent, e.kind()));
+                }
+            }
+            None
+        });
+        // Meanwhile everyone else is served.
+        let got = host_while(&s, VssOperation::HOT_BACKUP, || {
+            let (t, _) = good.expect_event(EventKind::Check);
+            good.ack(t, true);
+        });
+        assert_eq!(got, OK);
+        let ended = flood.join().unwrap();
+        assert!(
+            ended.is_some(),
+            "the daemon kept a client that reads nothing:\n{}",
+            d.log()
+        );
+        assert!(
+            d.wait_log("does not read its socket", THAWED),
+            "{}",
+            d.log()
+        );
+
+        // The flooder's slot is free again: good + 2 more, then the limit.
+        let _second = App::register(&s.socket(), "second", None, None);
+        let _third = App::register(&s.socket(), "third", None, None);
+        let mut fourth = App::connect(&s.socket());
+        let message = fourth.expect_error_and_close();
+        assert!(message.contains("too many clients"), "{message}");
+    });
+}
+
 // ---- credentials --------------------------------------------------------------------------------
 
 const CHILD_SOCKET_ENV: &str = "HV_VSS_TEST_APP_SOCKET";
