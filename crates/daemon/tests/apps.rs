@@ -565,7 +565,13 @@ fn a_client_that_does_not_read_is_dropped_and_the_client_limit_holds() {
             }
             None
         });
-        // Meanwhile everyone else is served.
+        let ended = flood.join().unwrap();
+        assert!(
+            ended.is_some(),
+            "the daemon kept a client that reads nothing:\n{}",
+            d.log()
+        );
+        // Everyone else is served as before.
         let got = acked(
             &s,
             VssOperation::HOT_BACKUP,
@@ -574,12 +580,6 @@ fn a_client_that_does_not_read_is_dropped_and_the_client_limit_holds() {
             true,
         );
         assert_eq!(got, OK);
-        let ended = flood.join().unwrap();
-        assert!(
-            ended.is_some(),
-            "the daemon kept a client that reads nothing:\n{}",
-            d.log()
-        );
         assert!(
             d.wait_log("does not read its socket", THAWED),
             "{}",
