@@ -12,6 +12,10 @@
 //! - `signals.rs`: SIGTERM/SIGINT; `watchdog.rs`: systemd's watchdog;
 //!   `log_limit.rs`: the per-subject log rate limit.
 //!
+//! The application socket and hook directories are [`crate::apps`]: the loop polls its
+//! descriptors (one entry in `poll_once`), hands it the application actions (`execute`), and
+//! lets it write its queued lines at the end of every batch (`pump`).
+//!
 //! # Ordering rules
 //!
 //! - Actions run in the order the coordinator gives them; a `Reply` is written to the
@@ -53,6 +57,7 @@ use hv_vss_core::{Action, Coordinator, Event, HostOp, Millis, RequestId, TxnId, 
 use hv_vss_freezer::{FreezeReport, ThawReport};
 use rustix::event::{PollFd, PollFlags, Timespec};
 
+use crate::apps::{AppServer, Slot};
 use crate::completion::{BU_COMPLETE_WAIT, CompletionWait};
 mod frozen;
 mod guardian_watch;
@@ -125,6 +130,8 @@ pub struct Daemon {
     refused_suppressed: u64,
     stopping: bool,
     stopped: bool,
+    /// The application socket and hook directories.
+    apps: AppServer,
 }
 
 impl std::fmt::Debug for Daemon {
@@ -155,6 +162,7 @@ pub struct Parts {
     pub signals: UnixStream,
     /// The kernel log, opened before any freeze.
     pub kmsg: Kmsg,
+    pub apps: AppServer,
 }
 
 impl Daemon {
@@ -209,6 +217,7 @@ impl Daemon {
             refused_suppressed: 0,
             stopping: false,
             stopped: false,
+            apps: parts.apps,
             settings: parts.settings,
         }
     }
@@ -295,7 +304,7 @@ impl Daemon {
 
     fn poll_once(&mut self) -> anyhow::Result<()> {
         let timeout = self.poll_timeout();
-        let (sig_ready, wake_ready, guardian_ready, transport_ready) = {
+        let (sig_ready, wake_ready, guardian_ready, transport_ready, apps_ready) = {
             let mut fds = Vec::with_capacity(4);
             fds.push(PollFd::new(&self.signals, PollFlags::IN));
             fds.push(PollFd::from_borrowed_fd(
@@ -313,6 +322,13 @@ impl Daemon {
                 }
             }
             let t_end = fds.len();
+            // ---- applications: the listener, every client, the hook runner ----
+            let app_fds = self.apps.poll_fds();
+            let a_start = fds.len();
+            let slots: Vec<Slot> = app_fds.iter().map(|(_, _, slot)| *slot).collect();
+            for (fd, flags, _) in app_fds {
+                fds.push(PollFd::from_borrowed_fd(fd, flags));
+            }
             let ts = Timespec::try_from(timeout).unwrap_or(Timespec {
                 tv_sec: 60,
                 tv_nsec: 0,
@@ -322,11 +338,17 @@ impl Daemon {
                 Err(e) => anyhow::bail!("poll: {e}"),
             }
             let ready = |i: usize| !fds[i].revents().is_empty();
+            let apps_ready: Vec<(Slot, PollFlags)> = slots
+                .into_iter()
+                .enumerate()
+                .map(|(i, slot)| (slot, fds[a_start + i].revents()))
+                .collect();
             (
                 ready(0),
                 ready(1),
                 g.is_some_and(ready),
                 (t_start..t_end).any(ready),
+                apps_ready,
             )
         };
 
@@ -349,6 +371,10 @@ impl Daemon {
         {
             self.on_transport_readable();
         }
+        let mut app_events = Vec::new();
+        self.apps
+            .on_ready(&apps_ready, &mut self.coord, &mut app_events);
+        self.queue.extend(app_events);
         self.maybe_reopen();
         self.maybe_respawn_guardian();
         self.heartbeat();
@@ -373,12 +399,22 @@ impl Daemon {
         Ok(())
     }
 
-    /// Feeds queued events to the coordinator and executes the actions.
+    /// Feeds queued events to the coordinator and executes the actions; then the
+    /// applications' queued lines are written (journal first), which may find departures
+    /// to feed in turn.
     fn pump(&mut self) {
-        while let Some(event) = self.queue.pop_front() {
-            let now = self.now();
-            let actions = self.coord.handle(event, now);
-            self.execute(actions);
+        loop {
+            while let Some(event) = self.queue.pop_front() {
+                let now = self.now();
+                let actions = self.coord.handle(event, now);
+                self.execute(actions);
+            }
+            let mut app_events = Vec::new();
+            self.apps.flush(&mut app_events);
+            if app_events.is_empty() {
+                break;
+            }
+            self.queue.extend(app_events);
         }
         self.flush_reports();
     }
@@ -396,19 +432,13 @@ impl Daemon {
                         );
                     }
                 }
-                Action::NotifyApp {
-                    participant, op, ..
-                }
-                | Action::RejectAck {
-                    participant, op, ..
-                } => {
-                    // No participant is ever registered in this build (the application
-                    // socket lands with the applications issue).
-                    tracing::error!(
-                        participant = participant.0,
-                        op = ?op,
-                        "application action without an application server"
-                    );
+                // ---- applications: the one place their actions run ----
+                Action::NotifyApp { .. } | Action::RejectAck { .. } => {
+                    let now = self.now();
+                    if !self.apps.execute(&action, now) {
+                        // A client that left before the coordinator heard of it.
+                        tracing::debug!(action = ?action, "application action for a participant already gone");
+                    }
                 }
                 Action::CheckFs { txn } => self.worker.send(FsCommand::Check { txn }),
                 Action::FreezeFs { txn } => {

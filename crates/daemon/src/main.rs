@@ -13,15 +13,14 @@
 //!    entries that are unmounted or now another device are never thawed: reported, and the
 //!    journal is set aside so the daemon can start; exit 6 only if a filesystem that is
 //!    ours stays frozen (see [`recover_earlier`]);
-//! 5. the guardian process (exit 7 if it cannot start);
-//! 6. the transport: open and register (exit 4 if another VSS daemon holds the device,
+//! 5. the application socket ([`apps`]; exit 8 if it cannot be set up) and what an
+//!    earlier instance still owed its clients;
+//! 6. the guardian process (exit 7 if it cannot start);
+//! 7. the transport: open and register (exit 4 if another VSS daemon holds the device,
 //!    exit 3 if it cannot be opened);
-//! 7. `READY=1` to systemd, then the main loop ([`daemon`]).
-//!
-//! The application socket (`--app-socket`) is validated and reserved here; its server and
-//! hooks come with the applications issue, so no participant is registered yet and every
-//! backup is filesystem-consistent.
+//! 8. `READY=1` to systemd, then the main loop ([`daemon`]).
 
+mod apps;
 mod completion;
 mod config;
 mod daemon;
@@ -69,8 +68,7 @@ struct Cli {
     /// [default: /run/hv-vss].
     #[arg(long, value_name = "DIR")]
     state_dir: Option<PathBuf>,
-    /// Application socket path (reserved: the socket server comes with application
-    /// support) [default: STATE_DIR/app.sock].
+    /// Application socket path (docs/apps.md) [default: STATE_DIR/app.sock].
     #[arg(long, value_name = "PATH")]
     app_socket: Option<PathBuf>,
     /// Thaw on our own if THAW has not come this many seconds after the freeze (decimals
@@ -183,10 +181,6 @@ fn run(cli: Cli) -> Result<(), Fatal> {
             tracing::info!(auto_thaw_ms = d.as_millis() as u64, "auto-thaw armed")
         }
     }
-    tracing::info!(
-        app_socket = %settings.app_socket.display(),
-        "application socket reserved; its server comes with application support (no participants: filesystem-consistent backups)"
-    );
 
     // Opened once, before anything can be frozen (R60, R61).
     let (kmsg, kmsg_error) = kmsg::Kmsg::open(&cli.kmsg);
@@ -222,6 +216,22 @@ fn run(cli: Cli) -> Result<(), Fatal> {
     let _instance_lock = prepare_state_dir(&settings.state_dir, &plan)?;
     recover_earlier(&settings.state_dir)?;
 
+    // Before the transport: a client may register before the first request.
+    let mut coord = Coordinator::new(settings.limits, Millis(0))
+        .map_err(|e| Fatal::new(ExitKind::Usage, anyhow!("limits: {e}")))?;
+    let apps = apps::AppServer::start(
+        &settings.apps,
+        &settings.hooks,
+        &settings.state_dir,
+        &mut coord,
+    )
+    .map_err(|e| Fatal::new(ExitKind::AppSocket, e))?;
+    tracing::info!(
+        app_socket = %settings.app_socket.display(),
+        mode = format!("{:o}", settings.apps.mode),
+        "application socket listening"
+    );
+
     let guardian = guardian::Guardian::spawn(&settings.state_dir, debug)
         .map_err(|e| Fatal::new(ExitKind::Guardian, e))?;
     tracing::info!(pid = guardian.pid(), "guardian started");
@@ -237,8 +247,6 @@ fn run(cli: Cli) -> Result<(), Fatal> {
         Err(e) => return Err(transport_fatal(&settings, &e)),
     };
 
-    let coord = Coordinator::new(settings.limits, Millis(0))
-        .map_err(|e| Fatal::new(ExitKind::Usage, anyhow!("limits: {e}")))?;
     let guardian_link = guardian::GuardianLink::default();
     let worker = fsworker::FsWorker::start(fsworker::FsSetup {
         source,
@@ -261,6 +269,7 @@ fn run(cli: Cli) -> Result<(), Fatal> {
         guardian_link,
         signals,
         kmsg,
+        apps,
     })
     .run()
     .map_err(|e| Fatal::new(ExitKind::Internal, e))

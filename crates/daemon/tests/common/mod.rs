@@ -111,7 +111,7 @@ impl Daemon {
     ) -> Self {
         // On tmpfs: the daemon's stderr must never block on a filesystem a test freezes.
         let log_dir = state_dir();
-        let config = log_dir.path().join("empty.toml");
+        let config = log_dir.path().join("hv-vss.toml");
         std::fs::write(&config, config_text).unwrap();
         let log = log_dir.path().join("stderr.log");
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_hv-vssd"));
