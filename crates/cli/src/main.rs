@@ -5,8 +5,10 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod app_cmds;
 mod duration;
 mod fs_cmds;
+mod simulate_app;
 mod simulate_cmds;
 mod uio_cmds;
 
@@ -32,6 +34,9 @@ enum Command {
     Uio(uio_cmds::UioCommand),
     /// Run a simulated Hyper-V host against a guest endpoint.
     Simulate(simulate_cmds::SimulateArgs),
+    /// Take part in backups through hv-vssd's app socket.
+    #[command(subcommand)]
+    App(app_cmds::AppCommand),
 }
 
 fn main() -> ExitCode {
@@ -42,6 +47,7 @@ fn main() -> ExitCode {
         Command::Thaw(args) => fs_cmds::thaw(args),
         Command::Uio(cmd) => uio_cmds::run(cmd),
         Command::Simulate(args) => simulate_cmds::run(args),
+        Command::App(cmd) => app_cmds::run(cmd),
     };
     match result {
         Ok(code) => code,

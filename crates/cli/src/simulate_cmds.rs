@@ -5,7 +5,11 @@
 //! - the real daemon (default): `hv-vssd --uio <socket> --state-dir <tmpfs dir> --mount
 //!   <fs>... --auto-thaw N -n`. The daemon connects to the `SOCK_SEQPACKET` socket, receives
 //!   the rings with `ShmRings::recv_from`, and serves them with its IC endpoint and
-//!   coordinator, freezing the named filesystems for real;
+//!   coordinator, freezing the named filesystems for real.
+//!   Before the first cycle a demo application client (see `simulate_app`) registers on
+//!   the daemon's app socket; it acks everything and prints what it was told and when, and
+//!   each cycle ends with the daemon's verdict: application-consistent when every
+//!   registered client acked, filesystem-consistent otherwise (`--no-demo-client`);
 //! - `--guest-loopback`: a **transport self-test**. A child process (this binary, with a
 //!   hidden flag) serves the rings with an IC endpoint that answers every HOT_BACKUP, FREEZE
 //!   and THAW with S_OK. Nothing is frozen and no daemon is involved.
@@ -35,7 +39,7 @@ use hv_vss_vmbus::ic_endpoint::IcEndpoint;
 use hv_vss_vmbus::shm::ShmRings;
 use serde_json::json;
 
-use crate::duration;
+use crate::{duration, simulate_app};
 
 /// Ring size per direction: uio_hv_generic's default for VSS (wire §3.2).
 const RING_LEN: usize = 2 << 20;
@@ -77,6 +81,10 @@ pub struct SimulateArgs {
     /// everything, without the daemon; nothing is frozen.
     #[arg(long)]
     guest_loopback: bool,
+    /// Do not register the demo application client (the daemon then has no client to
+    /// ask, and a backup is filesystem-consistent).
+    #[arg(long)]
+    no_demo_client: bool,
     /// Internal: run as the loopback guest, connecting to this socket.
     #[arg(long, hide = true, value_name = "SOCKET")]
     loopback_guest_child: Option<PathBuf>,
@@ -155,7 +163,10 @@ pub fn run(args: SimulateArgs) -> anyhow::Result<ExitCode> {
         )
     };
 
-    let result = drive(&args, &listener, &mut guest, &mode);
+    let state_path = state_dir
+        .as_ref()
+        .map(|d: &tempfile::TempDir| d.path().to_path_buf());
+    let result = drive(&args, &listener, &mut guest, &mode, state_path.as_deref());
     let exit = guest.stop();
     drop(state_dir);
     drop(scratch);
@@ -211,6 +222,18 @@ struct Report {
     negotiated: Option<NegotiationResult>,
     cycles: Vec<BackupCycle>,
     cycles_wanted: u32,
+    /// The demo application client (daemon mode, unless `--no-demo-client`).
+    demo: Option<DemoReport>,
+    /// The daemon's verdict for each backup cycle (daemon mode).
+    verdicts: Vec<String>,
+}
+
+/// What the demo client was told, or why it could not take part.
+#[derive(Debug)]
+struct DemoReport {
+    told: Vec<simulate_app::Told>,
+    /// Registration refused, or the connection ended early.
+    error: Option<String>,
 }
 
 impl Report {
@@ -244,6 +267,16 @@ impl Report {
                 );
             }
         }
+        for (i, v) in self.verdicts.iter().enumerate() {
+            println!(
+                "  cycle {}: verdict {}",
+                i + 1,
+                simulate_app::describe_verdict(v)
+            );
+        }
+        if let Some(DemoReport { error: Some(e), .. }) = &self.demo {
+            println!("  demo client {}: {e}", simulate_app::DEMO_NAME);
+        }
         println!("  {}: {}", exit.name, exit.description);
     }
 
@@ -274,6 +307,12 @@ impl Report {
                 "snapshot_window_ms": c.snapshot_window.map(|d| d.as_secs_f64() * 1e3),
                 "ok": c.all_ok,
             })).collect::<Vec<_>>(),
+            "demo_client": self.demo.as_ref().map(|d| json!({
+                "name": simulate_app::DEMO_NAME,
+                "told": d.told.iter().map(simulate_app::Told::to_json).collect::<Vec<_>>(),
+                "error": d.error,
+            })),
+            "verdicts": self.verdicts,
             "guest_exit": {"clean": exit.clean, "description": exit.description},
             "ok": self.ok() && exit.clean,
         })
@@ -327,7 +366,9 @@ fn drive(
     listener: &HandoverListener,
     guest: &mut GuestProcess,
     mode: &Mode,
+    state_dir: Option<&Path>,
 ) -> anyhow::Result<Report> {
+    let started = Instant::now();
     if !args.json {
         println!("hv-vss simulate: {}", mode.describe());
     }
@@ -377,10 +418,32 @@ fn drive(
         negotiated: negotiated.ok(),
         cycles: Vec::new(),
         cycles_wanted: args.cycles,
+        demo: None,
+        verdicts: Vec::new(),
     };
     if !matches!(report.negotiated, Some(NegotiationResult::Agreed { .. })) {
         return Ok(report);
     }
+    // The daemon serves its app socket once the transport is up: register now, before the
+    // first HOT_BACKUP, so the client takes part in every cycle.
+    let demo = match state_dir {
+        Some(dir) if !args.no_demo_client => {
+            match simulate_app::DemoClient::start(&dir.join("app.sock"), started, !args.json) {
+                Ok(client) => {
+                    if !args.json {
+                        println!(
+                            "  app {} registered on {}",
+                            simulate_app::DEMO_NAME,
+                            dir.join("app.sock").display()
+                        );
+                    }
+                    Some(Ok(client))
+                }
+                Err(e) => Some(Err(e)),
+            }
+        }
+        _ => None,
+    };
     for i in 0..args.cycles {
         if !args.json {
             println!("cycle {} of {}:", i + 1, args.cycles);
@@ -394,6 +457,19 @@ fn drive(
         if !ok {
             break;
         }
+    }
+    report.demo = demo.map(|d| match d {
+        Ok(client) => {
+            let (told, error) = client.finish();
+            DemoReport { told, error }
+        }
+        Err(e) => DemoReport {
+            told: Vec::new(),
+            error: Some(format!("not registered: {e}")),
+        },
+    });
+    if let Some(dir) = state_dir {
+        report.verdicts = simulate_app::backup_verdicts(dir, report.cycles.len());
     }
     Ok(report)
 }

@@ -235,12 +235,12 @@ fn real_daemon_freezes_the_scratch_filesystem() {
         assert_eq!(ops, ["HOT_BACKUP", "FREEZE", "THAW", "BU_COMPLETE"]);
     }
     // The daemon's own reports (its log reaches simulate's stderr): each backup really froze
-    // the one scratch filesystem and thawed it.
+    // the one scratch filesystem and thawed it, with simulate's demo client taking part.
     let frozen = stderr
         .lines()
         .filter(|l| {
             l.contains("transaction report")
-                && l.contains("verdict=FsConsistent")
+                && l.contains("verdict=AppConsistent")
                 && l.contains("filesystems=1")
         })
         .count();

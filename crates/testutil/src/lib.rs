@@ -25,8 +25,10 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 
+pub mod app_server;
 pub mod bench;
 pub mod fake_vmbus;
+pub mod vssd;
 
 /// Is this process root (tests that freeze or mount need it)?
 pub fn is_root() -> bool {
