@@ -19,6 +19,7 @@
 //! log_level = "info"               # error | warn | info | debug | trace
 //! log_ring_capacity = 4096         # lines kept in memory while frozen
 //! history_limit = 100              # reports kept in <state_dir>/history.jsonl
+//! stop_timeout_seconds = 45        # the unit's TimeoutStopSec= (deadlines are checked against it)
 //!
 //! [limits]
 //! check_deadline_seconds = 25
@@ -61,6 +62,8 @@ use serde::Deserialize;
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/hv-vss/hv-vss.toml";
 /// Default report history length.
 pub const DEFAULT_HISTORY_LIMIT: usize = 100;
+/// Default of `stop_timeout_seconds`: the shipped units' `TimeoutStopSec=`.
+pub const DEFAULT_STOP_TIMEOUT: Duration = Duration::from_secs(45);
 
 /// The config file as written (every key optional).
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -76,6 +79,7 @@ pub struct FileConfig {
     pub log_level: Option<String>,
     pub log_ring_capacity: Option<usize>,
     pub history_limit: Option<usize>,
+    pub stop_timeout_seconds: Option<f64>,
     #[serde(default)]
     pub limits: FileLimits,
     #[serde(default)]
@@ -399,6 +403,11 @@ impl Settings {
             .freezer
             .compile()
             .map_err(|e| ConfigError::Freezer(e.to_string()))?;
+        let stop_timeout = match file.stop_timeout_seconds {
+            Some(v) => seconds("stop_timeout_seconds", v)?,
+            None => DEFAULT_STOP_TIMEOUT,
+        };
+        check_deadlines_nest(&limits, freezer.config().freeze_deadline(), stop_timeout)?;
 
         let apps = resolve_apps(&file.apps, app_socket.clone())?;
         let hooks = resolve_hooks(file.hooks)?;
@@ -442,6 +451,46 @@ impl Settings {
         })
     }
 }
+
+/// The deadlines must nest, or one safety bound defeats another (issue 8):
+/// - a FIFREEZE may take `freezer.freeze_deadline_secs`; that must end within the FREEZE
+///   budget `limits.freeze_deadline_seconds`, or the request runs out while the freezer
+///   still waits and the answer says less than the freezer knows;
+/// - on SIGTERM the daemon cancels the freeze at once but may wait up to
+///   `limits.thaw_deadline_seconds` for a FITHAW being retried; systemd must not SIGKILL it
+///   before (`stop_timeout_seconds`, the unit's `TimeoutStopSec=`), with a margin for the
+///   rest of the stop.
+fn check_deadlines_nest(
+    limits: &Limits,
+    per_fs_freeze: Duration,
+    stop_timeout: Duration,
+) -> Result<(), ConfigError> {
+    if per_fs_freeze >= limits.freeze_deadline {
+        return Err(invalid(
+            "freezer.freeze_deadline_secs",
+            format!(
+                "{} s must be below limits.freeze_deadline_seconds ({} s): one FIFREEZE must fit in the FREEZE budget",
+                per_fs_freeze.as_secs_f64(),
+                limits.freeze_deadline.as_secs_f64()
+            ),
+        ));
+    }
+    if limits.thaw_deadline + STOP_MARGIN > stop_timeout {
+        return Err(invalid(
+            "stop_timeout_seconds",
+            format!(
+                "{} s must exceed limits.thaw_deadline_seconds ({} s) by at least {} s: a stop waits up to the THAW budget for a thaw being retried before systemd may SIGKILL (set it to the unit's TimeoutStopSec=)",
+                stop_timeout.as_secs_f64(),
+                limits.thaw_deadline.as_secs_f64(),
+                STOP_MARGIN.as_secs()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Time a stop needs besides waiting for the thaw (answering, closing, exiting).
+const STOP_MARGIN: Duration = Duration::from_secs(5);
 
 fn resolve_apps(file: &FileApps, socket: PathBuf) -> Result<AppSettings, ConfigError> {
     use crate::apps::accounts::{Kind, resolve};
@@ -616,6 +665,22 @@ mod tests {
             freeze_deadline_seconds = 100.5
             thaw_deadline_seconds = 20
             client_timeout_seconds = 10
+            [apps]
+            socket_mode = "0600"
+            socket_owner = "root"
+            socket_group = 0
+            allowed_users = ["root", 1000]
+            allowed_groups = ["0"]
+            max_clients = 8
+            max_pending_bytes = 4096
+            [[hooks]]
+            dir = "/etc/qemu/fsfreeze-hook.d"
+            style = "qemu-ga"
+            tier = 20
+            timeout_secs = 5.5
+            [[hooks]]
+            dir = "/etc/vmware-tools/backupScripts.d"
+            style = "vmware"
             [freezer]
             on_unsupported = "fail"
             "#,
@@ -627,6 +692,56 @@ mod tests {
         assert_eq!(s.limits.freeze_deadline, Duration::from_millis(100_500));
         assert_eq!(s.mounts, vec![PathBuf::from("/srv")]);
         assert_eq!(s.history_limit, 5);
+        assert_eq!(
+            s.apps,
+            AppSettings {
+                socket: "/run/x/a.sock".into(),
+                mode: 0o600,
+                owner: Some(0),
+                group: Some(0),
+                allowed_uids: vec![0, 1000],
+                allowed_gids: vec![0],
+                max_clients: 8,
+                max_pending_bytes: 4096,
+            }
+        );
+        assert_eq!(
+            s.hooks,
+            vec![
+                HookDirSettings {
+                    dir: "/etc/qemu/fsfreeze-hook.d".into(),
+                    style: HookStyle::QemuGa,
+                    tier: 20,
+                    timeout: Duration::from_millis(5500),
+                },
+                HookDirSettings {
+                    dir: "/etc/vmware-tools/backupScripts.d".into(),
+                    style: HookStyle::Vmware,
+                    tier: hv_vss_core::DEFAULT_TIER,
+                    timeout: HookDir::DEFAULT_TIMEOUT,
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn app_socket_defaults() {
+        let s = resolve("", Overrides::default()).unwrap();
+        assert_eq!(s.apps.mode, DEFAULT_SOCKET_MODE);
+        assert_eq!((s.apps.owner, s.apps.group), (None, None));
+        assert!(s.apps.allowed_uids.is_empty() && s.apps.allowed_gids.is_empty());
+        assert_eq!(s.apps.max_clients, DEFAULT_MAX_CLIENTS);
+        assert_eq!(s.apps.max_pending_bytes, DEFAULT_MAX_PENDING_BYTES);
+        // No [[hooks]]: the default directory, only if it exists on this machine.
+        let default_exists = Path::new(HookDir::DEFAULT_PATH).is_dir();
+        assert_eq!(s.hooks.len(), usize::from(default_exists));
+        // An empty list means no hooks at all.
+        assert!(
+            resolve("hooks = []", Overrides::default())
+                .unwrap()
+                .hooks
+                .is_empty()
+        );
     }
 
     #[test]
@@ -692,6 +807,67 @@ mod tests {
                 "log_ring_capacity",
             ),
             ("history_limit = 0", Overrides::default(), "history_limit"),
+            ("[apps]\nsocket = 1", Overrides::default(), "socket"),
+            (
+                "[apps]\nsocket_mode = \"rw\"",
+                Overrides::default(),
+                "apps.socket_mode",
+            ),
+            (
+                "[apps]\nsocket_mode = \"1777\"",
+                Overrides::default(),
+                "apps.socket_mode",
+            ),
+            (
+                "[apps]\nsocket_owner = \"no-such-user-hv\"",
+                Overrides::default(),
+                "apps.socket_owner: no user named",
+            ),
+            (
+                "[apps]\nallowed_groups = [\"no-such-group-hv\"]",
+                Overrides::default(),
+                "apps.allowed_groups",
+            ),
+            (
+                "[apps]\nmax_clients = 0",
+                Overrides::default(),
+                "apps.max_clients",
+            ),
+            (
+                "[apps]\nmax_pending_bytes = 0",
+                Overrides::default(),
+                "apps.max_pending_bytes",
+            ),
+            (
+                "[[hooks]]\ndir = \"rel\"",
+                Overrides::default(),
+                "hooks.dir",
+            ),
+            (
+                "[[hooks]]\ndir = \"/a\"\n[[hooks]]\ndir = \"/a\"",
+                Overrides::default(),
+                "hooks.dir: /a is listed twice",
+            ),
+            (
+                "[[hooks]]\ndir = \"/a\"\nstyle = \"bash\"",
+                Overrides::default(),
+                "hooks.style",
+            ),
+            (
+                "[[hooks]]\ndir = \"/a\"\ntimeout_secs = 0",
+                Overrides::default(),
+                "hooks.timeout_secs",
+            ),
+            (
+                "[[hooks]]\ndir = \"/a\"\ntier = 256",
+                Overrides::default(),
+                "tier",
+            ),
+            (
+                "[[hooks]]\ndir = \"/a\"\nargs = 1",
+                Overrides::default(),
+                "args",
+            ),
             (
                 "[limits]\ncheck_deadline_seconds = 0",
                 Overrides::default(),
@@ -787,6 +963,34 @@ mod tests {
             resolve("", cli).unwrap().limits.auto_thaw,
             AutoThaw::Disabled
         );
+    }
+
+    /// Deadlines that do not nest are refused at start-up, naming both keys (issue 8).
+    #[test]
+    fn deadlines_that_do_not_nest_name_their_keys() {
+        let cases = [
+            (
+                "[limits]\nfreeze_deadline_seconds = 30\n[freezer]\nfreeze_deadline_secs = 60",
+                "freezer.freeze_deadline_secs: 60 s must be below limits.freeze_deadline_seconds (30 s)",
+            ),
+            (
+                "stop_timeout_seconds = 20",
+                "stop_timeout_seconds: 20 s must exceed limits.thaw_deadline_seconds (25 s)",
+            ),
+            (
+                "stop_timeout_seconds = 40\n[limits]\nthaw_deadline_seconds = 24",
+                "",
+            ),
+        ];
+        for (text, want) in cases {
+            match resolve(text, Overrides::default()) {
+                Ok(_) => assert!(want.is_empty(), "{text}: accepted"),
+                Err(e) => assert!(
+                    !want.is_empty() && e.to_string().contains(want),
+                    "{text}: {e}"
+                ),
+            }
+        }
     }
 
     #[test]

@@ -30,6 +30,7 @@ mod guardian;
 mod history;
 mod kmsg;
 mod logbuf;
+mod safety;
 mod transport;
 
 use std::fs::File;
@@ -246,11 +247,13 @@ fn run(cli: Cli) -> Result<(), Fatal> {
         Err(e) => return Err(transport_fatal(&settings, &e)),
     };
 
+    let guardian_link = guardian::GuardianLink::default();
     let worker = fsworker::FsWorker::start(fsworker::FsSetup {
         source,
         selection,
         config: settings.freezer.clone(),
         options: FreezeOptions::new(settings.freezer.config(), settings.state_dir.clone()),
+        watch: Some(std::sync::Arc::new(guardian_link.clone())),
     })
     .map_err(|e| Fatal::new(ExitKind::Internal, anyhow!("filesystem worker: {e}")))?;
 
@@ -263,6 +266,7 @@ fn run(cli: Cli) -> Result<(), Fatal> {
         transport,
         worker,
         guardian,
+        guardian_link,
         signals,
         kmsg,
         apps,
@@ -339,7 +343,7 @@ fn recover_earlier(dir: &Path) -> Result<(), Fatal> {
     let report = loop {
         let report = hv_vss_freezer::recover(dir, hv_vss_freezer::RecoverOptions::default())
             .map_err(|e| match e {
-                hv_vss_freezer::RecoverError::FreezerAlive { pid } => Fatal::new(
+                hv_vss_freezer::RecoverError::FreezerAlive { pid, .. } => Fatal::new(
                     ExitKind::Busy,
                     anyhow!(
                         "process {pid} froze filesystems listed in {} and still holds them",

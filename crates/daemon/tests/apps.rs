@@ -199,7 +199,7 @@ impl Setup {
             self.fs.mount_point().as_os_str(),
         ];
         args.extend_from_slice(extra);
-        let d = Daemon::start_with_config(config, &args);
+        let d = Daemon::start_with_config(&args, config);
         assert!(
             self.emu.wait_ready(READY),
             "daemon never registered:\n{}",
@@ -252,6 +252,14 @@ fn host_while(s: &Setup, op: VssOperation, client: impl FnOnce()) -> HostOutcome
         let host = sc.spawn(|| s.request(op));
         client();
         host.join().unwrap()
+    })
+}
+
+/// The host sends `op`; `app` gets the event `kind` and acks it `ok`: what the host got.
+fn acked(s: &Setup, op: VssOperation, app: &mut App, kind: EventKind, ok: bool) -> HostOutcome {
+    host_while(s, op, || {
+        let (t, _) = app.expect_event(kind);
+        app.ack(t, ok);
     })
 }
 
@@ -390,15 +398,9 @@ fn a_missed_deadline_fails_the_freeze_and_the_late_ack_is_rejected() {
         }
         assert!(s.writable());
         // The daemon goes on serving the same client.
-        let got = host_while(&s, VssOperation::FREEZE, || {
-            let (t, _) = slow.expect_event(EventKind::Freeze);
-            slow.ack(t, true);
-        });
+        let got = acked(&s, VssOperation::FREEZE, &mut slow, EventKind::Freeze, true);
         assert_eq!(got, OK);
-        let got = host_while(&s, VssOperation::THAW, || {
-            let (t, _) = slow.expect_event(EventKind::Thaw);
-            slow.ack(t, true);
-        });
+        let got = acked(&s, VssOperation::THAW, &mut slow, EventKind::Thaw, true);
         assert_eq!(got, OK);
         assert!(s.writable());
     });
@@ -421,10 +423,7 @@ fn a_client_that_disconnects_while_holding_makes_the_backup_fs_consistent_only()
         drop(leaver);
         // Still frozen for the host; the other client is still served.
         assert!(!s.fs.write_probe().wait_ok(BLOCKED));
-        let got = host_while(&s, VssOperation::THAW, || {
-            let (t, _) = stayer.expect_event(EventKind::Thaw);
-            stayer.ack(t, true);
-        });
+        let got = acked(&s, VssOperation::THAW, &mut stayer, EventKind::Thaw, true);
         // The hold was lost while frozen: the THAW says the snapshot is not what FREEZE
         // promised.
         assert_eq!(got, FAIL);
@@ -454,10 +453,13 @@ fn a_protocol_error_in_check_fails_it_and_disconnects_only_that_client(bad: &[u8
         );
     });
     assert_eq!(got, FAIL);
-    let got = host_while(&s, VssOperation::HOT_BACKUP, || {
-        let (t, _) = good.expect_event(EventKind::Check);
-        good.ack(t, true);
-    });
+    let got = acked(
+        &s,
+        VssOperation::HOT_BACKUP,
+        &mut good,
+        EventKind::Check,
+        true,
+    );
     assert_eq!(got, OK);
 }
 
@@ -502,10 +504,13 @@ fn an_unknown_type_is_answered_with_an_error_and_fails_the_ack_it_owes() {
         });
         assert_eq!(got, FAIL);
         // Still connected and served.
-        let got = host_while(&s, VssOperation::HOT_BACKUP, || {
-            let (t, _) = app.expect_event(EventKind::Check);
-            app.ack(t, true);
-        });
+        let got = acked(
+            &s,
+            VssOperation::HOT_BACKUP,
+            &mut app,
+            EventKind::Check,
+            true,
+        );
         assert_eq!(got, OK);
     });
 }
@@ -524,11 +529,69 @@ fn a_duplicate_name_is_refused_and_the_first_client_keeps_it() {
         }));
         let message = second.expect_error_and_close();
         assert!(message.contains("already connected"), "{message}");
-        let got = host_while(&s, VssOperation::HOT_BACKUP, || {
-            let (t, _) = first.expect_event(EventKind::Check);
-            first.ack(t, true);
-        });
+        let got = acked(
+            &s,
+            VssOperation::HOT_BACKUP,
+            &mut first,
+            EventKind::Check,
+            true,
+        );
         assert_eq!(got, OK);
+    });
+}
+
+// ---- limits -----------------------------------------------------------------------------------
+
+#[test]
+fn a_client_that_does_not_read_is_dropped_and_the_client_limit_holds() {
+    with_timeout(TEST_LIMIT, || {
+        let s = Setup::new();
+        let d = s.daemon_with("[apps]\nmax_pending_bytes = 4096\nmax_clients = 3\n", &[]);
+        let mut good = App::register(&s.socket(), "good", None, None);
+        let mut flooder = App::register(&s.socket(), "flooder", None, None);
+        // Acks that match nothing, each answered with ack_rejected, which the flooder never
+        // reads: its outbox fills and the daemon drops it instead of waiting.
+        let bogus = ClientMessage::Ack(Ack {
+            txn: 999,
+            ok: true,
+            message: None,
+        })
+        .to_line();
+        let flood = std::thread::spawn(move || {
+            for sent in 0..1_000_000u64 {
+                if let Err(e) = flooder.stream.write_all(&bogus) {
+                    return Some((sent, e.kind()));
+                }
+            }
+            None
+        });
+        let ended = flood.join().unwrap();
+        assert!(
+            ended.is_some(),
+            "the daemon kept a client that reads nothing:\n{}",
+            d.log()
+        );
+        // Everyone else is served as before.
+        let got = acked(
+            &s,
+            VssOperation::HOT_BACKUP,
+            &mut good,
+            EventKind::Check,
+            true,
+        );
+        assert_eq!(got, OK);
+        assert!(
+            d.wait_log("does not read its socket", THAWED),
+            "{}",
+            d.log()
+        );
+
+        // The flooder's slot is free again: good + 2 more, then the limit.
+        let _second = App::register(&s.socket(), "second", None, None);
+        let _third = App::register(&s.socket(), "third", None, None);
+        let mut fourth = App::connect(&s.socket());
+        let message = fourth.expect_error_and_close();
+        assert!(message.contains("too many clients"), "{message}");
     });
 }
 

@@ -14,15 +14,18 @@
 //! - **Directories.** The hook directory is owned by uid 0 and writable by neither group nor
 //!   others, so nobody else can add, rename or replace an entry. Each of its ancestors is
 //!   owned by uid 0 and either not group/other-writable or sticky (like `/tmp`), since a
-//!   sticky directory lets nobody else rename a root-owned entry.
+//!   sticky directory lets nobody else rename a root-owned entry. When the configured path
+//!   is itself a symlink, the directory holding the link must pass the ancestor rule too.
 //! - **Symlinks** are followed only when the target passes the file rule and the target's
 //!   directory passes the directory rule; a dangling link is skipped.
 //!
 //! # Limitations
 //!
-//! The checks use the path, not an open descriptor: between the check and `execve` only root
-//! can change what the path names (that is what the rules guarantee), so the window matters
-//! only against root, which needs no window.
+//! The checks use paths, not open descriptors. For a plain file the rules leave only root able
+//! to change what the path names between the check and `execve`. A hook symlink is resolved at
+//! each check (load, and again before each spawn) and then executed by its own name, so an
+//! intermediate symlink on the way to its target that someone else controls could be swapped
+//! in that short window; keep hook symlinks pointing at plain paths.
 
 use std::fmt;
 use std::io;
@@ -219,7 +222,16 @@ pub(crate) enum DirChainError {
 pub(crate) fn check_dir_chain(dir: &Path) -> Result<(), DirChainError> {
     let meta = std::fs::metadata(dir).map_err(|e| DirChainError::Io(dir.to_owned(), e))?;
     check_owner_and_mode(&meta).map_err(|why| DirChainError::Unsafe(dir.to_owned(), why))?;
-    for ancestor in dir.ancestors().skip(1) {
+    match dir.parent() {
+        Some(parent) => check_ancestors(parent),
+        None => Ok(()),
+    }
+}
+
+/// The ancestor rule for `dir` (canonical) and everything above it: root-owned, and not
+/// group/other-writable unless sticky.
+pub(crate) fn check_ancestors(dir: &Path) -> Result<(), DirChainError> {
+    for ancestor in dir.ancestors() {
         let meta =
             std::fs::metadata(ancestor).map_err(|e| DirChainError::Io(ancestor.to_owned(), e))?;
         match check_owner_and_mode(&meta) {

@@ -78,11 +78,19 @@ impl HookSet {
             });
         }
         let canonical = std::fs::canonicalize(&dir.path).map_err(|e| io_error(&dir.path, e))?;
-        scan::check_dir_chain(&canonical).map_err(|e| match e {
+        let chain_error = |e| match e {
             DirChainError::Unsafe(path, why) => HookError::UnsafeDir { path, why },
             DirChainError::Io(path, source) => HookError::Io { path, source },
-        })?;
+        };
+        scan::check_dir_chain(&canonical).map_err(chain_error)?;
+        let is_link = std::fs::symlink_metadata(&dir.path).is_ok_and(|m| m.is_symlink());
+        if let (true, Some(link_dir)) = (is_link, dir.path.parent()) {
+            // Whoever may replace the link chooses the directory.
+            let link_dir = std::fs::canonicalize(link_dir).map_err(|e| io_error(link_dir, e))?;
+            scan::check_ancestors(&link_dir).map_err(chain_error)?;
+        }
 
+        let absolute_dir = std::path::absolute(&dir.path).map_err(|e| io_error(&dir.path, e))?;
         let mut entries = Vec::new();
         for entry in std::fs::read_dir(&dir.path).map_err(|e| io_error(&dir.path, e))? {
             let entry = entry.map_err(|e| io_error(&dir.path, e))?;
@@ -94,7 +102,9 @@ impl HookSet {
         let mut hooks = Vec::new();
         let mut skipped = Vec::new();
         for name in entries {
-            let path = dir.path.join(&name);
+            // Absolute: hooks run with the working directory `/`, where a relative program
+            // path would name something else.
+            let path = absolute_dir.join(&name);
             match scan::classify(&name, &path) {
                 Ok(()) => hooks.push(path),
                 Err(reason) => skipped.push(Skipped { path, reason }),
@@ -118,7 +128,8 @@ impl HookSet {
         self.timeout
     }
 
-    /// The hooks that run, in freeze order.
+    /// The hooks that run, in freeze order: absolute paths, the directory as configured (not
+    /// resolved) joined with the file name.
     pub fn hooks(&self) -> &[PathBuf] {
         &self.hooks
     }

@@ -6,7 +6,7 @@ use std::os::unix::fs::{chown, symlink};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use common::{Fixture, chmod, root_or_skip, write_script};
+use common::{Fixture, chmod, write_script};
 use hv_vss_hooks::{HookDir, HookError, HookSet, HookStyle, SkipReason, Unsafe};
 
 fn load(fx: &Fixture) -> HookSet {
@@ -41,10 +41,9 @@ fn missing_directory_is_an_empty_set() {
 
 #[test]
 fn hooks_are_listed_in_byte_order() {
-    if !root_or_skip("hooks_are_listed_in_byte_order") {
+    let Some(fx) = Fixture::for_root("hooks_are_listed_in_byte_order") else {
         return;
-    }
-    let fx = Fixture::new();
+    };
     for name in ["b", "A", "10-x", "9-y", "a", "B"] {
         fx.script(name, "exit 0\n");
     }
@@ -56,10 +55,9 @@ fn hooks_are_listed_in_byte_order() {
 
 #[test]
 fn unsafe_files_are_skipped_with_the_reason() {
-    if !root_or_skip("unsafe_files_are_skipped_with_the_reason") {
+    let Some(fx) = Fixture::for_root("unsafe_files_are_skipped_with_the_reason") else {
         return;
-    }
-    let fx = Fixture::new();
+    };
     fx.script("ok", "exit 0\n");
     chmod(&fx.script("group-writable", "exit 0\n"), 0o775);
     chmod(&fx.script("other-writable", "exit 0\n"), 0o757);
@@ -100,10 +98,9 @@ fn unsafe_files_are_skipped_with_the_reason() {
 
 #[test]
 fn backup_and_package_leftovers_are_skipped() {
-    if !root_or_skip("backup_and_package_leftovers_are_skipped") {
+    let Some(fx) = Fixture::for_root("backup_and_package_leftovers_are_skipped") else {
         return;
-    }
-    let fx = Fixture::new();
+    };
     let leftovers = [
         "10-db~",
         "10-db.bak",
@@ -131,10 +128,9 @@ fn backup_and_package_leftovers_are_skipped() {
 
 #[test]
 fn directory_not_root_owned_is_refused() {
-    if !root_or_skip("directory_not_root_owned_is_refused") {
+    let Some(fx) = Fixture::for_root("directory_not_root_owned_is_refused") else {
         return;
-    }
-    let fx = Fixture::new();
+    };
     fx.script("ok", "exit 0\n");
     chown(&fx.hooks, Some(65534), None).unwrap();
     let err = HookSet::load(&fx.dir(HookStyle::Native, Duration::from_secs(1))).unwrap_err();
@@ -150,10 +146,9 @@ fn directory_not_root_owned_is_refused() {
 
 #[test]
 fn writable_directory_or_ancestor_is_refused() {
-    if !root_or_skip("writable_directory_or_ancestor_is_refused") {
+    let Some(fx) = Fixture::for_root("writable_directory_or_ancestor_is_refused") else {
         return;
-    }
-    let fx = Fixture::new();
+    };
     fx.script("ok", "exit 0\n");
     let dir = fx.dir(HookStyle::Native, Duration::from_secs(1));
 
@@ -189,10 +184,9 @@ fn writable_directory_or_ancestor_is_refused() {
 
 #[test]
 fn symlinks_run_only_when_the_target_is_safe() {
-    if !root_or_skip("symlinks_run_only_when_the_target_is_safe") {
+    let Some(fx) = Fixture::for_root("symlinks_run_only_when_the_target_is_safe") else {
         return;
-    }
-    let fx = Fixture::new();
+    };
     // Safe target in a safe directory, under a name of its own (enables a sample).
     let lib = fx.tmp.path().join("lib");
     std::fs::create_dir(&lib).unwrap();
@@ -233,4 +227,49 @@ fn symlinks_run_only_when_the_target_is_safe() {
         }
     ));
     assert_eq!(reason_for(&set, "80-gone"), SkipReason::DanglingSymlink);
+}
+
+#[test]
+fn a_symlinked_directory_is_checked_where_the_link_lives_and_where_it_points() {
+    let Some(fx) = Fixture::for_root(
+        "a_symlinked_directory_is_checked_where_the_link_lives_and_where_it_points",
+    ) else {
+        return;
+    };
+    fx.script("ok", "exit 0\n");
+    let etc = fx.tmp.path().join("etc");
+    std::fs::create_dir(&etc).unwrap();
+    chmod(&etc, 0o755);
+    let link = etc.join("hooks.d");
+    symlink(&fx.hooks, &link).unwrap();
+    let dir = HookDir {
+        path: link.clone(),
+        ..fx.dir(HookStyle::Native, Duration::from_secs(1))
+    };
+    let set = HookSet::load(&dir).unwrap();
+    assert_eq!(
+        set.hooks(),
+        [link.join("ok")],
+        "hooks keep the configured path"
+    );
+
+    // Someone else could replace the link: refused.
+    chown(&etc, Some(65534), None).unwrap();
+    match HookSet::load(&dir).unwrap_err() {
+        HookError::UnsafeDir { path, why } => {
+            assert_eq!(path, std::fs::canonicalize(&etc).unwrap());
+            assert_eq!(why, Unsafe::NotRootOwned { uid: 65534 });
+        }
+        other => panic!("{other:?}"),
+    }
+    // The target directory itself is checked too.
+    chown(&etc, Some(0), None).unwrap();
+    chmod(&fx.hooks, 0o757);
+    assert!(matches!(
+        HookSet::load(&dir).unwrap_err(),
+        HookError::UnsafeDir {
+            why: Unsafe::OtherWritable { .. },
+            ..
+        }
+    ));
 }

@@ -5,10 +5,13 @@
 //!
 //! The loop never blocks on a client. Reads take what the socket has (at most
 //! [`READ_BUDGET`] per wake-up, so one chatty client cannot starve the others) and frame it
-//! with [`LineBuffer`] (64 KiB per line). Writes go straight to the socket; what it does
-//! not take waits in the outbox and is retried when the socket is writable. An outbox that
-//! grows past the configured limit means the client does not read: it is disconnected,
-//! which fails the stage it is in, instead of ever blocking the loop or growing memory.
+//! with [`LineBuffer`] (64 KiB per line). Lines to send are queued and written when the
+//! caller flushes (the loop does so at the end of every batch); what the socket does not
+//! take waits in the outbox and is retried when the socket is writable. An outbox still
+//! past the configured limit after a flush means the client does not read: it is
+//! disconnected, which fails the stage it is in, instead of ever blocking the loop. The
+//! limit is checked after each flush, so the outbox may pass it by what one batch queues
+//! (for a client flooding bogus acks, the answers to at most [`READ_BUDGET`] bytes).
 //!
 //! Byte counters (`queued`, `written`) let the caller learn when a given line has been
 //! handed to the kernel (see [`Conn::delivered`]).
@@ -156,7 +159,7 @@ impl Conn {
         Ok(())
     }
 
-    /// Whether every byte up to `offset` (from [`Conn::send`]) was handed to the kernel.
+    /// Whether every byte up to `offset` (from [`Conn::queue`]) was handed to the kernel.
     pub fn delivered(&self, offset: u64) -> bool {
         self.written >= offset
     }

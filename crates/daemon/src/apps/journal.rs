@@ -141,8 +141,17 @@ impl AppJournal {
         self.dirty = true;
     }
 
-    /// `name` got its thaw or abort (or is gone): nothing is owed to it any more.
-    pub fn released(&mut self, name: &str) {
+    /// `name` got its thaw or abort of `txn`: nothing is owed to it any more, unless it has
+    /// been told to freeze in a later transaction meanwhile.
+    pub fn released(&mut self, name: &str, txn: u64) {
+        if self.current.get(name).is_some_and(|o| o.txn == txn) {
+            self.current.remove(name);
+            self.dirty = true;
+        }
+    }
+
+    /// `name` is gone: it is owed nothing by this instance.
+    pub fn forget(&mut self, name: &str) {
         if self.current.remove(name).is_some() {
             self.dirty = true;
         }
@@ -224,7 +233,15 @@ mod tests {
             text.contains("\"db\"") && text.contains("\"txn\":7"),
             "{text}"
         );
-        j.released("db");
+        // The thaw of an earlier txn does not release a later freeze.
+        j.released("db", 6);
+        j.sync().unwrap();
+        assert!(j.path().exists());
+        j.released("db", 7);
+        j.sync().unwrap();
+        assert!(!j.path().exists());
+        j.told_freeze("db", 8, T0);
+        j.forget("db");
         j.sync().unwrap();
         assert!(!j.path().exists());
     }

@@ -98,6 +98,7 @@ macro_rules! client_log {
 struct Release {
     conn: ConnId,
     name: String,
+    txn: u64,
     offset: u64,
 }
 
@@ -404,7 +405,7 @@ impl AppServer {
         }
         if let Some(reg) = self.registry.remove(id) {
             client_log!(self, info, client = %reg.name, "application gone");
-            self.journal.released(&reg.name);
+            self.journal.forget(&reg.name);
             events.push(Event::AppGone {
                 participant: reg.participant,
             });
@@ -463,6 +464,7 @@ impl AppServer {
                         self.releases.push(Release {
                             conn: id,
                             name,
+                            txn: txn.0,
                             offset,
                         })
                     }
@@ -513,7 +515,7 @@ impl AppServer {
                 .get(r.conn)
                 .is_none_or(|c| c.conn.delivered(r.offset));
             if done {
-                journal.released(&r.name);
+                journal.released(&r.name, r.txn);
             }
             !done
         });

@@ -25,6 +25,11 @@ pub struct Fixture {
 }
 
 impl Fixture {
+    /// A fixture when running as root; `None` (with the reason printed) otherwise.
+    pub fn for_root(test: &str) -> Option<Self> {
+        root_or_skip(test).then(Fixture::new)
+    }
+
     pub fn new() -> Self {
         let tmp = tempfile::tempdir().expect("temp dir");
         fs::set_permissions(tmp.path(), fs::Permissions::from_mode(0o755)).unwrap();
