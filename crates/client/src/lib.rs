@@ -1,5 +1,5 @@
-//! A blocking client of hv-vssd's application socket (protocol v1: the contract is the
-//! `hv-vss-app-protocol` crate's documentation).
+//! A blocking client of hv-vssd's application socket (protocol v1: the contract is
+//! docs/apps.md and the `hv-vss-app-protocol` crate's documentation).
 //!
 //! An application that takes part in backups registers under a unique name and then
 //! hears, for each backup: `check` (may it start? answer `ok: false` to veto), `freeze`
