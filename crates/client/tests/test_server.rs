@@ -291,6 +291,20 @@ fn the_deadline_is_counted_from_receipt() {
     let left = r.remaining();
     assert!(left <= Duration::from_millis(3000), "{left:?}");
     assert!(left > Duration::from_millis(2000), "{left:?}");
+    // The largest deadline the wire allows is bounded, not an overflow.
+    server
+        .send(
+            "d",
+            &DaemonMessage::Thaw {
+                txn: 1,
+                deadline_ms: u64::MAX,
+            },
+        )
+        .unwrap();
+    let Some(Event::Thaw(r)) = conn.next_event_timeout(WAIT).unwrap() else {
+        panic!("thaw expected")
+    };
+    assert!(r.remaining() > Duration::from_secs(3600));
 }
 
 #[test]
