@@ -110,15 +110,7 @@ fn the_read_lock_is_held_from_freeze_until_thaw() {
             };
             f.app.server.send("maria", &thaw).unwrap();
         });
-        assert_eq!(
-            f.app
-                .server
-                .acks()
-                .iter()
-                .filter(|(_, a)| a.txn == 2)
-                .count(),
-            2
-        );
+        f.app.wait_acks("maria", 2, 2);
     });
 }
 

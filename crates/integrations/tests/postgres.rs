@@ -68,11 +68,7 @@ fn freeze_runs_a_checkpoint_and_acks_ok() {
                 },
             )
             .unwrap();
-        let end = std::time::Instant::now() + common::WAIT;
-        while app.server.acks().iter().filter(|(_, a)| a.txn == 2).count() < 2 {
-            assert!(std::time::Instant::now() < end, "thaw acked");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        app.wait_acks("pg", 2, 2);
         writer.stop();
     });
 }

@@ -653,6 +653,19 @@ impl AppServer {
             .unwrap_or_else(|| panic!("{name} acked {kind:?} {txn}"))
     }
 
+    /// Waits until `name` sent `n` acks for `txn` (freeze and thaw share their txn).
+    pub fn wait_acks(&self, name: &str, txn: u64, n: usize) {
+        let count = || {
+            self.server
+                .acks()
+                .iter()
+                .filter(|(who, a)| who == name && a.txn == txn)
+                .count()
+        };
+        wait_until("acks", || count() >= n);
+        assert_eq!(count(), n, "{name}: acks for txn {txn}");
+    }
+
     /// With the database down, check and freeze are acked ok by `start(&[])`'s integration
     /// and vetoed, naming the database as unreachable, by `start(&["--veto-if-unreachable"])`.
     pub fn assert_vetoes_unreachable_only_when_configured(
