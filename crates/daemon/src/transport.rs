@@ -37,6 +37,7 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 use hv_vss_core::{HostOp, Status};
+use hv_vss_protocol::negotiate::NegotiateFailure;
 use hv_vss_protocol::vss::CoordinatorOp;
 use hv_vss_protocol::{HvStatus, VssOperation};
 use hv_vss_sys::uio::UioPaths;
@@ -225,12 +226,30 @@ fn log_ic_notice(notice: &IcNotice) {
             tracing::info!(%framework, message_version = %message, "VSS channel negotiated")
         }
         IcNotice::NegotiationFailed {
+            failure: NegotiateFailure::NoCommonVersion,
             offered_framework,
             offered_message,
         } => tracing::warn!(
             offered_framework = %versions(offered_framework),
             offered_message = %versions(offered_message),
             "VSS negotiation failed: the host offered no version we support; answered E_FAIL"
+        ),
+        IcNotice::NegotiationFailed {
+            failure: NegotiateFailure::Malformed(e),
+            ..
+        } => tracing::warn!(
+            error = %e,
+            "malformed VSS NEGOTIATE from the host; answered counts 0 and E_FAIL"
+        ),
+        IcNotice::IcmsgsizeMismatch {
+            trans_id,
+            declared,
+            arrived,
+        } => tracing::warn!(
+            trans_id,
+            icmsgsize = declared,
+            body_bytes = arrived,
+            "VSS request icmsgsize disagrees with the bytes received; served from the bytes received"
         ),
         IcNotice::Dropped { .. } => tracing::warn!(notice = ?notice, "VSS channel"),
         IcNotice::UnknownOperation { trans_id, op } => {
@@ -497,6 +516,7 @@ mod tests {
         assert!(line.contains("VSS channel negotiated"), "{line}");
         assert!(!line.contains("major"), "{line}");
         let line = logged(&IcNotice::NegotiationFailed {
+            failure: NegotiateFailure::NoCommonVersion,
             offered_framework: vec![Version::new(1, 0), Version::new(2, 0)],
             offered_message: vec![Version::new(4, 0)],
         });

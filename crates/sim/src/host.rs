@@ -5,7 +5,7 @@
 //!
 //! After the channel opens the host sends NEGOTIATE (by default framework 1.0 and 3.0, VSS
 //! 5.0, as in worked example 11.1). For each backup it sends HOT_BACKUP, FREEZE (possibly
-//! with LUN data after the 12-byte message, up to 6,260 body bytes), snapshots the disks,
+//! with LUN data after the 12-byte message, up to 12,500 body bytes), snapshots the disks,
 //! then THAW and BU_COMPLETE. Every request carries a fresh VMBus `trans_id`; the guest's
 //! reply carries the same one.
 //!
@@ -28,7 +28,7 @@
 //! timestamps relative to [`HostSimulator::started_at`].
 //!
 //! Faults for tests: garbage payloads, truncated VSS payloads, a non-VSS `icmsgtype`,
-//! duplicate `trans_id`s, requests after which no reply is expected
+//! malformed NEGOTIATE offers, a wrong `icmsgsize`, duplicate `trans_id`s, requests after which no reply is expected
 //! ([`HostSimulator::expect_no_reply`]), and corrupt ring indices or descriptors
 //! ([`HostSimulator::corrupt_ring`], after which the simulator refuses to send).
 //!
@@ -120,6 +120,21 @@ pub enum FaultKind {
     TruncatedVss,
     /// An IC message of another type (R10).
     NonVssType(u16),
+    /// A malformed NEGOTIATE offer (answered counts 0 and E_FAIL, R3).
+    MalformedNegotiate(MalformedOffer),
+    /// A VSS request whose `icmsgsize` disagrees with its body (served anyway, §4.2).
+    WrongIcmsgsize(u16),
+}
+
+/// Ways a NEGOTIATE offer can be malformed (wire §5.2 step 1).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MalformedOffer {
+    /// `icframe_vercnt` 0.
+    ZeroCount,
+    /// `icmsg_vercnt` 101.
+    CountAbove100,
+    /// Counts that claim more versions than the payload holds.
+    VersionsPastPayload,
 }
 
 /// A posted request, to wait for with [`HostSimulator::await_vss`] and friends.
@@ -502,6 +517,49 @@ impl HostSimulator {
         self.post(RequestKind::Negotiate, id, offer)
     }
 
+    /// Sends a NEGOTIATE with the configured offers, malformed as `how` says. Await it with
+    /// [`HostSimulator::await_negotiate`]: the guest must refuse it (counts 0, E_FAIL).
+    pub fn post_malformed_negotiate(&mut self, how: MalformedOffer) -> Result<Ticket, SimError> {
+        let mut offer =
+            negotiate::build_offer(&self.config.framework_offer, &self.config.message_offer)?;
+        let at = ic::IC_BODY_OFFSET;
+        let (field, value) = match how {
+            MalformedOffer::ZeroCount => (at, 0u16),
+            MalformedOffer::CountAbove100 => (at + 2, 101),
+            MalformedOffer::VersionsPastPayload => {
+                let fw = u16::from_le_bytes([offer[at], offer[at + 1]]);
+                (at, fw + 4)
+            }
+        };
+        offer[field..field + 2].copy_from_slice(&value.to_le_bytes());
+        let id = self.fresh_trans_id();
+        self.post(
+            RequestKind::Fault(FaultKind::MalformedNegotiate(how)),
+            id,
+            offer,
+        )
+    }
+
+    /// Sends a VSS request for `op` with `trailing` bytes after the 12-byte message and
+    /// `icmsgsize` forced to `icmsgsize` (larger, smaller or zero against the real body). The
+    /// guest must serve it from the bytes that arrived (wire §4.2); await it with
+    /// [`HostSimulator::await_vss`], whose checker wants every other byte echoed.
+    pub fn post_vss_with_icmsgsize(
+        &mut self,
+        op: VssOperation,
+        trailing: &[u8],
+        icmsgsize: u16,
+    ) -> Result<Ticket, SimError> {
+        let mut payload = vss::build_request(op, 0, trailing)?;
+        payload[18..20].copy_from_slice(&icmsgsize.to_le_bytes());
+        let id = self.fresh_trans_id();
+        self.post(
+            RequestKind::Fault(FaultKind::WrongIcmsgsize(icmsgsize)),
+            id,
+            payload,
+        )
+    }
+
     /// Sends a VSS request for `op` with message `flags` and `trailing` bytes after the
     /// 12-byte message.
     pub fn post_vss(
@@ -779,8 +837,8 @@ impl HostSimulator {
         self.request(VssOperation::FREEZE)
     }
 
-    /// FREEZE with `lun` bytes after the 12-byte message (at most 6,248, so that the body
-    /// stays within 6,260 bytes); the reply must echo them.
+    /// FREEZE with `lun` bytes after the 12-byte message (at most 12,488, so that the body
+    /// stays within OpenVMM's 12,500-byte `Message2Ex`); the reply must echo them.
     pub fn freeze_with_lun(&mut self, lun: &[u8]) -> Result<VssReply, SimError> {
         if VSS_MSG_LEN + lun.len() > MAX_FREEZE_BODY_LEN {
             return Err(SimError::Build(format!(

@@ -15,7 +15,8 @@ use hv_vss_protocol::{HvStatus, VssOperation};
 use hv_vss_ring::Corruption;
 use hv_vss_sim::host::self_test_guest::{self, FixedPolicy, SelfTestSummary};
 use hv_vss_sim::host::{
-    ExchangeOutcome, HostConfig, HostSimulator, ReplyViolation, RingCorruption, SimError,
+    ExchangeOutcome, HostConfig, HostSimulator, MalformedOffer, NegotiationResult, ReplyViolation,
+    RingCorruption, SimError,
 };
 use hv_vss_vmbus::ic_endpoint::{DropReason, EndpointError, IcEndpoint, IcNotice};
 use hv_vss_vmbus::shm::ShmChannel;
@@ -182,46 +183,86 @@ fn duplicate_trans_id_gets_two_replies() {
     assert_eq!(r.unwrap().requests, 2);
 }
 
+/// Wire §6.3: a FREEZE body of 12,500 bytes (OpenVMM's `Message2Ex`) is received, echoed
+/// byte for byte (the simulator's checker compares every byte) and answered.
 #[test]
-fn freeze_lun_bytes_are_echoed_and_the_limit_is_enforced() {
+fn a_12500_byte_freeze_is_answered_with_every_byte_echoed() {
     let (mut sim, guest) = start(HostConfig::default());
     sim.negotiate().unwrap();
-    let lun: Vec<u8> = (0..6_248u32).map(|i| (i % 251) as u8).collect();
-    assert!(sim.freeze_with_lun(&lun).unwrap().is_ok());
+    let lun: Vec<u8> = (0..12_488u32).map(|i| (i % 251) as u8).collect();
+    let reply = sim.freeze_with_lun(&lun).unwrap();
+    assert_eq!(reply.status, HvStatus::S_OK);
     assert!(matches!(
-        sim.freeze_with_lun(&[0; 6_249]),
+        sim.freeze_with_lun(&[0; 12_489]),
         Err(SimError::Build(_))
     ));
     assert!(sim.thaw().unwrap().is_ok());
     guest.finish().0.unwrap();
 }
 
+/// Wire §4.2, R10: `icmsgsize` too large, too small and zero on a FREEZE: each is served
+/// from the bytes that arrived (S_OK, every byte echoed), and the mismatch is noticed.
 #[test]
-fn failed_negotiation_then_silence_on_repeats() {
-    let (mut sim, guest) = start(HostConfig::vss_4_0_only());
-    assert!(matches!(
-        sim.negotiate().unwrap(),
-        hv_vss_sim::host::NegotiationResult::Refused { .. }
-    ));
-    for _ in 0..3 {
-        let t = sim.post_negotiate().unwrap();
-        sim.expect_no_reply(t, SILENCE).unwrap();
+fn a_freeze_with_a_wrong_icmsgsize_is_served_from_the_bytes_that_arrived() {
+    let (mut sim, guest) = start(HostConfig::default());
+    sim.negotiate().unwrap();
+    let lun = [0x5a; 20];
+    for icmsgsize in [0xffff, 40, 4, 0] {
+        let t = sim
+            .post_vss_with_icmsgsize(VssOperation::FREEZE, &lun, icmsgsize)
+            .unwrap();
+        let reply = sim.await_vss(t).unwrap();
+        assert_eq!(reply.status, HvStatus::S_OK, "icmsgsize {icmsgsize}");
+        assert!(sim.thaw().unwrap().is_ok());
     }
-    let (r, endpoint) = guest.finish();
-    let notices = r.unwrap().notices;
-    let failures = notices
+    let (r, _) = guest.finish();
+    let summary = r.unwrap();
+    assert_eq!(summary.requests, 8);
+    let mismatches: Vec<u16> = summary
+        .notices
         .iter()
-        .filter(|n| matches!(n, IcNotice::NegotiationFailed { .. }))
-        .count();
-    assert_eq!(failures, 1, "logged once");
-    assert_eq!(
-        dropped(&notices),
-        vec![DropReason::NegotiateAfterFailure; 3]
-    );
+        .filter_map(|n| match n {
+            IcNotice::IcmsgsizeMismatch { declared, .. } => Some(*declared),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(mismatches, [0xffff, 40, 4, 0]);
+}
+
+/// R3: malformed and repeated NEGOTIATEs are all answered (counts 0, icmsgsize 16, E_FAIL:
+/// the simulator's checker insists on each); a good one afterwards still agrees.
+#[test]
+fn malformed_and_repeated_negotiates_are_all_answered() {
+    let (mut sim, guest) = start(HostConfig::vss_4_0_only());
+    for _ in 0..4 {
+        assert!(matches!(
+            sim.negotiate().unwrap(),
+            NegotiationResult::Refused { .. }
+        ));
+    }
+    for how in [
+        MalformedOffer::ZeroCount,
+        MalformedOffer::CountAbove100,
+        MalformedOffer::VersionsPastPayload,
+    ] {
+        let t = sim.post_malformed_negotiate(how).unwrap();
+        assert!(
+            matches!(
+                sim.await_negotiate(t).unwrap(),
+                NegotiationResult::Refused { .. }
+            ),
+            "{how:?}"
+        );
+    }
+    assert!(sim.unmatched_replies().is_empty());
+    let (r, endpoint) = guest.finish();
+    r.unwrap();
     assert_eq!(
         endpoint.negotiation(),
         hv_vss_vmbus::ic_endpoint::Negotiation::Failed
     );
+    assert_eq!(endpoint.stats().answered_locally, 7);
+    assert_eq!(endpoint.stats().dropped, 0);
 }
 
 #[test]

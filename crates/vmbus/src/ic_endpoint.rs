@@ -10,14 +10,24 @@
 //! - §2.4 / R11: each packet is copied into the channel's private receive buffer (at least
 //!   16 KiB, descriptor included) before it is parsed; a larger packet is
 //!   [`EndpointError::Oversize`], never truncated.
-//! - §5.2 / R2 / R3: NEGOTIATE is answered at once, whatever else is going on (framework
-//!   3.0, VSS 5.0). A failed negotiation is answered once with counts 0 and HV_E_FAIL; every
-//!   later NEGOTIATE on this channel goes unanswered.
+//! - §5.2 / R2 / R3: every NEGOTIATE is answered at once, whatever else is going on
+//!   (framework 3.0, VSS 5.0), as Linux and FreeBSD answer every one. A failed or malformed
+//!   offer (no common version, a count of 0 or above 100, versions past the payload) gets
+//!   counts 0, `icmsgsize` 16 and HV_E_FAIL, and so does every repeat: a host that hears
+//!   nothing loops on NEGOTIATE. Only the notice is rate-limited. A NEGOTIATE too short to
+//!   hold the counts (under 36 bytes) cannot be answered and is dropped.
 //! - §6.4 / R5: GET_DM_INFO (S_OK, flags 0), CREATE, DELETE, AUTO_RECOVER and BU_COMPLETE
-//!   (S_OK) are answered here; an unknown operation gets HV_E_FAIL. HOT_BACKUP, FREEZE and
-//!   THAW are handed to the caller as a [`PendingRequest`].
-//! - R10: an IC type other than NEGOTIATE and VSS, a VSS payload under 40 bytes, or IC
-//!   framing that does not parse gets no reply; the caller is told why ([`IcNotice::Dropped`]).
+//!   (S_OK) are answered here; an unknown operation gets HV_E_FAIL (Linux answers S_OK and
+//!   FreeBSD stays silent: a host must not read success into an operation nobody performed,
+//!   and silence would leave it waiting; docs/daemon.md). HOT_BACKUP, FREEZE and THAW are
+//!   handed to the caller as a [`PendingRequest`].
+//! - §4.2 / R10: `icmsgsize` is not trusted (no guest reads it on receive). A request whose
+//!   `icmsgsize` is larger, smaller or zero against the bytes that arrived is served from
+//!   the bytes that arrived and reported ([`IcNotice::IcmsgsizeMismatch`], rate-limited).
+//!   Only a packet too short for the IC header plus the 12-byte VSS message, an IC type other
+//!   than NEGOTIATE and VSS, or IC framing that does not parse gets no reply; the caller is
+//!   told why ([`IcNotice::Dropped`]). A FREEZE body of 12,500 bytes (OpenVMM's
+//!   `Message2Ex`) fits the 16 KiB receive buffer and is echoed whole.
 //! - §4.3 / R4 / R7 / R8: a reply is the request's private copy with status and icflags 0x05
 //!   set, HOT_BACKUP `flags` = 5 on success and failure, everything else echoed (LUN data
 //!   too), same length, in-band, VMBus flags 0, the request's `trans_id`. Only S_OK and
@@ -80,7 +90,7 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use hv_vss_protocol::ic::{IcError, IcMessage, IcReply};
-use hv_vss_protocol::negotiate::{NegotiateError, NegotiateOffer, NegotiateOutcome};
+use hv_vss_protocol::negotiate::{self, NegotiateError, NegotiateFailure, NegotiateOutcome};
 use hv_vss_protocol::vss::{CoordinatorOp, LocalAnswer, NoReplyReason, UioRoute};
 use hv_vss_protocol::{HvStatus, Version, VssOperation};
 use hv_vss_ring::{Corruption, RingError};
@@ -147,8 +157,8 @@ pub enum Negotiation {
         /// VSS message version ("5.0").
         message: Version,
     },
-    /// A NEGOTIATE offered nothing we support; it got counts 0 and HV_E_FAIL, and later
-    /// ones go unanswered (R3).
+    /// The last NEGOTIATE offered nothing we support or was malformed; it got counts 0 and
+    /// HV_E_FAIL. A later NEGOTIATE is answered again and may still agree (R3).
     Failed,
 }
 
@@ -159,10 +169,9 @@ pub enum DropReason {
     BadFraming(IcError),
     /// An IC type other than NEGOTIATE and VSS, or a VSS payload under 40 bytes (R10).
     NotForUs(NoReplyReason),
-    /// A NEGOTIATE whose offer is malformed: there is nothing sound to answer.
+    /// A NEGOTIATE too short to hold the version counts (under 36 bytes): there is nowhere
+    /// to write the answer's counts.
     BadNegotiate(NegotiateError),
-    /// A NEGOTIATE after a failed one (R3).
-    NegotiateAfterFailure,
     /// Not an in-band data packet (type 6).
     NotInband {
         /// The descriptor's packet type.
@@ -183,14 +192,17 @@ pub enum NoticeKind {
     DuplicateTransId,
     /// Tokens dropped without a reply.
     Abandoned,
+    /// Requests whose `icmsgsize` disagrees with their length.
+    IcmsgsizeMismatch,
 }
 
-const NOTICE_KINDS: [NoticeKind; 5] = [
+const NOTICE_KINDS: [NoticeKind; 6] = [
     NoticeKind::Negotiation,
     NoticeKind::Dropped,
     NoticeKind::UnknownOperation,
     NoticeKind::DuplicateTransId,
     NoticeKind::Abandoned,
+    NoticeKind::IcmsgsizeMismatch,
 ];
 
 /// A condition worth a log line, for the caller to log when it is safe (not while frozen).
@@ -203,12 +215,26 @@ pub enum IcNotice {
         /// VSS message version.
         message: Version,
     },
-    /// A NEGOTIATE offered nothing we support; answered counts 0, HV_E_FAIL (logged once).
+    /// A NEGOTIATE offered nothing we support, or was malformed; answered counts 0,
+    /// `icmsgsize` 16, HV_E_FAIL. Every such NEGOTIATE is answered; only this notice is
+    /// rate-limited.
     NegotiationFailed {
-        /// Framework versions the host offered.
+        /// Why.
+        failure: NegotiateFailure,
+        /// Framework versions the host offered (empty if malformed).
         offered_framework: Vec<Version>,
-        /// Message versions the host offered.
+        /// Message versions the host offered (empty if malformed).
         offered_message: Vec<Version>,
+    },
+    /// A VSS request whose `icmsgsize` disagrees with the bytes that arrived; it was served
+    /// from the bytes that arrived (wire §4.2, R10).
+    IcmsgsizeMismatch {
+        /// Its VMBus transaction id.
+        trans_id: u64,
+        /// The header's `icmsgsize`.
+        declared: u16,
+        /// Bytes after the IC header, ring padding included.
+        arrived: usize,
     },
     /// A packet got no reply.
     Dropped {
@@ -259,6 +285,7 @@ impl IcNotice {
             IcNotice::UnknownOperation { .. } => NoticeKind::UnknownOperation,
             IcNotice::DuplicateTransId { .. } => NoticeKind::DuplicateTransId,
             IcNotice::Abandoned { .. } => NoticeKind::Abandoned,
+            IcNotice::IcmsgsizeMismatch { .. } => NoticeKind::IcmsgsizeMismatch,
             IcNotice::Suppressed { kind, .. } => *kind,
         }
     }
@@ -732,7 +759,20 @@ impl<C: VmbusChannel> IcEndpoint<C> {
                 return Ok(true);
             }
         };
-        match hv_vss_protocol::vss::route_uio(ic) {
+        let route = hv_vss_protocol::vss::route_uio(ic);
+        if !ic.icmsgsize_matches()
+            && matches!(
+                route,
+                UioRoute::AnswerLocally { .. } | UioRoute::Coordinator { .. }
+            )
+        {
+            self.notice(IcNotice::IcmsgsizeMismatch {
+                trans_id,
+                declared: ic.header().icmsgsize.get(),
+                arrived: ic.body().len(),
+            });
+        }
+        match route {
             UioRoute::Negotiate => self.negotiate(trans_id, ic)?,
             UioRoute::NoReply(reason) => {
                 self.drop_packet(trans_id, payload.len(), DropReason::NotForUs(reason));
@@ -778,21 +818,19 @@ impl<C: VmbusChannel> IcEndpoint<C> {
     }
 
     fn negotiate(&mut self, trans_id: u64, ic: IcMessage<'_>) -> Result<(), EndpointError> {
-        if self.negotiation == Negotiation::Failed {
-            self.drop_packet(trans_id, ic.len(), DropReason::NegotiateAfterFailure);
-            return Ok(());
-        }
-        let offer = match NegotiateOffer::parse(ic) {
-            Ok(offer) => offer,
+        // R3: every NEGOTIATE that holds the counts is answered, also after a failed one and
+        // also when malformed; only a payload too short for the counts goes unanswered.
+        let answer = match negotiate::answer_offer(
+            ic,
+            &negotiate::GUEST_FRAMEWORK_VERSIONS,
+            &negotiate::GUEST_VSS_VERSIONS,
+        ) {
+            Ok(answer) => answer,
             Err(e) => {
                 self.drop_packet(trans_id, ic.len(), DropReason::BadNegotiate(e));
                 return Ok(());
             }
         };
-        let answer = offer.answer(
-            &hv_vss_protocol::negotiate::GUEST_FRAMEWORK_VERSIONS,
-            &hv_vss_protocol::negotiate::GUEST_VSS_VERSIONS,
-        );
         self.stats.answered_locally += 1;
         // R2: the reply goes out before anything else happens.
         self.send_reply(trans_id, answer.reply.into_bytes())?;
@@ -801,11 +839,12 @@ impl<C: VmbusChannel> IcEndpoint<C> {
                 self.negotiation = Negotiation::Agreed { framework, message };
                 self.notice(IcNotice::Negotiated { framework, message });
             }
-            NegotiateOutcome::Failed => {
+            NegotiateOutcome::Failed(failure) => {
                 self.negotiation = Negotiation::Failed;
                 self.notice(IcNotice::NegotiationFailed {
-                    offered_framework: offer.framework_versions,
-                    offered_message: offer.message_versions,
+                    failure,
+                    offered_framework: answer.offered_framework,
+                    offered_message: answer.offered_message,
                 });
             }
         }
