@@ -379,6 +379,7 @@ fn drive(
         cycles_wanted: args.cycles,
     };
     if !matches!(report.negotiated, Some(NegotiationResult::Agreed { .. })) {
+        guest.host = Some(sim);
         return Ok(report);
     }
     for i in 0..args.cycles {
@@ -395,6 +396,7 @@ fn drive(
             break;
         }
     }
+    guest.host = Some(sim);
     Ok(report)
 }
 
@@ -425,6 +427,9 @@ struct GuestProcess {
     child: Child,
     name: &'static str,
     conn: Option<OwnedFd>,
+    /// The host's end of the rings, kept until the guest has stopped: dropping it closes the
+    /// interrupt pipe, which the guest takes for a rescind.
+    host: Option<HostSimulator>,
     stopped: bool,
 }
 
@@ -442,6 +447,7 @@ impl GuestProcess {
             child,
             name,
             conn: None,
+            host: None,
             stopped: false,
         }
     }

@@ -54,9 +54,22 @@ use hv_vss_protocol::vmbus::PacketType;
 use hv_vss_protocol::vss::{self, MAX_FREEZE_BODY_LEN, VSS_HBU_NO_AUTO_RECOVERY, VSS_MSG_LEN};
 use hv_vss_protocol::{HvStatus, VssOperation};
 use hv_vss_ring::{HeaderWord, RingMem};
-use hv_vss_vmbus::shm::{ShmChannel, ShmRings};
-use hv_vss_vmbus::uio::{ChannelError, VmbusChannel, Wake};
+use hv_vss_sys::mem::MappedRing;
+use hv_vss_vmbus::shm::{InterruptMaskModel, ShmChannel, ShmRings};
+use hv_vss_vmbus::uio::{ChannelError, Doorbell, VmbusChannel, Wake};
 use rustix::net::{AddressFamily, SocketAddrUnix, SocketFlags, SocketType};
+
+/// What [`HostSimulator::rescind`] fills the freed rings' data areas with.
+pub const POISON_BYTE: u8 = 0xdb;
+
+/// Every header word a guest could write.
+const HEADER_WORDS: [HeaderWord; 5] = [
+    HeaderWord::WriteIndex,
+    HeaderWord::ReadIndex,
+    HeaderWord::InterruptMask,
+    HeaderWord::PendingSendSize,
+    HeaderWord::FeatureBits,
+];
 
 /// What the host offers and how long it waits.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -67,6 +80,9 @@ pub struct HostConfig {
     pub message_offer: Vec<Version>,
     /// How long to wait for each reply (default 60 s).
     pub reply_timeout: Duration,
+    /// Which `uio_hv_generic` generation the host's interrupts reproduce (default: current
+    /// kernels, which never touch the mask).
+    pub mask_model: InterruptMaskModel,
 }
 
 impl Default for HostConfig {
@@ -75,6 +91,7 @@ impl Default for HostConfig {
             framework_offer: vec![Version::new(1, 0), Version::new(3, 0)],
             message_offer: vec![Version::new(5, 0)],
             reply_timeout: Duration::from_secs(60),
+            mask_model: InterruptMaskModel::default(),
         }
     }
 }
@@ -91,6 +108,12 @@ impl HostConfig {
     /// The same, with another reply timeout.
     pub fn with_reply_timeout(mut self, timeout: Duration) -> Self {
         self.reply_timeout = timeout;
+        self
+    }
+
+    /// The same, reproducing another `uio_hv_generic` generation.
+    pub fn with_mask_model(mut self, model: InterruptMaskModel) -> Self {
+        self.mask_model = model;
         self
     }
 }
@@ -324,6 +347,17 @@ pub enum SimError {
     /// The ring was corrupted on purpose; nothing more can be sent.
     #[error("the simulator corrupted its ring and stopped")]
     Corrupted,
+    /// The simulator rescinded the channel; nothing more can be sent.
+    #[error("the simulator rescinded the channel")]
+    Rescinded,
+    /// The guest wrote into the rings after the rescind (freed memory on a real kernel).
+    #[error("the guest wrote into the rescinded {ring} ring: {what}")]
+    WrittenAfterRescind {
+        /// `TX` (guest to host) or `RX`.
+        ring: &'static str,
+        /// Which word or data offset changed.
+        what: String,
+    },
     /// Setting up or using the hand-over socket failed.
     #[error("{op}: {source}")]
     Io {
@@ -384,8 +418,6 @@ struct Posted {
 /// The simulated host. See the module docs.
 pub struct HostSimulator {
     channel: ShmChannel,
-    /// Dup of the guest's wake-up eventfd, to signal after corrupting the ring.
-    guest_wake: OwnedFd,
     config: HostConfig,
     next_trans_id: u64,
     started: Instant,
@@ -395,6 +427,7 @@ pub struct HostSimulator {
     inbox: VecDeque<ReceivedPacket>,
     unmatched: Vec<ReceivedPacket>,
     corrupted: bool,
+    rescinded: bool,
 }
 
 impl std::fmt::Debug for HostSimulator {
@@ -410,14 +443,8 @@ impl std::fmt::Debug for HostSimulator {
 impl HostSimulator {
     /// Takes the host's view of `rings` (the guest's view goes to the other process).
     pub fn new(rings: ShmRings, config: HostConfig) -> Result<Self, SimError> {
-        let guest_wake = rings
-            .fds()
-            .1
-            .try_clone_to_owned()
-            .map_err(|source| SimError::Io { op: "dup", source })?;
         Ok(Self {
-            channel: rings.host()?,
-            guest_wake,
+            channel: rings.with_mask_model(config.mask_model).host()?,
             config,
             // Distinct, recognisable ids: 0x5100_0000_0000_0001, ...
             next_trans_id: 0x5100_0000_0000_0001,
@@ -428,6 +455,7 @@ impl HostSimulator {
             inbox: VecDeque::new(),
             unmatched: Vec::new(),
             corrupted: false,
+            rescinded: false,
         })
     }
 
@@ -487,6 +515,9 @@ impl HostSimulator {
     ) -> Result<Ticket, SimError> {
         if self.corrupted {
             return Err(SimError::Corrupted);
+        }
+        if self.rescinded {
+            return Err(SimError::Rescinded);
         }
         let sent = Instant::now();
         self.channel.send(trans_id, &payload)?;
@@ -869,9 +900,10 @@ impl HostSimulator {
     /// RX `interrupt_mask` first, as the kernel's interrupt handler does). The simulator
     /// sends nothing afterwards ([`SimError::Corrupted`]).
     pub fn corrupt_ring(&mut self, how: RingCorruption) -> Result<(), SimError> {
-        let ring = self.channel.writer().mem();
+        let writer = self.channel.writer().ok_or(SimError::Rescinded)?;
+        let ring = writer.mem();
         let data_len = ring.data_len();
-        let write_pos = self.channel.writer().write_pos();
+        let write_pos = writer.write_pos();
         let write_index = ring.header_word(HeaderWord::WriteIndex);
         let put = |at: usize, bytes: &[u8]| {
             for (i, b) in bytes.iter().enumerate() {
@@ -901,14 +933,72 @@ impl HostSimulator {
         std::sync::atomic::fence(Ordering::SeqCst);
         write_index.store(bad_index, Ordering::Release);
         self.corrupted = true;
-        ring.header_word(HeaderWord::InterruptMask)
-            .store(1, Ordering::SeqCst);
-        std::sync::atomic::fence(Ordering::SeqCst);
-        rustix::io::write(&self.guest_wake, &1u64.to_ne_bytes()).map_err(|e| SimError::Io {
-            op: "write(eventfd)",
-            source: e.into(),
-        })?;
+        // An interrupt as the configured driver generation delivers it (old drivers mask
+        // RX first), whether or not the ring rules would call for one.
+        self.channel.doorbell_mut().ring()?;
         Ok(())
+    }
+
+    /// Rescinds the channel as the kernel does when the host removes the device: the ring
+    /// pages are freed while the guest still maps them, and the guest's device fd reports
+    /// an error. Here the rings are poisoned ([`POISON_BYTE`] in every data byte, 0 in every
+    /// header word: freed pages as they might look once reused, with indices that would let
+    /// a late writer go ahead), and the interrupt pipe is closed. Nothing can be sent
+    /// afterwards; [`HostSimulator::check_untouched_since_rescind`] then tells whether the
+    /// guest wrote anything into the freed rings.
+    pub fn rescind(&mut self) -> Result<(), SimError> {
+        for (_, ring) in self.rings()? {
+            for word in HEADER_WORDS {
+                ring.header_word(word).store(0, Ordering::SeqCst);
+            }
+            let data_len = ring.data_len();
+            let chunk = [POISON_BYTE; 4096];
+            let mut at = 0;
+            while at < data_len {
+                let n = chunk.len().min(data_len - at);
+                ring.write_data(at, &chunk[..n]);
+                at += n;
+            }
+        }
+        std::sync::atomic::fence(Ordering::SeqCst);
+        self.rescinded = true;
+        self.channel.doorbell_mut().hang_up();
+        Ok(())
+    }
+
+    /// After [`HostSimulator::rescind`]: checks that every byte of both rings still holds
+    /// the poison, i.e. the guest wrote nothing after the rescind.
+    pub fn check_untouched_since_rescind(&self) -> Result<(), SimError> {
+        if !self.rescinded {
+            return Err(SimError::Build("the channel was not rescinded".into()));
+        }
+        for (name, ring) in self.rings()? {
+            for word in HEADER_WORDS {
+                let v = ring.header_word(word).load(Ordering::SeqCst);
+                if v != 0 {
+                    return Err(SimError::WrittenAfterRescind {
+                        ring: name,
+                        what: format!("{word:?} = {v:#x}"),
+                    });
+                }
+            }
+            let mut buf = vec![0u8; ring.data_len()];
+            ring.read_data(0, &mut buf);
+            if let Some(at) = buf.iter().position(|&b| b != POISON_BYTE) {
+                return Err(SimError::WrittenAfterRescind {
+                    ring: name,
+                    what: format!("data byte {at:#x} = {:#04x}", buf[at]),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Both rings' memory, named from the guest's side.
+    fn rings(&self) -> Result<[(&'static str, &MappedRing); 2], SimError> {
+        let tx = self.channel.reader().ok_or(SimError::Rescinded)?.mem();
+        let rx = self.channel.writer().ok_or(SimError::Rescinded)?.mem();
+        Ok([("TX", tx), ("RX", rx)])
     }
 
     /// One backup as the spec's diagram shows it: HOT_BACKUP → FREEZE → hold → THAW →
@@ -1344,25 +1434,61 @@ pub mod self_test_guest {
     }
 
     /// Serves until `stop` (e.g. the hand-over socket) polls readable or hangs up, or the
-    /// endpoint fails. Each coordinator request is answered at once by `policy`.
+    /// endpoint fails. Each coordinator request is answered at once by `policy`. A host that
+    /// goes away closes its interrupt pipe with the socket, which the endpoint sees as a
+    /// rescind: with `stop` hung up too, that is the normal end, not an error.
     pub fn serve<C: VmbusChannel>(
         endpoint: &mut IcEndpoint<C>,
         policy: FixedPolicy,
         stop: BorrowedFd<'_>,
     ) -> Result<SelfTestSummary, EndpointError> {
         let mut summary = SelfTestSummary::default();
-        loop {
-            for event in endpoint.service()? {
-                match event {
-                    IcEvent::Request(req) => {
-                        let status = policy.answer(req.op());
-                        endpoint.reply(req, status)?;
-                        summary.requests += 1;
-                    }
-                    IcEvent::BackupComplete { .. } => summary.backup_completes += 1,
-                }
+        match serve_until_stopped(endpoint, policy, stop, &mut summary) {
+            Err(EndpointError::Rescinded) if stop_fired(stop) => {
+                summary.notices.extend(endpoint.take_notices());
+                Ok(summary)
             }
-            summary.notices.extend(endpoint.take_notices());
+            Err(e) => Err(e),
+            Ok(()) => Ok(summary),
+        }
+    }
+
+    fn stop_fired(stop: BorrowedFd<'_>) -> bool {
+        let mut fds = [PollFd::from_borrowed_fd(stop, PollFlags::IN)];
+        let zero = Timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        rustix::event::poll(&mut fds, Some(&zero)).is_ok_and(|n| n > 0)
+    }
+
+    fn answer_all<C: VmbusChannel>(
+        endpoint: &mut IcEndpoint<C>,
+        policy: FixedPolicy,
+        summary: &mut SelfTestSummary,
+    ) -> Result<(), EndpointError> {
+        for event in endpoint.service()? {
+            match event {
+                IcEvent::Request(req) => {
+                    let status = policy.answer(req.op());
+                    endpoint.reply(req, status)?;
+                    summary.requests += 1;
+                }
+                IcEvent::BackupComplete { .. } => summary.backup_completes += 1,
+            }
+        }
+        summary.notices.extend(endpoint.take_notices());
+        Ok(())
+    }
+
+    fn serve_until_stopped<C: VmbusChannel>(
+        endpoint: &mut IcEndpoint<C>,
+        policy: FixedPolicy,
+        stop: BorrowedFd<'_>,
+        summary: &mut SelfTestSummary,
+    ) -> Result<(), EndpointError> {
+        loop {
+            answer_all(endpoint, policy, summary)?;
             let timeout = (endpoint.unsent_replies() > 0).then_some(Timespec {
                 tv_sec: 0,
                 tv_nsec: 10_000_000,
@@ -1384,15 +1510,7 @@ pub mod self_test_guest {
             }
             if !fds[1].revents().is_empty() {
                 // Answer whatever came with the hang-up, then stop.
-                for event in endpoint.service()? {
-                    if let IcEvent::Request(req) = event {
-                        let status = policy.answer(req.op());
-                        endpoint.reply(req, status)?;
-                        summary.requests += 1;
-                    }
-                }
-                summary.notices.extend(endpoint.take_notices());
-                return Ok(summary);
+                return answer_all(endpoint, policy, summary);
             }
         }
     }
@@ -1406,17 +1524,7 @@ pub mod self_test_guest {
         let end = std::time::Instant::now() + for_at_most;
         let mut summary = SelfTestSummary::default();
         loop {
-            for event in endpoint.service()? {
-                match event {
-                    IcEvent::Request(req) => {
-                        let status = policy.answer(req.op());
-                        endpoint.reply(req, status)?;
-                        summary.requests += 1;
-                    }
-                    IcEvent::BackupComplete { .. } => summary.backup_completes += 1,
-                }
-            }
-            summary.notices.extend(endpoint.take_notices());
+            answer_all(endpoint, policy, &mut summary)?;
             let left = end.saturating_duration_since(std::time::Instant::now());
             if left.is_zero() {
                 return Ok(summary);

@@ -3,9 +3,12 @@
 //!
 //! # Kernel and host contract
 //!
-//! - wire-protocol.md §3.3: RX interrupts start masked after the first open, and NEGOTIATE
-//!   may already sit in the ring with no interrupt to announce it. On every wake: drain every
-//!   packet, answer each, unmask, fence, look at the ring again, and loop if data arrived.
+//! - wire-protocol.md §3.2–3.3: RX interrupts may be masked at open (old `uio_hv_generic`
+//!   masks at open and on every interrupt; since commit b15b7d2a1b09, CVE-2025-40048, it never
+//!   touches the mask, which then holds whatever the previous owner left, possibly 1), and
+//!   NEGOTIATE may already sit in the ring with no interrupt to announce it. The endpoint owns
+//!   the mask and relies on no driver masking: on every wake it drains every packet, answers
+//!   each, unmasks, fences, looks at the ring again, and loops if data arrived.
 //!   [`IcEndpoint::service`] does exactly that; call it once right after construction.
 //! - §2.4 / R11: each packet is copied into the channel's private receive buffer (at least
 //!   16 KiB, descriptor included) before it is parsed; a larger packet is
@@ -32,9 +35,14 @@
 //!   set, HOT_BACKUP `flags` = 5 on success and failure, everything else echoed (LUN data
 //!   too), same length, in-band, VMBus flags 0, the request's `trans_id`. Only S_OK and
 //!   HV_E_FAIL go on the wire.
-//! - §3.3 step 5 / R15: `EIO` from the device is [`EndpointError::Rescinded`]; a corrupt
-//!   ring is [`EndpointError::Corrupt`]. Both are final: the caller thaws, drops the
-//!   endpoint, waits for the device, rebinds and reopens.
+//! - §3.2, §3.3 step 5 / R15: `EIO`, `EINVAL` or `POLLERR` from the device is
+//!   [`EndpointError::Rescinded`]. The kernel frees the ring pages on a rescind while they
+//!   are still mapped, so every send burst (each [`IcEndpoint::service`] pass, each
+//!   [`IcEndpoint::reply`], each [`IcEndpoint::flush`]) starts with a zero-timeout poll
+//!   ([`VmbusChannel::check_alive`]), and the rings are unmapped the moment a rescind is
+//!   seen: no late reply is written into a rescinded ring. A corrupt ring is
+//!   [`EndpointError::Corrupt`]. Both are final: the caller thaws, drops the endpoint,
+//!   waits for the device, rebinds and reopens.
 //!
 //! # Design: exactly one reply
 //!
@@ -79,8 +87,8 @@
 //!   (AUTO_RECOVER ≤ 12,528 bytes of payload), below OpenVMM's 13,312-byte cap plus margin.
 //! - VSS requests are served whether or not a negotiation succeeded (a host that failed to
 //!   negotiate should not send them; if it does, answering is the safe choice).
-//! - The endpoint cannot see a rescind on a shared-memory channel (there is no `EIO`); the
-//!   process that handed the rings over signals it by hanging up its socket.
+//! - A rescind between the zero-timeout poll and the ring write cannot be excluded from
+//!   userspace; the poll narrows the window to one burst.
 
 use std::collections::VecDeque;
 use std::fmt;
@@ -101,7 +109,8 @@ use crate::uio::{ChannelError, VmbusChannel, Wake};
 /// endpoint, thaw, and reopen the channel.
 #[derive(Debug, thiserror::Error)]
 pub enum EndpointError {
-    /// The device was removed (`EIO`): thaw, wait for the re-offer, rebind, reopen (R15).
+    /// The device was removed (`EIO`, `EINVAL` or `POLLERR`): thaw, wait for the re-offer,
+    /// rebind, reopen (R15). The rings are unmapped.
     #[error("the VSS channel was rescinded")]
     Rescinded,
     /// The host wrote an impossible index or descriptor (R9).
@@ -529,6 +538,11 @@ impl<C: VmbusChannel> IcEndpoint<C> {
         &self.channel
     }
 
+    /// The channel, mutably (diagnostics and fault injection in tests).
+    pub fn channel_mut(&mut self) -> &mut C {
+        &mut self.channel
+    }
+
     /// The fd to poll for `POLLIN`: the host signalled. Then call [`IcEndpoint::service`].
     pub fn poll_fd(&self) -> BorrowedFd<'_> {
         self.channel.signal_fd()
@@ -555,7 +569,11 @@ impl<C: VmbusChannel> IcEndpoint<C> {
     /// Sends the replies owed by dropped tokens and those held back by a full ring.
     pub fn flush(&mut self) -> Result<(), EndpointError> {
         self.check_running()?;
-        let r = self.flush_inner();
+        let r = self
+            .channel
+            .check_alive()
+            .map_err(EndpointError::from)
+            .and_then(|()| self.flush_inner());
         self.guard(r)
     }
 
@@ -582,6 +600,8 @@ impl<C: VmbusChannel> IcEndpoint<C> {
         drop(request);
         self.check_running()?;
         let r = (|| {
+            // A late reply must never land in a rescinded ring (freed memory).
+            self.channel.check_alive()?;
             self.flush_inner()?;
             if let Some(payload) = payload {
                 self.send_reply(trans_id, payload)?;
@@ -632,11 +652,15 @@ impl<C: VmbusChannel> IcEndpoint<C> {
         }
     }
 
-    /// Records a final error so that later calls refuse at once.
+    /// Records a final error so that later calls refuse at once. On a rescind the rings
+    /// are unmapped at once: the kernel frees their pages while they are still mapped.
     fn guard<T>(&mut self, r: Result<T, EndpointError>) -> Result<T, EndpointError> {
         if let Err(e) = &r
             && !matches!(e, EndpointError::ForeignRequest { .. })
         {
+            if matches!(e, EndpointError::Rescinded) {
+                self.channel.unmap();
+            }
             self.stopped = Some(e.to_string());
         }
         r
@@ -715,8 +739,10 @@ impl<C: VmbusChannel> IcEndpoint<C> {
 
     fn service_inner(&mut self) -> Result<Vec<IcEvent>, EndpointError> {
         // Consume the wake-up first: a signal that arrives while we drain makes the fd
-        // readable again, which at worst costs one empty pass.
+        // readable again, which at worst costs one empty pass. Then make sure the device is
+        // still there before this pass writes any reply (§3.2: POLLERR after a rescind).
         self.channel.ack_signals()?;
+        self.channel.check_alive()?;
         self.flush_inner()?;
         let mut events = Vec::new();
         loop {
@@ -901,7 +927,7 @@ mod tests {
             ep.versions().map(|(f, m)| (f.to_string(), m.to_string())),
             Some(("3.0".into(), "5.0".into()))
         );
-        assert!(!ep.channel().reader().is_masked(), "left unmasked");
+        assert!(!ep.channel().reader().unwrap().is_masked(), "left unmasked");
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //! R2 (NEGOTIATE mid-transaction), R3, R27, a full TX ring, and rescind.
 
 use std::os::fd::BorrowedFd;
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -12,12 +13,14 @@ use hv_vss_protocol::negotiate::build_offer;
 use hv_vss_protocol::vss::{CoordinatorOp, build_request};
 use hv_vss_protocol::{HvStatus, Version, VssOperation};
 use hv_vss_ring::Packet;
+use hv_vss_sys::uio::map_errno;
 use hv_vss_vmbus::ic_endpoint::{
     DropReason, EndpointConfig, EndpointError, IcEndpoint, IcEvent, IcNotice, Negotiation,
     PendingRequest,
 };
 use hv_vss_vmbus::shm::{ShmChannel, ShmRings};
 use hv_vss_vmbus::uio::{ChannelError, VmbusChannel, Wake};
+use rustix::io::Errno;
 
 const V1: Version = Version::new(1, 0);
 const V3: Version = Version::new(3, 0);
@@ -373,6 +376,16 @@ impl VmbusChannel for Rescindable {
         self.check()?;
         self.inner.ack_signals()
     }
+    fn check_alive(&mut self) -> Result<(), ChannelError> {
+        self.check()?;
+        self.inner.check_alive()
+    }
+    fn unmap(&mut self) {
+        self.inner.unmap()
+    }
+    fn is_mapped(&self) -> bool {
+        self.inner.is_mapped()
+    }
 }
 
 #[test]
@@ -399,4 +412,88 @@ fn eio_is_rescinded_and_the_endpoint_stops() {
         Err(EndpointError::Stopped(_))
     ));
     assert!(replies(&mut host).is_empty());
+    assert!(!ep.channel().inner.is_mapped(), "unmapped on the rescind");
+}
+
+/// A channel whose `write(1)` after a send fails the way `/dev/uioN` does after a rescind:
+/// `EINVAL` (wire §3.2), classified by the same code `UioDevice` uses.
+struct EinvalOnSignal {
+    inner: ShmChannel,
+    armed: bool,
+}
+
+impl VmbusChannel for EinvalOnSignal {
+    fn send(&mut self, trans_id: u64, payload: &[u8]) -> Result<(), ChannelError> {
+        self.inner.send(trans_id, payload)?;
+        if self.armed {
+            let e = map_errno(Errno::INVAL, "write", Path::new("/dev/uio3"));
+            return Err(e.into());
+        }
+        Ok(())
+    }
+    fn recv(&mut self) -> Result<Option<Packet<'_>>, ChannelError> {
+        self.inner.recv()
+    }
+    fn wait(&mut self, timeout: Option<Duration>) -> Result<Wake, ChannelError> {
+        self.inner.wait(timeout)
+    }
+    fn mask(&mut self) -> Result<(), ChannelError> {
+        self.inner.mask()
+    }
+    fn unmask(&mut self) -> Result<bool, ChannelError> {
+        self.inner.unmask()
+    }
+    fn set_spin(&mut self, spin: Duration) {
+        self.inner.set_spin(spin)
+    }
+    fn signal_fd(&self) -> BorrowedFd<'_> {
+        self.inner.signal_fd()
+    }
+    fn ack_signals(&mut self) -> Result<(), ChannelError> {
+        self.inner.ack_signals()
+    }
+    fn check_alive(&mut self) -> Result<(), ChannelError> {
+        self.inner.check_alive()
+    }
+    fn unmap(&mut self) {
+        self.inner.unmap()
+    }
+    fn is_mapped(&self) -> bool {
+        self.inner.is_mapped()
+    }
+}
+
+/// R15: `EINVAL` from the signalling `write(1)` in the middle of a reply is the rescind:
+/// the endpoint stops, unmaps, and writes nothing more (the owed reply of a dropped token
+/// stays unsent).
+#[test]
+fn einval_mid_reply_is_a_rescind_and_nothing_more_is_written() {
+    let rings = ShmRings::create(64 * 1024).unwrap();
+    let mut host = rings.try_clone().unwrap().host().unwrap();
+    let mut ep = IcEndpoint::new(EinvalOnSignal {
+        inner: rings.guest().unwrap(),
+        armed: false,
+    });
+    for id in [1, 2] {
+        host.send(id, &build_request(VssOperation::FREEZE, 0, &[]).unwrap())
+            .unwrap();
+    }
+    let mut reqs = requests(ep.service().unwrap());
+    let second = reqs.pop().unwrap();
+    let first = reqs.pop().unwrap();
+    // The device is rescinded between the reply's ring write and its signal.
+    ep.channel_mut().armed = true;
+    assert!(matches!(
+        ep.reply(first, HvStatus::S_OK),
+        Err(EndpointError::Rescinded)
+    ));
+    assert!(!ep.channel().inner.is_mapped(), "unmapped at once");
+    drop(second);
+    assert!(matches!(ep.flush(), Err(EndpointError::Stopped(_))));
+    let got = replies(&mut host);
+    assert_eq!(
+        got.iter().map(|r| r.0).collect::<Vec<_>>(),
+        [1],
+        "only the reply written before the EINVAL"
+    );
 }

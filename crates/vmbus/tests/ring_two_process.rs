@@ -128,7 +128,7 @@ fn run_guest(spin_us: u64) {
     guest.send(SHUTDOWN, b"").unwrap();
     let status = child.wait().unwrap();
     assert!(status.success(), "host process failed: {status}");
-    let tx_wraps = guest.writer().write_pos();
+    let tx_wraps = guest.writer().expect("mapped").write_pos();
     eprintln!("guest: {MESSAGES} round trips, {full_seen} full rings, tx write_pos {tx_wraps:#x}");
     assert!(full_seen > 0, "the TX ring filled up at least once");
 }
