@@ -21,13 +21,17 @@
 //! coordinator answers it (several may be pending: the host can overlap requests, R26). The
 //! channel is either:
 //!
-//! - `/dev/uioN`: the real `uio_hv_generic` device; `EIO` is a rescind. The device is then
+//! - `/dev/uioN`: the real `uio_hv_generic` device; `EIO`, `EINVAL` or `POLLERR` after the
+//!   open is a rescind (wire §3.2), and the endpoint has unmapped the rings before the error
+//!   reaches this module (their pages are freed by the kernel). A channel with a monitor page
+//!   is refused at open: `write(1)` would never signal the host. The device is then
 //!   found again by its class GUID under `/sys/bus/vmbus/devices` once the host offers it
 //!   again, handed back to `uio_hv_generic` if `hv_utils` took it, and opened at whatever
 //!   `uioN` it has now ([`Reopener`], [`UioRediscovery`]);
 //! - a Unix socket: a host simulator's hand-over point. The daemon connects as
 //!   `SOCK_SEQPACKET`, receives the shared-memory rings ([`ShmRings::recv_from`]) and keeps
-//!   the connection: its hang-up is the simulator's "rescind".
+//!   the connection: its hang-up, like the hang-up of the simulator's interrupt pipe (which
+//!   the endpoint reports as a rescind), means the host is gone.
 //!
 //! The endpoint never logs; its notices are logged here, through the log gate (held while
 //! frozen, R60).

@@ -3,9 +3,9 @@
 //! Kernel contract (`struct icmsg_negotiate`, include/linux/hyperv.h; wire-protocol.md §5):
 //! the body holds `icframe_vercnt`, `icmsg_vercnt`, 4 reserved bytes, then the framework
 //! versions followed by the message versions, 4 bytes each. The guest answers by editing a
-//! copy: both counts 1, entry [0] = chosen framework, entry [1] = chosen message version,
+//! copy: both counts 1, entry \[0\] = chosen framework, entry \[1\] = chosen message version,
 //! `icmsgsize` 16, S_OK; or, when nothing fits, both counts 0, `icmsgsize` 16 and HV_E_FAIL
-//! (R3). The reply has the request's length (§4.3); entries past [1] keep their bytes.
+//! (R3). The reply has the request's length (§4.3); entries past \[1\] keep their bytes.
 //!
 //! Choice rule (hv-vss, like Linux): walk the guest's own list in order and take the first
 //! entry the host offers. hv-vss offers framework [3.0] and VSS message [5.0].

@@ -27,6 +27,13 @@
 //! [`HostSimulator::unmatched_replies`]. Every request is recorded as an [`Exchange`] with
 //! timestamps relative to [`HostSimulator::started_at`].
 //!
+//! The host's interrupts follow one of the two `uio_hv_generic` generations
+//! ([`HostConfig::mask_model`], wire §3.2): the old driver masks the guest's RX ring on every
+//! interrupt, the current one never touches the mask. [`HostSimulator::rescind`] does what a
+//! rescind does to a guest: the ring pages are poisoned (freed memory on a real kernel) and
+//! the interrupt fd hangs up; [`HostSimulator::check_untouched_since_rescind`] tells whether
+//! the guest wrote into them afterwards.
+//!
 //! Faults for tests: garbage payloads, truncated VSS payloads, a non-VSS `icmsgtype`,
 //! malformed NEGOTIATE offers, a wrong `icmsgsize`, duplicate `trans_id`s, requests after which no reply is expected
 //! ([`HostSimulator::expect_no_reply`]), and corrupt ring indices or descriptors

@@ -3,8 +3,9 @@
 //!
 //! # Kernel contract
 //!
-//! - A rescind (the host turns the Backup service off, or moves the device) makes every call
-//!   on `/dev/uioN` fail with `EIO`, and `uio_hv_generic` unregisters the device. A later
+//! - A rescind (the host turns the Backup service off, or moves the device) makes calls on
+//!   `/dev/uioN` fail (`EIO` from `read`, `EINVAL` from `write`, `POLLERR` from `poll`), and
+//!   `uio_hv_generic` unregisters the device and frees the ring pages. A later
 //!   offer creates a **new** device object under `/sys/bus/vmbus/devices/<inst>`; its
 //!   instance GUID may or may not be the old one, and nothing promises the old `uioN`.
 //! - `hv_utils` matches the VSS class statically and `uio_hv_generic` has no id table, so the
@@ -30,8 +31,8 @@
 //!   is bound at once; if `hv_utils` wins that race, the bind times out, hands the device
 //!   back, and the next attempt binds it from `hv_utils`.
 //! - `hv-vss uio unbind --force` while the daemon runs looks exactly like a rescind from
-//!   here (`EIO`, then the device on `hv_utils`): the daemon takes the device back. Stop the
-//!   daemon to give the device back for good.
+//!   here (`EIO`/`EINVAL`/`POLLERR`, then the device on `hv_utils`): the daemon takes the
+//!   device back. Stop the daemon to give the device back for good.
 //! - A bind thread still running when the daemon exits is abandoned with the process; the
 //!   device may then be left without a driver (`hv-vss uio unbind` repairs it).
 
