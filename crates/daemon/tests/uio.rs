@@ -73,6 +73,24 @@ impl Host {
         sim.negotiate().unwrap();
         (sim, conn)
     }
+
+    /// [`Host::accept_negotiated`], then HOT_BACKUP and FREEZE answered S_OK, and a write
+    /// to `fs` that really blocks (the probe completes once thawed).
+    fn accept_frozen(
+        &self,
+        daemon: &Daemon,
+        fs: &LoopFs,
+    ) -> (HostSimulator, OwnedFd, hv_vss_testutil::WriteProbe) {
+        let (mut sim, conn) = self.accept_negotiated(daemon);
+        assert!(sim.hot_backup().unwrap().is_ok());
+        assert!(sim.freeze().unwrap().is_ok());
+        let probe = fs.write_probe();
+        assert!(
+            !probe.wait_ok(BLOCKED),
+            "FREEZE over UIO must really freeze"
+        );
+        (sim, conn, probe)
+    }
 }
 
 /// Runs each named test body once per driver generation.
@@ -403,14 +421,7 @@ fn sigkill_while_frozen_over_uio_is_thawed_by_the_guardian_within_2s(model: Inte
         let fs = common::ext4();
         let state = common::state_dir();
         let mut d = start(&host, &fs, &state, &[]);
-        let (mut sim, _conn) = host.accept_negotiated(&d);
-        assert!(sim.hot_backup().unwrap().is_ok());
-        assert!(sim.freeze().unwrap().is_ok());
-        let probe = fs.write_probe();
-        assert!(
-            !probe.wait_ok(BLOCKED),
-            "FREEZE over UIO must really freeze"
-        );
+        let (mut sim, _conn, probe) = host.accept_frozen(&d, &fs);
         assert!(journal_exists(&state), "the journal lists the frozen set");
 
         let guardian = d.guardian_pid().expect("a guardian runs");
@@ -481,14 +492,7 @@ fn bad_input_while_frozen_over_uio_gets_no_reply_and_keeps_the_freeze(model: Int
         let fs = common::ext4();
         let state = common::state_dir();
         let d = start(&host, &fs, &state, &[]);
-        let (mut sim, _conn) = host.accept_negotiated(&d);
-        assert!(sim.hot_backup().unwrap().is_ok());
-        assert!(sim.freeze().unwrap().is_ok());
-        let probe = fs.write_probe();
-        assert!(
-            !probe.wait_ok(BLOCKED),
-            "FREEZE over UIO must really freeze"
-        );
+        let (mut sim, _conn, probe) = host.accept_frozen(&d, &fs);
 
         // R10: garbage, a VSS payload under 40 bytes (a THAW: acting on it would thaw), and
         // well-formed IC messages of other types get no reply and change nothing.
@@ -560,14 +564,7 @@ fn a_rescind_while_frozen_thaws_writes_nothing_and_the_daemon_comes_back(
         let fs = common::ext4();
         let state = common::state_dir();
         let d = start(&host, &fs, &state, &[]);
-        let (mut sim, _conn) = host.accept_negotiated(&d);
-        assert!(sim.hot_backup().unwrap().is_ok());
-        assert!(sim.freeze().unwrap().is_ok());
-        let probe = fs.write_probe();
-        assert!(
-            !probe.wait_ok(BLOCKED),
-            "FREEZE over UIO must really freeze"
-        );
+        let (mut sim, _conn, probe) = host.accept_frozen(&d, &fs);
         sim.rescind().unwrap();
         assert!(probe.wait_ok(THAWED), "a rescind must thaw:\n{}", d.log());
         let (mut again, _conn2) = host.accept_negotiated(&d);
@@ -597,12 +594,9 @@ fn odd_negotiates_and_freezes_are_all_answered(model: InterruptMaskModel) {
             MalformedOffer::VersionsPastPayload,
             MalformedOffer::ZeroCount,
         ] {
-            let t = sim.post_malformed_negotiate(how).unwrap();
+            let refused = sim.negotiate_malformed(how).unwrap();
             assert!(
-                matches!(
-                    sim.await_negotiate(t).unwrap(),
-                    NegotiationResult::Refused { .. }
-                ),
+                matches!(refused, NegotiationResult::Refused { .. }),
                 "{how:?}"
             );
         }

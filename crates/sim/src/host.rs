@@ -578,6 +578,16 @@ impl HostSimulator {
         )
     }
 
+    /// [`HostSimulator::post_malformed_negotiate`], then waits for and checks the reply,
+    /// which must be a refusal (counts 0, `icmsgsize` 16, E_FAIL) to pass the checker.
+    pub fn negotiate_malformed(
+        &mut self,
+        how: MalformedOffer,
+    ) -> Result<NegotiationResult, SimError> {
+        let t = self.post_malformed_negotiate(how)?;
+        self.await_negotiate(t)
+    }
+
     /// Sends a VSS request for `op` with `trailing` bytes after the 12-byte message and
     /// `icmsgsize` forced to `icmsgsize` (larger, smaller or zero against the real body). The
     /// guest must serve it from the bytes that arrived (wire §4.2); await it with

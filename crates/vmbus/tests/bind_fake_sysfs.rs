@@ -77,6 +77,22 @@ fn override_rel() -> String {
     format!("devices/{INSTANCE}/driver_override")
 }
 
+/// The writes of a bind from `hv_utils` with `driver_override`, in order.
+fn bind_writes() -> Vec<(String, String)> {
+    vec![
+        w(&override_rel(), "uio_hv_generic\n"),
+        w("drivers/hv_utils/unbind", &format!("{INSTANCE}\n")),
+        w("drivers_probe", &format!("{INSTANCE}\n")),
+    ]
+}
+
+/// `bind_writes`, then `more`.
+fn bind_writes_then(more: &[(&str, &str)]) -> Vec<(String, String)> {
+    let mut all = bind_writes();
+    all.extend(more.iter().map(|(rel, value)| w(rel, value)));
+    all
+}
+
 fn quick() -> BindOptions {
     BindOptions {
         uio_timeout: Duration::from_secs(3),
@@ -95,14 +111,7 @@ fn bind_writes_override_then_unbind_then_probe_and_returns_the_node() {
     assert_eq!(outcome.uio.dev_path, host.root().join("dev/uio3"));
     assert_eq!(outcome.uio.ring_size_bytes, Some(0x20_1000));
     assert_eq!(outcome.kernel.to_string(), "kernel 6.10.0-1-azure");
-    assert_eq!(
-        host.writes(),
-        vec![
-            w(&override_rel(), "uio_hv_generic\n"),
-            w("drivers/hv_utils/unbind", &format!("{INSTANCE}\n")),
-            w("drivers_probe", &format!("{INSTANCE}\n")),
-        ]
-    );
+    assert_eq!(host.writes(), bind_writes());
     // The file-copy device was not touched.
     assert_eq!(
         fs::read_to_string(host.device_dir(FCOPY_INSTANCE).join("driver_override")).unwrap(),
@@ -202,15 +211,10 @@ fn a_driver_that_refuses_the_device_is_reported_and_the_bind_undone() {
             kernel.starts_with('5'),
             "{msg}"
         );
+        let probe = format!("{INSTANCE}\n");
         assert_eq!(
             host.writes(),
-            vec![
-                w(&override_rel(), "uio_hv_generic\n"),
-                w("drivers/hv_utils/unbind", &format!("{INSTANCE}\n")),
-                w("drivers_probe", &format!("{INSTANCE}\n")),
-                w(&override_rel(), "\n"),
-                w("drivers_probe", &format!("{INSTANCE}\n")),
-            ]
+            bind_writes_then(&[(&override_rel(), "\n"), ("drivers_probe", &probe)])
         );
         let status = bind::status(&host.roots, None).unwrap();
         assert_eq!(status.driver, BoundDriver::HvUtils, "handed back");
@@ -405,16 +409,14 @@ fn a_node_that_never_appears_times_out_and_hands_the_device_back() {
         panic!("{err:?}");
     };
     assert!(rolled_back);
+    let instance = format!("{INSTANCE}\n");
     assert_eq!(
         bus.writes(),
-        vec![
-            w(&override_rel(), "uio_hv_generic\n"),
-            w("drivers/hv_utils/unbind", &format!("{INSTANCE}\n")),
-            w("drivers_probe", &format!("{INSTANCE}\n")),
-            w("drivers/uio_hv_generic/unbind", &format!("{INSTANCE}\n")),
-            w(&override_rel(), "\n"),
-            w("drivers_probe", &format!("{INSTANCE}\n")),
-        ]
+        bind_writes_then(&[
+            ("drivers/uio_hv_generic/unbind", &instance),
+            (&override_rel(), "\n"),
+            ("drivers_probe", &instance),
+        ])
     );
     let status = bind::status(&roots, None).unwrap();
     assert_eq!(status.driver, BoundDriver::HvUtils);

@@ -332,16 +332,27 @@ fn oversize_packet_is_a_final_error_not_truncated() {
     assert!(matches!(ep.service(), Err(EndpointError::Stopped(_))));
 }
 
-/// A channel that reports `EIO` (rescind) once the flag is set, as `/dev/uioN` does.
+/// A channel that fails the way `/dev/uioN` does after a rescind: every call with `EIO`
+/// once `rescinded` is set, or, with `einval_on_signal`, the `write(1)` that follows a
+/// send with `EINVAL` (wire §3.2), classified by the same code `UioDevice` uses.
 struct Rescindable {
     inner: ShmChannel,
     rescinded: Arc<AtomicBool>,
+    einval_on_signal: bool,
 }
 
 impl Rescindable {
+    fn new(inner: ShmChannel) -> Self {
+        Self {
+            inner,
+            rescinded: Arc::default(),
+            einval_on_signal: false,
+        }
+    }
+
     fn check(&self) -> Result<(), ChannelError> {
         if self.rescinded.load(Ordering::SeqCst) {
-            return Err(ChannelError::Rescinded);
+            return Err(map_errno(Errno::IO, "read", Path::new("/dev/uio3")).into());
         }
         Ok(())
     }
@@ -350,7 +361,11 @@ impl Rescindable {
 impl VmbusChannel for Rescindable {
     fn send(&mut self, trans_id: u64, payload: &[u8]) -> Result<(), ChannelError> {
         self.check()?;
-        self.inner.send(trans_id, payload)
+        self.inner.send(trans_id, payload)?;
+        if self.einval_on_signal {
+            return Err(map_errno(Errno::INVAL, "write", Path::new("/dev/uio3")).into());
+        }
+        Ok(())
     }
     fn recv(&mut self) -> Result<Option<Packet<'_>>, ChannelError> {
         self.check()?;
@@ -392,11 +407,9 @@ impl VmbusChannel for Rescindable {
 fn eio_is_rescinded_and_the_endpoint_stops() {
     let rings = ShmRings::create(64 * 1024).unwrap();
     let mut host = rings.try_clone().unwrap().host().unwrap();
-    let rescinded = Arc::new(AtomicBool::new(false));
-    let mut ep = IcEndpoint::new(Rescindable {
-        inner: rings.guest().unwrap(),
-        rescinded: rescinded.clone(),
-    });
+    let channel = Rescindable::new(rings.guest().unwrap());
+    let rescinded = channel.rescinded.clone();
+    let mut ep = IcEndpoint::new(channel);
     host.send(1, &build_request(VssOperation::FREEZE, 0, &[]).unwrap())
         .unwrap();
     let req = requests(ep.service().unwrap()).pop().unwrap();
@@ -415,54 +428,6 @@ fn eio_is_rescinded_and_the_endpoint_stops() {
     assert!(!ep.channel().inner.is_mapped(), "unmapped on the rescind");
 }
 
-/// A channel whose `write(1)` after a send fails the way `/dev/uioN` does after a rescind:
-/// `EINVAL` (wire §3.2), classified by the same code `UioDevice` uses.
-struct EinvalOnSignal {
-    inner: ShmChannel,
-    armed: bool,
-}
-
-impl VmbusChannel for EinvalOnSignal {
-    fn send(&mut self, trans_id: u64, payload: &[u8]) -> Result<(), ChannelError> {
-        self.inner.send(trans_id, payload)?;
-        if self.armed {
-            let e = map_errno(Errno::INVAL, "write", Path::new("/dev/uio3"));
-            return Err(e.into());
-        }
-        Ok(())
-    }
-    fn recv(&mut self) -> Result<Option<Packet<'_>>, ChannelError> {
-        self.inner.recv()
-    }
-    fn wait(&mut self, timeout: Option<Duration>) -> Result<Wake, ChannelError> {
-        self.inner.wait(timeout)
-    }
-    fn mask(&mut self) -> Result<(), ChannelError> {
-        self.inner.mask()
-    }
-    fn unmask(&mut self) -> Result<bool, ChannelError> {
-        self.inner.unmask()
-    }
-    fn set_spin(&mut self, spin: Duration) {
-        self.inner.set_spin(spin)
-    }
-    fn signal_fd(&self) -> BorrowedFd<'_> {
-        self.inner.signal_fd()
-    }
-    fn ack_signals(&mut self) -> Result<(), ChannelError> {
-        self.inner.ack_signals()
-    }
-    fn check_alive(&mut self) -> Result<(), ChannelError> {
-        self.inner.check_alive()
-    }
-    fn unmap(&mut self) {
-        self.inner.unmap()
-    }
-    fn is_mapped(&self) -> bool {
-        self.inner.is_mapped()
-    }
-}
-
 /// R15: `EINVAL` from the signalling `write(1)` in the middle of a reply is the rescind:
 /// the endpoint stops, unmaps, and writes nothing more (the owed reply of a dropped token
 /// stays unsent).
@@ -470,10 +435,7 @@ impl VmbusChannel for EinvalOnSignal {
 fn einval_mid_reply_is_a_rescind_and_nothing_more_is_written() {
     let rings = ShmRings::create(64 * 1024).unwrap();
     let mut host = rings.try_clone().unwrap().host().unwrap();
-    let mut ep = IcEndpoint::new(EinvalOnSignal {
-        inner: rings.guest().unwrap(),
-        armed: false,
-    });
+    let mut ep = IcEndpoint::new(Rescindable::new(rings.guest().unwrap()));
     for id in [1, 2] {
         host.send(id, &build_request(VssOperation::FREEZE, 0, &[]).unwrap())
             .unwrap();
@@ -482,7 +444,7 @@ fn einval_mid_reply_is_a_rescind_and_nothing_more_is_written() {
     let second = reqs.pop().unwrap();
     let first = reqs.pop().unwrap();
     // The device is rescinded between the reply's ring write and its signal.
-    ep.channel_mut().armed = true;
+    ep.channel_mut().einval_on_signal = true;
     assert!(matches!(
         ep.reply(first, HvStatus::S_OK),
         Err(EndpointError::Rescinded)
