@@ -421,7 +421,7 @@ fn sigkill_while_frozen_over_uio_is_thawed_by_the_guardian_within_2s(model: Inte
         let fs = common::ext4();
         let state = common::state_dir();
         let mut d = start(&host, &fs, &state, &[]);
-        let (mut sim, _conn, probe) = host.accept_frozen(&d, &fs);
+        let (_sim, _conn, probe) = host.accept_frozen(&d, &fs);
         assert!(journal_exists(&state), "the journal lists the frozen set");
 
         let guardian = d.guardian_pid().expect("a guardian runs");

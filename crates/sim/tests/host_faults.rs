@@ -412,7 +412,10 @@ fn a_rescind_wakes_a_waiting_guest_with_a_typed_error() {
         while !guest.thread.is_finished() && std::time::Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(10));
         }
-        assert!(guest.thread.is_finished(), "{model:?}: the guest kept waiting");
+        assert!(
+            guest.thread.is_finished(),
+            "{model:?}: the guest kept waiting"
+        );
         let (r, endpoint) = guest.finish();
         assert!(
             matches!(r, Err(EndpointError::Rescinded)),
