@@ -7,8 +7,7 @@
 //!
 //! The benchmark binary re-executes itself as the host (env `HV_VSS_BENCH_CHILD`), with a
 //! SOCK_SEQPACKET socket as its stdin: the ring cases hand the memfd, the interrupt pipe and
-//! the eventfd over it,
-//! the socket case echoes over it.
+//! the eventfd over it, the socket case echoes over it.
 
 use std::os::fd::{AsFd, OwnedFd};
 use std::process::{Child, Command, Stdio};
