@@ -1,8 +1,8 @@
 //! Guest and simulated host in two processes over the shared-memory rings.
 //!
 //! The test re-executes its own binary as the host (the `host_process` test, ignored unless
-//! started with `HV_VSS_RING_CHILD` set), hands it the memfd and eventfds over a
-//! SOCK_SEQPACKET socket given as its stdin, then streams thousands of requests of random
+//! started with `HV_VSS_RING_CHILD` set), hands it the memfd, interrupt pipe and eventfd
+//! over a SOCK_SEQPACKET socket given as its stdin, then streams thousands of requests of random
 //! sizes (0..=7000 bytes) through 32 KiB rings with up to 8 in flight, so packets wrap and
 //! the TX ring fills. Both sides check every byte: the host checks each request against what
 //! its `trans_id` says it must be and answers with a different derived payload, which the
