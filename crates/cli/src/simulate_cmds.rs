@@ -379,7 +379,6 @@ fn drive(
         cycles_wanted: args.cycles,
     };
     if !matches!(report.negotiated, Some(NegotiationResult::Agreed { .. })) {
-        guest.host = Some(sim);
         return Ok(report);
     }
     for i in 0..args.cycles {
@@ -396,7 +395,6 @@ fn drive(
             break;
         }
     }
-    guest.host = Some(sim);
     Ok(report)
 }
 
@@ -427,9 +425,6 @@ struct GuestProcess {
     child: Child,
     name: &'static str,
     conn: Option<OwnedFd>,
-    /// The host's end of the rings, kept until the guest has stopped: dropping it closes the
-    /// interrupt pipe, which the guest takes for a rescind.
-    host: Option<HostSimulator>,
     stopped: bool,
 }
 
@@ -447,7 +442,6 @@ impl GuestProcess {
             child,
             name,
             conn: None,
-            host: None,
             stopped: false,
         }
     }

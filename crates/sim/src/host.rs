@@ -1439,9 +1439,22 @@ pub mod self_test_guest {
         }
     }
 
+    /// Why [`serve`] ended.
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+    pub enum ServeEnd {
+        /// The stop fd fired (or, for [`serve_for`], the time ran out).
+        #[default]
+        Stopped,
+        /// The host went away: its interrupt fd closed, which the endpoint reports as a
+        /// rescind.
+        HostGone,
+    }
+
     /// What the self-test guest saw.
     #[derive(Clone, Debug, Default, PartialEq, Eq)]
     pub struct SelfTestSummary {
+        /// Why serving ended.
+        pub ended_by: ServeEnd,
         /// Coordinator requests answered by the policy.
         pub requests: u64,
         /// BU_COMPLETE notices.
@@ -1450,10 +1463,11 @@ pub mod self_test_guest {
         pub notices: Vec<IcNotice>,
     }
 
-    /// Serves until `stop` (e.g. the hand-over socket) polls readable or hangs up, or the
-    /// endpoint fails. Each coordinator request is answered at once by `policy`. A host that
-    /// goes away closes its interrupt pipe with the socket, which the endpoint sees as a
-    /// rescind: with `stop` hung up too, that is the normal end, not an error.
+    /// Serves until `stop` (e.g. the hand-over socket) polls readable or hangs up, the host
+    /// goes away, or the endpoint fails. Each coordinator request is answered at once by
+    /// `policy`. The host going away closes its interrupt fd, which the endpoint reports as
+    /// a rescind: for this guest, whose only host is the simulator, that is a normal end
+    /// ([`ServeEnd::HostGone`]), and nothing is written into the rings afterwards.
     pub fn serve<C: VmbusChannel>(
         endpoint: &mut IcEndpoint<C>,
         policy: FixedPolicy,
@@ -1461,22 +1475,14 @@ pub mod self_test_guest {
     ) -> Result<SelfTestSummary, EndpointError> {
         let mut summary = SelfTestSummary::default();
         match serve_until_stopped(endpoint, policy, stop, &mut summary) {
-            Err(EndpointError::Rescinded) if stop_fired(stop) => {
+            Ok(()) => {}
+            Err(EndpointError::Rescinded) => {
+                summary.ended_by = ServeEnd::HostGone;
                 summary.notices.extend(endpoint.take_notices());
-                Ok(summary)
             }
-            Err(e) => Err(e),
-            Ok(()) => Ok(summary),
+            Err(e) => return Err(e),
         }
-    }
-
-    fn stop_fired(stop: BorrowedFd<'_>) -> bool {
-        let mut fds = [PollFd::from_borrowed_fd(stop, PollFlags::IN)];
-        let zero = Timespec {
-            tv_sec: 0,
-            tv_nsec: 0,
-        };
-        rustix::event::poll(&mut fds, Some(&zero)).is_ok_and(|n| n > 0)
+        Ok(summary)
     }
 
     fn answer_all<C: VmbusChannel>(
