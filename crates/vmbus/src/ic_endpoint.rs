@@ -84,7 +84,8 @@
 //!
 //! - The receive buffer is the channel's ([`hv_vss_ring::RECV_BUFFER_MIN`] = 16 KiB with the
 //!   16-byte descriptor), so the largest payload is 16,368 bytes: above every VSS message
-//!   (AUTO_RECOVER ≤ 12,528 bytes of payload), below OpenVMM's 13,312-byte cap plus margin.
+//!   (FREEZE or AUTO_RECOVER with `Message2Ex`: 12,528 bytes of payload) and OpenVMM's
+//!   13,312-byte cap.
 //! - VSS requests are served whether or not a negotiation succeeded (a host that failed to
 //!   negotiate should not send them; if it does, answering is the safe choice).
 //! - A rescind between the zero-timeout poll and the ring write cannot be excluded from
