@@ -10,6 +10,7 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
         return;
     };
     let _ = ic.pipe_msgsize_matches();
+    let _ = ic.icmsgsize_matches();
     let _ = format!("{:?} {:?}", ic.msg_type(), ic.header().flags());
     for status in [HvStatus::S_OK, HvStatus::E_FAIL] {
         let reply = ic.reply(status);

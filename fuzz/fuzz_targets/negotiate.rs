@@ -12,7 +12,7 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
             NegotiateOutcome::Agreed { framework, message } => {
                 assert_eq!(read.chosen, Some((framework, message)));
             }
-            NegotiateOutcome::Failed => assert_eq!(read.chosen, None),
+            NegotiateOutcome::Failed(_) => assert_eq!(read.chosen, None),
         }
     }
     if let Ok(ic) = IcMessage::parse(data) {

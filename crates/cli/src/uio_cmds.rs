@@ -1,6 +1,11 @@
 //! `hv-vss uio bind|unbind|status`: hands the VSS VMBus device to `uio_hv_generic` and back
 //! (wire-protocol.md §3.5, R16). A thin layer over `hv_vss_vmbus::bind`: parse the flags,
 //! call the library, print, and map the error class to an exit code.
+//!
+//! Whether UIO mode works here is decided by trying the bind (undone on failure), not by
+//! the kernel version, which is printed only as a hint: distribution kernels older than
+//! 6.10 may carry the 2024 `uio_hv_generic` changes. A device with a monitor page is
+//! refused before anything is written, since `write(1)` would never signal the host.
 
 use std::fs;
 use std::io::Write;
@@ -21,10 +26,13 @@ pub const EXIT_BUSY: u8 = 4;
 const EXIT_CODES_HELP: &str = "\
 Exit status:
   0  done (also when there was nothing to do)
-  1  any other error (a sysfs write failed, a timeout, permission denied: run as root)
+  1  any other error (a sysfs write failed, uio_hv_generic took the device but no
+     /dev/uioN appeared (undone), permission denied: run as root)
   2  command-line usage error
   3  not supported here: no VMBus (not a Hyper-V/Azure guest), no VSS device (Backup
-     integration service off), kernel older than 6.10, or uio_hv_generic not available
+     integration service off), the VSS channel has a monitor page (monitor_id in sysfs:
+     replies would never reach the host), uio_hv_generic refused the device (a kernel
+     without the 2024 series; the bind is undone), or uio_hv_generic not available
   4  busy: a process holds /dev/vmbus/hv_vss (bind) or /dev/uioN (unbind); stop it and retry";
 
 /// The environment variable `--env-file` sets, for `EnvironmentFile=` in systemd units.
@@ -35,7 +43,9 @@ pub const ENV_VAR: &str = "HV_VSS_UIO_DEVICE";
 pub enum UioCommand {
     /// Bind the VSS device to uio_hv_generic; print its /dev/uioN path on stdout.
     ///
-    /// Refuses kernels older than 6.10 and a /dev/vmbus/hv_vss held open by a daemon
+    /// Tries the bind and reports what happened (the driver refused the device, no
+    /// /dev/uioN appeared), undoing it on failure; the kernel version is only a hint.
+    /// Refuses a device with a monitor page and a /dev/vmbus/hv_vss held open by a daemon
     /// (hypervvssd, hv_vss_daemon, hv-vssd): stop it first. Does nothing if already bound.
     #[command(after_help = EXIT_CODES_HELP)]
     Bind(BindArgs),
@@ -186,7 +196,7 @@ fn run_bind(args: &BindArgs) -> anyhow::Result<ExitCode> {
         );
     } else {
         eprintln!(
-            "hv-vss: VSS device {} bound to uio_hv_generic ({}, ring {ring}, kernel {})",
+            "hv-vss: VSS device {} bound to uio_hv_generic ({}, ring {ring}, {})",
             outcome.instance,
             outcome.uio.dev_path.display(),
             outcome.kernel
@@ -231,9 +241,7 @@ fn run_unbind(args: &UnbindArgs) -> anyhow::Result<ExitCode> {
 
 fn status_json(status: &VssDeviceStatus, roots: &SystemRoots) -> serde_json::Value {
     let release = roots.kernel_release().ok();
-    let supported = release
-        .as_deref()
-        .map(|r| bind::check_uio_kernel(r).is_ok());
+    let hint = bind::KernelHint::from_release(release.as_deref());
     serde_json::json!({
         "instance": status.instance,
         "driver": status.driver.name(),
@@ -244,7 +252,8 @@ fn status_json(status: &VssDeviceStatus, roots: &SystemRoots) -> serde_json::Val
         "ring_size_bytes": status.uio.as_ref().and_then(|u| u.ring_size_bytes),
         "kernel_device": status.kernel_dev_node.as_ref().map(|p| p.display().to_string()),
         "kernel_release": release,
-        "uio_mode_supported": supported,
+        "kernel_at_least_6_10": hint.at_least_6_10(),
+        "monitor_page": status.monitor_page,
     })
 }
 
@@ -288,13 +297,17 @@ fn run_status(args: &StatusArgs) -> anyhow::Result<ExitCode> {
         "kernel device:   {}",
         text("kernel_device").unwrap_or_else(none)
     );
+    if status.monitor_page {
+        println!("monitor page:    yes: UIO mode is refused (replies would never reach the host)");
+    }
     match (
         text("kernel_release"),
-        value["uio_mode_supported"].as_bool(),
+        value["kernel_at_least_6_10"].as_bool(),
     ) {
-        (Some(release), Some(true)) => println!("kernel:          {release} (UIO mode supported)"),
+        (Some(release), Some(true)) => println!("kernel:          {release}"),
         (Some(release), _) => println!(
-            "kernel:          {release} (UIO mode needs Linux {} or later)",
+            "kernel:          {release} (older than {} or unrecognised: uio_hv_generic takes \
+             the device only if this kernel carries the 2024 series; `hv-vss uio bind` tries)",
             bind::MIN_UIO_KERNEL
         ),
         (None, _) => println!("kernel:          (unknown)"),

@@ -6,7 +6,9 @@ use std::ops::Deref;
 use std::path::Path;
 use std::process::{Command, Output};
 
-use hv_vss_testutil::fake_vmbus::{FakeKernel, FakeVmbus, VSS_INSTANCE as INSTANCE};
+use hv_vss_testutil::fake_vmbus::{
+    FakeKernel, FakeVmbus, MAP0_BEFORE_0315FEF2AFF9, MAP0_CURRENT, VSS_INSTANCE as INSTANCE,
+};
 
 /// Its `uio_hv_generic` node.
 const UIO_NODE: u32 = 7;
@@ -17,11 +19,31 @@ struct FakeTree {
 
 impl FakeTree {
     /// A VSS device on hv_utils, uio_hv_generic loaded. The uio node that the kernel would
-    /// create on probe already exists, so `bind` finds it without a kernel to react.
+    /// create on probe already exists (map 0 of an older kernel, 4 MiB), so `bind` finds it
+    /// without a kernel to react.
     fn new(kernel: &str) -> Self {
+        Self::with_map0(kernel, MAP0_BEFORE_0315FEF2AFF9)
+    }
+
+    fn with_map0(kernel: &str, map0_len: u64) -> Self {
         let bus = FakeVmbus::vss_on_hv_utils(kernel, true);
         bus.add_uio_driver();
-        bus.add_uio_node(INSTANCE, UIO_NODE, 0x40_0000);
+        bus.add_uio_node(INSTANCE, UIO_NODE, map0_len);
+        Self { bus }
+    }
+
+    /// A VSS device on hv_utils with a kernel thread that reacts as `kernel` says; no node
+    /// exists before the probe.
+    fn reacting(release: &str, kernel: FakeKernel) -> Self {
+        let mut bus = FakeVmbus::vss_on_hv_utils(release, true);
+        bus.add_uio_driver();
+        bus.start_kernel(
+            INSTANCE,
+            FakeKernel {
+                uio_node: UIO_NODE,
+                ..kernel
+            },
+        );
         Self { bus }
     }
 
@@ -98,7 +120,8 @@ fn status_json_reports_driver_node_and_ring() {
         tree.root().join("dev/vmbus/hv_vss").display().to_string()
     );
     assert_eq!(v["kernel_release"], "6.10.0-1-azure");
-    assert_eq!(v["uio_mode_supported"], true);
+    assert_eq!(v["kernel_at_least_6_10"], true);
+    assert_eq!(v["monitor_page"], false);
 
     // What the kernel does once bound.
     tree.set_driver(INSTANCE, Some("uio_hv_generic"));
@@ -131,18 +154,118 @@ fn status_json_reports_driver_node_and_ring() {
     );
 }
 
+/// R16: the kernel version decides nothing. A kernel older than 6.10 whose driver takes
+/// the device is bound, with the version printed as a hint.
 #[test]
-fn old_kernel_exits_3_and_says_why() {
+fn an_old_kernel_is_tried_and_its_version_only_printed_as_a_hint() {
     let tree = FakeTree::new("5.15.0-1057-azure");
+    let out = tree.run(&["uio", "bind"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(
+        stdout(&out),
+        format!("{}\n", tree.root().join("dev/uio7").display())
+    );
+    let err = stderr(&out);
+    assert!(
+        err.contains("kernel 5.15.0-1057-azure, older than 6.10"),
+        "{err}"
+    );
+}
+
+/// R16: the driver refusing the device exits 3, says so, and the bind is undone.
+#[test]
+fn a_driver_that_refuses_the_device_exits_3_and_the_bind_is_undone() {
+    let tree = FakeTree::reacting(
+        "6.12.53-azure",
+        FakeKernel {
+            uio_probes: false,
+            ..FakeKernel::default()
+        },
+    );
+    let out = tree.run(&["uio", "bind", "--timeout-ms", "300"]);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(err.contains("uio_hv_generic refused VSS device"), "{err}");
+    assert!(err.contains("handed back to hv_utils"), "{err}");
+    assert_eq!(stdout(&out), "");
+    assert_eq!(
+        tree.attr(&format!("devices/{INSTANCE}/driver_override")),
+        "\n",
+        "steering undone"
+    );
+    let _ = tree.writes(); // lets the fake kernel react to the last probe
+    assert!(
+        tree.root().join("dev/vmbus/hv_vss").exists(),
+        "back on hv_utils"
+    );
+}
+
+/// R16: no /dev/uioN appearing exits 1 and undoes the bind.
+#[test]
+fn no_uio_node_appearing_exits_1_and_the_bind_is_undone() {
+    let tree = FakeTree::reacting(
+        "6.12.53-azure",
+        FakeKernel {
+            creates_node: false,
+            ..FakeKernel::default()
+        },
+    );
+    let out = tree.run(&["uio", "bind", "--timeout-ms", "300"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(err.contains("no /dev/uioN appeared"), "{err}");
+    assert!(err.contains("bind was undone"), "{err}");
+    assert_eq!(
+        tree.attr("drivers/uio_hv_generic/unbind"),
+        format!("{INSTANCE}\n")
+    );
+    let _ = tree.writes(); // lets the fake kernel react to the last probe
+    assert!(
+        tree.root().join("dev/vmbus/hv_vss").exists(),
+        "back on hv_utils"
+    );
+}
+
+/// R16, wire §3.3: a channel with a monitor page exits 3 before anything is written.
+#[test]
+fn a_monitor_page_exits_3_before_any_write() {
+    let tree = FakeTree::new("6.12.53-azure");
+    tree.add_monitor_page(INSTANCE);
     let out = tree.run(&["uio", "bind"]);
     assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
     let err = stderr(&out);
-    assert!(
-        err.contains("kernel 5.15.0-1057-azure") && err.contains("6.10"),
-        "{err}"
-    );
+    assert!(err.contains("has a monitor page"), "{err}");
     assert_eq!(stdout(&out), "");
     assert_eq!(tree.attr("drivers_probe"), "", "nothing may be written");
+    assert_eq!(
+        tree.attr(&format!("devices/{INSTANCE}/driver_override")),
+        "(null)\n"
+    );
+    let out = tree.run(&["uio", "status", "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(v["monitor_page"], true);
+}
+
+/// Wire §3.2: the ring size printed is map 0 / 2 as sysfs gives it, on current (0x402000)
+/// and older (0x400000) kernels.
+#[test]
+fn status_reads_the_ring_size_of_current_and_older_kernels() {
+    for (map0_len, ring) in [
+        (MAP0_CURRENT, 2_101_248),
+        (MAP0_BEFORE_0315FEF2AFF9, 2_097_152),
+    ] {
+        let tree = FakeTree::with_map0("6.12.53-azure", map0_len);
+        tree.set_driver(INSTANCE, Some("uio_hv_generic"));
+        let out = tree.run(&["uio", "status", "--json"]);
+        let v: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+        assert_eq!(v["ring_size_bytes"], ring, "map 0 {map0_len:#x}");
+        let out = tree.run(&["uio", "status"]);
+        assert!(
+            stdout(&out).contains(&format!("{ring} bytes per direction")),
+            "{}",
+            stdout(&out)
+        );
+    }
 }
 
 #[test]
@@ -211,6 +334,8 @@ fn help_documents_the_exit_codes() {
         .unwrap();
     let help = stdout(&out);
     assert!(help.contains("3  not supported here"), "{help}");
+    assert!(help.contains("monitor page"), "{help}");
+    assert!(help.contains("refused the device"), "{help}");
     assert!(help.contains("4  busy"), "{help}");
     assert!(
         !help.contains("--sysfs-root"),

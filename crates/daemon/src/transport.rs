@@ -21,13 +21,17 @@
 //! coordinator answers it (several may be pending: the host can overlap requests, R26). The
 //! channel is either:
 //!
-//! - `/dev/uioN`: the real `uio_hv_generic` device; `EIO` is a rescind. The device is then
+//! - `/dev/uioN`: the real `uio_hv_generic` device; `EIO`, `EINVAL` or `POLLERR` after the
+//!   open is a rescind (wire §3.2), and the endpoint has unmapped the rings before the error
+//!   reaches this module (their pages are freed by the kernel). A channel with a monitor page
+//!   is refused at open: `write(1)` would never signal the host. The device is then
 //!   found again by its class GUID under `/sys/bus/vmbus/devices` once the host offers it
 //!   again, handed back to `uio_hv_generic` if `hv_utils` took it, and opened at whatever
 //!   `uioN` it has now ([`Reopener`], [`UioRediscovery`]);
 //! - a Unix socket: a host simulator's hand-over point. The daemon connects as
 //!   `SOCK_SEQPACKET`, receives the shared-memory rings ([`ShmRings::recv_from`]) and keeps
-//!   the connection: its hang-up is the simulator's "rescind".
+//!   the connection: its hang-up, like the hang-up of the simulator's interrupt pipe (which
+//!   the endpoint reports as a rescind), means the host is gone.
 //!
 //! The endpoint never logs; its notices are logged here, through the log gate (held while
 //! frozen, R60).
@@ -37,6 +41,7 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 use hv_vss_core::{HostOp, Status};
+use hv_vss_protocol::negotiate::NegotiateFailure;
 use hv_vss_protocol::vss::CoordinatorOp;
 use hv_vss_protocol::{HvStatus, VssOperation};
 use hv_vss_sys::uio::UioPaths;
@@ -225,12 +230,30 @@ fn log_ic_notice(notice: &IcNotice) {
             tracing::info!(%framework, message_version = %message, "VSS channel negotiated")
         }
         IcNotice::NegotiationFailed {
+            failure: NegotiateFailure::NoCommonVersion,
             offered_framework,
             offered_message,
         } => tracing::warn!(
             offered_framework = %versions(offered_framework),
             offered_message = %versions(offered_message),
             "VSS negotiation failed: the host offered no version we support; answered E_FAIL"
+        ),
+        IcNotice::NegotiationFailed {
+            failure: NegotiateFailure::Malformed(e),
+            ..
+        } => tracing::warn!(
+            error = %e,
+            "malformed VSS NEGOTIATE from the host; answered counts 0 and E_FAIL"
+        ),
+        IcNotice::IcmsgsizeMismatch {
+            trans_id,
+            declared,
+            arrived,
+        } => tracing::warn!(
+            trans_id,
+            icmsgsize = declared,
+            body_bytes = arrived,
+            "VSS request icmsgsize disagrees with the bytes received; served from the bytes received"
         ),
         IcNotice::Dropped { .. } => tracing::warn!(notice = ?notice, "VSS channel"),
         IcNotice::UnknownOperation { trans_id, op } => {
@@ -497,6 +520,7 @@ mod tests {
         assert!(line.contains("VSS channel negotiated"), "{line}");
         assert!(!line.contains("major"), "{line}");
         let line = logged(&IcNotice::NegotiationFailed {
+            failure: NegotiateFailure::NoCommonVersion,
             offered_framework: vec![Version::new(1, 0), Version::new(2, 0)],
             offered_message: vec![Version::new(4, 0)],
         });

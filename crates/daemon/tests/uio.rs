@@ -3,6 +3,11 @@
 //! handed to the daemon through SCM_RIGHTS. The daemon's IC endpoint negotiates, answers
 //! the minor operations itself, and hands HOT_BACKUP, FREEZE and THAW to the coordinator,
 //! which freezes loop-mounted filesystems made by the test.
+//!
+//! Every test runs twice, once per `uio_hv_generic` generation the simulator reproduces
+//! (wire §3.2): the old driver masks RX at open and on every host interrupt
+//! (`old_driver_masks::*`); since commit b15b7d2a1b09 it never touches the mask, which
+//! starts at the 1 a previous owner left (`userspace_owns_mask::*`).
 
 mod common;
 
@@ -12,8 +17,10 @@ use std::time::{Duration, Instant};
 
 use common::{Daemon, LoopFs, with_timeout};
 use hv_vss_protocol::{HvStatus, Version, VssOperation};
-use hv_vss_sim::host::{HandoverListener, HostConfig, HostSimulator, NegotiationResult};
-use hv_vss_vmbus::shm::ShmRings;
+use hv_vss_sim::host::{
+    HandoverListener, HostConfig, HostSimulator, MalformedOffer, NegotiationResult,
+};
+use hv_vss_vmbus::shm::{InterruptMaskModel, ShmRings};
 use rustix::process::Signal;
 
 const ACCEPT: Duration = Duration::from_secs(15);
@@ -25,10 +32,11 @@ struct Host {
     _dir: tempfile::TempDir,
     path: std::path::PathBuf,
     listener: HandoverListener,
+    model: InterruptMaskModel,
 }
 
 impl Host {
-    fn new() -> Self {
+    fn new(model: InterruptMaskModel) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("vss.sock");
         let listener = HandoverListener::bind(&path).unwrap();
@@ -36,6 +44,7 @@ impl Host {
             _dir: dir,
             path,
             listener,
+            model,
         }
     }
 
@@ -50,7 +59,9 @@ impl Host {
         rings.send_over(&conn).unwrap();
         let sim = HostSimulator::new(
             rings,
-            HostConfig::default().with_reply_timeout(Duration::from_secs(20)),
+            HostConfig::default()
+                .with_reply_timeout(Duration::from_secs(20))
+                .with_mask_model(self.model),
         )
         .unwrap();
         (sim, conn)
@@ -62,7 +73,57 @@ impl Host {
         sim.negotiate().unwrap();
         (sim, conn)
     }
+
+    /// [`Host::accept_negotiated`], then HOT_BACKUP and FREEZE answered S_OK, and a write
+    /// to `fs` that really blocks (the probe completes once thawed).
+    fn accept_frozen(
+        &self,
+        daemon: &Daemon,
+        fs: &LoopFs,
+    ) -> (HostSimulator, OwnedFd, hv_vss_testutil::WriteProbe) {
+        let (mut sim, conn) = self.accept_negotiated(daemon);
+        assert!(sim.hot_backup().unwrap().is_ok());
+        assert!(sim.freeze().unwrap().is_ok());
+        let probe = fs.write_probe();
+        assert!(
+            !probe.wait_ok(BLOCKED),
+            "FREEZE over UIO must really freeze"
+        );
+        (sim, conn, probe)
+    }
 }
+
+/// Runs each named test body once per driver generation.
+macro_rules! in_both_driver_generations {
+    ($($name:ident),* $(,)?) => {
+        mod old_driver_masks {
+            $(#[test]
+            fn $name() {
+                super::$name(super::InterruptMaskModel::DriverMasks)
+            })*
+        }
+        mod userspace_owns_mask {
+            $(#[test]
+            fn $name() {
+                super::$name(super::InterruptMaskModel::UserspaceOwned)
+            })*
+        }
+    };
+}
+
+in_both_driver_generations!(
+    backup_over_uio_negotiates_freezes_and_thaws,
+    host_hang_up_while_frozen_thaws_and_reconnects,
+    auto_thaw_over_uio_answers_the_late_thaw_e_fail,
+    bu_complete_after_a_backup_marks_its_history_entry_host_completed,
+    a_backup_without_bu_complete_is_stored_not_completed,
+    losses_while_frozen_write_kmsg_lines_and_normal_backups_none,
+    sigkill_while_frozen_over_uio_is_thawed_by_the_guardian_within_2s,
+    hundred_cycles_in_a_row_over_uio,
+    bad_input_while_frozen_over_uio_gets_no_reply_and_keeps_the_freeze,
+    a_rescind_while_frozen_thaws_writes_nothing_and_the_daemon_comes_back,
+    odd_negotiates_and_freezes_are_all_answered,
+);
 
 fn start(host: &Host, fs: &LoopFs, state: &tempfile::TempDir, extra: &[&str]) -> Daemon {
     let mut args: Vec<&OsStr> = vec![
@@ -77,10 +138,9 @@ fn start(host: &Host, fs: &LoopFs, state: &tempfile::TempDir, extra: &[&str]) ->
     Daemon::start(&args)
 }
 
-#[test]
-fn backup_over_uio_negotiates_freezes_and_thaws() {
-    with_timeout(LIMIT, || {
-        let host = Host::new();
+fn backup_over_uio_negotiates_freezes_and_thaws(model: InterruptMaskModel) {
+    with_timeout(LIMIT, move || {
+        let host = Host::new(model);
         let fs = common::ext4();
         let state = common::state_dir();
         let d = start(&host, &fs, &state, &[]);
@@ -136,10 +196,9 @@ fn backup_over_uio_negotiates_freezes_and_thaws() {
     });
 }
 
-#[test]
-fn host_hang_up_while_frozen_thaws_and_reconnects() {
-    with_timeout(LIMIT, || {
-        let host = Host::new();
+fn host_hang_up_while_frozen_thaws_and_reconnects(model: InterruptMaskModel) {
+    with_timeout(LIMIT, move || {
+        let host = Host::new(model);
         let fs = common::ext4();
         let state = common::state_dir();
         let d = start(&host, &fs, &state, &[]);
@@ -157,10 +216,9 @@ fn host_hang_up_while_frozen_thaws_and_reconnects() {
     });
 }
 
-#[test]
-fn auto_thaw_over_uio_answers_the_late_thaw_e_fail() {
-    with_timeout(LIMIT, || {
-        let host = Host::new();
+fn auto_thaw_over_uio_answers_the_late_thaw_e_fail(model: InterruptMaskModel) {
+    with_timeout(LIMIT, move || {
+        let host = Host::new(model);
         let fs = common::ext4();
         let state = common::state_dir();
         let d = start(&host, &fs, &state, &["--auto-thaw", "0.5"]);
@@ -210,10 +268,9 @@ fn wait_backups(state: &tempfile::TempDir, n: usize, d: &Daemon) -> Vec<serde_js
     }
 }
 
-#[test]
-fn bu_complete_after_a_backup_marks_its_history_entry_host_completed() {
-    with_timeout(LIMIT, || {
-        let host = Host::new();
+fn bu_complete_after_a_backup_marks_its_history_entry_host_completed(model: InterruptMaskModel) {
+    with_timeout(LIMIT, move || {
+        let host = Host::new(model);
         let fs = common::ext4();
         let state = common::state_dir();
         let d = start(&host, &fs, &state, &[]);
@@ -248,10 +305,9 @@ fn bu_complete_after_a_backup_marks_its_history_entry_host_completed() {
     });
 }
 
-#[test]
-fn a_backup_without_bu_complete_is_stored_not_completed() {
-    with_timeout(LIMIT, || {
-        let host = Host::new();
+fn a_backup_without_bu_complete_is_stored_not_completed(model: InterruptMaskModel) {
+    with_timeout(LIMIT, move || {
+        let host = Host::new(model);
         let fs = common::ext4();
         let state = common::state_dir();
         let mut d = start(&host, &fs, &state, &[]);
@@ -294,10 +350,9 @@ fn a_backup_without_bu_complete_is_stored_not_completed() {
 
 /// R61: while frozen, the held log is invisible; a transport or guardian loss writes one
 /// line each to the (injected) kernel log. Normal backups write none.
-#[test]
-fn losses_while_frozen_write_kmsg_lines_and_normal_backups_none() {
-    with_timeout(LIMIT, || {
-        let host = Host::new();
+fn losses_while_frozen_write_kmsg_lines_and_normal_backups_none(model: InterruptMaskModel) {
+    with_timeout(LIMIT, move || {
+        let host = Host::new(model);
         let fs = common::ext4();
         let state = common::state_dir();
         let kmsg_dir = common::state_dir();
@@ -373,21 +428,13 @@ fn assert_no_reconnect(host: &Host, d: &Daemon) {
     );
 }
 
-#[test]
-fn sigkill_while_frozen_over_uio_is_thawed_by_the_guardian_within_2s() {
-    with_timeout(LIMIT, || {
-        let host = Host::new();
+fn sigkill_while_frozen_over_uio_is_thawed_by_the_guardian_within_2s(model: InterruptMaskModel) {
+    with_timeout(LIMIT, move || {
+        let host = Host::new(model);
         let fs = common::ext4();
         let state = common::state_dir();
         let mut d = start(&host, &fs, &state, &[]);
-        let (mut sim, _conn) = host.accept_negotiated(&d);
-        assert!(sim.hot_backup().unwrap().is_ok());
-        assert!(sim.freeze().unwrap().is_ok());
-        let probe = fs.write_probe();
-        assert!(
-            !probe.wait_ok(BLOCKED),
-            "FREEZE over UIO must really freeze"
-        );
+        let (_sim, _conn, probe) = host.accept_frozen(&d, &fs);
         assert!(journal_exists(&state), "the journal lists the frozen set");
 
         let guardian = d.guardian_pid().expect("a guardian runs");
@@ -413,10 +460,9 @@ fn sigkill_while_frozen_over_uio_is_thawed_by_the_guardian_within_2s() {
     });
 }
 
-#[test]
-fn hundred_cycles_in_a_row_over_uio() {
-    with_timeout(Duration::from_secs(300), || {
-        let host = Host::new();
+fn hundred_cycles_in_a_row_over_uio(model: InterruptMaskModel) {
+    with_timeout(Duration::from_secs(300), move || {
+        let host = Host::new(model);
         let fs = common::ext4();
         let state = common::state_dir();
         let d = start(&host, &fs, &state, &[]);
@@ -453,21 +499,13 @@ fn hundred_cycles_in_a_row_over_uio() {
     });
 }
 
-#[test]
-fn bad_input_while_frozen_over_uio_gets_no_reply_and_keeps_the_freeze() {
-    with_timeout(LIMIT, || {
-        let host = Host::new();
+fn bad_input_while_frozen_over_uio_gets_no_reply_and_keeps_the_freeze(model: InterruptMaskModel) {
+    with_timeout(LIMIT, move || {
+        let host = Host::new(model);
         let fs = common::ext4();
         let state = common::state_dir();
         let d = start(&host, &fs, &state, &[]);
-        let (mut sim, _conn) = host.accept_negotiated(&d);
-        assert!(sim.hot_backup().unwrap().is_ok());
-        assert!(sim.freeze().unwrap().is_ok());
-        let probe = fs.write_probe();
-        assert!(
-            !probe.wait_ok(BLOCKED),
-            "FREEZE over UIO must really freeze"
-        );
+        let (mut sim, _conn, probe) = host.accept_frozen(&d, &fs);
 
         // R10: garbage, a VSS payload under 40 bytes (a THAW: acting on it would thaw), and
         // well-formed IC messages of other types get no reply and change nothing.
@@ -524,6 +562,93 @@ fn bad_input_while_frozen_over_uio_gets_no_reply_and_keeps_the_freeze() {
         let cycle = sim.backup_cycle(Duration::ZERO);
         assert!(cycle.all_ok, "{cycle:?}");
         assert!(fs.writable_within(THAWED));
+        assert_no_reconnect(&host, &d);
+    });
+}
+
+/// Wire §3.2, R15: the host rescinds the channel while frozen (the simulator frees the rings
+/// by poisoning them and hangs up the interrupt fd, but keeps the hand-over socket open):
+/// the daemon thaws, writes nothing into the freed rings, and comes back for a new channel.
+fn a_rescind_while_frozen_thaws_writes_nothing_and_the_daemon_comes_back(
+    model: InterruptMaskModel,
+) {
+    with_timeout(LIMIT, move || {
+        let host = Host::new(model);
+        let fs = common::ext4();
+        let state = common::state_dir();
+        let d = start(&host, &fs, &state, &[]);
+        let (mut sim, _conn, probe) = host.accept_frozen(&d, &fs);
+        sim.rescind().unwrap();
+        assert!(probe.wait_ok(THAWED), "a rescind must thaw:\n{}", d.log());
+        let (mut again, _conn2) = host.accept_negotiated(&d);
+        if let Err(e) = sim.check_untouched_since_rescind() {
+            panic!("{e}\n{}", d.log());
+        }
+        let cycle = again.backup_cycle(Duration::from_millis(5));
+        assert!(cycle.all_ok, "{cycle:?}");
+        assert!(d.wait_log("rescinded", THAWED), "{}", d.log());
+    });
+}
+
+/// R3, R10, wire §4.2 and §6.3 end to end: malformed and repeated NEGOTIATEs are all
+/// answered (counts 0, icmsgsize 16, E_FAIL: the simulator checks each byte), a 12,500-byte
+/// FREEZE really freezes and is echoed whole, and FREEZEs whose icmsgsize is too large, too
+/// small or zero are served from the bytes that arrived.
+fn odd_negotiates_and_freezes_are_all_answered(model: InterruptMaskModel) {
+    with_timeout(LIMIT, move || {
+        let host = Host::new(model);
+        let fs = common::ext4();
+        let state = common::state_dir();
+        let d = start(&host, &fs, &state, &[]);
+        let (mut sim, _conn) = host.accept(&d);
+        for how in [
+            MalformedOffer::ZeroCount,
+            MalformedOffer::CountAbove100,
+            MalformedOffer::VersionsPastPayload,
+            MalformedOffer::ZeroCount,
+        ] {
+            let refused = sim.negotiate_malformed(how).unwrap();
+            assert!(
+                matches!(refused, NegotiationResult::Refused { .. }),
+                "{how:?}"
+            );
+        }
+        for _ in 0..2 {
+            assert!(matches!(
+                sim.negotiate().unwrap(),
+                NegotiationResult::Agreed { .. }
+            ));
+        }
+
+        let lun: Vec<u8> = (0..12_488u32).map(|i| (i % 253) as u8).collect();
+        assert!(sim.freeze_with_lun(&lun).unwrap().is_ok());
+        let probe = fs.write_probe();
+        assert!(
+            !probe.wait_ok(BLOCKED),
+            "the 12,500-byte FREEZE must freeze"
+        );
+        assert!(sim.thaw().unwrap().is_ok());
+        assert!(probe.wait_ok(THAWED));
+
+        for icmsgsize in [0xffff, 40, 4, 0] {
+            let t = sim
+                .post_vss_with_icmsgsize(VssOperation::FREEZE, &[], icmsgsize)
+                .unwrap();
+            assert_eq!(
+                sim.await_vss(t).unwrap().status,
+                HvStatus::S_OK,
+                "icmsgsize {icmsgsize}"
+            );
+            assert!(
+                !fs.writable_within(BLOCKED),
+                "icmsgsize {icmsgsize}: frozen"
+            );
+            assert!(sim.thaw().unwrap().is_ok());
+            assert!(fs.writable_within(THAWED));
+        }
+        assert!(sim.unmatched_replies().is_empty());
+        assert!(d.wait_log("malformed VSS NEGOTIATE", THAWED), "{}", d.log());
+        assert!(d.wait_log("icmsgsize disagrees", THAWED), "{}", d.log());
         assert_no_reconnect(&host, &d);
     });
 }

@@ -12,13 +12,16 @@
 //! The payload handed to [`IcMessage::parse`] is whatever the ring reader copied out: it may
 //! end with up to 7 bytes of ring padding, so its length is not exact.
 //!
-//! - Rejected ([`IcError`]): a payload shorter than 28 bytes (`Truncated`), longer than
-//!   [`MAX_IC_PAYLOAD_LEN`] (`Oversized`), or whose `icmsgsize` claims more body bytes than
-//!   the payload holds (`BodyOverrun`): the host says it sent data it did not send.
+//! - Rejected ([`IcError`]): a payload shorter than 28 bytes (`Truncated`) or longer than
+//!   [`MAX_IC_PAYLOAD_LEN`] (`Oversized`).
 //! - Tolerated: a pipe `msgsize` that disagrees with the payload length (Linux and FreeBSD never
 //!   read it; the guest echoes it unchanged; see [`IcMessage::pipe_msgsize_matches`] for a log
-//!   line), and an `icmsgsize` smaller than the bytes that follow the header (padding or
-//!   trailing data; kept in [`IcMessage::body`] and echoed).
+//!   line), and an `icmsgsize` that disagrees with the bytes after the header, larger,
+//!   smaller or zero (§4.2: no guest reads `icmsgsize` on receive; Linux checks only that the
+//!   packet holds the IC header and the 12-byte VSS message). The message is served from the
+//!   bytes that arrived, all kept in [`IcMessage::body`] and echoed;
+//!   [`IcMessage::icmsgsize_matches`] tells the caller to log the mismatch. Dropping such a
+//!   FREEZE would fail the backup for a field nobody else reads.
 //! - Not interpreted: the pipe flags, the header versions, `ictransaction_id`, the request's
 //!   `icflags` (no guest checks them) and the reserved bytes.
 
@@ -40,7 +43,8 @@ pub const STATUS_OFFSET: usize = 20;
 /// Payload offset of `icmsg_hdr.icflags`.
 pub const ICFLAGS_OFFSET: usize = 25;
 /// Largest IC payload hv-vss accepts: its 16 KiB receive buffer (R11). OpenVMM caps IC
-/// messages at 13,312 bytes; the largest VSS body (AUTO_RECOVER, 12,500 bytes) fits.
+/// messages at 13,312 bytes; the largest VSS body (FREEZE or AUTO_RECOVER with OpenVMM's
+/// `Message2Ex`, 12,500 bytes) fits.
 pub const MAX_IC_PAYLOAD_LEN: usize = 16 * 1024;
 
 /// A version `major.minor` (two u16 values on the wire, major first). Displays as "3.0".
@@ -319,14 +323,6 @@ pub enum IcError {
         /// Limit ([`MAX_IC_PAYLOAD_LEN`]).
         max: usize,
     },
-    /// `icmsgsize` claims more body bytes than the payload holds.
-    #[error("icmsgsize {icmsgsize} exceeds the {available} body bytes received")]
-    BodyOverrun {
-        /// The header's `icmsgsize`.
-        icmsgsize: u16,
-        /// Bytes after the IC header.
-        available: usize,
-    },
 }
 
 /// A parsed IC payload: typed headers plus the body, borrowing the caller's private copy.
@@ -349,15 +345,8 @@ impl<'a> IcMessage<'a> {
         }
         let (pipe, rest) = PipeHeader::read_from_prefix(payload)
             .map_err(|_| IcError::Truncated { len: payload.len() })?;
-        let (header, body) = IcMsgHeader::read_from_prefix(rest)
+        let (header, _) = IcMsgHeader::read_from_prefix(rest)
             .map_err(|_| IcError::Truncated { len: payload.len() })?;
-        let icmsgsize = header.icmsgsize.get();
-        if usize::from(icmsgsize) > body.len() {
-            return Err(IcError::BodyOverrun {
-                icmsgsize,
-                available: body.len(),
-            });
-        }
         Ok(Self {
             pipe,
             header,
@@ -406,6 +395,14 @@ impl<'a> IcMessage<'a> {
         let after_pipe = self.raw.len() - PIPE_HEADER_LEN;
         let declared = self.pipe.msgsize.get() as usize;
         declared <= after_pipe && after_pipe - declared < 8
+    }
+
+    /// True if `icmsgsize` equals the bytes after the IC header, give or take the up to 7
+    /// bytes of ring padding. A mismatch is tolerated (module docs); callers may log it.
+    pub fn icmsgsize_matches(&self) -> bool {
+        let declared = usize::from(self.header.icmsgsize.get());
+        let arrived = self.body().len();
+        declared <= arrived && arrived - declared < 8
     }
 
     /// Starts a reply: a private copy of this payload with `status` and `icflags` = 0x05 set.
@@ -569,7 +566,7 @@ mod tests {
     }
 
     #[test]
-    fn short_oversized_and_overrunning_payloads_are_rejected() {
+    fn short_and_oversized_payloads_are_rejected() {
         assert_eq!(
             IcMessage::parse(&FREEZE_11_4[..27]),
             Err(IcError::Truncated { len: 27 })
@@ -580,15 +577,32 @@ mod tests {
             IcMessage::parse(&big),
             Err(IcError::Oversized { .. })
         ));
-        let mut overrun = FREEZE_11_4;
-        overrun[18] = 13;
-        assert_eq!(
-            IcMessage::parse(&overrun),
-            Err(IcError::BodyOverrun {
-                icmsgsize: 13,
-                available: 12
-            })
-        );
+    }
+
+    /// §4.2: `icmsgsize` is not trusted. Too large, too small and zero all parse, keep
+    /// every byte that arrived, and are flagged for a log line.
+    #[test]
+    fn any_icmsgsize_parses_and_keeps_the_bytes_that_arrived() {
+        for (icmsgsize, matches) in [
+            (12u16, true),
+            (13, false),
+            (0xffff, false),
+            (4, false),
+            (0, false),
+        ] {
+            let mut bytes = FREEZE_11_4;
+            bytes[18..20].copy_from_slice(&icmsgsize.to_le_bytes());
+            let m = IcMessage::parse(&bytes).unwrap();
+            assert_eq!(m.body().len(), 12, "icmsgsize {icmsgsize}");
+            assert_eq!(m.icmsgsize_matches(), matches, "icmsgsize {icmsgsize}");
+            assert_eq!(
+                m.reply(HvStatus::S_OK).as_bytes()[18..20],
+                icmsgsize.to_le_bytes()
+            );
+        }
+        let mut padded = FREEZE_11_4.to_vec();
+        padded.extend_from_slice(&[0; 4]);
+        assert!(IcMessage::parse(&padded).unwrap().icmsgsize_matches());
     }
 
     #[test]

@@ -2,8 +2,11 @@
 //!
 //! Kernel contract (drivers/hv/hv_snapshot.c, hv_utils_transport.c; wire-protocol.md §8):
 //! every message is the 12-byte `hv_vss_msg` except the kernel's 4-byte handshake reply.
-//! The daemon registers with REGISTER1 (operation 129, all else 0) and must read back exactly
-//! 4 bytes holding 129. Requests from the kernel are zeroed except `operation` (FREEZE,
+//! The daemon registers with REGISTER1 (operation 129, all else 0) and reads back exactly
+//! 4 bytes: the kernel's protocol version, 129 today. Like the stock daemon
+//! (tools/hv/hv_vss_daemon.c, which only records it), hv-vss accepts any value there and
+//! leaves it to the caller to log one that is not 129 (wire §8.3, R12): the kernel is READY
+//! once those 4 bytes are read, whatever they say. Requests from the kernel are zeroed except `operation` (FREEZE,
 //! THAW or HOT_BACKUP). The daemon's reply carries its status as a 32-bit integer in bytes
 //! 0–3 (the `error` member of a union with `operation`); the kernel reads only those.
 //!
@@ -20,7 +23,8 @@ use crate::vss::{VSS_MSG_LEN, VssMsg, VssOperation};
 pub const KERNEL_MSG_LEN: usize = VSS_MSG_LEN;
 /// Length of the kernel's handshake reply.
 pub const HANDSHAKE_REPLY_LEN: usize = 4;
-/// The kernel's protocol version, returned by the handshake (equal to REGISTER1).
+/// The kernel's protocol version as today's kernels return it in the handshake (equal to
+/// REGISTER1). Other values are accepted ([`parse_handshake_reply`]).
 pub const KERNEL_PROTOCOL_VERSION: u32 = 129;
 
 /// A daemon-ABI message that does not have the expected shape.
@@ -34,9 +38,6 @@ pub enum KernelMsgError {
         /// Bytes expected.
         expected: usize,
     },
-    /// The handshake reply is not 129.
-    #[error("hv_vss handshake replied version {0}, expected 129")]
-    WrongVersion(u32),
 }
 
 fn check_len(bytes: &[u8], expected: usize) -> Result<(), KernelMsgError> {
@@ -61,13 +62,11 @@ pub fn register1_message() -> [u8; KERNEL_MSG_LEN] {
     build_request(VssOperation::REGISTER1)
 }
 
-/// Checks the kernel's handshake reply: exactly 4 bytes holding 129.
+/// Reads the kernel's handshake reply: exactly 4 bytes, any value (the kernel's protocol
+/// version; 129 today). Only the length is checked.
 pub fn parse_handshake_reply(bytes: &[u8]) -> Result<u32, KernelMsgError> {
     check_len(bytes, HANDSHAKE_REPLY_LEN)?;
-    match word0(bytes) {
-        KERNEL_PROTOCOL_VERSION => Ok(KERNEL_PROTOCOL_VERSION),
-        other => Err(KernelMsgError::WrongVersion(other)),
-    }
+    Ok(word0(bytes))
 }
 
 /// A request the kernel forwarded to the daemon.
@@ -109,9 +108,9 @@ pub fn build_request(op: VssOperation) -> [u8; KERNEL_MSG_LEN] {
     out
 }
 
-/// The kernel's 4-byte handshake reply.
-pub fn build_handshake_reply() -> [u8; HANDSHAKE_REPLY_LEN] {
-    KERNEL_PROTOCOL_VERSION.to_le_bytes()
+/// The kernel's 4-byte handshake reply carrying `version` (129 from today's kernels).
+pub fn build_handshake_reply(version: u32) -> [u8; HANDSHAKE_REPLY_LEN] {
+    version.to_le_bytes()
 }
 
 /// A daemon write, as the kernel classifies it.
@@ -148,7 +147,7 @@ mod tests {
     #[test]
     fn messages_of_example_11_7() {
         assert_eq!(register1_message(), [0x81, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
-        assert_eq!(build_handshake_reply(), [0x81, 0, 0, 0]);
+        assert_eq!(build_handshake_reply(129), [0x81, 0, 0, 0]);
         assert_eq!(parse_handshake_reply(&[0x81, 0, 0, 0]), Ok(129));
         let freeze = [5, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
         assert_eq!(build_request(VssOperation::FREEZE), freeze);
@@ -181,18 +180,23 @@ mod tests {
         assert_eq!(parse_daemon_message(&legacy), Ok(DaemonMessage::Register));
     }
 
+    /// Wire §8.3: the stock daemon accepts any 4-byte reply; so does hv-vss.
     #[test]
-    fn wrong_lengths_and_versions_are_errors() {
+    fn any_handshake_version_is_accepted() {
+        assert_eq!(parse_handshake_reply(&[0x81, 0, 0, 0]), Ok(129));
+        assert_eq!(parse_handshake_reply(&[0x82, 0, 0, 0]), Ok(130));
+        assert_eq!(parse_handshake_reply(&[0x80, 0, 0, 0]), Ok(128));
+        assert_eq!(parse_handshake_reply(&build_handshake_reply(130)), Ok(130));
+    }
+
+    #[test]
+    fn wrong_lengths_are_errors() {
         assert_eq!(
             parse_handshake_reply(&[0x81, 0, 0, 0, 0]),
             Err(KernelMsgError::WrongLength {
                 len: 5,
                 expected: 4
             })
-        );
-        assert_eq!(
-            parse_handshake_reply(&[0x80, 0, 0, 0]),
-            Err(KernelMsgError::WrongVersion(128))
         );
         assert_eq!(
             parse_request(&[5, 0, 0, 0]),

@@ -3,15 +3,19 @@
 //! Kernel contract (`struct icmsg_negotiate`, include/linux/hyperv.h; wire-protocol.md §5):
 //! the body holds `icframe_vercnt`, `icmsg_vercnt`, 4 reserved bytes, then the framework
 //! versions followed by the message versions, 4 bytes each. The guest answers by editing a
-//! copy: both counts 1, entry [0] = chosen framework, entry [1] = chosen message version,
+//! copy: both counts 1, entry \[0\] = chosen framework, entry \[1\] = chosen message version,
 //! `icmsgsize` 16, S_OK; or, when nothing fits, both counts 0, `icmsgsize` 16 and HV_E_FAIL
-//! (R3). The reply has the request's length (§4.3); entries past [1] keep their bytes.
+//! (R3). The reply has the request's length (§4.3); entries past \[1\] keep their bytes.
 //!
 //! Choice rule (hv-vss, like Linux): walk the guest's own list in order and take the first
 //! entry the host offers. hv-vss offers framework [3.0] and VSS message [5.0].
 //!
-//! A malformed offer (payload under 36 bytes, a count of 0 or above 100, versions past the
-//! payload) is an error, not a failed negotiation: there is nothing sound to answer.
+//! Every NEGOTIATE that holds the IC header and the two counts (36 bytes) is answered, as
+//! Linux and FreeBSD answer every one (§5.2 step 4, R3): a malformed offer (a count of 0 or
+//! above 100, versions past the payload) gets the same failure reply as an offer with no
+//! common version ([`NegotiateOutcome::Failed`] with [`NegotiateFailure::Malformed`]). Only
+//! a payload too short for the counts, or one that is not a NEGOTIATE, is an error: there is
+//! nowhere to put the counts. A host that hears nothing loops on NEGOTIATE (WS2012 does).
 
 use zerocopy::little_endian::{U16, U32};
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
@@ -139,33 +143,52 @@ impl<'a> NegotiateOffer<'a> {
     pub fn answer(&self, framework: &[Version], message: &[Version]) -> NegotiateAnswer {
         let chosen = Self::choose(framework, &self.framework_versions)
             .zip(Self::choose(message, &self.message_versions));
-        let mut reply = self.message.reply(HvStatus::S_OK);
-        reply.set_icmsgsize(REPLY_ICMSGSIZE);
-        let body = reply.body_mut();
-        match chosen {
+        let (reply, outcome) = match chosen {
             Some((fw, msg)) => {
+                let mut reply = self.message.reply(HvStatus::S_OK);
+                reply.set_icmsgsize(REPLY_ICMSGSIZE);
+                let body = reply.body_mut();
                 body[0..2].copy_from_slice(&1u16.to_le_bytes());
                 body[2..4].copy_from_slice(&1u16.to_le_bytes());
                 body[8..12].copy_from_slice(&fw.to_bytes());
                 body[12..16].copy_from_slice(&msg.to_bytes());
-                NegotiateAnswer {
-                    reply,
-                    outcome: NegotiateOutcome::Agreed {
-                        framework: fw,
-                        message: msg,
-                    },
-                }
+                let outcome = NegotiateOutcome::Agreed {
+                    framework: fw,
+                    message: msg,
+                };
+                (reply, outcome)
             }
-            None => {
-                body[0..4].copy_from_slice(&[0; 4]);
-                reply.set_status(HvStatus::E_FAIL);
-                NegotiateAnswer {
-                    reply,
-                    outcome: NegotiateOutcome::Failed,
-                }
-            }
+            None => (
+                failure_reply(&self.message),
+                NegotiateOutcome::Failed(NegotiateFailure::NoCommonVersion),
+            ),
+        };
+        NegotiateAnswer {
+            reply,
+            outcome,
+            offered_framework: self.framework_versions.clone(),
+            offered_message: self.message_versions.clone(),
         }
     }
+}
+
+/// The failure reply of §5.2 step 4: counts 0, `icmsgsize` 16, HV_E_FAIL. The caller has
+/// checked that the payload holds the counts (36 bytes).
+fn failure_reply(message: &IcMessage<'_>) -> IcReply {
+    let mut reply = message.reply(HvStatus::E_FAIL);
+    reply.set_icmsgsize(REPLY_ICMSGSIZE);
+    reply.body_mut()[0..4].copy_from_slice(&[0; 4]);
+    reply
+}
+
+/// Why a negotiation failed (answered counts 0, HV_E_FAIL either way).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NegotiateFailure {
+    /// The host offered nothing on the guest's lists (e.g. VSS 4.0 only).
+    NoCommonVersion,
+    /// The offer is malformed ([`NegotiateError::BadCount`] or
+    /// [`NegotiateError::VersionsOverrun`]).
+    Malformed(NegotiateError),
 }
 
 /// What a negotiation settled.
@@ -178,8 +201,8 @@ pub enum NegotiateOutcome {
         /// Chosen message (VSS) version.
         message: Version,
     },
-    /// Nothing the guest supports was offered; the reply carries counts 0 and E_FAIL.
-    Failed,
+    /// The reply carries counts 0 and E_FAIL.
+    Failed(NegotiateFailure),
 }
 
 /// The guest's reply payload and what it means.
@@ -189,13 +212,43 @@ pub struct NegotiateAnswer {
     pub reply: IcReply,
     /// The result.
     pub outcome: NegotiateOutcome,
+    /// Framework versions the host offered (empty when the offer was malformed).
+    pub offered_framework: Vec<Version>,
+    /// Message versions the host offered (empty when the offer was malformed).
+    pub offered_message: Vec<Version>,
 }
 
-/// Guest side in one call: parse `payload` as an offer and answer with hv-vss's lists
-/// ([`GUEST_FRAMEWORK_VERSIONS`], [`GUEST_VSS_VERSIONS`]).
+/// Guest side for one received NEGOTIATE (§5.2): the answer to send, with `framework` and
+/// `message` as the guest's preference lists. A malformed offer is answered too
+/// ([`NegotiateFailure::Malformed`]). Errors only when there is nothing to answer: not a
+/// NEGOTIATE, or a payload shorter than the 36 bytes that hold the counts.
+pub fn answer_offer(
+    message: IcMessage<'_>,
+    framework: &[Version],
+    msg: &[Version],
+) -> Result<NegotiateAnswer, NegotiateError> {
+    match NegotiateOffer::parse(message) {
+        Ok(offer) => Ok(offer.answer(framework, msg)),
+        Err(e @ (NegotiateError::BadCount { .. } | NegotiateError::VersionsOverrun { .. })) => {
+            Ok(NegotiateAnswer {
+                reply: failure_reply(&message),
+                outcome: NegotiateOutcome::Failed(NegotiateFailure::Malformed(e)),
+                offered_framework: Vec::new(),
+                offered_message: Vec::new(),
+            })
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Guest side in one call: parse `payload` and answer with hv-vss's lists
+/// ([`GUEST_FRAMEWORK_VERSIONS`], [`GUEST_VSS_VERSIONS`]); see [`answer_offer`].
 pub fn guest_negotiate(payload: &[u8]) -> Result<NegotiateAnswer, NegotiateError> {
-    let offer = NegotiateOffer::parse(IcMessage::parse(payload)?)?;
-    Ok(offer.answer(&GUEST_FRAMEWORK_VERSIONS, &GUEST_VSS_VERSIONS))
+    answer_offer(
+        IcMessage::parse(payload)?,
+        &GUEST_FRAMEWORK_VERSIONS,
+        &GUEST_VSS_VERSIONS,
+    )
 }
 
 /// Host side: builds a NEGOTIATE offer payload (pipe DATA, header versions 1.0, flags 0x03,
@@ -323,7 +376,11 @@ mod tests {
     fn an_offer_of_vss_4_0_only_fails_with_counts_0_and_e_fail() {
         let offer = build_offer(&[V3], &[V4]).unwrap();
         let answer = guest_negotiate(&offer).unwrap();
-        assert_eq!(answer.outcome, NegotiateOutcome::Failed);
+        assert_eq!(
+            answer.outcome,
+            NegotiateOutcome::Failed(NegotiateFailure::NoCommonVersion)
+        );
+        assert_eq!(answer.offered_message, [V4]);
         let bytes = answer.reply.as_bytes();
         assert_eq!(bytes.len(), offer.len());
         assert_eq!(&bytes[0x1c..0x20], &[0, 0, 0, 0]);
@@ -363,39 +420,91 @@ mod tests {
         );
     }
 
+    /// The failure reply of §5.2 step 4, byte by byte against the request.
+    fn assert_failure_reply(request: &[u8], answer: &NegotiateAnswer) {
+        let bytes = answer.reply.as_bytes();
+        assert_eq!(bytes.len(), request.len());
+        assert_eq!(&bytes[0x1c..0x20], &[0, 0, 0, 0], "counts 0");
+        assert_eq!(&bytes[0x14..0x18], &[0x05, 0x40, 0x00, 0x80], "E_FAIL");
+        assert_eq!(&bytes[0x12..0x14], &[16, 0], "icmsgsize 16");
+        assert_eq!(bytes[0x19], 0x05);
+        for (i, (a, b)) in bytes.iter().zip(request).enumerate() {
+            if !matches!(i, 0x12..=0x15 | 0x16..=0x17 | 0x19 | 0x1c..=0x1f) {
+                assert_eq!(a, b, "byte {i:#x} echoed");
+            }
+        }
+        assert_eq!(parse_reply(bytes).unwrap().chosen, None);
+    }
+
+    /// R3: counts 0, counts above 100 and versions past the payload are answered with counts
+    /// 0, icmsgsize 16 and E_FAIL, not left unanswered.
     #[test]
-    fn malformed_offers_are_errors() {
+    fn malformed_offers_are_answered_counts_0_and_e_fail() {
+        let mut zero = OFFER_11_1;
+        zero[0x1c] = 0;
+        let mut many = OFFER_11_1;
+        many[0x1e] = 101;
+        let mut overrun = OFFER_11_1;
+        overrun[0x1e] = 2;
+        // Exactly the 36 bytes that hold the counts, and a count past them.
+        let mut counts_only = OFFER_11_1[..36].to_vec();
+        counts_only[18] = 8;
+        for (name, offer, failure) in [
+            (
+                "count 0",
+                zero.to_vec(),
+                NegotiateError::BadCount {
+                    framework: 0,
+                    message: 1,
+                },
+            ),
+            (
+                "count 101",
+                many.to_vec(),
+                NegotiateError::BadCount {
+                    framework: 2,
+                    message: 101,
+                },
+            ),
+            (
+                "overrun",
+                overrun.to_vec(),
+                NegotiateError::VersionsOverrun {
+                    needed: 52,
+                    len: 48,
+                },
+            ),
+            (
+                "36 bytes",
+                counts_only,
+                NegotiateError::VersionsOverrun {
+                    needed: 48,
+                    len: 36,
+                },
+            ),
+        ] {
+            let answer = guest_negotiate(&offer).unwrap_or_else(|e| panic!("{name}: {e}"));
+            assert_eq!(
+                answer.outcome,
+                NegotiateOutcome::Failed(NegotiateFailure::Malformed(failure)),
+                "{name}"
+            );
+            assert_failure_reply(&offer, &answer);
+        }
+    }
+
+    #[test]
+    fn what_cannot_hold_the_counts_is_an_error() {
         assert!(matches!(
             guest_negotiate(&OFFER_11_1[..27]),
             Err(NegotiateError::Ic(_))
         ));
-        // 32 bytes: icmsgsize must shrink to fit, and the counts do not fit.
+        // 32 bytes: the counts do not fit.
         let mut short = OFFER_11_1[..32].to_vec();
         short[18] = 4;
         assert_eq!(
             guest_negotiate(&short),
             Err(NegotiateError::Truncated { len: 32 })
-        );
-        let mut zero = OFFER_11_1;
-        zero[0x1c] = 0;
-        assert!(matches!(
-            guest_negotiate(&zero),
-            Err(NegotiateError::BadCount { .. })
-        ));
-        let mut many = OFFER_11_1;
-        many[0x1e] = 101;
-        assert!(matches!(
-            guest_negotiate(&many),
-            Err(NegotiateError::BadCount { .. })
-        ));
-        let mut overrun = OFFER_11_1;
-        overrun[0x1e] = 2;
-        assert_eq!(
-            guest_negotiate(&overrun),
-            Err(NegotiateError::VersionsOverrun {
-                needed: 52,
-                len: 48
-            })
         );
         let mut vss = OFFER_11_1;
         vss[0x0c] = 5;

@@ -3,8 +3,9 @@
 //!
 //! Kernel contract (`struct hv_vss_msg`, include/uapi/linux/hyperv.h; wire-protocol.md §6):
 //! the body at payload offset 28 starts with the 12-byte message: `operation` (u8), 7
-//! reserved bytes, `flags` (u32). FREEZE may carry up to 6,260 body bytes and AUTO_RECOVER up
-//! to 12,500; those trailing bytes are kept and echoed, never interpreted. Replies follow
+//! reserved bytes, `flags` (u32). FREEZE and AUTO_RECOVER may carry extended bodies of up to
+//! 12,500 bytes (OpenVMM's `Message2`, 6,260 bytes, and `Message2Ex`, 12,500 bytes, wire
+//! §6.3); those trailing bytes are kept and echoed, never interpreted. Replies follow
 //! §6.4: HOT_BACKUP replies carry `flags` = [`VSS_HBU_NO_AUTO_RECOVERY`] on success and on
 //! failure (R7), GET_DM_INFO replies carry `flags` 0, everything else is echoed.
 
@@ -22,10 +23,12 @@ pub const VSS_MSG_LEN: usize = 12;
 pub const MIN_VSS_PAYLOAD_LEN: usize = IC_BODY_OFFSET + VSS_MSG_LEN;
 /// `VSS_HBU_NO_AUTO_RECOVERY`: a value written into `flags` of a HOT_BACKUP reply.
 pub const VSS_HBU_NO_AUTO_RECOVERY: u32 = 5;
-/// Largest FREEZE body Hyper-V is known to send (LUN data after the 12 bytes).
-pub const MAX_FREEZE_BODY_LEN: usize = 6_260;
-/// Largest AUTO_RECOVER body.
-pub const MAX_AUTO_RECOVER_BODY_LEN: usize = 12_500;
+/// Largest FREEZE (or AUTO_RECOVER) body a host is known to send: OpenVMM's `Message2Ex`,
+/// the 12-byte message's place taken by backup type and flags, then two 260-entry LUN
+/// tables (wire §6.3).
+pub const MAX_FREEZE_BODY_LEN: usize = 12_500;
+/// OpenVMM's `Message2`: one 260-entry LUN table (6,260 bytes).
+pub const MESSAGE2_BODY_LEN: usize = 6_260;
 /// Offset of `flags` within the message.
 const FLAGS_OFFSET: usize = 8;
 
@@ -394,7 +397,7 @@ mod tests {
         let reply = r.reply(HvStatus::S_OK);
         assert_eq!(reply.as_bytes().len(), bytes.len());
         assert_eq!(&reply.as_bytes()[MIN_VSS_PAYLOAD_LEN..], &lun[..]);
-        let auto = vec![7u8; MAX_AUTO_RECOVER_BODY_LEN - VSS_MSG_LEN];
+        let auto = vec![7u8; MESSAGE2_BODY_LEN - VSS_MSG_LEN];
         let bytes = build_request(VssOperation::AUTO_RECOVER, 0, &auto).unwrap();
         assert_eq!(request(&bytes).trailing().len(), auto.len());
     }

@@ -5,7 +5,7 @@
 //!
 //! After the channel opens the host sends NEGOTIATE (by default framework 1.0 and 3.0, VSS
 //! 5.0, as in worked example 11.1). For each backup it sends HOT_BACKUP, FREEZE (possibly
-//! with LUN data after the 12-byte message, up to 6,260 body bytes), snapshots the disks,
+//! with LUN data after the 12-byte message, up to 12,500 body bytes), snapshots the disks,
 //! then THAW and BU_COMPLETE. Every request carries a fresh VMBus `trans_id`; the guest's
 //! reply carries the same one.
 //!
@@ -27,8 +27,15 @@
 //! [`HostSimulator::unmatched_replies`]. Every request is recorded as an [`Exchange`] with
 //! timestamps relative to [`HostSimulator::started_at`].
 //!
+//! The host's interrupts follow one of the two `uio_hv_generic` generations
+//! ([`HostConfig::mask_model`], wire §3.2): the old driver masks the guest's RX ring on every
+//! interrupt, the current one never touches the mask. [`HostSimulator::rescind`] does what a
+//! rescind does to a guest: the ring pages are poisoned (freed memory on a real kernel) and
+//! the interrupt fd hangs up; [`HostSimulator::check_untouched_since_rescind`] tells whether
+//! the guest wrote into them afterwards.
+//!
 //! Faults for tests: garbage payloads, truncated VSS payloads, a non-VSS `icmsgtype`,
-//! duplicate `trans_id`s, requests after which no reply is expected
+//! malformed NEGOTIATE offers, a wrong `icmsgsize`, duplicate `trans_id`s, requests after which no reply is expected
 //! ([`HostSimulator::expect_no_reply`]), and corrupt ring indices or descriptors
 //! ([`HostSimulator::corrupt_ring`], after which the simulator refuses to send).
 //!
@@ -54,9 +61,22 @@ use hv_vss_protocol::vmbus::PacketType;
 use hv_vss_protocol::vss::{self, MAX_FREEZE_BODY_LEN, VSS_HBU_NO_AUTO_RECOVERY, VSS_MSG_LEN};
 use hv_vss_protocol::{HvStatus, VssOperation};
 use hv_vss_ring::{HeaderWord, RingMem};
-use hv_vss_vmbus::shm::{ShmChannel, ShmRings};
-use hv_vss_vmbus::uio::{ChannelError, VmbusChannel, Wake};
+use hv_vss_sys::mem::MappedRing;
+use hv_vss_vmbus::shm::{InterruptMaskModel, ShmChannel, ShmRings};
+use hv_vss_vmbus::uio::{ChannelError, Doorbell, VmbusChannel, Wake};
 use rustix::net::{AddressFamily, SocketAddrUnix, SocketFlags, SocketType};
+
+/// What [`HostSimulator::rescind`] fills the freed rings' data areas with.
+pub const POISON_BYTE: u8 = 0xdb;
+
+/// Every header word a guest could write.
+const HEADER_WORDS: [HeaderWord; 5] = [
+    HeaderWord::WriteIndex,
+    HeaderWord::ReadIndex,
+    HeaderWord::InterruptMask,
+    HeaderWord::PendingSendSize,
+    HeaderWord::FeatureBits,
+];
 
 /// What the host offers and how long it waits.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -67,6 +87,9 @@ pub struct HostConfig {
     pub message_offer: Vec<Version>,
     /// How long to wait for each reply (default 60 s).
     pub reply_timeout: Duration,
+    /// Which `uio_hv_generic` generation the host's interrupts reproduce (default: current
+    /// kernels, which never touch the mask).
+    pub mask_model: InterruptMaskModel,
 }
 
 impl Default for HostConfig {
@@ -75,6 +98,7 @@ impl Default for HostConfig {
             framework_offer: vec![Version::new(1, 0), Version::new(3, 0)],
             message_offer: vec![Version::new(5, 0)],
             reply_timeout: Duration::from_secs(60),
+            mask_model: InterruptMaskModel::default(),
         }
     }
 }
@@ -91,6 +115,12 @@ impl HostConfig {
     /// The same, with another reply timeout.
     pub fn with_reply_timeout(mut self, timeout: Duration) -> Self {
         self.reply_timeout = timeout;
+        self
+    }
+
+    /// The same, reproducing another `uio_hv_generic` generation.
+    pub fn with_mask_model(mut self, model: InterruptMaskModel) -> Self {
+        self.mask_model = model;
         self
     }
 }
@@ -120,6 +150,21 @@ pub enum FaultKind {
     TruncatedVss,
     /// An IC message of another type (R10).
     NonVssType(u16),
+    /// A malformed NEGOTIATE offer (answered counts 0 and E_FAIL, R3).
+    MalformedNegotiate(MalformedOffer),
+    /// A VSS request whose `icmsgsize` disagrees with its body (served anyway, §4.2).
+    WrongIcmsgsize(u16),
+}
+
+/// Ways a NEGOTIATE offer can be malformed (wire §5.2 step 1).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MalformedOffer {
+    /// `icframe_vercnt` 0.
+    ZeroCount,
+    /// `icmsg_vercnt` 101.
+    CountAbove100,
+    /// Counts that claim more versions than the payload holds.
+    VersionsPastPayload,
 }
 
 /// A posted request, to wait for with [`HostSimulator::await_vss`] and friends.
@@ -309,6 +354,17 @@ pub enum SimError {
     /// The ring was corrupted on purpose; nothing more can be sent.
     #[error("the simulator corrupted its ring and stopped")]
     Corrupted,
+    /// The simulator rescinded the channel; nothing more can be sent.
+    #[error("the simulator rescinded the channel")]
+    Rescinded,
+    /// The guest wrote into the rings after the rescind (freed memory on a real kernel).
+    #[error("the guest wrote into the rescinded {ring} ring: {what}")]
+    WrittenAfterRescind {
+        /// `TX` (guest to host) or `RX`.
+        ring: &'static str,
+        /// Which word or data offset changed.
+        what: String,
+    },
     /// Setting up or using the hand-over socket failed.
     #[error("{op}: {source}")]
     Io {
@@ -369,8 +425,6 @@ struct Posted {
 /// The simulated host. See the module docs.
 pub struct HostSimulator {
     channel: ShmChannel,
-    /// Dup of the guest's wake-up eventfd, to signal after corrupting the ring.
-    guest_wake: OwnedFd,
     config: HostConfig,
     next_trans_id: u64,
     started: Instant,
@@ -380,6 +434,7 @@ pub struct HostSimulator {
     inbox: VecDeque<ReceivedPacket>,
     unmatched: Vec<ReceivedPacket>,
     corrupted: bool,
+    rescinded: bool,
 }
 
 impl std::fmt::Debug for HostSimulator {
@@ -395,14 +450,8 @@ impl std::fmt::Debug for HostSimulator {
 impl HostSimulator {
     /// Takes the host's view of `rings` (the guest's view goes to the other process).
     pub fn new(rings: ShmRings, config: HostConfig) -> Result<Self, SimError> {
-        let guest_wake = rings
-            .fds()
-            .1
-            .try_clone_to_owned()
-            .map_err(|source| SimError::Io { op: "dup", source })?;
         Ok(Self {
-            channel: rings.host()?,
-            guest_wake,
+            channel: rings.with_mask_model(config.mask_model).host()?,
             config,
             // Distinct, recognisable ids: 0x5100_0000_0000_0001, ...
             next_trans_id: 0x5100_0000_0000_0001,
@@ -413,6 +462,7 @@ impl HostSimulator {
             inbox: VecDeque::new(),
             unmatched: Vec::new(),
             corrupted: false,
+            rescinded: false,
         })
     }
 
@@ -473,6 +523,9 @@ impl HostSimulator {
         if self.corrupted {
             return Err(SimError::Corrupted);
         }
+        if self.rescinded {
+            return Err(SimError::Rescinded);
+        }
         let sent = Instant::now();
         self.channel.send(trans_id, &payload)?;
         let ticket = Ticket {
@@ -500,6 +553,59 @@ impl HostSimulator {
             negotiate::build_offer(&self.config.framework_offer, &self.config.message_offer)?;
         let id = self.fresh_trans_id();
         self.post(RequestKind::Negotiate, id, offer)
+    }
+
+    /// Sends a NEGOTIATE with the configured offers, malformed as `how` says. Await it with
+    /// [`HostSimulator::await_negotiate`]: the guest must refuse it (counts 0, E_FAIL).
+    pub fn post_malformed_negotiate(&mut self, how: MalformedOffer) -> Result<Ticket, SimError> {
+        let mut offer =
+            negotiate::build_offer(&self.config.framework_offer, &self.config.message_offer)?;
+        let at = ic::IC_BODY_OFFSET;
+        let (field, value) = match how {
+            MalformedOffer::ZeroCount => (at, 0u16),
+            MalformedOffer::CountAbove100 => (at + 2, 101),
+            MalformedOffer::VersionsPastPayload => {
+                let fw = u16::from_le_bytes([offer[at], offer[at + 1]]);
+                (at, fw + 4)
+            }
+        };
+        offer[field..field + 2].copy_from_slice(&value.to_le_bytes());
+        let id = self.fresh_trans_id();
+        self.post(
+            RequestKind::Fault(FaultKind::MalformedNegotiate(how)),
+            id,
+            offer,
+        )
+    }
+
+    /// [`HostSimulator::post_malformed_negotiate`], then waits for and checks the reply,
+    /// which must be a refusal (counts 0, `icmsgsize` 16, E_FAIL) to pass the checker.
+    pub fn negotiate_malformed(
+        &mut self,
+        how: MalformedOffer,
+    ) -> Result<NegotiationResult, SimError> {
+        let t = self.post_malformed_negotiate(how)?;
+        self.await_negotiate(t)
+    }
+
+    /// Sends a VSS request for `op` with `trailing` bytes after the 12-byte message and
+    /// `icmsgsize` forced to `icmsgsize` (larger, smaller or zero against the real body). The
+    /// guest must serve it from the bytes that arrived (wire §4.2); await it with
+    /// [`HostSimulator::await_vss`], whose checker wants every other byte echoed.
+    pub fn post_vss_with_icmsgsize(
+        &mut self,
+        op: VssOperation,
+        trailing: &[u8],
+        icmsgsize: u16,
+    ) -> Result<Ticket, SimError> {
+        let mut payload = vss::build_request(op, 0, trailing)?;
+        payload[18..20].copy_from_slice(&icmsgsize.to_le_bytes());
+        let id = self.fresh_trans_id();
+        self.post(
+            RequestKind::Fault(FaultKind::WrongIcmsgsize(icmsgsize)),
+            id,
+            payload,
+        )
     }
 
     /// Sends a VSS request for `op` with message `flags` and `trailing` bytes after the
@@ -779,8 +885,8 @@ impl HostSimulator {
         self.request(VssOperation::FREEZE)
     }
 
-    /// FREEZE with `lun` bytes after the 12-byte message (at most 6,248, so that the body
-    /// stays within 6,260 bytes); the reply must echo them.
+    /// FREEZE with `lun` bytes after the 12-byte message (at most 12,488, so that the body
+    /// stays within OpenVMM's 12,500-byte `Message2Ex`); the reply must echo them.
     pub fn freeze_with_lun(&mut self, lun: &[u8]) -> Result<VssReply, SimError> {
         if VSS_MSG_LEN + lun.len() > MAX_FREEZE_BODY_LEN {
             return Err(SimError::Build(format!(
@@ -811,9 +917,10 @@ impl HostSimulator {
     /// RX `interrupt_mask` first, as the kernel's interrupt handler does). The simulator
     /// sends nothing afterwards ([`SimError::Corrupted`]).
     pub fn corrupt_ring(&mut self, how: RingCorruption) -> Result<(), SimError> {
-        let ring = self.channel.writer().mem();
+        let writer = self.channel.writer().ok_or(SimError::Rescinded)?;
+        let ring = writer.mem();
         let data_len = ring.data_len();
-        let write_pos = self.channel.writer().write_pos();
+        let write_pos = writer.write_pos();
         let write_index = ring.header_word(HeaderWord::WriteIndex);
         let put = |at: usize, bytes: &[u8]| {
             for (i, b) in bytes.iter().enumerate() {
@@ -843,14 +950,72 @@ impl HostSimulator {
         std::sync::atomic::fence(Ordering::SeqCst);
         write_index.store(bad_index, Ordering::Release);
         self.corrupted = true;
-        ring.header_word(HeaderWord::InterruptMask)
-            .store(1, Ordering::SeqCst);
-        std::sync::atomic::fence(Ordering::SeqCst);
-        rustix::io::write(&self.guest_wake, &1u64.to_ne_bytes()).map_err(|e| SimError::Io {
-            op: "write(eventfd)",
-            source: e.into(),
-        })?;
+        // An interrupt as the configured driver generation delivers it (old drivers mask
+        // RX first), whether or not the ring rules would call for one.
+        self.channel.doorbell_mut().ring()?;
         Ok(())
+    }
+
+    /// Rescinds the channel as the kernel does when the host removes the device: the ring
+    /// pages are freed while the guest still maps them, and the guest's device fd reports
+    /// an error. Here the rings are poisoned ([`POISON_BYTE`] in every data byte, 0 in every
+    /// header word: freed pages as they might look once reused, with indices that would let
+    /// a late writer go ahead), and the interrupt pipe is closed. Nothing can be sent
+    /// afterwards; [`HostSimulator::check_untouched_since_rescind`] then tells whether the
+    /// guest wrote anything into the freed rings.
+    pub fn rescind(&mut self) -> Result<(), SimError> {
+        for (_, ring) in self.rings()? {
+            for word in HEADER_WORDS {
+                ring.header_word(word).store(0, Ordering::SeqCst);
+            }
+            let data_len = ring.data_len();
+            let chunk = [POISON_BYTE; 4096];
+            let mut at = 0;
+            while at < data_len {
+                let n = chunk.len().min(data_len - at);
+                ring.write_data(at, &chunk[..n]);
+                at += n;
+            }
+        }
+        std::sync::atomic::fence(Ordering::SeqCst);
+        self.rescinded = true;
+        self.channel.doorbell_mut().hang_up();
+        Ok(())
+    }
+
+    /// After [`HostSimulator::rescind`]: checks that every byte of both rings still holds
+    /// the poison, i.e. the guest wrote nothing after the rescind.
+    pub fn check_untouched_since_rescind(&self) -> Result<(), SimError> {
+        if !self.rescinded {
+            return Err(SimError::Build("the channel was not rescinded".into()));
+        }
+        for (name, ring) in self.rings()? {
+            for word in HEADER_WORDS {
+                let v = ring.header_word(word).load(Ordering::SeqCst);
+                if v != 0 {
+                    return Err(SimError::WrittenAfterRescind {
+                        ring: name,
+                        what: format!("{word:?} = {v:#x}"),
+                    });
+                }
+            }
+            let mut buf = vec![0u8; ring.data_len()];
+            ring.read_data(0, &mut buf);
+            if let Some(at) = buf.iter().position(|&b| b != POISON_BYTE) {
+                return Err(SimError::WrittenAfterRescind {
+                    ring: name,
+                    what: format!("data byte {at:#x} = {:#04x}", buf[at]),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Both rings' memory, named from the guest's side.
+    fn rings(&self) -> Result<[(&'static str, &MappedRing); 2], SimError> {
+        let tx = self.channel.reader().ok_or(SimError::Rescinded)?.mem();
+        let rx = self.channel.writer().ok_or(SimError::Rescinded)?.mem();
+        Ok([("TX", tx), ("RX", rx)])
     }
 
     /// One backup as the spec's diagram shows it: HOT_BACKUP → FREEZE → hold → THAW →
@@ -1274,9 +1439,22 @@ pub mod self_test_guest {
         }
     }
 
+    /// Why [`serve`] ended.
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+    pub enum ServeEnd {
+        /// The stop fd fired (or, for [`serve_for`], the time ran out).
+        #[default]
+        Stopped,
+        /// The host went away: its interrupt fd closed, which the endpoint reports as a
+        /// rescind.
+        HostGone,
+    }
+
     /// What the self-test guest saw.
     #[derive(Clone, Debug, Default, PartialEq, Eq)]
     pub struct SelfTestSummary {
+        /// Why serving ended.
+        pub ended_by: ServeEnd,
         /// Coordinator requests answered by the policy.
         pub requests: u64,
         /// BU_COMPLETE notices.
@@ -1285,26 +1463,55 @@ pub mod self_test_guest {
         pub notices: Vec<IcNotice>,
     }
 
-    /// Serves until `stop` (e.g. the hand-over socket) polls readable or hangs up, or the
-    /// endpoint fails. Each coordinator request is answered at once by `policy`.
+    /// Serves until `stop` (e.g. the hand-over socket) polls readable or hangs up, the host
+    /// goes away, or the endpoint fails. Each coordinator request is answered at once by
+    /// `policy`. The host going away closes its interrupt fd, which the endpoint reports as
+    /// a rescind: for this guest, whose only host is the simulator, that is a normal end
+    /// ([`ServeEnd::HostGone`]), and nothing is written into the rings afterwards.
     pub fn serve<C: VmbusChannel>(
         endpoint: &mut IcEndpoint<C>,
         policy: FixedPolicy,
         stop: BorrowedFd<'_>,
     ) -> Result<SelfTestSummary, EndpointError> {
         let mut summary = SelfTestSummary::default();
-        loop {
-            for event in endpoint.service()? {
-                match event {
-                    IcEvent::Request(req) => {
-                        let status = policy.answer(req.op());
-                        endpoint.reply(req, status)?;
-                        summary.requests += 1;
-                    }
-                    IcEvent::BackupComplete { .. } => summary.backup_completes += 1,
-                }
+        match serve_until_stopped(endpoint, policy, stop, &mut summary) {
+            Ok(()) => {}
+            Err(EndpointError::Rescinded) => {
+                summary.ended_by = ServeEnd::HostGone;
+                summary.notices.extend(endpoint.take_notices());
             }
-            summary.notices.extend(endpoint.take_notices());
+            Err(e) => return Err(e),
+        }
+        Ok(summary)
+    }
+
+    fn answer_all<C: VmbusChannel>(
+        endpoint: &mut IcEndpoint<C>,
+        policy: FixedPolicy,
+        summary: &mut SelfTestSummary,
+    ) -> Result<(), EndpointError> {
+        for event in endpoint.service()? {
+            match event {
+                IcEvent::Request(req) => {
+                    let status = policy.answer(req.op());
+                    endpoint.reply(req, status)?;
+                    summary.requests += 1;
+                }
+                IcEvent::BackupComplete { .. } => summary.backup_completes += 1,
+            }
+        }
+        summary.notices.extend(endpoint.take_notices());
+        Ok(())
+    }
+
+    fn serve_until_stopped<C: VmbusChannel>(
+        endpoint: &mut IcEndpoint<C>,
+        policy: FixedPolicy,
+        stop: BorrowedFd<'_>,
+        summary: &mut SelfTestSummary,
+    ) -> Result<(), EndpointError> {
+        loop {
+            answer_all(endpoint, policy, summary)?;
             let timeout = (endpoint.unsent_replies() > 0).then_some(Timespec {
                 tv_sec: 0,
                 tv_nsec: 10_000_000,
@@ -1326,15 +1533,7 @@ pub mod self_test_guest {
             }
             if !fds[1].revents().is_empty() {
                 // Answer whatever came with the hang-up, then stop.
-                for event in endpoint.service()? {
-                    if let IcEvent::Request(req) = event {
-                        let status = policy.answer(req.op());
-                        endpoint.reply(req, status)?;
-                        summary.requests += 1;
-                    }
-                }
-                summary.notices.extend(endpoint.take_notices());
-                return Ok(summary);
+                return answer_all(endpoint, policy, summary);
             }
         }
     }
@@ -1348,17 +1547,7 @@ pub mod self_test_guest {
         let end = std::time::Instant::now() + for_at_most;
         let mut summary = SelfTestSummary::default();
         loop {
-            for event in endpoint.service()? {
-                match event {
-                    IcEvent::Request(req) => {
-                        let status = policy.answer(req.op());
-                        endpoint.reply(req, status)?;
-                        summary.requests += 1;
-                    }
-                    IcEvent::BackupComplete { .. } => summary.backup_completes += 1,
-                }
-            }
-            summary.notices.extend(endpoint.take_notices());
+            answer_all(endpoint, policy, &mut summary)?;
             let left = end.saturating_duration_since(std::time::Instant::now());
             if left.is_zero() {
                 return Ok(summary);

@@ -7,7 +7,7 @@
 //! - One daemon at a time: the device open is exclusive. A second connection while one is
 //!   open is closed at once (the kernel's `EBUSY`).
 //! - States: INIT (connected, not registered) → READY after the REGISTER1 handshake (the
-//!   4-byte reply 129 is sent; the real kernel turns READY when the daemon reads it, which
+//!   4-byte reply is sent, 129 unless [`EmulatorConfig::handshake_version`] says otherwise; the real kernel turns READY when the daemon reads it, which
 //!   differs only by the read's latency) → a request in flight. Legacy REGISTER (128) gets no reply
 //!   and never makes the device READY.
 //! - The host's HOT_BACKUP, FREEZE and THAW are forwarded as a 12-byte message holding only
@@ -62,6 +62,9 @@ pub struct EmulatorConfig {
     pub thaw_timeout: Duration,
     /// HOT_BACKUP (`HV_UTIL_TIMEOUT`, 30 s).
     pub hot_backup_timeout: Duration,
+    /// The 4-byte value the handshake answers REGISTER1 with (129 from today's kernels;
+    /// a daemon must accept any, wire §8.3).
+    pub handshake_version: u32,
 }
 
 impl Default for EmulatorConfig {
@@ -70,6 +73,7 @@ impl Default for EmulatorConfig {
             freeze_timeout: Duration::from_secs(15 * 60),
             thaw_timeout: Duration::from_secs(30),
             hot_backup_timeout: Duration::from_secs(30),
+            handshake_version: kernel::KERNEL_PROTOCOL_VERSION,
         }
     }
 }
@@ -81,6 +85,7 @@ impl EmulatorConfig {
             freeze_timeout: timeout,
             thaw_timeout: timeout,
             hot_backup_timeout: timeout,
+            ..Self::default()
         }
     }
 
@@ -374,9 +379,6 @@ impl Shared {
             Err(KernelMsgError::WrongLength { len, .. }) => {
                 self.close_conn(inner, CloseReason::WrongLength(len));
             }
-            Err(KernelMsgError::WrongVersion(_)) => {
-                self.close_conn(inner, CloseReason::WrongLength(bytes.len()));
-            }
             Ok(DaemonMessage::Register1) | Ok(DaemonMessage::Register)
                 if inner.pending.is_some() =>
             {
@@ -386,7 +388,8 @@ impl Shared {
                 self.record(inner, EventKind::ReRegisterIgnored { conn: conn_id });
             }
             Ok(DaemonMessage::Register1) => {
-                if Self::send(&conn.fd, &kernel::build_handshake_reply()).is_err() {
+                let reply = kernel::build_handshake_reply(self.config.handshake_version);
+                if Self::send(&conn.fd, &reply).is_err() {
                     self.close_conn(inner, CloseReason::NotActive);
                     return;
                 }

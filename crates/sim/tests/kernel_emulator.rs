@@ -131,6 +131,32 @@ fn daemon_status_reaches_the_host_verbatim() {
     assert_eq!(daemon.join().unwrap().op, VssOperation::FREEZE);
 }
 
+/// Wire §8.3, R12: the handshake reply is accepted whatever its value, as the stock daemon
+/// does; the device is READY and serves requests either way.
+#[test]
+fn handshake_values_129_and_130_are_both_accepted() {
+    for version in [129, 130] {
+        let emu = KernelEmulator::start(EmulatorConfig {
+            handshake_version: version,
+            ..EmulatorConfig::default()
+        })
+        .unwrap();
+        let mut dev = registered(&emu);
+        assert_eq!(dev.kernel_version(), Some(version));
+        let daemon = thread::spawn(move || {
+            let request = dev.recv().unwrap();
+            dev.reply(HvStatus::S_OK).unwrap();
+            request.op
+        });
+        assert_eq!(
+            emu.host_request(VssOperation::HOT_BACKUP),
+            HostOutcome::Replied(HvStatus::S_OK),
+            "handshake version {version}"
+        );
+        assert_eq!(daemon.join().unwrap(), VssOperation::HOT_BACKUP);
+    }
+}
+
 #[test]
 fn no_daemon_means_e_fail_at_once() {
     let emu = emulator(Duration::from_secs(60));

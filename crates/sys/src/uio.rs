@@ -9,7 +9,10 @@
 //! - `write(fd, &v, 4)`: `v = 1` unmasks RX interrupts and signals the host (channels
 //!   without a monitor page, as ICs are); `v = 0` masks.
 //! - `poll`: `POLLIN` when the counter moved, `POLLERR` after rescind.
-//! - `EIO` from read or write: the host rescinded the device ([`UioError::Rescinded`]).
+//! - After a rescind `read` fails with `EIO` and `write` with `EINVAL` (the UIO core finds
+//!   no device info before it checks the irq): after a successful open, `EIO`, `EINVAL` and
+//!   `POLLERR` all mean the host rescinded the device ([`UioError::Rescinded`]). Our calls
+//!   always pass 4 bytes, so `EINVAL` has no other cause.
 //!
 //! The fd is opened `O_NONBLOCK`: reads never block, waiting is done with [`UioDevice::poll`].
 
@@ -27,9 +30,9 @@ use crate::mem::{MemError, SharedMapping, page_size};
 /// Errors of the UIO device.
 #[derive(Debug, thiserror::Error)]
 pub enum UioError {
-    /// `EIO` (or `POLLERR`): the host removed the device. Close everything and wait for the
-    /// re-offer (R15).
-    #[error("the VMBus device was rescinded (EIO)")]
+    /// `EIO`, `EINVAL` or `POLLERR` after open: the host removed the device. Close
+    /// everything and wait for the re-offer (R15).
+    #[error("the VMBus device was rescinded (EIO/EINVAL/POLLERR)")]
     Rescinded,
     /// A system call failed.
     #[error("{op} {}: {source}", path.display())]
@@ -124,8 +127,10 @@ pub struct UioDevice {
     paths: UioPaths,
 }
 
-fn map_errno(e: Errno, op: &'static str, path: &Path) -> UioError {
-    if e == Errno::IO {
+/// Classifies an errno from `op` on the device. `EIO` is a rescind from any call; `EINVAL`
+/// only from calls on an open device (`write` returns it after a rescind).
+pub fn map_errno(e: Errno, op: &'static str, path: &Path) -> UioError {
+    if e == Errno::IO || (e == Errno::INVAL && op != "open") {
         UioError::Rescinded
     } else {
         UioError::Io {
@@ -314,14 +319,25 @@ mod tests {
         ));
     }
 
+    /// Wire §3.2: after a rescind `read` gives `EIO` and `write` gives `EINVAL`; both, after
+    /// a successful open, are the rescind. `EINVAL` from `open` is not.
     #[test]
-    fn eio_means_rescinded() {
+    fn eio_and_einval_after_open_mean_rescinded() {
+        let dev = Path::new("/dev/uio0");
+        for op in ["read", "write", "poll"] {
+            for errno in [Errno::IO, Errno::INVAL] {
+                assert!(
+                    matches!(map_errno(errno, op, dev), UioError::Rescinded),
+                    "{op} {errno:?}"
+                );
+            }
+        }
         assert!(matches!(
-            map_errno(Errno::IO, "read", Path::new("/dev/uio0")),
-            UioError::Rescinded
+            map_errno(Errno::INVAL, "open", dev),
+            UioError::Io { .. }
         ));
         assert!(matches!(
-            map_errno(Errno::INVAL, "read", Path::new("/dev/uio0")),
+            map_errno(Errno::AGAIN, "write", dev),
             UioError::Io { .. }
         ));
     }

@@ -7,9 +7,13 @@
 //! - `sys/bus/vmbus/devices/<instance>/`: `class_id` (`{guid}\n`), `driver_override`
 //!   (`(null)\n` until written; absent on kernels without it), `driver` (a symlink
 //!   `../../drivers/<name>`, absent while unbound) and, once `uio_hv_generic` probed,
-//!   `uio/uioN/maps/map0/size` (hex; map 0 holds both rings).
+//!   `uio/uioN/maps/map0/size` (hex; map 0 holds both rings: [`MAP0_CURRENT`] =
+//!   0x402000 on current kernels, 2 MiB + one page per ring, [`MAP0_BEFORE_0315FEF2AFF9`] =
+//!   0x400000 before commit 0315fef2aff9), and `monitor_id` only when the channel has a
+//!   monitor page ([`FakeVmbus::add_monitor_page`]).
 //! - `sys/bus/vmbus/drivers/<name>/{bind,unbind,new_id,remove_id}` and
-//!   `sys/bus/vmbus/drivers_probe`; `sys/class/uio/uioN/maps/map0/size`.
+//!   `sys/bus/vmbus/drivers_probe`; `sys/class/uio/uioN/maps/map0/size` and
+//!   `sys/class/uio/uioN/device` (a link to the VMBus device).
 //! - `dev/vmbus/hv_vss` while `hv_utils` has the device; `dev/uioN` while `uio_hv_generic`
 //!   has it (here a sparse regular file of map 0's size, so it can be mapped).
 //! - `proc/sys/kernel/osrelease`; `proc/<pid>/{comm,fd/N}` for a process holding a node.
@@ -23,7 +27,8 @@
 //! `/dev/vmbus/hv_vss`; `uio_hv_generic/unbind` drops the link and the uio node;
 //! `drivers_probe` of an unbound device binds `uio_hv_generic` when steered there
 //! (`driver_override`, or the class in `new_id`) and creates its node, else `hv_utils`
-//! when no other driver is named.
+//! when no other driver is named. [`FakeKernel`] can make `uio_hv_generic` refuse the
+//! device (as kernels without the 2024 series do) or bind it without a node appearing.
 //!
 //! # Limitations
 //!
@@ -52,6 +57,12 @@ pub const FCOPY_CLASS: &str = "34d14be3-dee4-41c8-9ae7-6b174977c192";
 /// Attribute writes seen by the fake kernel: (path below `sys/bus/vmbus`, bytes written).
 type Writes = Arc<Mutex<Vec<(String, String)>>>;
 
+/// Map 0 on current kernels: two rings of `VMBUS_RING_SIZE(2 MiB)` = 2 MiB + one 4 KiB
+/// header page each (commit 0315fef2aff9, also in stable kernels).
+pub const MAP0_CURRENT: u64 = 0x40_2000;
+/// Map 0 on kernels before commit 0315fef2aff9: two rings of 2 MiB.
+pub const MAP0_BEFORE_0315FEF2AFF9: u64 = 0x40_0000;
+
 /// How the fake kernel reacts (see the module docs).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FakeKernel {
@@ -59,17 +70,21 @@ pub struct FakeKernel {
     pub uio_node: u32,
     /// Size of that node's map 0 (both rings), bytes.
     pub map0_len: u64,
-    /// `false`: a probe steered to `uio_hv_generic` binds nothing and creates no node.
+    /// `false`: `uio_hv_generic` refuses the device (its probe fails, as on kernels without
+    /// the 2024 series): it stays unbound and no node appears.
     pub uio_probes: bool,
+    /// `false`: `uio_hv_generic` binds the device but no `uioN` node appears.
+    pub creates_node: bool,
 }
 
 impl Default for FakeKernel {
-    /// `uio3`, 4 MiB map 0 (2 MiB rings), probes succeed.
+    /// `uio3`, a current kernel's map 0 ([`MAP0_CURRENT`]), probes succeed.
     fn default() -> Self {
         Self {
             uio_node: 3,
-            map0_len: 0x40_0000,
+            map0_len: MAP0_CURRENT,
             uio_probes: true,
+            creates_node: true,
         }
     }
 }
@@ -188,6 +203,11 @@ impl FakeVmbus {
     /// the `sys/class/uio` entry and `dev/uioN` (of `map0_len` bytes). Returns the node.
     pub fn add_uio_node(&self, instance: &str, n: u32, map0_len: u64) -> PathBuf {
         add_uio_node(self.root(), instance, n, map0_len)
+    }
+
+    /// The channel has a monitor page: `monitor_id` appears in the device directory.
+    pub fn add_monitor_page(&self, instance: &str) {
+        fs::write(self.device_dir(instance).join("monitor_id"), "2\n").unwrap();
     }
 
     /// Process `pid` (named `comm`) holds `node` open as its fd 3.
@@ -312,6 +332,9 @@ fn add_uio_node(root: &Path, instance: &str, n: u32, map0_len: u64) -> PathBuf {
         fs::create_dir_all(&map0).unwrap();
         fs::write(map0.join("size"), format!("{map0_len:#x}\n")).unwrap();
     }
+    let device_link = root.join(format!("sys/class/uio/uio{n}/device"));
+    let _ = fs::remove_file(&device_link);
+    symlink(&device_dir, device_link).unwrap();
     let node = root.join(format!("dev/uio{n}"));
     fs::File::create(&node).unwrap().set_len(map0_len).unwrap();
     node
@@ -348,7 +371,9 @@ fn react(
             let wanted = wanted.trim();
             if wanted == "uio_hv_generic" || new_id.as_deref() == Some(VSS_CLASS) {
                 if kernel.uio_probes {
-                    add_uio_node(root, instance, n, kernel.map0_len);
+                    if kernel.creates_node {
+                        add_uio_node(root, instance, n, kernel.map0_len);
+                    }
                     set_driver(&device_dir, Some("uio_hv_generic"));
                 }
             } else if wanted.is_empty() || wanted == "(null)" {
@@ -391,11 +416,11 @@ mod tests {
         });
         assert_eq!(
             bus.attr(&format!("devices/{VSS_INSTANCE}/uio/uio3/maps/map0/size")),
-            "0x400000\n"
+            "0x402000\n"
         );
         assert_eq!(
             fs::metadata(bus.root().join("dev/uio3")).unwrap().len(),
-            0x40_0000
+            MAP0_CURRENT
         );
         assert_eq!(
             bus.writes(),

@@ -1,13 +1,13 @@
 //! Request/response round trips guest <-> host across two processes: the shared-memory VMBus
-//! ring (blocking on eventfds, and with a bounded spin before blocking) against a Unix
+//! ring (blocking on its wake-up fds, and with a bounded spin before blocking) against a Unix
 //! SOCK_SEQPACKET socket carrying the same bytes, measured in the same run.
 //!
 //! Run: `cargo bench -p hv-vss-vmbus --bench ring_roundtrip` (prints a Markdown table).
 //! `HV_VSS_BENCH_ROUNDS` sets the number of timed round trips per case (default 20000).
 //!
 //! The benchmark binary re-executes itself as the host (env `HV_VSS_BENCH_CHILD`), with a
-//! SOCK_SEQPACKET socket as its stdin: the ring cases hand the memfd and eventfds over it,
-//! the socket case echoes over it.
+//! SOCK_SEQPACKET socket as its stdin: the ring cases hand the memfd, the interrupt pipe and
+//! the eventfd over it, the socket case echoes over it.
 
 use std::os::fd::{AsFd, OwnedFd};
 use std::process::{Child, Command, Stdio};
@@ -22,8 +22,8 @@ const RING_LEN: usize = 256 * 1024;
 const SHUTDOWN: u64 = u64::MAX;
 const TIMEOUT: Option<Duration> = Some(Duration::from_secs(10));
 /// Payload sizes: a minimal FREEZE (wire §11.4, 40 bytes) and a FREEZE with the largest
-/// body (28 header bytes + 6,260 body bytes).
-const SIZES: [usize; 2] = [40, 28 + 6260];
+/// body (28 header bytes + 12,500 body bytes, OpenVMM's `Message2Ex`, wire §6.3).
+const SIZES: [usize; 2] = [40, 28 + 12_500];
 /// Spin budget of the spinning ring case.
 const SPIN: Duration = Duration::from_micros(50);
 
@@ -37,8 +37,8 @@ enum Case {
 impl Case {
     fn name(self) -> &'static str {
         match self {
-            Case::RingBlocking => "ring, eventfd wake (spin 0)",
-            Case::RingSpin => "ring, spin 50 µs then eventfd",
+            Case::RingBlocking => "ring, fd wake (spin 0)",
+            Case::RingSpin => "ring, spin 50 µs then fd wake",
             Case::Socket => "SOCK_SEQPACKET socket",
         }
     }

@@ -16,10 +16,20 @@
 //!   first and refuse while one exists.
 //! - `<sysfs>/bus/vmbus/drivers_probe` re-runs matching for one device; once
 //!   `uio_hv_generic` has probed, `<inst>/uio/uioN` appears and the node is `/dev/uioN`.
-//! - Map 0 (`<inst>/uio/uioN/maps/map0/size`, hex) holds both rings: ring size = size / 2.
-//! - UIO mode needs Linux ≥ 6.10: before the "Low speed Hyper-V devices support" series,
-//!   `uio_hv_generic` refused channels without a monitor page (all ICs, VSS included) and
-//!   never signalled the host on `write` (§3.1).
+//! - Map 0 (`<inst>/uio/uioN/maps/map0/size`, hex) holds both rings: ring size = size / 2
+//!   (0x402000 on current kernels, 2 MiB + one page per ring; 4 MiB on older ones).
+//! - Before the "Low speed Hyper-V devices support" series (Linux 6.10), `uio_hv_generic`
+//!   refused channels without a monitor page (all ICs, VSS included: its probe fails with
+//!   "vmbus channel requires hypercall") and never signalled the host on `write` (§3.1).
+//!   Distribution kernels older than 6.10 may carry the series, and recent stable kernels
+//!   with lower numbers may not: the version string decides nothing. [`bind`] **tries** the
+//!   bind and reports what happened (the driver refused the device, no `/dev/uioN`
+//!   appeared), undoing it on failure; the kernel version only goes into the message as a
+//!   hint ([`KernelHint`]).
+//! - `write(1)` on `/dev/uioN` signals the host only when the channel has no monitor page.
+//!   `<inst>/monitor_id` exists exactly when it has one (§3.4); such a device is refused
+//!   before anything is written ([`BindError::MonitorPage`]): its replies would never
+//!   reach the host.
 //! - The way back: unbind from `uio_hv_generic`, clear `driver_override` with an empty line
 //!   (or `remove_id` the class), and `drivers_probe`: `hv_utils` matches statically.
 //!
@@ -56,7 +66,8 @@ use hv_vss_protocol::guid::VSS_CLASS_GUID_STR;
 pub const UIO_DRIVER: &str = "uio_hv_generic";
 /// The kernel driver that serves VSS (and shutdown, time sync, heartbeat, KVP).
 pub const KERNEL_DRIVER: &str = "hv_utils";
-/// The first kernel whose `uio_hv_generic` accepts channels without a monitor page.
+/// The first mainline kernel whose `uio_hv_generic` accepts channels without a monitor
+/// page. Only a hint: see [`KernelHint`].
 pub const MIN_UIO_KERNEL: KernelVersion = KernelVersion {
     major: 6,
     minor: 10,
@@ -184,18 +195,46 @@ pub fn parse_kernel_release(release: &str) -> Option<KernelVersion> {
     })
 }
 
-/// Checks that a kernel release can run UIO mode (≥ [`MIN_UIO_KERNEL`], wire §3.1).
-pub fn check_uio_kernel(release: &str) -> Result<KernelVersion, BindError> {
-    let version = parse_kernel_release(release).ok_or_else(|| BindError::KernelUnparsable {
-        release: release.to_owned(),
-    })?;
-    if version < MIN_UIO_KERNEL {
-        return Err(BindError::KernelTooOld {
-            release: release.to_owned(),
-            version,
-        });
+/// What the kernel release suggests about UIO mode. Only a hint, printed with the outcome
+/// of a bind: whether `uio_hv_generic` takes the VSS device is decided by trying (module
+/// docs), since distribution kernels below 6.10 may carry the 2024 series.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KernelHint {
+    /// `uname -r`, if readable.
+    pub release: Option<String>,
+    /// Its numeric head, if it parses.
+    pub version: Option<KernelVersion>,
+}
+
+impl KernelHint {
+    /// The hint for `release` (`None`: unreadable).
+    pub fn from_release(release: Option<&str>) -> Self {
+        Self {
+            release: release.map(str::to_owned),
+            version: release.and_then(parse_kernel_release),
+        }
     }
-    Ok(version)
+
+    /// True when the version is known to be at least [`MIN_UIO_KERNEL`].
+    pub fn at_least_6_10(&self) -> Option<bool> {
+        self.version.map(|v| v >= MIN_UIO_KERNEL)
+    }
+}
+
+impl fmt::Display for KernelHint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let release = self.release.as_deref().unwrap_or("(unknown)");
+        match self.at_least_6_10() {
+            Some(true) => write!(f, "kernel {release}"),
+            Some(false) => write!(
+                f,
+                "kernel {release}, older than {MIN_UIO_KERNEL}: uio_hv_generic takes the VSS \
+                 device only if this kernel carries the 2024 \"Low speed Hyper-V devices \
+                 support\" series"
+            ),
+            None => write!(f, "kernel {release} (version not recognised)"),
+        }
+    }
 }
 
 /// Which driver holds the VSS device now.
@@ -263,6 +302,8 @@ pub struct VssDeviceStatus {
     pub uio: Option<UioNode>,
     /// `<dev>/vmbus/hv_vss`, when it exists (bound to `hv_utils`).
     pub kernel_dev_node: Option<PathBuf>,
+    /// The channel has a monitor page (`<inst>/monitor_id` exists): UIO mode is refused.
+    pub monitor_page: bool,
 }
 
 /// How the device was steered to `uio_hv_generic`.
@@ -326,7 +367,8 @@ pub struct BindOutcome {
     pub already_bound: bool,
     /// How the device was steered, when something was written.
     pub method: Option<OverrideMethod>,
-    pub kernel: KernelVersion,
+    /// What the kernel release suggested (a hint only).
+    pub kernel: KernelHint,
 }
 
 /// The result of [`unbind`].
@@ -356,8 +398,8 @@ impl fmt::Display for Holder {
 /// Broad classes of [`BindError`], for exit codes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BindErrorKind {
-    /// UIO mode cannot work on this machine: no VMBus, no VSS device, kernel too old,
-    /// module missing.
+    /// UIO mode cannot work on this machine: no VMBus, no VSS device, a monitor page, the
+    /// driver refused the device, module missing.
     Unsupported,
     /// A process holds the device; stop it and retry.
     Busy,
@@ -399,20 +441,29 @@ pub enum BindError {
     },
 
     #[error(
-        "kernel {release} (version {version}) is too old for UIO mode: uio_hv_generic accepts \
-         integration-service channels (no monitor page) and signals the host only since Linux \
-         {MIN_UIO_KERNEL}; upgrade the kernel or use drop-in mode over /dev/vmbus/hv_vss"
+        "VSS device {instance} has a monitor page ({}): uio_hv_generic does not signal the \
+         host for such channels, so replies would never reach it; UIO mode is refused, use \
+         drop-in mode over /dev/vmbus/hv_vss",
+        monitor_id.display()
     )]
-    KernelTooOld {
-        release: String,
-        version: KernelVersion,
+    MonitorPage {
+        instance: String,
+        monitor_id: PathBuf,
     },
 
     #[error(
-        "cannot read a version from kernel release {release:?}; UIO mode needs Linux \
-         {MIN_UIO_KERNEL} or later, use drop-in mode over /dev/vmbus/hv_vss if unsure"
+        "{UIO_DRIVER} refused VSS device {instance} (driver after the probe: {driver_now}; {}); \
+         {kernel}. `dmesg` names the reason (\"vmbus channel requires hypercall\": this kernel \
+         lacks the 2024 series); use drop-in mode on this kernel",
+        if *rolled_back { "the device was handed back to hv_utils" }
+        else { "the device may be left without a driver: run `hv-vss uio unbind`" }
     )]
-    KernelUnparsable { release: String },
+    DriverRefused {
+        instance: String,
+        driver_now: BoundDriver,
+        rolled_back: bool,
+        kernel: KernelHint,
+    },
 
     #[error(
         "kernel module {module} is not available ({detail}); install the kernel's extra modules \
@@ -448,10 +499,9 @@ pub enum BindError {
     },
 
     #[error(
-        "{UIO_DRIVER} did not create a uio node for {instance} within {waited_ms} ms ({}); check \
-         `dmesg` for uio_hv_generic errors (\"vmbus channel requires hypercall\" means the kernel \
-         is too old)",
-        if *rolled_back { "the device was handed back to hv_utils" }
+        "{UIO_DRIVER} took {instance} but no /dev/uioN appeared within {waited_ms} ms ({}); \
+         check `dmesg` and udev",
+        if *rolled_back { "the bind was undone and the device handed back to hv_utils" }
         else { "the device may be left without a driver: run `hv-vss uio unbind`" }
     )]
     UioTimeout {
@@ -489,8 +539,8 @@ impl BindError {
         match self {
             Self::NoVmbus { .. }
             | Self::NoVssDevice { .. }
-            | Self::KernelTooOld { .. }
-            | Self::KernelUnparsable { .. }
+            | Self::MonitorPage { .. }
+            | Self::DriverRefused { .. }
             | Self::ModuleMissing { .. } => BindErrorKind::Unsupported,
             Self::Busy { .. } => BindErrorKind::Busy,
             _ => BindErrorKind::Failed,
@@ -668,6 +718,7 @@ fn status_of(roots: &SystemRoots, instance: &str) -> VssDeviceStatus {
         driver_override,
         uio: read_uio(roots, &device_dir),
         kernel_dev_node: kernel_dev_node.exists().then_some(kernel_dev_node),
+        monitor_page: device_dir.join("monitor_id").exists(),
     }
 }
 
@@ -780,16 +831,27 @@ fn clear_override(roots: &SystemRoots, status: &VssDeviceStatus) -> Result<(), B
 
 /// Hands the VSS device to `uio_hv_generic` (wire §3.5) and returns its uio node.
 ///
-/// Order: VMBus present → kernel ≥ 6.10 → instance → already bound? → holders of
-/// `/dev/vmbus/hv_vss` → load the module → `driver_override` (or `new_id`) → `hv_utils/unbind`
-/// → `drivers_probe` → wait for `uio/uioN` and `/dev/uioN`. Idempotent: a device already bound
-/// to `uio_hv_generic` is reported, not touched. If the node never appears, the device is
-/// handed back to `hv_utils` (best effort) and [`BindError::UioTimeout`] says whether that
-/// worked.
+/// Order: VMBus present → instance → monitor page? (refused, nothing written) → already
+/// bound? → holders of `/dev/vmbus/hv_vss` → load the module → `driver_override` (or
+/// `new_id`) → `hv_utils/unbind` → `drivers_probe` → wait for `uio/uioN` and `/dev/uioN`.
+/// Idempotent: a device already bound to `uio_hv_generic` is reported, not touched.
+///
+/// Eligibility is decided by trying, not by the kernel version (module docs). If the
+/// driver does not take the device ([`BindError::DriverRefused`]) or takes it without a
+/// node appearing ([`BindError::UioTimeout`]), the bind is undone (unbound from
+/// `uio_hv_generic` if needed, steering cleared, probed again so `hv_utils` takes it back)
+/// and the error says whether that worked; the kernel version rides along as a hint.
 pub fn bind(roots: &SystemRoots, options: &BindOptions) -> Result<BindOutcome, BindError> {
     require_vmbus(roots)?;
-    let kernel = check_uio_kernel(&roots.kernel_release()?)?;
+    let kernel = KernelHint::from_release(roots.kernel_release().ok().as_deref());
     let instance = select_instance(roots, options.instance.as_deref())?;
+    let monitor_id = roots.device_dir(&instance).join("monitor_id");
+    if monitor_id.exists() {
+        return Err(BindError::MonitorPage {
+            instance,
+            monitor_id,
+        });
+    }
     let before = status_of(roots, &instance);
     match &before.driver {
         BoundDriver::UioHvGeneric => {
@@ -848,29 +910,45 @@ pub fn bind(roots: &SystemRoots, options: &BindOptions) -> Result<BindOutcome, B
     // With new_id the kernel may already have probed the device; probing again is harmless.
     write_attr(&roots.vmbus().join("drivers_probe"), &instance)?;
 
-    match wait_for_uio(roots, &instance, options.uio_timeout) {
-        Some(uio) => {
-            tracing::info!(op = "uio_bind", instance, uio = %uio.dev_path.display(), ?method, "bound");
-            Ok(BindOutcome {
-                instance,
-                uio,
-                already_bound: false,
-                method: Some(method),
-                kernel,
-            })
-        }
-        None => {
-            let now = status_of(roots, &instance);
-            let rolled_back = now.driver != BoundDriver::UioHvGeneric
-                && clear_override(roots, &now).is_ok()
-                && write_attr(&roots.vmbus().join("drivers_probe"), &instance).is_ok();
-            Err(BindError::UioTimeout {
-                instance,
-                waited_ms: options.uio_timeout.as_millis(),
-                rolled_back,
-            })
-        }
+    if let Some(uio) = wait_for_uio(roots, &instance, options.uio_timeout) {
+        tracing::info!(op = "uio_bind", instance, uio = %uio.dev_path.display(), ?method, %kernel, "bound");
+        return Ok(BindOutcome {
+            instance,
+            uio,
+            already_bound: false,
+            method: Some(method),
+            kernel,
+        });
     }
+    // The attempt failed: say how, and undo it.
+    let now = status_of(roots, &instance);
+    let took_it = now.driver == BoundDriver::UioHvGeneric;
+    let rolled_back = undo_bind(roots, &now);
+    tracing::warn!(op = "uio_bind", instance, driver_now = %now.driver, rolled_back, %kernel, "bind failed");
+    if took_it {
+        Err(BindError::UioTimeout {
+            instance,
+            waited_ms: options.uio_timeout.as_millis(),
+            rolled_back,
+        })
+    } else {
+        Err(BindError::DriverRefused {
+            instance,
+            driver_now: now.driver,
+            rolled_back,
+            kernel,
+        })
+    }
+}
+
+/// Undoes a failed bind (best effort): unbind from `uio_hv_generic` if it holds the device,
+/// clear the steering, probe again so `hv_utils` takes it. True when every write worked.
+fn undo_bind(roots: &SystemRoots, now: &VssDeviceStatus) -> bool {
+    let unbound = now.driver != BoundDriver::UioHvGeneric
+        || write_attr(&roots.driver_dir(UIO_DRIVER).join("unbind"), &now.instance).is_ok();
+    unbound
+        && clear_override(roots, now).is_ok()
+        && write_attr(&roots.vmbus().join("drivers_probe"), &now.instance).is_ok()
 }
 
 /// Gives the VSS device back to `hv_utils` (wire §3.5 step 6).
@@ -979,23 +1057,25 @@ mod tests {
         }
     }
 
+    /// The version is a hint only: it never refuses, it only shapes the message.
     #[test]
-    fn kernel_gate_is_6_10() {
-        assert_eq!(check_uio_kernel("6.10.0-1-azure").unwrap(), v(6, 10, 0));
-        assert!(check_uio_kernel("6.18.44-fc-v669").is_ok());
-        assert!(check_uio_kernel("7.0").is_ok());
-        let err = check_uio_kernel("6.9.12").unwrap_err();
-        assert!(matches!(err, BindError::KernelTooOld { .. }));
-        let err = check_uio_kernel("5.15.0-1057-azure").unwrap_err();
-        let msg = err.to_string();
-        assert!(msg.contains("5.15.0-1057-azure"), "{msg}");
-        assert!(msg.contains("6.10"), "{msg}");
-        assert!(msg.contains("monitor page"), "{msg}");
-        assert_eq!(err.kind(), BindErrorKind::Unsupported);
-        assert!(matches!(
-            check_uio_kernel("banana"),
-            Err(BindError::KernelUnparsable { .. })
-        ));
+    fn kernel_version_is_only_a_hint() {
+        let new = KernelHint::from_release(Some("6.10.0-1-azure"));
+        assert_eq!(new.version, Some(v(6, 10, 0)));
+        assert_eq!(new.at_least_6_10(), Some(true));
+        assert_eq!(new.to_string(), "kernel 6.10.0-1-azure");
+        let old = KernelHint::from_release(Some("5.15.0-1057-azure"));
+        assert_eq!(old.at_least_6_10(), Some(false));
+        let msg = old.to_string();
+        assert!(
+            msg.contains("5.15.0-1057-azure") && msg.contains("6.10"),
+            "{msg}"
+        );
+        assert!(msg.contains("only if this kernel carries"), "{msg}");
+        let odd = KernelHint::from_release(Some("banana"));
+        assert_eq!(odd.at_least_6_10(), None);
+        assert!(odd.to_string().contains("not recognised"));
+        assert_eq!(KernelHint::from_release(None).release, None);
     }
 
     #[test]

@@ -3,28 +3,46 @@
 //!
 //! # Kernel and host contract
 //!
-//! - wire-protocol.md §3.3: RX interrupts start masked after the first open, and NEGOTIATE
-//!   may already sit in the ring with no interrupt to announce it. On every wake: drain every
-//!   packet, answer each, unmask, fence, look at the ring again, and loop if data arrived.
+//! - wire-protocol.md §3.2–3.3: RX interrupts may be masked at open (old `uio_hv_generic`
+//!   masks at open and on every interrupt; since commit b15b7d2a1b09, CVE-2025-40048, it never
+//!   touches the mask, which then holds whatever the previous owner left, possibly 1), and
+//!   NEGOTIATE may already sit in the ring with no interrupt to announce it. The endpoint owns
+//!   the mask and relies on no driver masking: on every wake it drains every packet, answers
+//!   each, unmasks, fences, looks at the ring again, and loops if data arrived.
 //!   [`IcEndpoint::service`] does exactly that; call it once right after construction.
 //! - §2.4 / R11: each packet is copied into the channel's private receive buffer (at least
 //!   16 KiB, descriptor included) before it is parsed; a larger packet is
 //!   [`EndpointError::Oversize`], never truncated.
-//! - §5.2 / R2 / R3: NEGOTIATE is answered at once, whatever else is going on (framework
-//!   3.0, VSS 5.0). A failed negotiation is answered once with counts 0 and HV_E_FAIL; every
-//!   later NEGOTIATE on this channel goes unanswered.
+//! - §5.2 / R2 / R3: every NEGOTIATE is answered at once, whatever else is going on
+//!   (framework 3.0, VSS 5.0), as Linux and FreeBSD answer every one. A failed or malformed
+//!   offer (no common version, a count of 0 or above 100, versions past the payload) gets
+//!   counts 0, `icmsgsize` 16 and HV_E_FAIL, and so does every repeat: a host that hears
+//!   nothing loops on NEGOTIATE. Only the notice is rate-limited. A NEGOTIATE too short to
+//!   hold the counts (under 36 bytes) cannot be answered and is dropped.
 //! - §6.4 / R5: GET_DM_INFO (S_OK, flags 0), CREATE, DELETE, AUTO_RECOVER and BU_COMPLETE
-//!   (S_OK) are answered here; an unknown operation gets HV_E_FAIL. HOT_BACKUP, FREEZE and
-//!   THAW are handed to the caller as a [`PendingRequest`].
-//! - R10: an IC type other than NEGOTIATE and VSS, a VSS payload under 40 bytes, or IC
-//!   framing that does not parse gets no reply; the caller is told why ([`IcNotice::Dropped`]).
+//!   (S_OK) are answered here; an unknown operation gets HV_E_FAIL (Linux answers S_OK and
+//!   FreeBSD stays silent: a host must not read success into an operation nobody performed,
+//!   and silence would leave it waiting; docs/daemon.md). HOT_BACKUP, FREEZE and THAW are
+//!   handed to the caller as a [`PendingRequest`].
+//! - §4.2 / R10: `icmsgsize` is not trusted (no guest reads it on receive). A request whose
+//!   `icmsgsize` is larger, smaller or zero against the bytes that arrived is served from
+//!   the bytes that arrived and reported ([`IcNotice::IcmsgsizeMismatch`], rate-limited).
+//!   Only a packet too short for the IC header plus the 12-byte VSS message, an IC type other
+//!   than NEGOTIATE and VSS, or IC framing that does not parse gets no reply; the caller is
+//!   told why ([`IcNotice::Dropped`]). A FREEZE body of 12,500 bytes (OpenVMM's
+//!   `Message2Ex`) fits the 16 KiB receive buffer and is echoed whole.
 //! - §4.3 / R4 / R7 / R8: a reply is the request's private copy with status and icflags 0x05
 //!   set, HOT_BACKUP `flags` = 5 on success and failure, everything else echoed (LUN data
 //!   too), same length, in-band, VMBus flags 0, the request's `trans_id`. Only S_OK and
 //!   HV_E_FAIL go on the wire.
-//! - §3.3 step 5 / R15: `EIO` from the device is [`EndpointError::Rescinded`]; a corrupt
-//!   ring is [`EndpointError::Corrupt`]. Both are final: the caller thaws, drops the
-//!   endpoint, waits for the device, rebinds and reopens.
+//! - §3.2, §3.3 step 5 / R15: `EIO`, `EINVAL` or `POLLERR` from the device is
+//!   [`EndpointError::Rescinded`]. The kernel frees the ring pages on a rescind while they
+//!   are still mapped, so every send burst (each [`IcEndpoint::service`] pass, each
+//!   [`IcEndpoint::reply`], each [`IcEndpoint::flush`]) starts with a zero-timeout poll
+//!   ([`VmbusChannel::check_alive`]), and the rings are unmapped the moment a rescind is
+//!   seen: no late reply is written into a rescinded ring. A corrupt ring is
+//!   [`EndpointError::Corrupt`]. Both are final: the caller thaws, drops the endpoint,
+//!   waits for the device, rebinds and reopens.
 //!
 //! # Design: exactly one reply
 //!
@@ -66,11 +84,12 @@
 //!
 //! - The receive buffer is the channel's ([`hv_vss_ring::RECV_BUFFER_MIN`] = 16 KiB with the
 //!   16-byte descriptor), so the largest payload is 16,368 bytes: above every VSS message
-//!   (AUTO_RECOVER ≤ 12,528 bytes of payload), below OpenVMM's 13,312-byte cap plus margin.
+//!   (FREEZE or AUTO_RECOVER with `Message2Ex`: 12,528 bytes of payload) and OpenVMM's
+//!   13,312-byte cap.
 //! - VSS requests are served whether or not a negotiation succeeded (a host that failed to
 //!   negotiate should not send them; if it does, answering is the safe choice).
-//! - The endpoint cannot see a rescind on a shared-memory channel (there is no `EIO`); the
-//!   process that handed the rings over signals it by hanging up its socket.
+//! - A rescind between the zero-timeout poll and the ring write cannot be excluded from
+//!   userspace; the poll narrows the window to one burst.
 
 use std::collections::VecDeque;
 use std::fmt;
@@ -80,7 +99,7 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use hv_vss_protocol::ic::{IcError, IcMessage, IcReply};
-use hv_vss_protocol::negotiate::{NegotiateError, NegotiateOffer, NegotiateOutcome};
+use hv_vss_protocol::negotiate::{self, NegotiateError, NegotiateFailure, NegotiateOutcome};
 use hv_vss_protocol::vss::{CoordinatorOp, LocalAnswer, NoReplyReason, UioRoute};
 use hv_vss_protocol::{HvStatus, Version, VssOperation};
 use hv_vss_ring::{Corruption, RingError};
@@ -91,7 +110,8 @@ use crate::uio::{ChannelError, VmbusChannel, Wake};
 /// endpoint, thaw, and reopen the channel.
 #[derive(Debug, thiserror::Error)]
 pub enum EndpointError {
-    /// The device was removed (`EIO`): thaw, wait for the re-offer, rebind, reopen (R15).
+    /// The device was removed (`EIO`, `EINVAL` or `POLLERR`): thaw, wait for the re-offer,
+    /// rebind, reopen (R15). The rings are unmapped.
     #[error("the VSS channel was rescinded")]
     Rescinded,
     /// The host wrote an impossible index or descriptor (R9).
@@ -147,8 +167,8 @@ pub enum Negotiation {
         /// VSS message version ("5.0").
         message: Version,
     },
-    /// A NEGOTIATE offered nothing we support; it got counts 0 and HV_E_FAIL, and later
-    /// ones go unanswered (R3).
+    /// The last NEGOTIATE offered nothing we support or was malformed; it got counts 0 and
+    /// HV_E_FAIL. A later NEGOTIATE is answered again and may still agree (R3).
     Failed,
 }
 
@@ -159,10 +179,9 @@ pub enum DropReason {
     BadFraming(IcError),
     /// An IC type other than NEGOTIATE and VSS, or a VSS payload under 40 bytes (R10).
     NotForUs(NoReplyReason),
-    /// A NEGOTIATE whose offer is malformed: there is nothing sound to answer.
+    /// A NEGOTIATE too short to hold the version counts (under 36 bytes): there is nowhere
+    /// to write the answer's counts.
     BadNegotiate(NegotiateError),
-    /// A NEGOTIATE after a failed one (R3).
-    NegotiateAfterFailure,
     /// Not an in-band data packet (type 6).
     NotInband {
         /// The descriptor's packet type.
@@ -183,14 +202,17 @@ pub enum NoticeKind {
     DuplicateTransId,
     /// Tokens dropped without a reply.
     Abandoned,
+    /// Requests whose `icmsgsize` disagrees with their length.
+    IcmsgsizeMismatch,
 }
 
-const NOTICE_KINDS: [NoticeKind; 5] = [
+const NOTICE_KINDS: [NoticeKind; 6] = [
     NoticeKind::Negotiation,
     NoticeKind::Dropped,
     NoticeKind::UnknownOperation,
     NoticeKind::DuplicateTransId,
     NoticeKind::Abandoned,
+    NoticeKind::IcmsgsizeMismatch,
 ];
 
 /// A condition worth a log line, for the caller to log when it is safe (not while frozen).
@@ -203,12 +225,26 @@ pub enum IcNotice {
         /// VSS message version.
         message: Version,
     },
-    /// A NEGOTIATE offered nothing we support; answered counts 0, HV_E_FAIL (logged once).
+    /// A NEGOTIATE offered nothing we support, or was malformed; answered counts 0,
+    /// `icmsgsize` 16, HV_E_FAIL. Every such NEGOTIATE is answered; only this notice is
+    /// rate-limited.
     NegotiationFailed {
-        /// Framework versions the host offered.
+        /// Why.
+        failure: NegotiateFailure,
+        /// Framework versions the host offered (empty if malformed).
         offered_framework: Vec<Version>,
-        /// Message versions the host offered.
+        /// Message versions the host offered (empty if malformed).
         offered_message: Vec<Version>,
+    },
+    /// A VSS request whose `icmsgsize` disagrees with the bytes that arrived; it was served
+    /// from the bytes that arrived (wire §4.2, R10).
+    IcmsgsizeMismatch {
+        /// Its VMBus transaction id.
+        trans_id: u64,
+        /// The header's `icmsgsize`.
+        declared: u16,
+        /// Bytes after the IC header, ring padding included.
+        arrived: usize,
     },
     /// A packet got no reply.
     Dropped {
@@ -259,6 +295,7 @@ impl IcNotice {
             IcNotice::UnknownOperation { .. } => NoticeKind::UnknownOperation,
             IcNotice::DuplicateTransId { .. } => NoticeKind::DuplicateTransId,
             IcNotice::Abandoned { .. } => NoticeKind::Abandoned,
+            IcNotice::IcmsgsizeMismatch { .. } => NoticeKind::IcmsgsizeMismatch,
             IcNotice::Suppressed { kind, .. } => *kind,
         }
     }
@@ -502,6 +539,11 @@ impl<C: VmbusChannel> IcEndpoint<C> {
         &self.channel
     }
 
+    /// The channel, mutably (diagnostics and fault injection in tests).
+    pub fn channel_mut(&mut self) -> &mut C {
+        &mut self.channel
+    }
+
     /// The fd to poll for `POLLIN`: the host signalled. Then call [`IcEndpoint::service`].
     pub fn poll_fd(&self) -> BorrowedFd<'_> {
         self.channel.signal_fd()
@@ -528,7 +570,11 @@ impl<C: VmbusChannel> IcEndpoint<C> {
     /// Sends the replies owed by dropped tokens and those held back by a full ring.
     pub fn flush(&mut self) -> Result<(), EndpointError> {
         self.check_running()?;
-        let r = self.flush_inner();
+        let r = self
+            .channel
+            .check_alive()
+            .map_err(EndpointError::from)
+            .and_then(|()| self.flush_inner());
         self.guard(r)
     }
 
@@ -555,6 +601,8 @@ impl<C: VmbusChannel> IcEndpoint<C> {
         drop(request);
         self.check_running()?;
         let r = (|| {
+            // A late reply must never land in a rescinded ring (freed memory).
+            self.channel.check_alive()?;
             self.flush_inner()?;
             if let Some(payload) = payload {
                 self.send_reply(trans_id, payload)?;
@@ -605,11 +653,15 @@ impl<C: VmbusChannel> IcEndpoint<C> {
         }
     }
 
-    /// Records a final error so that later calls refuse at once.
+    /// Records a final error so that later calls refuse at once. On a rescind the rings
+    /// are unmapped at once: the kernel frees their pages while they are still mapped.
     fn guard<T>(&mut self, r: Result<T, EndpointError>) -> Result<T, EndpointError> {
         if let Err(e) = &r
             && !matches!(e, EndpointError::ForeignRequest { .. })
         {
+            if matches!(e, EndpointError::Rescinded) {
+                self.channel.unmap();
+            }
             self.stopped = Some(e.to_string());
         }
         r
@@ -688,8 +740,10 @@ impl<C: VmbusChannel> IcEndpoint<C> {
 
     fn service_inner(&mut self) -> Result<Vec<IcEvent>, EndpointError> {
         // Consume the wake-up first: a signal that arrives while we drain makes the fd
-        // readable again, which at worst costs one empty pass.
+        // readable again, which at worst costs one empty pass. Then make sure the device is
+        // still there before this pass writes any reply (§3.2: POLLERR after a rescind).
         self.channel.ack_signals()?;
+        self.channel.check_alive()?;
         self.flush_inner()?;
         let mut events = Vec::new();
         loop {
@@ -732,7 +786,20 @@ impl<C: VmbusChannel> IcEndpoint<C> {
                 return Ok(true);
             }
         };
-        match hv_vss_protocol::vss::route_uio(ic) {
+        let route = hv_vss_protocol::vss::route_uio(ic);
+        if !ic.icmsgsize_matches()
+            && matches!(
+                route,
+                UioRoute::AnswerLocally { .. } | UioRoute::Coordinator { .. }
+            )
+        {
+            self.notice(IcNotice::IcmsgsizeMismatch {
+                trans_id,
+                declared: ic.header().icmsgsize.get(),
+                arrived: ic.body().len(),
+            });
+        }
+        match route {
             UioRoute::Negotiate => self.negotiate(trans_id, ic)?,
             UioRoute::NoReply(reason) => {
                 self.drop_packet(trans_id, payload.len(), DropReason::NotForUs(reason));
@@ -778,21 +845,19 @@ impl<C: VmbusChannel> IcEndpoint<C> {
     }
 
     fn negotiate(&mut self, trans_id: u64, ic: IcMessage<'_>) -> Result<(), EndpointError> {
-        if self.negotiation == Negotiation::Failed {
-            self.drop_packet(trans_id, ic.len(), DropReason::NegotiateAfterFailure);
-            return Ok(());
-        }
-        let offer = match NegotiateOffer::parse(ic) {
-            Ok(offer) => offer,
+        // R3: every NEGOTIATE that holds the counts is answered, also after a failed one and
+        // also when malformed; only a payload too short for the counts goes unanswered.
+        let answer = match negotiate::answer_offer(
+            ic,
+            &negotiate::GUEST_FRAMEWORK_VERSIONS,
+            &negotiate::GUEST_VSS_VERSIONS,
+        ) {
+            Ok(answer) => answer,
             Err(e) => {
                 self.drop_packet(trans_id, ic.len(), DropReason::BadNegotiate(e));
                 return Ok(());
             }
         };
-        let answer = offer.answer(
-            &hv_vss_protocol::negotiate::GUEST_FRAMEWORK_VERSIONS,
-            &hv_vss_protocol::negotiate::GUEST_VSS_VERSIONS,
-        );
         self.stats.answered_locally += 1;
         // R2: the reply goes out before anything else happens.
         self.send_reply(trans_id, answer.reply.into_bytes())?;
@@ -801,11 +866,12 @@ impl<C: VmbusChannel> IcEndpoint<C> {
                 self.negotiation = Negotiation::Agreed { framework, message };
                 self.notice(IcNotice::Negotiated { framework, message });
             }
-            NegotiateOutcome::Failed => {
+            NegotiateOutcome::Failed(failure) => {
                 self.negotiation = Negotiation::Failed;
                 self.notice(IcNotice::NegotiationFailed {
-                    offered_framework: offer.framework_versions,
-                    offered_message: offer.message_versions,
+                    failure,
+                    offered_framework: answer.offered_framework,
+                    offered_message: answer.offered_message,
                 });
             }
         }
@@ -862,7 +928,7 @@ mod tests {
             ep.versions().map(|(f, m)| (f.to_string(), m.to_string())),
             Some(("3.0".into(), "5.0".into()))
         );
-        assert!(!ep.channel().reader().is_masked(), "left unmasked");
+        assert!(!ep.channel().reader().unwrap().is_masked(), "left unmasked");
     }
 
     #[test]

@@ -5,7 +5,9 @@
 //!
 //! - `open` is exclusive: a second open fails with `EBUSY` (another VSS daemon holds the
 //!   device); after the device is destroyed, `EBADF`.
-//! - The daemon writes the 12-byte REGISTER1 message, then reads exactly 4 bytes holding 129.
+//! - The daemon writes the 12-byte REGISTER1 message, then reads exactly 4 bytes: the
+//!   kernel's protocol version, 129 today. Any value is accepted, as the stock daemon does
+//!   (it only records it); one that is not 129 is logged at warn level (wire §8.3, R12).
 //! - `read` **blocks until a message is pending whatever `O_NONBLOCK` says**, so every read
 //!   here is preceded by `poll`. Requests are 12 bytes.
 //! - `write` must be 12 bytes. `EINVAL` means the transaction is not active (the kernel
@@ -81,7 +83,7 @@ pub enum KernelDevError {
     /// The handshake reply did not come in time.
     #[error("no handshake reply from the VSS device within {0:?}")]
     RegisterTimeout(Duration),
-    /// The handshake reply was not the 4 bytes 129.
+    /// The handshake reply was not 4 bytes long.
     #[error("bad handshake reply: {0}")]
     Handshake(#[source] KernelMsgError),
     /// A read returned a message of the wrong length.
@@ -141,7 +143,8 @@ pub struct KernelDevice {
     fd: OwnedFd,
     kind: DeviceKind,
     path: PathBuf,
-    registered: bool,
+    /// The 4-byte handshake reply, once registered.
+    kernel_version: Option<u32>,
 }
 
 impl AsFd for KernelDevice {
@@ -186,7 +189,7 @@ impl KernelDevice {
             fd,
             kind,
             path,
-            registered: false,
+            kernel_version: None,
         })
     }
 
@@ -202,11 +205,16 @@ impl KernelDevice {
 
     /// True once [`register`](Self::register) succeeded.
     pub fn is_registered(&self) -> bool {
-        self.registered
+        self.kernel_version.is_some()
     }
 
-    /// Registers with REGISTER1 and checks the 4-byte reply is 129, waiting at most
-    /// [`REGISTER_TIMEOUT`].
+    /// The kernel's protocol version from the handshake reply, once registered.
+    pub fn kernel_version(&self) -> Option<u32> {
+        self.kernel_version
+    }
+
+    /// Registers with REGISTER1 and reads the 4-byte reply (any value; logged at warn level
+    /// when it is not 129), waiting at most [`REGISTER_TIMEOUT`].
     pub fn register(&mut self) -> Result<(), KernelDevError> {
         self.register_timeout(REGISTER_TIMEOUT)
     }
@@ -221,8 +229,17 @@ impl KernelDevice {
         let len = self.read_msg(&mut buf)?;
         let version =
             kernel::parse_handshake_reply(&buf[..len]).map_err(KernelDevError::Handshake)?;
-        self.registered = true;
-        tracing::info!(path = %self.path.display(), version, "registered with the VSS device");
+        self.kernel_version = Some(version);
+        if version == kernel::KERNEL_PROTOCOL_VERSION {
+            tracing::info!(path = %self.path.display(), version, "registered with the VSS device");
+        } else {
+            tracing::warn!(
+                path = %self.path.display(),
+                version,
+                expected = kernel::KERNEL_PROTOCOL_VERSION,
+                "registered with the VSS device; its handshake reply is not the expected version, accepted as the stock daemon does"
+            );
+        }
         Ok(())
     }
 

@@ -2,11 +2,30 @@
 //! backend implements.
 //!
 //! Kernel contract (wire-protocol.md §3.2–3.3): map 0 of `/dev/uioN` is the TX ring followed
-//! by the RX ring, each `map0 size / 2` bytes with a one-page header. The first open opens
-//! the channel and leaves RX interrupts **masked**. A host interrupt makes the driver set RX
-//! `interrupt_mask` = 1 and bump the event counter (`poll`/`read`). `write(1)` unmasks RX and
-//! signals the host; there is no other way to signal from userspace. `EIO` from any call (or
-//! `POLLERR`) means the device was rescinded.
+//! by the RX ring, each `map0 size / 2` bytes with a one-page header (0x402000 bytes on
+//! current kernels: 2 MiB + one page per ring; 4 MiB before commit 0315fef2aff9; always read
+//! from sysfs). The first open opens the channel. A host interrupt bumps the event counter
+//! (`poll`/`read`). `write(1)` unmasks RX and signals the host, but only on a channel without
+//! a monitor page (`/sys/bus/vmbus/devices/<inst>/monitor_id` absent): on one with a monitor
+//! page the replies would never be announced, so [`UioChannel::open`] refuses such a device
+//! ([`ChannelError::MonitorPage`]).
+//!
+//! Two driver generations (§3.2): before commit b15b7d2a1b09 the driver set RX
+//! `interrupt_mask` = 1 at open and on every host interrupt; since then (CVE-2025-40048, in
+//! mainline and stable 6.17.3, 6.12.53, 6.6.112, 6.1.156, 5.15.195, 5.10.246, 5.4.301) it
+//! never touches the mask, and at open the mask holds whatever the previous owner left,
+//! possibly 1. Userspace owns the mask on new kernels; the channel works on both because
+//! it never relies on the driver's masking: it unmasks, fences and re-checks before every
+//! block ([`VmbusChannel::wait`], [`VmbusChannel::unmask`]).
+//!
+//! Rescind (§3.2): `read` and `poll` report `EIO`/`POLLERR`, and `write` returns `EINVAL`
+//! (the UIO core finds no device info before it checks the irq), so after a successful open
+//! all three mean [`ChannelError::Rescinded`]. The kernel then frees the ring pages while
+//! they are still mapped (`remap_pfn_range` holds no reference): a write into the mapping
+//! lands in freed memory. The channel therefore unmaps the rings the moment it sees a
+//! rescind, refuses every later call, and offers [`VmbusChannel::check_alive`] (a
+//! zero-timeout poll for `POLLERR`), which the IC endpoint calls before every send burst.
+//! A rescind between that poll and the write cannot be excluded from userspace.
 //!
 //! # Design
 //!
@@ -40,10 +59,23 @@ pub use hv_vss_ring::Packet;
 /// Errors of a VMBus channel.
 #[derive(Debug, thiserror::Error)]
 pub enum ChannelError {
-    /// The device was removed (`EIO` / `POLLERR` on `/dev/uioN`): thaw, close, wait for the
-    /// re-offer (R15).
+    /// The device was removed (`EIO`, `EINVAL` or `POLLERR` on `/dev/uioN` after a
+    /// successful open): thaw, close, wait for the re-offer (R15). The rings are unmapped.
     #[error("the VMBus channel was rescinded")]
     Rescinded,
+    /// The channel has a monitor page (`monitor_id` in sysfs): `uio_hv_generic`'s `write(1)`
+    /// would not signal the host, so replies would never reach it. UIO mode is refused.
+    #[error(
+        "the VMBus channel of uio{index} has a monitor page ({}): uio_hv_generic does not \
+         signal the host for such channels, so replies would never reach it; use drop-in mode",
+        monitor_id.display()
+    )]
+    MonitorPage {
+        /// N of `/dev/uioN`.
+        index: u32,
+        /// The `monitor_id` attribute found.
+        monitor_id: std::path::PathBuf,
+    },
     /// A ring error: `Full`, or a fatal one (`Corrupt`, `Oversize`, ...); see
     /// [`RingError::is_fatal`].
     #[error(transparent)]
@@ -142,6 +174,18 @@ pub trait VmbusChannel {
 
     /// Consumes pending signals on [`VmbusChannel::signal_fd`] without blocking.
     fn ack_signals(&mut self) -> Result<(), ChannelError>;
+
+    /// Polls the device with a zero timeout: [`ChannelError::Rescinded`] (and the rings
+    /// unmapped) if it reports `POLLERR`. Call before every burst of sends: after a rescind
+    /// the ring pages are freed memory.
+    fn check_alive(&mut self) -> Result<(), ChannelError>;
+
+    /// Drops the ring mapping for good; every later call fails with
+    /// [`ChannelError::Rescinded`]. Done automatically on a rescind the channel sees itself.
+    fn unmap(&mut self);
+
+    /// False once the rings are unmapped.
+    fn is_mapped(&self) -> bool;
 }
 
 /// How a backend signals its peer and waits for the peer's signal.
@@ -154,13 +198,24 @@ pub trait Doorbell {
     fn ack(&mut self) -> Result<(), ChannelError>;
     /// The fd that polls readable when signalled.
     fn fd(&self) -> BorrowedFd<'_>;
+    /// Zero-timeout poll: [`ChannelError::Rescinded`] when the fd reports an error.
+    fn check_alive(&mut self) -> Result<(), ChannelError>;
+    /// Drops any reference the doorbell holds to the ring memory.
+    fn unmap(&mut self) {}
+}
+
+/// The two rings of a mapped channel.
+#[derive(Debug)]
+struct Rings<M> {
+    rx: RingReader<M>,
+    tx: RingWriter<M>,
 }
 
 /// The ring-based [`VmbusChannel`]: receive ring, send ring and a [`Doorbell`].
 #[derive(Debug)]
 pub struct RingChannel<M, D> {
-    rx: RingReader<M>,
-    tx: RingWriter<M>,
+    /// `None` once unmapped (after a rescind).
+    rings: Option<Rings<M>>,
     doorbell: D,
     spin: Duration,
 }
@@ -169,41 +224,65 @@ impl<M: RingMem, D: Doorbell> RingChannel<M, D> {
     /// A channel reading `rx`, writing `tx`, signalling through `doorbell`; no spinning.
     pub fn new(rx: M, tx: M, doorbell: D) -> Result<Self, ChannelError> {
         Ok(Self {
-            rx: RingReader::new(rx)?,
-            tx: RingWriter::new(tx)?,
+            rings: Some(Rings {
+                rx: RingReader::new(rx)?,
+                tx: RingWriter::new(tx)?,
+            }),
             doorbell,
             spin: Duration::ZERO,
         })
     }
 
-    /// The receive half (for diagnostics and tests).
-    pub fn reader(&self) -> &RingReader<M> {
-        &self.rx
+    /// The receive half (for diagnostics and tests); `None` once unmapped.
+    pub fn reader(&self) -> Option<&RingReader<M>> {
+        self.rings.as_ref().map(|r| &r.rx)
     }
 
-    /// The send half (for diagnostics and tests).
-    pub fn writer(&self) -> &RingWriter<M> {
-        &self.tx
+    /// The send half (for diagnostics and tests); `None` once unmapped.
+    pub fn writer(&self) -> Option<&RingWriter<M>> {
+        self.rings.as_ref().map(|r| &r.tx)
     }
 
     /// The doorbell.
     pub fn doorbell(&self) -> &D {
         &self.doorbell
     }
+
+    /// The doorbell, mutably (a simulated host hangs up or signals through it).
+    pub fn doorbell_mut(&mut self) -> &mut D {
+        &mut self.doorbell
+    }
+
+    fn rings(&self) -> Result<&Rings<M>, ChannelError> {
+        self.rings.as_ref().ok_or(ChannelError::Rescinded)
+    }
+
+    /// Unmaps on a rescind, then hands the result on.
+    fn seen<T>(&mut self, r: Result<T, ChannelError>) -> Result<T, ChannelError> {
+        if matches!(r, Err(ChannelError::Rescinded)) {
+            self.unmap();
+        }
+        r
+    }
 }
 
 impl<M: RingMem, D: Doorbell> VmbusChannel for RingChannel<M, D> {
     fn send(&mut self, trans_id: u64, payload: &[u8]) -> Result<(), ChannelError> {
-        let sent = self.tx.write(trans_id, payload)?;
+        let rings = self.rings.as_mut().ok_or(ChannelError::Rescinded)?;
+        let sent = rings.tx.write(trans_id, payload)?;
         if sent.signal_peer {
-            self.doorbell.ring()?;
+            let r = self.doorbell.ring();
+            self.seen(r)?;
         }
         Ok(())
     }
 
     fn recv(&mut self) -> Result<Option<Packet<'_>>, ChannelError> {
-        match self.rx.read() {
+        let rings = self.rings.as_mut().ok_or(ChannelError::Rescinded)?;
+        match rings.rx.read() {
             Ok(received) => {
+                // A rescind seen here is unmapped by the caller's next step (the endpoint
+                // calls `unmap` on every rescind): the packet borrows the reader.
                 if received.signal_peer {
                     self.doorbell.ring()?;
                 }
@@ -215,7 +294,53 @@ impl<M: RingMem, D: Doorbell> VmbusChannel for RingChannel<M, D> {
     }
 
     fn wait(&mut self, timeout: Option<Duration>) -> Result<Wake, ChannelError> {
-        if self.rx.has_data()? {
+        let r = self.wait_inner(timeout);
+        self.seen(r)
+    }
+
+    fn mask(&mut self) -> Result<(), ChannelError> {
+        self.rings()?.rx.mask();
+        Ok(())
+    }
+
+    fn unmask(&mut self) -> Result<bool, ChannelError> {
+        Ok(self.rings()?.rx.unmask_and_recheck()?)
+    }
+
+    fn set_spin(&mut self, spin: Duration) {
+        self.spin = spin;
+    }
+
+    fn signal_fd(&self) -> BorrowedFd<'_> {
+        self.doorbell.fd()
+    }
+
+    fn ack_signals(&mut self) -> Result<(), ChannelError> {
+        self.rings()?;
+        let r = self.doorbell.ack();
+        self.seen(r)
+    }
+
+    fn check_alive(&mut self) -> Result<(), ChannelError> {
+        self.rings()?;
+        let r = self.doorbell.check_alive();
+        self.seen(r)
+    }
+
+    fn unmap(&mut self) {
+        self.rings = None;
+        self.doorbell.unmap();
+    }
+
+    fn is_mapped(&self) -> bool {
+        self.rings.is_some()
+    }
+}
+
+impl<M: RingMem, D: Doorbell> RingChannel<M, D> {
+    fn wait_inner(&mut self, timeout: Option<Duration>) -> Result<Wake, ChannelError> {
+        let rx = &self.rings()?.rx;
+        if rx.has_data()? {
             return Ok(Wake::Ready);
         }
         let start = Instant::now();
@@ -223,7 +348,7 @@ impl<M: RingMem, D: Doorbell> VmbusChannel for RingChannel<M, D> {
         let spin = timeout.map_or(self.spin, |t| t.min(self.spin));
         if !spin.is_zero() {
             // Masked while spinning: the peer sees the mask and skips its signal syscall.
-            self.rx.mask();
+            rx.mask();
             // A few microseconds of pure busy polling catch a peer that is running on
             // another core; after that each poll is followed by sched_yield, because on a
             // machine with fewer free cores than spinners (the peer, a compiler, ...) a busy
@@ -232,7 +357,7 @@ impl<M: RingMem, D: Doorbell> VmbusChannel for RingChannel<M, D> {
             let spin_end = start + spin;
             let busy_end = start + spin.min(BUSY_POLL);
             loop {
-                if self.rx.has_data()? {
+                if rx.has_data()? {
                     return Ok(Wake::Ready);
                 }
                 let now = Instant::now();
@@ -248,7 +373,7 @@ impl<M: RingMem, D: Doorbell> VmbusChannel for RingChannel<M, D> {
         }
         // Unmask, full fence, look again: data published before the peer saw the unmask
         // gets no signal (§3.3 step 3).
-        if self.rx.unmask_and_recheck()? {
+        if rx.unmask_and_recheck()? {
             return Ok(Wake::Ready);
         }
         let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
@@ -258,27 +383,6 @@ impl<M: RingMem, D: Doorbell> VmbusChannel for RingChannel<M, D> {
         } else {
             Ok(Wake::TimedOut)
         }
-    }
-
-    fn mask(&mut self) -> Result<(), ChannelError> {
-        self.rx.mask();
-        Ok(())
-    }
-
-    fn unmask(&mut self) -> Result<bool, ChannelError> {
-        Ok(self.rx.unmask_and_recheck()?)
-    }
-
-    fn set_spin(&mut self, spin: Duration) {
-        self.spin = spin;
-    }
-
-    fn signal_fd(&self) -> BorrowedFd<'_> {
-        self.doorbell.fd()
-    }
-
-    fn ack_signals(&mut self) -> Result<(), ChannelError> {
-        self.doorbell.ack()
     }
 }
 
@@ -356,6 +460,12 @@ impl Doorbell for UioDoorbell {
     fn fd(&self) -> BorrowedFd<'_> {
         self.dev.as_fd()
     }
+
+    fn check_alive(&mut self) -> Result<(), ChannelError> {
+        // POLLERR (UioError::Rescinded) is all that matters here; an event stays pending.
+        self.dev.poll(Some(Duration::ZERO))?;
+        Ok(())
+    }
 }
 
 /// The guest side of a VMBus channel over `/dev/uioN`.
@@ -363,15 +473,25 @@ pub type UioChannel = RingChannel<MappedRing, UioDoorbell>;
 
 impl RingChannel<MappedRing, UioDoorbell> {
     /// Opens `/dev/uio<index>`, maps map 0 and locates TX (offset 0) and RX (offset
-    /// ring size). RX interrupts start masked: call [`VmbusChannel::wait`] (or
+    /// ring size). RX interrupts may start masked (old drivers mask at open, new ones leave
+    /// what the previous owner left): call [`VmbusChannel::wait`] (or
     /// [`VmbusChannel::unmask`] and drain) at once, because the host's first message may
-    /// already be in the ring with no interrupt to announce it.
+    /// already be in the ring with no interrupt to announce it. A channel with a monitor
+    /// page is refused before anything is opened ([`ChannelError::MonitorPage`]).
     pub fn open(index: u32) -> Result<Self, ChannelError> {
         Self::open_with(UioPaths::default(), index)
     }
 
     /// As [`UioChannel::open`] under other `/dev` and `/sys/class/uio` roots.
     pub fn open_with(paths: UioPaths, index: u32) -> Result<Self, ChannelError> {
+        // `/sys/class/uio/uioN/device` is the VMBus device; `monitor_id` exists there only
+        // when the channel has a monitor page (wire §3.4).
+        let monitor_id = paths
+            .sysfs_class_uio
+            .join(format!("uio{index}/device/monitor_id"));
+        if monitor_id.exists() {
+            return Err(ChannelError::MonitorPage { index, monitor_id });
+        }
         let dev = UioDevice::open_with(paths, index)?;
         let map = dev.map(0)?;
         let layout = UioRingLayout::from_map0_len(map.len(), page_size())?;
@@ -423,7 +543,10 @@ mod tests {
         drop(file);
 
         let ch = UioChannel::open_with(paths.clone(), 7).unwrap();
-        assert_eq!(ch.reader().mem().data_len(), ring_len - page_size());
+        assert_eq!(
+            ch.reader().unwrap().mem().data_len(),
+            ring_len - page_size()
+        );
 
         // A packet placed in the RX ring (second half of the file) is read by the channel.
         let host_view = {

@@ -3,7 +3,8 @@
 //! The trees and the thread that plays the kernel's part (recording every attribute write
 //! with its exact bytes, in order, and reacting as the vmbus core would) are
 //! `hv_vss_testutil::fake_vmbus`, shared with the CLI's and the daemon's tests. Here the
-//! kernel's `uio_hv_generic` node is `uio3`, with a 4 MiB map 0 (2 MiB rings).
+//! kernel's `uio_hv_generic` node is `uio3`, with a current kernel's map 0 (0x402000 bytes:
+//! rings of 2 MiB + one page) unless a test says otherwise.
 
 use std::fs;
 use std::ops::Deref;
@@ -12,7 +13,8 @@ use std::time::Duration;
 
 use hv_vss_protocol::guid::VSS_CLASS_GUID_STR;
 use hv_vss_testutil::fake_vmbus::{
-    FCOPY_INSTANCE, FakeKernel, FakeVmbus, VSS_INSTANCE as INSTANCE, written as w,
+    FCOPY_INSTANCE, FakeKernel, FakeVmbus, MAP0_BEFORE_0315FEF2AFF9, MAP0_CURRENT,
+    VSS_INSTANCE as INSTANCE, written as w,
 };
 use hv_vss_vmbus::bind::{
     self, BindError, BindErrorKind, BindOptions, BoundDriver, OverrideMethod, SystemRoots,
@@ -75,6 +77,22 @@ fn override_rel() -> String {
     format!("devices/{INSTANCE}/driver_override")
 }
 
+/// The writes of a bind from `hv_utils` with `driver_override`, in order.
+fn bind_writes() -> Vec<(String, String)> {
+    vec![
+        w(&override_rel(), "uio_hv_generic\n"),
+        w("drivers/hv_utils/unbind", &format!("{INSTANCE}\n")),
+        w("drivers_probe", &format!("{INSTANCE}\n")),
+    ]
+}
+
+/// `bind_writes`, then `more`.
+fn bind_writes_then(more: &[(&str, &str)]) -> Vec<(String, String)> {
+    let mut all = bind_writes();
+    all.extend(more.iter().map(|(rel, value)| w(rel, value)));
+    all
+}
+
 fn quick() -> BindOptions {
     BindOptions {
         uio_timeout: Duration::from_secs(3),
@@ -91,16 +109,9 @@ fn bind_writes_override_then_unbind_then_probe_and_returns_the_node() {
     assert_eq!(outcome.method, Some(OverrideMethod::DriverOverride));
     assert_eq!(outcome.uio.name, "uio3");
     assert_eq!(outcome.uio.dev_path, host.root().join("dev/uio3"));
-    assert_eq!(outcome.uio.ring_size_bytes, Some(2 * 1024 * 1024));
-    assert_eq!(outcome.kernel.to_string(), "6.10.0");
-    assert_eq!(
-        host.writes(),
-        vec![
-            w(&override_rel(), "uio_hv_generic\n"),
-            w("drivers/hv_utils/unbind", &format!("{INSTANCE}\n")),
-            w("drivers_probe", &format!("{INSTANCE}\n")),
-        ]
-    );
+    assert_eq!(outcome.uio.ring_size_bytes, Some(0x20_1000));
+    assert_eq!(outcome.kernel.to_string(), "kernel 6.10.0-1-azure");
+    assert_eq!(host.writes(), bind_writes());
     // The file-copy device was not touched.
     assert_eq!(
         fs::read_to_string(host.device_dir(FCOPY_INSTANCE).join("driver_override")).unwrap(),
@@ -141,24 +152,21 @@ fn bind_twice_writes_nothing_the_second_time() {
     assert_eq!(host.writes(), vec![]);
 }
 
+/// Eligibility is decided by trying: a kernel older than 6.10 whose `uio_hv_generic`
+/// takes the device (a distribution kernel carrying the 2024 series) is bound; the version
+/// is only a hint.
 #[test]
-fn old_kernel_is_refused_before_any_write() {
+fn an_old_kernel_that_carries_the_series_is_bound() {
     let host = FakeHost::new(Setup {
         kernel: "5.15.0-1057-azure",
         ..MODERN
     });
-    let err = bind::bind(&host.roots, &quick()).unwrap_err();
-    assert!(matches!(err, BindError::KernelTooOld { .. }), "{err:?}");
-    assert_eq!(err.kind(), BindErrorKind::Unsupported);
-    let msg = err.to_string();
-    assert!(
-        msg.contains("5.15.0-1057-azure") && msg.contains("6.10"),
-        "{msg}"
-    );
-    assert_eq!(host.writes(), vec![]);
+    let outcome = bind::bind(&host.roots, &quick()).unwrap();
+    assert_eq!(outcome.uio.dev_path, host.root().join("dev/uio3"));
+    assert_eq!(outcome.kernel.at_least_6_10(), Some(false));
     assert_eq!(
         bind::status(&host.roots, None).unwrap().driver,
-        BoundDriver::HvUtils
+        BoundDriver::UioHvGeneric
     );
 }
 
@@ -166,8 +174,70 @@ fn old_kernel_is_refused_before_any_write() {
 fn kernel_release_override_wins_over_proc() {
     let mut host = FakeHost::new(MODERN);
     host.roots.kernel_release = Some("6.9.0".to_owned());
+    let outcome = bind::bind(&host.roots, &quick()).unwrap();
+    assert_eq!(outcome.kernel.release.as_deref(), Some("6.9.0"));
+}
+
+/// R16: the driver refusing the device (as kernels without the series do, whatever their
+/// version) is reported as such, with the version as a hint, and the bind is undone.
+#[test]
+fn a_driver_that_refuses_the_device_is_reported_and_the_bind_undone() {
+    for kernel in ["6.12.53-azure", "5.15.0-1057-azure"] {
+        let host = FakeHost::new(Setup {
+            kernel,
+            uio_probes: false,
+            ..MODERN
+        });
+        let options = BindOptions {
+            uio_timeout: Duration::from_millis(300),
+            ..BindOptions::default()
+        };
+        let err = bind::bind(&host.roots, &options).unwrap_err();
+        let BindError::DriverRefused {
+            rolled_back,
+            ref driver_now,
+            ..
+        } = err
+        else {
+            panic!("{err:?}");
+        };
+        assert!(rolled_back);
+        assert_eq!(*driver_now, BoundDriver::Unbound);
+        assert_eq!(err.kind(), BindErrorKind::Unsupported);
+        let msg = err.to_string();
+        assert!(msg.contains("refused") && msg.contains(kernel), "{msg}");
+        assert_eq!(
+            msg.contains("older than 6.10"),
+            kernel.starts_with('5'),
+            "{msg}"
+        );
+        let probe = format!("{INSTANCE}\n");
+        assert_eq!(
+            host.writes(),
+            bind_writes_then(&[(&override_rel(), "\n"), ("drivers_probe", &probe)])
+        );
+        let status = bind::status(&host.roots, None).unwrap();
+        assert_eq!(status.driver, BoundDriver::HvUtils, "handed back");
+        assert!(status.kernel_dev_node.is_some());
+    }
+}
+
+/// R16, wire §3.3: a channel with a monitor page would never get its replies signalled;
+/// it is refused before anything is written.
+#[test]
+fn a_device_with_a_monitor_page_is_refused_before_any_write() {
+    let host = FakeHost::new(MODERN);
+    host.add_monitor_page(INSTANCE);
+    host.clear_writes();
     let err = bind::bind(&host.roots, &quick()).unwrap_err();
-    assert!(matches!(err, BindError::KernelTooOld { .. }), "{err:?}");
+    assert!(matches!(err, BindError::MonitorPage { .. }), "{err:?}");
+    assert_eq!(err.kind(), BindErrorKind::Unsupported);
+    assert!(err.to_string().contains("monitor page"), "{err}");
+    assert_eq!(host.writes(), vec![]);
+    assert_eq!(
+        bind::status(&host.roots, None).unwrap().driver,
+        BoundDriver::HvUtils
+    );
 }
 
 #[test]
@@ -316,32 +386,39 @@ fn modprobe_runs_when_the_driver_is_absent() {
     assert_eq!(fs::read_to_string(args_file).unwrap(), "uio_hv_generic\n");
 }
 
+/// The driver takes the device but no node appears: reported as such, and undone (unbound
+/// from uio_hv_generic, override cleared, probed back to hv_utils).
 #[test]
 fn a_node_that_never_appears_times_out_and_hands_the_device_back() {
-    let host = FakeHost::new(Setup {
-        uio_probes: false,
-        ..MODERN
-    });
+    let mut bus = FakeVmbus::vss_on_hv_utils(MODERN.kernel, true);
+    bus.add_uio_driver();
+    bus.start_kernel(
+        INSTANCE,
+        FakeKernel {
+            creates_node: false,
+            ..FakeKernel::default()
+        },
+    );
+    let roots = SystemRoots::under(bus.root());
     let options = BindOptions {
         uio_timeout: Duration::from_millis(300),
         ..BindOptions::default()
     };
-    let err = bind::bind(&host.roots, &options).unwrap_err();
+    let err = bind::bind(&roots, &options).unwrap_err();
     let BindError::UioTimeout { rolled_back, .. } = err else {
         panic!("{err:?}");
     };
     assert!(rolled_back);
+    let instance = format!("{INSTANCE}\n");
     assert_eq!(
-        host.writes(),
-        vec![
-            w(&override_rel(), "uio_hv_generic\n"),
-            w("drivers/hv_utils/unbind", &format!("{INSTANCE}\n")),
-            w("drivers_probe", &format!("{INSTANCE}\n")),
-            w(&override_rel(), "\n"),
-            w("drivers_probe", &format!("{INSTANCE}\n")),
-        ]
+        bus.writes(),
+        bind_writes_then(&[
+            ("drivers/uio_hv_generic/unbind", &instance),
+            (&override_rel(), "\n"),
+            ("drivers_probe", &instance),
+        ])
     );
-    let status = bind::status(&host.roots, None).unwrap();
+    let status = bind::status(&roots, None).unwrap();
     assert_eq!(status.driver, BoundDriver::HvUtils);
     assert!(status.kernel_dev_node.is_some());
 }
@@ -455,8 +532,37 @@ fn status_reports_driver_node_and_ring_size() {
     assert_eq!(after.driver_override.as_deref(), Some("uio_hv_generic"));
     let uio = after.uio.unwrap();
     assert_eq!(uio.dev_path, host.root().join("dev/uio3"));
-    assert_eq!(uio.ring_size_bytes, Some(0x20_0000));
+    assert_eq!(uio.ring_size_bytes, Some(0x20_1000));
     assert_eq!(after.kernel_dev_node, None);
+}
+
+/// Wire §3.2, §3.4: map 0 is 0x402000 bytes on current kernels (2 MiB + one page per ring)
+/// and 0x400000 on older ones; the ring size is read from sysfs, never assumed.
+#[test]
+fn ring_size_comes_from_map0_on_current_and_older_kernels() {
+    for (map0_len, ring) in [
+        (MAP0_CURRENT, 0x20_1000),
+        (MAP0_BEFORE_0315FEF2AFF9, 0x20_0000),
+    ] {
+        let mut bus = FakeVmbus::vss_on_hv_utils(MODERN.kernel, true);
+        bus.add_uio_driver();
+        bus.start_kernel(
+            INSTANCE,
+            FakeKernel {
+                map0_len,
+                ..FakeKernel::default()
+            },
+        );
+        let roots = SystemRoots::under(bus.root());
+        let outcome = bind::bind(&roots, &quick()).unwrap();
+        assert_eq!(
+            outcome.uio.ring_size_bytes,
+            Some(ring),
+            "map 0 {map0_len:#x}"
+        );
+        let status = bind::status(&roots, None).unwrap();
+        assert_eq!(status.uio.unwrap().ring_size_bytes, Some(ring));
+    }
 }
 
 fn make_executable(path: &Path) {

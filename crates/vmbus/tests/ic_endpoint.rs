@@ -3,19 +3,24 @@
 //! R2 (NEGOTIATE mid-transaction), R3, R27, a full TX ring, and rescind.
 
 use std::os::fd::BorrowedFd;
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use hv_vss_protocol::negotiate::NegotiateFailure;
 use hv_vss_protocol::negotiate::build_offer;
 use hv_vss_protocol::vss::{CoordinatorOp, build_request};
 use hv_vss_protocol::{HvStatus, Version, VssOperation};
 use hv_vss_ring::Packet;
+use hv_vss_sys::uio::map_errno;
 use hv_vss_vmbus::ic_endpoint::{
-    DropReason, EndpointError, IcEndpoint, IcEvent, IcNotice, Negotiation, PendingRequest,
+    DropReason, EndpointConfig, EndpointError, IcEndpoint, IcEvent, IcNotice, Negotiation,
+    PendingRequest,
 };
 use hv_vss_vmbus::shm::{ShmChannel, ShmRings};
 use hv_vss_vmbus::uio::{ChannelError, VmbusChannel, Wake};
+use rustix::io::Errno;
 
 const V1: Version = Version::new(1, 0);
 const V3: Version = Version::new(3, 0);
@@ -165,39 +170,89 @@ fn negotiate_is_answered_mid_transaction_and_thaw_during_freeze_is_delivered() {
     assert_eq!(&got[1].1[20..24], &[0; 4]);
 }
 
+/// R3: every NEGOTIATE is answered, failed, malformed and repeated ones included: counts 0,
+/// icmsgsize 16, E_FAIL. A good offer after failures still agrees. Only the notices are
+/// rate-limited.
 #[test]
-fn failed_negotiation_is_answered_once_then_repeats_are_dropped() {
-    let (mut ep, mut host) = pair();
-    let offer = build_offer(&[V3], &[V4]).unwrap();
-    host.send(1, &offer).unwrap();
+fn every_negotiate_is_answered_failed_malformed_and_repeated() {
+    let config = EndpointConfig {
+        notice_burst: 2,
+        ..EndpointConfig::default()
+    };
+    let rings = ShmRings::create(64 * 1024).unwrap();
+    let mut host = rings.try_clone().unwrap().host().unwrap();
+    let mut ep = IcEndpoint::with_config(rings.guest().unwrap(), config);
+    let vss_4 = build_offer(&[V3], &[V4]).unwrap();
+    let good = build_offer(&[V1, V3], &[V5]).unwrap();
+    let mut count_0 = good.clone();
+    count_0[0x1c] = 0;
+    let mut count_101 = good.clone();
+    count_101[0x1e] = 101;
+    let mut overrun = good.clone();
+    overrun[0x1e] = 9;
+    let mut malformed = vec![vss_4.clone(), count_0, count_101, overrun];
+    // Repeats of the failing offer.
+    malformed.extend(std::iter::repeat_n(vss_4.clone(), 5));
+    for (id, offer) in malformed.iter().enumerate() {
+        host.send(id as u64, offer).unwrap();
+    }
+    ep.service().unwrap();
+    let got = replies(&mut host);
+    assert_eq!(
+        got.iter().map(|r| r.0).collect::<Vec<_>>(),
+        (0..malformed.len() as u64).collect::<Vec<_>>(),
+        "one reply to each NEGOTIATE, in order"
+    );
+    for ((_, reply), offer) in got.iter().zip(&malformed) {
+        assert_eq!(reply.len(), offer.len().div_ceil(8) * 8);
+        assert_eq!(&reply[0x1c..0x20], &[0; 4], "counts 0");
+        assert_eq!(&reply[0x14..0x18], &E_FAIL_BYTES);
+        assert_eq!(&reply[0x12..0x14], &[16, 0], "icmsgsize 16");
+        assert_eq!(reply[0x19], 0x05);
+    }
+    assert_eq!(ep.negotiation(), Negotiation::Failed);
+    // A good offer after all that agrees.
+    host.send(100, &good).unwrap();
     ep.service().unwrap();
     let got = replies(&mut host);
     assert_eq!(got.len(), 1);
-    assert_eq!(&got[0].1[0x1c..0x20], &[0; 4], "counts 0");
-    assert_eq!(&got[0].1[0x14..0x18], &E_FAIL_BYTES);
-    assert_eq!(ep.negotiation(), Negotiation::Failed);
-    for id in 2..5 {
-        host.send(id, &offer).unwrap();
-    }
-    // Even an acceptable offer after a failure stays unanswered on this channel.
-    host.send(5, &build_offer(&[V3], &[V5]).unwrap()).unwrap();
+    assert_eq!(got[0].1, REPLY_11_2);
+    assert!(matches!(ep.negotiation(), Negotiation::Agreed { .. }));
+    // Only the log lines are limited: 2 of 10 negotiation notices queued, the rest counted.
+    let notices = ep.take_notices();
+    let failed = notices
+        .iter()
+        .filter(|n| matches!(n, IcNotice::NegotiationFailed { .. }))
+        .count();
+    assert_eq!(failed, 2, "{notices:?}");
+    assert!(matches!(
+        &notices[1],
+        IcNotice::NegotiationFailed {
+            failure: NegotiateFailure::Malformed(_),
+            ..
+        }
+    ));
+    assert_eq!(ep.suppressed_notices(), 8);
+    assert_eq!(ep.stats().answered_locally, 10);
+}
+
+/// A NEGOTIATE too short to hold the counts has nowhere to put them: no reply.
+#[test]
+fn a_negotiate_without_room_for_the_counts_gets_no_reply() {
+    let (mut ep, mut host) = pair();
+    let good = build_offer(&[V3], &[V5]).unwrap();
+    let mut short = good[..32].to_vec();
+    short[18] = 4;
+    host.send(1, &short).unwrap();
     ep.service().unwrap();
     assert!(replies(&mut host).is_empty());
-    let notices = ep.take_notices();
-    assert!(matches!(notices[0], IcNotice::NegotiationFailed { .. }));
-    let repeats = notices
-        .iter()
-        .filter(|n| {
-            matches!(
-                n,
-                IcNotice::Dropped {
-                    reason: DropReason::NegotiateAfterFailure,
-                    ..
-                }
-            )
-        })
-        .count();
-    assert_eq!(repeats, 4);
+    assert!(matches!(
+        ep.take_notices().as_slice(),
+        [IcNotice::Dropped {
+            reason: DropReason::BadNegotiate(_),
+            ..
+        }]
+    ));
 }
 
 #[test]
@@ -277,16 +332,27 @@ fn oversize_packet_is_a_final_error_not_truncated() {
     assert!(matches!(ep.service(), Err(EndpointError::Stopped(_))));
 }
 
-/// A channel that reports `EIO` (rescind) once the flag is set, as `/dev/uioN` does.
+/// A channel that fails the way `/dev/uioN` does after a rescind: every call with `EIO`
+/// once `rescinded` is set, or, with `einval_on_signal`, the `write(1)` that follows a
+/// send with `EINVAL` (wire §3.2), classified by the same code `UioDevice` uses.
 struct Rescindable {
     inner: ShmChannel,
     rescinded: Arc<AtomicBool>,
+    einval_on_signal: bool,
 }
 
 impl Rescindable {
+    fn new(inner: ShmChannel) -> Self {
+        Self {
+            inner,
+            rescinded: Arc::default(),
+            einval_on_signal: false,
+        }
+    }
+
     fn check(&self) -> Result<(), ChannelError> {
         if self.rescinded.load(Ordering::SeqCst) {
-            return Err(ChannelError::Rescinded);
+            return Err(map_errno(Errno::IO, "read", Path::new("/dev/uio3")).into());
         }
         Ok(())
     }
@@ -295,7 +361,11 @@ impl Rescindable {
 impl VmbusChannel for Rescindable {
     fn send(&mut self, trans_id: u64, payload: &[u8]) -> Result<(), ChannelError> {
         self.check()?;
-        self.inner.send(trans_id, payload)
+        self.inner.send(trans_id, payload)?;
+        if self.einval_on_signal {
+            return Err(map_errno(Errno::INVAL, "write", Path::new("/dev/uio3")).into());
+        }
+        Ok(())
     }
     fn recv(&mut self) -> Result<Option<Packet<'_>>, ChannelError> {
         self.check()?;
@@ -321,17 +391,25 @@ impl VmbusChannel for Rescindable {
         self.check()?;
         self.inner.ack_signals()
     }
+    fn check_alive(&mut self) -> Result<(), ChannelError> {
+        self.check()?;
+        self.inner.check_alive()
+    }
+    fn unmap(&mut self) {
+        self.inner.unmap()
+    }
+    fn is_mapped(&self) -> bool {
+        self.inner.is_mapped()
+    }
 }
 
 #[test]
 fn eio_is_rescinded_and_the_endpoint_stops() {
     let rings = ShmRings::create(64 * 1024).unwrap();
     let mut host = rings.try_clone().unwrap().host().unwrap();
-    let rescinded = Arc::new(AtomicBool::new(false));
-    let mut ep = IcEndpoint::new(Rescindable {
-        inner: rings.guest().unwrap(),
-        rescinded: rescinded.clone(),
-    });
+    let channel = Rescindable::new(rings.guest().unwrap());
+    let rescinded = channel.rescinded.clone();
+    let mut ep = IcEndpoint::new(channel);
     host.send(1, &build_request(VssOperation::FREEZE, 0, &[]).unwrap())
         .unwrap();
     let req = requests(ep.service().unwrap()).pop().unwrap();
@@ -347,4 +425,37 @@ fn eio_is_rescinded_and_the_endpoint_stops() {
         Err(EndpointError::Stopped(_))
     ));
     assert!(replies(&mut host).is_empty());
+    assert!(!ep.channel().inner.is_mapped(), "unmapped on the rescind");
+}
+
+/// R15: `EINVAL` from the signalling `write(1)` in the middle of a reply is the rescind:
+/// the endpoint stops, unmaps, and writes nothing more (the owed reply of a dropped token
+/// stays unsent).
+#[test]
+fn einval_mid_reply_is_a_rescind_and_nothing_more_is_written() {
+    let rings = ShmRings::create(64 * 1024).unwrap();
+    let mut host = rings.try_clone().unwrap().host().unwrap();
+    let mut ep = IcEndpoint::new(Rescindable::new(rings.guest().unwrap()));
+    for id in [1, 2] {
+        host.send(id, &build_request(VssOperation::FREEZE, 0, &[]).unwrap())
+            .unwrap();
+    }
+    let mut reqs = requests(ep.service().unwrap());
+    let second = reqs.pop().unwrap();
+    let first = reqs.pop().unwrap();
+    // The device is rescinded between the reply's ring write and its signal.
+    ep.channel_mut().einval_on_signal = true;
+    assert!(matches!(
+        ep.reply(first, HvStatus::S_OK),
+        Err(EndpointError::Rescinded)
+    ));
+    assert!(!ep.channel().inner.is_mapped(), "unmapped at once");
+    drop(second);
+    assert!(matches!(ep.flush(), Err(EndpointError::Stopped(_))));
+    let got = replies(&mut host);
+    assert_eq!(
+        got.iter().map(|r| r.0).collect::<Vec<_>>(),
+        [1],
+        "only the reply written before the EINVAL"
+    );
 }

@@ -1,8 +1,8 @@
 //! Guest and simulated host in two processes over the shared-memory rings.
 //!
 //! The test re-executes its own binary as the host (the `host_process` test, ignored unless
-//! started with `HV_VSS_RING_CHILD` set), hands it the memfd and eventfds over a
-//! SOCK_SEQPACKET socket given as its stdin, then streams thousands of requests of random
+//! started with `HV_VSS_RING_CHILD` set), hands it the memfd, interrupt pipe and eventfd
+//! over a SOCK_SEQPACKET socket given as its stdin, then streams thousands of requests of random
 //! sizes (0..=7000 bytes) through 32 KiB rings with up to 8 in flight, so packets wrap and
 //! the TX ring fills. Both sides check every byte: the host checks each request against what
 //! its `trans_id` says it must be and answers with a different derived payload, which the
@@ -128,7 +128,7 @@ fn run_guest(spin_us: u64) {
     guest.send(SHUTDOWN, b"").unwrap();
     let status = child.wait().unwrap();
     assert!(status.success(), "host process failed: {status}");
-    let tx_wraps = guest.writer().write_pos();
+    let tx_wraps = guest.writer().expect("mapped").write_pos();
     eprintln!("guest: {MESSAGES} round trips, {full_seen} full rings, tx write_pos {tx_wraps:#x}");
     assert!(full_seen > 0, "the TX ring filled up at least once");
 }

@@ -3,8 +3,9 @@
 //!
 //! # Kernel contract
 //!
-//! - A rescind (the host turns the Backup service off, or moves the device) makes every call
-//!   on `/dev/uioN` fail with `EIO`, and `uio_hv_generic` unregisters the device. A later
+//! - A rescind (the host turns the Backup service off, or moves the device) makes calls on
+//!   `/dev/uioN` fail (`EIO` from `read`, `EINVAL` from `write`, `POLLERR` from `poll`), and
+//!   `uio_hv_generic` unregisters the device and frees the ring pages. A later
 //!   offer creates a **new** device object under `/sys/bus/vmbus/devices/<inst>`; its
 //!   instance GUID may or may not be the old one, and nothing promises the old `uioN`.
 //! - `hv_utils` matches the VSS class statically and `uio_hv_generic` has no id table, so the
@@ -30,8 +31,8 @@
 //!   is bound at once; if `hv_utils` wins that race, the bind times out, hands the device
 //!   back, and the next attempt binds it from `hv_utils`.
 //! - `hv-vss uio unbind --force` while the daemon runs looks exactly like a rescind from
-//!   here (`EIO`, then the device on `hv_utils`): the daemon takes the device back. Stop the
-//!   daemon to give the device back for good.
+//!   here (`EIO`/`EINVAL`/`POLLERR`, then the device on `hv_utils`): the daemon takes the
+//!   device back. Stop the daemon to give the device back for good.
 //! - A bind thread still running when the daemon exits is abandoned with the process; the
 //!   device may then be left without a driver (`hv-vss uio unbind` repairs it).
 
@@ -385,14 +386,20 @@ mod tests {
 
     use hv_vss_protocol::guid::VSS_CLASS_GUID_STR;
     use hv_vss_testutil::fake_vmbus::{
-        FCOPY_CLASS, FCOPY_INSTANCE, FakeKernel, FakeVmbus, VSS_INSTANCE as INSTANCE, written as w,
+        FCOPY_CLASS, FCOPY_INSTANCE, FakeKernel, FakeVmbus, MAP0_CURRENT, VSS_INSTANCE as INSTANCE,
+        written as w,
     };
 
     use crate::config::TransportChoice;
     use crate::transport::{ReopenStep, Reopener};
+    use hv_vss_vmbus::uio::ChannelError;
 
-    /// Map 0: two 256 KiB rings (a multiple of any page size up to 64 KiB).
-    const MAP0_LEN: u64 = 512 * 1024;
+    /// Map 0 as current kernels size it: two rings of 2 MiB + one header page
+    /// ([`MAP0_CURRENT`] with 4 KiB pages).
+    fn map0_len() -> u64 {
+        let page = hv_vss_sys::mem::page_size() as u64;
+        MAP0_CURRENT - 2 * 4096 + 2 * page
+    }
     /// The node `uio_hv_generic` gives the re-offered device.
     const UIO_NODE: u32 = 5;
 
@@ -422,7 +429,7 @@ mod tests {
                     self.add_hv_vss_node();
                 }
                 Some("uio_hv_generic") => {
-                    self.add_uio_node(instance, UIO_NODE, MAP0_LEN);
+                    self.add_uio_node(instance, UIO_NODE, map0_len());
                 }
                 _ => {}
             }
@@ -434,8 +441,8 @@ mod tests {
                 instance,
                 FakeKernel {
                     uio_node: UIO_NODE,
-                    map0_len: MAP0_LEN,
-                    uio_probes: true,
+                    map0_len: map0_len(),
+                    ..FakeKernel::default()
                 },
             );
         }
@@ -656,6 +663,24 @@ mod tests {
             locate(&sys.roots, None),
             DeviceState::Unknown { reason } if reason.contains("several VSS devices")
         ));
+    }
+
+    /// Wire §3.3: a re-offered channel with a monitor page is not opened: `write(1)` would
+    /// never signal the host. The open fails with the reason; nothing is mapped.
+    #[test]
+    fn a_reoffered_device_with_a_monitor_page_is_not_opened() {
+        let sys = FakeSystem::rescinded();
+        sys.reoffer(INSTANCE, Some("uio_hv_generic"));
+        sys.add_monitor_page(INSTANCE);
+        match rediscovery(&sys).attempt(true) {
+            Attempt::OpenFailed(
+                e @ TransportError::UioOpen {
+                    source: ChannelError::MonitorPage { .. },
+                    ..
+                },
+            ) => assert!(e.to_string().contains("monitor page"), "{e}"),
+            other => panic!("expected the open refused, got {other:?}"),
+        }
     }
 
     #[test]
