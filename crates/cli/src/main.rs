@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod duration;
+mod exit_codes;
 mod fs_cmds;
 mod simulate_cmds;
 mod uio_cmds;

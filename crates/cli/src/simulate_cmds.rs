@@ -1,55 +1,87 @@
-//! `hv-vss simulate`: a simulated Hyper-V host drives a guest over shared-memory rings, with
-//! the same ring code and wake-up rules as `/dev/uioN`, and prints every step.
+//! `hv-vss simulate`: a simulated Hyper-V backup against the real daemon, shown as a
+//! timeline and checked, not claimed.
 //!
-//! Two guests:
+//! The simulated host drives the guest over shared-memory rings, with the same ring code
+//! and wake-up rules as `/dev/uioN`. Two guests:
 //! - the real daemon (default): `hv-vssd --uio <socket> --state-dir <tmpfs dir> --mount
-//!   <fs>... --auto-thaw N -n`. The daemon connects to the `SOCK_SEQPACKET` socket, receives
-//!   the rings with `ShmRings::recv_from`, and serves them with its IC endpoint and
-//!   coordinator, freezing the named filesystems for real;
+//!   <fs>... --auto-thaw N -n`, its log (stdout and stderr) in a file named at the end;
 //! - `--guest-loopback`: a **transport self-test**. A child process (this binary, with a
 //!   hidden flag) serves the rings with an IC endpoint that answers every HOT_BACKUP, FREEZE
 //!   and THAW with S_OK. Nothing is frozen and no daemon is involved.
 //!
-//! Safety: the daemon freezes only what `--mount` names, or, when none is named and we are
-//! root, a small ext4 image this command creates, loop-mounts and removes. Never anything
-//! else. The daemon's state directory is on tmpfs (`/dev/shm` or `/run`), never on a
-//! filesystem that may be frozen.
+//! # The checked verdict
 //!
-//! Exit status: 0 when negotiation agreed and every step of every cycle answered S_OK; 1
-//! otherwise (including setup errors).
+//! Without `--mount`, and as root, a small ext4 image is created and loop-mounted, and a
+//! writer thread keeps writing to it. Between the FREEZE reply and THAW the host takes its
+//! snapshot by copying the image ([`snapshot`]); after THAW it checks the copy (`e2fsck
+//! -fn`, and no journal left to replay). The verdict is "consistent (checked)" only when
+//! that check passes. `--mount PATH` of a loop-mounted ext image is copied and checked the
+//! same way; anything else is "not checked", with the reason. The hidden test switch
+//! `--test-skip-freeze` makes the host skip FREEZE (the snapshot is then taken of a live
+//! filesystem) and must give "not consistent".
+//!
+//! # Safety
+//!
+//! The daemon freezes only what `--mount` names, or the scratch image. Never anything
+//! else. Its state directory is on tmpfs (`/dev/shm` or `/run`), never on a filesystem that
+//! may be frozen. Nothing is printed while the scratch filesystem is frozen that could land
+//! on it (stdout and stderr are the caller's).
+//!
+//! # Exit status
+//!
+//! 0: negotiation agreed, every step of every cycle answered S_OK, and every verdict is
+//! "consistent (checked)" (or "not checked", with the reason shown); 1: a step failed or a
+//! snapshot is not consistent; 3: needs root; 12: the simulation could not be set up.
 
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitCode, Stdio};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context, bail};
-use hv_vss_protocol::HvStatus;
+use hv_vss_history::HistoryRecord;
+use hv_vss_protocol::{HvStatus, VssOperation};
 use hv_vss_sim::host::self_test_guest::{self, FixedPolicy};
 use hv_vss_sim::host::{
-    BackupCycle, HandoverListener, HostConfig, HostSimulator, NegotiationResult, StepReport,
-    connect_handover,
+    HandoverListener, HostConfig, HostSimulator, NegotiationResult, SimError, Step, StepReport,
+    VssReply, connect_handover,
 };
 use hv_vss_vmbus::ic_endpoint::IcEndpoint;
 use hv_vss_vmbus::shm::ShmRings;
 use serde_json::json;
 
 use crate::duration;
+use crate::exit_codes;
+
+mod snapshot;
+mod timeline;
+mod writer;
+
+use snapshot::{Check, Snapshottable};
+use timeline::{Progress, Timeline, Who};
 
 /// Ring size per direction: uio_hv_generic's default for VSS (wire §3.2).
 const RING_LEN: usize = 2 << 20;
 /// How long the guest may take to connect to the hand-over socket.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
-/// How long the guest may take to exit after the host hangs up (and SIGTERM, for the
-/// daemon).
+/// How long the guest may take to exit after SIGTERM (the daemon) or the hang-up.
 const EXIT_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long the daemon may take to exit on SIGTERM before the host also hangs up.
+const SIGTERM_GRACE: Duration = Duration::from_secs(5);
 /// `TMPFS_MAGIC` from linux/magic.h.
 const TMPFS_MAGIC: i64 = 0x0102_1994;
 /// Size of the scratch ext4 image.
 const IMAGE_LEN: u64 = 64 << 20;
+/// A write call slower than this counts as blocked by the freeze.
+const WRITER_NOTABLE: Duration = Duration::from_millis(5);
 
 #[derive(Debug, clap::Args)]
+#[command(
+    after_help = "Exit status: 0 every cycle consistent (checked) or not checked with \
+    the reason; 1 a step failed or a snapshot is not consistent; 2 bad arguments; 3 needs \
+    root; 12 the simulation could not be set up (docs/cli.md)."
+)]
 pub struct SimulateArgs {
     /// The daemon binary [default: hv-vssd next to this executable].
     #[arg(long, value_name = "PATH")]
@@ -58,21 +90,26 @@ pub struct SimulateArgs {
     /// scratch ext4 image is created and loop-mounted; nothing else is ever frozen.
     #[arg(long = "mount", value_name = "PATH")]
     mounts: Vec<PathBuf>,
-    /// Backup cycles to run (HOT_BACKUP, FREEZE, hold, THAW, BU_COMPLETE each).
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    /// Backup cycles to run (HOT_BACKUP, FREEZE, snapshot, THAW, BU_COMPLETE each);
+    /// more than one also prints min/median/max.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1000))]
     cycles: u32,
-    /// How long the host holds the freeze (the snapshot), e.g. 500ms, 2s, 1m, at most 24h.
-    #[arg(long, default_value = "1s", value_parser = duration::parse_hold)]
+    /// The least time the host holds the freeze, snapshot included, e.g. 0, 500ms, 2s,
+    /// at most 24h.
+    #[arg(long, default_value = "0s", value_parser = duration::parse_hold)]
     hold: Duration,
     /// Auto-thaw bound passed to the daemon, in seconds.
-    #[arg(long, default_value_t = 60)]
+    #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=3600))]
     auto_thaw: u64,
     /// How long the host waits for each reply, at most 1h.
     #[arg(long, default_value = "60s", value_parser = duration::parse_reply_timeout)]
     reply_timeout: Duration,
-    /// Print one JSON document instead of text.
+    /// Print one JSON document instead of the timeline.
     #[arg(long)]
     json: bool,
+    /// Also print the daemon's log at the end (it is always printed on failure).
+    #[arg(short, long)]
+    verbose: bool,
     /// Transport self-test: serve the rings from a child process that answers S_OK to
     /// everything, without the daemon; nothing is frozen.
     #[arg(long)]
@@ -80,98 +117,244 @@ pub struct SimulateArgs {
     /// Internal: run as the loopback guest, connecting to this socket.
     #[arg(long, hide = true, value_name = "SOCKET")]
     loopback_guest_child: Option<PathBuf>,
+    /// Test only: the host never sends FREEZE, so its snapshot is of a live filesystem
+    /// (the checked verdict must say "not consistent").
+    #[arg(long, hide = true)]
+    test_skip_freeze: bool,
+}
+
+/// A reason to give up before anything ran, with its exit code.
+#[derive(Debug)]
+struct SetupFailure {
+    code: u8,
+    message: String,
+}
+
+fn setup_error(e: anyhow::Error) -> SetupFailure {
+    SetupFailure {
+        code: exit_codes::SETUP_FAILED,
+        message: format!("{e:#}"),
+    }
 }
 
 pub fn run(args: SimulateArgs) -> anyhow::Result<ExitCode> {
     if let Some(socket) = &args.loopback_guest_child {
         return run_loopback_guest(socket);
     }
+    match run_simulation(&args) {
+        Ok(code) => Ok(code),
+        Err(f) => {
+            eprintln!("hv-vss simulate: {}", f.message);
+            Ok(ExitCode::from(f.code))
+        }
+    }
+}
+
+/// Everything that lives until the end of a run, dropped in the order listed: the guest
+/// first (the daemon stops, thawing), then its state directory, then the scratch
+/// filesystem (the writer stops, the image is unmounted).
+struct Setup {
+    mode: Mode,
+    guest: GuestProcess,
+    state_dir: Option<tempfile::TempDir>,
+    scratch: Option<ScratchFs>,
+    /// What the host copies as its snapshot.
+    snapshottable: Vec<Result<Snapshottable, String>>,
+    log_file: Option<PathBuf>,
+}
+
+fn run_simulation(args: &SimulateArgs) -> Result<ExitCode, SetupFailure> {
+    let started = Instant::now();
+    let started_unix = SystemTime::now();
     let work = tempfile::Builder::new()
         .prefix("hv-vss-simulate-")
         .tempdir()
-        .context("creating a temporary directory")?;
+        .context("creating a temporary directory")
+        .map_err(setup_error)?;
     let socket = work.path().join("vss.sock");
     let listener = HandoverListener::bind(&socket)
-        .with_context(|| format!("listening on {}", socket.display()))?;
+        .with_context(|| format!("listening on {}", socket.display()))
+        .map_err(setup_error)?;
+    let mut setup = start_guest(args, work.path(), &socket)?;
 
-    // Everything the guest needs lives until the end of this function; the scratch
-    // filesystem is unmounted last (after the daemon is gone).
-    let mut scratch = None;
-    let mut state_dir = None;
-    let (mode, mut guest) = if args.guest_loopback {
-        let exe = std::env::current_exe().context("locating this executable")?;
-        let child = Command::new(exe)
-            .arg("simulate")
-            .arg("--loopback-guest-child")
-            .arg(&socket)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .spawn()
-            .context("starting the loopback guest")?;
-        (Mode::Loopback, GuestProcess::new(child, "loopback guest"))
+    let progress = Progress::new(!args.json && std::io::stderr().is_terminal());
+    let mut timeline = Timeline::new(started, started_unix);
+    let driven = drive(
+        args,
+        &listener,
+        &mut setup,
+        &mut timeline,
+        &progress,
+        work.path(),
+    );
+    progress.clear();
+    let exit = setup.guest.stop();
+    // The daemon's history (read before its tmpfs state directory goes): its own report
+    // of each transaction, and each filesystem's freeze and thaw.
+    let history = setup
+        .state_dir
+        .as_ref()
+        .and_then(|d| hv_vss_history::load(&d.path().join(hv_vss_history::HISTORY_FILE)).ok())
+        .flatten()
+        .map(|l| l.records)
+        .unwrap_or_default();
+    let stalls = setup
+        .scratch
+        .as_mut()
+        .and_then(|s| s.writer.take())
+        .map(writer::Writer::join)
+        .unwrap_or_default();
+    let log_file = setup.log_file.clone();
+    let mode = std::mem::replace(&mut setup.mode, Mode::Loopback);
+    drop(setup);
+    let mut report = driven.map_err(setup_error)?;
+    report.attach_daemon_history(&history, &mut timeline);
+    report.attach_writer_stalls(&stalls, &mut timeline);
+    let exit = exit.map_err(setup_error)?;
+
+    let ok = report.ok() && exit.clean;
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    let printed = if args.json {
+        let doc = report.to_json(&mode, &exit, log_file.as_deref(), &timeline);
+        serde_json::to_string_pretty(&doc)
+            .map_err(std::io::Error::other)
+            .and_then(|text| writeln!(out, "{text}"))
     } else {
-        let daemon = daemon_path(args.daemon.as_deref())?;
-        check_daemon_supports_uio(&daemon)?;
-        let mounts = if args.mounts.is_empty() {
-            if !rustix::process::geteuid().is_root() {
-                bail!(
-                    "no --mount given: name a filesystem the daemon may freeze (e.g. a \
-                     loop-mounted test image), or run as root to let simulate create a \
-                     scratch ext4 image; use --guest-loopback for a transport self-test \
-                     that freezes nothing"
-                );
-            }
-            let fs = ScratchFs::create(work.path())?;
-            let mount = fs.mount_point.clone();
-            scratch = Some(fs);
-            vec![mount]
-        } else {
-            args.mounts.clone()
-        };
-        let dir = tmpfs_state_dir()?;
-        let mut cmd = Command::new(&daemon);
-        cmd.arg("--uio")
-            .arg(&socket)
-            .arg("--state-dir")
-            .arg(dir.path());
-        for m in &mounts {
-            cmd.arg("--mount").arg(m);
-        }
-        cmd.arg("--auto-thaw")
-            .arg(args.auto_thaw.to_string())
-            .arg("-n")
-            .stdin(Stdio::null());
-        if args.json {
-            // Keep stdout a single JSON document.
-            cmd.stdout(Stdio::null());
-        }
-        let child = cmd
-            .spawn()
-            .with_context(|| format!("starting {}", daemon.display()))?;
-        state_dir = Some(dir);
-        (
-            Mode::Daemon { daemon, mounts },
-            GuestProcess::new(child, "daemon"),
-        )
+        report.print(&mut out, &mode, &exit, log_file.as_deref(), &timeline)
     };
-
-    let result = drive(&args, &listener, &mut guest, &mode);
-    let exit = guest.stop();
-    drop(state_dir);
-    drop(scratch);
-    let report = result?;
-    let exit = exit?;
-
-    if args.json {
-        let doc = report.to_json(&mode, &exit);
-        println!("{}", serde_json::to_string_pretty(&doc)?);
-    } else {
-        report.print_summary(&exit);
+    drop(out);
+    if let Err(e) = printed
+        && e.kind() != std::io::ErrorKind::BrokenPipe
+    {
+        eprintln!("hv-vss simulate: writing the report: {e}");
     }
-    Ok(if report.ok() && exit.clean {
+    if let Some(log) = &log_file
+        && (args.verbose || !ok)
+    {
+        show_log(log);
+    }
+    Ok(if ok {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
+    })
+}
+
+/// Copies the daemon's log to stderr.
+fn show_log(log: &Path) {
+    match std::fs::read_to_string(log) {
+        Ok(text) => {
+            eprintln!("---- daemon log ({}) ----", log.display());
+            eprint!("{text}");
+            eprintln!("---- end of daemon log ----");
+        }
+        Err(e) => eprintln!(
+            "hv-vss simulate: cannot read the daemon log {}: {e}",
+            log.display()
+        ),
+    }
+}
+
+/// Creates what the guest needs and starts it.
+fn start_guest(args: &SimulateArgs, work: &Path, socket: &Path) -> Result<Setup, SetupFailure> {
+    if args.guest_loopback {
+        let exe = std::env::current_exe()
+            .context("locating this executable")
+            .map_err(setup_error)?;
+        let child = Command::new(exe)
+            .arg("simulate")
+            .arg("--loopback-guest-child")
+            .arg(socket)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .spawn()
+            .context("starting the loopback guest")
+            .map_err(setup_error)?;
+        return Ok(Setup {
+            mode: Mode::Loopback,
+            guest: GuestProcess::new(child, "loopback guest", false),
+            state_dir: None,
+            scratch: None,
+            snapshottable: Vec::new(),
+            log_file: None,
+        });
+    }
+    let daemon = daemon_path(args.daemon.as_deref()).map_err(setup_error)?;
+    check_daemon_supports_uio(&daemon).map_err(setup_error)?;
+    let root = rustix::process::geteuid().is_root();
+    if !root {
+        return Err(SetupFailure {
+            code: exit_codes::NOT_ROOT,
+            message: "freezing a filesystem needs root (CAP_SYS_ADMIN): run `sudo hv-vss \
+                      simulate` for the checked backup of a scratch image, or `hv-vss \
+                      simulate --guest-loopback` for the transport self-test, which freezes \
+                      nothing"
+                .into(),
+        });
+    }
+    let mut scratch = None;
+    let (mounts, snapshottable) = if args.mounts.is_empty() {
+        let fs = ScratchFs::create(work).map_err(setup_error)?;
+        let mount = fs.mount_point.clone();
+        let snap = Snapshottable {
+            image: fs.image.clone(),
+            fs_type: "ext4".into(),
+        };
+        scratch = Some(fs);
+        (vec![mount], vec![Ok(snap)])
+    } else {
+        let snaps = args
+            .mounts
+            .iter()
+            .map(|m| snapshot::find_loop_image(m))
+            .collect();
+        (args.mounts.clone(), snaps)
+    };
+    let state_dir = tmpfs_state_dir().map_err(setup_error)?;
+    let log = tempfile::Builder::new()
+        .prefix("hv-vss-simulate-daemon-")
+        .suffix(".log")
+        .tempfile()
+        .context("creating the daemon's log file")
+        .map_err(setup_error)?;
+    let (log_handle, log_path) = log
+        .keep()
+        .context("keeping the daemon's log file")
+        .map_err(setup_error)?;
+    let log_err = log_handle
+        .try_clone()
+        .context("duplicating the log file handle")
+        .map_err(setup_error)?;
+    let mut cmd = Command::new(&daemon);
+    cmd.arg("--uio")
+        .arg(socket)
+        .arg("--state-dir")
+        .arg(state_dir.path());
+    for m in &mounts {
+        cmd.arg("--mount").arg(m);
+    }
+    cmd.arg("--auto-thaw")
+        .arg(args.auto_thaw.to_string())
+        .arg("-n")
+        .stdin(Stdio::null())
+        .stdout(log_handle)
+        .stderr(log_err);
+    let child = cmd
+        .spawn()
+        .with_context(|| format!("starting {}", daemon.display()))
+        .map_err(setup_error)?;
+    Ok(Setup {
+        mode: Mode::Daemon {
+            daemon,
+            mounts,
+            scratch: scratch.is_some(),
+        },
+        guest: GuestProcess::new(child, "daemon", true),
+        state_dir: Some(state_dir),
+        scratch,
+        snapshottable,
+        log_file: Some(log_path),
     })
 }
 
@@ -182,34 +365,123 @@ enum Mode {
     Daemon {
         daemon: PathBuf,
         mounts: Vec<PathBuf>,
+        /// The one mount is the scratch image this command created.
+        scratch: bool,
     },
 }
 
 impl Mode {
-    fn describe(&self) -> String {
+    fn guest(&self) -> &'static str {
         match self {
-            Mode::Loopback => "transport self-test: guest endpoint in a child process with a \
-                               fixed S_OK policy; no daemon, nothing is frozen"
-                .into(),
-            Mode::Daemon { daemon, mounts } => format!(
-                "daemon {} freezing {}",
-                daemon.display(),
-                mounts
+            Mode::Loopback => "guest",
+            Mode::Daemon { .. } => "daemon",
+        }
+    }
+
+    fn describe(&self) -> Vec<String> {
+        match self {
+            Mode::Loopback => vec![
+                "transport self-test: guest endpoint in a child process with a fixed S_OK \
+                 policy; no daemon, nothing is frozen"
+                    .into(),
+            ],
+            Mode::Daemon {
+                daemon,
+                mounts,
+                scratch,
+            } => {
+                let list = mounts
                     .iter()
                     .map(|m| m.display().to_string())
                     .collect::<Vec<_>>()
-                    .join(", ")
-            ),
+                    .join(", ");
+                vec![
+                    format!(
+                        "guest:  the daemon {} in UIO mode, over shared-memory VMBus rings",
+                        daemon.display()
+                    ),
+                    if *scratch {
+                        format!(
+                            "frozen: {list} (a {} MiB ext4 scratch image made for this run; a \
+                             writer keeps writing to it)",
+                            IMAGE_LEN >> 20
+                        )
+                    } else {
+                        format!("frozen: {list}")
+                    },
+                ]
+            }
         }
+    }
+}
+
+/// One request as the host sent it.
+#[derive(Debug, Clone)]
+struct HostStep {
+    report: StepReport,
+    sent: Instant,
+}
+
+/// One backup cycle as the host ran it.
+#[derive(Debug)]
+struct Cycle {
+    steps: Vec<HostStep>,
+    freeze_skipped: bool,
+    /// FREEZE sent to THAW reply: the longest the guest can have been frozen.
+    frozen_window: Option<Duration>,
+    /// FREEZE reply to THAW sent: the host's snapshot time.
+    snapshot_window: Option<Duration>,
+    snapshots: Vec<(u64, Duration)>,
+    check: Check,
+    /// The longest write the writer saw blocked within this cycle.
+    writer_blocked: Option<Duration>,
+    /// The daemon's own verdict of the backup, from its history.
+    daemon_verdict: Option<String>,
+    /// Span of the cycle, to match the writer's stalls.
+    span: (Instant, Instant),
+}
+
+impl Cycle {
+    fn steps_ok(&self) -> bool {
+        self.steps.iter().all(|s| s.report.is_ok())
+    }
+
+    fn verdict(&self) -> (&'static str, String) {
+        if let Some(bad) = self.steps.iter().find(|s| !s.report.is_ok()) {
+            return (
+                "not consistent",
+                format!(
+                    "{} was answered {}{}",
+                    bad.report.step,
+                    status_name(bad.report.status),
+                    bad.report
+                        .error
+                        .as_ref()
+                        .map_or_else(String::new, |e| format!(" ({e})"))
+                ),
+            );
+        }
+        (self.check.verdict(), self.check.detail())
+    }
+
+    fn ok(&self) -> bool {
+        self.steps_ok() && !matches!(self.check, Check::NotConsistent { .. })
+    }
+
+    fn step_latency(&self, op: VssOperation) -> Option<Duration> {
+        self.steps
+            .iter()
+            .find(|s| s.report.step == Step::Vss(op))
+            .and_then(|s| s.report.latency)
     }
 }
 
 /// What the host saw.
 #[derive(Debug)]
 struct Report {
-    negotiation: StepReport,
+    negotiation: HostStep,
     negotiated: Option<NegotiationResult>,
-    cycles: Vec<BackupCycle>,
+    cycles: Vec<Cycle>,
     cycles_wanted: u32,
 }
 
@@ -217,40 +489,159 @@ impl Report {
     fn ok(&self) -> bool {
         matches!(self.negotiated, Some(NegotiationResult::Agreed { .. }))
             && self.cycles.len() == self.cycles_wanted as usize
-            && self.cycles.iter().all(|c| c.all_ok)
+            && self.cycles.iter().all(Cycle::ok)
     }
 
-    fn print_summary(&self, exit: &GuestExit) {
-        let ok_cycles = self.cycles.iter().filter(|c| c.all_ok).count();
-        println!(
-            "summary: {}; {ok_cycles}/{} cycles answered S_OK at every step",
-            match self.negotiated {
-                Some(NegotiationResult::Agreed {
-                    framework, message, ..
-                }) => format!("negotiated framework {framework}, VSS {message}"),
-                Some(NegotiationResult::Refused { .. }) => "negotiation refused".into(),
-                None => "negotiation failed".into(),
-            },
-            self.cycles_wanted
-        );
-        for (i, c) in self.cycles.iter().enumerate() {
-            if let (Some(frozen), Some(snap)) = (c.frozen_window, c.snapshot_window) {
-                println!(
-                    "  cycle {}: frozen window as seen by the host {} (FREEZE sent to THAW \
-                     reply), snapshot window {} (FREEZE reply to THAW sent)",
-                    i + 1,
-                    ms(frozen),
-                    ms(snap)
-                );
+    fn verdict(&self) -> (&'static str, String) {
+        if !matches!(self.negotiated, Some(NegotiationResult::Agreed { .. })) {
+            return ("not consistent", "negotiation failed".into());
+        }
+        if let Some((i, c)) = self.cycles.iter().enumerate().find(|(_, c)| !c.ok()) {
+            let (v, why) = c.verdict();
+            return (v, format!("cycle {}: {why}", i + 1));
+        }
+        if self.cycles.len() < self.cycles_wanted as usize {
+            return ("not consistent", "not every cycle ran".into());
+        }
+        match self.cycles.first() {
+            Some(c) if self.cycles.len() == 1 => c.verdict(),
+            Some(c) => {
+                let (v, why) = c.verdict();
+                (v, format!("all {} cycles: {why}", self.cycles.len()))
+            }
+            None => ("not consistent", "no cycle ran".into()),
+        }
+    }
+
+    /// Matches the daemon's backup reports to the cycles that sent FREEZE, in order, and
+    /// puts each filesystem's freeze and thaw on the timeline.
+    fn attach_daemon_history(&mut self, history: &[HistoryRecord], timeline: &mut Timeline) {
+        let backups = history
+            .iter()
+            .filter(|r| r.report.kind == hv_vss_core::report::TxnKind::Backup);
+        let cycles = self.cycles.iter_mut().filter(|c| !c.freeze_skipped);
+        for (record, cycle) in backups.zip(cycles) {
+            cycle.daemon_verdict = Some(daemon_verdict(&record.report.verdict));
+            timeline.add_daemon_record(record);
+        }
+    }
+
+    fn attach_writer_stalls(&mut self, stalls: &[writer::Stall], timeline: &mut Timeline) {
+        for stall in stalls {
+            timeline.add_stall(stall);
+            if let Some(cycle) = self
+                .cycles
+                .iter_mut()
+                .find(|c| stall.started >= c.span.0 && stall.started <= c.span.1)
+            {
+                cycle.writer_blocked =
+                    Some(cycle.writer_blocked.unwrap_or_default().max(stall.took));
             }
         }
-        println!("  {}: {}", exit.name, exit.description);
     }
 
-    fn to_json(&self, mode: &Mode, exit: &GuestExit) -> serde_json::Value {
+    fn negotiated_text(&self) -> String {
+        match self.negotiated {
+            Some(NegotiationResult::Agreed {
+                framework, message, ..
+            }) => format!("framework {framework}, VSS {message}"),
+            Some(NegotiationResult::Refused { .. }) => "negotiation refused".into(),
+            None => "negotiation failed".into(),
+        }
+    }
+
+    fn print(
+        &self,
+        out: &mut impl Write,
+        mode: &Mode,
+        exit: &GuestExit,
+        log: Option<&Path>,
+        timeline: &Timeline,
+    ) -> std::io::Result<()> {
+        writeln!(out, "hv-vss simulate: a simulated Hyper-V backup")?;
+        for line in mode.describe() {
+            writeln!(out, "  {line}")?;
+        }
+        writeln!(out)?;
+        timeline.print(out, mode.guest())?;
+        writeln!(out)?;
+        let ok_cycles = self.cycles.iter().filter(|c| c.steps_ok()).count();
+        writeln!(
+            out,
+            "summary: negotiated {}; {ok_cycles}/{} cycles answered S_OK at every step",
+            self.negotiated_text(),
+            self.cycles_wanted
+        )?;
+        for (i, c) in self.cycles.iter().enumerate() {
+            let mut parts = Vec::new();
+            if let Some(frozen) = c.frozen_window {
+                parts.push(format!("frozen window as seen by the host {}", ms(frozen)));
+            }
+            if let Some(blocked) = c.writer_blocked {
+                parts.push(format!("a writer blocked {}", ms(blocked)));
+            }
+            if let Some(v) = &c.daemon_verdict {
+                parts.push(format!("daemon's report: {v}"));
+            }
+            let (verdict, why) = c.verdict();
+            parts.push(format!("verdict: {verdict} ({why})"));
+            writeln!(out, "  cycle {}: {}", i + 1, parts.join("; "))?;
+        }
+        if self.cycles.len() > 1 {
+            for (name, values) in self.series() {
+                if let Some(s) = Stats::of(&values) {
+                    writeln!(
+                        out,
+                        "  {name:<28} min {}  median {}  max {}",
+                        ms(s.min),
+                        ms(s.median),
+                        ms(s.max)
+                    )?;
+                }
+            }
+        }
+        writeln!(out, "  {}: {}", exit.name, exit.description)?;
+        if let Some(log) = log {
+            writeln!(out, "  daemon log: {}", log.display())?;
+        }
+        let (verdict, why) = self.verdict();
+        writeln!(out, "verdict: {verdict}: {why}")?;
+        Ok(())
+    }
+
+    /// The per-cycle durations summarised for `--cycles N`.
+    fn series(&self) -> Vec<(&'static str, Vec<Duration>)> {
+        let of = |f: &dyn Fn(&Cycle) -> Option<Duration>| -> Vec<Duration> {
+            self.cycles.iter().filter_map(f).collect()
+        };
+        vec![
+            ("frozen window (host)", of(&|c| c.frozen_window)),
+            ("writer blocked", of(&|c| c.writer_blocked)),
+            (
+                "FREEZE round trip",
+                of(&|c| c.step_latency(VssOperation::FREEZE)),
+            ),
+            (
+                "THAW round trip",
+                of(&|c| c.step_latency(VssOperation::THAW)),
+            ),
+            (
+                "snapshot copy",
+                of(&|c| c.snapshots.iter().map(|s| s.1).max()),
+            ),
+        ]
+    }
+
+    fn to_json(
+        &self,
+        mode: &Mode,
+        exit: &GuestExit,
+        log: Option<&Path>,
+        timeline: &Timeline,
+    ) -> serde_json::Value {
         let (mode_name, daemon, mounts) = match mode {
             Mode::Loopback => ("guest-loopback", None, Vec::new()),
-            Mode::Daemon { daemon, mounts } => (
+            Mode::Daemon { daemon, mounts, .. } => (
                 "daemon",
                 Some(daemon.display().to_string()),
                 mounts.iter().map(|m| m.display().to_string()).collect(),
@@ -262,20 +653,87 @@ impl Report {
             }) => json!({"framework": framework.to_string(), "message": message.to_string()}),
             _ => serde_json::Value::Null,
         };
+        let summary: serde_json::Map<String, serde_json::Value> = self
+            .series()
+            .into_iter()
+            .filter_map(|(name, values)| {
+                Stats::of(&values).map(|s| {
+                    (
+                        name.replace(['(', ')'], "").trim().replace(' ', "_") + "_ms",
+                        json!({"min": msf(s.min), "median": msf(s.median), "max": msf(s.max)}),
+                    )
+                })
+            })
+            .collect();
+        let (verdict, why) = self.verdict();
         json!({
             "mode": mode_name,
             "daemon": daemon,
             "mounts": mounts,
-            "negotiation": step_json(&self.negotiation),
+            "daemon_log": log.map(|l| l.display().to_string()),
+            "negotiation": step_json(&self.negotiation.report),
             "negotiated": negotiated,
-            "cycles": self.cycles.iter().map(|c| json!({
-                "steps": c.steps.iter().map(step_json).collect::<Vec<_>>(),
-                "frozen_window_ms": c.frozen_window.map(|d| d.as_secs_f64() * 1e3),
-                "snapshot_window_ms": c.snapshot_window.map(|d| d.as_secs_f64() * 1e3),
-                "ok": c.all_ok,
-            })).collect::<Vec<_>>(),
+            "cycles": self.cycles.iter().map(|c| {
+                let (v, why) = c.verdict();
+                json!({
+                    "steps": c.steps.iter().map(|s| step_json(&s.report)).collect::<Vec<_>>(),
+                    "freeze_skipped": c.freeze_skipped,
+                    "frozen_window_ms": c.frozen_window.map(msf),
+                    "snapshot_window_ms": c.snapshot_window.map(msf),
+                    "writer_blocked_ms": c.writer_blocked.map(msf),
+                    "snapshots": c.snapshots.iter().map(|(bytes, took)| json!({"bytes": bytes, "copy_ms": msf(*took)})).collect::<Vec<_>>(),
+                    "daemon_verdict": c.daemon_verdict,
+                    "verdict": v,
+                    "verdict_detail": why,
+                    "ok": c.ok(),
+                })
+            }).collect::<Vec<_>>(),
+            "summary": summary,
+            "timeline": timeline.to_json(mode.guest()),
             "guest_exit": {"clean": exit.clean, "description": exit.description},
+            "verdict": verdict,
+            "verdict_detail": why,
             "ok": self.ok() && exit.clean,
+        })
+    }
+}
+
+fn daemon_verdict(v: &hv_vss_core::Verdict) -> String {
+    match serde_json::to_value(v) {
+        Ok(value) => match (&value["kind"], &value["reason"]["kind"]) {
+            (serde_json::Value::String(k), serde_json::Value::String(r)) => format!("{k} ({r})"),
+            (serde_json::Value::String(k), _) => k.clone(),
+            _ => value.to_string(),
+        },
+        Err(_) => format!("{v:?}"),
+    }
+}
+
+/// min, median and max of a series.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Stats {
+    min: Duration,
+    median: Duration,
+    max: Duration,
+}
+
+impl Stats {
+    fn of(values: &[Duration]) -> Option<Self> {
+        let mut v = values.to_vec();
+        v.sort();
+        let n = v.len();
+        if n == 0 {
+            return None;
+        }
+        let median = if n % 2 == 1 {
+            v[n / 2]
+        } else {
+            (v[n / 2 - 1] + v[n / 2]) / 2
+        };
+        Some(Self {
+            min: v[0],
+            median,
+            max: v[n - 1],
         })
     }
 }
@@ -285,7 +743,7 @@ fn status_name(s: Option<HvStatus>) -> String {
         Some(s) => s
             .name()
             .map_or_else(|| format!("{:#010x}", s.0), str::to_string),
-        None => "-".into(),
+        None => "no reply".into(),
     }
 }
 
@@ -294,108 +752,304 @@ fn step_json(s: &StepReport) -> serde_json::Value {
         "op": s.step.to_string(),
         "trans_id": format!("{:#x}", s.trans_id),
         "status": s.status.map(|_| status_name(s.status)),
-        "latency_ms": s.latency.map(|d| d.as_secs_f64() * 1e3),
+        "latency_ms": s.latency.map(msf),
         "error": s.error,
     })
 }
 
-fn ms(d: Duration) -> String {
-    format!("{:.3} ms", d.as_secs_f64() * 1e3)
+fn msf(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
 }
 
-fn print_step(json: bool, step: &StepReport) {
-    if json {
-        return;
-    }
-    let latency = step.latency.map_or_else(|| "-".into(), ms);
-    let mut line = format!(
-        "  {:<12} trans_id {:#018x}  {:<7} {latency:>12}",
-        step.step.to_string(),
-        step.trans_id,
-        status_name(step.status)
-    );
-    if let Some(e) = &step.error {
-        line.push_str(&format!("  error: {e}"));
-    }
-    println!("{line}");
-    let _ = std::io::stdout().flush();
+fn ms(d: Duration) -> String {
+    format!("{:.3} ms", msf(d))
+}
+
+/// Sends one request and records it on the timeline.
+fn request(
+    sim: &mut HostSimulator,
+    op: VssOperation,
+    timeline: &mut Timeline,
+    progress: &Progress,
+    label: &str,
+) -> HostStep {
+    progress.show(&format!("{label}: {op} sent, waiting for the reply"));
+    let sent = Instant::now();
+    let result = sim.request(op);
+    let step = host_step(sim, Step::Vss(op), result, sent);
+    timeline.add_host_step(&step);
+    step
+}
+
+fn host_step(
+    sim: &HostSimulator,
+    step: Step,
+    result: Result<VssReply, SimError>,
+    sent: Instant,
+) -> HostStep {
+    let report = match result {
+        Ok(reply) => StepReport {
+            step,
+            trans_id: reply.trans_id,
+            status: Some(reply.status),
+            latency: Some(reply.latency),
+            error: None,
+        },
+        Err(e) => StepReport {
+            step,
+            trans_id: sim.exchanges().last().map_or(0, |e| e.trans_id),
+            status: None,
+            latency: None,
+            error: Some(e.to_string()),
+        },
+    };
+    HostStep { report, sent }
 }
 
 /// Accepts the guest, hands it the rings, and runs NEGOTIATE and the cycles.
 fn drive(
     args: &SimulateArgs,
     listener: &HandoverListener,
-    guest: &mut GuestProcess,
-    mode: &Mode,
+    setup: &mut Setup,
+    timeline: &mut Timeline,
+    progress: &Progress,
+    work: &Path,
 ) -> anyhow::Result<Report> {
-    if !args.json {
-        println!("hv-vss simulate: {}", mode.describe());
-    }
-    let conn = accept_guest(listener, guest)?;
+    progress.show(&format!("waiting for the {} to connect", setup.guest.name));
+    let conn = accept_guest(listener, &mut setup.guest)?;
     let rings = ShmRings::create(RING_LEN).context("creating the shared-memory rings")?;
     rings
         .send_over(&conn)
         .context("handing the rings to the guest")?;
     let config = HostConfig::default().with_reply_timeout(args.reply_timeout);
     let mut sim = HostSimulator::new(rings, config).context("starting the host simulator")?;
-    guest.conn = Some(conn);
+    setup.guest.conn = Some(conn);
 
+    progress.show("NEGOTIATE sent, waiting for the reply");
+    let sent = Instant::now();
     let negotiated = sim.negotiate();
     let trans_id = sim.exchanges().last().map_or(0, |e| e.trans_id);
-    let negotiation = match &negotiated {
-        Ok(NegotiationResult::Agreed { latency, .. }) => StepReport {
-            step: hv_vss_sim::host::Step::Negotiate,
-            trans_id,
-            status: Some(HvStatus::S_OK),
-            latency: Some(*latency),
-            error: None,
-        },
-        Ok(NegotiationResult::Refused { latency }) => StepReport {
-            step: hv_vss_sim::host::Step::Negotiate,
-            trans_id,
-            status: Some(HvStatus::E_FAIL),
-            latency: Some(*latency),
-            error: None,
-        },
-        Err(e) => StepReport {
-            step: hv_vss_sim::host::Step::Negotiate,
-            trans_id,
-            status: None,
-            latency: None,
-            error: Some(e.to_string()),
-        },
+    let (status, latency, error) = match &negotiated {
+        Ok(NegotiationResult::Agreed { latency, .. }) => {
+            (Some(HvStatus::S_OK), Some(*latency), None)
+        }
+        Ok(NegotiationResult::Refused { latency }) => {
+            (Some(HvStatus::E_FAIL), Some(*latency), None)
+        }
+        Err(e) => (None, None, Some(e.to_string())),
     };
-    if !args.json {
-        println!(
-            "  {:<12} {:<27} {:<7} {:>12}",
-            "op", "transaction", "status", "latency"
-        );
-    }
-    print_step(args.json, &negotiation);
+    let negotiation = HostStep {
+        report: StepReport {
+            step: Step::Negotiate,
+            trans_id,
+            status,
+            latency,
+            error,
+        },
+        sent,
+    };
+    timeline.add_host_step(&negotiation);
     let mut report = Report {
         negotiation,
         negotiated: negotiated.ok(),
         cycles: Vec::new(),
         cycles_wanted: args.cycles,
     };
-    if !matches!(report.negotiated, Some(NegotiationResult::Agreed { .. })) {
+    if let Some(NegotiationResult::Agreed {
+        framework, message, ..
+    }) = report.negotiated
+    {
+        timeline.note(
+            Who::Host,
+            format!("agreed on framework {framework}, VSS {message}"),
+        );
+    } else {
         return Ok(report);
     }
     for i in 0..args.cycles {
-        if !args.json {
-            println!("cycle {} of {}:", i + 1, args.cycles);
-        }
-        let cycle = sim.backup_cycle(args.hold);
-        for s in &cycle.steps {
-            print_step(args.json, s);
-        }
-        let ok = cycle.all_ok;
+        let label = format!("cycle {} of {}", i + 1, args.cycles);
+        timeline.section(label.clone());
+        let cycle = run_cycle(args, &mut sim, setup, timeline, progress, &label, work);
+        let ok = cycle.ok();
         report.cycles.push(cycle);
         if !ok {
             break;
         }
     }
     Ok(report)
+}
+
+/// HOT_BACKUP, FREEZE (unless the test switch skips it), snapshot, hold, THAW,
+/// BU_COMPLETE, then the check of the snapshot.
+fn run_cycle(
+    args: &SimulateArgs,
+    sim: &mut HostSimulator,
+    setup: &Setup,
+    timeline: &mut Timeline,
+    progress: &Progress,
+    label: &str,
+    work: &Path,
+) -> Cycle {
+    let begin = Instant::now();
+    let mut steps = Vec::new();
+    let mut snapshots = Vec::new();
+    let not_run = |reason: &str| Check::NotChecked {
+        reason: reason.into(),
+    };
+    let check_step = request(sim, VssOperation::HOT_BACKUP, timeline, progress, label);
+    let check_ok = check_step.report.is_ok();
+    steps.push(check_step);
+    if !check_ok {
+        return Cycle {
+            steps,
+            freeze_skipped: false,
+            frozen_window: None,
+            snapshot_window: None,
+            snapshots,
+            check: not_run("HOT_BACKUP failed: no snapshot was taken"),
+            writer_blocked: None,
+            daemon_verdict: None,
+            span: (begin, Instant::now()),
+        };
+    }
+    let (freeze_sent, freeze_ok, freeze_replied) = if args.test_skip_freeze {
+        timeline.note(
+            Who::Host,
+            "FREEZE skipped (--test-skip-freeze): the snapshot is of a live filesystem".into(),
+        );
+        (Instant::now(), true, Instant::now())
+    } else {
+        let step = request(sim, VssOperation::FREEZE, timeline, progress, label);
+        let ok = step.report.is_ok();
+        let sent = step.sent;
+        steps.push(step);
+        (sent, ok, Instant::now())
+    };
+    // The snapshot: every copyable filesystem's image, while frozen.
+    let mut copies = Vec::new();
+    if freeze_ok {
+        for (n, source) in setup.snapshottable.iter().enumerate() {
+            let Ok(source) = source else { continue };
+            progress.show(&format!(
+                "{label}: frozen; snapshot: copying {}",
+                source.image.display()
+            ));
+            timeline.note(
+                Who::Host,
+                format!("snapshot: copying {}", source.image.display()),
+            );
+            let dest = work.join(format!("snapshot-{n}.img"));
+            match snapshot::take(source, &dest) {
+                Ok(s) => {
+                    timeline.note(
+                        Who::Host,
+                        format!("snapshot taken: {} MiB in {}", s.bytes >> 20, ms(s.took)),
+                    );
+                    snapshots.push((s.bytes, s.took));
+                    copies.push((dest, source.fs_type.clone()));
+                }
+                Err(e) => timeline.note(Who::Host, format!("snapshot failed: {e}")),
+            }
+        }
+        let left = args.hold.saturating_sub(freeze_replied.elapsed());
+        if !left.is_zero() {
+            progress.show(&format!("{label}: holding the freeze for {}", ms(left)));
+            std::thread::sleep(left);
+        }
+    }
+    let thaw = request(sim, VssOperation::THAW, timeline, progress, label);
+    let thaw_ok = thaw.report.is_ok();
+    let thaw_sent = thaw.sent;
+    steps.push(thaw);
+    let thaw_replied = Instant::now();
+    if thaw_ok || !freeze_ok {
+        steps.push(request(
+            sim,
+            VssOperation::BU_COMPLETE,
+            timeline,
+            progress,
+            label,
+        ));
+    }
+    let end = Instant::now();
+    let (frozen_window, snapshot_window) = if freeze_ok && !args.test_skip_freeze {
+        (
+            Some(thaw_replied.duration_since(freeze_sent)),
+            Some(thaw_sent.duration_since(freeze_replied)),
+        )
+    } else {
+        (None, None)
+    };
+    let check = check_copies(setup, &copies, freeze_ok, timeline, progress, label);
+    for (copy, _) in &copies {
+        let _ = std::fs::remove_file(copy);
+    }
+    Cycle {
+        steps,
+        freeze_skipped: args.test_skip_freeze,
+        frozen_window,
+        snapshot_window,
+        snapshots,
+        check,
+        writer_blocked: None,
+        daemon_verdict: None,
+        span: (begin, end),
+    }
+}
+
+/// Checks every copy; the first one that is not consistent decides.
+fn check_copies(
+    setup: &Setup,
+    copies: &[(PathBuf, String)],
+    freeze_ok: bool,
+    timeline: &mut Timeline,
+    progress: &Progress,
+    label: &str,
+) -> Check {
+    if matches!(setup.mode, Mode::Loopback) {
+        return Check::NotChecked {
+            reason: "transport self-test: nothing was frozen or copied".into(),
+        };
+    }
+    if !freeze_ok {
+        return Check::NotChecked {
+            reason: "FREEZE failed: no snapshot was taken".into(),
+        };
+    }
+    if let Some(Err(why)) = setup.snapshottable.iter().find(|s| s.is_err()) {
+        return Check::NotChecked {
+            reason: why.clone(),
+        };
+    }
+    if copies.is_empty() {
+        return Check::NotChecked {
+            reason: "the snapshot could not be copied".into(),
+        };
+    }
+    let mut result = None;
+    for (copy, fs_type) in copies {
+        progress.show(&format!("{label}: checking the snapshot"));
+        let check = snapshot::check(copy, fs_type);
+        timeline.note(
+            Who::Host,
+            format!(
+                "check of the snapshot: {}: {}",
+                check.verdict(),
+                check.detail()
+            ),
+        );
+        let worse = matches!(
+            (&result, &check),
+            (None | Some(Check::Consistent { .. }), _)
+                | (Some(Check::NotChecked { .. }), Check::NotConsistent { .. })
+        );
+        if worse {
+            result = Some(check);
+        }
+    }
+    result.unwrap_or(Check::NotChecked {
+        reason: "nothing to check".into(),
+    })
 }
 
 /// Waits for the guest's connection, failing early if the guest exits.
@@ -424,6 +1078,8 @@ fn accept_guest(listener: &HandoverListener, guest: &mut GuestProcess) -> anyhow
 struct GuestProcess {
     child: Child,
     name: &'static str,
+    /// The daemon stops on SIGTERM; the loopback guest when the host hangs up.
+    stops_on_sigterm: bool,
     conn: Option<OwnedFd>,
     stopped: bool,
 }
@@ -437,43 +1093,56 @@ struct GuestExit {
 }
 
 impl GuestProcess {
-    fn new(child: Child, name: &'static str) -> Self {
+    fn new(child: Child, name: &'static str, stops_on_sigterm: bool) -> Self {
         Self {
             child,
             name,
+            stops_on_sigterm,
             conn: None,
             stopped: false,
         }
     }
 
-    /// Hangs up the hand-over socket, asks the child to stop (SIGTERM for the daemon) and
-    /// waits; kills it after [`EXIT_TIMEOUT`].
+    /// Stops the guest and waits; kills it after [`EXIT_TIMEOUT`].
+    ///
+    /// The daemon gets SIGTERM while the hand-over connection is still open, and the
+    /// connection is closed only once it has exited: closing first is the simulator's
+    /// "rescind", which the daemon rightly reports as a lost transport (a warning) at the
+    /// end of every clean run.
     fn stop(&mut self) -> anyhow::Result<GuestExit> {
         self.stopped = true;
-        drop(self.conn.take());
-        if self.name == "daemon" {
+        if self.stops_on_sigterm {
             self.signal(rustix::process::Signal::TERM);
+        } else {
+            drop(self.conn.take());
         }
-        let deadline = Instant::now() + EXIT_TIMEOUT;
-        loop {
+        let started = Instant::now();
+        let deadline = started + EXIT_TIMEOUT;
+        let exit = loop {
+            if self.conn.is_some() && started.elapsed() >= SIGTERM_GRACE {
+                // Not gone after SIGTERM (a stand-in that ignores it): hang up too.
+                drop(self.conn.take());
+            }
             if let Some(status) = self.child.try_wait()? {
-                return Ok(GuestExit {
+                break GuestExit {
                     name: self.name,
                     clean: status.success(),
                     description: format!("exited with {status}"),
-                });
+                };
             }
             if Instant::now() >= deadline {
                 let _ = self.child.kill();
                 let status = self.child.wait()?;
-                return Ok(GuestExit {
+                break GuestExit {
                     name: self.name,
                     clean: false,
                     description: format!("did not exit within {EXIT_TIMEOUT:?}; killed ({status})"),
-                });
+                };
             }
             std::thread::sleep(Duration::from_millis(20));
-        }
+        };
+        drop(self.conn.take());
+        Ok(exit)
     }
 
     fn signal(&self, signal: rustix::process::Signal) {
@@ -503,7 +1172,8 @@ fn daemon_path(given: Option<&Path>) -> anyhow::Result<PathBuf> {
     let path = exe.with_file_name("hv-vssd");
     if !path.exists() {
         bail!(
-            "{} not found; pass --daemon PATH, or --guest-loopback for a transport self-test",
+            "{} not found; build it (cargo build -p hv-vssd), pass --daemon PATH, or use \
+             --guest-loopback for a transport self-test",
             path.display()
         );
     }
@@ -550,11 +1220,12 @@ fn tmpfs_state_dir() -> anyhow::Result<tempfile::TempDir> {
     bail!("no writable tmpfs for the daemon's state directory (tried /dev/shm and /run)")
 }
 
-/// A scratch ext4 image, loop-mounted in the work directory; thawed (in case), unmounted
-/// and deleted on drop.
+/// A scratch ext4 image, loop-mounted in the work directory, with a writer on it; on drop
+/// the writer is stopped, the filesystem thawed (in case), unmounted and deleted.
 struct ScratchFs {
+    image: PathBuf,
     mount_point: PathBuf,
-    mounted: bool,
+    writer: Option<writer::Writer>,
 }
 
 impl ScratchFs {
@@ -572,22 +1243,36 @@ impl ScratchFs {
                 .arg(&image)
                 .arg(&mount_point),
         )?;
-        std::fs::write(mount_point.join("hello"), "written before the freeze\n")?;
-        Ok(Self {
+        let mut fs = Self {
+            image,
             mount_point,
-            mounted: true,
-        })
+            writer: None,
+        };
+        std::fs::write(fs.mount_point.join("hello"), "written before the freeze\n")?;
+        fs.writer = Some(
+            writer::Writer::start(&fs.mount_point.join("writer"), WRITER_NOTABLE)
+                .context("starting the writer on the scratch filesystem")?,
+        );
+        Ok(fs)
+    }
+
+    fn thaw(&self) {
+        // We created this filesystem; if anything left it frozen, thaw it.
+        if let Ok(fd) = hv_vss_sys::fs::open_mount_point(&self.mount_point) {
+            let _ = hv_vss_sys::fs::thaw(fd.as_fd());
+        }
     }
 }
 
 impl Drop for ScratchFs {
     fn drop(&mut self) {
-        if !self.mounted {
-            return;
+        if let Some(w) = &self.writer {
+            w.request_stop();
         }
-        // We created this filesystem; if anything left it frozen, thaw it before unmounting.
-        if let Ok(fd) = hv_vss_sys::fs::open_mount_point(&self.mount_point) {
-            let _ = hv_vss_sys::fs::thaw(fd.as_fd());
+        // The writer blocks while frozen: thaw before joining it.
+        self.thaw();
+        if let Some(w) = self.writer.take() {
+            let _ = w.join();
         }
         let ok = Command::new("umount")
             .arg(&self.mount_point)
@@ -652,7 +1337,7 @@ mod tests {
         assert_eq!(args.hold, Duration::from_secs(90));
         assert_eq!(args.reply_timeout, Duration::from_millis(500));
         let defaults = parse(&[]).unwrap();
-        assert_eq!(defaults.hold, Duration::from_secs(1));
+        assert_eq!(defaults.hold, Duration::ZERO);
         assert_eq!(defaults.reply_timeout, Duration::from_secs(60));
         let err = parse(&["--hold", "25h"]).unwrap_err();
         assert!(err.contains("maximum of 24h"), "{err}");
