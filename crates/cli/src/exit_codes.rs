@@ -7,6 +7,8 @@
 
 /// Needs root, or permission denied on the daemon's files or control socket.
 pub const NOT_ROOT: u8 = 3;
+/// A state file is unusable (unreadable, too large), or stdout failed.
+pub const STATE_CORRUPT: u8 = 11;
 /// `simulate` could not set up the simulation (daemon missing, no tmpfs, mkfs or mount
 /// failed, the guest did not connect).
 pub const SETUP_FAILED: u8 = 12;

@@ -8,7 +8,9 @@ use clap::{Parser, Subcommand};
 mod duration;
 mod exit_codes;
 mod fs_cmds;
+mod history_cmds;
 mod simulate_cmds;
+mod state_files;
 mod uio_cmds;
 
 /// Hyper-V VSS backup quiesce agent: command-line tool.
@@ -33,6 +35,11 @@ enum Command {
     Uio(uio_cmds::UioCommand),
     /// Run a simulated Hyper-V host against a guest endpoint.
     Simulate(simulate_cmds::SimulateArgs),
+    /// List past backups from the daemon's report history (verdict, frozen window, stage
+    /// times, failure reasons).
+    History(history_cmds::HistoryArgs),
+    /// Print Prometheus metrics from the report history (works with the daemon down).
+    Metrics(history_cmds::MetricsArgs),
 }
 
 fn main() -> ExitCode {
@@ -43,6 +50,8 @@ fn main() -> ExitCode {
         Command::Thaw(args) => fs_cmds::thaw(args),
         Command::Uio(cmd) => uio_cmds::run(cmd),
         Command::Simulate(args) => simulate_cmds::run(args),
+        Command::History(args) => history_cmds::history(args),
+        Command::Metrics(args) => history_cmds::metrics(args),
     };
     match result {
         Ok(code) => code,

@@ -6,6 +6,8 @@
 //! a line from a future version): [`parse`] keeps every line it understands and reports
 //! each one it skipped, with its line number and why, instead of failing.
 
+pub mod metrics;
+
 use std::path::Path;
 
 use hv_vss_core::TxnReport;
