@@ -19,6 +19,7 @@
 //! log_level = "info"               # error | warn | info | debug | trace
 //! log_ring_capacity = 4096         # lines kept in memory while frozen
 //! history_limit = 100              # reports kept in <state_dir>/history.jsonl
+//! metrics_textfile = "/var/lib/prometheus/node-exporter/hv-vss.prom"  # unset: none
 //!
 //! [limits]
 //! check_deadline_seconds = 25
@@ -60,6 +61,7 @@ pub struct FileConfig {
     pub log_level: Option<String>,
     pub log_ring_capacity: Option<usize>,
     pub history_limit: Option<usize>,
+    pub metrics_textfile: Option<PathBuf>,
     #[serde(default)]
     pub limits: FileLimits,
     #[serde(default)]
@@ -157,6 +159,8 @@ pub struct Settings {
     pub log_level: LogLevel,
     pub log_ring_capacity: usize,
     pub history_limit: usize,
+    /// Prometheus textfile rewritten after each history append ([`crate::metrics`]).
+    pub metrics_textfile: Option<PathBuf>,
 }
 
 /// A configuration problem; every message names the key or flag.
@@ -339,6 +343,10 @@ impl Settings {
             Some(n) => n,
             None => DEFAULT_HISTORY_LIMIT,
         };
+        let metrics_textfile = file
+            .metrics_textfile
+            .map(|p| absolute("metrics_textfile", p))
+            .transpose()?;
 
         Ok(Settings {
             transport,
@@ -350,6 +358,7 @@ impl Settings {
             log_level,
             log_ring_capacity,
             history_limit,
+            metrics_textfile,
         })
     }
 }

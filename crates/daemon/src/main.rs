@@ -31,6 +31,7 @@ mod guardian;
 mod history;
 mod kmsg;
 mod logbuf;
+mod metrics;
 mod transport;
 
 use std::fs::File;
