@@ -7,6 +7,8 @@
 
 /// Needs root, or permission denied on the daemon's files or control socket.
 pub const NOT_ROOT: u8 = 3;
+/// The daemon is not running (`status` then shows what the state files say).
+pub const DAEMON_DOWN: u8 = 10;
 /// A state file is unusable (unreadable, too large), or stdout failed.
 pub const STATE_CORRUPT: u8 = 11;
 /// `simulate` could not set up the simulation (daemon missing, no tmpfs, mkfs or mount

@@ -11,6 +11,7 @@ mod fs_cmds;
 mod history_cmds;
 mod simulate_cmds;
 mod state_files;
+mod status_cmds;
 mod uio_cmds;
 
 /// Hyper-V VSS backup quiesce agent: command-line tool.
@@ -35,6 +36,8 @@ enum Command {
     Uio(uio_cmds::UioCommand),
     /// Run a simulated Hyper-V host against a guest endpoint.
     Simulate(simulate_cmds::SimulateArgs),
+    /// Is the daemon running, is anything frozen, what was the last backup.
+    Status(status_cmds::StatusArgs),
     /// List past backups from the daemon's report history (verdict, frozen window, stage
     /// times, failure reasons).
     History(history_cmds::HistoryArgs),
@@ -50,6 +53,7 @@ fn main() -> ExitCode {
         Command::Thaw(args) => fs_cmds::thaw(args),
         Command::Uio(cmd) => uio_cmds::run(cmd),
         Command::Simulate(args) => simulate_cmds::run(args),
+        Command::Status(args) => status_cmds::run(args),
         Command::History(args) => history_cmds::history(args),
         Command::Metrics(args) => history_cmds::metrics(args),
     };
