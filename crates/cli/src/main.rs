@@ -3,11 +3,12 @@
 
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
 mod duration;
 mod exit_codes;
 mod fs_cmds;
+mod gen_cmds;
 mod history_cmds;
 mod simulate_cmds;
 mod state_files;
@@ -43,6 +44,9 @@ enum Command {
     History(history_cmds::HistoryArgs),
     /// Print Prometheus metrics from the report history (works with the daemon down).
     Metrics(history_cmds::MetricsArgs),
+    /// Write man pages and shell completions (packaging).
+    #[command(hide = true)]
+    GenerateDocs(gen_cmds::GenerateArgs),
 }
 
 fn main() -> ExitCode {
@@ -56,6 +60,7 @@ fn main() -> ExitCode {
         Command::Status(args) => status_cmds::run(args),
         Command::History(args) => history_cmds::history(args),
         Command::Metrics(args) => history_cmds::metrics(args),
+        Command::GenerateDocs(args) => gen_cmds::run(args, Cli::command()),
     };
     match result {
         Ok(code) => code,

@@ -31,6 +31,7 @@ mod guardian;
 mod history;
 mod kmsg;
 mod logbuf;
+mod manpages;
 mod metrics;
 mod transport;
 
@@ -89,6 +90,9 @@ struct Cli {
     /// Internal (tests): where urgent lines go while frozen, instead of /dev/kmsg.
     #[arg(long, hide = true, value_name = "PATH", default_value = kmsg::DEFAULT_KMSG)]
     kmsg: PathBuf,
+    /// Internal (packaging): write hv-vssd(8) and hv-vss.toml(5) into DIR and exit.
+    #[arg(long, hide = true, value_name = "DIR")]
+    generate_man: Option<PathBuf>,
 }
 
 /// Name of the instance lock inside the state directory.
@@ -96,6 +100,14 @@ const INSTANCE_LOCK: &str = "hv-vssd.lock";
 
 fn main() {
     let cli = Cli::parse();
+    if let Some(dir) = &cli.generate_man {
+        let cmd = <Cli as clap::CommandFactory>::command();
+        if let Err(e) = manpages::generate(dir, cmd) {
+            eprintln!("hv-vssd: writing man pages to {}: {e}", dir.display());
+            std::process::exit(ExitKind::Internal as i32);
+        }
+        return;
+    }
     if cli.guardian {
         init_plain_logging(cli.debug);
         let state_dir = cli
