@@ -23,7 +23,8 @@ for f in \
     /usr/share/doc/hv-vss/operations.md /usr/share/doc/hv-vss/install.md; do
     grep -qx "$f" <<<"$list" || fail "$f is not in the package"
 done
-dpkg-deb -I "$deb" | grep -q "conffiles" || fail "no conffiles"
+conffiles=$(dpkg-deb -I "$deb" conffiles)
+[ "$conffiles" = /etc/hv-vss/hv-vss.toml ] || fail "conffiles: $conffiles"
 for s in postinst prerm postrm; do
     dpkg-deb -I "$deb" "$s" >/dev/null || fail "no $s"
 done
