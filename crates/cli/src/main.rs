@@ -10,6 +10,7 @@ mod exit_codes;
 mod fs_cmds;
 mod gen_cmds;
 mod history_cmds;
+mod panic_exit;
 mod simulate_cmds;
 mod state_files;
 mod status_cmds;
@@ -50,6 +51,10 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    panic_exit::guard(run)
+}
+
+fn run() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Plan(args) => fs_cmds::plan(args),
