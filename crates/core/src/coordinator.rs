@@ -911,7 +911,9 @@ impl Coordinator {
             .collect();
         owed.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
         for (_, p) in owed {
-            self.send(txn, p, AppOp::Thaw, out);
+            // Nobody waits for these acks: their deadline is now.
+            let now = self.now;
+            self.send(txn, p, AppOp::Thaw, Some(now), out);
             self.settle(txn, p, AppOp::Thaw, AppOutcome::NoAnswer, None);
         }
         apps.rest.clear();
@@ -970,18 +972,30 @@ impl Coordinator {
             for p in ids {
                 let own = self.now.after(txn.members[&p].timeout);
                 let deadline = req_deadline.map_or(own, |d| d.min(own));
-                self.send(txn, p, apps.op, out);
+                self.send(txn, p, apps.op, Some(deadline), out);
                 apps.waiting.insert(p, deadline);
             }
         }
         true
     }
 
-    fn send(&mut self, txn: &mut Txn, p: ParticipantId, op: AppOp, out: &mut Vec<Action>) {
+    /// Tells `p` to do `op`: `deadline` is when its ack stops being waited for (None for
+    /// Abort, which carries the transaction's reason instead).
+    fn send(
+        &mut self,
+        txn: &mut Txn,
+        p: ParticipantId,
+        op: AppOp,
+        deadline: Option<Millis>,
+        out: &mut Vec<Action>,
+    ) {
+        let reason = (op == AppOp::Abort).then(|| Self::abort_reason(txn));
         out.push(Action::NotifyApp {
             participant: p,
             txn: txn.id,
             op,
+            deadline,
+            reason,
         });
         if let Some(m) = txn.members.get_mut(&p) {
             m.ops.push(OpRec {
@@ -991,6 +1005,16 @@ impl Coordinator {
                 answered_at: None,
             });
         }
+    }
+
+    /// Why a transaction's participants are aborted: what ended it early (auto-thaw,
+    /// guardian, transport, shutdown), else its first failure.
+    fn abort_reason(txn: &Txn) -> Failure {
+        txn.early_end
+            .clone()
+            .or_else(|| txn.failures.first().cloned())
+            // Not reachable: compensation always follows a recorded failure.
+            .unwrap_or(Failure::Shutdown)
     }
 
     /// Records the outcome of the open notification `op` to `p`; if we gave up waiting
@@ -1501,7 +1525,7 @@ impl Coordinator {
             .collect();
         owed.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
         for (_, p) in owed {
-            self.send(&mut txn, p, AppOp::Abort, out);
+            self.send(&mut txn, p, AppOp::Abort, None, out);
         }
         if let Some(p) = pending {
             let status = if p.op == HostOp::Thaw && resume == Resume::Idle && !txn.thaw_failed {

@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::report::{Failure, TxnReport};
-use crate::types::{AppOp, FsResult, HostOp, ParticipantId, RequestId, Status, TxnId};
+use crate::types::{AppOp, FsResult, HostOp, Millis, ParticipantId, RequestId, Status, TxnId};
 
 /// Something the daemon observed.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -119,6 +119,14 @@ pub enum Action {
         participant: ParticipantId,
         txn: TxnId,
         op: AppOp,
+        /// Check, Freeze, Thaw: the instant its ack stops being waited for (its own
+        /// timeout, bounded by the request's deadline); the daemon sends the time left.
+        /// Equal to the `now` of the batch when nobody waits (Thaw sent at a deadline or
+        /// during shutdown). `None` for Abort, which is never acked.
+        deadline: Option<Millis>,
+        /// Abort only: why the transaction was abandoned (what ended it early, else its
+        /// first failure). `None` for the other ops.
+        reason: Option<Failure>,
     },
     /// Tell a participant its acknowledgement was not taken (R22).
     RejectAck {

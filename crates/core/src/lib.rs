@@ -26,7 +26,9 @@
 //! let freeze = RequestId(1);
 //! let actions = c.handle(Event::HostRequest { request: freeze, op: HostOp::Freeze }, Millis(5));
 //! let txn = TxnId(1);
-//! assert_eq!(actions, [Action::NotifyApp { participant: ParticipantId(1), txn, op: AppOp::Freeze }]);
+//! // The participant's own timeout (30 s by default) bounds its ack: it has until 30.005 s.
+//! let deadline = Some(Millis(30_005));
+//! assert_eq!(actions, [Action::NotifyApp { participant: ParticipantId(1), txn, op: AppOp::Freeze, deadline, reason: None }]);
 //! let ack = Event::AppAck { participant: ParticipantId(1), txn, op: AppOp::Freeze, ok: true };
 //! assert_eq!(c.handle(ack, Millis(9)), [Action::FreezeFs { txn }]);
 //! let frozen = Event::FsFrozen { txn, result: Ok(()) };

@@ -11,6 +11,33 @@ struct T {
     c: Coordinator,
     now: u64,
     next_req: u64,
+    /// The last batch as the coordinator returned it; the helpers return it with
+    /// `NotifyApp`'s deadline and reason cleared (see [`plain`]), which tests of those
+    /// fields read here.
+    raw: Vec<Action>,
+}
+
+/// `actions` with every `NotifyApp`'s deadline and reason cleared, so tests of ordering
+/// compare ops only.
+fn plain(actions: Vec<Action>) -> Vec<Action> {
+    actions
+        .into_iter()
+        .map(|a| match a {
+            Action::NotifyApp {
+                participant,
+                txn,
+                op,
+                ..
+            } => Action::NotifyApp {
+                participant,
+                txn,
+                op,
+                deadline: None,
+                reason: None,
+            },
+            a => a,
+        })
+        .collect()
 }
 
 fn p(id: u64) -> ParticipantId {
@@ -40,13 +67,15 @@ impl T {
             c,
             now: 0,
             next_req: 1,
+            raw: Vec::new(),
         };
         assert!(t.ev(Event::Ready).is_empty());
         t
     }
 
     fn ev(&mut self, e: Event) -> Vec<Action> {
-        self.c.handle(e, Millis(self.now))
+        self.raw = self.c.handle(e, Millis(self.now));
+        plain(self.raw.clone())
     }
 
     fn host(&mut self, op: HostOp) -> (RequestId, Vec<Action>) {
@@ -66,7 +95,8 @@ impl T {
 
     fn at(&mut self, ms: u64) -> Vec<Action> {
         self.now = ms;
-        self.c.tick(Millis(ms))
+        self.raw = self.c.tick(Millis(ms));
+        plain(self.raw.clone())
     }
 
     fn fs_frozen(&mut self, txn: TxnId, ok: bool) -> Vec<Action> {
@@ -110,6 +140,8 @@ fn notify(id: u64, txn: TxnId, op: AppOp) -> Action {
         participant: p(id),
         txn,
         op,
+        deadline: None,
+        reason: None,
     }
 }
 
@@ -910,4 +942,103 @@ fn registration_names_and_ids_are_unique() {
     );
     t.ev(Event::AppGone { participant: p(1) });
     assert!(t.c.register(reg(1, 0)).is_ok());
+}
+
+// ---- what a notification carries: the ack deadline, the abort reason ------------------------
+
+/// The `(participant, op, deadline, reason)` of every notification in the last batch.
+fn notified(t: &T) -> Vec<(u64, AppOp, Option<Millis>, Option<Failure>)> {
+    t.raw
+        .iter()
+        .filter_map(|a| match a {
+            Action::NotifyApp {
+                participant,
+                op,
+                deadline,
+                reason,
+                ..
+            } => Some((participant.0, *op, *deadline, reason.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn each_notification_carries_its_ack_deadline_own_timeout_bounded_by_the_request() {
+    let limits = Limits {
+        freeze_deadline: Duration::from_secs(10),
+        thaw_deadline: Duration::from_secs(8),
+        client_timeout: Duration::from_secs(4),
+        ..Limits::default()
+    };
+    let mut t = T::with_limits(limits, &[(1, 0)]);
+    t.c.register(Registration {
+        timeout: Some(Duration::from_secs(60)),
+        ..reg(2, 1)
+    })
+    .unwrap();
+    t.now = 1000;
+    t.host(HostOp::Freeze);
+    let txn = TxnId(1);
+    // app1: its default 4 s.
+    assert_eq!(
+        notified(&t),
+        vec![(1, AppOp::Freeze, Some(Millis(5000)), None)]
+    );
+    t.now = 3000;
+    t.ack(1, txn, AppOp::Freeze, true);
+    // app2 asks for 60 s but the FREEZE ends at 11 s.
+    assert_eq!(
+        notified(&t),
+        vec![(2, AppOp::Freeze, Some(Millis(11_000)), None)]
+    );
+    t.ack(2, txn, AppOp::Freeze, true);
+    t.fs_frozen(txn, true);
+    t.now = 20_000;
+    t.host(HostOp::Thaw);
+    t.now = 20_010;
+    t.fs_thawed(txn);
+    // THAW: app2 first, bounded by the THAW's 8 s from 20 s.
+    assert_eq!(
+        notified(&t),
+        vec![(2, AppOp::Thaw, Some(Millis(28_000)), None)]
+    );
+    // At the THAW deadline the rest is told at once: nobody waits (deadline = now).
+    t.at(28_000);
+    assert_eq!(
+        notified(&t),
+        vec![(1, AppOp::Thaw, Some(Millis(28_000)), None)]
+    );
+}
+
+#[test]
+fn abort_carries_the_reason_and_no_deadline() {
+    // A veto: the reason names the vetoing participant.
+    let mut t = T::new(&[(1, 0), (2, 1)]);
+    t.host(HostOp::Freeze);
+    let txn = TxnId(1);
+    t.ack(1, txn, AppOp::Freeze, true);
+    t.ack(2, txn, AppOp::Freeze, false);
+    let veto = Failure::AppFailed {
+        stage: Stage::FreezeApps,
+        participant: "app2".into(),
+    };
+    assert_eq!(
+        notified(&t),
+        vec![
+            (2, AppOp::Abort, None, Some(veto.clone())),
+            (1, AppOp::Abort, None, Some(veto)),
+        ]
+    );
+
+    // An auto-thaw: the reason is the auto-thaw, not a later failure.
+    let mut t = T::new(&[(1, 0)]);
+    t.freeze_all(&[&[1]]);
+    let txn = t.c.current_txn().unwrap();
+    t.at(61 * S);
+    t.fs_thawed(txn);
+    assert_eq!(
+        notified(&t),
+        vec![(1, AppOp::Abort, None, Some(Failure::AutoThaw))]
+    );
 }

@@ -12,6 +12,9 @@
 //! 4. FreezeFs only after every member's freeze ack; Thaw/Abort to an app only after the
 //!    filesystems of its transaction are thawed (or never froze);
 //! 5. no action names a participant for a transaction it was not a member of;
+//! 6. every notification but Abort carries an ack deadline, never in the past, never past
+//!    the participant's own timeout nor its host request's deadline; every Abort carries a
+//!    reason;
 //!
 //! plus: replies precede notices/reports in a batch, a rejected ack leaves the coordinator
 //! exactly as it was, one report per transaction emitted only once nothing of it is frozen.
@@ -24,6 +27,16 @@ use hv_vss_core::{
     ParticipantId, Registration, RequestId, StateKind, Status, TxnId,
 };
 use proptest::prelude::*;
+
+/// A host request's whole-chain budget in ms.
+fn request_deadline_ms(limits: &Limits, op: HostOp) -> u64 {
+    let d = match op {
+        HostOp::Check => limits.check_deadline,
+        HostOp::Freeze => limits.freeze_deadline,
+        HostOp::Thaw => limits.thaw_deadline,
+    };
+    d.as_millis() as u64
+}
 
 #[derive(Clone, Debug)]
 enum Op {
@@ -147,6 +160,8 @@ struct Harness {
     next_req: u64,
     next_pid: u64,
     registered: BTreeSet<ParticipantId>,
+    /// Each participant's own ack timeout, in ms.
+    timeouts: BTreeMap<ParticipantId, u64>,
     gone: BTreeSet<ParticipantId>,
     requests: BTreeMap<RequestId, ReqInfo>,
     members: BTreeMap<TxnId, BTreeSet<ParticipantId>>,
@@ -172,6 +187,7 @@ impl Harness {
             next_req: 1,
             next_pid: 1,
             registered: BTreeSet::new(),
+            timeouts: BTreeMap::new(),
             gone: BTreeSet::new(),
             requests: BTreeMap::new(),
             members: BTreeMap::new(),
@@ -210,6 +226,8 @@ impl Harness {
         } else {
             res.unwrap();
             self.registered.insert(id);
+            let own = timeout_ms.unwrap_or(self.limits.client_timeout.as_millis() as u64);
+            self.timeouts.insert(id, own);
         }
     }
 
@@ -520,8 +538,44 @@ impl Harness {
                 participant,
                 txn,
                 op,
+                deadline,
+                reason,
             } => {
                 new_txn(self, *txn);
+                // An ack deadline for everything but Abort, never in the past; a reason
+                // for Abort only.
+                assert_eq!(deadline.is_none(), *op == AppOp::Abort, "{a:?}");
+                assert!(
+                    deadline.is_none_or(|d| d.0 >= self.now),
+                    "{a:?} at {}",
+                    self.now
+                );
+                if let Some(d) = deadline {
+                    // Never later than the participant's own timeout...
+                    let own = self.timeouts[participant];
+                    assert!(d.0 <= self.now + own, "{a:?} past its own {own} ms");
+                    // ...nor than the deadline of the host request it serves.
+                    let host_op = match op {
+                        AppOp::Check => HostOp::Check,
+                        AppOp::Freeze => HostOp::Freeze,
+                        _ => HostOp::Thaw,
+                    };
+                    let serving = self
+                        .requests
+                        .values()
+                        .rev()
+                        .find(|r| r.op == host_op && r.answers == 0);
+                    if let Some(r) = serving {
+                        // Told after that deadline passed (THAW's remaining tiers are
+                        // told at once), the notification says "no time left": now.
+                        let bound =
+                            (r.received + request_deadline_ms(&self.limits, host_op)).max(self.now);
+                        assert!(d.0 <= bound, "{a:?} past its request's deadline {bound}");
+                    } else {
+                        assert_eq!(*op, AppOp::Thaw, "{a:?} with no request waiting");
+                    }
+                }
+                assert_eq!(reason.is_some(), *op == AppOp::Abort, "{a:?}");
                 let p = *participant;
                 assert!(!self.gone.contains(&p), "{op:?} to departed {p:?}");
                 // (5)

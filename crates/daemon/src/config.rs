@@ -20,12 +20,28 @@
 //! log_ring_capacity = 4096         # lines kept in memory while frozen
 //! history_limit = 100              # reports kept in <state_dir>/history.jsonl
 //! metrics_textfile = "/var/lib/prometheus/node-exporter/hv-vss.prom"  # unset: none
+//! stop_timeout_seconds = 45        # the unit's TimeoutStopSec= (deadlines are checked against it)
 //!
 //! [limits]
 //! check_deadline_seconds = 25
 //! freeze_deadline_seconds = 300
 //! thaw_deadline_seconds = 25
 //! client_timeout_seconds = 30
+//!
+//! [apps]                           # the application socket (docs/apps.md)
+//! socket_mode = "0660"
+//! socket_owner = "root"            # user name or uid
+//! socket_group = "root"            # group name or gid
+//! allowed_users = []               # besides root: names or uids
+//! allowed_groups = []              # names or gids (primary or supplementary)
+//! max_clients = 256
+//! max_pending_bytes = 1048576      # unread bytes to one client before it is dropped
+//!
+//! [[hooks]]                        # repeatable; default: /etc/hv-vss/hooks.d if it exists
+//! dir = "/etc/hv-vss/hooks.d"
+//! style = "native"                 # native | qemu-ga | vmware
+//! tier = 100
+//! timeout_secs = 30
 //!
 //! [freezer]                        # hv_vss_freezer::FreezerConfig
 //! on_unsupported = "skip"
@@ -40,12 +56,15 @@ use std::time::Duration;
 
 use hv_vss_core::{AutoThaw, Limits, LimitsError};
 use hv_vss_freezer::{CompiledConfig, FreezerConfig};
+use hv_vss_hooks::{HookDir, HookStyle};
 use serde::Deserialize;
 
 /// Where the daemon looks for its config when `--config` is not given.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/hv-vss/hv-vss.toml";
 /// Default report history length.
 pub const DEFAULT_HISTORY_LIMIT: usize = 100;
+/// Default of `stop_timeout_seconds`: the shipped units' `TimeoutStopSec=`.
+pub const DEFAULT_STOP_TIMEOUT: Duration = Duration::from_secs(45);
 
 /// The config file as written (every key optional).
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -62,10 +81,45 @@ pub struct FileConfig {
     pub log_ring_capacity: Option<usize>,
     pub history_limit: Option<usize>,
     pub metrics_textfile: Option<PathBuf>,
+    pub stop_timeout_seconds: Option<f64>,
     #[serde(default)]
     pub limits: FileLimits,
     #[serde(default)]
+    pub apps: FileApps,
+    pub hooks: Option<Vec<FileHookDir>>,
+    #[serde(default)]
     pub freezer: FreezerConfig,
+}
+
+/// A user or group, by name or number.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(untagged)]
+pub enum IdOrName {
+    Id(u32),
+    Name(String),
+}
+
+/// The `[apps]` table: the application socket's access and limits.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileApps {
+    pub socket_mode: Option<String>,
+    pub socket_owner: Option<IdOrName>,
+    pub socket_group: Option<IdOrName>,
+    pub allowed_users: Option<Vec<IdOrName>>,
+    pub allowed_groups: Option<Vec<IdOrName>>,
+    pub max_clients: Option<usize>,
+    pub max_pending_bytes: Option<usize>,
+}
+
+/// One `[[hooks]]` entry.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileHookDir {
+    pub dir: PathBuf,
+    pub style: Option<String>,
+    pub tier: Option<u8>,
+    pub timeout_secs: Option<f64>,
 }
 
 /// The `[limits]` table.
@@ -145,13 +199,47 @@ impl LogLevel {
     }
 }
 
+/// One hook directory: one coordinator participant named `hooks:<dir>`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HookDirSettings {
+    pub dir: PathBuf,
+    pub style: HookStyle,
+    pub tier: u8,
+    /// Per-hook timeout (the process group is killed after it).
+    pub timeout: Duration,
+}
+
+/// Default `[apps] max_clients`.
+pub const DEFAULT_MAX_CLIENTS: usize = 256;
+/// Default `[apps] max_pending_bytes`: bytes queued to a client that does not read.
+pub const DEFAULT_MAX_PENDING_BYTES: usize = 1024 * 1024;
+/// Default `[apps] socket_mode`.
+pub const DEFAULT_SOCKET_MODE: u32 = 0o660;
+
+/// The application socket, validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AppSettings {
+    pub socket: PathBuf,
+    /// Permission bits of the socket file.
+    pub mode: u32,
+    /// chown after bind; None keeps the daemon's own.
+    pub owner: Option<u32>,
+    pub group: Option<u32>,
+    /// Besides root (uid 0), who may connect: by uid, or by any group of the peer.
+    pub allowed_uids: Vec<u32>,
+    pub allowed_gids: Vec<u32>,
+    pub max_clients: usize,
+    pub max_pending_bytes: usize,
+}
+
 /// Everything the daemon runs with, validated.
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub transport: TransportChoice,
     pub state_dir: PathBuf,
-    /// Validated and reserved; the socket server comes with the applications issue.
     pub app_socket: PathBuf,
+    pub apps: AppSettings,
+    pub hooks: Vec<HookDirSettings>,
     /// Empty: discovery with the `[freezer]` filters.
     pub mounts: Vec<PathBuf>,
     pub limits: Limits,
@@ -319,6 +407,14 @@ impl Settings {
             .freezer
             .compile()
             .map_err(|e| ConfigError::Freezer(e.to_string()))?;
+        let stop_timeout = match file.stop_timeout_seconds {
+            Some(v) => seconds("stop_timeout_seconds", v)?,
+            None => DEFAULT_STOP_TIMEOUT,
+        };
+        check_deadlines_nest(&limits, freezer.config().freeze_deadline(), stop_timeout)?;
+
+        let apps = resolve_apps(&file.apps, app_socket.clone())?;
+        let hooks = resolve_hooks(file.hooks)?;
 
         let log_level = if cli.debug {
             LogLevel::Debug
@@ -352,6 +448,8 @@ impl Settings {
             transport,
             state_dir,
             app_socket,
+            apps,
+            hooks,
             mounts,
             limits,
             freezer,
@@ -361,6 +459,137 @@ impl Settings {
             metrics_textfile,
         })
     }
+}
+
+/// The deadlines must nest, or one safety bound defeats another (issue 8):
+/// - a FIFREEZE may take `freezer.freeze_deadline_secs`; that must end within the FREEZE
+///   budget `limits.freeze_deadline_seconds`, or the request runs out while the freezer
+///   still waits and the answer says less than the freezer knows;
+/// - on SIGTERM the daemon cancels the freeze at once but may wait up to
+///   `limits.thaw_deadline_seconds` for a FITHAW being retried; systemd must not SIGKILL it
+///   before (`stop_timeout_seconds`, the unit's `TimeoutStopSec=`), with a margin for the
+///   rest of the stop.
+fn check_deadlines_nest(
+    limits: &Limits,
+    per_fs_freeze: Duration,
+    stop_timeout: Duration,
+) -> Result<(), ConfigError> {
+    if per_fs_freeze >= limits.freeze_deadline {
+        return Err(invalid(
+            "freezer.freeze_deadline_secs",
+            format!(
+                "{} s must be below limits.freeze_deadline_seconds ({} s): one FIFREEZE must fit in the FREEZE budget",
+                per_fs_freeze.as_secs_f64(),
+                limits.freeze_deadline.as_secs_f64()
+            ),
+        ));
+    }
+    if limits.thaw_deadline + STOP_MARGIN > stop_timeout {
+        return Err(invalid(
+            "stop_timeout_seconds",
+            format!(
+                "{} s must exceed limits.thaw_deadline_seconds ({} s) by at least {} s: a stop waits up to the THAW budget for a thaw being retried before systemd may SIGKILL (set it to the unit's TimeoutStopSec=)",
+                stop_timeout.as_secs_f64(),
+                limits.thaw_deadline.as_secs_f64(),
+                STOP_MARGIN.as_secs()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Time a stop needs besides waiting for the thaw (answering, closing, exiting).
+const STOP_MARGIN: Duration = Duration::from_secs(5);
+
+fn resolve_apps(file: &FileApps, socket: PathBuf) -> Result<AppSettings, ConfigError> {
+    use crate::apps::accounts::{Kind, resolve};
+    let mode = match &file.socket_mode {
+        None => DEFAULT_SOCKET_MODE,
+        Some(text) => u32::from_str_radix(text.trim_start_matches("0o"), 8)
+            .ok()
+            .filter(|m| *m <= 0o777)
+            .ok_or_else(|| {
+                invalid(
+                    "apps.socket_mode",
+                    format!("{text:?} is not an octal mode such as \"0660\""),
+                )
+            })?,
+    };
+    let one = |key: &str, kind: Kind, v: &Option<IdOrName>| -> Result<Option<u32>, ConfigError> {
+        v.as_ref()
+            .map(|v| resolve(kind, v).map_err(|e| invalid(key, e)))
+            .transpose()
+    };
+    let many =
+        |key: &str, kind: Kind, v: &Option<Vec<IdOrName>>| -> Result<Vec<u32>, ConfigError> {
+            v.iter()
+                .flatten()
+                .map(|v| resolve(kind, v).map_err(|e| invalid(key, e)))
+                .collect()
+        };
+    let positive = |key: &str, v: Option<usize>, default: usize| match v {
+        Some(0) => Err(invalid(key, "must be at least 1")),
+        Some(n) => Ok(n),
+        None => Ok(default),
+    };
+    Ok(AppSettings {
+        socket,
+        mode,
+        owner: one("apps.socket_owner", Kind::User, &file.socket_owner)?,
+        group: one("apps.socket_group", Kind::Group, &file.socket_group)?,
+        allowed_uids: many("apps.allowed_users", Kind::User, &file.allowed_users)?,
+        allowed_gids: many("apps.allowed_groups", Kind::Group, &file.allowed_groups)?,
+        max_clients: positive("apps.max_clients", file.max_clients, DEFAULT_MAX_CLIENTS)?,
+        max_pending_bytes: positive(
+            "apps.max_pending_bytes",
+            file.max_pending_bytes,
+            DEFAULT_MAX_PENDING_BYTES,
+        )?,
+    })
+}
+
+/// `[[hooks]]`, or the default directory if it exists and none is configured.
+fn resolve_hooks(file: Option<Vec<FileHookDir>>) -> Result<Vec<HookDirSettings>, ConfigError> {
+    let Some(entries) = file else {
+        let dir = PathBuf::from(HookDir::DEFAULT_PATH);
+        return Ok(if dir.is_dir() {
+            vec![HookDirSettings {
+                dir,
+                style: HookStyle::Native,
+                tier: hv_vss_core::DEFAULT_TIER,
+                timeout: HookDir::DEFAULT_TIMEOUT,
+            }]
+        } else {
+            Vec::new()
+        });
+    };
+    let mut out: Vec<HookDirSettings> = Vec::new();
+    for e in entries {
+        let dir = absolute("hooks.dir", e.dir)?;
+        if out.iter().any(|h| h.dir == dir) {
+            return Err(invalid(
+                "hooks.dir",
+                format!("{} is listed twice", dir.display()),
+            ));
+        }
+        let style = match e.style.as_deref() {
+            None => HookStyle::Native,
+            Some(s) => s
+                .parse()
+                .map_err(|e: hv_vss_hooks::UnknownStyle| invalid("hooks.style", e.to_string()))?,
+        };
+        let timeout = match e.timeout_secs {
+            None => HookDir::DEFAULT_TIMEOUT,
+            Some(v) => seconds("hooks.timeout_secs", v)?,
+        };
+        out.push(HookDirSettings {
+            dir,
+            style,
+            tier: e.tier.unwrap_or(hv_vss_core::DEFAULT_TIER),
+            timeout,
+        });
+    }
+    Ok(out)
 }
 
 /// `--auto-thaw SECONDS` (> 0, decimals allowed) or `--auto-thaw off`.
@@ -445,6 +674,22 @@ mod tests {
             freeze_deadline_seconds = 100.5
             thaw_deadline_seconds = 20
             client_timeout_seconds = 10
+            [apps]
+            socket_mode = "0600"
+            socket_owner = "root"
+            socket_group = 0
+            allowed_users = ["root", 1000]
+            allowed_groups = ["0"]
+            max_clients = 8
+            max_pending_bytes = 4096
+            [[hooks]]
+            dir = "/etc/qemu/fsfreeze-hook.d"
+            style = "qemu-ga"
+            tier = 20
+            timeout_secs = 5.5
+            [[hooks]]
+            dir = "/etc/vmware-tools/backupScripts.d"
+            style = "vmware"
             [freezer]
             on_unsupported = "fail"
             "#,
@@ -456,6 +701,56 @@ mod tests {
         assert_eq!(s.limits.freeze_deadline, Duration::from_millis(100_500));
         assert_eq!(s.mounts, vec![PathBuf::from("/srv")]);
         assert_eq!(s.history_limit, 5);
+        assert_eq!(
+            s.apps,
+            AppSettings {
+                socket: "/run/x/a.sock".into(),
+                mode: 0o600,
+                owner: Some(0),
+                group: Some(0),
+                allowed_uids: vec![0, 1000],
+                allowed_gids: vec![0],
+                max_clients: 8,
+                max_pending_bytes: 4096,
+            }
+        );
+        assert_eq!(
+            s.hooks,
+            vec![
+                HookDirSettings {
+                    dir: "/etc/qemu/fsfreeze-hook.d".into(),
+                    style: HookStyle::QemuGa,
+                    tier: 20,
+                    timeout: Duration::from_millis(5500),
+                },
+                HookDirSettings {
+                    dir: "/etc/vmware-tools/backupScripts.d".into(),
+                    style: HookStyle::Vmware,
+                    tier: hv_vss_core::DEFAULT_TIER,
+                    timeout: HookDir::DEFAULT_TIMEOUT,
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn app_socket_defaults() {
+        let s = resolve("", Overrides::default()).unwrap();
+        assert_eq!(s.apps.mode, DEFAULT_SOCKET_MODE);
+        assert_eq!((s.apps.owner, s.apps.group), (None, None));
+        assert!(s.apps.allowed_uids.is_empty() && s.apps.allowed_gids.is_empty());
+        assert_eq!(s.apps.max_clients, DEFAULT_MAX_CLIENTS);
+        assert_eq!(s.apps.max_pending_bytes, DEFAULT_MAX_PENDING_BYTES);
+        // No [[hooks]]: the default directory, only if it exists on this machine.
+        let default_exists = Path::new(HookDir::DEFAULT_PATH).is_dir();
+        assert_eq!(s.hooks.len(), usize::from(default_exists));
+        // An empty list means no hooks at all.
+        assert!(
+            resolve("hooks = []", Overrides::default())
+                .unwrap()
+                .hooks
+                .is_empty()
+        );
     }
 
     #[test]
@@ -521,6 +816,67 @@ mod tests {
                 "log_ring_capacity",
             ),
             ("history_limit = 0", Overrides::default(), "history_limit"),
+            ("[apps]\nsocket = 1", Overrides::default(), "socket"),
+            (
+                "[apps]\nsocket_mode = \"rw\"",
+                Overrides::default(),
+                "apps.socket_mode",
+            ),
+            (
+                "[apps]\nsocket_mode = \"1777\"",
+                Overrides::default(),
+                "apps.socket_mode",
+            ),
+            (
+                "[apps]\nsocket_owner = \"no-such-user-hv\"",
+                Overrides::default(),
+                "apps.socket_owner: no user named",
+            ),
+            (
+                "[apps]\nallowed_groups = [\"no-such-group-hv\"]",
+                Overrides::default(),
+                "apps.allowed_groups",
+            ),
+            (
+                "[apps]\nmax_clients = 0",
+                Overrides::default(),
+                "apps.max_clients",
+            ),
+            (
+                "[apps]\nmax_pending_bytes = 0",
+                Overrides::default(),
+                "apps.max_pending_bytes",
+            ),
+            (
+                "[[hooks]]\ndir = \"rel\"",
+                Overrides::default(),
+                "hooks.dir",
+            ),
+            (
+                "[[hooks]]\ndir = \"/a\"\n[[hooks]]\ndir = \"/a\"",
+                Overrides::default(),
+                "hooks.dir: /a is listed twice",
+            ),
+            (
+                "[[hooks]]\ndir = \"/a\"\nstyle = \"bash\"",
+                Overrides::default(),
+                "hooks.style",
+            ),
+            (
+                "[[hooks]]\ndir = \"/a\"\ntimeout_secs = 0",
+                Overrides::default(),
+                "hooks.timeout_secs",
+            ),
+            (
+                "[[hooks]]\ndir = \"/a\"\ntier = 256",
+                Overrides::default(),
+                "tier",
+            ),
+            (
+                "[[hooks]]\ndir = \"/a\"\nargs = 1",
+                Overrides::default(),
+                "args",
+            ),
             (
                 "[limits]\ncheck_deadline_seconds = 0",
                 Overrides::default(),
@@ -616,6 +972,34 @@ mod tests {
             resolve("", cli).unwrap().limits.auto_thaw,
             AutoThaw::Disabled
         );
+    }
+
+    /// Deadlines that do not nest are refused at start-up, naming both keys (issue 8).
+    #[test]
+    fn deadlines_that_do_not_nest_name_their_keys() {
+        let cases = [
+            (
+                "[limits]\nfreeze_deadline_seconds = 30\n[freezer]\nfreeze_deadline_secs = 60",
+                "freezer.freeze_deadline_secs: 60 s must be below limits.freeze_deadline_seconds (30 s)",
+            ),
+            (
+                "stop_timeout_seconds = 20",
+                "stop_timeout_seconds: 20 s must exceed limits.thaw_deadline_seconds (25 s)",
+            ),
+            (
+                "stop_timeout_seconds = 40\n[limits]\nthaw_deadline_seconds = 24",
+                "",
+            ),
+        ];
+        for (text, want) in cases {
+            match resolve(text, Overrides::default()) {
+                Ok(_) => assert!(want.is_empty(), "{text}: accepted"),
+                Err(e) => assert!(
+                    !want.is_empty() && e.to_string().contains(want),
+                    "{text}: {e}"
+                ),
+            }
+        }
     }
 
     #[test]

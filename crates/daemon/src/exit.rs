@@ -22,6 +22,8 @@ pub enum ExitKind {
     RecoveryIncomplete = 6,
     /// The guardian process could not be started.
     Guardian = 7,
+    /// The application socket could not be set up (or another process serves it).
+    AppSocket = 8,
 }
 
 /// A fatal error with its exit code.

@@ -13,15 +13,14 @@
 //!    entries that are unmounted or now another device are never thawed: reported, and the
 //!    journal is set aside so the daemon can start; exit 6 only if a filesystem that is
 //!    ours stays frozen (see [`recover_earlier`]);
-//! 5. the guardian process (exit 7 if it cannot start);
-//! 6. the transport: open and register (exit 4 if another VSS daemon holds the device,
+//! 5. the application socket ([`apps`]; exit 8 if it cannot be set up) and what an
+//!    earlier instance still owed its clients;
+//! 6. the guardian process (exit 7 if it cannot start);
+//! 7. the transport: open and register (exit 4 if another VSS daemon holds the device,
 //!    exit 3 if it cannot be opened);
-//! 7. `READY=1` to systemd, then the main loop ([`daemon`]).
-//!
-//! The application socket (`--app-socket`) is validated and reserved here; its server and
-//! hooks come with the applications issue, so no participant is registered yet and every
-//! backup is filesystem-consistent.
+//! 8. `READY=1` to systemd, then the main loop ([`daemon`]).
 
+mod apps;
 mod completion;
 mod config;
 mod daemon;
@@ -33,6 +32,7 @@ mod kmsg;
 mod logbuf;
 mod manpages;
 mod metrics;
+mod safety;
 mod transport;
 
 use std::fs::File;
@@ -70,8 +70,7 @@ struct Cli {
     /// [default: /run/hv-vss].
     #[arg(long, value_name = "DIR")]
     state_dir: Option<PathBuf>,
-    /// Application socket path (reserved: the socket server comes with application
-    /// support) [default: STATE_DIR/app.sock].
+    /// Application socket path (docs/apps.md) [default: STATE_DIR/app.sock].
     #[arg(long, value_name = "PATH")]
     app_socket: Option<PathBuf>,
     /// Thaw on our own if THAW has not come this many seconds after the freeze (decimals
@@ -195,10 +194,6 @@ fn run(cli: Cli) -> Result<(), Fatal> {
             tracing::info!(auto_thaw_ms = d.as_millis() as u64, "auto-thaw armed")
         }
     }
-    tracing::info!(
-        app_socket = %settings.app_socket.display(),
-        "application socket reserved; its server comes with application support (no participants: filesystem-consistent backups)"
-    );
 
     // Opened once, before anything can be frozen (R60, R61).
     let (kmsg, kmsg_error) = kmsg::Kmsg::open(&cli.kmsg);
@@ -234,6 +229,22 @@ fn run(cli: Cli) -> Result<(), Fatal> {
     let _instance_lock = prepare_state_dir(&settings.state_dir, &plan)?;
     recover_earlier(&settings.state_dir)?;
 
+    // Before the transport: a client may register before the first request.
+    let mut coord = Coordinator::new(settings.limits, Millis(0))
+        .map_err(|e| Fatal::new(ExitKind::Usage, anyhow!("limits: {e}")))?;
+    let apps = apps::AppServer::start(
+        &settings.apps,
+        &settings.hooks,
+        &settings.state_dir,
+        &mut coord,
+    )
+    .map_err(|e| Fatal::new(ExitKind::AppSocket, e))?;
+    tracing::info!(
+        app_socket = %settings.app_socket.display(),
+        mode = format!("{:o}", settings.apps.mode),
+        "application socket listening"
+    );
+
     let guardian = guardian::Guardian::spawn(&settings.state_dir, debug)
         .map_err(|e| Fatal::new(ExitKind::Guardian, e))?;
     tracing::info!(pid = guardian.pid(), "guardian started");
@@ -249,13 +260,13 @@ fn run(cli: Cli) -> Result<(), Fatal> {
         Err(e) => return Err(transport_fatal(&settings, &e)),
     };
 
-    let coord = Coordinator::new(settings.limits, Millis(0))
-        .map_err(|e| Fatal::new(ExitKind::Usage, anyhow!("limits: {e}")))?;
+    let guardian_link = guardian::GuardianLink::default();
     let worker = fsworker::FsWorker::start(fsworker::FsSetup {
         source,
         selection,
         config: settings.freezer.clone(),
         options: FreezeOptions::new(settings.freezer.config(), settings.state_dir.clone()),
+        watch: Some(std::sync::Arc::new(guardian_link.clone())),
     })
     .map_err(|e| Fatal::new(ExitKind::Internal, anyhow!("filesystem worker: {e}")))?;
 
@@ -268,8 +279,10 @@ fn run(cli: Cli) -> Result<(), Fatal> {
         transport,
         worker,
         guardian,
+        guardian_link,
         signals,
         kmsg,
+        apps,
     })
     .run()
     .map_err(|e| Fatal::new(ExitKind::Internal, e))
@@ -343,7 +356,7 @@ fn recover_earlier(dir: &Path) -> Result<(), Fatal> {
     let report = loop {
         let report = hv_vss_freezer::recover(dir, hv_vss_freezer::RecoverOptions::default())
             .map_err(|e| match e {
-                hv_vss_freezer::RecoverError::FreezerAlive { pid } => Fatal::new(
+                hv_vss_freezer::RecoverError::FreezerAlive { pid, .. } => Fatal::new(
                     ExitKind::Busy,
                     anyhow!(
                         "process {pid} froze filesystems listed in {} and still holds them",

@@ -31,10 +31,22 @@ const DAEMON_KEYS: &[&str] = &[
     "log_ring_capacity",
     "history_limit",
     "metrics_textfile",
+    "stop_timeout_seconds",
     "limits.check_deadline_seconds",
     "limits.freeze_deadline_seconds",
     "limits.thaw_deadline_seconds",
     "limits.client_timeout_seconds",
+    "apps.socket_mode",
+    "apps.socket_owner",
+    "apps.socket_group",
+    "apps.allowed_users",
+    "apps.allowed_groups",
+    "apps.max_clients",
+    "apps.max_pending_bytes",
+    "hooks.dir",
+    "hooks.style",
+    "hooks.tier",
+    "hooks.timeout_secs",
     "freezer.on_unsupported",
     "freezer.on_foreign_freeze",
     "freezer.freeze_deadline_secs",
@@ -51,23 +63,31 @@ fn example() -> String {
     std::fs::read_to_string(path).unwrap()
 }
 
-/// Dotted paths of every non-table value.
+/// Dotted paths of every non-table value (the tables of an array of tables share their
+/// array's path).
 fn leaf_keys(table: &toml::Table, prefix: &str, out: &mut BTreeSet<String>) {
     for (key, value) in table {
         let path = format!("{prefix}{key}");
-        match value.as_table() {
-            Some(t) => leaf_keys(t, &format!("{path}."), out),
-            None => {
-                out.insert(path);
+        let tables: Vec<&toml::Table> = match value {
+            toml::Value::Table(t) => vec![t],
+            toml::Value::Array(items) if items.iter().all(toml::Value::is_table) => {
+                items.iter().filter_map(toml::Value::as_table).collect()
             }
+            _ => Vec::new(),
+        };
+        for t in &tables {
+            leaf_keys(t, &format!("{path}."), out);
+        }
+        if tables.is_empty() {
+            out.insert(path);
         }
     }
 }
 
 /// Runs the real daemon with `config` and a transport that does not exist. `--device`
 /// overrides the file's transport (so `device` and `uio`, both set once uncommented, do not
-/// conflict), `--state-dir` keeps it out of /run/hv-vss, `--mount` keeps the plan to a
-/// filesystem this test made.
+/// conflict), `--state-dir` and `--app-socket` keep it out of /run/hv-vss, `--mount` keeps
+/// the plan to a filesystem this test made.
 fn run_daemon(config: &Path, state: &Path, mount: &Path) -> Output {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_hv-vssd"));
     cmd.arg("--config")
@@ -75,6 +95,8 @@ fn run_daemon(config: &Path, state: &Path, mount: &Path) -> Output {
         .args(["--device", "/nonexistent/hv_vss"])
         .arg("--state-dir")
         .arg(state)
+        .arg("--app-socket")
+        .arg(state.join("app.sock"))
         .arg("--mount")
         .arg(mount);
     // Bounded: the daemon must exit at start-up.

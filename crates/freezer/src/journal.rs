@@ -1,5 +1,6 @@
-//! The crash journal: what a freeze is about to freeze, written before the first FIFREEZE,
-//! removed after a complete thaw (R58, R59, R64).
+//! The crash journal: what a freeze has frozen or is freezing, written before each level's
+//! first FIFREEZE, narrowed as results and partial thaws come in, removed after a complete
+//! thaw (R58, R59, R64). The engine ([`crate::engine`]) decides what it lists.
 //!
 //! # Design
 //!
@@ -17,10 +18,10 @@
 //!
 //! # Limitations
 //!
-//! The journal lists the planned set, written before freezing: a filesystem that turned out
-//! to be frozen by someone else (EBUSY) is listed too. If the freezer dies between that
-//! EBUSY and the end of its rollback, recovery would thaw the foreign freeze. The window is
-//! a few milliseconds; closing it would need a journal write while frozen, which R60 forbids.
+//! A filesystem is listed while its FIFREEZE is in flight: if the freezer dies before an
+//! EBUSY (someone else's freeze) is collected, recovery thaws it. The window is one
+//! FIFREEZE call; listing it only after the call returns would instead leave our own freeze
+//! unlisted if we die in between.
 
 use std::fs::File;
 use std::io::Write;
@@ -276,18 +277,24 @@ impl RecoverReport {
 pub struct RecoverOptions {
     /// Recover even though the freezing process is alive and holds the lock.
     pub force: bool,
+    /// If the freezing process is alive and holds the lock, wait up to this long for it to
+    /// exit first (a killed daemon lingers while a FIFREEZE it started has not returned).
+    pub wait_for_freezer: std::time::Duration,
 }
 
 /// Why recovery did not run.
 #[derive(Debug, thiserror::Error)]
 pub enum RecoverError {
-    /// The freezer named in the journal is alive and holds the lock.
+    /// The freezer named in the journal is alive and holds the lock (after waiting for it
+    /// as long as the options allowed).
     #[error(
-        "the freezing process {pid} is alive and holds the state lock; it thaws on its own (use --force to override)"
+        "the freezing process {pid} is still alive and holds the state lock (waited {waited:?}); it may be stuck in FIFREEZE, or being killed: its guardian thaws what it holds when it is gone. Use --wait to wait longer, or --force to thaw now"
     )]
     FreezerAlive {
         /// Its pid.
         pid: i32,
+        /// How long recovery waited for it to exit.
+        waited: std::time::Duration,
     },
     /// The journal cannot be read.
     #[error(transparent)]
@@ -323,10 +330,26 @@ pub fn recover(state_dir: &Path, options: RecoverOptions) -> Result<RecoverRepor
         state_dir: state_dir.to_path_buf(),
         source,
     };
-    let lock = StateLock::try_acquire(state_dir).map_err(state_err)?;
+    let mut lock = StateLock::try_acquire(state_dir).map_err(state_err)?;
     if lock.is_none() && hv_vss_sys::fs::process_alive(journal.pid) && !options.force {
-        return Err(RecoverError::FreezerAlive { pid: journal.pid });
+        if !options.wait_for_freezer.is_zero()
+            && hv_vss_sys::fs::wait_for_exit(journal.pid, options.wait_for_freezer)
+        {
+            lock = StateLock::try_acquire(state_dir).map_err(state_err)?;
+        }
+        if lock.is_none() && hv_vss_sys::fs::process_alive(journal.pid) {
+            return Err(RecoverError::FreezerAlive {
+                pid: journal.pid,
+                waited: options.wait_for_freezer,
+            });
+        }
     }
+    // The freezer may have finished (and removed or narrowed the journal) while we waited.
+    let Some(journal) = Journal::read(state_dir)? else {
+        report.journal_found = false;
+        report.freezer_pid = None;
+        return Ok(report);
+    };
     for entry in journal.filesystems.iter().rev() {
         let outcome = match hv_vss_sys::fs::open_mount_point(&entry.path) {
             Err(e) => RecoverOutcome::Unreachable {
@@ -469,7 +492,14 @@ mod tests {
             minor: 77,
         };
         journal(1, dir.path(), wrong).write(dir.path()).unwrap();
-        let r = recover(dir.path(), RecoverOptions { force: true }).unwrap();
+        let r = recover(
+            dir.path(),
+            RecoverOptions {
+                force: true,
+                ..RecoverOptions::default()
+            },
+        )
+        .unwrap();
         assert!(matches!(
             r.filesystems[0].outcome,
             RecoverOutcome::DeviceMismatch { .. }

@@ -7,4 +7,5 @@
 
 pub mod fs;
 pub mod mem;
+pub mod process;
 pub mod uio;

@@ -1,0 +1,256 @@
+//! Hook directories as coordinator participants, run by hv-vss-hooks' runner thread.
+//!
+//! # Mechanism
+//!
+//! Each configured directory is one participant named `hooks:<dir>`, registered at start
+//! with its tier and with no timeout of its own beyond the request's deadline (each hook is
+//! bounded by the directory's per-hook timeout, and the run by the deadline). For each
+//! notification:
+//!
+//! - **check**: the directory is loaded ([`HookSet::load`]); unsafe files are skipped and
+//!   logged; the ack is ok, unless the directory itself is unsafe or unreadable (none of
+//!   its hooks could run: a veto, logged).
+//! - **freeze**: loaded again (what runs is what is there now, read before any FIFREEZE),
+//!   then run on the runner thread with the ack deadline; its report is the ack.
+//! - **thaw**: the set that froze is run with `thaw`; its report is the ack.
+//! - **abort**: the hooks the freeze started are told `abort` (style-mapped) in reverse;
+//!   never acked. If the freeze run has not reported yet, the abort starts when it does.
+//!
+//! The coordinator sends freeze before the first FIFREEZE and thaw/abort after the last
+//! FITHAW, and acks come only from finished runs, so no hook runs while our filesystems
+//! are frozen. Hook output is only logged (through the log gate), never written by us.
+
+use std::collections::BTreeMap;
+use std::os::fd::BorrowedFd;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hv_vss_core::{AppOp, Coordinator, Event, Millis, ParticipantId, Registration, TxnId};
+use hv_vss_hooks::{HookDir, HookOp, HookRunner, HookSet, RunReport};
+
+use crate::config::HookDirSettings;
+
+/// Output shown per failing hook in the log.
+const LOG_OUTPUT: usize = 2048;
+
+#[derive(Debug)]
+struct Dir {
+    participant: ParticipantId,
+    name: String,
+    dir: HookDir,
+    /// Loaded at freeze; thaw and abort use the same set.
+    set: Option<Arc<HookSet>>,
+    /// The last freeze run's report, for the abort.
+    freeze: Option<RunReport>,
+    /// An abort is owed once the running freeze reports.
+    abort_after_freeze: bool,
+}
+
+/// What a runner job was for.
+#[derive(Debug, Clone, Copy)]
+struct Job {
+    dir: usize,
+    txn: TxnId,
+    op: AppOp,
+}
+
+/// The configured hook directories and their runner.
+#[derive(Debug)]
+pub struct Hooks {
+    runner: Option<HookRunner>,
+    dirs: Vec<Dir>,
+    jobs: BTreeMap<u64, Job>,
+    next_job: u64,
+    /// Acks ready to feed the coordinator.
+    acks: Vec<Event>,
+}
+
+impl Hooks {
+    /// Registers one participant per directory; the runner thread starts only if there is
+    /// a directory.
+    pub fn start(
+        dirs: &[HookDirSettings],
+        coord: &mut Coordinator,
+        mut next_id: impl FnMut() -> ParticipantId,
+    ) -> anyhow::Result<Self> {
+        let mut out = Vec::new();
+        // Bounded by the request deadline only: the per-hook timeout bounds each hook.
+        let limits = coord.limits();
+        let whole = limits
+            .check_deadline
+            .max(limits.freeze_deadline)
+            .max(limits.thaw_deadline);
+        for d in dirs {
+            let participant = next_id();
+            let name = format!("hooks:{}", d.dir.display());
+            coord.register(Registration {
+                id: participant,
+                name: name.clone(),
+                tier: d.tier,
+                timeout: Some(whole),
+            })?;
+            tracing::info!(dir = %d.dir.display(), style = %d.style, tier = d.tier, timeout_ms = d.timeout.as_millis() as u64, "hook directory registered");
+            out.push(Dir {
+                participant,
+                name,
+                dir: HookDir {
+                    path: d.dir.clone(),
+                    style: d.style,
+                    timeout: d.timeout,
+                },
+                set: None,
+                freeze: None,
+                abort_after_freeze: false,
+            });
+        }
+        let runner = if out.is_empty() {
+            None
+        } else {
+            Some(HookRunner::spawn()?)
+        };
+        Ok(Self {
+            runner,
+            dirs: out,
+            jobs: BTreeMap::new(),
+            next_job: 0,
+            acks: Vec::new(),
+        })
+    }
+
+    /// The runner's wake descriptor, if any directory is configured.
+    pub fn wake_fd(&self) -> Option<BorrowedFd<'_>> {
+        self.runner.as_ref().map(HookRunner::wake_fd)
+    }
+
+    /// Whether `participant` is a hook directory.
+    pub fn owns(&self, participant: ParticipantId) -> bool {
+        self.dirs.iter().any(|d| d.participant == participant)
+    }
+
+    /// Acks ready for the coordinator.
+    pub fn take_acks(&mut self) -> Vec<Event> {
+        std::mem::take(&mut self.acks)
+    }
+
+    fn ack(&mut self, i: usize, txn: TxnId, op: AppOp, ok: bool) {
+        self.acks.push(Event::AppAck {
+            participant: self.dirs[i].participant,
+            txn,
+            op,
+            ok,
+        });
+    }
+
+    fn load(&mut self, i: usize) -> Option<Arc<HookSet>> {
+        let d = &mut self.dirs[i];
+        match HookSet::load(&d.dir) {
+            Ok(set) => {
+                for skipped in set.skipped() {
+                    tracing::warn!(participant = %d.name, hook = %skipped, "hook skipped");
+                }
+                let set = Arc::new(set);
+                d.set = Some(Arc::clone(&set));
+                Some(set)
+            }
+            Err(e) => {
+                tracing::error!(participant = %d.name, error = %e, "hook directory unusable: none of its hooks can run; vetoing");
+                d.set = None;
+                None
+            }
+        }
+    }
+
+    fn submit(&mut self, i: usize, txn: TxnId, op: AppOp, run: impl FnOnce(&HookRunner, u64)) {
+        let Some(runner) = &self.runner else { return };
+        self.next_job += 1;
+        let job = self.next_job;
+        self.jobs.insert(job, Job { dir: i, txn, op });
+        run(runner, job);
+    }
+
+    /// Executes a notification for a hook participant.
+    pub fn notify(
+        &mut self,
+        participant: ParticipantId,
+        txn: TxnId,
+        op: AppOp,
+        deadline: Option<Millis>,
+        now: Millis,
+    ) {
+        let Some(i) = self.dirs.iter().position(|d| d.participant == participant) else {
+            return;
+        };
+        let until = Instant::now() + Duration::from_millis(deadline.map_or(0, |d| d.since(now)));
+        match op {
+            AppOp::Check => {
+                let ok = self.load(i).is_some();
+                self.ack(i, txn, op, ok);
+            }
+            AppOp::Freeze => {
+                self.dirs[i].freeze = None;
+                self.dirs[i].abort_after_freeze = false;
+                match self.load(i) {
+                    Some(set) => self.submit(i, txn, op, |r, job| {
+                        r.start(job, set, HookOp::Freeze, until)
+                    }),
+                    None => self.ack(i, txn, op, false),
+                }
+            }
+            AppOp::Thaw => match self.dirs[i].set.clone() {
+                Some(set) => {
+                    self.submit(i, txn, op, |r, job| r.start(job, set, HookOp::Thaw, until))
+                }
+                // Nothing was loaded, so nothing froze.
+                None => self.ack(i, txn, op, true),
+            },
+            AppOp::Abort => self.abort(i, txn),
+        }
+    }
+
+    fn abort(&mut self, i: usize, txn: TxnId) {
+        let d = &mut self.dirs[i];
+        let (Some(set), freeze) = (d.set.clone(), d.freeze.take()) else {
+            return;
+        };
+        match freeze {
+            Some(report) => {
+                let until = Instant::now() + set.budget();
+                self.submit(i, txn, AppOp::Abort, |r, job| {
+                    r.start_abort(job, set, report, until)
+                });
+            }
+            // The freeze still runs (its stage was given up): abort when it reports.
+            None => d.abort_after_freeze = true,
+        }
+    }
+
+    /// Takes the runner's finished reports: acks for freeze and thaw, logs for all.
+    pub fn drain(&mut self) {
+        let Some(runner) = &self.runner else { return };
+        for (job, report) in runner.drain() {
+            let Some(Job { dir, txn, op }) = self.jobs.remove(&job) else {
+                continue;
+            };
+            log_report(&self.dirs[dir].name, txn, &report);
+            match op {
+                AppOp::Freeze => {
+                    self.dirs[dir].freeze = Some(report.clone());
+                    self.ack(dir, txn, op, report.ok);
+                    if std::mem::take(&mut self.dirs[dir].abort_after_freeze) {
+                        self.abort(dir, txn);
+                    }
+                }
+                AppOp::Thaw => self.ack(dir, txn, op, report.ok),
+                AppOp::Check | AppOp::Abort => {}
+            }
+        }
+    }
+}
+
+fn log_report(name: &str, txn: TxnId, report: &RunReport) {
+    for r in report.failures() {
+        let output = String::from_utf8_lossy(&r.output[..r.output.len().min(LOG_OUTPUT)]);
+        tracing::warn!(participant = %name, txn = txn.0, hook = %r.path.display(), arg = r.arg, outcome = %r.outcome, output = %output, truncated = r.truncated, "hook failed");
+    }
+    tracing::info!(participant = %name, txn = txn.0, op = %report.op, ok = report.ok, hooks = report.results.len(), "hooks ran");
+}

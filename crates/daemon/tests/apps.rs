@@ -1,0 +1,935 @@
+//! End-to-end: application clients of the real `hv-vssd` (drop-in mode against the kernel
+//! emulator) on loop-mounted ext4 made by each test. The clients are plain `UnixStream`s
+//! speaking protocol v1 through hv-vss-app-protocol; "frozen" means a write really blocks,
+//! "thawed" that it completes.
+
+mod common;
+
+use std::ffi::OsStr;
+use std::io::{Read, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use common::{Daemon, LoopFs, with_timeout};
+use hv_vss_app_protocol::{
+    Ack, ClientMessage, DaemonMessage, EventKind, LineBuffer, MAX_LINE, Register, parse_daemon_line,
+};
+use hv_vss_protocol::{HvStatus, VssOperation};
+use hv_vss_sim::kernel::{EmulatorConfig, HostOutcome, KernelEmulator};
+use rustix::process::Signal;
+
+const READY: Duration = Duration::from_secs(15);
+const BLOCKED: Duration = Duration::from_millis(400);
+const THAWED: Duration = Duration::from_secs(5);
+/// How long a client waits for a line the daemon must send.
+const ANSWER: Duration = Duration::from_secs(10);
+/// How long a client listens for a line the daemon must not send.
+const QUIET: Duration = Duration::from_millis(500);
+const TEST_LIMIT: Duration = Duration::from_secs(120);
+
+const OK: HostOutcome = HostOutcome::Replied(HvStatus::S_OK);
+const FAIL: HostOutcome = HostOutcome::Replied(HvStatus::E_FAIL);
+
+// ---- the test client ----------------------------------------------------------------------
+
+/// Why no message came.
+#[derive(Debug, PartialEq, Eq)]
+enum Silence {
+    Timeout,
+    Closed,
+}
+
+/// A protocol v1 client on a plain blocking socket.
+struct App {
+    stream: UnixStream,
+    lines: LineBuffer,
+}
+
+impl App {
+    /// Connects, retrying while the socket is not there yet.
+    fn connect(path: &Path) -> App {
+        let deadline = Instant::now() + READY;
+        loop {
+            match UnixStream::connect(path) {
+                Ok(stream) => {
+                    return App {
+                        stream,
+                        lines: LineBuffer::new(),
+                    };
+                }
+                Err(e) if Instant::now() >= deadline => panic!("connect {}: {e}", path.display()),
+                Err(_) => std::thread::sleep(Duration::from_millis(20)),
+            }
+        }
+    }
+
+    /// Connects and registers; panics unless the answer is `registered`.
+    fn register(path: &Path, name: &str, tier: Option<u8>, timeout_ms: Option<u64>) -> App {
+        let mut app = App::connect(path);
+        app.send(&ClientMessage::Register(Register {
+            name: name.into(),
+            tier,
+            timeout_ms,
+        }));
+        match app.recv() {
+            DaemonMessage::Registered { name: n, protocol } => {
+                assert_eq!((n.as_str(), protocol), (name, 1));
+            }
+            other => panic!("{name}: expected registered, got {other:?}"),
+        }
+        app
+    }
+
+    fn send(&mut self, msg: &ClientMessage) {
+        self.send_raw(&msg.to_line());
+    }
+
+    fn send_raw(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).unwrap();
+    }
+
+    fn ack(&mut self, txn: u64, ok: bool) {
+        self.send(&ClientMessage::Ack(Ack {
+            txn,
+            ok,
+            message: (!ok).then(|| "not now".into()),
+        }));
+    }
+
+    /// The next message within `limit`.
+    fn next(&mut self, limit: Duration) -> Result<DaemonMessage, Silence> {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(line) = self.lines.next_line().unwrap() {
+                return Ok(parse_daemon_line(&line).unwrap());
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(Silence::Timeout);
+            }
+            self.stream.set_read_timeout(Some(left)).unwrap();
+            let mut buf = [0u8; 4096];
+            match self.stream.read(&mut buf) {
+                Ok(0) => return Err(Silence::Closed),
+                Ok(n) => self.lines.push(&buf[..n]),
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {
+                    return Err(Silence::Closed);
+                }
+                Err(e) => panic!("read: {e}"),
+            }
+        }
+    }
+
+    fn recv(&mut self) -> DaemonMessage {
+        self.next(ANSWER).expect("a message from the daemon")
+    }
+
+    /// The next message must be the event `kind`: its `(txn, deadline_ms)`.
+    fn expect_event(&mut self, kind: EventKind) -> (u64, u64) {
+        let msg = self.recv();
+        match msg.as_event() {
+            Some((k, txn, deadline_ms)) if k == kind => (txn, deadline_ms),
+            _ => panic!("expected {kind:?}, got {msg:?}"),
+        }
+    }
+
+    /// The next message must be an abort: its `(txn, reason)`.
+    fn expect_abort(&mut self) -> (u64, String) {
+        match self.recv() {
+            DaemonMessage::Abort { txn, reason } => (txn, reason),
+            other => panic!("expected abort, got {other:?}"),
+        }
+    }
+
+    /// The next message must be `error`, then the daemon closes the connection: the error.
+    fn expect_error_and_close(&mut self) -> String {
+        let message = match self.recv() {
+            DaemonMessage::Error { message } => message,
+            other => panic!("expected error, got {other:?}"),
+        };
+        assert_eq!(self.next(ANSWER), Err(Silence::Closed), "after {message:?}");
+        message
+    }
+
+    /// Nothing arrives for a while (and the connection stays open).
+    fn assert_quiet(&mut self) {
+        assert_eq!(self.next(QUIET), Err(Silence::Timeout));
+    }
+}
+
+// ---- the daemon, the host and the filesystem ------------------------------------------------
+
+struct Setup {
+    fs: LoopFs,
+    state: tempfile::TempDir,
+    emu: KernelEmulator,
+}
+
+impl Setup {
+    fn new() -> Self {
+        Self {
+            fs: common::ext4(),
+            state: common::state_dir(),
+            emu: KernelEmulator::start(EmulatorConfig::default()).unwrap(),
+        }
+    }
+
+    fn socket(&self) -> PathBuf {
+        self.state.path().join("app.sock")
+    }
+
+    /// Starts the daemon with `config` (and `extra` flags) and waits until it serves.
+    fn daemon_with(&self, config: &str, extra: &[&OsStr]) -> Daemon {
+        let mut args: Vec<&OsStr> = vec![
+            OsStr::new("--device"),
+            self.emu.socket_path().as_os_str(),
+            OsStr::new("--state-dir"),
+            self.state.path().as_os_str(),
+            OsStr::new("--mount"),
+            self.fs.mount_point().as_os_str(),
+        ];
+        args.extend_from_slice(extra);
+        let d = Daemon::start_with_config(&args, config);
+        assert!(
+            self.emu.wait_ready(READY),
+            "daemon never registered:\n{}",
+            d.log()
+        );
+        d
+    }
+
+    fn daemon(&self) -> Daemon {
+        self.daemon_with("", &[])
+    }
+
+    fn request(&self, op: VssOperation) -> HostOutcome {
+        self.emu.host_request(op)
+    }
+
+    fn writable(&self) -> bool {
+        self.fs.writable_within(THAWED)
+    }
+
+    fn journal_exists(&self) -> bool {
+        self.state.path().join("app-journal.json").exists()
+    }
+
+    /// The verdicts of the stored reports, once `n` are there.
+    fn verdicts(&self, n: usize) -> Vec<String> {
+        let deadline = Instant::now() + THAWED;
+        loop {
+            let text = std::fs::read_to_string(self.state.path().join("history.jsonl"))
+                .unwrap_or_default();
+            let v: Vec<String> = text
+                .lines()
+                .map(|l| {
+                    let j: serde_json::Value = serde_json::from_str(l).unwrap();
+                    j["report"]["verdict"]["kind"].as_str().unwrap().to_owned()
+                })
+                .collect();
+            if v.len() >= n || Instant::now() >= deadline {
+                return v;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// Runs `op` as the host on another thread while `client` plays its part; returns what
+/// the host got.
+fn host_while(s: &Setup, op: VssOperation, client: impl FnOnce()) -> HostOutcome {
+    std::thread::scope(|sc| {
+        let host = sc.spawn(|| s.request(op));
+        client();
+        host.join().unwrap()
+    })
+}
+
+/// The host sends `op`; `app` gets the event `kind` and acks it `ok`: what the host got.
+fn acked(s: &Setup, op: VssOperation, app: &mut App, kind: EventKind, ok: bool) -> HostOutcome {
+    host_while(s, op, || {
+        let (t, _) = app.expect_event(kind);
+        app.ack(t, ok);
+    })
+}
+
+// ---- the happy path -------------------------------------------------------------------------
+
+#[test]
+fn a_client_flushes_before_the_freeze_holds_through_it_and_resumes_after_the_thaw() {
+    with_timeout(TEST_LIMIT, || {
+        let s = Setup::new();
+        let _d = s.daemon();
+        let mut app = App::register(&s.socket(), "db", None, Some(20_000));
+
+        let got = host_while(&s, VssOperation::HOT_BACKUP, || {
+            let (txn, deadline_ms) = app.expect_event(EventKind::Check);
+            assert!(deadline_ms > 0 && deadline_ms <= 20_000, "{deadline_ms}");
+            app.ack(txn, true);
+        });
+        assert_eq!(got, OK);
+        assert!(s.writable(), "HOT_BACKUP must not freeze");
+
+        let mut freeze_txn = 0;
+        let got = std::thread::scope(|sc| {
+            let host = sc.spawn(|| s.request(VssOperation::FREEZE));
+            let (txn, deadline_ms) = app.expect_event(EventKind::Freeze);
+            freeze_txn = txn;
+            assert!(deadline_ms > 0 && deadline_ms <= 20_000, "{deadline_ms}");
+            // Told to freeze, the client can still flush: nothing is frozen yet, and the
+            // host waits for this client.
+            assert!(s.writable(), "frozen before the client acked");
+            assert!(
+                !host.is_finished(),
+                "FREEZE answered before the client acked"
+            );
+            app.ack(txn, true);
+            host.join().unwrap()
+        });
+        assert_eq!(got, OK);
+        // Right after the ack the filesystem is frozen: a write blocks.
+        let blocked = s.fs.write_probe();
+        assert!(
+            !blocked.wait_ok(BLOCKED),
+            "a write went through while frozen"
+        );
+        assert!(s.journal_exists(), "the client told to freeze is journaled");
+
+        let got = host_while(&s, VssOperation::THAW, || {
+            let (txn, _) = app.expect_event(EventKind::Thaw);
+            assert_eq!(txn, freeze_txn, "thaw names the freeze's txn");
+            // Told to thaw, the client writes at once and it succeeds.
+            assert!(s.writable(), "still frozen when the client was told thaw");
+            app.ack(txn, true);
+        });
+        assert_eq!(got, OK);
+        assert!(blocked.wait_ok(THAWED));
+        app.assert_quiet();
+        assert!(!s.journal_exists(), "nothing is owed after the thaw");
+        assert_eq!(s.verdicts(2), ["check_passed", "app_consistent"]);
+    });
+}
+
+// ---- vetoes, deadlines, departures ----------------------------------------------------------
+
+#[test]
+fn a_veto_at_check_fails_the_hot_backup_and_later_tiers_are_not_asked() {
+    with_timeout(TEST_LIMIT, || {
+        let s = Setup::new();
+        let _d = s.daemon();
+        let mut first = App::register(&s.socket(), "first", Some(10), None);
+        let mut later = App::register(&s.socket(), "later", Some(200), None);
+        let got = host_while(&s, VssOperation::HOT_BACKUP, || {
+            let (txn, _) = first.expect_event(EventKind::Check);
+            first.ack(txn, false);
+        });
+        assert_eq!(got, FAIL);
+        later.assert_quiet();
+        assert!(s.writable());
+        assert_eq!(s.verdicts(1), ["failed"]);
+    });
+}
+
+#[test]
+fn a_veto_at_freeze_fails_it_freezes_nothing_and_aborts_everyone_told_to_freeze() {
+    with_timeout(TEST_LIMIT, || {
+        let s = Setup::new();
+        let _d = s.daemon();
+        let mut holder = App::register(&s.socket(), "holder", Some(10), None);
+        let mut vetoer = App::register(&s.socket(), "vetoer", Some(20), None);
+        let mut never = App::register(&s.socket(), "never", Some(30), None);
+        let mut txn = 0;
+        let got = host_while(&s, VssOperation::FREEZE, || {
+            let (t, _) = holder.expect_event(EventKind::Freeze);
+            txn = t;
+            holder.ack(t, true);
+            let (t, _) = vetoer.expect_event(EventKind::Freeze);
+            vetoer.ack(t, false);
+        });
+        assert_eq!(got, FAIL);
+        for app in [&mut holder, &mut vetoer] {
+            let (t, reason) = app.expect_abort();
+            assert_eq!(t, txn);
+            assert!(reason.contains("vetoer"), "{reason}");
+            app.assert_quiet();
+        }
+        // Never told to freeze, never aborted.
+        never.assert_quiet();
+        assert!(s.writable(), "a vetoed freeze froze something");
+        assert!(!s.journal_exists());
+    });
+}
+
+#[test]
+fn a_missed_deadline_fails_the_freeze_and_the_late_ack_is_rejected() {
+    with_timeout(TEST_LIMIT, || {
+        let s = Setup::new();
+        let _d = s.daemon();
+        let mut slow = App::register(&s.socket(), "slow", None, Some(300));
+        let mut txn = 0;
+        let started = Instant::now();
+        let got = host_while(&s, VssOperation::FREEZE, || {
+            let (t, deadline_ms) = slow.expect_event(EventKind::Freeze);
+            assert!(deadline_ms <= 300, "{deadline_ms}");
+            txn = t;
+        });
+        assert_eq!(got, FAIL);
+        assert!(started.elapsed() < THAWED, "{:?}", started.elapsed());
+        let (t, reason) = slow.expect_abort();
+        assert_eq!(t, txn);
+        assert!(reason.contains("deadline"), "{reason}");
+        slow.ack(txn, true);
+        match slow.recv() {
+            DaemonMessage::AckRejected { txn: t, reason } => {
+                assert_eq!(t, txn);
+                assert!(reason.starts_with("late"), "{reason}");
+            }
+            other => panic!("expected ack_rejected, got {other:?}"),
+        }
+        assert!(s.writable());
+        // The daemon goes on serving the same client.
+        let got = acked(&s, VssOperation::FREEZE, &mut slow, EventKind::Freeze, true);
+        assert_eq!(got, OK);
+        let got = acked(&s, VssOperation::THAW, &mut slow, EventKind::Thaw, true);
+        assert_eq!(got, OK);
+        assert!(s.writable());
+    });
+}
+
+#[test]
+fn a_client_that_disconnects_while_holding_makes_the_backup_fs_consistent_only() {
+    with_timeout(TEST_LIMIT, || {
+        let s = Setup::new();
+        let d = s.daemon();
+        let mut leaver = App::register(&s.socket(), "leaver", Some(10), None);
+        let mut stayer = App::register(&s.socket(), "stayer", Some(20), None);
+        let got = host_while(&s, VssOperation::FREEZE, || {
+            let (t, _) = leaver.expect_event(EventKind::Freeze);
+            leaver.ack(t, true);
+            let (t, _) = stayer.expect_event(EventKind::Freeze);
+            stayer.ack(t, true);
+        });
+        assert_eq!(got, OK);
+        drop(leaver);
+        // Still frozen for the host; the other client is still served.
+        assert!(!s.fs.write_probe().wait_ok(BLOCKED));
+        let got = acked(&s, VssOperation::THAW, &mut stayer, EventKind::Thaw, true);
+        // The hold was lost while frozen: the THAW says the snapshot is not what FREEZE
+        // promised.
+        assert_eq!(got, FAIL);
+        assert!(s.writable());
+        assert_eq!(s.verdicts(1), ["fs_consistent"], "{}", d.log());
+        assert!(!s.journal_exists());
+    });
+}
+
+// ---- protocol errors --------------------------------------------------------------------------
+
+/// `bad` is sent by a client in the check stage: it gets `error` and is disconnected, the
+/// HOT_BACKUP fails, and the other client (which had not answered yet) is served on.
+fn a_protocol_error_in_check_fails_it_and_disconnects_only_that_client(bad: &[u8], want: &str) {
+    let s = Setup::new();
+    let _d = s.daemon();
+    let mut bad_app = App::register(&s.socket(), "bad", Some(10), None);
+    let mut good = App::register(&s.socket(), "good", Some(10), None);
+    let got = host_while(&s, VssOperation::HOT_BACKUP, || {
+        bad_app.expect_event(EventKind::Check);
+        good.expect_event(EventKind::Check);
+        bad_app.send_raw(bad);
+        let message = bad_app.expect_error_and_close();
+        assert!(
+            message.contains(want),
+            "{message:?} should contain {want:?}"
+        );
+    });
+    assert_eq!(got, FAIL);
+    let got = acked(
+        &s,
+        VssOperation::HOT_BACKUP,
+        &mut good,
+        EventKind::Check,
+        true,
+    );
+    assert_eq!(got, OK);
+}
+
+#[test]
+fn a_malformed_line_fails_the_stage_and_closes_that_client() {
+    with_timeout(TEST_LIMIT, || {
+        a_protocol_error_in_check_fails_it_and_disconnects_only_that_client(
+            b"{\"type\":\"ack\",\"txn\":\n",
+            "not a JSON object",
+        );
+    });
+}
+
+#[test]
+fn an_oversize_line_fails_the_stage_and_closes_that_client() {
+    with_timeout(TEST_LIMIT, || {
+        let mut huge = vec![b' '; MAX_LINE + 100];
+        huge.push(b'\n');
+        a_protocol_error_in_check_fails_it_and_disconnects_only_that_client(&huge, "longer than");
+    });
+}
+
+#[test]
+fn an_unknown_type_is_answered_with_an_error_and_fails_the_ack_it_owes() {
+    with_timeout(TEST_LIMIT, || {
+        let s = Setup::new();
+        let _d = s.daemon();
+        let mut app = App::register(&s.socket(), "newer", None, None);
+        // Idle: an error answer, and the client stays registered.
+        app.send_raw(b"{\"type\":\"hello\",\"v\":2}\n");
+        match app.recv() {
+            DaemonMessage::Error { message } => {
+                assert!(message.contains("unknown message type"), "{message}")
+            }
+            other => panic!("expected error, got {other:?}"),
+        }
+        // In a stage: the same answer, and the stage fails.
+        let got = host_while(&s, VssOperation::HOT_BACKUP, || {
+            app.expect_event(EventKind::Check);
+            app.send_raw(b"{\"type\":\"hello\"}\n");
+            assert!(matches!(app.recv(), DaemonMessage::Error { .. }));
+        });
+        assert_eq!(got, FAIL);
+        // Still connected and served.
+        let got = acked(
+            &s,
+            VssOperation::HOT_BACKUP,
+            &mut app,
+            EventKind::Check,
+            true,
+        );
+        assert_eq!(got, OK);
+    });
+}
+
+#[test]
+fn a_duplicate_name_is_refused_and_the_first_client_keeps_it() {
+    with_timeout(TEST_LIMIT, || {
+        let s = Setup::new();
+        let _d = s.daemon();
+        let mut first = App::register(&s.socket(), "db", None, None);
+        let mut second = App::connect(&s.socket());
+        second.send(&ClientMessage::Register(Register {
+            name: "db".into(),
+            tier: None,
+            timeout_ms: None,
+        }));
+        let message = second.expect_error_and_close();
+        assert!(message.contains("already connected"), "{message}");
+        let got = acked(
+            &s,
+            VssOperation::HOT_BACKUP,
+            &mut first,
+            EventKind::Check,
+            true,
+        );
+        assert_eq!(got, OK);
+    });
+}
+
+// ---- limits -----------------------------------------------------------------------------------
+
+#[test]
+fn a_client_that_does_not_read_is_dropped_and_the_client_limit_holds() {
+    with_timeout(TEST_LIMIT, || {
+        let s = Setup::new();
+        let d = s.daemon_with("[apps]\nmax_pending_bytes = 4096\nmax_clients = 3\n", &[]);
+        let mut good = App::register(&s.socket(), "good", None, None);
+        let mut flooder = App::register(&s.socket(), "flooder", None, None);
+        // Acks that match nothing, each answered with ack_rejected, which the flooder never
+        // reads: its outbox fills and the daemon drops it instead of waiting.
+        let bogus = ClientMessage::Ack(Ack {
+            txn: 999,
+            ok: true,
+            message: None,
+        })
+        .to_line();
+        let flood = std::thread::spawn(move || {
+            for sent in 0..1_000_000u64 {
+                if let Err(e) = flooder.stream.write_all(&bogus) {
+                    return Some((sent, e.kind()));
+                }
+            }
+            None
+        });
+        let ended = flood.join().unwrap();
+        assert!(
+            ended.is_some(),
+            "the daemon kept a client that reads nothing:\n{}",
+            d.log()
+        );
+        // Everyone else is served as before.
+        let got = acked(
+            &s,
+            VssOperation::HOT_BACKUP,
+            &mut good,
+            EventKind::Check,
+            true,
+        );
+        assert_eq!(got, OK);
+        assert!(
+            d.wait_log("does not read its socket", THAWED),
+            "{}",
+            d.log()
+        );
+
+        // The flooder's slot is free again: good + 2 more, then the limit.
+        let _second = App::register(&s.socket(), "second", None, None);
+        let _third = App::register(&s.socket(), "third", None, None);
+        let mut fourth = App::connect(&s.socket());
+        let message = fourth.expect_error_and_close();
+        assert!(message.contains("too many clients"), "{message}");
+    });
+}
+
+// ---- credentials --------------------------------------------------------------------------------
+
+const CHILD_SOCKET_ENV: &str = "HV_VSS_TEST_APP_SOCKET";
+const CHILD_LINE: &str = "APP-LINE: ";
+
+/// Run by [`a_client_of_a_user_not_allowed_is_refused`] as uid 65534, not on its own:
+/// connects, registers and prints the daemon's first answer.
+#[test]
+#[ignore = "helper: run by a_client_of_a_user_not_allowed_is_refused as another user"]
+fn credentials_child() {
+    let path = std::env::var_os(CHILD_SOCKET_ENV).expect("run by the credentials test");
+    let mut app = App::connect(Path::new(&path));
+    let register = ClientMessage::Register(Register {
+        name: "nobody-app".into(),
+        tier: None,
+        timeout_ms: None,
+    });
+    // A refused client may find the connection closed already; the answer is still there.
+    let _ = app.stream.write_all(&register.to_line());
+    let msg = app.recv();
+    let line = msg.to_line();
+    println!("{CHILD_LINE}{}", String::from_utf8_lossy(&line).trim_end());
+}
+
+/// Runs [`credentials_child`] as uid/gid 65534 against `socket`: the daemon's answer line.
+fn answer_to_nobody(socket: &Path) -> String {
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--ignored",
+            "--exact",
+            "credentials_child",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(CHILD_SOCKET_ENV, socket)
+        .uid(65534)
+        .gid(65534)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    stdout
+        .lines()
+        .find_map(|l| l.split_once(CHILD_LINE).map(|(_, answer)| answer))
+        .unwrap_or_else(|| {
+            panic!(
+                "no answer from the child:\n{stdout}\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        })
+        .to_owned()
+}
+
+#[test]
+fn a_client_of_a_user_not_allowed_is_refused() {
+    with_timeout(TEST_LIMIT, || {
+        let s = Setup::new();
+        // A directory uid 65534 can reach, and a socket mode that lets it connect: the
+        // kernel's peer credentials, not the file mode, decide.
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let socket = dir.path().join("apps/app.sock");
+        let flags = [OsStr::new("--app-socket"), socket.as_os_str()];
+        let d = s.daemon_with("[apps]\nsocket_mode = \"0666\"\n", &flags);
+        let answer = answer_to_nobody(&socket);
+        assert!(
+            answer.contains("\"type\":\"error\"") && answer.contains("permission denied"),
+            "{answer}"
+        );
+        // Root is always allowed.
+        App::register(&socket, "root-app", None, None);
+        drop(d);
+
+        // The same user, allowed by the config, registers.
+        let _d = s.daemon_with(
+            "[apps]\nsocket_mode = \"0666\"\nallowed_users = [65534]\n",
+            &flags,
+        );
+        let answer = answer_to_nobody(&socket);
+        assert!(answer.contains("\"type\":\"registered\""), "{answer}");
+    });
+}
+
+// ---- many clients, tiers ------------------------------------------------------------------------
+
+/// What one client saw: per event, its kind, txn, and the global sequence numbers at which
+/// it was received and acked.
+#[derive(Debug, Clone)]
+struct Seen {
+    tier: u8,
+    kind: EventKind,
+    txn: u64,
+    received: u64,
+    acked: u64,
+}
+
+#[test]
+fn a_hundred_clients_in_three_tiers_freeze_low_first_and_thaw_high_first() {
+    with_timeout(TEST_LIMIT, || {
+        let s = Setup::new();
+        let _d = s.daemon();
+        let tiers = [10u8, 20, 30];
+        let apps: Vec<(u8, App)> = (0..100)
+            .map(|i| {
+                let tier = tiers[i % 3];
+                let name = format!("app-{i:03}");
+                (tier, App::register(&s.socket(), &name, Some(tier), None))
+            })
+            .collect();
+        let seq = AtomicU64::new(0);
+        let seen: Mutex<Vec<Vec<Seen>>> = Mutex::new(Vec::new());
+        std::thread::scope(|sc| {
+            for (tier, mut app) in apps {
+                let (seq, seen) = (&seq, &seen);
+                sc.spawn(move || {
+                    let mut mine = Vec::new();
+                    loop {
+                        let msg = app.recv();
+                        let received = seq.fetch_add(1, Ordering::SeqCst);
+                        let (kind, txn, _) = msg.as_event().expect("an event");
+                        let acked = seq.fetch_add(1, Ordering::SeqCst);
+                        mine.push(Seen {
+                            tier,
+                            kind,
+                            txn,
+                            received,
+                            acked,
+                        });
+                        app.ack(txn, true);
+                        if kind == EventKind::Thaw {
+                            break;
+                        }
+                    }
+                    seen.lock().unwrap().push(mine);
+                });
+            }
+            assert_eq!(s.request(VssOperation::FREEZE), OK);
+            assert!(!s.fs.write_probe().wait_ok(BLOCKED));
+            assert_eq!(s.request(VssOperation::THAW), OK);
+        });
+        let seen = seen.into_inner().unwrap();
+        assert_eq!(seen.len(), 100);
+        for mine in &seen {
+            let kinds: Vec<EventKind> = mine.iter().map(|e| e.kind).collect();
+            assert_eq!(kinds, [EventKind::Freeze, EventKind::Thaw], "{mine:?}");
+            assert_eq!(mine[0].txn, mine[1].txn);
+        }
+        let all: Vec<&Seen> = seen.iter().flatten().collect();
+        let of = |kind, tier| all.iter().filter(move |e| e.kind == kind && e.tier == tier);
+        // A tier is told only after every member of the tier before it acked.
+        let before = |kind, first: u8, then: u8| {
+            let last_ack = of(kind, first).map(|e| e.acked).max().unwrap();
+            let first_told = of(kind, then).map(|e| e.received).min().unwrap();
+            assert!(
+                last_ack < first_told,
+                "{kind:?}: tier {then} told (seq {first_told}) before tier {first} all acked (seq {last_ack})"
+            );
+        };
+        before(EventKind::Freeze, 10, 20);
+        before(EventKind::Freeze, 20, 30);
+        before(EventKind::Thaw, 30, 20);
+        before(EventKind::Thaw, 20, 10);
+        assert!(s.writable());
+    });
+}
+
+// ---- restart ----------------------------------------------------------------------------------
+
+#[test]
+fn a_client_holding_when_the_daemon_is_killed_gets_its_abort_once_after_the_restart() {
+    with_timeout(TEST_LIMIT, || {
+        let s = Setup::new();
+        let mut d = s.daemon();
+        let mut app = App::register(&s.socket(), "db", None, None);
+        let mut bystander = App::register(&s.socket(), "bystander", None, None);
+        let mut txn = 0;
+        let got = host_while(&s, VssOperation::FREEZE, || {
+            let (t, _) = app.expect_event(EventKind::Freeze);
+            txn = t;
+            app.ack(t, true);
+            let (t, _) = bystander.expect_event(EventKind::Freeze);
+            bystander.ack(t, true);
+        });
+        assert_eq!(got, OK);
+        // Both hold; the daemon dies.
+        d.signal(Signal::KILL);
+        assert!(d.wait_exit(THAWED).is_some());
+        // The guardian thaws; the clients see the connection end.
+        assert!(s.writable(), "the guardian did not thaw");
+        assert_eq!(app.next(ANSWER).unwrap_err(), Silence::Closed);
+        drop(bystander);
+        assert!(s.journal_exists(), "the owed aborts survive the daemon");
+        drop(d);
+
+        let _d = s.daemon();
+        let mut app = App::register(&s.socket(), "db", None, None);
+        let (t, reason) = app.expect_abort();
+        assert_eq!((t, reason.as_str()), (txn, "daemon restarted"));
+        app.assert_quiet();
+        // Once: registering again brings no second abort.
+        drop(app);
+        let mut app = App::register(&s.socket(), "db", None, None);
+        app.assert_quiet();
+        // A new name was never owed anything.
+        let mut newcomer = App::register(&s.socket(), "newcomer", None, None);
+        newcomer.assert_quiet();
+        // The bystander has not come back: its entry is still owed.
+        assert!(s.journal_exists());
+        let mut bystander = App::register(&s.socket(), "bystander", None, None);
+        assert_eq!(bystander.expect_abort().0, txn);
+        let deadline = Instant::now() + THAWED;
+        while s.journal_exists() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(!s.journal_exists(), "nothing is owed any more");
+    });
+}
+
+// ---- hooks ------------------------------------------------------------------------------------
+
+/// A hook directory (root, 0755) in a fresh temp dir, and the log its scripts append to.
+struct HookFixture {
+    tmp: tempfile::TempDir,
+}
+
+impl HookFixture {
+    fn new() -> Self {
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::create_dir(tmp.path().join("hooks.d")).unwrap();
+        Self { tmp }
+    }
+
+    fn dir(&self) -> PathBuf {
+        self.tmp.path().join("hooks.d")
+    }
+
+    /// A hook that appends `NAME ARG` to the log, then exits with `status`.
+    fn hook(&self, name: &str, status: i32, mode: u32) {
+        let path = self.dir().join(name);
+        let log = self.tmp.path().join("log");
+        std::fs::write(
+            &path,
+            format!(
+                "#!/bin/sh\necho \"{name} $1\" >> {}\nexit {status}\n",
+                log.display()
+            ),
+        )
+        .unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+    }
+
+    fn log(&self) -> Vec<String> {
+        std::fs::read_to_string(self.tmp.path().join("log"))
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    }
+
+    fn config(&self, tier: u8) -> String {
+        format!(
+            "[[hooks]]\ndir = \"{}\"\nstyle = \"native\"\ntier = {tier}\ntimeout_secs = 10\n",
+            self.dir().display()
+        )
+    }
+}
+
+#[test]
+fn a_hook_directory_takes_part_in_its_tier_and_unsafe_hooks_never_run() {
+    with_timeout(TEST_LIMIT, || {
+        let s = Setup::new();
+        let hooks = HookFixture::new();
+        hooks.hook("10-first", 0, 0o755);
+        hooks.hook("20-second", 0, 0o755);
+        // Group-writable: skipped.
+        hooks.hook("30-unsafe", 0, 0o775);
+        let d = s.daemon_with(&hooks.config(50), &[]);
+        let mut app = App::register(&s.socket(), "db", Some(100), None);
+        let got = host_while(&s, VssOperation::FREEZE, || {
+            let (t, _) = app.expect_event(EventKind::Freeze);
+            // Tier 50 before tier 100: the hooks froze in order before the client heard.
+            assert_eq!(hooks.log(), ["10-first freeze", "20-second freeze"]);
+            app.ack(t, true);
+        });
+        assert_eq!(got, OK);
+        let got = host_while(&s, VssOperation::THAW, || {
+            let (t, _) = app.expect_event(EventKind::Thaw);
+            // Tier 100 thaws before tier 50: no hook thawed yet.
+            assert_eq!(hooks.log().len(), 2);
+            app.ack(t, true);
+        });
+        assert_eq!(got, OK, "{}", d.log());
+        assert_eq!(
+            hooks.log(),
+            [
+                "10-first freeze",
+                "20-second freeze",
+                "20-second thaw",
+                "10-first thaw"
+            ]
+        );
+        assert!(
+            d.log().contains("30-unsafe"),
+            "the skipped hook is named in the log"
+        );
+        assert!(s.writable());
+    });
+}
+
+#[test]
+fn a_failing_freeze_hook_vetoes_and_the_hooks_that_ran_are_aborted() {
+    with_timeout(TEST_LIMIT, || {
+        let s = Setup::new();
+        let hooks = HookFixture::new();
+        hooks.hook("10-ok", 0, 0o755);
+        hooks.hook("20-veto", 3, 0o755);
+        hooks.hook("30-never", 0, 0o755);
+        let _d = s.daemon_with(&hooks.config(10), &[]);
+        let mut app = App::register(&s.socket(), "db", Some(100), None);
+        assert_eq!(s.request(VssOperation::FREEZE), FAIL);
+        // The client in a later tier was never told to freeze.
+        app.assert_quiet();
+        let deadline = Instant::now() + THAWED;
+        while hooks.log().len() < 4 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert_eq!(
+            hooks.log(),
+            [
+                "10-ok freeze",
+                "20-veto freeze",
+                "20-veto abort",
+                "10-ok abort"
+            ]
+        );
+        assert!(s.writable());
+    });
+}
