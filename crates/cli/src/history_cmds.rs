@@ -210,13 +210,19 @@ pub fn metrics(args: MetricsArgs) -> anyhow::Result<ExitCode> {
 fn run_metrics(args: &MetricsArgs) -> Result<(), CmdError> {
     let dir = &args.state.state_dir;
     let up = state_files::daemon_pid(dir)?.is_some();
+    // Registered applications: only the running daemon knows them.
+    let connected_apps = match crate::status_cmds::ask_daemon(dir) {
+        crate::status_cmds::Asked::Answer(v) => v["apps"].as_array().map(|a| a.len() as u64),
+        _ => None,
+    };
     let loaded = state_files::load_history(dir, "metrics")?.unwrap_or_default();
     print(&metrics::render(
         &loaded.records,
         loaded.skipped.len(),
         Live {
             up,
-            ..Live::default()
+            connected_apps,
+            log_lines_dropped: None,
         },
     ))
 }

@@ -1,9 +1,11 @@
 //! `hv-vss status`: is the daemon running, is anything frozen, what was the last backup.
 //!
-//! Read from the state directory, which is enough with the daemon down: its instance lock
-//! in `/proc/locks` (running or not, and its pid), the freezer's journal (present only while
-//! something of ours is, or may be, frozen), and the report history (the last backup's
-//! verdict).
+//! The running daemon is asked over its read-only control socket `STATE_DIR/control.sock`
+//! (one JSON request, one JSON answer: transport, negotiated versions, coordinator state,
+//! deadline, registered applications). The state directory says the rest, and is enough
+//! with the daemon down: its instance lock in `/proc/locks` (running or not, and its pid),
+//! the freezer's journal (present only while something of ours is, or may be, frozen), and
+//! the report history (the last backup's verdict).
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -52,6 +54,45 @@ pub fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
     }
 }
 
+/// How long the daemon may take to answer (it serves the socket from its main loop).
+const ASK_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// What the control socket said.
+#[derive(Debug)]
+pub(crate) enum Asked {
+    Answer(serde_json::Value),
+    /// No socket, or nobody listening.
+    NoDaemon,
+    /// Not root and not in the daemon's control_group.
+    Denied,
+    /// Connected, but no valid answer (why).
+    Failed(String),
+}
+
+pub(crate) fn ask_daemon(state_dir: &std::path::Path) -> Asked {
+    use std::io::{BufRead, BufReader};
+    let path = state_dir.join("control.sock");
+    let stream = match std::os::unix::net::UnixStream::connect(&path) {
+        Ok(s) => s,
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => return Asked::Denied,
+        Err(_) => return Asked::NoDaemon,
+    };
+    let exchange = || -> std::io::Result<serde_json::Value> {
+        stream.set_read_timeout(Some(ASK_TIMEOUT))?;
+        stream.set_write_timeout(Some(ASK_TIMEOUT))?;
+        (&stream).write_all(b"{\"request\":\"status\"}\n")?;
+        let mut line = String::new();
+        BufReader::new(&stream).read_line(&mut line)?;
+        serde_json::from_str(&line).map_err(std::io::Error::other)
+    };
+    match exchange() {
+        Ok(v) if v["error"] == "permission denied" => Asked::Denied,
+        Ok(v) if v.get("error").is_some() => Asked::Failed(v["error"].to_string()),
+        Ok(v) => Asked::Answer(v),
+        Err(e) => Asked::Failed(format!("{}: {e}", path.display())),
+    }
+}
+
 fn read_files(args: &StatusArgs) -> Result<FromFiles, CmdError> {
     let dir = &args.state.state_dir;
     let pid = state_files::daemon_pid(dir)?;
@@ -95,9 +136,91 @@ fn verdict(r: &HistoryRecord) -> String {
     }
 }
 
+/// Transport, versions, coordinator state and applications from the daemon's answer.
+fn live_lines(v: &serde_json::Value) -> String {
+    let mut t = String::new();
+    let negotiated = match (v["mode"].as_str(), v["negotiated"].is_object()) {
+        (_, true) => format!(
+            "negotiated framework {}, VSS {}",
+            v["negotiated"]["framework"].as_str().unwrap_or("?"),
+            v["negotiated"]["message"].as_str().unwrap_or("?")
+        ),
+        (Some("drop-in"), false) => "versions negotiated by the kernel (hv_utils)".into(),
+        _ => "not negotiated yet".into(),
+    };
+    t.push_str(&format!(
+        "transport:   {} {} ({}); {negotiated}\n",
+        v["mode"].as_str().unwrap_or("?"),
+        v["transport"].as_str().unwrap_or("?"),
+        if v["transport_up"] == true {
+            "open"
+        } else {
+            "being reopened"
+        },
+    ));
+    let deadline = v["deadline_unix_ms"]
+        .as_u64()
+        .map_or_else(String::new, |ms| {
+            format!(", thawed by {} at the latest", when(ms))
+        });
+    t.push_str(&format!(
+        "daemon:      {}{}{deadline}\n",
+        v["state"].as_str().unwrap_or("?"),
+        if v["frozen"] == true {
+            " (filesystems frozen)"
+        } else {
+            ""
+        },
+    ));
+    let apps: Vec<String> = v["apps"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|x| format!("{} (tier {})", x["name"].as_str().unwrap_or("?"), x["tier"]))
+                .collect()
+        })
+        .unwrap_or_default();
+    t.push_str(&format!(
+        "apps:        {}\n",
+        if apps.is_empty() {
+            "none registered".to_string()
+        } else {
+            apps.join(", ")
+        }
+    ));
+    t
+}
+
 fn status(args: &StatusArgs) -> Result<ExitCode, CmdError> {
-    let files = read_files(args)?;
-    let running = files.pid.is_some();
+    let asked = ask_daemon(&args.state.state_dir);
+    let live = match &asked {
+        Asked::Answer(v) => Some(v.clone()),
+        _ => None,
+    };
+    // With the daemon's answer, unreadable state files (a control_group member) only
+    // leave out what they would add.
+    let files = match read_files(args) {
+        Ok(f) => f,
+        Err(e) if live.is_some() => {
+            eprintln!(
+                "hv-vss status: {} (showing the daemon's answer only)",
+                e.message
+            );
+            FromFiles {
+                pid: live
+                    .as_ref()
+                    .and_then(|v| v["pid"].as_u64())
+                    .map(|p| p as u32),
+                journal: None,
+                last: None,
+                last_backup: None,
+                entries: 0,
+                skipped: 0,
+            }
+        }
+        Err(e) => return Err(e),
+    };
+    let running = files.pid.is_some() || live.is_some();
     let frozen = files.journal.as_ref().filter(|j| !j.filesystems.is_empty());
     let text = if args.json {
         let record = |r: &HistoryRecord| {
@@ -110,7 +233,17 @@ fn status(args: &StatusArgs) -> Result<ExitCode, CmdError> {
         };
         let doc = json!({
             "state_dir": args.state.state_dir.display().to_string(),
-            "daemon": {"running": running, "pid": files.pid},
+            "daemon": {
+                "running": running,
+                "pid": files.pid,
+                "answer": live,
+                "asked": match &asked {
+                    Asked::Answer(_) => "answered".to_string(),
+                    Asked::NoDaemon => "no control socket".to_string(),
+                    Asked::Denied => "permission denied".to_string(),
+                    Asked::Failed(why) => why.clone(),
+                },
+            },
             "frozen": frozen.map(|j| json!({
                 "since_unix_ms": j.created_unix_ms,
                 "by_pid": j.pid,
@@ -126,9 +259,27 @@ fn status(args: &StatusArgs) -> Result<ExitCode, CmdError> {
         )
     } else {
         let mut t = String::new();
-        match files.pid {
-            Some(pid) => t.push_str(&format!("hv-vssd:     running (pid {pid})\n")),
-            None => t.push_str("hv-vssd:     not running\n"),
+        match (files.pid, &live) {
+            (_, Some(v)) => t.push_str(&format!(
+                "hv-vssd:     running (pid {}, version {})\n",
+                v["pid"],
+                v["version"].as_str().unwrap_or("?")
+            )),
+            (Some(pid), None) => t.push_str(&format!("hv-vssd:     running (pid {pid})\n")),
+            (None, None) => t.push_str("hv-vssd:     not running\n"),
+        }
+        if let Some(v) = &live {
+            t.push_str(&live_lines(v));
+        } else if running {
+            t.push_str(&format!(
+                "             (no answer on its control socket: {})\n",
+                match &asked {
+                    Asked::Denied =>
+                        "permission denied: run as root or join its control_group".to_string(),
+                    Asked::Failed(why) => why.clone(),
+                    _ => "none".to_string(),
+                }
+            ));
         }
         match frozen {
             Some(j) => {

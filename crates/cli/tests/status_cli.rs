@@ -143,10 +143,23 @@ fn running_frozen_and_stopped_daemon() {
         assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
         let stdout = text(&out.stdout);
         assert!(
-            stdout.contains(&format!("running (pid {})", running.child.id())),
+            stdout.contains(&format!("running (pid {}", running.child.id())),
             "{stdout}"
         );
         assert!(stdout.contains("state:       idle"), "{stdout}");
+        // The daemon's own answer over its control socket.
+        assert!(
+            stdout.contains("negotiated framework 3.0, VSS 5.0"),
+            "{stdout}"
+        );
+        assert!(stdout.contains("daemon:      idle"), "{stdout}");
+        assert!(stdout.contains("apps:        none registered"), "{stdout}");
+        let (_, doc) = status_json(state.path());
+        let answer = &doc["daemon"]["answer"];
+        assert_eq!(doc["daemon"]["asked"], "answered", "{doc:#}");
+        assert_eq!(answer["mode"], "uio", "{doc:#}");
+        assert_eq!(answer["transport"], socket.display().to_string());
+        assert_eq!(answer["frozen"], false);
 
         // Frozen: the host holds a FREEZE.
         assert!(host.hot_backup().unwrap().is_ok());
@@ -160,8 +173,23 @@ fn running_frozen_and_stopped_daemon() {
             fs.mount_point().display().to_string(),
             "{doc:#}"
         );
+        let answer = &doc["daemon"]["answer"];
+        assert_eq!(answer["state"], "frozen", "{doc:#}");
+        assert_eq!(answer["frozen"], true, "{doc:#}");
+        // The auto-thaw bound (60 s) is the latest the freeze can last.
+        let deadline = answer["deadline_unix_ms"].as_u64().expect("a deadline");
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64;
+        assert!(deadline > now && deadline <= now + 61_000, "{doc:#}");
         let out = status(state.path(), false);
-        assert!(text(&out.stdout).contains("state:       frozen since"));
+        let stdout = text(&out.stdout);
+        assert!(stdout.contains("state:       frozen since"), "{stdout}");
+        assert!(
+            stdout.contains("daemon:      frozen (filesystems frozen), thawed by "),
+            "{stdout}"
+        );
 
         // Thawed, and the backup closed: idle, the last backup's verdict.
         assert!(host.thaw().unwrap().is_ok());
@@ -195,6 +223,10 @@ fn running_frozen_and_stopped_daemon() {
         assert!(
             stdout.contains("last backup: fs_consistent at "),
             "{stdout}"
+        );
+        assert!(
+            !state.path().join("control.sock").exists(),
+            "the daemon removes its control socket when it stops"
         );
     });
 }

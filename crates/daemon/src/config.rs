@@ -20,6 +20,7 @@
 //! log_ring_capacity = 4096         # lines kept in memory while frozen
 //! history_limit = 100              # reports kept in <state_dir>/history.jsonl
 //! metrics_textfile = "/var/lib/prometheus/node-exporter/hv-vss.prom"  # unset: none
+//! control_group = "adm"            # besides root, may ask the control socket; unset: root only
 //! stop_timeout_seconds = 45        # the unit's TimeoutStopSec= (deadlines are checked against it)
 //!
 //! [limits]
@@ -81,6 +82,7 @@ pub struct FileConfig {
     pub log_ring_capacity: Option<usize>,
     pub history_limit: Option<usize>,
     pub metrics_textfile: Option<PathBuf>,
+    pub control_group: Option<String>,
     pub stop_timeout_seconds: Option<f64>,
     #[serde(default)]
     pub limits: FileLimits,
@@ -249,6 +251,8 @@ pub struct Settings {
     pub history_limit: usize,
     /// Prometheus textfile rewritten after each history append ([`crate::metrics`]).
     pub metrics_textfile: Option<PathBuf>,
+    /// Besides root, this group may ask the control socket ([`crate::control`]).
+    pub control_gid: Option<u32>,
 }
 
 /// A configuration problem; every message names the key or flag.
@@ -282,6 +286,22 @@ fn seconds(key: &str, value: f64) -> Result<Duration, ConfigError> {
         return Err(invalid(key, format!("must be > 0 seconds, got {value}")));
     }
     Duration::try_from_secs_f64(value).map_err(|e| invalid(key, e.to_string()))
+}
+
+/// The id of group `name` (or a number) from /etc/group.
+fn group_id(name: &str) -> Option<u32> {
+    if let Ok(gid) = name.parse() {
+        return Some(gid);
+    }
+    std::fs::read_to_string("/etc/group")
+        .ok()?
+        .lines()
+        .find_map(|line| {
+            let mut f = line.split(':');
+            (f.next() == Some(name))
+                .then(|| f.nth(1).and_then(|g| g.parse().ok()))
+                .flatten()
+        })
 }
 
 fn absolute(key: &str, path: PathBuf) -> Result<PathBuf, ConfigError> {
@@ -439,6 +459,18 @@ impl Settings {
             Some(n) => n,
             None => DEFAULT_HISTORY_LIMIT,
         };
+        let control_gid = file
+            .control_group
+            .as_deref()
+            .map(|name| {
+                group_id(name).ok_or_else(|| {
+                    invalid(
+                        "control_group",
+                        format!("no group named {name:?} in /etc/group"),
+                    )
+                })
+            })
+            .transpose()?;
         let metrics_textfile = file
             .metrics_textfile
             .map(|p| absolute("metrics_textfile", p))
@@ -457,6 +489,7 @@ impl Settings {
             log_ring_capacity,
             history_limit,
             metrics_textfile,
+            control_gid,
         })
     }
 }

@@ -23,6 +23,7 @@
 mod apps;
 mod completion;
 mod config;
+mod control;
 mod daemon;
 mod exit;
 mod fsworker;
