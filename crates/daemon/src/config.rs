@@ -82,7 +82,7 @@ pub struct FileConfig {
     pub log_ring_capacity: Option<usize>,
     pub history_limit: Option<usize>,
     pub metrics_textfile: Option<PathBuf>,
-    pub control_group: Option<String>,
+    pub control_group: Option<IdOrName>,
     pub stop_timeout_seconds: Option<f64>,
     #[serde(default)]
     pub limits: FileLimits,
@@ -288,22 +288,6 @@ fn seconds(key: &str, value: f64) -> Result<Duration, ConfigError> {
     Duration::try_from_secs_f64(value).map_err(|e| invalid(key, e.to_string()))
 }
 
-/// The id of group `name` (or a number) from /etc/group.
-fn group_id(name: &str) -> Option<u32> {
-    if let Ok(gid) = name.parse() {
-        return Some(gid);
-    }
-    std::fs::read_to_string("/etc/group")
-        .ok()?
-        .lines()
-        .find_map(|line| {
-            let mut f = line.split(':');
-            (f.next() == Some(name))
-                .then(|| f.nth(1).and_then(|g| g.parse().ok()))
-                .flatten()
-        })
-}
-
 fn absolute(key: &str, path: PathBuf) -> Result<PathBuf, ConfigError> {
     if path.is_absolute() {
         Ok(path)
@@ -461,14 +445,10 @@ impl Settings {
         };
         let control_gid = file
             .control_group
-            .as_deref()
-            .map(|name| {
-                group_id(name).ok_or_else(|| {
-                    invalid(
-                        "control_group",
-                        format!("no group named {name:?} in /etc/group"),
-                    )
-                })
+            .as_ref()
+            .map(|g| {
+                crate::apps::accounts::resolve(crate::apps::accounts::Kind::Group, g)
+                    .map_err(|e| invalid("control_group", e))
             })
             .transpose()?;
         let metrics_textfile = file
@@ -849,6 +829,11 @@ mod tests {
                 "log_ring_capacity",
             ),
             ("history_limit = 0", Overrides::default(), "history_limit"),
+            (
+                "control_group = \"no-such-group-hv\"",
+                Overrides::default(),
+                "control_group: no group named",
+            ),
             ("[apps]\nsocket = 1", Overrides::default(), "socket"),
             (
                 "[apps]\nsocket_mode = \"rw\"",

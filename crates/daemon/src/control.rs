@@ -150,17 +150,8 @@ impl ControlServer {
         if cred.gid.as_raw() == gid {
             return true;
         }
-        std::fs::read_to_string(format!("/proc/{}/status", cred.pid.as_raw_nonzero()))
-            .ok()
-            .and_then(|s| {
-                s.lines()
-                    .find_map(|l| l.strip_prefix("Groups:").map(str::to_string))
-            })
-            .is_some_and(|groups| {
-                groups
-                    .split_whitespace()
-                    .any(|g| g.parse::<u32>() == Ok(gid))
-            })
+        let pid = cred.pid.as_raw_nonzero().get().unsigned_abs();
+        crate::apps::accounts::supplementary_groups(pid).contains(&gid)
     }
 }
 
