@@ -111,8 +111,8 @@ impl Timeline {
                 format!(
                     "{} {} after {}",
                     r.step,
-                    super::status_name(r.status),
-                    super::ms(latency)
+                    super::report::status_name(r.status),
+                    super::report::ms(latency)
                 ),
             ),
             _ => self.note(
@@ -181,7 +181,7 @@ impl Timeline {
             Some(Who::Daemon),
             format!(
                 "report of the backup: {}",
-                super::daemon_verdict(&record.report.verdict)
+                super::report::daemon_verdict(&record.report.verdict)
             ),
         );
     }
@@ -193,7 +193,7 @@ impl Timeline {
             Some(Who::Writer),
             format!(
                 "a write blocked for {} (resumed at {})",
-                super::ms(stall.took),
+                super::report::ms(stall.took),
                 at_text(self.since(stall.started + stall.took))
             ),
         );
@@ -244,7 +244,7 @@ fn at_text(ms: f64) -> String {
 }
 
 fn us(us: u64) -> String {
-    super::ms(Duration::from_micros(us))
+    super::report::ms(Duration::from_micros(us))
 }
 
 /// The progress line on a terminal.
