@@ -106,7 +106,17 @@ fn running_frozen_and_stopped_daemon() {
         let listener = HandoverListener::bind(&socket).unwrap();
         let log = work.path().join("daemon.log");
         let log_file = std::fs::File::create(&log).unwrap();
+        // The node_exporter textfile, outside the frozen filesystem.
+        let textfile = work.path().join("hv-vss.prom");
+        let config = work.path().join("hv-vss.toml");
+        std::fs::write(
+            &config,
+            format!("metrics_textfile = {:?}\n", textfile.display().to_string()),
+        )
+        .unwrap();
         let child = Command::new(&daemon)
+            .arg("--config")
+            .arg(&config)
             .arg("--uio")
             .arg(&socket)
             .arg("--state-dir")
@@ -163,7 +173,11 @@ fn running_frozen_and_stopped_daemon() {
 
         // Frozen: the host holds a FREEZE.
         assert!(host.hot_backup().unwrap().is_ok());
+        // The check's report was stored before the FREEZE: the textfile has it.
+        let before_freeze = std::fs::read_to_string(&textfile).expect("textfile after the check");
+        assert!(before_freeze.contains("hv_vss_up 1"), "{before_freeze}");
         assert!(host.freeze().unwrap().is_ok());
+        assert_eq!(std::fs::read_to_string(&textfile).unwrap(), before_freeze);
         let (code, doc) = status_json(state.path());
         assert_eq!(code, Some(0));
         assert_eq!(doc["daemon"]["running"], true);
@@ -193,6 +207,8 @@ fn running_frozen_and_stopped_daemon() {
 
         // Thawed, and the backup closed: idle, the last backup's verdict.
         assert!(host.thaw().unwrap().is_ok());
+        // Not rewritten by the thaw either: the backup's entry waits for BU_COMPLETE.
+        assert_eq!(std::fs::read_to_string(&textfile).unwrap(), before_freeze);
         assert!(host.bu_complete().unwrap().is_ok());
         let doc = wait_status(state.path(), Duration::from_secs(10), |d| {
             !d["last_backup"].is_null()
@@ -201,6 +217,11 @@ fn running_frozen_and_stopped_daemon() {
         assert_eq!(
             doc["last_backup"]["verdict"]["kind"], "fs_consistent",
             "{doc:#}"
+        );
+        let after = std::fs::read_to_string(&textfile).unwrap();
+        assert!(
+            after.contains("hv_vss_backups_total{verdict=\"fs_consistent\"} 1"),
+            "{after}"
         );
 
         // Stopped: exit 10, the last backup still shown from the history.
