@@ -173,8 +173,16 @@ fn running_frozen_and_stopped_daemon() {
 
         // Frozen: the host holds a FREEZE.
         assert!(host.hot_backup().unwrap().is_ok());
-        // The check's report was stored before the FREEZE: the textfile has it.
-        let before_freeze = std::fs::read_to_string(&textfile).expect("textfile after the check");
+        // The check's report is stored just after its reply (at the latest when the next
+        // request arrives, before a FREEZE can hold the files): the textfile has it.
+        let end = Instant::now() + Duration::from_secs(5);
+        let before_freeze = loop {
+            match std::fs::read_to_string(&textfile) {
+                Ok(text) => break text,
+                Err(e) if Instant::now() >= end => panic!("textfile after the check: {e}"),
+                Err(_) => std::thread::sleep(Duration::from_millis(10)),
+            }
+        };
         assert!(before_freeze.contains("hv_vss_up 1"), "{before_freeze}");
         assert!(host.freeze().unwrap().is_ok());
         assert_eq!(std::fs::read_to_string(&textfile).unwrap(), before_freeze);
