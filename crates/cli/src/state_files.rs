@@ -65,8 +65,6 @@ pub fn daemon_pid(state_dir: &Path) -> Result<Option<u32>, CmdError> {
         Err(rustix::io::Errno::NOENT) => return Ok(None),
         Err(e) => return Err(CmdError::from_io(&lock, &e.into())),
     };
-    let table = std::fs::read_to_string("/proc/locks")
-        .map_err(|e| CmdError::from_io(Path::new("/proc/locks"), &e))?;
     let dev = stat.st_dev;
     let want = format!(
         "{:02x}:{:02x}:{}",
@@ -74,7 +72,23 @@ pub fn daemon_pid(state_dir: &Path) -> Result<Option<u32>, CmdError> {
         rustix::fs::minor(dev),
         stat.st_ino
     );
-    Ok(holder_of(&table, &want))
+    // /proc/locks comes a page at a time, each read resuming by position in the kernel's
+    // lock list: a lock released meanwhile by any process shifts the rest, and a held
+    // lock can be skipped. Not found is read again before it is believed.
+    for _ in 0..LOCKS_READS {
+        if let Some(pid) = holder_of(&read_locks()?, &want) {
+            return Ok(Some(pid));
+        }
+    }
+    Ok(None)
+}
+
+/// How often /proc/locks is read before a lock is taken to be not held.
+const LOCKS_READS: usize = 4;
+
+fn read_locks() -> Result<String, CmdError> {
+    std::fs::read_to_string("/proc/locks")
+        .map_err(|e| CmdError::from_io(Path::new("/proc/locks"), &e))
 }
 
 /// The pid holding an exclusive `FLOCK` on the file `dev_ino` ("maj:min:inode", hex
