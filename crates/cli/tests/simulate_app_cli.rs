@@ -38,7 +38,23 @@ fn simulate(args: &[&str]) -> Output {
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    child.wait_with_output().unwrap()
+    let out = child.wait_with_output().unwrap();
+    remove_daemon_log(&String::from_utf8_lossy(&out.stdout));
+    out
+}
+
+/// simulate keeps the daemon's log for the user and names it in its output (text or
+/// JSON); the test removes it.
+fn remove_daemon_log(stdout: &str) {
+    let path = match serde_json::from_str::<serde_json::Value>(stdout) {
+        Ok(doc) => doc["daemon_log"].as_str().map(str::to_owned),
+        Err(_) => stdout
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("daemon log: "))
+            .map(str::to_owned),
+    };
+    let path = path.expect("simulate names the daemon's log");
+    std::fs::remove_file(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
 }
 
 /// The event after "told" on each of the demo client's timeline lines.
