@@ -3,13 +3,18 @@
 
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
 mod app_cmds;
 mod duration;
+mod exit_codes;
 mod fs_cmds;
-mod simulate_app;
+mod gen_cmds;
+mod history_cmds;
+mod panic_exit;
 mod simulate_cmds;
+mod state_files;
+mod status_cmds;
 mod uio_cmds;
 
 /// Hyper-V VSS backup quiesce agent: command-line tool.
@@ -37,9 +42,23 @@ enum Command {
     /// Take part in backups through hv-vssd's app socket.
     #[command(subcommand)]
     App(app_cmds::AppCommand),
+    /// Is the daemon running, is anything frozen, what was the last backup.
+    Status(status_cmds::StatusArgs),
+    /// List past backups from the daemon's report history (verdict, frozen window, stage
+    /// times, failure reasons).
+    History(history_cmds::HistoryArgs),
+    /// Print Prometheus metrics from the report history (works with the daemon down).
+    Metrics(history_cmds::MetricsArgs),
+    /// Write man pages and shell completions (packaging).
+    #[command(hide = true)]
+    GenerateDocs(gen_cmds::GenerateArgs),
 }
 
 fn main() -> ExitCode {
+    panic_exit::guard(run)
+}
+
+fn run() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Plan(args) => fs_cmds::plan(args),
@@ -48,6 +67,10 @@ fn main() -> ExitCode {
         Command::Uio(cmd) => uio_cmds::run(cmd),
         Command::Simulate(args) => simulate_cmds::run(args),
         Command::App(cmd) => app_cmds::run(cmd),
+        Command::Status(args) => status_cmds::run(args),
+        Command::History(args) => history_cmds::history(args),
+        Command::Metrics(args) => history_cmds::metrics(args),
+        Command::GenerateDocs(args) => gen_cmds::run(args, Cli::command()),
     };
     match result {
         Ok(code) => code,

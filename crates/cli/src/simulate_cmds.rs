@@ -1,59 +1,100 @@
-//! `hv-vss simulate`: a simulated Hyper-V host drives a guest over shared-memory rings, with
-//! the same ring code and wake-up rules as `/dev/uioN`, and prints every step.
+//! `hv-vss simulate`: a simulated Hyper-V backup against the real daemon, shown as a
+//! timeline and checked, not claimed.
 //!
-//! Two guests:
+//! The simulated host drives the guest over shared-memory rings, with the same ring code
+//! and wake-up rules as `/dev/uioN`. Two guests:
 //! - the real daemon (default): `hv-vssd --uio <socket> --state-dir <tmpfs dir> --mount
-//!   <fs>... --auto-thaw N -n`. The daemon connects to the `SOCK_SEQPACKET` socket, receives
-//!   the rings with `ShmRings::recv_from`, and serves them with its IC endpoint and
-//!   coordinator, freezing the named filesystems for real.
-//!   Before the first cycle a demo application client (see `simulate_app`) registers on
-//!   the daemon's app socket; it acks everything and prints what it was told and when, and
-//!   each cycle ends with the daemon's verdict: application-consistent when every
-//!   registered client acked, filesystem-consistent otherwise (`--no-demo-client`);
+//!   <fs>... --auto-thaw N -n`, its log (stdout and stderr) in a file named at the end;
 //! - `--guest-loopback`: a **transport self-test**. A child process (this binary, with a
 //!   hidden flag) serves the rings with an IC endpoint that answers every HOT_BACKUP, FREEZE
 //!   and THAW with S_OK. Nothing is frozen and no daemon is involved.
 //!
-//! Safety: the daemon freezes only what `--mount` names, or, when none is named and we are
-//! root, a small ext4 image this command creates, loop-mounts and removes. Never anything
-//! else. The daemon's state directory is on tmpfs (`/dev/shm` or `/run`), never on a
-//! filesystem that may be frozen.
+//! # The demo application client
 //!
-//! Exit status: 0 when negotiation agreed and every step of every cycle answered S_OK; 1
-//! otherwise (including setup errors).
+//! In daemon mode, before the first cycle, a demo client ([`demo_client`]) registers on the
+//! daemon's app socket and acks every check, freeze and thaw; the timeline shows what it was
+//! told and when. The daemon's verdict of each backup (from its history) is then
+//! application-consistent: every registered client acked its freeze and held until the thaw.
+//! With `--no-demo-client` no client takes part and it is filesystem-consistent.
+//!
+//! # The checked verdict
+//!
+//! Without `--mount`, and as root, a small ext4 image is created and loop-mounted, and a
+//! writer thread keeps writing to it. Between the FREEZE reply and THAW the host takes its
+//! snapshot by copying the image ([`snapshot`]); after THAW it checks the copy (`e2fsck
+//! -fn`, and no journal left to replay). The verdict is "consistent (checked)" only when
+//! that check passes. `--mount PATH` of a loop-mounted ext image is copied and checked the
+//! same way; anything else is "not checked", with the reason. The hidden test switch
+//! `--test-skip-freeze` makes the host skip FREEZE (the snapshot is then taken of a live
+//! filesystem) and must give "not consistent".
+//!
+//! # Safety
+//!
+//! The daemon freezes only what `--mount` names, or the scratch image. Never anything
+//! else. Its state directory is on tmpfs (`/dev/shm` or `/run`), never on a filesystem that
+//! may be frozen. Nothing is printed while the scratch filesystem is frozen that could land
+//! on it (stdout and stderr are the caller's).
+//!
+//! # Exit status
+//!
+//! 0: negotiation agreed, every step of every cycle answered S_OK, and every verdict is
+//! "consistent (checked)" (or "not checked", with the reason shown); 1: a step failed or a
+//! snapshot is not consistent; 3: needs root; 12: the simulation could not be set up. The
+//! daemon's application- or filesystem-consistency is reported, not part of the exit status.
 
-use std::io::Write;
-use std::os::fd::{AsFd, OwnedFd};
+use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitCode, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, ExitCode, Stdio};
+use std::time::{Duration, Instant, SystemTime};
 
-use anyhow::{Context, bail};
-use hv_vss_protocol::HvStatus;
-use hv_vss_sim::host::self_test_guest::{self, FixedPolicy};
+use anyhow::Context;
+use hv_vss_protocol::{HvStatus, VssOperation};
 use hv_vss_sim::host::{
-    BackupCycle, HandoverListener, HostConfig, HostSimulator, NegotiationResult, StepReport,
-    connect_handover,
+    HandoverListener, HostConfig, HostSimulator, NegotiationResult, SimError, Step, StepReport,
+    VssReply,
 };
-use hv_vss_vmbus::ic_endpoint::IcEndpoint;
 use hv_vss_vmbus::shm::ShmRings;
-use serde_json::json;
 
-use crate::{duration, simulate_app};
+use crate::duration;
+use crate::exit_codes;
+
+mod demo_client;
+mod guest;
+mod report;
+mod snapshot;
+mod timeline;
+mod writer;
+
+use demo_client::{DemoClient, DemoReport};
+use guest::{
+    GuestProcess, ScratchFs, accept_guest, check_daemon_supports_uio, daemon_path,
+    run_loopback_guest, tmpfs_state_dir,
+};
+use report::{Cycle, HostStep, Report, ms};
+use snapshot::{Check, Snapshottable};
+use timeline::{Progress, Timeline, Who};
 
 /// Ring size per direction: uio_hv_generic's default for VSS (wire §3.2).
 const RING_LEN: usize = 2 << 20;
 /// How long the guest may take to connect to the hand-over socket.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
-/// How long the guest may take to exit after the host hangs up (and SIGTERM, for the
-/// daemon).
+/// How long the guest may take to exit after SIGTERM (the daemon) or the hang-up.
 const EXIT_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long the daemon may take to exit on SIGTERM before the host also hangs up.
+const SIGTERM_GRACE: Duration = Duration::from_secs(5);
 /// `TMPFS_MAGIC` from linux/magic.h.
 const TMPFS_MAGIC: i64 = 0x0102_1994;
 /// Size of the scratch ext4 image.
 const IMAGE_LEN: u64 = 64 << 20;
+/// A write call slower than this counts as blocked by the freeze.
+const WRITER_NOTABLE: Duration = Duration::from_millis(5);
 
 #[derive(Debug, clap::Args)]
+#[command(
+    after_help = "Exit status: 0 every cycle consistent (checked) or not checked with \
+    the reason; 1 a step failed or a snapshot is not consistent; 2 bad arguments; 3 needs \
+    root; 12 the simulation could not be set up (docs/cli.md)."
+)]
 pub struct SimulateArgs {
     /// The daemon binary [default: hv-vssd next to this executable].
     #[arg(long, value_name = "PATH")]
@@ -62,127 +103,275 @@ pub struct SimulateArgs {
     /// scratch ext4 image is created and loop-mounted; nothing else is ever frozen.
     #[arg(long = "mount", value_name = "PATH")]
     mounts: Vec<PathBuf>,
-    /// Backup cycles to run (HOT_BACKUP, FREEZE, hold, THAW, BU_COMPLETE each).
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    /// Backup cycles to run (HOT_BACKUP, FREEZE, snapshot, THAW, BU_COMPLETE each);
+    /// more than one also prints min/median/max.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1000))]
     cycles: u32,
-    /// How long the host holds the freeze (the snapshot), e.g. 500ms, 2s, 1m, at most 24h.
-    #[arg(long, default_value = "1s", value_parser = duration::parse_hold)]
+    /// The least time the host holds the freeze, snapshot included, e.g. 0, 500ms, 2s,
+    /// at most 24h.
+    #[arg(long, default_value = "0s", value_parser = duration::parse_hold)]
     hold: Duration,
     /// Auto-thaw bound passed to the daemon, in seconds.
-    #[arg(long, default_value_t = 60)]
+    #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=3600))]
     auto_thaw: u64,
     /// How long the host waits for each reply, at most 1h.
     #[arg(long, default_value = "60s", value_parser = duration::parse_reply_timeout)]
     reply_timeout: Duration,
-    /// Print one JSON document instead of text.
-    #[arg(long)]
-    json: bool,
-    /// Transport self-test: serve the rings from a child process that answers S_OK to
-    /// everything, without the daemon; nothing is frozen.
-    #[arg(long)]
-    guest_loopback: bool,
     /// Do not register the demo application client (the daemon then has no client to
     /// ask, and a backup is filesystem-consistent).
     #[arg(long)]
     no_demo_client: bool,
+    /// Print one JSON document instead of the timeline.
+    #[arg(long)]
+    json: bool,
+    /// Also print the daemon's log at the end (it is always printed on failure).
+    #[arg(short, long)]
+    verbose: bool,
+    /// Transport self-test: serve the rings from a child process that answers S_OK to
+    /// everything, without the daemon; nothing is frozen.
+    #[arg(long)]
+    guest_loopback: bool,
     /// Internal: run as the loopback guest, connecting to this socket.
     #[arg(long, hide = true, value_name = "SOCKET")]
     loopback_guest_child: Option<PathBuf>,
+    /// Test only: the host never sends FREEZE, so its snapshot is of a live filesystem
+    /// (the checked verdict must say "not consistent").
+    #[arg(long, hide = true)]
+    test_skip_freeze: bool,
+}
+
+/// A reason to give up before anything ran, with its exit code.
+#[derive(Debug)]
+struct SetupFailure {
+    code: u8,
+    message: String,
+}
+
+fn setup_error(e: anyhow::Error) -> SetupFailure {
+    SetupFailure {
+        code: exit_codes::SETUP_FAILED,
+        message: format!("{e:#}"),
+    }
 }
 
 pub fn run(args: SimulateArgs) -> anyhow::Result<ExitCode> {
     if let Some(socket) = &args.loopback_guest_child {
         return run_loopback_guest(socket);
     }
+    match run_simulation(&args) {
+        Ok(code) => Ok(code),
+        Err(f) => {
+            eprintln!("hv-vss simulate: {}", f.message);
+            Ok(ExitCode::from(f.code))
+        }
+    }
+}
+
+/// Everything that lives until the end of a run, dropped in the order listed: the guest
+/// first (the daemon stops, thawing), then its state directory, then the scratch
+/// filesystem (the writer stops, the image is unmounted).
+struct Setup {
+    mode: Mode,
+    guest: GuestProcess,
+    state_dir: Option<tempfile::TempDir>,
+    scratch: Option<ScratchFs>,
+    /// What the host copies as its snapshot.
+    snapshottable: Vec<Result<Snapshottable, String>>,
+    log_file: Option<PathBuf>,
+}
+
+fn run_simulation(args: &SimulateArgs) -> Result<ExitCode, SetupFailure> {
+    let started = Instant::now();
+    let started_unix = SystemTime::now();
     let work = tempfile::Builder::new()
         .prefix("hv-vss-simulate-")
         .tempdir()
-        .context("creating a temporary directory")?;
+        .context("creating a temporary directory")
+        .map_err(setup_error)?;
     let socket = work.path().join("vss.sock");
     let listener = HandoverListener::bind(&socket)
-        .with_context(|| format!("listening on {}", socket.display()))?;
+        .with_context(|| format!("listening on {}", socket.display()))
+        .map_err(setup_error)?;
+    let mut setup = start_guest(args, work.path(), &socket)?;
 
-    // Everything the guest needs lives until the end of this function; the scratch
-    // filesystem is unmounted last (after the daemon is gone).
-    let mut scratch = None;
-    let mut state_dir = None;
-    let (mode, mut guest) = if args.guest_loopback {
-        let exe = std::env::current_exe().context("locating this executable")?;
-        let child = Command::new(exe)
-            .arg("simulate")
-            .arg("--loopback-guest-child")
-            .arg(&socket)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .spawn()
-            .context("starting the loopback guest")?;
-        (Mode::Loopback, GuestProcess::new(child, "loopback guest"))
-    } else {
-        let daemon = daemon_path(args.daemon.as_deref())?;
-        check_daemon_supports_uio(&daemon)?;
-        let mounts = if args.mounts.is_empty() {
-            if !rustix::process::geteuid().is_root() {
-                bail!(
-                    "no --mount given: name a filesystem the daemon may freeze (e.g. a \
-                     loop-mounted test image), or run as root to let simulate create a \
-                     scratch ext4 image; use --guest-loopback for a transport self-test \
-                     that freezes nothing"
-                );
-            }
-            let fs = ScratchFs::create(work.path())?;
-            let mount = fs.mount_point.clone();
-            scratch = Some(fs);
-            vec![mount]
-        } else {
-            args.mounts.clone()
-        };
-        let dir = tmpfs_state_dir()?;
-        let mut cmd = Command::new(&daemon);
-        cmd.arg("--uio")
-            .arg(&socket)
-            .arg("--state-dir")
-            .arg(dir.path());
-        for m in &mounts {
-            cmd.arg("--mount").arg(m);
-        }
-        cmd.arg("--auto-thaw")
-            .arg(args.auto_thaw.to_string())
-            .arg("-n")
-            .stdin(Stdio::null());
-        if args.json {
-            // Keep stdout a single JSON document.
-            cmd.stdout(Stdio::null());
-        }
-        let child = cmd
-            .spawn()
-            .with_context(|| format!("starting {}", daemon.display()))?;
-        state_dir = Some(dir);
-        (
-            Mode::Daemon { daemon, mounts },
-            GuestProcess::new(child, "daemon"),
-        )
-    };
-
-    let state_path = state_dir
+    let progress = Progress::new(!args.json && std::io::stderr().is_terminal());
+    let mut timeline = Timeline::new(started, started_unix);
+    let driven = drive(
+        args,
+        &listener,
+        &mut setup,
+        &mut timeline,
+        &progress,
+        work.path(),
+    );
+    progress.clear();
+    let exit = setup.guest.stop();
+    // The daemon's history (read before its tmpfs state directory goes): its own report
+    // of each transaction, and each filesystem's freeze and thaw.
+    let history = setup
+        .state_dir
         .as_ref()
-        .map(|d: &tempfile::TempDir| d.path().to_path_buf());
-    let result = drive(&args, &listener, &mut guest, &mode, state_path.as_deref());
-    let exit = guest.stop();
-    drop(state_dir);
-    drop(scratch);
-    let report = result?;
-    let exit = exit?;
+        .and_then(|d| hv_vss_history::load(&d.path().join(hv_vss_history::HISTORY_FILE)).ok())
+        .flatten()
+        .map(|l| l.records)
+        .unwrap_or_default();
+    let stalls = setup
+        .scratch
+        .as_mut()
+        .and_then(|s| s.writer.take())
+        .map(writer::Writer::join)
+        .unwrap_or_default();
+    let log_file = setup.log_file.clone();
+    let mode = std::mem::replace(&mut setup.mode, Mode::Loopback);
+    drop(setup);
+    let mut report = driven.map_err(setup_error)?;
+    report.attach_daemon_history(&history, &mut timeline);
+    report.attach_writer_stalls(&stalls, &mut timeline);
+    let exit = exit.map_err(setup_error)?;
 
-    if args.json {
-        let doc = report.to_json(&mode, &exit);
-        println!("{}", serde_json::to_string_pretty(&doc)?);
+    let ok = report.ok() && exit.clean;
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    let printed = if args.json {
+        let doc = report.to_json(&mode, &exit, log_file.as_deref(), &timeline);
+        serde_json::to_string_pretty(&doc)
+            .map_err(std::io::Error::other)
+            .and_then(|text| writeln!(out, "{text}"))
     } else {
-        report.print_summary(&exit);
+        report.print(&mut out, &mode, &exit, log_file.as_deref(), &timeline)
+    };
+    drop(out);
+    if let Err(e) = printed
+        && e.kind() != std::io::ErrorKind::BrokenPipe
+    {
+        eprintln!("hv-vss simulate: writing the report: {e}");
     }
-    Ok(if report.ok() && exit.clean {
+    if let Some(log) = &log_file
+        && (args.verbose || !ok)
+    {
+        show_log(log);
+    }
+    Ok(if ok {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
+    })
+}
+
+/// Copies the daemon's log to stderr.
+fn show_log(log: &Path) {
+    match std::fs::read_to_string(log) {
+        Ok(text) => {
+            eprintln!("---- daemon log ({}) ----", log.display());
+            eprint!("{text}");
+            eprintln!("---- end of daemon log ----");
+        }
+        Err(e) => eprintln!(
+            "hv-vss simulate: cannot read the daemon log {}: {e}",
+            log.display()
+        ),
+    }
+}
+
+/// Creates what the guest needs and starts it.
+fn start_guest(args: &SimulateArgs, work: &Path, socket: &Path) -> Result<Setup, SetupFailure> {
+    if args.guest_loopback {
+        let exe = std::env::current_exe()
+            .context("locating this executable")
+            .map_err(setup_error)?;
+        let child = Command::new(exe)
+            .arg("simulate")
+            .arg("--loopback-guest-child")
+            .arg(socket)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .spawn()
+            .context("starting the loopback guest")
+            .map_err(setup_error)?;
+        return Ok(Setup {
+            mode: Mode::Loopback,
+            guest: GuestProcess::new(child, "loopback guest", false),
+            state_dir: None,
+            scratch: None,
+            snapshottable: Vec::new(),
+            log_file: None,
+        });
+    }
+    let daemon = daemon_path(args.daemon.as_deref()).map_err(setup_error)?;
+    check_daemon_supports_uio(&daemon).map_err(setup_error)?;
+    let root = rustix::process::geteuid().is_root();
+    if !root {
+        return Err(SetupFailure {
+            code: exit_codes::NOT_ROOT,
+            message: "freezing a filesystem needs root (CAP_SYS_ADMIN): run `sudo hv-vss \
+                      simulate` for the checked backup of a scratch image, or `hv-vss \
+                      simulate --guest-loopback` for the transport self-test, which freezes \
+                      nothing"
+                .into(),
+        });
+    }
+    let mut scratch = None;
+    let (mounts, snapshottable) = if args.mounts.is_empty() {
+        let fs = ScratchFs::create(work).map_err(setup_error)?;
+        let mount = fs.mount_point.clone();
+        let snap = Snapshottable {
+            image: fs.image.clone(),
+            fs_type: "ext4".into(),
+        };
+        scratch = Some(fs);
+        (vec![mount], vec![Ok(snap)])
+    } else {
+        let snaps = args
+            .mounts
+            .iter()
+            .map(|m| snapshot::find_loop_image(m))
+            .collect();
+        (args.mounts.clone(), snaps)
+    };
+    let state_dir = tmpfs_state_dir().map_err(setup_error)?;
+    let log = tempfile::Builder::new()
+        .prefix("hv-vss-simulate-daemon-")
+        .suffix(".log")
+        .tempfile()
+        .context("creating the daemon's log file")
+        .map_err(setup_error)?;
+    let (log_handle, log_path) = log
+        .keep()
+        .context("keeping the daemon's log file")
+        .map_err(setup_error)?;
+    let log_err = log_handle
+        .try_clone()
+        .context("duplicating the log file handle")
+        .map_err(setup_error)?;
+    let mut cmd = Command::new(&daemon);
+    cmd.arg("--uio")
+        .arg(socket)
+        .arg("--state-dir")
+        .arg(state_dir.path());
+    for m in &mounts {
+        cmd.arg("--mount").arg(m);
+    }
+    cmd.arg("--auto-thaw")
+        .arg(args.auto_thaw.to_string())
+        .arg("-n")
+        .stdin(Stdio::null())
+        .stdout(log_handle)
+        .stderr(log_err);
+    let child = cmd
+        .spawn()
+        .with_context(|| format!("starting {}", daemon.display()))
+        .map_err(setup_error)?;
+    Ok(Setup {
+        mode: Mode::Daemon {
+            daemon,
+            mounts,
+            scratch: scratch.is_some(),
+        },
+        guest: GuestProcess::new(child, "daemon", true),
+        state_dir: Some(state_dir),
+        scratch,
+        snapshottable,
+        log_file: Some(log_path),
     })
 }
 
@@ -193,266 +382,151 @@ enum Mode {
     Daemon {
         daemon: PathBuf,
         mounts: Vec<PathBuf>,
+        /// The one mount is the scratch image this command created.
+        scratch: bool,
     },
 }
 
 impl Mode {
-    fn describe(&self) -> String {
+    fn guest(&self) -> &'static str {
         match self {
-            Mode::Loopback => "transport self-test: guest endpoint in a child process with a \
-                               fixed S_OK policy; no daemon, nothing is frozen"
-                .into(),
-            Mode::Daemon { daemon, mounts } => format!(
-                "daemon {} freezing {}",
-                daemon.display(),
-                mounts
+            Mode::Loopback => "guest",
+            Mode::Daemon { .. } => "daemon",
+        }
+    }
+
+    fn describe(&self) -> Vec<String> {
+        match self {
+            Mode::Loopback => vec![
+                "transport self-test: guest endpoint in a child process with a fixed S_OK \
+                 policy; no daemon, nothing is frozen"
+                    .into(),
+            ],
+            Mode::Daemon {
+                daemon,
+                mounts,
+                scratch,
+            } => {
+                let list = mounts
                     .iter()
                     .map(|m| m.display().to_string())
                     .collect::<Vec<_>>()
-                    .join(", ")
-            ),
-        }
-    }
-}
-
-/// What the host saw.
-#[derive(Debug)]
-struct Report {
-    negotiation: StepReport,
-    negotiated: Option<NegotiationResult>,
-    cycles: Vec<BackupCycle>,
-    cycles_wanted: u32,
-    /// The demo application client (daemon mode, unless `--no-demo-client`).
-    demo: Option<DemoReport>,
-    /// The daemon's verdict for each backup cycle (daemon mode).
-    verdicts: Vec<String>,
-}
-
-/// What the demo client was told, or why it could not take part.
-#[derive(Debug)]
-struct DemoReport {
-    told: Vec<simulate_app::Told>,
-    /// Registration refused, or the connection ended early.
-    error: Option<String>,
-}
-
-impl Report {
-    fn ok(&self) -> bool {
-        matches!(self.negotiated, Some(NegotiationResult::Agreed { .. }))
-            && self.cycles.len() == self.cycles_wanted as usize
-            && self.cycles.iter().all(|c| c.all_ok)
-    }
-
-    fn print_summary(&self, exit: &GuestExit) {
-        let ok_cycles = self.cycles.iter().filter(|c| c.all_ok).count();
-        println!(
-            "summary: {}; {ok_cycles}/{} cycles answered S_OK at every step",
-            match self.negotiated {
-                Some(NegotiationResult::Agreed {
-                    framework, message, ..
-                }) => format!("negotiated framework {framework}, VSS {message}"),
-                Some(NegotiationResult::Refused { .. }) => "negotiation refused".into(),
-                None => "negotiation failed".into(),
-            },
-            self.cycles_wanted
-        );
-        for (i, c) in self.cycles.iter().enumerate() {
-            if let (Some(frozen), Some(snap)) = (c.frozen_window, c.snapshot_window) {
-                println!(
-                    "  cycle {}: frozen window as seen by the host {} (FREEZE sent to THAW \
-                     reply), snapshot window {} (FREEZE reply to THAW sent)",
-                    i + 1,
-                    ms(frozen),
-                    ms(snap)
-                );
+                    .join(", ");
+                vec![
+                    format!(
+                        "guest:  the daemon {} in UIO mode, over shared-memory VMBus rings",
+                        daemon.display()
+                    ),
+                    if *scratch {
+                        format!(
+                            "frozen: {list} (a {} MiB ext4 scratch image made for this run; a \
+                             writer keeps writing to it)",
+                            IMAGE_LEN >> 20
+                        )
+                    } else {
+                        format!("frozen: {list}")
+                    },
+                ]
             }
         }
-        for (i, v) in self.verdicts.iter().enumerate() {
-            println!(
-                "  cycle {}: verdict {}",
-                i + 1,
-                simulate_app::describe_verdict(v)
-            );
-        }
-        if let Some(DemoReport { error: Some(e), .. }) = &self.demo {
-            println!("  demo client {}: {e}", simulate_app::DEMO_NAME);
-        }
-        println!("  {}: {}", exit.name, exit.description);
-    }
-
-    fn to_json(&self, mode: &Mode, exit: &GuestExit) -> serde_json::Value {
-        let (mode_name, daemon, mounts) = match mode {
-            Mode::Loopback => ("guest-loopback", None, Vec::new()),
-            Mode::Daemon { daemon, mounts } => (
-                "daemon",
-                Some(daemon.display().to_string()),
-                mounts.iter().map(|m| m.display().to_string()).collect(),
-            ),
-        };
-        let negotiated = match self.negotiated {
-            Some(NegotiationResult::Agreed {
-                framework, message, ..
-            }) => json!({"framework": framework.to_string(), "message": message.to_string()}),
-            _ => serde_json::Value::Null,
-        };
-        json!({
-            "mode": mode_name,
-            "daemon": daemon,
-            "mounts": mounts,
-            "negotiation": step_json(&self.negotiation),
-            "negotiated": negotiated,
-            "cycles": self.cycles.iter().map(|c| json!({
-                "steps": c.steps.iter().map(step_json).collect::<Vec<_>>(),
-                "frozen_window_ms": c.frozen_window.map(|d| d.as_secs_f64() * 1e3),
-                "snapshot_window_ms": c.snapshot_window.map(|d| d.as_secs_f64() * 1e3),
-                "ok": c.all_ok,
-            })).collect::<Vec<_>>(),
-            "demo_client": self.demo.as_ref().map(|d| json!({
-                "name": simulate_app::DEMO_NAME,
-                "told": d.told.iter().map(simulate_app::Told::to_json).collect::<Vec<_>>(),
-                "error": d.error,
-            })),
-            "verdicts": self.verdicts,
-            "guest_exit": {"clean": exit.clean, "description": exit.description},
-            "ok": self.ok() && exit.clean,
-        })
     }
 }
 
-fn status_name(s: Option<HvStatus>) -> String {
-    match s {
-        Some(s) => s
-            .name()
-            .map_or_else(|| format!("{:#010x}", s.0), str::to_string),
-        None => "-".into(),
-    }
+/// Sends one request and records it on the timeline.
+fn request(
+    sim: &mut HostSimulator,
+    op: VssOperation,
+    timeline: &mut Timeline,
+    progress: &Progress,
+    label: &str,
+) -> HostStep {
+    progress.show(&format!("{label}: {op} sent, waiting for the reply"));
+    let sent = Instant::now();
+    let result = sim.request(op);
+    let step = host_step(sim, Step::Vss(op), result, sent);
+    timeline.add_host_step(&step);
+    step
 }
 
-fn step_json(s: &StepReport) -> serde_json::Value {
-    json!({
-        "op": s.step.to_string(),
-        "trans_id": format!("{:#x}", s.trans_id),
-        "status": s.status.map(|_| status_name(s.status)),
-        "latency_ms": s.latency.map(|d| d.as_secs_f64() * 1e3),
-        "error": s.error,
-    })
-}
-
-fn ms(d: Duration) -> String {
-    format!("{:.3} ms", d.as_secs_f64() * 1e3)
-}
-
-fn print_step(json: bool, step: &StepReport) {
-    if json {
-        return;
+fn host_step(
+    sim: &HostSimulator,
+    step: Step,
+    result: Result<VssReply, SimError>,
+    sent: Instant,
+) -> HostStep {
+    HostStep {
+        report: sim.step_report(step, result),
+        sent,
     }
-    let latency = step.latency.map_or_else(|| "-".into(), ms);
-    let mut line = format!(
-        "  {:<12} trans_id {:#018x}  {:<7} {latency:>12}",
-        step.step.to_string(),
-        step.trans_id,
-        status_name(step.status)
-    );
-    if let Some(e) = &step.error {
-        line.push_str(&format!("  error: {e}"));
-    }
-    println!("{line}");
-    let _ = std::io::stdout().flush();
 }
 
 /// Accepts the guest, hands it the rings, and runs NEGOTIATE and the cycles.
 fn drive(
     args: &SimulateArgs,
     listener: &HandoverListener,
-    guest: &mut GuestProcess,
-    mode: &Mode,
-    state_dir: Option<&Path>,
+    setup: &mut Setup,
+    timeline: &mut Timeline,
+    progress: &Progress,
+    work: &Path,
 ) -> anyhow::Result<Report> {
-    let started = Instant::now();
-    if !args.json {
-        println!("hv-vss simulate: {}", mode.describe());
-    }
-    let conn = accept_guest(listener, guest)?;
+    progress.show(&format!("waiting for the {} to connect", setup.guest.name));
+    let conn = accept_guest(listener, &mut setup.guest)?;
     let rings = ShmRings::create(RING_LEN).context("creating the shared-memory rings")?;
     rings
         .send_over(&conn)
         .context("handing the rings to the guest")?;
     let config = HostConfig::default().with_reply_timeout(args.reply_timeout);
     let mut sim = HostSimulator::new(rings, config).context("starting the host simulator")?;
-    guest.conn = Some(conn);
+    setup.guest.conn = Some(conn);
 
+    progress.show("NEGOTIATE sent, waiting for the reply");
+    let sent = Instant::now();
     let negotiated = sim.negotiate();
     let trans_id = sim.exchanges().last().map_or(0, |e| e.trans_id);
-    let negotiation = match &negotiated {
-        Ok(NegotiationResult::Agreed { latency, .. }) => StepReport {
-            step: hv_vss_sim::host::Step::Negotiate,
-            trans_id,
-            status: Some(HvStatus::S_OK),
-            latency: Some(*latency),
-            error: None,
-        },
-        Ok(NegotiationResult::Refused { latency }) => StepReport {
-            step: hv_vss_sim::host::Step::Negotiate,
-            trans_id,
-            status: Some(HvStatus::E_FAIL),
-            latency: Some(*latency),
-            error: None,
-        },
-        Err(e) => StepReport {
-            step: hv_vss_sim::host::Step::Negotiate,
-            trans_id,
-            status: None,
-            latency: None,
-            error: Some(e.to_string()),
-        },
+    let (status, latency, error) = match &negotiated {
+        Ok(NegotiationResult::Agreed { latency, .. }) => {
+            (Some(HvStatus::S_OK), Some(*latency), None)
+        }
+        Ok(NegotiationResult::Refused { latency }) => {
+            (Some(HvStatus::E_FAIL), Some(*latency), None)
+        }
+        Err(e) => (None, None, Some(e.to_string())),
     };
-    if !args.json {
-        println!(
-            "  {:<12} {:<27} {:<7} {:>12}",
-            "op", "transaction", "status", "latency"
-        );
-    }
-    print_step(args.json, &negotiation);
+    let negotiation = HostStep {
+        report: StepReport {
+            step: Step::Negotiate,
+            trans_id,
+            status,
+            latency,
+            error,
+        },
+        sent,
+    };
+    timeline.add_host_step(&negotiation);
     let mut report = Report {
         negotiation,
         negotiated: negotiated.ok(),
         cycles: Vec::new(),
         cycles_wanted: args.cycles,
         demo: None,
-        verdicts: Vec::new(),
     };
-    if !matches!(report.negotiated, Some(NegotiationResult::Agreed { .. })) {
+    if let Some(NegotiationResult::Agreed {
+        framework, message, ..
+    }) = report.negotiated
+    {
+        timeline.note(
+            Who::Host,
+            format!("agreed on framework {framework}, VSS {message}"),
+        );
+    } else {
         return Ok(report);
     }
-    // The daemon serves its app socket once the transport is up: register now, before the
-    // first HOT_BACKUP, so the client takes part in every cycle.
-    let demo = match state_dir {
-        Some(dir) if !args.no_demo_client => {
-            match simulate_app::DemoClient::start(&dir.join("app.sock"), started, !args.json) {
-                Ok(client) => {
-                    if !args.json {
-                        println!(
-                            "  app {} registered on {}",
-                            simulate_app::DEMO_NAME,
-                            dir.join("app.sock").display()
-                        );
-                    }
-                    Some(Ok(client))
-                }
-                Err(e) => Some(Err(e)),
-            }
-        }
-        _ => None,
-    };
+    let demo = start_demo_client(args, setup, timeline, progress);
     for i in 0..args.cycles {
-        if !args.json {
-            println!("cycle {} of {}:", i + 1, args.cycles);
-        }
-        let cycle = sim.backup_cycle(args.hold);
-        for s in &cycle.steps {
-            print_step(args.json, s);
-        }
-        let ok = cycle.all_ok;
+        let label = format!("cycle {} of {}", i + 1, args.cycles);
+        timeline.section(label.clone());
+        let cycle = run_cycle(args, &mut sim, setup, timeline, progress, &label, work);
+        let ok = cycle.ok();
         report.cycles.push(cycle);
         if !ok {
             break;
@@ -460,248 +534,231 @@ fn drive(
     }
     report.demo = demo.map(|d| match d {
         Ok(client) => {
-            let (told, error) = client.finish();
-            DemoReport { told, error }
+            let demo = client.finish();
+            for told in &demo.told {
+                timeline.add_told(told);
+            }
+            if let Some(e) = &demo.error {
+                timeline.note(Who::DemoClient, e.clone());
+            }
+            demo
         }
-        Err(e) => DemoReport {
-            told: Vec::new(),
-            error: Some(format!("not registered: {e}")),
-        },
+        Err(not_registered) => not_registered,
     });
-    if let Some(dir) = state_dir {
-        report.verdicts = simulate_app::backup_verdicts(dir, report.cycles.len());
-    }
     Ok(report)
 }
 
-/// Waits for the guest's connection, failing early if the guest exits.
-fn accept_guest(listener: &HandoverListener, guest: &mut GuestProcess) -> anyhow::Result<OwnedFd> {
-    let deadline = Instant::now() + CONNECT_TIMEOUT;
-    loop {
-        if let Some(conn) = listener.accept(Duration::from_millis(100))? {
-            return Ok(conn);
-        }
-        if let Some(status) = guest.child.try_wait()? {
-            bail!(
-                "the {} exited ({status}) before connecting to the hand-over socket",
-                guest.name
+/// Registers the demo client on the daemon's app socket, before the first HOT_BACKUP so it
+/// takes part in every cycle. `None` in loopback mode and with `--no-demo-client`; the
+/// inner error is the report of a client that could not register.
+fn start_demo_client(
+    args: &SimulateArgs,
+    setup: &Setup,
+    timeline: &mut Timeline,
+    progress: &Progress,
+) -> Option<Result<DemoClient, DemoReport>> {
+    let state_dir = setup.state_dir.as_ref()?;
+    if args.no_demo_client || !matches!(setup.mode, Mode::Daemon { .. }) {
+        return None;
+    }
+    let socket = state_dir.path().join("app.sock");
+    progress.show(&format!(
+        "registering the demo client on {}",
+        socket.display()
+    ));
+    Some(match DemoClient::start(&socket, timeline.start()) {
+        Ok(client) => {
+            timeline.note(
+                Who::DemoClient,
+                format!(
+                    "registered as {} on {}",
+                    demo_client::DEMO_NAME,
+                    socket.display()
+                ),
             );
+            Ok(client)
         }
-        if Instant::now() >= deadline {
-            bail!(
-                "the {} did not connect to the hand-over socket within {CONNECT_TIMEOUT:?}",
-                guest.name
+        Err(why) => {
+            let report = DemoReport::not_registered(why);
+            if let Some(e) = &report.error {
+                timeline.note(Who::DemoClient, e.clone());
+            }
+            Err(report)
+        }
+    })
+}
+
+/// HOT_BACKUP, FREEZE (unless the test switch skips it), snapshot, hold, THAW,
+/// BU_COMPLETE, then the check of the snapshot.
+fn run_cycle(
+    args: &SimulateArgs,
+    sim: &mut HostSimulator,
+    setup: &Setup,
+    timeline: &mut Timeline,
+    progress: &Progress,
+    label: &str,
+    work: &Path,
+) -> Cycle {
+    let begin = Instant::now();
+    let mut steps = Vec::new();
+    let mut snapshots = Vec::new();
+    let not_run = |reason: &str| Check::NotChecked {
+        reason: reason.into(),
+    };
+    let check_step = request(sim, VssOperation::HOT_BACKUP, timeline, progress, label);
+    let check_ok = check_step.report.is_ok();
+    steps.push(check_step);
+    if !check_ok {
+        return Cycle {
+            steps,
+            freeze_skipped: false,
+            frozen_window: None,
+            snapshot_window: None,
+            snapshots,
+            check: not_run("HOT_BACKUP failed: no snapshot was taken"),
+            writer_blocked: None,
+            daemon_verdict: None,
+            span: (begin, Instant::now()),
+        };
+    }
+    let (freeze_sent, freeze_ok, freeze_replied) = if args.test_skip_freeze {
+        timeline.note(
+            Who::Host,
+            "FREEZE skipped (--test-skip-freeze): the snapshot is of a live filesystem".into(),
+        );
+        (Instant::now(), true, Instant::now())
+    } else {
+        let step = request(sim, VssOperation::FREEZE, timeline, progress, label);
+        let ok = step.report.is_ok();
+        let sent = step.sent;
+        steps.push(step);
+        (sent, ok, Instant::now())
+    };
+    // The snapshot: every copyable filesystem's image, while frozen.
+    let mut copies = Vec::new();
+    if freeze_ok {
+        for (n, source) in setup.snapshottable.iter().enumerate() {
+            let Ok(source) = source else { continue };
+            progress.show(&format!(
+                "{label}: frozen; snapshot: copying {}",
+                source.image.display()
+            ));
+            timeline.note(
+                Who::Host,
+                format!("snapshot: copying {}", source.image.display()),
             );
-        }
-    }
-}
-
-/// The child serving the guest side, stopped when this command ends.
-struct GuestProcess {
-    child: Child,
-    name: &'static str,
-    conn: Option<OwnedFd>,
-    stopped: bool,
-}
-
-/// How the guest process ended.
-#[derive(Debug)]
-struct GuestExit {
-    name: &'static str,
-    clean: bool,
-    description: String,
-}
-
-impl GuestProcess {
-    fn new(child: Child, name: &'static str) -> Self {
-        Self {
-            child,
-            name,
-            conn: None,
-            stopped: false,
-        }
-    }
-
-    /// Hangs up the hand-over socket, asks the child to stop (SIGTERM for the daemon) and
-    /// waits; kills it after [`EXIT_TIMEOUT`].
-    fn stop(&mut self) -> anyhow::Result<GuestExit> {
-        self.stopped = true;
-        drop(self.conn.take());
-        if self.name == "daemon" {
-            self.signal(rustix::process::Signal::TERM);
-        }
-        let deadline = Instant::now() + EXIT_TIMEOUT;
-        loop {
-            if let Some(status) = self.child.try_wait()? {
-                return Ok(GuestExit {
-                    name: self.name,
-                    clean: status.success(),
-                    description: format!("exited with {status}"),
-                });
+            let dest = work.join(format!("snapshot-{n}.img"));
+            match snapshot::take(source, &dest) {
+                Ok(s) => {
+                    timeline.note(
+                        Who::Host,
+                        format!("snapshot taken: {} MiB in {}", s.bytes >> 20, ms(s.took)),
+                    );
+                    snapshots.push((s.bytes, s.took));
+                    copies.push((dest, source.fs_type.clone()));
+                }
+                Err(e) => timeline.note(Who::Host, format!("snapshot failed: {e}")),
             }
-            if Instant::now() >= deadline {
-                let _ = self.child.kill();
-                let status = self.child.wait()?;
-                return Ok(GuestExit {
-                    name: self.name,
-                    clean: false,
-                    description: format!("did not exit within {EXIT_TIMEOUT:?}; killed ({status})"),
-                });
-            }
-            std::thread::sleep(Duration::from_millis(20));
+        }
+        let left = args.hold.saturating_sub(freeze_replied.elapsed());
+        if !left.is_zero() {
+            progress.show(&format!("{label}: holding the freeze for {}", ms(left)));
+            std::thread::sleep(left);
         }
     }
-
-    fn signal(&self, signal: rustix::process::Signal) {
-        if let Some(pid) = i32::try_from(self.child.id())
-            .ok()
-            .and_then(rustix::process::Pid::from_raw)
-        {
-            let _ = rustix::process::kill_process(pid, signal);
-        }
+    let thaw = request(sim, VssOperation::THAW, timeline, progress, label);
+    let thaw_ok = thaw.report.is_ok();
+    let thaw_sent = thaw.sent;
+    steps.push(thaw);
+    let thaw_replied = Instant::now();
+    if thaw_ok || !freeze_ok {
+        steps.push(request(
+            sim,
+            VssOperation::BU_COMPLETE,
+            timeline,
+            progress,
+            label,
+        ));
+    }
+    let end = Instant::now();
+    let (frozen_window, snapshot_window) = if freeze_ok && !args.test_skip_freeze {
+        (
+            Some(thaw_replied.duration_since(freeze_sent)),
+            Some(thaw_sent.duration_since(freeze_replied)),
+        )
+    } else {
+        (None, None)
+    };
+    let check = check_copies(setup, &copies, freeze_ok, timeline, progress, label);
+    for (copy, _) in &copies {
+        let _ = std::fs::remove_file(copy);
+    }
+    Cycle {
+        steps,
+        freeze_skipped: args.test_skip_freeze,
+        frozen_window,
+        snapshot_window,
+        snapshots,
+        check,
+        writer_blocked: None,
+        daemon_verdict: None,
+        span: (begin, end),
     }
 }
 
-impl Drop for GuestProcess {
-    fn drop(&mut self) {
-        if !self.stopped {
-            let _ = self.stop();
-        }
+/// Checks every copy; the first one that is not consistent decides.
+fn check_copies(
+    setup: &Setup,
+    copies: &[(PathBuf, String)],
+    freeze_ok: bool,
+    timeline: &mut Timeline,
+    progress: &Progress,
+    label: &str,
+) -> Check {
+    if matches!(setup.mode, Mode::Loopback) {
+        return Check::NotChecked {
+            reason: "transport self-test: nothing was frozen or copied".into(),
+        };
     }
-}
-
-/// `--daemon`, or `hv-vssd` next to this executable.
-fn daemon_path(given: Option<&Path>) -> anyhow::Result<PathBuf> {
-    if let Some(p) = given {
-        return Ok(p.to_path_buf());
+    if !freeze_ok {
+        return Check::NotChecked {
+            reason: "FREEZE failed: no snapshot was taken".into(),
+        };
     }
-    let exe = std::env::current_exe().context("locating this executable")?;
-    let path = exe.with_file_name("hv-vssd");
-    if !path.exists() {
-        bail!(
-            "{} not found; pass --daemon PATH, or --guest-loopback for a transport self-test",
-            path.display()
+    if let Some(Err(why)) = setup.snapshottable.iter().find(|s| s.is_err()) {
+        return Check::NotChecked {
+            reason: why.clone(),
+        };
+    }
+    if copies.is_empty() {
+        return Check::NotChecked {
+            reason: "the snapshot could not be copied".into(),
+        };
+    }
+    let mut result = None;
+    for (copy, fs_type) in copies {
+        progress.show(&format!("{label}: checking the snapshot"));
+        let check = snapshot::check(copy, fs_type);
+        timeline.note(
+            Who::Host,
+            format!(
+                "check of the snapshot: {}: {}",
+                check.verdict(),
+                check.detail()
+            ),
         );
-    }
-    Ok(path)
-}
-
-/// Refuses a daemon whose `--help` does not mention `--uio`.
-fn check_daemon_supports_uio(daemon: &Path) -> anyhow::Result<()> {
-    let out = Command::new(daemon)
-        .arg("--help")
-        .stdin(Stdio::null())
-        .output()
-        .with_context(|| format!("running {} --help", daemon.display()))?;
-    let help = String::from_utf8_lossy(&out.stdout) + String::from_utf8_lossy(&out.stderr);
-    if !help.contains("--uio") {
-        bail!(
-            "{} does not support --uio yet; use --guest-loopback for a transport self-test",
-            daemon.display()
+        let worse = matches!(
+            (&result, &check),
+            (None | Some(Check::Consistent { .. }), _)
+                | (Some(Check::NotChecked { .. }), Check::NotConsistent { .. })
         );
-    }
-    Ok(())
-}
-
-// f_type is i64 on x86_64 glibc but i32 or u32 on other targets.
-#[allow(clippy::unnecessary_cast)]
-fn is_tmpfs_magic(f_type: rustix::fs::FsWord) -> bool {
-    f_type as i64 == TMPFS_MAGIC
-}
-
-/// A state directory on tmpfs (R59: never on a filesystem that may be frozen).
-fn tmpfs_state_dir() -> anyhow::Result<tempfile::TempDir> {
-    for base in ["/dev/shm", "/run"] {
-        let is_tmpfs = rustix::fs::statfs(base)
-            .map(|s| is_tmpfs_magic(s.f_type))
-            .unwrap_or(false);
-        if is_tmpfs
-            && let Ok(dir) = tempfile::Builder::new()
-                .prefix("hv-vss-simulate-")
-                .tempdir_in(base)
-        {
-            return Ok(dir);
+        if worse {
+            result = Some(check);
         }
     }
-    bail!("no writable tmpfs for the daemon's state directory (tried /dev/shm and /run)")
-}
-
-/// A scratch ext4 image, loop-mounted in the work directory; thawed (in case), unmounted
-/// and deleted on drop.
-struct ScratchFs {
-    mount_point: PathBuf,
-    mounted: bool,
-}
-
-impl ScratchFs {
-    fn create(work: &Path) -> anyhow::Result<Self> {
-        let image = work.join("scratch.ext4");
-        let mount_point = work.join("scratch");
-        std::fs::create_dir(&mount_point)?;
-        let file = std::fs::File::create(&image)?;
-        file.set_len(IMAGE_LEN)?;
-        drop(file);
-        run_tool(Command::new("mkfs.ext4").args(["-q", "-F"]).arg(&image))?;
-        run_tool(
-            Command::new("mount")
-                .args(["-o", "loop"])
-                .arg(&image)
-                .arg(&mount_point),
-        )?;
-        std::fs::write(mount_point.join("hello"), "written before the freeze\n")?;
-        Ok(Self {
-            mount_point,
-            mounted: true,
-        })
-    }
-}
-
-impl Drop for ScratchFs {
-    fn drop(&mut self) {
-        if !self.mounted {
-            return;
-        }
-        // We created this filesystem; if anything left it frozen, thaw it before unmounting.
-        if let Ok(fd) = hv_vss_sys::fs::open_mount_point(&self.mount_point) {
-            let _ = hv_vss_sys::fs::thaw(fd.as_fd());
-        }
-        let ok = Command::new("umount")
-            .arg(&self.mount_point)
-            .status()
-            .is_ok_and(|s| s.success());
-        if !ok {
-            let _ = Command::new("umount")
-                .arg("-l")
-                .arg(&self.mount_point)
-                .status();
-        }
-    }
-}
-
-fn run_tool(cmd: &mut Command) -> anyhow::Result<()> {
-    let out = cmd
-        .stdin(Stdio::null())
-        .output()
-        .with_context(|| format!("running {cmd:?}"))?;
-    if !out.status.success() {
-        bail!(
-            "{cmd:?} failed ({}): {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(())
-}
-
-/// The loopback guest (child process): receive the rings, serve with the fixed policy
-/// until the host hangs up.
-fn run_loopback_guest(socket: &Path) -> anyhow::Result<ExitCode> {
-    let (conn, rings) = connect_handover(socket).context("receiving the rings")?;
-    let channel = rings.guest().context("mapping the rings")?;
-    let mut endpoint = IcEndpoint::new(channel);
-    self_test_guest::serve(&mut endpoint, FixedPolicy::ALWAYS_OK, conn.as_fd())
-        .context("serving the channel")?;
-    Ok(ExitCode::SUCCESS)
+    result.unwrap_or(Check::NotChecked {
+        reason: "nothing to check".into(),
+    })
 }
 
 #[cfg(test)]
@@ -728,7 +785,7 @@ mod tests {
         assert_eq!(args.hold, Duration::from_secs(90));
         assert_eq!(args.reply_timeout, Duration::from_millis(500));
         let defaults = parse(&[]).unwrap();
-        assert_eq!(defaults.hold, Duration::from_secs(1));
+        assert_eq!(defaults.hold, Duration::ZERO);
         assert_eq!(defaults.reply_timeout, Duration::from_secs(60));
         let err = parse(&["--hold", "25h"]).unwrap_err();
         assert!(err.contains("maximum of 24h"), "{err}");

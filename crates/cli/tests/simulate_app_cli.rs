@@ -38,7 +38,32 @@ fn simulate(args: &[&str]) -> Output {
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    child.wait_with_output().unwrap()
+    let out = child.wait_with_output().unwrap();
+    remove_daemon_log(&String::from_utf8_lossy(&out.stdout));
+    out
+}
+
+/// simulate keeps the daemon's log for the user and names it in its output (text or
+/// JSON); the test removes it.
+fn remove_daemon_log(stdout: &str) {
+    let path = match serde_json::from_str::<serde_json::Value>(stdout) {
+        Ok(doc) => doc["daemon_log"].as_str().map(str::to_owned),
+        Err(_) => stdout
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("daemon log: "))
+            .map(str::to_owned),
+    };
+    let path = path.expect("simulate names the daemon's log");
+    std::fs::remove_file(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+}
+
+/// The event after "told" on each of the demo client's timeline lines.
+fn told_events(stdout: &str) -> Vec<&str> {
+    stdout
+        .lines()
+        .filter(|l| l.contains(" demo client ") && l.contains(" told "))
+        .filter_map(|l| l.split(" told ").nth(1)?.split_whitespace().next())
+        .collect()
 }
 
 #[test]
@@ -49,31 +74,38 @@ fn the_demo_client_is_told_each_stage_and_the_backup_is_application_consistent()
     let out = simulate(&["--cycles", "2", "--hold", "100ms"]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{stdout}");
-    let told: Vec<&str> = stdout
-        .lines()
-        .filter(|l| l.contains("hv-vss-simulate-demo told"))
-        .map(|l| l.split_whitespace().nth(3).unwrap())
-        .collect();
+    assert!(
+        stdout.contains("demo client      registered as hv-vss-simulate-demo on "),
+        "{stdout}"
+    );
     assert_eq!(
-        told,
+        told_events(&stdout),
         ["check", "freeze", "thaw", "check", "freeze", "thaw"],
         "{stdout}"
     );
     assert!(
         stdout
             .lines()
-            .filter(|l| l.contains("hv-vss-simulate-demo told"))
-            .all(|l| l.contains("acked ok")),
+            .filter(|l| l.contains(" demo client ") && l.contains(" told "))
+            .all(|l| l.ends_with("acked ok")),
         "{stdout}"
     );
     for cycle in [1, 2] {
         assert!(
-            stdout.contains(&format!(
-                "cycle {cycle}: verdict application-consistent (every registered client acked)"
-            )),
+            stdout
+                .lines()
+                .any(|l| l.starts_with(&format!("  cycle {cycle}: "))
+                    && l.contains(
+                        "daemon's verdict: application-consistent (every registered client acked)"
+                    )),
             "{stdout}"
         );
     }
+    let last = stdout.lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with("verdict: consistent (checked), application-consistent: "),
+        "{stdout}"
+    );
 }
 
 #[test]
@@ -85,8 +117,16 @@ fn without_the_demo_client_the_backup_is_filesystem_consistent() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{stdout}");
     assert!(!stdout.contains("hv-vss-simulate-demo"), "{stdout}");
+    assert!(told_events(&stdout).is_empty(), "{stdout}");
     assert!(
-        stdout.contains("cycle 1: verdict filesystem-consistent"),
+        stdout.lines().any(|l| l.starts_with("  cycle 1: ")
+            && l.contains("daemon's verdict: filesystem-consistent")),
+        "{stdout}"
+    );
+    let last = stdout.lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with("verdict: consistent (checked), filesystem-consistent: ")
+            && last.contains("--no-demo-client"),
         "{stdout}"
     );
 }
@@ -100,6 +140,7 @@ fn json_lists_what_the_demo_client_was_told_and_the_verdicts() {
     assert!(out.status.success());
     let doc: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON document");
     assert_eq!(doc["verdicts"], serde_json::json!(["app_consistent"]));
+    assert_eq!(doc["consistency"], "application-consistent");
     let demo = &doc["demo_client"];
     assert_eq!(demo["name"], "hv-vss-simulate-demo");
     assert!(demo["error"].is_null(), "{demo}");
@@ -113,4 +154,30 @@ fn json_lists_what_the_demo_client_was_told_and_the_verdicts() {
     );
     let at: Vec<f64> = told.iter().map(|t| t["at_ms"].as_f64().unwrap()).collect();
     assert!(at.windows(2).all(|w| w[0] <= w[1]), "{at:?}");
+    // On the timeline, as its own "who": the client is told to freeze after the host sent
+    // FREEZE and before the daemon answered it.
+    let timeline = doc["timeline"].as_array().unwrap();
+    let when = |who: &str, what: &str| {
+        timeline
+            .iter()
+            .find(|e| e["who"] == who && e["what"].as_str().unwrap().starts_with(what))
+            .unwrap_or_else(|| panic!("{who}: {what} in {timeline:#?}"))["at_ms"]
+            .as_f64()
+            .unwrap()
+    };
+    let freeze_sent = when("host → daemon", "FREEZE");
+    let told_freeze = when("demo client", "told freeze");
+    let freeze_answered = when("daemon → host", "FREEZE S_OK");
+    assert!(
+        freeze_sent <= told_freeze && told_freeze <= freeze_answered,
+        "{freeze_sent} {told_freeze} {freeze_answered}"
+    );
+    assert_eq!(
+        timeline
+            .iter()
+            .filter(|e| e["who"] == "demo client")
+            .count(),
+        4,
+        "registered, check, freeze, thaw: {timeline:#?}"
+    );
 }

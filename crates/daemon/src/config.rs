@@ -19,6 +19,8 @@
 //! log_level = "info"               # error | warn | info | debug | trace
 //! log_ring_capacity = 4096         # lines kept in memory while frozen
 //! history_limit = 100              # reports kept in <state_dir>/history.jsonl
+//! metrics_textfile = "/var/lib/prometheus/node-exporter/hv-vss.prom"  # unset: none
+//! control_group = "adm"            # besides root, may ask the control socket; unset: root only
 //! stop_timeout_seconds = 45        # the unit's TimeoutStopSec= (deadlines are checked against it)
 //!
 //! [limits]
@@ -79,6 +81,8 @@ pub struct FileConfig {
     pub log_level: Option<String>,
     pub log_ring_capacity: Option<usize>,
     pub history_limit: Option<usize>,
+    pub metrics_textfile: Option<PathBuf>,
+    pub control_group: Option<IdOrName>,
     pub stop_timeout_seconds: Option<f64>,
     #[serde(default)]
     pub limits: FileLimits,
@@ -245,6 +249,10 @@ pub struct Settings {
     pub log_level: LogLevel,
     pub log_ring_capacity: usize,
     pub history_limit: usize,
+    /// Prometheus textfile rewritten after each history append ([`crate::metrics`]).
+    pub metrics_textfile: Option<PathBuf>,
+    /// Besides root, this group may ask the control socket ([`crate::control`]).
+    pub control_gid: Option<u32>,
 }
 
 /// A configuration problem; every message names the key or flag.
@@ -435,6 +443,18 @@ impl Settings {
             Some(n) => n,
             None => DEFAULT_HISTORY_LIMIT,
         };
+        let control_gid = file
+            .control_group
+            .as_ref()
+            .map(|g| {
+                crate::apps::accounts::resolve(crate::apps::accounts::Kind::Group, g)
+                    .map_err(|e| invalid("control_group", e))
+            })
+            .transpose()?;
+        let metrics_textfile = file
+            .metrics_textfile
+            .map(|p| absolute("metrics_textfile", p))
+            .transpose()?;
 
         Ok(Settings {
             transport,
@@ -448,6 +468,8 @@ impl Settings {
             log_level,
             log_ring_capacity,
             history_limit,
+            metrics_textfile,
+            control_gid,
         })
     }
 }
@@ -807,6 +829,11 @@ mod tests {
                 "log_ring_capacity",
             ),
             ("history_limit = 0", Overrides::default(), "history_limit"),
+            (
+                "control_group = \"no-such-group-hv\"",
+                Overrides::default(),
+                "control_group: no group named",
+            ),
             ("[apps]\nsocket = 1", Overrides::default(), "socket"),
             (
                 "[apps]\nsocket_mode = \"rw\"",

@@ -66,6 +66,7 @@ mod log_limit;
 mod reopen;
 mod reports;
 mod signals;
+mod status;
 mod watchdog;
 
 pub use reopen::ReopenBackoff;
@@ -132,6 +133,8 @@ pub struct Daemon {
     stopped: bool,
     /// The application socket and hook directories.
     apps: AppServer,
+    /// The read-only control socket for `hv-vss status` (none if it could not be bound).
+    control: Option<crate::control::ControlServer>,
 }
 
 impl std::fmt::Debug for Daemon {
@@ -218,6 +221,12 @@ impl Daemon {
             stopping: false,
             stopped: false,
             apps: parts.apps,
+            control: crate::control::ControlServer::bind(
+                &parts.settings.state_dir,
+                parts.settings.control_gid,
+            )
+            .inspect_err(|e| tracing::warn!(error = %e, "no control socket: hv-vss status falls back to the state files"))
+            .ok(),
             settings: parts.settings,
         }
     }
@@ -304,7 +313,7 @@ impl Daemon {
 
     fn poll_once(&mut self) -> anyhow::Result<()> {
         let timeout = self.poll_timeout();
-        let (sig_ready, wake_ready, guardian_ready, transport_ready, apps_ready) = {
+        let (sig_ready, wake_ready, guardian_ready, transport_ready, apps_ready, control_ready) = {
             let mut fds = Vec::with_capacity(4);
             fds.push(PollFd::new(&self.signals, PollFlags::IN));
             fds.push(PollFd::from_borrowed_fd(
@@ -322,6 +331,10 @@ impl Daemon {
                 }
             }
             let t_end = fds.len();
+            let c = self.control.as_ref().map(|c| {
+                fds.push(PollFd::from_borrowed_fd(c.fd(), PollFlags::IN));
+                fds.len() - 1
+            });
             // ---- applications: the listener, every client, the hook runner ----
             let app_fds = self.apps.poll_fds();
             let a_start = fds.len();
@@ -338,6 +351,7 @@ impl Daemon {
                 Err(e) => anyhow::bail!("poll: {e}"),
             }
             let ready = |i: usize| !fds[i].revents().is_empty();
+            let control_ready = c.is_some_and(ready);
             let apps_ready: Vec<(Slot, PollFlags)> = slots
                 .into_iter()
                 .enumerate()
@@ -349,6 +363,7 @@ impl Daemon {
                 g.is_some_and(ready),
                 (t_start..t_end).any(ready),
                 apps_ready,
+                control_ready,
             )
         };
 
@@ -362,6 +377,9 @@ impl Daemon {
         }
         if guardian_ready {
             self.check_guardian();
+        }
+        if control_ready {
+            self.on_control_readable();
         }
         if transport_ready
             || self

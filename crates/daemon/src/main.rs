@@ -23,6 +23,7 @@
 mod apps;
 mod completion;
 mod config;
+mod control;
 mod daemon;
 mod exit;
 mod fsworker;
@@ -30,6 +31,8 @@ mod guardian;
 mod history;
 mod kmsg;
 mod logbuf;
+mod manpages;
+mod metrics;
 mod safety;
 mod transport;
 
@@ -87,6 +90,9 @@ struct Cli {
     /// Internal (tests): where urgent lines go while frozen, instead of /dev/kmsg.
     #[arg(long, hide = true, value_name = "PATH", default_value = kmsg::DEFAULT_KMSG)]
     kmsg: PathBuf,
+    /// Internal (packaging): write hv-vssd(8) and hv-vss.toml(5) into DIR and exit.
+    #[arg(long, hide = true, value_name = "DIR")]
+    generate_man: Option<PathBuf>,
 }
 
 /// Name of the instance lock inside the state directory.
@@ -94,6 +100,14 @@ const INSTANCE_LOCK: &str = "hv-vssd.lock";
 
 fn main() {
     let cli = Cli::parse();
+    if let Some(dir) = &cli.generate_man {
+        let cmd = <Cli as clap::CommandFactory>::command();
+        if let Err(e) = manpages::generate(dir, cmd) {
+            eprintln!("hv-vssd: writing man pages to {}: {e}", dir.display());
+            std::process::exit(ExitKind::Internal as i32);
+        }
+        return;
+    }
     if cli.guardian {
         init_plain_logging(cli.debug);
         let state_dir = cli

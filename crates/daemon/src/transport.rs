@@ -142,6 +142,8 @@ pub struct IcTransport<C> {
     pending: BTreeMap<u64, PendingRequest>,
     next_key: u64,
     ready: VecDeque<Incoming>,
+    /// Framework and message versions agreed in the last NEGOTIATE (for `hv-vss status`).
+    negotiated: Option<(hv_vss_protocol::ic::Version, hv_vss_protocol::ic::Version)>,
 }
 
 impl<C: VmbusChannel> IcTransport<C> {
@@ -152,6 +154,7 @@ impl<C: VmbusChannel> IcTransport<C> {
             pending: BTreeMap::new(),
             next_key: 1,
             ready: VecDeque::new(),
+            negotiated: None,
         };
         // NEGOTIATE may already be waiting with no interrupt to announce it (§3.3).
         t.service()?;
@@ -186,6 +189,9 @@ impl<C: VmbusChannel> IcTransport<C> {
             }
         }
         for notice in self.endpoint.take_notices() {
+            if let IcNotice::Negotiated { framework, message } = &notice {
+                self.negotiated = Some((*framework, *message));
+            }
             log_ic_notice(&notice);
         }
         Ok(())
@@ -272,6 +278,18 @@ pub enum Transport {
 }
 
 impl Transport {
+    /// The framework and VSS message versions this guest agreed with the host (UIO mode,
+    /// once NEGOTIATE came); `None` in drop-in mode, where the kernel negotiates.
+    pub fn negotiated(
+        &self,
+    ) -> Option<(hv_vss_protocol::ic::Version, hv_vss_protocol::ic::Version)> {
+        match self {
+            Transport::Kernel(_) => None,
+            Transport::Shm(t) => t.negotiated,
+            Transport::Uio(t) => t.negotiated,
+        }
+    }
+
     /// Opens (and in drop-in mode registers).
     pub fn open(choice: &TransportChoice) -> Result<Self, TransportError> {
         match choice {

@@ -30,6 +30,8 @@ const DAEMON_KEYS: &[&str] = &[
     "log_level",
     "log_ring_capacity",
     "history_limit",
+    "metrics_textfile",
+    "control_group",
     "stop_timeout_seconds",
     "limits.check_deadline_seconds",
     "limits.freeze_deadline_seconds",

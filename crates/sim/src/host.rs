@@ -1025,7 +1025,7 @@ impl HostSimulator {
         let mut steps = Vec::new();
         let check = self.hot_backup();
         let check_ok = matches!(&check, Ok(r) if r.is_ok());
-        steps.push(self.step(Step::Vss(VssOperation::HOT_BACKUP), check));
+        steps.push(self.step_report(Step::Vss(VssOperation::HOT_BACKUP), check));
         if !check_ok {
             return BackupCycle::from_steps(steps, None, None);
         }
@@ -1033,7 +1033,7 @@ impl HostSimulator {
         let freeze = self.freeze();
         let freeze_ok = matches!(&freeze, Ok(r) if r.is_ok());
         let freeze_replied = Instant::now();
-        steps.push(self.step(Step::Vss(VssOperation::FREEZE), freeze));
+        steps.push(self.step_report(Step::Vss(VssOperation::FREEZE), freeze));
         if freeze_ok {
             std::thread::sleep(hold);
         }
@@ -1041,7 +1041,7 @@ impl HostSimulator {
         let thaw = self.thaw();
         let thaw_replied = Instant::now();
         let thaw_ok = matches!(&thaw, Ok(r) if r.is_ok());
-        steps.push(self.step(Step::Vss(VssOperation::THAW), thaw));
+        steps.push(self.step_report(Step::Vss(VssOperation::THAW), thaw));
         let (frozen, snapshot) = if freeze_ok {
             (
                 Some(thaw_replied.duration_since(freeze_sent)),
@@ -1052,7 +1052,7 @@ impl HostSimulator {
         };
         if thaw_ok || !freeze_ok {
             let done = self.bu_complete();
-            steps.push(self.step(Step::Vss(VssOperation::BU_COMPLETE), done));
+            steps.push(self.step_report(Step::Vss(VssOperation::BU_COMPLETE), done));
         }
         BackupCycle::from_steps(steps, frozen, snapshot)
     }
@@ -1092,7 +1092,8 @@ impl HostSimulator {
         cycle
     }
 
-    fn step(&self, step: Step, r: Result<VssReply, SimError>) -> StepReport {
+    /// `r` as a [`StepReport`] of `step` (on error, with the last exchange's `trans_id`).
+    pub fn step_report(&self, step: Step, r: Result<VssReply, SimError>) -> StepReport {
         let trans_id = self.log.last().map_or(0, |e| e.trans_id);
         match r {
             Ok(reply) => StepReport {

@@ -49,9 +49,15 @@ impl Daemon {
             let ready = self.completion.finished(entry, self.now());
             self.ready_entries.extend(ready);
         }
+        let appended = !self.ready_entries.is_empty();
         for entry in std::mem::take(&mut self.ready_entries) {
             if let Err(e) = self.history.append(&entry) {
                 tracing::warn!(error = %e, path = %self.history.path().display(), "cannot append the report history");
+            }
+        }
+        if let Some(textfile) = self.settings.metrics_textfile.as_ref().filter(|_| appended) {
+            if let Err(e) = crate::metrics::write_textfile(textfile, self.history.path()) {
+                tracing::warn!(error = %e, path = %textfile.display(), "cannot write the metrics textfile");
             }
         }
         // Reports of transactions that never produced a coordinator report do not linger.

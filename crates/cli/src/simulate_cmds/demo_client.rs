@@ -1,15 +1,14 @@
 //! The demo application client of `hv-vss simulate`: it registers on the daemon's app
-//! socket before the first backup cycle, acks every check, freeze and thaw at once, and
-//! records (and prints, in text mode) what it was told and when, so the simulation shows
-//! where the application's part falls between the host's requests. Also reads back the
-//! daemon's verdict for each backup from its report history.
+//! socket (`STATE_DIR/app.sock`) before the first backup cycle, acks every check, freeze
+//! and thaw at once, and records what it was told and when, so the timeline shows where the
+//! application's part falls between the host's requests.
 //!
-//! Verdicts (the daemon's, from `STATE_DIR/history.jsonl`): a backup is
-//! **application-consistent** when every registered client acked its freeze and held
-//! until the thaw, **filesystem-consistent** when the filesystems were frozen but no
-//! client took part (or one was lost while frozen), and **failed** otherwise.
+//! With it registered, the daemon's verdict of a backup is **application-consistent** when
+//! it acked its freeze and held until the thaw; without it (`--no-demo-client`) no client
+//! takes part and the verdict is **filesystem-consistent**.
+//!
+//! It records and never prints: the report is printed at the end, after every thaw.
 
-use std::io::Write;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -19,7 +18,7 @@ use hv_vss_client::{Connection, Event, Registration};
 use serde_json::json;
 
 /// The demo client's name on the app socket.
-pub const DEMO_NAME: &str = "hv-vss-simulate-demo";
+pub(super) const DEMO_NAME: &str = "hv-vss-simulate-demo";
 /// How long to wait for the daemon's app socket to accept the registration.
 const REGISTER_TIMEOUT: Duration = Duration::from_secs(15);
 /// The demo client's own bound per event, sent in its registration.
@@ -27,20 +26,20 @@ const DEMO_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// One thing the demo client was told.
 #[derive(Clone, Debug)]
-pub struct Told {
-    /// Since the simulation started.
-    pub at: Duration,
-    pub event: &'static str,
-    pub txn: u64,
-    pub deadline_ms: Option<u64>,
-    pub reason: Option<String>,
+pub(super) struct Told {
+    /// Since the start of the run.
+    pub(super) at: Duration,
+    pub(super) event: &'static str,
+    pub(super) txn: u64,
+    pub(super) deadline_ms: Option<u64>,
+    pub(super) reason: Option<String>,
     /// Whether it acked (always ok); `None` for abort, which is never acked, or when the
     /// ack could not be sent.
-    pub acked: Option<bool>,
+    pub(super) acked: Option<bool>,
 }
 
 impl Told {
-    pub fn to_json(&self) -> serde_json::Value {
+    pub(super) fn to_json(&self) -> serde_json::Value {
         json!({
             "at_ms": self.at.as_secs_f64() * 1e3,
             "event": self.event,
@@ -50,11 +49,50 @@ impl Told {
             "acked": self.acked,
         })
     }
+
+    /// The event as the timeline says it.
+    pub(super) fn describe(&self) -> String {
+        let (detail, outcome) = match (self.deadline_ms, &self.reason, self.acked) {
+            (Some(ms), _, Some(true)) => (format!("deadline {ms} ms"), "acked ok"),
+            (Some(ms), _, _) => (format!("deadline {ms} ms"), "the ack could not be sent"),
+            (None, Some(reason), _) => (format!("reason: {reason}"), "an abort is not acked"),
+            (None, None, _) => ("no deadline".into(), "not acked"),
+        };
+        format!(
+            "told {} (txn {}, {detail}): {outcome}",
+            self.event, self.txn
+        )
+    }
+}
+
+/// What the demo client was told, or why it could not take part.
+#[derive(Debug, Default)]
+pub(super) struct DemoReport {
+    pub(super) told: Vec<Told>,
+    /// Registration refused, or the connection ended early.
+    pub(super) error: Option<String>,
+}
+
+impl DemoReport {
+    pub(super) fn not_registered(why: String) -> Self {
+        Self {
+            told: Vec::new(),
+            error: Some(format!("not registered: {why}")),
+        }
+    }
+
+    pub(super) fn to_json(&self) -> serde_json::Value {
+        json!({
+            "name": DEMO_NAME,
+            "told": self.told.iter().map(Told::to_json).collect::<Vec<_>>(),
+            "error": self.error,
+        })
+    }
 }
 
 /// The running demo client; stopped on drop.
 #[derive(Debug)]
-pub struct DemoClient {
+pub(super) struct DemoClient {
     stop: Arc<AtomicBool>,
     told: Arc<Mutex<Vec<Told>>>,
     thread: Option<std::thread::JoinHandle<Option<String>>>,
@@ -62,8 +100,8 @@ pub struct DemoClient {
 
 impl DemoClient {
     /// Connects and registers (retrying while the socket is not there yet), then serves on
-    /// a thread. `print`: print each event as it comes.
-    pub fn start(socket: &Path, started: Instant, print: bool) -> Result<Self, String> {
+    /// a thread. `started`: the start of the run, which [`Told::at`] counts from.
+    pub(super) fn start(socket: &Path, started: Instant) -> Result<Self, String> {
         let registration = Registration::new(DEMO_NAME).timeout(DEMO_TIMEOUT);
         let end = Instant::now() + REGISTER_TIMEOUT;
         let conn = loop {
@@ -78,7 +116,7 @@ impl DemoClient {
         let stop = Arc::new(AtomicBool::new(false));
         let told = Arc::new(Mutex::new(Vec::new()));
         let (s, t) = (stop.clone(), told.clone());
-        let thread = std::thread::spawn(move || serve(conn, started, print, &s, &t));
+        let thread = std::thread::spawn(move || serve(conn, started, &s, &t));
         Ok(Self {
             stop,
             told,
@@ -87,11 +125,14 @@ impl DemoClient {
     }
 
     /// Stops the client: what it was told, and why its connection ended early, if it did.
-    pub fn finish(mut self) -> (Vec<Told>, Option<String>) {
+    pub(super) fn finish(mut self) -> DemoReport {
         self.stop.store(true, Ordering::SeqCst);
-        let ended = self.thread.take().and_then(|t| t.join().ok()).flatten();
+        let error = self.thread.take().and_then(|t| t.join().ok()).flatten();
         let told = self.told.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        (told, ended)
+        DemoReport {
+            told,
+            error: error.map(|e| format!("the connection ended early: {e}")),
+        }
     }
 }
 
@@ -108,7 +149,6 @@ impl Drop for DemoClient {
 fn serve(
     mut conn: Connection,
     started: Instant,
-    print: bool,
     stop: &AtomicBool,
     told: &Mutex<Vec<Told>>,
 ) -> Option<String> {
@@ -128,66 +168,14 @@ fn serve(
         };
         let deadline_ms = deadline.map(|r| r.remaining().as_millis() as u64);
         let acked = deadline.map(|r| conn.ack(r.txn, true, None).is_ok());
-        let entry = Told {
+        told.lock().unwrap_or_else(|p| p.into_inner()).push(Told {
             at,
             event: name,
             txn,
             deadline_ms,
             reason,
             acked,
-        };
-        if print {
-            print_told(&entry);
-        }
-        told.lock().unwrap_or_else(|p| p.into_inner()).push(entry);
+        });
     }
     None
-}
-
-fn print_told(t: &Told) {
-    let detail = match (&t.deadline_ms, &t.reason, t.acked) {
-        (Some(ms), _, Some(true)) => format!("deadline {ms} ms, acked ok"),
-        (Some(ms), _, _) => format!("deadline {ms} ms, ack not sent"),
-        (None, Some(reason), _) => format!("reason: {reason} (not acked)"),
-        _ => String::new(),
-    };
-    println!(
-        "  app {DEMO_NAME} told {:<6} txn {:<4} at +{:.3} s  {detail}",
-        t.event,
-        t.txn,
-        t.at.as_secs_f64()
-    );
-    let _ = std::io::stdout().flush();
-}
-
-/// The verdicts of the backups (check reports left out) in `state_dir/history.jsonl`,
-/// waiting up to 5 s for `want` of them (the daemon writes a backup's report when the
-/// host closes it with BU_COMPLETE).
-pub fn backup_verdicts(state_dir: &Path, want: usize) -> Vec<String> {
-    let end = Instant::now() + Duration::from_secs(5);
-    loop {
-        let text = std::fs::read_to_string(state_dir.join("history.jsonl")).unwrap_or_default();
-        let verdicts: Vec<String> = text
-            .lines()
-            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-            .filter_map(|j| j["report"]["verdict"]["kind"].as_str().map(str::to_owned))
-            .filter(|k| k != "check_passed")
-            .collect();
-        if verdicts.len() >= want || Instant::now() >= end {
-            return verdicts;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-/// A verdict kind as the summary says it.
-pub fn describe_verdict(kind: &str) -> &'static str {
-    match kind {
-        "app_consistent" => "application-consistent (every registered client acked)",
-        "fs_consistent" => {
-            "filesystem-consistent (no application client took part, or one did not ack)"
-        }
-        "failed" => "failed",
-        _ => "unknown",
-    }
 }
