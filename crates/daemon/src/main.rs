@@ -219,11 +219,13 @@ fn run(cli: Cli) -> Result<(), Fatal> {
     // Before the transport: a client may register before the first request.
     let mut coord = Coordinator::new(settings.limits, Millis(0))
         .map_err(|e| Fatal::new(ExitKind::Usage, anyhow!("limits: {e}")))?;
+    let exec = safety::ExecPermit::default();
     let apps = apps::AppServer::start(
         &settings.apps,
         &settings.hooks,
         &settings.state_dir,
         &mut coord,
+        exec.clone(),
     )
     .map_err(|e| Fatal::new(ExitKind::AppSocket, e))?;
     tracing::info!(
@@ -260,6 +262,7 @@ fn run(cli: Cli) -> Result<(), Fatal> {
     daemon::Daemon::new(daemon::Parts {
         settings,
         gate,
+        exec,
         debug,
         start,
         coord,

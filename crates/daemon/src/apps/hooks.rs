@@ -18,7 +18,9 @@
 //!
 //! The coordinator sends freeze before the first FIFREEZE and thaw/abort after the last
 //! FITHAW, and acks come only from finished runs, so no hook runs while our filesystems
-//! are frozen. Hook output is only logged (through the log gate), never written by us.
+//! are frozen. In depth, the runner also asks the freeze-safety owner's [`ExecPermit`]
+//! right before each hook: a hook due while it is closed is not started (a freeze run
+//! fails: a veto). Hook output is only logged (through the log gate), never written by us.
 
 use std::collections::BTreeMap;
 use std::os::fd::BorrowedFd;
@@ -29,6 +31,7 @@ use hv_vss_core::{AppOp, Coordinator, Event, Millis, ParticipantId, Registration
 use hv_vss_hooks::{HookDir, HookOp, HookRunner, HookSet, RunReport};
 
 use crate::config::HookDirSettings;
+use crate::safety::ExecPermit;
 
 /// Output shown per failing hook in the log.
 const LOG_OUTPUT: usize = 2048;
@@ -72,6 +75,7 @@ impl Hooks {
         dirs: &[HookDirSettings],
         coord: &mut Coordinator,
         mut next_id: impl FnMut() -> ParticipantId,
+        exec: ExecPermit,
     ) -> anyhow::Result<Self> {
         let mut out = Vec::new();
         // Bounded by the request deadline only: the per-hook timeout bounds each hook.
@@ -106,7 +110,7 @@ impl Hooks {
         let runner = if out.is_empty() {
             None
         } else {
-            Some(HookRunner::spawn()?)
+            Some(HookRunner::spawn_gated(Arc::new(move || exec.allowed()))?)
         };
         Ok(Self {
             runner,
@@ -253,4 +257,89 @@ fn log_report(name: &str, txn: TxnId, report: &RunReport) {
         tracing::warn!(participant = %name, txn = txn.0, hook = %r.path.display(), arg = r.arg, outcome = %r.outcome, output = %output, truncated = r.truncated, "hook failed");
     }
     tracing::info!(participant = %name, txn = txn.0, op = %report.op, ok = report.ok, hooks = report.results.len(), "hooks ran");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hv_vss_core::Limits;
+    use hv_vss_hooks::HookStyle;
+    use rustix::event::{PollFd, PollFlags, Timespec};
+    use std::os::unix::fs::PermissionsExt;
+
+    /// The acks of the next finished runs, as the daemon's loop would get them.
+    fn next_acks(hooks: &mut Hooks) -> Vec<Event> {
+        let give_up = Instant::now() + Duration::from_secs(20);
+        loop {
+            assert!(Instant::now() < give_up, "no hook report");
+            let ready = {
+                let wake = hooks.wake_fd().unwrap();
+                let mut fds = [PollFd::new(&wake, PollFlags::IN)];
+                let second = Timespec {
+                    tv_sec: 1,
+                    tv_nsec: 0,
+                };
+                rustix::event::poll(&mut fds, Some(&second)).unwrap() == 1
+            };
+            if ready {
+                hooks.drain();
+                let acks = hooks.take_acks();
+                if !acks.is_empty() {
+                    return acks;
+                }
+            }
+        }
+    }
+
+    /// Defence in depth (R60): a hook directory's freeze is refused, and no hook started,
+    /// while the freeze-safety owner's permit says no exec, whatever told it to run.
+    #[test]
+    fn no_hook_starts_while_the_freeze_safety_owner_refuses_exec() {
+        if !hv_vss_testutil::is_root() {
+            eprintln!("skipped: hook files must be root-owned");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let marker = tempfile::tempdir().unwrap();
+        let ran = marker.path().join("ran");
+        let hook = dir.path().join("10-mark");
+        std::fs::write(&hook, format!("#!/bin/sh\ntouch {}\n", ran.display())).unwrap();
+        std::fs::set_permissions(&hook, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let settings = HookDirSettings {
+            dir: dir.path().to_path_buf(),
+            style: HookStyle::Native,
+            tier: 100,
+            timeout: Duration::from_secs(20),
+        };
+        let mut coord = Coordinator::new(Limits::default(), Millis(0)).unwrap();
+        let participant = ParticipantId(1);
+        let mut hooks = Hooks::start(
+            &[settings],
+            &mut coord,
+            || participant,
+            ExecPermit::refusing(),
+        )
+        .unwrap();
+
+        let txn = TxnId(1);
+        hooks.notify(
+            participant,
+            txn,
+            AppOp::Freeze,
+            Some(Millis(60_000)),
+            Millis(0),
+        );
+        let acks = next_acks(&mut hooks);
+        assert_eq!(
+            acks,
+            [Event::AppAck {
+                participant,
+                txn,
+                op: AppOp::Freeze,
+                ok: false
+            }]
+        );
+        assert!(!ran.exists(), "a hook ran while exec was refused");
+    }
 }
