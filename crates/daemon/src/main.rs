@@ -14,7 +14,8 @@
 //!    journal is set aside so the daemon can start; exit 6 only if a filesystem that is
 //!    ours stays frozen (see [`recover_earlier`]);
 //! 5. the application socket ([`apps`]; exit 8 if it cannot be set up) and what an
-//!    earlier instance still owed its clients;
+//!    earlier instance still owed its clients; first the soft `RLIMIT_NOFILE` is raised if
+//!    `[apps] max_clients` needs it ([`fdlimit`]);
 //! 6. the guardian process (exit 7 if it cannot start);
 //! 7. the transport: open and register (exit 4 if another VSS daemon holds the device,
 //!    exit 3 if it cannot be opened);
@@ -25,6 +26,7 @@ mod completion;
 mod config;
 mod daemon;
 mod exit;
+mod fdlimit;
 mod fsworker;
 mod guardian;
 mod history;
@@ -216,6 +218,11 @@ fn run(cli: Cli) -> Result<(), Fatal> {
     let _instance_lock = prepare_state_dir(&settings.state_dir, &plan)?;
     recover_earlier(&settings.state_dir)?;
 
+    // Before the socket: room for max_clients connections.
+    fdlimit::log(
+        fdlimit::ensure_for_clients(settings.apps.max_clients),
+        settings.apps.max_clients,
+    );
     // Before the transport: a client may register before the first request.
     let mut coord = Coordinator::new(settings.limits, Millis(0))
         .map_err(|e| Fatal::new(ExitKind::Usage, anyhow!("limits: {e}")))?;

@@ -595,6 +595,41 @@ fn a_client_that_does_not_read_is_dropped_and_the_client_limit_holds() {
     });
 }
 
+/// systemd starts services with a soft RLIMIT_NOFILE of 1024: with `max_clients` above
+/// that, the daemon raises its soft limit to the hard limit at start, or every connection
+/// past about a thousand would fail in `accept` (EMFILE) and never be answered.
+#[test]
+fn more_clients_than_the_default_fd_soft_limit_all_register() {
+    with_timeout(TEST_LIMIT, || {
+        const CLIENTS: usize = 1100;
+        // This process holds a descriptor per client too.
+        let mut own = rustix::process::getrlimit(rustix::process::Resource::Nofile);
+        own.current = own.maximum;
+        rustix::process::setrlimit(rustix::process::Resource::Nofile, own).unwrap();
+        let s = Setup::new();
+        let args = [
+            OsStr::new("--device"),
+            s.emu.socket_path().as_os_str(),
+            OsStr::new("--state-dir"),
+            s.state.path().as_os_str(),
+            OsStr::new("--mount"),
+            s.fs.mount_point().as_os_str(),
+        ];
+        let config = format!("hooks = []\n[apps]\nmax_clients = {}\n", CLIENTS + 10);
+        let d = Daemon::start_with_fd_limit(&args, &config, (1024, 8192));
+        assert!(s.emu.wait_ready(READY), "{}", d.log());
+        let apps: Vec<App> = (0..CLIENTS)
+            .map(|i| App::register(&s.socket(), &format!("c{i}"), None, None))
+            .collect();
+        assert_eq!(apps.len(), CLIENTS);
+        assert!(
+            d.wait_log("raised the soft RLIMIT_NOFILE", THAWED),
+            "{}",
+            d.log()
+        );
+    });
+}
+
 // ---- credentials --------------------------------------------------------------------------------
 
 const CHILD_SOCKET_ENV: &str = "HV_VSS_TEST_APP_SOCKET";
