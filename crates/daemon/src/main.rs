@@ -91,6 +91,10 @@ struct Cli {
     kmsg: PathBuf,
 }
 
+/// Mode of a state directory the daemon creates: search for everyone (the app socket is in
+/// it by default), read and write for root only. The systemd units' RuntimeDirectoryMode.
+const STATE_DIR_MODE: u32 = 0o711;
+
 /// Name of the instance lock inside the state directory.
 const INSTANCE_LOCK: &str = "hv-vssd.lock";
 
@@ -285,8 +289,9 @@ fn run(cli: Cli) -> Result<(), Fatal> {
     .map_err(|e| Fatal::new(ExitKind::Internal, e))
 }
 
-/// Creates the state directory (0700), refuses one the plan may freeze (R59), and takes the
-/// instance lock.
+/// Creates the state directory (0711: only root lists or reads it, while clients allowed in
+/// `[apps]` can reach the default socket in it by name; every file in it is 0600), refuses
+/// one the plan may freeze (R59), and takes the instance lock.
 fn prepare_state_dir(dir: &Path, plan: &hv_vss_freezer::Plan) -> Result<File, Fatal> {
     use std::os::unix::fs::DirBuilderExt;
     let unusable = |e: std::io::Error| {
@@ -297,7 +302,7 @@ fn prepare_state_dir(dir: &Path, plan: &hv_vss_freezer::Plan) -> Result<File, Fa
     };
     std::fs::DirBuilder::new()
         .recursive(true)
-        .mode(0o700)
+        .mode(STATE_DIR_MODE)
         .create(dir)
         .map_err(unusable)?;
     let handle = File::open(dir).map_err(unusable)?;

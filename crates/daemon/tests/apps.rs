@@ -712,6 +712,59 @@ fn a_client_of_a_user_not_allowed_is_refused() {
     });
 }
 
+/// `RuntimeDirectoryMode=` of a shipped unit.
+fn unit_runtime_directory_mode(unit: &str) -> u32 {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../dist/systemd")
+        .join(unit);
+    let text = std::fs::read_to_string(&path).unwrap();
+    let value = text
+        .lines()
+        .find_map(|l| l.strip_prefix("RuntimeDirectoryMode="))
+        .unwrap_or_else(|| panic!("{}: no RuntimeDirectoryMode=", path.display()));
+    u32::from_str_radix(value.trim(), 8).unwrap()
+}
+
+/// Regular files in `dir` that users other than root could read or write.
+fn files_open_to_others(dir: &Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap())
+        .filter(|e| e.file_type().unwrap().is_file())
+        .filter(|e| e.metadata().unwrap().permissions().mode() & 0o077 != 0)
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect()
+}
+
+/// The layout the shipped units make (the state directory /run/hv-vss with their
+/// RuntimeDirectoryMode, the socket at its default place in it) and a config that only
+/// names an allowed user: that user reaches the socket and registers. Nothing else in the
+/// directory is open to it: the daemon's files there are 0600.
+#[test]
+fn an_allowed_user_registers_on_the_default_socket_in_the_units_state_directory() {
+    with_timeout(TEST_LIMIT, || {
+        let mode = unit_runtime_directory_mode("hv-vssd.service");
+        assert_eq!(mode, unit_runtime_directory_mode("hv-vssd-uio.service"));
+        let s = Setup::new();
+        std::fs::set_permissions(s.state.path(), std::fs::Permissions::from_mode(mode)).unwrap();
+        let _d = s.daemon_with("[apps]\nallowed_users = [65534]\n", &[]);
+        let answer = answer_to_nobody(&s.socket());
+        assert!(answer.contains("\"type\":\"registered\""), "{answer}");
+
+        // A backup with a client holding: the journals exist while frozen, the history after.
+        let mut app = App::register(&s.socket(), "root-app", None, None);
+        let got = acked(&s, VssOperation::FREEZE, &mut app, EventKind::Freeze, true);
+        assert_eq!(got, OK);
+        let state = s.state.path();
+        assert!(s.journal_exists() && state.join("freeze-journal.json").exists());
+        assert_eq!(files_open_to_others(state), Vec::<String>::new());
+        let got = acked(&s, VssOperation::THAW, &mut app, EventKind::Thaw, true);
+        assert_eq!(got, OK);
+        assert_eq!(s.verdicts(1), ["app_consistent"]);
+        assert_eq!(files_open_to_others(state), Vec::<String>::new());
+    });
+}
+
 // ---- many clients, tiers ------------------------------------------------------------------------
 
 /// What one client saw: per event, its kind, txn, and the global sequence numbers at which
