@@ -568,8 +568,8 @@ impl Harness {
                     if let Some(r) = serving {
                         // Told after that deadline passed (THAW's remaining tiers are
                         // told at once), the notification says "no time left": now.
-                        let bound = (r.received + request_deadline_ms(&self.limits, host_op))
-                            .max(self.now);
+                        let bound =
+                            (r.received + request_deadline_ms(&self.limits, host_op)).max(self.now);
                         assert!(d.0 <= bound, "{a:?} past its request's deadline {bound}");
                     } else {
                         assert_eq!(*op, AppOp::Thaw, "{a:?} with no request waiting");
