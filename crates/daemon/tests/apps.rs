@@ -406,6 +406,137 @@ fn a_missed_deadline_fails_the_freeze_and_the_late_ack_is_rejected() {
     });
 }
 
+/// `timeout_ms` is the client's own bound per event, capped by the host request's deadline:
+/// a client that asks for an hour is told, and waited for, only as long as the HOT_BACKUP
+/// and the FREEZE may take; one that asks for less is given up on after its own bound.
+#[test]
+fn timeout_ms_is_the_clients_own_bound_capped_by_the_host_deadline() {
+    with_timeout(TEST_LIMIT, || {
+        let s = Setup::new();
+        let d = s.daemon_with(
+            "[limits]\ncheck_deadline_seconds = 2\nfreeze_deadline_seconds = 3\n[freezer]\nfreeze_deadline_secs = 1\n",
+            &[],
+        );
+        let hour = 3_600_000;
+        let mut patient = App::register(&s.socket(), "patient", None, Some(hour));
+        for (op, kind, host_ms) in [
+            (VssOperation::HOT_BACKUP, EventKind::Check, 2_000),
+            (VssOperation::FREEZE, EventKind::Freeze, 3_000),
+        ] {
+            let started = Instant::now();
+            let got = host_while(&s, op, || {
+                let (_, deadline_ms) = patient.expect_event(kind);
+                assert!(
+                    deadline_ms > 0 && deadline_ms <= host_ms,
+                    "{kind:?}: deadline_ms {deadline_ms}, host deadline {host_ms} ms"
+                );
+            });
+            // Never acked: failed when the host's deadline ran out, not after the hour.
+            assert_eq!(got, FAIL, "{kind:?}\n{}", d.log());
+            assert!(
+                started.elapsed() < THAWED,
+                "{kind:?}: {:?}",
+                started.elapsed()
+            );
+        }
+        let (_, reason) = patient.expect_abort();
+        assert!(reason.contains("deadline"), "{reason}");
+        assert!(s.writable());
+        drop(patient);
+
+        // A bound below the host's is the client's own.
+        let mut quick = App::register(&s.socket(), "quick", None, Some(200));
+        let got = host_while(&s, VssOperation::HOT_BACKUP, || {
+            let (txn, deadline_ms) = quick.expect_event(EventKind::Check);
+            assert!(deadline_ms > 0 && deadline_ms <= 200, "{deadline_ms}");
+            // Acked after its own bound (and well within the host's): too late.
+            std::thread::sleep(Duration::from_millis(600));
+            quick.ack(txn, true);
+        });
+        assert_eq!(got, FAIL);
+        match quick.recv() {
+            DaemonMessage::AckRejected { reason, .. } => {
+                assert!(reason.starts_with("late"), "{reason}")
+            }
+            other => panic!("expected ack_rejected, got {other:?}"),
+        }
+    });
+}
+
+/// A client that stops reading while the filesystems are frozen, and floods the daemon
+/// with lines whose answers it never reads (its socket buffer full, the daemon's outbox for
+/// it growing), neither delays the THAW past its deadline nor makes the daemon write
+/// anywhere while frozen: the filesystems thaw at once, the other client is told, the THAW
+/// is answered within its deadline, and the daemon's stderr stays untouched until then.
+#[test]
+fn a_stuck_client_never_delays_the_thaw_past_its_deadline_nor_makes_the_daemon_write_while_frozen()
+{
+    with_timeout(TEST_LIMIT, || {
+        const THAW_DEADLINE: Duration = Duration::from_secs(3);
+        let s = Setup::new();
+        let d = s.daemon_with("[limits]\nthaw_deadline_seconds = 3\n", &[]);
+        let mut stuck = App::register(&s.socket(), "stuck", Some(10), Some(3_600_000));
+        let mut healthy = App::register(&s.socket(), "healthy", Some(20), None);
+        let got = host_while(&s, VssOperation::FREEZE, || {
+            for app in [&mut stuck, &mut healthy] {
+                let (t, _) = app.expect_event(EventKind::Freeze);
+                app.ack(t, true);
+            }
+        });
+        assert_eq!(got, OK);
+        assert!(!s.fs.write_probe().wait_ok(BLOCKED), "not frozen");
+        let log_when_frozen = d.log();
+
+        // Frozen: the stuck client sends lines the daemon answers (unknown types get an
+        // error each) and never reads again, until the daemon's writes to it back up.
+        let flood = ClientMessage::Ack(Ack {
+            txn: 999_999,
+            ok: true,
+            message: Some("x".repeat(200)),
+        })
+        .to_line();
+        let mut unknown = br#"{"type":"stuck","pad":""#.to_vec();
+        unknown.extend(std::iter::repeat_n(b'x', 200));
+        unknown.extend(b"\"}\n");
+        for _ in 0..2_000 {
+            stuck.send_raw(&flood);
+            stuck.send_raw(&unknown);
+        }
+        std::thread::sleep(QUIET);
+        assert_eq!(
+            d.log(),
+            log_when_frozen,
+            "the daemon wrote to stderr while frozen"
+        );
+
+        let started = Instant::now();
+        let got = host_while(&s, VssOperation::THAW, || {
+            // Thawed at once, and the other client is told while the stuck one is waited for.
+            assert!(s.writable(), "still frozen after THAW was sent");
+            let (t, _) = healthy.expect_event(EventKind::Thaw);
+            healthy.ack(t, true);
+        });
+        let took = started.elapsed();
+        assert!(matches!(got, HostOutcome::Replied(_)), "{got:?}");
+        assert!(
+            took < THAW_DEADLINE + Duration::from_secs(2),
+            "THAW answered after {took:?}, past its deadline of {THAW_DEADLINE:?}\n{}",
+            d.log()
+        );
+        assert!(s.writable());
+        // Served on: the next backup, the stuck client still failing only itself.
+        drop(stuck);
+        let got = acked(
+            &s,
+            VssOperation::HOT_BACKUP,
+            &mut healthy,
+            EventKind::Check,
+            true,
+        );
+        assert_eq!(got, OK);
+    });
+}
+
 #[test]
 fn a_client_that_disconnects_while_holding_makes_the_backup_fs_consistent_only() {
     with_timeout(TEST_LIMIT, || {
