@@ -537,6 +537,39 @@ fn a_stuck_client_never_delays_the_thaw_past_its_deadline_nor_makes_the_daemon_w
     });
 }
 
+/// The host never sends THAW: the daemon's auto-thaw thaws the filesystems and tells every
+/// client told to freeze `abort` (once, never `thaw`); the late THAW fails.
+#[test]
+fn an_auto_thaw_aborts_every_client_told_to_freeze_once() {
+    with_timeout(TEST_LIMIT, || {
+        let s = Setup::new();
+        let d = s.daemon_with("", &[OsStr::new("--auto-thaw"), OsStr::new("1")]);
+        let mut low = App::register(&s.socket(), "low", Some(10), None);
+        let mut high = App::register(&s.socket(), "high", Some(20), None);
+        let mut txns = Vec::new();
+        let got = host_while(&s, VssOperation::FREEZE, || {
+            for app in [&mut low, &mut high] {
+                let (t, _) = app.expect_event(EventKind::Freeze);
+                txns.push(t);
+                app.ack(t, true);
+            }
+        });
+        assert_eq!(got, OK);
+        // No THAW: thawed by the daemon, and each client released by an abort.
+        for (app, txn) in [(&mut high, txns[1]), (&mut low, txns[0])] {
+            let (t, reason) = app.expect_abort();
+            assert_eq!(t, txn);
+            assert!(reason.contains("auto-thaw"), "{reason}");
+        }
+        assert!(s.writable(), "not thawed by the auto-thaw\n{}", d.log());
+        // The late THAW is told it came too late; nobody hears of it.
+        assert_eq!(s.request(VssOperation::THAW), FAIL);
+        low.assert_quiet();
+        high.assert_quiet();
+        assert!(!s.journal_exists(), "nothing is owed after the abort");
+    });
+}
+
 #[test]
 fn a_client_that_disconnects_while_holding_makes_the_backup_fs_consistent_only() {
     with_timeout(TEST_LIMIT, || {
@@ -600,6 +633,16 @@ fn a_malformed_line_fails_the_stage_and_closes_that_client() {
         a_protocol_error_in_check_fails_it_and_disconnects_only_that_client(
             b"{\"type\":\"ack\",\"txn\":\n",
             "not a JSON object",
+        );
+    });
+}
+
+#[test]
+fn a_line_that_is_not_utf8_fails_the_stage_and_closes_that_client() {
+    with_timeout(TEST_LIMIT, || {
+        a_protocol_error_in_check_fails_it_and_disconnects_only_that_client(
+            b"{\"type\":\"ack\",\"txn\":1,\"ok\":true,\"message\":\"\xff\xfe\"}\n",
+            "not UTF-8",
         );
     });
 }
