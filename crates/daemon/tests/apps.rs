@@ -711,6 +711,34 @@ fn a_duplicate_name_is_refused_and_the_first_client_keeps_it() {
             true,
         );
         assert_eq!(got, OK);
+        // Unique among *live* clients: once the holder is gone, the name is free.
+        drop(first);
+        let deadline = Instant::now() + ANSWER;
+        let mut third = loop {
+            let mut app = App::connect(&s.socket());
+            app.send(&ClientMessage::Register(Register {
+                name: "db".into(),
+                tier: None,
+                timeout_ms: None,
+            }));
+            match app.recv() {
+                DaemonMessage::Registered { .. } => break app,
+                // The daemon may not have seen the first one's close yet.
+                other if Instant::now() < deadline => {
+                    drop(other);
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                other => panic!("the name stayed taken: {other:?}"),
+            }
+        };
+        let got = acked(
+            &s,
+            VssOperation::HOT_BACKUP,
+            &mut third,
+            EventKind::Check,
+            true,
+        );
+        assert_eq!(got, OK);
     });
 }
 
