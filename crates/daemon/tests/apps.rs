@@ -570,6 +570,32 @@ fn an_auto_thaw_aborts_every_client_told_to_freeze_once() {
     });
 }
 
+/// A client that disconnects while it owes its freeze ack vetoes the FREEZE: nothing is
+/// frozen, and the client of the tier before, already holding, gets its abort.
+#[test]
+fn a_client_that_disconnects_before_acking_its_freeze_vetoes_it() {
+    with_timeout(TEST_LIMIT, || {
+        let s = Setup::new();
+        let _d = s.daemon();
+        let mut first = App::register(&s.socket(), "first", Some(10), None);
+        let mut leaver = App::register(&s.socket(), "leaver", Some(20), None);
+        let mut txn = 0;
+        let got = host_while(&s, VssOperation::FREEZE, || {
+            let (t, _) = first.expect_event(EventKind::Freeze);
+            txn = t;
+            first.ack(t, true);
+            leaver.expect_event(EventKind::Freeze);
+            drop(leaver);
+        });
+        assert_eq!(got, FAIL);
+        assert!(s.writable());
+        let (t, _) = first.expect_abort();
+        assert_eq!(t, txn);
+        first.assert_quiet();
+        assert!(!s.journal_exists());
+    });
+}
+
 #[test]
 fn a_client_that_disconnects_while_holding_makes_the_backup_fs_consistent_only() {
     with_timeout(TEST_LIMIT, || {
