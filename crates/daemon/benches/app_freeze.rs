@@ -31,7 +31,8 @@
 //! - the FREEZE round trip as the host sees it;
 //! - the daemon's own account of the participants' freeze stage, from its report in
 //!   `STATE_DIR/history.jsonl`: FREEZE received → FIFREEZE issued (whole milliseconds),
-//!   free of the FIFREEZE itself, whose time on a loop device varies by tens of ms;
+//!   free of the FIFREEZE itself, whose time on a loop device varies by tens of ms; and
+//!   the rest, FIFREEZE issued → FREEZE answered;
 //! - the THAW round trip (the thaw is answered after every participant acked it).
 //!
 //! Run (root; release build of hv-vssd and this bench):
@@ -99,19 +100,19 @@ impl Subject {
         Ok(took)
     }
 
-    /// One backup: (FREEZE round trip, THAW round trip, the daemon's FREEZE received →
-    /// FIFREEZE issued in ms).
-    fn backup(&self, number: usize) -> anyhow::Result<(Duration, Duration, u64)> {
+    /// One backup: (FREEZE round trip, THAW round trip, the daemon's (FREEZE received →
+    /// FIFREEZE issued, FIFREEZE issued → FREEZE answered) in ms).
+    fn backup(&self, number: usize) -> anyhow::Result<(Duration, Duration, (u64, u64))> {
         self.request(VssOperation::HOT_BACKUP)?;
         let freeze = self.request(VssOperation::FREEZE)?;
         let thaw = self.request(VssOperation::THAW)?;
-        Ok((freeze, thaw, self.apps_stage_ms(number)?))
+        Ok((freeze, thaw, self.freeze_phases_ms(number)?))
     }
 
-    /// From backup `number`'s report in the history (written after its THAW): FREEZE
-    /// received → FIFREEZE issued, i.e. the freeze stage of the participants, in the
-    /// daemon's own milliseconds.
-    fn apps_stage_ms(&self, number: usize) -> anyhow::Result<u64> {
+    /// From backup `number`'s report in the history (written after its THAW), in the
+    /// daemon's own milliseconds: FREEZE received → FIFREEZE issued (the freeze stage of the
+    /// participants), and FIFREEZE issued → FREEZE answered.
+    fn freeze_phases_ms(&self, number: usize) -> anyhow::Result<(u64, u64)> {
         let path = self.state.path().join("history.jsonl");
         let give_up = Instant::now() + Duration::from_secs(10);
         let entry = loop {
@@ -130,17 +131,25 @@ impl Subject {
             std::thread::sleep(Duration::from_millis(5));
         };
         let report = &entry["report"];
-        let received = report["requests"]
+        let freeze = report["requests"]
             .as_array()
             .and_then(|r| r.iter().find(|r| r["op"] == "freeze"))
-            .and_then(|r| r["received_at"].as_u64())
             .context("report: the FREEZE request")?;
+        let received = freeze["received_at"]
+            .as_u64()
+            .context("report: FREEZE received_at")?;
+        let answered = freeze["answer"]["at"]
+            .as_u64()
+            .context("report: FREEZE answer")?;
         let issued = report["fs"]
             .as_array()
             .and_then(|f| f.iter().find(|f| f["stage"] == "freeze_fs"))
             .and_then(|f| f["issued_at"].as_u64())
             .context("report: the freeze_fs stage")?;
-        Ok(issued.saturating_sub(received))
+        Ok((
+            issued.saturating_sub(received),
+            answered.saturating_sub(issued),
+        ))
     }
 }
 
@@ -324,7 +333,7 @@ fn ms(us: f64) -> String {
 }
 
 /// Baseline, clients and hooks for one N: (freeze, thaw) samples of each, in that order.
-fn measure(count: usize, trials: usize) -> anyhow::Result<[[Samples; 3]; 3]> {
+fn measure(count: usize, trials: usize) -> anyhow::Result<[[Samples; 4]; 3]> {
     let hooks = hook_dir(count)?;
     let filesystems: Vec<LoopFs> = (0..3)
         .map(|_| LoopFs::create(FsKind::Ext4, 32, None))
@@ -344,16 +353,17 @@ fn measure(count: usize, trials: usize) -> anyhow::Result<[[Samples; 3]; 3]> {
     )?;
     let clients = Clients::register(&clients_daemon.daemon.socket(), count)?;
     let subjects = [&base, &clients_daemon, &hooks_daemon];
-    let mut out: [[Samples; 3]; 3] = Default::default();
+    let mut out: [[Samples; 4]; 3] = Default::default();
     for trial in 0..WARM_UP + trials {
         // Each trial starts with the next subject, so none always follows the same one.
         for k in 0..subjects.len() {
             let i = (trial + k) % subjects.len();
-            let (freeze, thaw, stage_ms) = subjects[i].backup(trial + 1)?;
+            let (freeze, thaw, (stage_ms, rest_ms)) = subjects[i].backup(trial + 1)?;
             if trial >= WARM_UP {
                 out[i][0].push(freeze);
                 out[i][1].push(thaw);
                 out[i][2].push(Duration::from_millis(stage_ms));
+                out[i][3].push(Duration::from_millis(rest_ms));
             }
         }
     }
@@ -400,6 +410,7 @@ fn run(trials: usize) -> anyhow::Result<()> {
         for (stage, i) in [
             ("FREEZE round trip", 0),
             ("daemon: FREEZE received → FIFREEZE", 2),
+            ("daemon: FIFREEZE → FREEZE answered", 3),
             ("THAW round trip", 1),
         ] {
             let b = base[i].median();
