@@ -1249,3 +1249,56 @@ fn a_failing_freeze_hook_vetoes_and_the_hooks_that_ran_are_aborted() {
         assert!(s.writable());
     });
 }
+
+/// The FIFREEZE itself fails (someone else froze the filesystem first): the hooks that were
+/// told to freeze are told abort once the daemon has rolled back, and they do run (the
+/// freeze-safety owner permits exec again before the coordinator sends the abort).
+#[test]
+fn hooks_told_to_freeze_are_aborted_when_the_fifreeze_fails() {
+    with_timeout(TEST_LIMIT, || {
+        let s = Setup::new();
+        let hooks = HookFixture::new();
+        hooks.hook("10-a", 0, 0o755);
+        hooks.hook("20-b", 0, 0o755);
+        let _d = s.daemon_with(&hooks.config(10), &[]);
+        let mp = s.fs.mount_point().to_path_buf();
+        hv_vss_testutil::freeze_from_other_process(&mp).unwrap();
+        let got = s.request(VssOperation::FREEZE);
+        // Not ours to thaw: the daemon left it frozen; the test owns that freeze.
+        let foreign_kept = s.fs.is_frozen().unwrap();
+        hv_vss_testutil::thaw_path(&mp).unwrap();
+        assert_eq!(got, FAIL);
+        assert!(foreign_kept, "the daemon thawed a freeze it did not make");
+        let deadline = Instant::now() + THAWED;
+        while hooks.log().len() < 4 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert_eq!(
+            hooks.log(),
+            ["10-a freeze", "20-b freeze", "20-b abort", "10-a abort"]
+        );
+        assert!(s.writable());
+    });
+}
+
+/// Hooks alone (the highest tier, told thaw the moment the filesystems are thawed): thaw
+/// runs every hook in reverse, permitted by the freeze-safety owner, and the THAW succeeds.
+#[test]
+fn hooks_alone_freeze_in_order_and_thaw_in_reverse_right_after_the_fithaw() {
+    with_timeout(TEST_LIMIT, || {
+        let s = Setup::new();
+        let hooks = HookFixture::new();
+        hooks.hook("10-a", 0, 0o755);
+        hooks.hook("20-b", 0, 0o755);
+        let d = s.daemon_with(&hooks.config(200), &[]);
+        assert_eq!(s.request(VssOperation::FREEZE), OK, "{}", d.log());
+        assert!(!s.fs.write_probe().wait_ok(BLOCKED), "not frozen");
+        assert_eq!(s.request(VssOperation::THAW), OK, "{}", d.log());
+        assert!(s.writable());
+        assert_eq!(
+            hooks.log(),
+            ["10-a freeze", "20-b freeze", "20-b thaw", "10-a thaw"]
+        );
+        assert_eq!(s.verdicts(1), ["app_consistent"]);
+    });
+}

@@ -18,9 +18,10 @@
 //!
 //! The coordinator sends freeze before the first FIFREEZE and thaw/abort after the last
 //! FITHAW, and acks come only from finished runs, so no hook runs while our filesystems
-//! are frozen. In depth, the runner also asks the freeze-safety owner's [`ExecPermit`]
-//! right before each hook: a hook due while it is closed is not started (a freeze run
-//! fails: a veto). Hook output is only logged (through the log gate), never written by us.
+//! are frozen. In depth, the freeze-safety owner's [`ExecPermit`] is asked when a run is
+//! submitted (on the loop thread) and by the runner right before each hook: a run or hook
+//! due while it is closed is not started (a freeze or thaw fails; a freeze failure is a
+//! veto). Hook output is only logged (through the log gate), never written by us.
 
 use std::collections::BTreeMap;
 use std::os::fd::BorrowedFd;
@@ -66,6 +67,8 @@ pub struct Hooks {
     next_job: u64,
     /// Acks ready to feed the coordinator.
     acks: Vec<Event>,
+    /// The freeze-safety owner's permission to execute.
+    exec: ExecPermit,
 }
 
 impl Hooks {
@@ -110,6 +113,7 @@ impl Hooks {
         let runner = if out.is_empty() {
             None
         } else {
+            let exec = exec.clone();
             Some(HookRunner::spawn_gated(Arc::new(move || exec.allowed()))?)
         };
         Ok(Self {
@@ -118,6 +122,7 @@ impl Hooks {
             jobs: BTreeMap::new(),
             next_job: 0,
             acks: Vec::new(),
+            exec,
         })
     }
 
@@ -166,6 +171,15 @@ impl Hooks {
 
     fn submit(&mut self, i: usize, txn: TxnId, op: AppOp, run: impl FnOnce(&HookRunner, u64)) {
         let Some(runner) = &self.runner else { return };
+        // Checked here too, on the loop thread, before anything is queued: a run the
+        // freeze-safety owner refuses fails at once (freeze and thaw) or is dropped (abort).
+        if !self.exec.allowed() {
+            tracing::error!(participant = %self.dirs[i].name, txn = txn.0, op = ?op, "hooks not run: filesystems are frozen (internal ordering error)");
+            if op != AppOp::Abort {
+                self.ack(i, txn, op, false);
+            }
+            return;
+        }
         self.next_job += 1;
         let job = self.next_job;
         self.jobs.insert(job, Job { dir: i, txn, op });
@@ -271,6 +285,10 @@ mod tests {
     fn next_acks(hooks: &mut Hooks) -> Vec<Event> {
         let give_up = Instant::now() + Duration::from_secs(20);
         loop {
+            let acks = hooks.take_acks();
+            if !acks.is_empty() {
+                return acks;
+            }
             assert!(Instant::now() < give_up, "no hook report");
             let ready = {
                 let wake = hooks.wake_fd().unwrap();
@@ -283,10 +301,6 @@ mod tests {
             };
             if ready {
                 hooks.drain();
-                let acks = hooks.take_acks();
-                if !acks.is_empty() {
-                    return acks;
-                }
             }
         }
     }
