@@ -54,6 +54,12 @@ impl ExecPermit {
         Self(Arc::new(AtomicBool::new(false)))
     }
 
+    /// Opens a permit made by [`Self::refusing`].
+    #[cfg(test)]
+    pub fn allow(&self) {
+        self.set(true);
+    }
+
     fn set(&self, allowed: bool) {
         self.0.store(allowed, Ordering::SeqCst);
     }

@@ -19,9 +19,10 @@
 //! The coordinator sends freeze before the first FIFREEZE and thaw/abort after the last
 //! FITHAW, and acks come only from finished runs, so no hook runs while our filesystems
 //! are frozen. In depth, the freeze-safety owner's [`ExecPermit`] is asked when a run is
-//! submitted (on the loop thread) and by the runner right before each hook: a run or hook
-//! due while it is closed is not started (a freeze or thaw fails; a freeze failure is a
-//! veto). Hook output is only logged (through the log gate), never written by us.
+//! submitted (on the loop thread) and by the runner right before each hook. A freeze
+//! submitted while it is closed fails (a veto); a thaw or abort waits until it opens (a
+//! FITHAW that failed and is being retried: the coordinator tells participants thaw
+//! anyway), so each directory told to freeze still gets exactly one of them. Hook output is only logged (through the log gate), never written by us.
 
 use std::collections::BTreeMap;
 use std::os::fd::BorrowedFd;
@@ -58,6 +59,23 @@ struct Job {
     op: AppOp,
 }
 
+/// What a runner job runs.
+#[derive(Debug)]
+enum Run {
+    Op(Arc<HookSet>, HookOp, Instant),
+    /// Abort the hooks this freeze report started.
+    Abort(Arc<HookSet>, RunReport, Instant),
+}
+
+/// A thaw or abort waiting for the freeze-safety owner to permit exec.
+#[derive(Debug)]
+struct Deferred {
+    dir: usize,
+    txn: TxnId,
+    op: AppOp,
+    run: Run,
+}
+
 /// The configured hook directories and their runner.
 #[derive(Debug)]
 pub struct Hooks {
@@ -69,6 +87,7 @@ pub struct Hooks {
     acks: Vec<Event>,
     /// The freeze-safety owner's permission to execute.
     exec: ExecPermit,
+    deferred: Vec<Deferred>,
 }
 
 impl Hooks {
@@ -123,6 +142,7 @@ impl Hooks {
             next_job: 0,
             acks: Vec::new(),
             exec,
+            deferred: Vec::new(),
         })
     }
 
@@ -169,21 +189,56 @@ impl Hooks {
         }
     }
 
-    fn submit(&mut self, i: usize, txn: TxnId, op: AppOp, run: impl FnOnce(&HookRunner, u64)) {
+    fn submit(&mut self, i: usize, txn: TxnId, op: AppOp, run: Run) {
         let Some(runner) = &self.runner else { return };
-        // Checked here too, on the loop thread, before anything is queued: a run the
-        // freeze-safety owner refuses fails at once (freeze and thaw) or is dropped (abort).
+        // Checked here too, on the loop thread, before anything is queued. A freeze the
+        // freeze-safety owner refuses fails at once (a veto); a thaw or abort waits until
+        // it permits exec again ([`Hooks::exec_permitted`]): every directory told to
+        // freeze still gets one of them, never while our filesystems are frozen.
         if !self.exec.allowed() {
-            tracing::error!(participant = %self.dirs[i].name, txn = txn.0, op = ?op, "hooks not run: filesystems are frozen (internal ordering error)");
-            if op != AppOp::Abort {
+            if op == AppOp::Freeze {
+                tracing::error!(participant = %self.dirs[i].name, txn = txn.0, "freeze hooks not run: filesystems are frozen (internal ordering error); vetoing");
                 self.ack(i, txn, op, false);
+            } else {
+                tracing::warn!(participant = %self.dirs[i].name, txn = txn.0, op = ?op, "hooks deferred until nothing of ours is frozen");
+                self.deferred.push(Deferred {
+                    dir: i,
+                    txn,
+                    op,
+                    run,
+                });
             }
             return;
         }
         self.next_job += 1;
         let job = self.next_job;
         self.jobs.insert(job, Job { dir: i, txn, op });
-        run(runner, job);
+        match run {
+            Run::Op(set, hook_op, until) => runner.start(job, set, hook_op, until),
+            Run::Abort(set, report, until) => runner.start_abort(job, set, report, until),
+        }
+    }
+
+    /// The freeze-safety owner permits exec again: runs the thaws and aborts deferred
+    /// meanwhile, each with a fresh budget (its stage's deadline has likely passed; a late
+    /// thaw ack is rejected harmlessly, but the hooks are told).
+    pub fn exec_permitted(&mut self) {
+        if !self.exec.allowed() {
+            return;
+        }
+        for d in std::mem::take(&mut self.deferred) {
+            let run = match d.run {
+                Run::Op(set, op, _) => {
+                    let until = Instant::now() + set.budget();
+                    Run::Op(set, op, until)
+                }
+                Run::Abort(set, report, _) => {
+                    let until = Instant::now() + set.budget();
+                    Run::Abort(set, report, until)
+                }
+            };
+            self.submit(d.dir, d.txn, d.op, run);
+        }
     }
 
     /// Executes a notification for a hook participant.
@@ -208,16 +263,12 @@ impl Hooks {
                 self.dirs[i].freeze = None;
                 self.dirs[i].abort_after_freeze = false;
                 match self.load(i) {
-                    Some(set) => self.submit(i, txn, op, |r, job| {
-                        r.start(job, set, HookOp::Freeze, until)
-                    }),
+                    Some(set) => self.submit(i, txn, op, Run::Op(set, HookOp::Freeze, until)),
                     None => self.ack(i, txn, op, false),
                 }
             }
             AppOp::Thaw => match self.dirs[i].set.clone() {
-                Some(set) => {
-                    self.submit(i, txn, op, |r, job| r.start(job, set, HookOp::Thaw, until))
-                }
+                Some(set) => self.submit(i, txn, op, Run::Op(set, HookOp::Thaw, until)),
                 // Nothing was loaded, so nothing froze.
                 None => self.ack(i, txn, op, true),
             },
@@ -233,9 +284,7 @@ impl Hooks {
         match freeze {
             Some(report) => {
                 let until = Instant::now() + set.budget();
-                self.submit(i, txn, AppOp::Abort, |r, job| {
-                    r.start_abort(job, set, report, until)
-                });
+                self.submit(i, txn, AppOp::Abort, Run::Abort(set, report, until));
             }
             // The freeze still runs (its stage was given up): abort when it reports.
             None => d.abort_after_freeze = true,
@@ -355,5 +404,64 @@ mod tests {
             }]
         );
         assert!(!ran.exists(), "a hook ran while exec was refused");
+    }
+
+    /// A thaw due while exec is refused (a FITHAW being retried) is not run then, nor
+    /// dropped: it runs once the freeze-safety owner permits exec again.
+    #[test]
+    fn a_thaw_due_while_exec_is_refused_runs_once_it_is_permitted() {
+        if !hv_vss_testutil::is_root() {
+            eprintln!("skipped: hook files must be root-owned");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let marker = tempfile::tempdir().unwrap();
+        let log = marker.path().join("log");
+        let hook = dir.path().join("10-log");
+        let script = format!("#!/bin/sh\necho \"$1\" >> {}\n", log.display());
+        std::fs::write(&hook, script).unwrap();
+        std::fs::set_permissions(&hook, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let settings = HookDirSettings {
+            dir: dir.path().to_path_buf(),
+            style: HookStyle::Native,
+            tier: 100,
+            timeout: Duration::from_secs(20),
+        };
+        let mut coord = Coordinator::new(Limits::default(), Millis(0)).unwrap();
+        let participant = ParticipantId(1);
+        let exec = ExecPermit::default();
+        let mut hooks =
+            Hooks::start(&[settings], &mut coord, || participant, exec.clone()).unwrap();
+        let txn = TxnId(1);
+        let deadline = Some(Millis(60_000));
+        hooks.notify(participant, txn, AppOp::Freeze, deadline, Millis(0));
+        assert!(matches!(
+            next_acks(&mut hooks)[..],
+            [Event::AppAck { ok: true, .. }]
+        ));
+
+        // Frozen (as the owner's permit says), and thaw is due.
+        let frozen = ExecPermit::refusing();
+        hooks.exec = frozen.clone();
+        hooks.notify(participant, txn, AppOp::Thaw, deadline, Millis(0));
+        std::thread::sleep(Duration::from_millis(300));
+        hooks.drain();
+        assert!(hooks.take_acks().is_empty());
+        let lines = || std::fs::read_to_string(&log).unwrap_or_default();
+        assert_eq!(lines(), "freeze\n", "thaw ran while exec was refused");
+
+        frozen.allow();
+        hooks.exec_permitted();
+        let acks = next_acks(&mut hooks);
+        assert!(matches!(
+            acks[..],
+            [Event::AppAck {
+                op: AppOp::Thaw,
+                ok: true,
+                ..
+            }]
+        ));
+        assert_eq!(lines(), "freeze\nthaw\n");
     }
 }

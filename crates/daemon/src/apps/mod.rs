@@ -168,6 +168,11 @@ impl AppServer {
         })
     }
 
+    /// The freeze-safety owner permits exec again: hook runs deferred meanwhile start.
+    pub fn exec_permitted(&mut self) {
+        self.hooks.exec_permitted();
+    }
+
     /// A new participant id (clients and hook directories share the space).
     pub fn next_participant_id(&mut self) -> ParticipantId {
         self.next_participant += 1;

@@ -143,6 +143,7 @@ impl Daemon {
         let Some((written, dropped)) = self.safety.nothing_frozen(epoch) else {
             return;
         };
+        self.apps.exec_permitted();
         if dropped > 0 {
             tracing::warn!(written, dropped, "log lines held while frozen were dropped");
         }
