@@ -354,114 +354,100 @@ mod tests {
         }
     }
 
+    const PARTICIPANT: ParticipantId = ParticipantId(1);
+    const TXN: TxnId = TxnId(1);
+    const DEADLINE: Option<Millis> = Some(Millis(60_000));
+
+    /// One hook directory with one hook that appends its argument to a log.
+    struct Fixture {
+        _dir: tempfile::TempDir,
+        marker: tempfile::TempDir,
+        hooks: Hooks,
+    }
+
+    impl Fixture {
+        /// `None` unless root (hook files must be root-owned).
+        fn new(exec: ExecPermit) -> Option<Self> {
+            if !hv_vss_testutil::is_root() {
+                eprintln!("skipped: hook files must be root-owned");
+                return None;
+            }
+            let dir = tempfile::tempdir().unwrap();
+            std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+            let marker = tempfile::tempdir().unwrap();
+            let hook = dir.path().join("10-log");
+            let log = marker.path().join("log");
+            let script = format!("#!/bin/sh\necho \"$1\" >> {}\n", log.display());
+            std::fs::write(&hook, script).unwrap();
+            std::fs::set_permissions(&hook, std::fs::Permissions::from_mode(0o755)).unwrap();
+            let settings = HookDirSettings {
+                dir: dir.path().to_path_buf(),
+                style: HookStyle::Native,
+                tier: 100,
+                timeout: Duration::from_secs(20),
+            };
+            let mut coord = Coordinator::new(Limits::default(), Millis(0)).unwrap();
+            let hooks = Hooks::start(&[settings], &mut coord, || PARTICIPANT, exec).unwrap();
+            Some(Self {
+                _dir: dir,
+                marker,
+                hooks,
+            })
+        }
+
+        fn notify(&mut self, op: AppOp) {
+            self.hooks.notify(PARTICIPANT, TXN, op, DEADLINE, Millis(0));
+        }
+
+        /// What the hook was run with so far, one argument a line.
+        fn log(&self) -> String {
+            std::fs::read_to_string(self.marker.path().join("log")).unwrap_or_default()
+        }
+    }
+
+    fn ack(op: AppOp, ok: bool) -> Event {
+        Event::AppAck {
+            participant: PARTICIPANT,
+            txn: TXN,
+            op,
+            ok,
+        }
+    }
+
     /// Defence in depth (R60): a hook directory's freeze is refused, and no hook started,
     /// while the freeze-safety owner's permit says no exec, whatever told it to run.
     #[test]
     fn no_hook_starts_while_the_freeze_safety_owner_refuses_exec() {
-        if !hv_vss_testutil::is_root() {
-            eprintln!("skipped: hook files must be root-owned");
+        let Some(mut fx) = Fixture::new(ExecPermit::refusing()) else {
             return;
-        }
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-        let marker = tempfile::tempdir().unwrap();
-        let ran = marker.path().join("ran");
-        let hook = dir.path().join("10-mark");
-        std::fs::write(&hook, format!("#!/bin/sh\ntouch {}\n", ran.display())).unwrap();
-        std::fs::set_permissions(&hook, std::fs::Permissions::from_mode(0o755)).unwrap();
-        let settings = HookDirSettings {
-            dir: dir.path().to_path_buf(),
-            style: HookStyle::Native,
-            tier: 100,
-            timeout: Duration::from_secs(20),
         };
-        let mut coord = Coordinator::new(Limits::default(), Millis(0)).unwrap();
-        let participant = ParticipantId(1);
-        let mut hooks = Hooks::start(
-            &[settings],
-            &mut coord,
-            || participant,
-            ExecPermit::refusing(),
-        )
-        .unwrap();
-
-        let txn = TxnId(1);
-        hooks.notify(
-            participant,
-            txn,
-            AppOp::Freeze,
-            Some(Millis(60_000)),
-            Millis(0),
-        );
-        let acks = next_acks(&mut hooks);
-        assert_eq!(
-            acks,
-            [Event::AppAck {
-                participant,
-                txn,
-                op: AppOp::Freeze,
-                ok: false
-            }]
-        );
-        assert!(!ran.exists(), "a hook ran while exec was refused");
+        fx.notify(AppOp::Freeze);
+        assert_eq!(next_acks(&mut fx.hooks), [ack(AppOp::Freeze, false)]);
+        assert_eq!(fx.log(), "", "a hook ran while exec was refused");
     }
 
     /// A thaw due while exec is refused (a FITHAW being retried) is not run then, nor
     /// dropped: it runs once the freeze-safety owner permits exec again.
     #[test]
     fn a_thaw_due_while_exec_is_refused_runs_once_it_is_permitted() {
-        if !hv_vss_testutil::is_root() {
-            eprintln!("skipped: hook files must be root-owned");
+        let Some(mut fx) = Fixture::new(ExecPermit::default()) else {
             return;
-        }
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-        let marker = tempfile::tempdir().unwrap();
-        let log = marker.path().join("log");
-        let hook = dir.path().join("10-log");
-        let script = format!("#!/bin/sh\necho \"$1\" >> {}\n", log.display());
-        std::fs::write(&hook, script).unwrap();
-        std::fs::set_permissions(&hook, std::fs::Permissions::from_mode(0o755)).unwrap();
-        let settings = HookDirSettings {
-            dir: dir.path().to_path_buf(),
-            style: HookStyle::Native,
-            tier: 100,
-            timeout: Duration::from_secs(20),
         };
-        let mut coord = Coordinator::new(Limits::default(), Millis(0)).unwrap();
-        let participant = ParticipantId(1);
-        let exec = ExecPermit::default();
-        let mut hooks =
-            Hooks::start(&[settings], &mut coord, || participant, exec.clone()).unwrap();
-        let txn = TxnId(1);
-        let deadline = Some(Millis(60_000));
-        hooks.notify(participant, txn, AppOp::Freeze, deadline, Millis(0));
-        assert!(matches!(
-            next_acks(&mut hooks)[..],
-            [Event::AppAck { ok: true, .. }]
-        ));
+        fx.notify(AppOp::Freeze);
+        assert_eq!(next_acks(&mut fx.hooks), [ack(AppOp::Freeze, true)]);
 
         // Frozen (as the owner's permit says), and thaw is due.
         let frozen = ExecPermit::refusing();
-        hooks.exec = frozen.clone();
-        hooks.notify(participant, txn, AppOp::Thaw, deadline, Millis(0));
+        fx.hooks.exec = frozen.clone();
+        fx.notify(AppOp::Thaw);
         std::thread::sleep(Duration::from_millis(300));
-        hooks.drain();
-        assert!(hooks.take_acks().is_empty());
-        let lines = || std::fs::read_to_string(&log).unwrap_or_default();
-        assert_eq!(lines(), "freeze\n", "thaw ran while exec was refused");
+        fx.hooks.drain();
+        assert!(fx.hooks.take_acks().is_empty());
+        assert_eq!(fx.log(), "freeze\n", "thaw ran while exec was refused");
 
         frozen.allow();
-        hooks.exec_permitted();
-        let acks = next_acks(&mut hooks);
-        assert!(matches!(
-            acks[..],
-            [Event::AppAck {
-                op: AppOp::Thaw,
-                ok: true,
-                ..
-            }]
-        ));
-        assert_eq!(lines(), "freeze\nthaw\n");
+        fx.hooks.exec_permitted();
+        assert_eq!(next_acks(&mut fx.hooks), [ack(AppOp::Thaw, true)]);
+        assert_eq!(fx.log(), "freeze\nthaw\n");
     }
 }
