@@ -30,7 +30,7 @@
 //! client_timeout_seconds = 30
 //!
 //! [apps]                           # the application socket (docs/apps.md)
-//! socket_mode = "0660"
+//! socket_mode = "0660"            # "0666" by default if anyone besides root is allowed
 //! socket_owner = "root"            # user name or uid
 //! socket_group = "root"            # group name or gid
 //! allowed_users = []               # besides root: names or uids
@@ -215,8 +215,11 @@ pub struct HookDirSettings {
 pub const DEFAULT_MAX_CLIENTS: usize = 256;
 /// Default `[apps] max_pending_bytes`: bytes queued to a client that does not read.
 pub const DEFAULT_MAX_PENDING_BYTES: usize = 1024 * 1024;
-/// Default `[apps] socket_mode`.
+/// Default `[apps] socket_mode` when only root may take part.
 pub const DEFAULT_SOCKET_MODE: u32 = 0o660;
+/// Default `[apps] socket_mode` when `allowed_users` or `allowed_groups` name anyone: any
+/// user may connect, and the peer-credential check refuses who is not allowed.
+pub const OPEN_SOCKET_MODE: u32 = 0o666;
 
 /// The application socket, validated.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -516,7 +519,12 @@ const STOP_MARGIN: Duration = Duration::from_secs(5);
 
 fn resolve_apps(file: &FileApps, socket: PathBuf) -> Result<AppSettings, ConfigError> {
     use crate::apps::accounts::{Kind, resolve};
+    let others_allowed = file.allowed_users.as_ref().is_some_and(|v| !v.is_empty())
+        || file.allowed_groups.as_ref().is_some_and(|v| !v.is_empty());
     let mode = match &file.socket_mode {
+        // Whoever is allowed must be able to connect(2), which needs write permission on
+        // the socket file; the kernel's peer credentials then decide (apps.md).
+        None if others_allowed => OPEN_SOCKET_MODE,
         None => DEFAULT_SOCKET_MODE,
         Some(text) => u32::from_str_radix(text.trim_start_matches("0o"), 8)
             .ok()
@@ -754,6 +762,14 @@ mod tests {
         assert!(s.apps.allowed_uids.is_empty() && s.apps.allowed_gids.is_empty());
         assert_eq!(s.apps.max_clients, DEFAULT_MAX_CLIENTS);
         assert_eq!(s.apps.max_pending_bytes, DEFAULT_MAX_PENDING_BYTES);
+        // Anyone allowed besides root: the file mode lets them connect unless set.
+        for allowed in ["allowed_users = [65534]", "allowed_groups = [65534]"] {
+            let s = resolve(&format!("[apps]\n{allowed}"), Overrides::default()).unwrap();
+            assert_eq!(s.apps.mode, OPEN_SOCKET_MODE, "{allowed}");
+            let text = format!("[apps]\n{allowed}\nsocket_mode = \"0660\"");
+            let s = resolve(&text, Overrides::default()).unwrap();
+            assert_eq!(s.apps.mode, 0o660, "{allowed}, explicit mode");
+        }
         // No [[hooks]]: the default directory, only if it exists on this machine.
         let default_exists = Path::new(HookDir::DEFAULT_PATH).is_dir();
         assert_eq!(s.hooks.len(), usize::from(default_exists));

@@ -81,7 +81,7 @@ use crate::guardian::{Guardian, GuardianLink};
 use crate::history::{History, HistoryEntry};
 use crate::kmsg::{Kmsg, Urgent};
 use crate::logbuf::LogGate;
-use crate::safety::FreezeSafety;
+use crate::safety::{ExecPermit, FreezeSafety};
 use crate::transport::{Reopener, Transport};
 
 /// Everything the loop owns.
@@ -153,6 +153,8 @@ impl std::fmt::Debug for Daemon {
 pub struct Parts {
     pub settings: Settings,
     pub gate: LogGate,
+    /// Shared with the hook runner (`apps`); owned by the freeze-safety owner.
+    pub exec: ExecPermit,
     pub debug: bool,
     pub start: Instant,
     pub coord: Coordinator,
@@ -178,7 +180,7 @@ impl Daemon {
         }
         Self {
             history,
-            safety: FreezeSafety::new(parts.gate),
+            safety: FreezeSafety::new(parts.gate, parts.exec),
             debug: parts.debug,
             start: parts.start,
             coord: parts.coord,

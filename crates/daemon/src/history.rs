@@ -6,6 +6,7 @@
 //! the old or the new history, never half a line.
 
 use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use hv_vss_core::TxnReport;
@@ -60,7 +61,13 @@ impl History {
         lines.push(&new_line);
         let skip = lines.len().saturating_sub(self.limit);
         let tmp = self.path.with_extension("jsonl.tmp");
-        let mut file = std::fs::File::create(&tmp)?;
+        // 0600: the state directory is searchable by everyone (the app socket is there).
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)?;
         for line in &lines[skip..] {
             file.write_all(line.as_bytes())?;
             file.write_all(b"\n")?;

@@ -14,7 +14,8 @@
 //!    journal is set aside so the daemon can start; exit 6 only if a filesystem that is
 //!    ours stays frozen (see [`recover_earlier`]);
 //! 5. the application socket ([`apps`]; exit 8 if it cannot be set up) and what an
-//!    earlier instance still owed its clients;
+//!    earlier instance still owed its clients; first the soft `RLIMIT_NOFILE` is raised if
+//!    `[apps] max_clients` needs it ([`fdlimit`]);
 //! 6. the guardian process (exit 7 if it cannot start);
 //! 7. the transport: open and register (exit 4 if another VSS daemon holds the device,
 //!    exit 3 if it cannot be opened);
@@ -26,6 +27,7 @@ mod config;
 mod control;
 mod daemon;
 mod exit;
+mod fdlimit;
 mod fsworker;
 mod guardian;
 mod history;
@@ -94,6 +96,10 @@ struct Cli {
     #[arg(long, hide = true, value_name = "DIR")]
     generate_man: Option<PathBuf>,
 }
+
+/// Mode of a state directory the daemon creates: search for everyone (the app socket is in
+/// it by default), read and write for root only. The systemd units' RuntimeDirectoryMode.
+const STATE_DIR_MODE: u32 = 0o711;
 
 /// Name of the instance lock inside the state directory.
 const INSTANCE_LOCK: &str = "hv-vssd.lock";
@@ -230,14 +236,21 @@ fn run(cli: Cli) -> Result<(), Fatal> {
     let _instance_lock = prepare_state_dir(&settings.state_dir, &plan)?;
     recover_earlier(&settings.state_dir)?;
 
+    // Before the socket: room for max_clients connections.
+    fdlimit::log(
+        fdlimit::ensure_for_clients(settings.apps.max_clients),
+        settings.apps.max_clients,
+    );
     // Before the transport: a client may register before the first request.
     let mut coord = Coordinator::new(settings.limits, Millis(0))
         .map_err(|e| Fatal::new(ExitKind::Usage, anyhow!("limits: {e}")))?;
+    let exec = safety::ExecPermit::default();
     let apps = apps::AppServer::start(
         &settings.apps,
         &settings.hooks,
         &settings.state_dir,
         &mut coord,
+        exec.clone(),
     )
     .map_err(|e| Fatal::new(ExitKind::AppSocket, e))?;
     tracing::info!(
@@ -274,6 +287,7 @@ fn run(cli: Cli) -> Result<(), Fatal> {
     daemon::Daemon::new(daemon::Parts {
         settings,
         gate,
+        exec,
         debug,
         start,
         coord,
@@ -289,8 +303,9 @@ fn run(cli: Cli) -> Result<(), Fatal> {
     .map_err(|e| Fatal::new(ExitKind::Internal, e))
 }
 
-/// Creates the state directory (0700), refuses one the plan may freeze (R59), and takes the
-/// instance lock.
+/// Creates the state directory (0711: only root lists or reads it, while clients allowed in
+/// `[apps]` can reach the default socket in it by name; every file in it is 0600), refuses
+/// one the plan may freeze (R59), and takes the instance lock.
 fn prepare_state_dir(dir: &Path, plan: &hv_vss_freezer::Plan) -> Result<File, Fatal> {
     use std::os::unix::fs::DirBuilderExt;
     let unusable = |e: std::io::Error| {
@@ -301,7 +316,7 @@ fn prepare_state_dir(dir: &Path, plan: &hv_vss_freezer::Plan) -> Result<File, Fa
     };
     std::fs::DirBuilder::new()
         .recursive(true)
-        .mode(0o700)
+        .mode(STATE_DIR_MODE)
         .create(dir)
         .map_err(unusable)?;
     let handle = File::open(dir).map_err(unusable)?;

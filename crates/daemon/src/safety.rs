@@ -15,7 +15,10 @@
 //!   systemd-coredump or apport through a pipe) *before* it closes the process's files, so
 //!   a dump that waits on a frozen filesystem would keep the guardian from ever seeing the
 //!   daemon die;
-//! - no exec and no respawn (a guardian, a `modprobe` through a rebind) (R60).
+//! - no exec and no respawn (a guardian, a `modprobe` through a rebind) (R60). The hook
+//!   runner thread asks the same state, through the [`ExecPermit`] it shares, right before
+//!   each hook it starts: the coordinator already never sends hooks `freeze` after, or
+//!   `thaw` before, our filesystems freeze, and this holds even if that order were broken.
 //!
 //! The worker stamps each outcome with the epoch of the last freeze command it had taken
 //! when it produced the outcome. An outcome of an older epoch describes a state the daemon
@@ -23,7 +26,44 @@
 //! new FREEZE runs): it cannot end the frozen state, so the gate never reopens while the
 //! new freeze may be freezing.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use crate::logbuf::LogGate;
+
+/// Whether a process may be executed now, readable from any thread. Closed by
+/// [`FreezeSafety::begin_freeze`] before the worker is told to freeze, opened again only by
+/// [`FreezeSafety::nothing_frozen`].
+#[derive(Debug, Clone)]
+pub struct ExecPermit(Arc<AtomicBool>);
+
+impl Default for ExecPermit {
+    fn default() -> Self {
+        Self(Arc::new(AtomicBool::new(true)))
+    }
+}
+
+impl ExecPermit {
+    pub fn allowed(&self) -> bool {
+        self.0.load(Ordering::SeqCst)
+    }
+
+    /// A permit that refuses (tests of what honours it).
+    #[cfg(test)]
+    pub fn refusing() -> Self {
+        Self(Arc::new(AtomicBool::new(false)))
+    }
+
+    /// Opens a permit made by [`Self::refusing`].
+    #[cfg(test)]
+    pub fn allow(&self) {
+        self.set(true);
+    }
+
+    fn set(&self, allowed: bool) {
+        self.0.store(allowed, Ordering::SeqCst);
+    }
+}
 
 /// A freeze epoch: which freeze command a worker outcome is up to date with.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord)]
@@ -35,14 +75,18 @@ pub struct FreezeSafety {
     epoch: Epoch,
     frozen: bool,
     gate: LogGate,
+    exec: ExecPermit,
 }
 
 impl FreezeSafety {
-    pub fn new(gate: LogGate) -> Self {
+    /// `exec`: the permit shared with the threads that execute (the hook runner).
+    pub fn new(gate: LogGate, exec: ExecPermit) -> Self {
+        exec.set(true);
         Self {
             epoch: Epoch::default(),
             frozen: false,
             gate,
+            exec,
         }
     }
 
@@ -50,6 +94,7 @@ impl FreezeSafety {
     /// written to disk, the process is not dumpable and nothing is executed. Returns the
     /// epoch to send with the freeze.
     pub fn begin_freeze(&mut self) -> Epoch {
+        self.exec.set(false);
         self.gate.hold();
         set_dumpable(false);
         self.epoch.0 += 1;
@@ -66,6 +111,7 @@ impl FreezeSafety {
             return None;
         }
         self.frozen = false;
+        self.exec.set(true);
         set_dumpable(true);
         Some(self.gate.release())
     }
@@ -77,7 +123,7 @@ impl FreezeSafety {
 
     /// Whether a process may be executed now (R60).
     pub fn may_exec(&self) -> bool {
-        !self.frozen
+        self.exec.allowed()
     }
 
     /// The gate (released by the caller only through [`Self::nothing_frozen`], or at a
@@ -119,12 +165,17 @@ mod tests {
     fn only_an_outcome_of_the_current_epoch_ends_the_frozen_state() {
         let sink = SharedBuf::default();
         let gate = LogGate::with_sink(Box::new(sink.clone()), 16);
-        let mut safety = FreezeSafety::new(gate.clone());
-        assert!(safety.may_exec());
+        let exec = ExecPermit::default();
+        let mut safety = FreezeSafety::new(gate.clone(), exec.clone());
+        assert!(safety.may_exec() && exec.allowed());
         assert_eq!(safety.nothing_frozen(Epoch(0)), None, "nothing was frozen");
 
         let first = safety.begin_freeze();
         assert!(!safety.may_exec());
+        assert!(
+            !exec.allowed(),
+            "the hook runner's permit closes with the freeze"
+        );
         assert_eq!(dumpable_behavior().unwrap(), DumpableBehavior::NotDumpable);
         // The first freeze's thaw is incomplete; the host starts a new one.
         let second = safety.begin_freeze();
@@ -132,12 +183,13 @@ mod tests {
         log(&gate, "while frozen\n");
         // The retry of the first freeze's thaw completes now: stale.
         assert_eq!(safety.nothing_frozen(first), None);
-        assert!(safety.is_frozen() && gate.is_held());
+        assert!(safety.is_frozen() && gate.is_held() && !exec.allowed());
         assert_eq!(dumpable_behavior().unwrap(), DumpableBehavior::NotDumpable);
         assert_eq!(sink.text(), "", "nothing written while the new freeze runs");
 
         assert_eq!(safety.nothing_frozen(second), Some((1, 0)));
         assert!(!safety.is_frozen() && safety.may_exec() && !gate.is_held());
+        assert!(exec.allowed());
         assert_eq!(dumpable_behavior().unwrap(), DumpableBehavior::Dumpable);
         assert_eq!(sink.text(), "while frozen\n");
     }

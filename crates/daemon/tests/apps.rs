@@ -406,6 +406,196 @@ fn a_missed_deadline_fails_the_freeze_and_the_late_ack_is_rejected() {
     });
 }
 
+/// `timeout_ms` is the client's own bound per event, capped by the host request's deadline:
+/// a client that asks for an hour is told, and waited for, only as long as the HOT_BACKUP
+/// and the FREEZE may take; one that asks for less is given up on after its own bound.
+#[test]
+fn timeout_ms_is_the_clients_own_bound_capped_by_the_host_deadline() {
+    with_timeout(TEST_LIMIT, || {
+        let s = Setup::new();
+        let d = s.daemon_with(
+            "[limits]\ncheck_deadline_seconds = 2\nfreeze_deadline_seconds = 3\n[freezer]\nfreeze_deadline_secs = 1\n",
+            &[],
+        );
+        let hour = 3_600_000;
+        let mut patient = App::register(&s.socket(), "patient", None, Some(hour));
+        for (op, kind, host_ms) in [
+            (VssOperation::HOT_BACKUP, EventKind::Check, 2_000),
+            (VssOperation::FREEZE, EventKind::Freeze, 3_000),
+        ] {
+            let started = Instant::now();
+            let got = host_while(&s, op, || {
+                let (_, deadline_ms) = patient.expect_event(kind);
+                assert!(
+                    deadline_ms > 0 && deadline_ms <= host_ms,
+                    "{kind:?}: deadline_ms {deadline_ms}, host deadline {host_ms} ms"
+                );
+            });
+            // Never acked: failed when the host's deadline ran out, not after the hour.
+            assert_eq!(got, FAIL, "{kind:?}\n{}", d.log());
+            assert!(
+                started.elapsed() < THAWED,
+                "{kind:?}: {:?}",
+                started.elapsed()
+            );
+        }
+        let (_, reason) = patient.expect_abort();
+        assert!(reason.contains("deadline"), "{reason}");
+        assert!(s.writable());
+        drop(patient);
+
+        // A bound below the host's is the client's own.
+        let mut quick = App::register(&s.socket(), "quick", None, Some(200));
+        let got = host_while(&s, VssOperation::HOT_BACKUP, || {
+            let (txn, deadline_ms) = quick.expect_event(EventKind::Check);
+            assert!(deadline_ms > 0 && deadline_ms <= 200, "{deadline_ms}");
+            // Acked after its own bound (and well within the host's): too late.
+            std::thread::sleep(Duration::from_millis(600));
+            quick.ack(txn, true);
+        });
+        assert_eq!(got, FAIL);
+        match quick.recv() {
+            DaemonMessage::AckRejected { reason, .. } => {
+                assert!(reason.starts_with("late"), "{reason}")
+            }
+            other => panic!("expected ack_rejected, got {other:?}"),
+        }
+    });
+}
+
+/// A client that stops reading while the filesystems are frozen, and floods the daemon
+/// with lines whose answers it never reads (its socket buffer full, the daemon's outbox for
+/// it growing), neither delays the THAW past its deadline nor makes the daemon write
+/// anywhere while frozen: the filesystems thaw at once, the other client is told, the THAW
+/// is answered within its deadline, and the daemon's stderr stays untouched until then.
+#[test]
+fn a_stuck_client_never_delays_the_thaw_past_its_deadline_nor_makes_the_daemon_write_while_frozen()
+{
+    with_timeout(TEST_LIMIT, || {
+        const THAW_DEADLINE: Duration = Duration::from_secs(3);
+        let s = Setup::new();
+        let d = s.daemon_with("[limits]\nthaw_deadline_seconds = 3\n", &[]);
+        let mut stuck = App::register(&s.socket(), "stuck", Some(10), Some(3_600_000));
+        let mut healthy = App::register(&s.socket(), "healthy", Some(20), None);
+        let got = host_while(&s, VssOperation::FREEZE, || {
+            for app in [&mut stuck, &mut healthy] {
+                let (t, _) = app.expect_event(EventKind::Freeze);
+                app.ack(t, true);
+            }
+        });
+        assert_eq!(got, OK);
+        assert!(!s.fs.write_probe().wait_ok(BLOCKED), "not frozen");
+        let log_when_frozen = d.log();
+
+        // Frozen: the stuck client sends lines the daemon answers (unknown types get an
+        // error each) and never reads again, until the daemon's writes to it back up.
+        let flood = ClientMessage::Ack(Ack {
+            txn: 999_999,
+            ok: true,
+            message: Some("x".repeat(200)),
+        })
+        .to_line();
+        let mut unknown = br#"{"type":"stuck","pad":""#.to_vec();
+        unknown.extend(std::iter::repeat_n(b'x', 200));
+        unknown.extend(b"\"}\n");
+        for _ in 0..2_000 {
+            stuck.send_raw(&flood);
+            stuck.send_raw(&unknown);
+        }
+        std::thread::sleep(QUIET);
+        assert_eq!(
+            d.log(),
+            log_when_frozen,
+            "the daemon wrote to stderr while frozen"
+        );
+
+        let started = Instant::now();
+        let got = host_while(&s, VssOperation::THAW, || {
+            // Thawed at once, and the other client is told while the stuck one is waited for.
+            assert!(s.writable(), "still frozen after THAW was sent");
+            let (t, _) = healthy.expect_event(EventKind::Thaw);
+            healthy.ack(t, true);
+        });
+        let took = started.elapsed();
+        assert!(matches!(got, HostOutcome::Replied(_)), "{got:?}");
+        assert!(
+            took < THAW_DEADLINE + Duration::from_secs(2),
+            "THAW answered after {took:?}, past its deadline of {THAW_DEADLINE:?}\n{}",
+            d.log()
+        );
+        assert!(s.writable());
+        // Served on: the next backup, the stuck client still failing only itself.
+        drop(stuck);
+        let got = acked(
+            &s,
+            VssOperation::HOT_BACKUP,
+            &mut healthy,
+            EventKind::Check,
+            true,
+        );
+        assert_eq!(got, OK);
+    });
+}
+
+/// The host never sends THAW: the daemon's auto-thaw thaws the filesystems and tells every
+/// client told to freeze `abort` (once, never `thaw`); the late THAW fails.
+#[test]
+fn an_auto_thaw_aborts_every_client_told_to_freeze_once() {
+    with_timeout(TEST_LIMIT, || {
+        let s = Setup::new();
+        let d = s.daemon_with("", &[OsStr::new("--auto-thaw"), OsStr::new("1")]);
+        let mut low = App::register(&s.socket(), "low", Some(10), None);
+        let mut high = App::register(&s.socket(), "high", Some(20), None);
+        let mut txns = Vec::new();
+        let got = host_while(&s, VssOperation::FREEZE, || {
+            for app in [&mut low, &mut high] {
+                let (t, _) = app.expect_event(EventKind::Freeze);
+                txns.push(t);
+                app.ack(t, true);
+            }
+        });
+        assert_eq!(got, OK);
+        // No THAW: thawed by the daemon, and each client released by an abort.
+        for (app, txn) in [(&mut high, txns[1]), (&mut low, txns[0])] {
+            let (t, reason) = app.expect_abort();
+            assert_eq!(t, txn);
+            assert!(reason.contains("auto-thaw"), "{reason}");
+        }
+        assert!(s.writable(), "not thawed by the auto-thaw\n{}", d.log());
+        // The late THAW is told it came too late; nobody hears of it.
+        assert_eq!(s.request(VssOperation::THAW), FAIL);
+        low.assert_quiet();
+        high.assert_quiet();
+        assert!(!s.journal_exists(), "nothing is owed after the abort");
+    });
+}
+
+/// A client that disconnects while it owes its freeze ack vetoes the FREEZE: nothing is
+/// frozen, and the client of the tier before, already holding, gets its abort.
+#[test]
+fn a_client_that_disconnects_before_acking_its_freeze_vetoes_it() {
+    with_timeout(TEST_LIMIT, || {
+        let s = Setup::new();
+        let _d = s.daemon();
+        let mut first = App::register(&s.socket(), "first", Some(10), None);
+        let mut leaver = App::register(&s.socket(), "leaver", Some(20), None);
+        let mut txn = 0;
+        let got = host_while(&s, VssOperation::FREEZE, || {
+            let (t, _) = first.expect_event(EventKind::Freeze);
+            txn = t;
+            first.ack(t, true);
+            leaver.expect_event(EventKind::Freeze);
+            drop(leaver);
+        });
+        assert_eq!(got, FAIL);
+        assert!(s.writable());
+        let (t, _) = first.expect_abort();
+        assert_eq!(t, txn);
+        first.assert_quiet();
+        assert!(!s.journal_exists());
+    });
+}
+
 #[test]
 fn a_client_that_disconnects_while_holding_makes_the_backup_fs_consistent_only() {
     with_timeout(TEST_LIMIT, || {
@@ -474,6 +664,16 @@ fn a_malformed_line_fails_the_stage_and_closes_that_client() {
 }
 
 #[test]
+fn a_line_that_is_not_utf8_fails_the_stage_and_closes_that_client() {
+    with_timeout(TEST_LIMIT, || {
+        a_protocol_error_in_check_fails_it_and_disconnects_only_that_client(
+            b"{\"type\":\"ack\",\"txn\":1,\"ok\":true,\"message\":\"\xff\xfe\"}\n",
+            "not UTF-8",
+        );
+    });
+}
+
+#[test]
 fn an_oversize_line_fails_the_stage_and_closes_that_client() {
     with_timeout(TEST_LIMIT, || {
         let mut huge = vec![b' '; MAX_LINE + 100];
@@ -537,6 +737,34 @@ fn a_duplicate_name_is_refused_and_the_first_client_keeps_it() {
             true,
         );
         assert_eq!(got, OK);
+        // Unique among *live* clients: once the holder is gone, the name is free.
+        drop(first);
+        let deadline = Instant::now() + ANSWER;
+        let mut third = loop {
+            let mut app = App::connect(&s.socket());
+            app.send(&ClientMessage::Register(Register {
+                name: "db".into(),
+                tier: None,
+                timeout_ms: None,
+            }));
+            match app.recv() {
+                DaemonMessage::Registered { .. } => break app,
+                // The daemon may not have seen the first one's close yet.
+                other if Instant::now() < deadline => {
+                    drop(other);
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                other => panic!("the name stayed taken: {other:?}"),
+            }
+        };
+        let got = acked(
+            &s,
+            VssOperation::HOT_BACKUP,
+            &mut third,
+            EventKind::Check,
+            true,
+        );
+        assert_eq!(got, OK);
     });
 }
 
@@ -592,6 +820,41 @@ fn a_client_that_does_not_read_is_dropped_and_the_client_limit_holds() {
         let mut fourth = App::connect(&s.socket());
         let message = fourth.expect_error_and_close();
         assert!(message.contains("too many clients"), "{message}");
+    });
+}
+
+/// systemd starts services with a soft RLIMIT_NOFILE of 1024: with `max_clients` above
+/// that, the daemon raises its soft limit to the hard limit at start, or every connection
+/// past about a thousand would fail in `accept` (EMFILE) and never be answered.
+#[test]
+fn more_clients_than_the_default_fd_soft_limit_all_register() {
+    with_timeout(TEST_LIMIT, || {
+        const CLIENTS: usize = 1100;
+        // This process holds a descriptor per client too.
+        let mut own = rustix::process::getrlimit(rustix::process::Resource::Nofile);
+        own.current = own.maximum;
+        rustix::process::setrlimit(rustix::process::Resource::Nofile, own).unwrap();
+        let s = Setup::new();
+        let args = [
+            OsStr::new("--device"),
+            s.emu.socket_path().as_os_str(),
+            OsStr::new("--state-dir"),
+            s.state.path().as_os_str(),
+            OsStr::new("--mount"),
+            s.fs.mount_point().as_os_str(),
+        ];
+        let config = format!("hooks = []\n[apps]\nmax_clients = {}\n", CLIENTS + 10);
+        let d = Daemon::start_with_fd_limit(&args, &config, (1024, 8192));
+        assert!(s.emu.wait_ready(READY), "{}", d.log());
+        let apps: Vec<App> = (0..CLIENTS)
+            .map(|i| App::register(&s.socket(), &format!("c{i}"), None, None))
+            .collect();
+        assert_eq!(apps.len(), CLIENTS);
+        assert!(
+            d.wait_log("raised the soft RLIMIT_NOFILE", THAWED),
+            "{}",
+            d.log()
+        );
     });
 }
 
@@ -674,6 +937,59 @@ fn a_client_of_a_user_not_allowed_is_refused() {
         );
         let answer = answer_to_nobody(&socket);
         assert!(answer.contains("\"type\":\"registered\""), "{answer}");
+    });
+}
+
+/// `RuntimeDirectoryMode=` of a shipped unit.
+fn unit_runtime_directory_mode(unit: &str) -> u32 {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../dist/systemd")
+        .join(unit);
+    let text = std::fs::read_to_string(&path).unwrap();
+    let value = text
+        .lines()
+        .find_map(|l| l.strip_prefix("RuntimeDirectoryMode="))
+        .unwrap_or_else(|| panic!("{}: no RuntimeDirectoryMode=", path.display()));
+    u32::from_str_radix(value.trim(), 8).unwrap()
+}
+
+/// Regular files in `dir` that users other than root could read or write.
+fn files_open_to_others(dir: &Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap())
+        .filter(|e| e.file_type().unwrap().is_file())
+        .filter(|e| e.metadata().unwrap().permissions().mode() & 0o077 != 0)
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect()
+}
+
+/// The layout the shipped units make (the state directory /run/hv-vss with their
+/// RuntimeDirectoryMode, the socket at its default place in it) and a config that only
+/// names an allowed user: that user reaches the socket and registers. Nothing else in the
+/// directory is open to it: the daemon's files there are 0600.
+#[test]
+fn an_allowed_user_registers_on_the_default_socket_in_the_units_state_directory() {
+    with_timeout(TEST_LIMIT, || {
+        let mode = unit_runtime_directory_mode("hv-vssd.service");
+        assert_eq!(mode, unit_runtime_directory_mode("hv-vssd-uio.service"));
+        let s = Setup::new();
+        std::fs::set_permissions(s.state.path(), std::fs::Permissions::from_mode(mode)).unwrap();
+        let _d = s.daemon_with("[apps]\nallowed_users = [65534]\n", &[]);
+        let answer = answer_to_nobody(&s.socket());
+        assert!(answer.contains("\"type\":\"registered\""), "{answer}");
+
+        // A backup with a client holding: the journals exist while frozen, the history after.
+        let mut app = App::register(&s.socket(), "root-app", None, None);
+        let got = acked(&s, VssOperation::FREEZE, &mut app, EventKind::Freeze, true);
+        assert_eq!(got, OK);
+        let state = s.state.path();
+        assert!(s.journal_exists() && state.join("freeze-journal.json").exists());
+        assert_eq!(files_open_to_others(state), Vec::<String>::new());
+        let got = acked(&s, VssOperation::THAW, &mut app, EventKind::Thaw, true);
+        assert_eq!(got, OK);
+        assert_eq!(s.verdicts(1), ["app_consistent"]);
+        assert_eq!(files_open_to_others(state), Vec::<String>::new());
     });
 }
 
@@ -931,5 +1247,58 @@ fn a_failing_freeze_hook_vetoes_and_the_hooks_that_ran_are_aborted() {
             ]
         );
         assert!(s.writable());
+    });
+}
+
+/// The FIFREEZE itself fails (someone else froze the filesystem first): the hooks that were
+/// told to freeze are told abort once the daemon has rolled back, and they do run (the
+/// freeze-safety owner permits exec again before the coordinator sends the abort).
+#[test]
+fn hooks_told_to_freeze_are_aborted_when_the_fifreeze_fails() {
+    with_timeout(TEST_LIMIT, || {
+        let s = Setup::new();
+        let hooks = HookFixture::new();
+        hooks.hook("10-a", 0, 0o755);
+        hooks.hook("20-b", 0, 0o755);
+        let _d = s.daemon_with(&hooks.config(10), &[]);
+        let mp = s.fs.mount_point().to_path_buf();
+        hv_vss_testutil::freeze_from_other_process(&mp).unwrap();
+        let got = s.request(VssOperation::FREEZE);
+        // Not ours to thaw: the daemon left it frozen; the test owns that freeze.
+        let foreign_kept = s.fs.is_frozen().unwrap();
+        hv_vss_testutil::thaw_path(&mp).unwrap();
+        assert_eq!(got, FAIL);
+        assert!(foreign_kept, "the daemon thawed a freeze it did not make");
+        let deadline = Instant::now() + THAWED;
+        while hooks.log().len() < 4 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert_eq!(
+            hooks.log(),
+            ["10-a freeze", "20-b freeze", "20-b abort", "10-a abort"]
+        );
+        assert!(s.writable());
+    });
+}
+
+/// Hooks alone (the highest tier, told thaw the moment the filesystems are thawed): thaw
+/// runs every hook in reverse, permitted by the freeze-safety owner, and the THAW succeeds.
+#[test]
+fn hooks_alone_freeze_in_order_and_thaw_in_reverse_right_after_the_fithaw() {
+    with_timeout(TEST_LIMIT, || {
+        let s = Setup::new();
+        let hooks = HookFixture::new();
+        hooks.hook("10-a", 0, 0o755);
+        hooks.hook("20-b", 0, 0o755);
+        let d = s.daemon_with(&hooks.config(200), &[]);
+        assert_eq!(s.request(VssOperation::FREEZE), OK, "{}", d.log());
+        assert!(!s.fs.write_probe().wait_ok(BLOCKED), "not frozen");
+        assert_eq!(s.request(VssOperation::THAW), OK, "{}", d.log());
+        assert!(s.writable());
+        assert_eq!(
+            hooks.log(),
+            ["10-a freeze", "20-b freeze", "20-b thaw", "10-a thaw"]
+        );
+        assert_eq!(s.verdicts(1), ["app_consistent"]);
     });
 }

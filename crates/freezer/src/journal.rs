@@ -106,7 +106,17 @@ impl Journal {
             source,
         };
         let bytes = serde_json::to_vec_pretty(self).expect("journal serialises");
-        let mut file = File::create(&tmp).map_err(io)?;
+        // 0600: a state directory may be searchable by others (hv-vssd's app socket is in it).
+        let mut file = {
+            use std::os::unix::fs::OpenOptionsExt;
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&tmp)
+                .map_err(io)?
+        };
         file.write_all(&bytes).map_err(io)?;
         file.sync_all().map_err(io)?;
         drop(file);

@@ -28,6 +28,10 @@
 //! - **Process.** New session (`setsid`), stdin `/dev/null`, stdout and stderr captured
 //!   together in memory (first [`OUTPUT_LIMIT`] bytes, the rest flagged truncated), cwd `/`,
 //!   environment `PATH` only, no inherited descriptor beyond 0-2. See the `exec` module doc.
+//! - **Permission.** [`HookSet::run_if`] and [`HookRunner::spawn_gated`] ask the caller's
+//!   `may_exec` right before each hook; a refused hook is not started ([`REFUSED`]), which
+//!   on freeze is a veto. hv-vssd passes its freeze-safety owner's answer: nothing is
+//!   executed while its filesystems are frozen, whatever the order of events.
 //! - **No files.** Nothing here writes a file or logs: output goes to the caller in
 //!   [`HookResult`], so it is never written while filesystems are frozen unless the caller
 //!   does.
@@ -68,9 +72,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 pub use exec::{HOOK_PATH, HookOutcome, HookResult, KILL_GRACE, OUTPUT_LIMIT};
-pub use runner::HookRunner;
+pub use runner::{HookRunner, MayExec};
 pub use scan::{SkipReason, Skipped, Unsafe};
-pub use set::{HookSet, RunReport};
+pub use set::{HookSet, REFUSED, RunReport};
 pub use style::{HookOp, HookStyle, UnknownStyle};
 
 /// One configured hook directory.

@@ -25,6 +25,10 @@ use rustix::event::EventfdFlags;
 use crate::exec::{HookOutcome, HookResult};
 use crate::{HookOp, HookSet, RunReport};
 
+/// Asked right before each hook is started; `false` refuses it. Shared with the thread
+/// that decides (a daemon's freeze-safety owner).
+pub type MayExec = Arc<dyn Fn() -> bool + Send + Sync>;
+
 /// What a job runs.
 #[derive(Debug)]
 enum Plan {
@@ -81,6 +85,12 @@ impl fmt::Debug for HookRunner {
 impl HookRunner {
     /// Start the worker thread and create the eventfd.
     pub fn spawn() -> io::Result<HookRunner> {
+        Self::spawn_gated(Arc::new(|| true))
+    }
+
+    /// [`HookRunner::spawn`], the worker asking `may_exec` right before each hook it starts
+    /// ([`HookSet::run_if`]): a refused hook is not started and fails its run.
+    pub fn spawn_gated(may_exec: MayExec) -> io::Result<HookRunner> {
         let wake = rustix::event::eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK)?;
         let done = Arc::new(Done {
             reports: Mutex::new(Vec::new()),
@@ -93,8 +103,10 @@ impl HookRunner {
             .spawn(move || {
                 for job in queue {
                     let report = match &job.plan {
-                        Plan::Op(op) => job.set.run(*op, job.deadline),
-                        Plan::AbortAfter(freeze) => job.set.run_abort(freeze, job.deadline),
+                        Plan::Op(op) => job.set.run_if(*op, job.deadline, &*may_exec),
+                        Plan::AbortAfter(freeze) => {
+                            job.set.run_abort_if(freeze, job.deadline, &*may_exec)
+                        }
                     };
                     worker_done.push(job.id, report);
                 }

@@ -8,6 +8,9 @@ use crate::exec::{HookOutcome, HookResult, run_hook};
 use crate::scan::{self, DirChainError, Skipped};
 use crate::{HookDir, HookError, HookOp, HookStyle};
 
+/// Why a hook the caller's `may_exec` refused was not started.
+pub const REFUSED: &str = "refused: nothing may be executed now (filesystems are frozen)";
+
 /// The hooks of one directory, checked once before a freeze. The same set is then given the
 /// thaw or abort, so a hook added or removed in between cannot get a thaw without a freeze.
 #[derive(Debug, Clone)]
@@ -156,10 +159,18 @@ impl HookSet {
     /// Each hook gets `min(timeout, deadline - now)`. A hook due after the deadline is not
     /// started and is reported [`HookOutcome::DeadlinePassed`].
     pub fn run(&self, op: HookOp, deadline: Instant) -> RunReport {
+        self.run_if(op, deadline, &|| true)
+    }
+
+    /// [`HookSet::run`], asking `may_exec` right before each hook is started: a hook it
+    /// refuses is not started and is reported [`HookOutcome::SpawnFailed`] (on freeze, a
+    /// veto). The caller's own rule (a daemon: nothing is executed while filesystems are
+    /// frozen, R60), checked by every hook.
+    pub fn run_if(&self, op: HookOp, deadline: Instant, may_exec: &dyn Fn() -> bool) -> RunReport {
         match op {
-            HookOp::Freeze => self.run_in_order(op, self.hooks.iter(), deadline),
+            HookOp::Freeze => self.run_in_order(op, self.hooks.iter(), deadline, may_exec),
             HookOp::Thaw | HookOp::Abort => {
-                self.run_in_order(op, self.hooks.iter().rev(), deadline)
+                self.run_in_order(op, self.hooks.iter().rev(), deadline, may_exec)
             }
         }
     }
@@ -169,13 +180,23 @@ impl HookSet {
     /// Hooks that never started (after a veto, past the deadline, or failing to spawn) are not
     /// told. Use [`HookSet::run`] with [`HookOp::Abort`] only when the freeze report is lost.
     pub fn run_abort(&self, freeze: &RunReport, deadline: Instant) -> RunReport {
+        self.run_abort_if(freeze, deadline, &|| true)
+    }
+
+    /// [`HookSet::run_abort`], asking `may_exec` before each hook as [`HookSet::run_if`].
+    pub fn run_abort_if(
+        &self,
+        freeze: &RunReport,
+        deadline: Instant,
+        may_exec: &dyn Fn() -> bool,
+    ) -> RunReport {
         let told: HashSet<&Path> = freeze.started().collect();
         let hooks = self
             .hooks
             .iter()
             .rev()
             .filter(|p| told.contains(p.as_path()));
-        self.run_in_order(HookOp::Abort, hooks, deadline)
+        self.run_in_order(HookOp::Abort, hooks, deadline, may_exec)
     }
 
     fn run_in_order<'a>(
@@ -183,12 +204,13 @@ impl HookSet {
         op: HookOp,
         hooks: impl Iterator<Item = &'a PathBuf>,
         deadline: Instant,
+        may_exec: &dyn Fn() -> bool,
     ) -> RunReport {
         let arg = self.style.arg(op);
         let mut results = Vec::new();
         let mut ok = true;
         for path in hooks {
-            let result = self.run_one(path, arg, deadline);
+            let result = self.run_one(path, arg, deadline, may_exec);
             let failed = !result.outcome.is_success();
             results.push(result);
             if failed {
@@ -201,7 +223,13 @@ impl HookSet {
         RunReport { op, ok, results }
     }
 
-    fn run_one(&self, path: &Path, arg: &'static str, deadline: Instant) -> HookResult {
+    fn run_one(
+        &self,
+        path: &Path,
+        arg: &'static str,
+        deadline: Instant,
+        may_exec: &dyn Fn() -> bool,
+    ) -> HookResult {
         let now = Instant::now();
         if now >= deadline {
             return HookResult::not_started(path, arg, HookOutcome::DeadlinePassed);
@@ -209,6 +237,10 @@ impl HookSet {
         // The file may have changed since load: apply the rules again, right before exec.
         if let Err(reason) = scan::check_entry(path) {
             let why = format!("no longer safe to run: {reason}");
+            return HookResult::not_started(path, arg, HookOutcome::SpawnFailed(why));
+        }
+        if !may_exec() {
+            let why = REFUSED.to_owned();
             return HookResult::not_started(path, arg, HookOutcome::SpawnFailed(why));
         }
         run_hook(path, arg, self.timeout.min(deadline - now))

@@ -97,3 +97,41 @@ fn abort_job_after_a_veto_reaches_the_hooks_told_to_freeze() {
     assert_eq!((id, abort.op, abort.ok), (2, HookOp::Abort, true));
     assert_eq!(fx.log_lines(), lines(&["20-veto", "10-a"], "abort"));
 }
+
+/// Defence in depth (R60): a gated runner asks before every hook, so a hook due while the
+/// caller says "no exec" (a daemon with frozen filesystems) is never started, even in the
+/// middle of a run, and a freeze it refuses is a veto.
+#[test]
+fn a_gated_runner_starts_no_hook_while_exec_is_refused() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let Some(fx) = Fixture::for_root("a_gated_runner_starts_no_hook_while_exec_is_refused") else {
+        return;
+    };
+    fx.logging("10-a", "exit 0");
+    fx.logging("20-b", "exit 0");
+    let set = Arc::new(HookSet::load(&fx.dir(HookStyle::Native, Duration::from_secs(20))).unwrap());
+    let permitted = Arc::new(AtomicBool::new(false));
+    let gate = Arc::clone(&permitted);
+    let runner = HookRunner::spawn_gated(Arc::new(move || gate.load(Ordering::SeqCst))).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+
+    runner.start(1, Arc::clone(&set), HookOp::Freeze, deadline);
+    let refused = collect(&runner, 1).remove(0).1;
+    assert!(!refused.ok, "a refused freeze is a veto: {refused:?}");
+    assert_eq!(refused.started().count(), 0);
+    assert!(
+        refused
+            .failures()
+            .all(|r| r.outcome.to_string().contains(hv_vss_hooks::REFUSED))
+    );
+    assert!(
+        fx.log_lines().is_empty(),
+        "a hook ran: {:?}",
+        fx.log_lines()
+    );
+
+    permitted.store(true, Ordering::SeqCst);
+    runner.start(2, Arc::clone(&set), HookOp::Freeze, deadline);
+    assert!(collect(&runner, 1)[0].1.ok);
+    assert_eq!(fx.log_lines(), lines(&["10-a", "20-b"], "freeze"));
+}

@@ -16,11 +16,23 @@ pub struct Vssd {
 
 impl Vssd {
     /// `binary --device DEVICE --state-dir STATE --mount M... -n`, with an empty config
-    /// file, stderr to `STATE/hv-vssd.log`. `state` must be on tmpfs
+    /// file (`STATE/hv-vss.toml`), stderr to `STATE/hv-vssd.log`. `state` must be on tmpfs
     /// ([`crate::tmpfs_state_dir`]); keeping it across a restart keeps the journals.
     pub fn start(binary: &Path, device: &Path, state: &Path, mounts: &[&Path]) -> Self {
-        let config = state.join("hv-vss.toml");
-        std::fs::write(&config, "").expect("config file");
+        Self::start_with_config(binary, device, state, mounts, "")
+    }
+
+    /// [`Vssd::start`] with `config` as the config file's text.
+    pub fn start_with_config(
+        binary: &Path,
+        device: &Path,
+        state: &Path,
+        mounts: &[&Path],
+        config: &str,
+    ) -> Self {
+        let config_path = state.join("hv-vss.toml");
+        std::fs::write(&config_path, config).expect("config file");
+        let config = config_path;
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)

@@ -18,7 +18,11 @@
 //!
 //! The coordinator sends freeze before the first FIFREEZE and thaw/abort after the last
 //! FITHAW, and acks come only from finished runs, so no hook runs while our filesystems
-//! are frozen. Hook output is only logged (through the log gate), never written by us.
+//! are frozen. In depth, the freeze-safety owner's [`ExecPermit`] is asked when a run is
+//! submitted (on the loop thread) and by the runner right before each hook. A freeze
+//! submitted while it is closed fails (a veto); a thaw or abort waits until it opens (a
+//! FITHAW that failed and is being retried: the coordinator tells participants thaw
+//! anyway), so each directory told to freeze still gets exactly one of them. Hook output is only logged (through the log gate), never written by us.
 
 use std::collections::BTreeMap;
 use std::os::fd::BorrowedFd;
@@ -29,6 +33,7 @@ use hv_vss_core::{AppOp, Coordinator, Event, Millis, ParticipantId, Registration
 use hv_vss_hooks::{HookDir, HookOp, HookRunner, HookSet, RunReport};
 
 use crate::config::HookDirSettings;
+use crate::safety::ExecPermit;
 
 /// Output shown per failing hook in the log.
 const LOG_OUTPUT: usize = 2048;
@@ -54,6 +59,23 @@ struct Job {
     op: AppOp,
 }
 
+/// What a runner job runs.
+#[derive(Debug)]
+enum Run {
+    Op(Arc<HookSet>, HookOp, Instant),
+    /// Abort the hooks this freeze report started.
+    Abort(Arc<HookSet>, RunReport, Instant),
+}
+
+/// A thaw or abort waiting for the freeze-safety owner to permit exec.
+#[derive(Debug)]
+struct Deferred {
+    dir: usize,
+    txn: TxnId,
+    op: AppOp,
+    run: Run,
+}
+
 /// The configured hook directories and their runner.
 #[derive(Debug)]
 pub struct Hooks {
@@ -63,6 +85,9 @@ pub struct Hooks {
     next_job: u64,
     /// Acks ready to feed the coordinator.
     acks: Vec<Event>,
+    /// The freeze-safety owner's permission to execute.
+    exec: ExecPermit,
+    deferred: Vec<Deferred>,
 }
 
 impl Hooks {
@@ -72,6 +97,7 @@ impl Hooks {
         dirs: &[HookDirSettings],
         coord: &mut Coordinator,
         mut next_id: impl FnMut() -> ParticipantId,
+        exec: ExecPermit,
     ) -> anyhow::Result<Self> {
         let mut out = Vec::new();
         // Bounded by the request deadline only: the per-hook timeout bounds each hook.
@@ -106,7 +132,8 @@ impl Hooks {
         let runner = if out.is_empty() {
             None
         } else {
-            Some(HookRunner::spawn()?)
+            let exec = exec.clone();
+            Some(HookRunner::spawn_gated(Arc::new(move || exec.allowed()))?)
         };
         Ok(Self {
             runner,
@@ -114,6 +141,8 @@ impl Hooks {
             jobs: BTreeMap::new(),
             next_job: 0,
             acks: Vec::new(),
+            exec,
+            deferred: Vec::new(),
         })
     }
 
@@ -160,12 +189,56 @@ impl Hooks {
         }
     }
 
-    fn submit(&mut self, i: usize, txn: TxnId, op: AppOp, run: impl FnOnce(&HookRunner, u64)) {
+    fn submit(&mut self, i: usize, txn: TxnId, op: AppOp, run: Run) {
         let Some(runner) = &self.runner else { return };
+        // Checked here too, on the loop thread, before anything is queued. A freeze the
+        // freeze-safety owner refuses fails at once (a veto); a thaw or abort waits until
+        // it permits exec again ([`Hooks::exec_permitted`]): every directory told to
+        // freeze still gets one of them, never while our filesystems are frozen.
+        if !self.exec.allowed() {
+            if op == AppOp::Freeze {
+                tracing::error!(participant = %self.dirs[i].name, txn = txn.0, "freeze hooks not run: filesystems are frozen (internal ordering error); vetoing");
+                self.ack(i, txn, op, false);
+            } else {
+                tracing::warn!(participant = %self.dirs[i].name, txn = txn.0, op = ?op, "hooks deferred until nothing of ours is frozen");
+                self.deferred.push(Deferred {
+                    dir: i,
+                    txn,
+                    op,
+                    run,
+                });
+            }
+            return;
+        }
         self.next_job += 1;
         let job = self.next_job;
         self.jobs.insert(job, Job { dir: i, txn, op });
-        run(runner, job);
+        match run {
+            Run::Op(set, hook_op, until) => runner.start(job, set, hook_op, until),
+            Run::Abort(set, report, until) => runner.start_abort(job, set, report, until),
+        }
+    }
+
+    /// The freeze-safety owner permits exec again: runs the thaws and aborts deferred
+    /// meanwhile, each with a fresh budget (its stage's deadline has likely passed; a late
+    /// thaw ack is rejected harmlessly, but the hooks are told).
+    pub fn exec_permitted(&mut self) {
+        if !self.exec.allowed() {
+            return;
+        }
+        for d in std::mem::take(&mut self.deferred) {
+            let run = match d.run {
+                Run::Op(set, op, _) => {
+                    let until = Instant::now() + set.budget();
+                    Run::Op(set, op, until)
+                }
+                Run::Abort(set, report, _) => {
+                    let until = Instant::now() + set.budget();
+                    Run::Abort(set, report, until)
+                }
+            };
+            self.submit(d.dir, d.txn, d.op, run);
+        }
     }
 
     /// Executes a notification for a hook participant.
@@ -190,16 +263,12 @@ impl Hooks {
                 self.dirs[i].freeze = None;
                 self.dirs[i].abort_after_freeze = false;
                 match self.load(i) {
-                    Some(set) => self.submit(i, txn, op, |r, job| {
-                        r.start(job, set, HookOp::Freeze, until)
-                    }),
+                    Some(set) => self.submit(i, txn, op, Run::Op(set, HookOp::Freeze, until)),
                     None => self.ack(i, txn, op, false),
                 }
             }
             AppOp::Thaw => match self.dirs[i].set.clone() {
-                Some(set) => {
-                    self.submit(i, txn, op, |r, job| r.start(job, set, HookOp::Thaw, until))
-                }
+                Some(set) => self.submit(i, txn, op, Run::Op(set, HookOp::Thaw, until)),
                 // Nothing was loaded, so nothing froze.
                 None => self.ack(i, txn, op, true),
             },
@@ -215,9 +284,7 @@ impl Hooks {
         match freeze {
             Some(report) => {
                 let until = Instant::now() + set.budget();
-                self.submit(i, txn, AppOp::Abort, |r, job| {
-                    r.start_abort(job, set, report, until)
-                });
+                self.submit(i, txn, AppOp::Abort, Run::Abort(set, report, until));
             }
             // The freeze still runs (its stage was given up): abort when it reports.
             None => d.abort_after_freeze = true,
@@ -253,4 +320,134 @@ fn log_report(name: &str, txn: TxnId, report: &RunReport) {
         tracing::warn!(participant = %name, txn = txn.0, hook = %r.path.display(), arg = r.arg, outcome = %r.outcome, output = %output, truncated = r.truncated, "hook failed");
     }
     tracing::info!(participant = %name, txn = txn.0, op = %report.op, ok = report.ok, hooks = report.results.len(), "hooks ran");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hv_vss_core::Limits;
+    use hv_vss_hooks::HookStyle;
+    use rustix::event::{PollFd, PollFlags, Timespec};
+    use std::os::unix::fs::PermissionsExt;
+
+    /// The acks of the next finished runs, as the daemon's loop would get them.
+    fn next_acks(hooks: &mut Hooks) -> Vec<Event> {
+        let give_up = Instant::now() + Duration::from_secs(20);
+        loop {
+            let acks = hooks.take_acks();
+            if !acks.is_empty() {
+                return acks;
+            }
+            assert!(Instant::now() < give_up, "no hook report");
+            let ready = {
+                let wake = hooks.wake_fd().unwrap();
+                let mut fds = [PollFd::new(&wake, PollFlags::IN)];
+                let second = Timespec {
+                    tv_sec: 1,
+                    tv_nsec: 0,
+                };
+                rustix::event::poll(&mut fds, Some(&second)).unwrap() == 1
+            };
+            if ready {
+                hooks.drain();
+            }
+        }
+    }
+
+    const PARTICIPANT: ParticipantId = ParticipantId(1);
+    const TXN: TxnId = TxnId(1);
+    const DEADLINE: Option<Millis> = Some(Millis(60_000));
+
+    /// One hook directory with one hook that appends its argument to a log.
+    struct Fixture {
+        _dir: tempfile::TempDir,
+        marker: tempfile::TempDir,
+        hooks: Hooks,
+    }
+
+    impl Fixture {
+        /// `None` unless root (hook files must be root-owned).
+        fn new(exec: ExecPermit) -> Option<Self> {
+            if !hv_vss_testutil::is_root() {
+                eprintln!("skipped: hook files must be root-owned");
+                return None;
+            }
+            let dir = tempfile::tempdir().unwrap();
+            std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+            let marker = tempfile::tempdir().unwrap();
+            let hook = dir.path().join("10-log");
+            let log = marker.path().join("log");
+            let script = format!("#!/bin/sh\necho \"$1\" >> {}\n", log.display());
+            std::fs::write(&hook, script).unwrap();
+            std::fs::set_permissions(&hook, std::fs::Permissions::from_mode(0o755)).unwrap();
+            let settings = HookDirSettings {
+                dir: dir.path().to_path_buf(),
+                style: HookStyle::Native,
+                tier: 100,
+                timeout: Duration::from_secs(20),
+            };
+            let mut coord = Coordinator::new(Limits::default(), Millis(0)).unwrap();
+            let hooks = Hooks::start(&[settings], &mut coord, || PARTICIPANT, exec).unwrap();
+            Some(Self {
+                _dir: dir,
+                marker,
+                hooks,
+            })
+        }
+
+        fn notify(&mut self, op: AppOp) {
+            self.hooks.notify(PARTICIPANT, TXN, op, DEADLINE, Millis(0));
+        }
+
+        /// What the hook was run with so far, one argument a line.
+        fn log(&self) -> String {
+            std::fs::read_to_string(self.marker.path().join("log")).unwrap_or_default()
+        }
+    }
+
+    fn ack(op: AppOp, ok: bool) -> Event {
+        Event::AppAck {
+            participant: PARTICIPANT,
+            txn: TXN,
+            op,
+            ok,
+        }
+    }
+
+    /// Defence in depth (R60): a hook directory's freeze is refused, and no hook started,
+    /// while the freeze-safety owner's permit says no exec, whatever told it to run.
+    #[test]
+    fn no_hook_starts_while_the_freeze_safety_owner_refuses_exec() {
+        let Some(mut fx) = Fixture::new(ExecPermit::refusing()) else {
+            return;
+        };
+        fx.notify(AppOp::Freeze);
+        assert_eq!(next_acks(&mut fx.hooks), [ack(AppOp::Freeze, false)]);
+        assert_eq!(fx.log(), "", "a hook ran while exec was refused");
+    }
+
+    /// A thaw due while exec is refused (a FITHAW being retried) is not run then, nor
+    /// dropped: it runs once the freeze-safety owner permits exec again.
+    #[test]
+    fn a_thaw_due_while_exec_is_refused_runs_once_it_is_permitted() {
+        let Some(mut fx) = Fixture::new(ExecPermit::default()) else {
+            return;
+        };
+        fx.notify(AppOp::Freeze);
+        assert_eq!(next_acks(&mut fx.hooks), [ack(AppOp::Freeze, true)]);
+
+        // Frozen (as the owner's permit says), and thaw is due.
+        let frozen = ExecPermit::refusing();
+        fx.hooks.exec = frozen.clone();
+        fx.notify(AppOp::Thaw);
+        std::thread::sleep(Duration::from_millis(300));
+        fx.hooks.drain();
+        assert!(fx.hooks.take_acks().is_empty());
+        assert_eq!(fx.log(), "freeze\n", "thaw ran while exec was refused");
+
+        frozen.allow();
+        fx.hooks.exec_permitted();
+        assert_eq!(next_acks(&mut fx.hooks), [ack(AppOp::Thaw, true)]);
+        assert_eq!(fx.log(), "freeze\nthaw\n");
+    }
 }

@@ -194,8 +194,19 @@ impl AppJournal {
         };
         let bytes = serde_json::to_vec(&file).map_err(io::Error::other)?;
         let tmp = self.path.with_extension("json.tmp");
-        // tmpfs: no fsync needed for the rename to be atomic for a reader.
-        std::fs::write(&tmp, bytes)?;
+        // tmpfs: no fsync needed for the rename to be atomic for a reader. 0600: the state
+        // directory is searchable by everyone (the app socket is there).
+        {
+            use std::io::Write;
+            use std::os::unix::fs::OpenOptionsExt;
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&tmp)?
+                .write_all(&bytes)?;
+        }
         std::fs::rename(&tmp, &self.path)?;
         self.dirty = false;
         Ok(())

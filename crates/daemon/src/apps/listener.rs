@@ -224,6 +224,25 @@ mod tests {
     }
 
     #[test]
+    fn the_socket_gets_the_configured_owner_and_group() {
+        use std::os::unix::fs::MetadataExt;
+        if !rustix::process::geteuid().is_root() {
+            eprintln!("skipped: chown needs root");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let s = AppSettings {
+            owner: Some(65534),
+            group: Some(65533),
+            ..settings(dir.path())
+        };
+        let _l = Listener::bind(&s).unwrap();
+        let meta = std::fs::metadata(&s.socket).unwrap();
+        assert_eq!((meta.uid(), meta.gid()), (65534, 65533));
+        assert_eq!(meta.permissions().mode() & 0o777, 0o640);
+    }
+
+    #[test]
     fn admits_root_and_what_is_allowed_only() {
         let dir = tempfile::tempdir().unwrap();
         let l = Listener::bind(&settings(dir.path())).unwrap();

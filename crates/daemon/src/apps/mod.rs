@@ -127,20 +127,23 @@ pub enum StartError {
 
 impl AppServer {
     /// Binds the socket, reads what an earlier instance still owes (see [`journal`]) and
-    /// registers the hook directories with `coord`.
+    /// registers the hook directories with `coord`; their runner asks `exec` before each
+    /// hook.
     pub fn start(
         settings: &AppSettings,
         hook_dirs: &[crate::config::HookDirSettings],
         state_dir: &std::path::Path,
         coord: &mut Coordinator,
+        exec: crate::safety::ExecPermit,
     ) -> Result<Self, StartError> {
         let listener = Listener::bind(settings)?;
         let mut next_participant = 0;
-        let hooks = hooks::Hooks::start(hook_dirs, coord, || {
+        let next_id = || {
             next_participant += 1;
             ParticipantId(next_participant)
-        })
-        .map_err(StartError::Hooks)?;
+        };
+        let hooks =
+            hooks::Hooks::start(hook_dirs, coord, next_id, exec).map_err(StartError::Hooks)?;
         let (journal, inherited) = AppJournal::open(state_dir, unix_ms());
         if let Some(e) = &inherited.unreadable {
             tracing::warn!(path = %journal.path().display(), error = %e, "the owed-abort journal is unreadable; replacing it");
@@ -163,6 +166,11 @@ impl AppServer {
             log: ClientLog::default(),
             journal_log: ClientLog::default(),
         })
+    }
+
+    /// The freeze-safety owner permits exec again: hook runs deferred meanwhile start.
+    pub fn exec_permitted(&mut self) {
+        self.hooks.exec_permitted();
     }
 
     /// A new participant id (clients and hook directories share the space).

@@ -91,11 +91,13 @@ impl Daemon {
                     };
                     self.guardian_link.deadline(auto_thaw);
                 }
-                self.queue.push_back(Event::FsFrozen { txn, result });
-                self.pump();
+                // Nothing frozen any more: say so before the coordinator acts on it, so the
+                // hooks it may now tell `abort` find exec permitted.
                 if nothing_frozen {
                     self.all_thawed(epoch);
                 }
+                self.queue.push_back(Event::FsFrozen { txn, result });
+                self.pump();
             }
             FsOutcome::Thawed {
                 txn,
@@ -118,11 +120,12 @@ impl Daemon {
                 if let Some(r) = report {
                     self.thaw_reports.insert(txn, r);
                 }
-                self.queue.push_back(Event::FsThawed { txn, result });
-                self.pump();
+                // Before the coordinator tells participants `thaw` (hooks need exec).
                 if all_thawed {
                     self.all_thawed(epoch);
                 }
+                self.queue.push_back(Event::FsThawed { txn, result });
+                self.pump();
             }
             FsOutcome::RetryThawed { epoch, report } => {
                 tracing::info!(
@@ -140,6 +143,7 @@ impl Daemon {
         let Some((written, dropped)) = self.safety.nothing_frozen(epoch) else {
             return;
         };
+        self.apps.exec_permitted();
         if dropped > 0 {
             tracing::warn!(written, dropped, "log lines held while frozen were dropped");
         }

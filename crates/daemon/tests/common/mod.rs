@@ -103,7 +103,29 @@ impl Daemon {
         Self::start_full(args, &[], None, config)
     }
 
+    /// As [`Daemon::start_with_config`], started through `prlimit` with the soft and hard
+    /// `RLIMIT_NOFILE` given (systemd starts services with a soft limit of 1024).
+    pub fn start_with_fd_limit(
+        args: &[&std::ffi::OsStr],
+        config: &str,
+        nofile: (u64, u64),
+    ) -> Self {
+        let limit = format!("--nofile={}:{}", nofile.0, nofile.1);
+        Self::start_via(Some(&limit), args, &[], None, config)
+    }
+
     fn start_full(
+        args: &[&std::ffi::OsStr],
+        env: &[(&str, &std::ffi::OsStr)],
+        cwd: Option<&std::path::Path>,
+        config_text: &str,
+    ) -> Self {
+        Self::start_via(None, args, env, cwd, config_text)
+    }
+
+    /// `prlimit_arg`: run the daemon through `prlimit` (which execs it: same pid).
+    fn start_via(
+        prlimit_arg: Option<&str>,
         args: &[&std::ffi::OsStr],
         env: &[(&str, &std::ffi::OsStr)],
         cwd: Option<&std::path::Path>,
@@ -114,7 +136,14 @@ impl Daemon {
         let config = log_dir.path().join("hv-vss.toml");
         std::fs::write(&config, config_text).unwrap();
         let log = log_dir.path().join("stderr.log");
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_hv-vssd"));
+        let mut cmd = match prlimit_arg {
+            Some(limit) => {
+                let mut cmd = Command::new("prlimit");
+                cmd.args([limit, "--"]).arg(env!("CARGO_BIN_EXE_hv-vssd"));
+                cmd
+            }
+            None => Command::new(env!("CARGO_BIN_EXE_hv-vssd")),
+        };
         if let Some(dir) = cwd {
             cmd.current_dir(dir);
         }
