@@ -519,6 +519,7 @@ fn drive(
             format!("agreed on framework {framework}, VSS {message}"),
         );
     } else {
+        setup.guest.host = Some(sim);
         return Ok(report);
     }
     let demo = start_demo_client(args, setup, timeline, progress);
@@ -545,6 +546,9 @@ fn drive(
         }
         Err(not_registered) => not_registered,
     });
+    // The simulator's end is the host's hang-up (its interrupt pipe closing reads as a
+    // rescind): it lives until the guest has been stopped.
+    setup.guest.host = Some(sim);
     Ok(report)
 }
 

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use hv_vss_sim::host::self_test_guest::{self, FixedPolicy};
-use hv_vss_sim::host::{HandoverListener, connect_handover};
+use hv_vss_sim::host::{HandoverListener, HostSimulator, connect_handover};
 use hv_vss_vmbus::ic_endpoint::IcEndpoint;
 
 use super::writer;
@@ -46,6 +46,9 @@ pub(super) struct GuestProcess {
     /// The daemon stops on SIGTERM; the loopback guest when the host hangs up.
     pub(super) stops_on_sigterm: bool,
     pub(super) conn: Option<OwnedFd>,
+    /// The host simulator, kept until the guest is stopped: dropping it closes the
+    /// interrupt pipe, which the guest reads as a rescind.
+    pub(super) host: Option<HostSimulator>,
     pub(super) stopped: bool,
 }
 
@@ -64,6 +67,7 @@ impl GuestProcess {
             name,
             stops_on_sigterm,
             conn: None,
+            host: None,
             stopped: false,
         }
     }
@@ -79,14 +83,14 @@ impl GuestProcess {
         if self.stops_on_sigterm {
             self.signal(rustix::process::Signal::TERM);
         } else {
-            drop(self.conn.take());
+            self.hang_up();
         }
         let started = Instant::now();
         let deadline = started + EXIT_TIMEOUT;
         let exit = loop {
             if self.conn.is_some() && started.elapsed() >= SIGTERM_GRACE {
                 // Not gone after SIGTERM (a stand-in that ignores it): hang up too.
-                drop(self.conn.take());
+                self.hang_up();
             }
             if let Some(status) = self.child.try_wait()? {
                 break GuestExit {
@@ -106,8 +110,15 @@ impl GuestProcess {
             }
             std::thread::sleep(Duration::from_millis(20));
         };
-        drop(self.conn.take());
+        self.hang_up();
         Ok(exit)
+    }
+
+    /// The host goes away: the hand-over connection closes and the simulator (its rings
+    /// and interrupt pipe) is dropped.
+    fn hang_up(&mut self) {
+        drop(self.host.take());
+        drop(self.conn.take());
     }
 
     pub(super) fn signal(&self, signal: rustix::process::Signal) {
