@@ -311,3 +311,45 @@ fn each_request_gets_a_fresh_msgid() {
     ids.dedup();
     assert_eq!(ids.len(), 3);
 }
+
+/// The stock daemon's loop over the 64-byte ABI: poll, READ, act, WRITE; an empty READ goes
+/// back to poll. The bytes pass through the protocol crate's parser both ways.
+#[test]
+fn a_daemon_loop_over_the_byte_abi_serves_a_whole_backup() {
+    use hv_vss_protocol::freebsd::{parse_opt_msg, parse_read};
+
+    let mut driver = driver_with(&[Device::Daemon, Device::App]);
+    let mut served = Vec::new();
+    for op in [
+        VssOperation::HOT_BACKUP,
+        VssOperation::FREEZE,
+        VssOperation::THAW,
+    ] {
+        driver.host_request(op);
+        for _ in 0..4 {
+            for device in [Device::App, Device::Daemon] {
+                let bytes = driver.read(device).unwrap().to_bytes();
+                match parse_read(&bytes).unwrap() {
+                    ReadResult::Empty => continue,
+                    ReadResult::Request { opt, msgid } => {
+                        served.push((device, opt));
+                        let ack = parse_opt_msg(&build_ack(opt, msgid, true).to_bytes()).unwrap();
+                        assert!(driver.write(device, &ack).unwrap());
+                    }
+                }
+            }
+        }
+        assert_eq!(one_answer(&mut driver).status, HvStatus::S_OK);
+    }
+    assert_eq!(
+        served,
+        [
+            (Device::App, VssOpt::CHECK),
+            (Device::Daemon, VssOpt::CHECK),
+            (Device::App, VssOpt::FREEZE),
+            (Device::Daemon, VssOpt::FREEZE),
+            (Device::Daemon, VssOpt::THAW),
+            (Device::App, VssOpt::THAW),
+        ]
+    );
+}
