@@ -25,13 +25,5 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
         })
         .collect();
     let plan = freebsd_plan::plan_freebsd(&records, &policy);
-    let placed = plan.ufs.len()
-        + plan
-            .zfs_sync
-            .iter()
-            .map(|pool| pool.mount_points.len())
-            .sum::<usize>()
-        + plan.skipped.len()
-        + plan.vetoes.len();
-    assert_eq!(placed, records.len());
+    assert_eq!(plan.mount_count(), records.len());
 });

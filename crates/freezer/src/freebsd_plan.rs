@@ -196,6 +196,18 @@ impl FreeBsdPlan {
     pub fn is_vetoed(&self) -> bool {
         !self.vetoes.is_empty()
     }
+
+    /// How many mounts the plan accounts for: each record lands in exactly one place.
+    pub fn mount_count(&self) -> usize {
+        self.ufs.len()
+            + self
+                .zfs_sync
+                .iter()
+                .map(|pool| pool.mount_points.len())
+                .sum::<usize>()
+            + self.skipped.len()
+            + self.vetoes.len()
+    }
 }
 
 /// The pool of a ZFS `f_mntfromname` (`zroot/usr/home` → `zroot`).

@@ -77,17 +77,7 @@ fn default_policy_on_a_zfs_root_host_suspends_ufs_and_syncs_pools() {
         }
     );
     // Every record is accounted for exactly once.
-    assert_eq!(
-        plan.ufs.len()
-            + plan
-                .zfs_sync
-                .iter()
-                .map(|pool| pool.mount_points.len())
-                .sum::<usize>()
-            + plan.skipped.len()
-            + plan.vetoes.len(),
-        zfs_root_host().len()
-    );
+    assert_eq!(plan.mount_count(), zfs_root_host().len());
 }
 
 #[test]
