@@ -32,6 +32,7 @@
 
 pub mod config;
 pub mod engine;
+pub mod freebsd_plan;
 pub mod guardian_wire;
 pub mod hold;
 pub mod journal;

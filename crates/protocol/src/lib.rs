@@ -10,8 +10,10 @@
 //! - [`vss`]: the VSS message, reply builders and UIO-mode routing (§6).
 //! - [`status`]: HRESULT status codes (§7).
 //! - [`kernel`]: Linux's `/dev/vmbus/hv_vss` daemon ABI, daemon and kernel sides (§8).
+//! - [`freebsd`]: FreeBSD's `/dev/hv_fsvss_dev` daemon ABI and UFS suspend ioctl numbers.
 //! - [`guid`]: the VSS class GUID (§1).
 
+pub mod freebsd;
 pub mod guid;
 pub mod ic;
 pub mod kernel;
