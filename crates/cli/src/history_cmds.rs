@@ -211,9 +211,12 @@ fn run_metrics(args: &MetricsArgs) -> Result<(), CmdError> {
     let dir = &args.state.state_dir;
     let up = state_files::daemon_pid(dir)?.is_some();
     // Registered applications: only the running daemon knows them.
-    let connected_apps = match crate::status_cmds::ask_daemon(dir) {
-        crate::status_cmds::Asked::Answer(v) => v["apps"].as_array().map(|a| a.len() as u64),
-        _ => None,
+    let (connected_apps, log_lines_dropped) = match crate::status_cmds::ask_daemon(dir) {
+        crate::status_cmds::Asked::Answer(v) => (
+            v["apps"].as_array().map(|a| a.len() as u64),
+            v["log_lines_dropped"].as_u64(),
+        ),
+        _ => (None, None),
     };
     let loaded = state_files::load_history(dir, "metrics")?.unwrap_or_default();
     print(&metrics::render(
@@ -222,7 +225,7 @@ fn run_metrics(args: &MetricsArgs) -> Result<(), CmdError> {
         Live {
             up,
             connected_apps,
-            log_lines_dropped: None,
+            log_lines_dropped,
         },
     ))
 }

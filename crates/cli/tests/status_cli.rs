@@ -184,6 +184,12 @@ fn running_frozen_and_stopped_daemon() {
             }
         };
         assert!(before_freeze.contains("hv_vss_up 1"), "{before_freeze}");
+        // The running daemon's own figures: nothing registered, nothing dropped.
+        assert!(
+            before_freeze.contains("hv_vss_connected_apps 0")
+                && before_freeze.contains("hv_vss_log_lines_dropped_total 0"),
+            "{before_freeze}"
+        );
         assert!(host.freeze().unwrap().is_ok());
         assert_eq!(std::fs::read_to_string(&textfile).unwrap(), before_freeze);
         let (code, doc) = status_json(state.path());

@@ -57,6 +57,8 @@ pub struct StatusAnswer {
     pub deadline_unix_ms: Option<u64>,
     /// Registered participants (application clients and hooks).
     pub apps: Vec<AppInfo>,
+    /// Log lines dropped while frozen since the daemon started.
+    pub log_lines_dropped: u64,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -211,6 +213,7 @@ mod tests {
                 name: "pg".into(),
                 tier: 1,
             }],
+            log_lines_dropped: 0,
         }
     }
 

@@ -12,18 +12,16 @@ use std::path::Path;
 
 use hv_vss_history::metrics::{Live, render};
 
-/// Rewrites `textfile` from the history at `history`.
-pub fn write_textfile(textfile: &Path, history: &Path) -> std::io::Result<()> {
+/// Rewrites `textfile` from the history at `history`, with the running daemon's own
+/// figures (`live`: registered applications, log lines dropped while frozen).
+pub fn write_textfile(textfile: &Path, history: &Path, live: Live) -> std::io::Result<()> {
     let loaded = hv_vss_history::load(history)
         .map_err(std::io::Error::other)?
         .unwrap_or_default();
     let text = render(
         &loaded.records,
         loaded.skipped.len(),
-        Live {
-            up: true,
-            ..Live::default()
-        },
+        Live { up: true, ..live },
     );
     let mut tmp_name = textfile.as_os_str().to_owned();
     tmp_name.push(".tmp");
@@ -52,9 +50,16 @@ mod tests {
         }
         let textfile = dir.path().join("hv-vss.prom");
         std::fs::write(&textfile, "stale\n").unwrap();
-        write_textfile(&textfile, history.path()).unwrap();
+        let live = Live {
+            up: false,
+            connected_apps: Some(3),
+            log_lines_dropped: Some(7),
+        };
+        write_textfile(&textfile, history.path(), live).unwrap();
         let text = std::fs::read_to_string(&textfile).unwrap();
         assert!(text.contains("hv_vss_up 1"), "{text}");
+        assert!(text.contains("hv_vss_connected_apps 3"), "{text}");
+        assert!(text.contains("hv_vss_log_lines_dropped_total 7"), "{text}");
         assert!(
             text.contains("hv_vss_backups_total{verdict=\"fs_consistent\"} 1"),
             "{text}"

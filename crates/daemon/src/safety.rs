@@ -76,6 +76,8 @@ pub struct FreezeSafety {
     frozen: bool,
     gate: LogGate,
     exec: ExecPermit,
+    /// Held log lines dropped since start (the held-log capacity ran out while frozen).
+    log_lines_dropped: u64,
 }
 
 impl FreezeSafety {
@@ -87,6 +89,7 @@ impl FreezeSafety {
             frozen: false,
             gate,
             exec,
+            log_lines_dropped: 0,
         }
     }
 
@@ -113,7 +116,14 @@ impl FreezeSafety {
         self.frozen = false;
         self.exec.set(true);
         set_dumpable(true);
-        Some(self.gate.release())
+        let (written, dropped) = self.gate.release();
+        self.log_lines_dropped = self.log_lines_dropped.saturating_add(dropped);
+        Some((written, dropped))
+    }
+
+    /// Log lines dropped while frozen since the daemon started (for the metrics).
+    pub fn log_lines_dropped(&self) -> u64 {
+        self.log_lines_dropped
     }
 
     /// Anything of ours is frozen, or may be.
@@ -188,9 +198,20 @@ mod tests {
         assert_eq!(sink.text(), "", "nothing written while the new freeze runs");
 
         assert_eq!(safety.nothing_frozen(second), Some((1, 0)));
+        assert_eq!(safety.log_lines_dropped(), 0);
         assert!(!safety.is_frozen() && safety.may_exec() && !gate.is_held());
         assert!(exec.allowed());
         assert_eq!(dumpable_behavior().unwrap(), DumpableBehavior::Dumpable);
         assert_eq!(sink.text(), "while frozen\n");
+
+        // Lines past the gate's capacity (16) are dropped and counted, across freezes.
+        for round in 1..=2u64 {
+            let epoch = safety.begin_freeze();
+            for i in 0..20 {
+                log(&gate, &format!("line {i}\n"));
+            }
+            assert_eq!(safety.nothing_frozen(epoch), Some((16, 4)));
+            assert_eq!(safety.log_lines_dropped(), 4 * round);
+        }
     }
 }

@@ -56,7 +56,12 @@ impl Daemon {
             }
         }
         if let Some(textfile) = self.settings.metrics_textfile.as_ref().filter(|_| appended) {
-            if let Err(e) = crate::metrics::write_textfile(textfile, self.history.path()) {
+            let live = hv_vss_history::metrics::Live {
+                up: true,
+                connected_apps: Some(self.coord.participants().count() as u64),
+                log_lines_dropped: Some(self.safety.log_lines_dropped()),
+            };
+            if let Err(e) = crate::metrics::write_textfile(textfile, self.history.path(), live) {
                 tracing::warn!(error = %e, path = %textfile.display(), "cannot write the metrics textfile");
             }
         }

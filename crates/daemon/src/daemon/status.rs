@@ -62,6 +62,7 @@ impl Daemon {
                     tier,
                 })
                 .collect(),
+            log_lines_dropped: self.safety.log_lines_dropped(),
         }
     }
 }
