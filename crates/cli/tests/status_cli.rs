@@ -111,7 +111,10 @@ fn running_frozen_and_stopped_daemon() {
         let config = work.path().join("hv-vss.toml");
         std::fs::write(
             &config,
-            format!("metrics_textfile = {:?}\n", textfile.display().to_string()),
+            format!(
+                "metrics_textfile = {:?}\ncontrol_group = \"nogroup\"\n",
+                textfile.display().to_string()
+            ),
         )
         .unwrap();
         let child = Command::new(&daemon)
@@ -170,6 +173,37 @@ fn running_frozen_and_stopped_daemon() {
         assert_eq!(answer["mode"], "uio", "{doc:#}");
         assert_eq!(answer["transport"], socket.display().to_string());
         assert_eq!(answer["frozen"], false);
+
+        // `control_group`: a member that is not root may ask the daemon; others may not.
+        let as_user = |gid: u32| {
+            use std::os::unix::process::CommandExt;
+            let out = Command::new(env!("CARGO_BIN_EXE_hv-vss"))
+                .args(["status", "--json", "--state-dir"])
+                .arg(state.path())
+                .uid(65534)
+                .gid(gid)
+                .stdin(Stdio::null())
+                .output()
+                .unwrap();
+            let doc: serde_json::Value =
+                serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null);
+            (out, doc)
+        };
+        let (out, doc) = as_user(65534);
+        assert_eq!(
+            doc["daemon"]["asked"],
+            "answered",
+            "member of control_group: {doc:#} {}",
+            text(&out.stderr)
+        );
+        assert_eq!(doc["daemon"]["answer"]["mode"], "uio", "{doc:#}");
+        let (out, doc) = as_user(65533);
+        assert_ne!(
+            doc["daemon"]["asked"],
+            "answered",
+            "not a member: {doc:#} {}",
+            text(&out.stderr)
+        );
 
         // Frozen: the host holds a FREEZE.
         assert!(host.hot_backup().unwrap().is_ok());
