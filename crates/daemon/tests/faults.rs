@@ -17,16 +17,18 @@ use std::time::{Duration, Instant};
 use common::{Daemon, LoopFs, kill, with_timeout};
 use hv_vss_protocol::{HvStatus, VssOperation};
 use hv_vss_sim::kernel::{EmulatorConfig, HostOutcome, KernelEmulator};
-use hv_vss_testutil::{TestMount, WriteProbe, freeze_from_other_process, thaw_path};
+use hv_vss_testutil::{SlowFreezeFs, TestMount, WriteProbe, freeze_from_other_process, thaw_path};
 use rustix::process::Signal;
 
 const READY: Duration = Duration::from_secs(15);
 const BLOCKED: Duration = Duration::from_millis(400);
 const SUITE_LIMIT: Duration = Duration::from_secs(290);
 
-/// One filesystem (or more), a state directory, the kernel emulator.
+/// Filesystems, a state directory, the kernel emulator.
 struct Setup {
     fs: Vec<LoopFs>,
+    /// A filesystem whose FIFREEZE the case makes slow (frozen with the others).
+    slow: Option<SlowFreezeFs>,
     state: tempfile::TempDir,
     emu: KernelEmulator,
 }
@@ -35,9 +37,22 @@ impl Setup {
     fn new(filesystems: usize) -> Self {
         Self {
             fs: (0..filesystems).map(|_| common::ext4()).collect(),
+            slow: None,
             state: common::state_dir(),
             emu: KernelEmulator::start(EmulatorConfig::default()).unwrap(),
         }
+    }
+
+    /// Only a [`SlowFreezeFs`] to freeze.
+    fn slow() -> Self {
+        Self {
+            slow: Some(SlowFreezeFs::new().unwrap()),
+            ..Self::new(0)
+        }
+    }
+
+    fn slow_fs(&self) -> &SlowFreezeFs {
+        self.slow.as_ref().unwrap()
     }
 
     fn args(&self, mounts: &[&Path], extra: &[&str]) -> Vec<std::ffi::OsString> {
@@ -55,8 +70,19 @@ impl Setup {
         args
     }
 
+    /// What the daemon freezes.
+    fn targets(&self) -> Vec<&LoopFs> {
+        self.fs
+            .iter()
+            .chain(self.slow.as_ref().map(|s| &s.inner))
+            .collect()
+    }
+
     fn own_mounts(&self) -> Vec<&Path> {
-        self.fs.iter().map(LoopFs::mount_point).collect()
+        self.targets()
+            .into_iter()
+            .map(LoopFs::mount_point)
+            .collect()
     }
 
     fn start(&self, extra: &[&str]) -> Daemon {
@@ -85,7 +111,11 @@ impl Setup {
     /// FREEZE answered S_OK and a write to every filesystem really blocks.
     fn freeze_held(&self) -> Vec<WriteProbe> {
         self.assert_reply(VssOperation::FREEZE, HvStatus::S_OK);
-        let probes: Vec<_> = self.fs.iter().map(LoopFs::write_probe).collect();
+        let probes: Vec<_> = self
+            .targets()
+            .into_iter()
+            .map(LoopFs::write_probe)
+            .collect();
         for p in &probes {
             assert!(!p.wait_ok(BLOCKED), "a write went through while frozen");
         }
@@ -97,9 +127,27 @@ impl Setup {
         self.assert_reply(VssOperation::HOT_BACKUP, HvStatus::S_OK);
         self.assert_reply(VssOperation::FREEZE, HvStatus::S_OK);
         self.assert_reply(VssOperation::THAW, HvStatus::S_OK);
-        for f in &self.fs {
+        for f in self.targets() {
             assert!(f.writable_within(Duration::from_secs(5)));
         }
+    }
+
+    /// Sends FREEZE on another thread while the slow filesystem is held, waits until its
+    /// FIFREEZE is in flight (the journal lists it before the call), runs `fault`, then
+    /// returns the host's one answer and what `fault` returned.
+    fn during_slow_fifreeze<T: Send>(&self, fault: impl FnOnce() -> T + Send) -> (HostOutcome, T) {
+        self.slow_fs().hold().unwrap();
+        std::thread::scope(|scope| {
+            let host = scope.spawn(|| self.request(VssOperation::FREEZE));
+            let end = Instant::now() + Duration::from_secs(10);
+            while !self.journal().exists() {
+                assert!(Instant::now() < end, "the freeze never started");
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            std::thread::sleep(Duration::from_millis(300));
+            let out = fault();
+            (host.join().unwrap(), out)
+        })
     }
 
     fn journal(&self) -> PathBuf {
@@ -331,6 +379,35 @@ fn state_dir_read_only() -> String {
     "E_FAIL, nothing frozen".into()
 }
 
+/// SIGKILL while a FIFREEZE is still running (made slow on purpose): the daemon lingers
+/// until the call returns and froze; the guardian, which was handed the fd before the call,
+/// thaws it as soon as the daemon is gone.
+fn sigkill_inside_a_slow_fifreeze() -> String {
+    let s = Setup::slow();
+    let d = s.start(&[]);
+    let (answer, ()) = s.during_slow_fifreeze(|| {
+        kill(d.pid(), Signal::KILL);
+        // The host's answer comes when the daemon is gone, after the release below.
+        std::thread::sleep(Duration::from_millis(300));
+        assert!(s.slow_fs().release().unwrap());
+    });
+    assert_ne!(answer, HostOutcome::Replied(HvStatus::S_OK), "{answer:?}");
+    let probe = s.slow_fs().inner.write_probe();
+    let took = thawed_within(&[probe], Instant::now(), Duration::from_secs(2));
+    let end = Instant::now() + Duration::from_secs(2);
+    while s.journal().exists() {
+        assert!(
+            Instant::now() < end,
+            "still listed after the guardian thawed"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    drop(d);
+    let _d = s.start(&[]);
+    s.backup_works();
+    format!("{} after the FIFREEZE returned; host: {answer:?}", ms(took))
+}
+
 // ---- the suite ------------------------------------------------------------------------
 
 type Case = (&'static str, &'static str, fn() -> String);
@@ -377,6 +454,11 @@ const CASES: &[Case] = &[
         state_dir_deleted,
     ),
     ("state directory read-only", "answer", state_dir_read_only),
+    (
+        "SIGKILL inside a level, FIFREEZE made slow (nested loop fs)",
+        "2 s after it returns",
+        sigkill_inside_a_slow_fifreeze,
+    ),
 ];
 
 #[test]
@@ -385,8 +467,13 @@ fn fault_injection_suite() {
         return;
     }
     with_timeout(SUITE_LIMIT, || {
+        // HV_VSS_FAULT_CASE=text runs only the cases whose name contains it (no doc).
+        let only = std::env::var("HV_VSS_FAULT_CASE").ok();
         let mut rows = Vec::new();
         for &(case, bound, run) in CASES {
+            if only.as_deref().is_some_and(|o| !case.contains(o)) {
+                continue;
+            }
             let started = Instant::now();
             let result = std::panic::catch_unwind(run);
             let outcome = match result {
@@ -399,7 +486,9 @@ fn fault_injection_suite() {
             };
             rows.push((case, bound, outcome, started.elapsed()));
         }
-        write_reliability_doc(&rows);
+        if only.is_none() {
+            write_reliability_doc(&rows);
+        }
         let failed: Vec<_> = rows
             .iter()
             .filter_map(|(case, _, r, _)| r.as_ref().err().map(|e| format!("{case}: {e}")))
@@ -428,6 +517,19 @@ fn write_reliability_doc(rows: &[(&str, &str, Result<String, String>, Duration)]
         };
         text.push_str(&format!("| {case} | {bound} | {measured} | {verdict} |\n"));
     }
+    text.push_str(concat!(
+        "\n## Not in the suite yet\n\n",
+        "Cases the issue asks for that this suite does not run yet: SIGKILL during the check ",
+        "and during thaw; app freeze (no applications yet); a systemd-style stop during a ",
+        "FIFREEZE that does not return (see below); a syncfs that never returns across 50 ",
+        "FREEZEs; 10,000 FREEZE-while-frozen requests; host faults over UIO (covered in part ",
+        "by `tests/uio.rs`, not tabled here).\n\n",
+        "Observed while building the stop case (kernel 6.18): a FITHAW on a filesystem whose ",
+        "FIFREEZE is still blocked (its loop image on another frozen filesystem) blocks, and ",
+        "the filesystem holding the image was found thawed afterwards. Until that is ",
+        "understood, the guardian's FITHAW of a filesystem still in flight (heartbeat lost ",
+        "while the daemon lingers in FIFREEZE) may disturb a freeze it does not own.\n",
+    ));
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/RELIABILITY.md");
     std::fs::write(&path, text).unwrap();
 }

@@ -587,9 +587,16 @@ impl FrozenSet {
 impl Drop for FrozenSet {
     fn drop(&mut self) {
         // With an abandoned FIFREEZE still running the thaw is incomplete: the journal stays
-        // for the guardian or the next start, and the lock goes with this process.
+        // for the guardian or the next start. The lock stays held until this process has
+        // really ended (the kernel closes the fd when the last thread, maybe the one still
+        // in FIFREEZE, exits): recovery must not run under a call that may still freeze.
         if !self.members.is_empty() || self.lock.is_some() {
             let _ = self.thaw();
+        }
+        if !self.in_flight.is_empty()
+            && let Some(lock) = self.lock.take()
+        {
+            std::mem::forget(lock);
         }
     }
 }
