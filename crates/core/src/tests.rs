@@ -487,6 +487,28 @@ fn frozen_second_freeze_is_ok_and_does_not_extend_auto_thaw() {
     assert_eq!(t.c.next_deadline(), Some(Millis(60 * S)));
 }
 
+/// Regression (issue 8, item 8): every FREEZE-while-frozen request was kept in the
+/// transaction's report, so a host repeating FREEZE grew it (and the history line) without
+/// bound. The first ones are listed, the rest counted; each is still answered S_OK.
+#[test]
+fn ten_thousand_freezes_while_frozen_are_answered_and_counted_not_listed() {
+    let mut t = T::new(&[]);
+    let (_, txn) = t.freeze_all(&[]);
+    for _ in 0..10_000 {
+        let (r, a) = t.host(HostOp::Freeze);
+        assert_eq!(work(&a), vec![reply(r, Status::Ok)]);
+    }
+    let (_, _) = t.host(HostOp::Thaw);
+    let a = t.fs_thawed(txn);
+    let rep = report(&a);
+    assert!(rep.requests.len() <= crate::coordinator::MAX_REPEATED_FREEZES_LISTED + 2);
+    assert_eq!(
+        rep.repeated_freezes_not_listed as usize + rep.requests.len(),
+        10_002,
+        "every request listed or counted"
+    );
+}
+
 #[test]
 fn auto_thaw_thaws_aborts_and_fails_the_late_thaw() {
     let mut t = T::new(&[(1, 0)]);
