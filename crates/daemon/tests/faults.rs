@@ -91,6 +91,13 @@ impl Setup {
         self.registered(Daemon::start(&refs))
     }
 
+    /// Starts the daemon on this setup's filesystems with `config` as its config file.
+    fn start_with_config(&self, config: &str) -> Daemon {
+        let args = self.args(&self.own_mounts(), &[]);
+        let refs: Vec<&OsStr> = args.iter().map(|a| a.as_os_str()).collect();
+        self.registered(Daemon::start_with_config(&refs, config))
+    }
+
     fn registered(&self, d: Daemon) -> Daemon {
         assert!(
             self.emu.wait_ready(READY),
@@ -106,6 +113,15 @@ impl Setup {
 
     fn assert_reply(&self, op: VssOperation, status: HvStatus) {
         assert_eq!(self.request(op), HostOutcome::Replied(status), "{op:?}");
+    }
+
+    /// `n` requests `op`, each answered `status`: how long they took.
+    fn repeat_reply(&self, n: usize, op: VssOperation, status: HvStatus) -> Duration {
+        let t = Instant::now();
+        for _ in 0..n {
+            self.assert_reply(op, status);
+        }
+        t.elapsed()
     }
 
     /// FREEZE answered S_OK and a write to every filesystem really blocks.
@@ -167,6 +183,14 @@ fn thawed_within(probes: &[WriteProbe], from: Instant, bound: Duration) -> Durat
         );
     }
     from.elapsed()
+}
+
+/// The daemon's (fds, threads) did not grow from `before` to `after`.
+fn assert_no_growth(before: (usize, usize), after: (usize, usize)) {
+    assert!(
+        after.0 <= before.0 && after.1 <= before.1,
+        "fds/threads grew: {before:?} -> {after:?}"
+    );
 }
 
 fn ms(d: Duration) -> String {
@@ -241,10 +265,7 @@ fn sigstop_while_frozen() -> String {
     assert!(s.emu.wait_ready(READY));
     s.backup_works();
     let after = d.fds_and_threads();
-    assert!(
-        after.0 <= before.0 && after.1 <= before.1,
-        "fds/threads grew: {before:?} -> {after:?}"
-    );
+    assert_no_growth(before, after);
     ms(took)
 }
 
@@ -299,12 +320,7 @@ fn foreign_freeze_policy_fail() -> String {
 /// only, and nothing lists theirs.
 fn foreign_freeze_policy_ignore_then_sigkill() -> String {
     let s = Setup::new(2);
-    let args = s.args(&s.own_mounts(), &[]);
-    let refs: Vec<&OsStr> = args.iter().map(|a| a.as_os_str()).collect();
-    let d = s.registered(Daemon::start_with_config(
-        &refs,
-        "[freezer]\non_foreign_freeze = \"ignore\"\n",
-    ));
+    let d = s.start_with_config("[freezer]\non_foreign_freeze = \"ignore\"\n");
     freeze_from_other_process(s.fs[1].mount_point()).unwrap();
     s.assert_reply(VssOperation::FREEZE, HvStatus::S_OK);
     let ours = s.fs[0].write_probe();
@@ -414,12 +430,7 @@ fn sigkill_inside_a_slow_fifreeze() -> String {
 /// call returns, the guardian thaws it.
 fn fatal_exit_during_a_slow_fifreeze_writes_nothing() -> String {
     let s = Setup::slow();
-    let args = s.args(&s.own_mounts(), &[]);
-    let refs: Vec<&OsStr> = args.iter().map(|a| a.as_os_str()).collect();
-    let d = s.registered(Daemon::start_with_config(
-        &refs,
-        "stop_timeout_seconds = 7\n[limits]\nthaw_deadline_seconds = 2\n",
-    ));
+    let d = s.start_with_config("stop_timeout_seconds = 7\n[limits]\nthaw_deadline_seconds = 2\n");
     let (answer, log_after_exit) = s.during_slow_fifreeze(|| {
         kill(d.pid(), Signal::TERM);
         // The budget (2 s) runs out; the daemon exits with its error (and waits up to 2 s
@@ -451,28 +462,16 @@ fn fatal_exit_during_a_slow_fifreeze_writes_nothing() -> String {
 /// is released, backups work again.
 fn hung_syncfs_across_50_freezes() -> String {
     let s = Setup::slow();
-    let args = s.args(&s.own_mounts(), &[]);
-    let refs: Vec<&OsStr> = args.iter().map(|a| a.as_os_str()).collect();
-    let d = s.registered(Daemon::start_with_config(
-        &refs,
-        "[freezer]\nfreeze_deadline_secs = 1\n",
-    ));
+    let d = s.start_with_config("[freezer]\nfreeze_deadline_secs = 1\n");
     s.slow_fs().hold().unwrap();
     s.slow_fs().dirty_inner(4 << 20).unwrap();
     let t = Instant::now();
     s.assert_reply(VssOperation::FREEZE, HvStatus::E_FAIL);
     let first = t.elapsed();
     let before = d.fds_and_threads();
-    let t = Instant::now();
-    for _ in 1..50 {
-        s.assert_reply(VssOperation::FREEZE, HvStatus::E_FAIL);
-    }
-    let rest = t.elapsed();
+    let rest = s.repeat_reply(49, VssOperation::FREEZE, HvStatus::E_FAIL);
     let after = d.fds_and_threads();
-    assert!(
-        after.0 <= before.0 && after.1 <= before.1,
-        "fds/threads grew over 49 FREEZEs: {before:?} -> {after:?}"
-    );
+    assert_no_growth(before, after);
     assert!(s.slow_fs().release().unwrap(), "the outer fs was not held");
     std::thread::sleep(Duration::from_millis(500));
     s.backup_works();
@@ -493,11 +492,7 @@ fn ten_thousand_freezes_while_frozen() -> String {
     s.backup_works();
     let before = d.fds_and_threads();
     let probes = s.freeze_held();
-    let t = Instant::now();
-    for _ in 0..10_000 {
-        s.assert_reply(VssOperation::FREEZE, HvStatus::S_OK);
-    }
-    let took = t.elapsed();
+    let took = s.repeat_reply(10_000, VssOperation::FREEZE, HvStatus::S_OK);
     s.assert_reply(VssOperation::THAW, HvStatus::S_OK);
     thawed_within(&probes, Instant::now(), Duration::from_secs(5));
     assert!(d.wait_log("transaction report", Duration::from_secs(5)));
@@ -509,10 +504,7 @@ fn ten_thousand_freezes_while_frozen() -> String {
     let longest = history.lines().map(str::len).max().unwrap_or(0);
     assert!(longest < 64 * 1024, "a report line of {longest} bytes");
     let after = d.fds_and_threads();
-    assert!(
-        after.0 <= before.0 && after.1 <= before.1,
-        "fds/threads grew: {before:?} -> {after:?}"
-    );
+    assert_no_growth(before, after);
     s.backup_works();
     format!(
         "10,000 answered in {}; {lines} notice line(s); report line {longest} bytes; held ring overflowed: {ring_overflowed}",
