@@ -1442,7 +1442,10 @@ impl Coordinator {
                 let resume = match pending {
                     Some(p) => {
                         close(self, &mut txn, p, out);
-                        if p.op == HostOp::Thaw {
+                        // A THAW answered here (E_FAIL at shutdown) has had its R25 answer.
+                        // One lost with the transport has not: the host sends it again on
+                        // the new channel, and that one must still get E_FAIL.
+                        if p.op == HostOp::Thaw && !transport {
                             Resume::Idle
                         } else {
                             resume
