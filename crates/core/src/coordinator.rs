@@ -123,7 +123,13 @@ struct Txn {
     /// Thawed before any THAW (auto-thaw, guardian, transport, shutdown).
     early_end: Option<Failure>,
     thaw_failed: bool,
+    /// FREEZE-while-frozen requests answered but not recorded (past the listed maximum).
+    repeats_not_listed: u64,
 }
+
+/// How many FREEZE-while-frozen requests a transaction's report lists; the rest are
+/// counted (a host can send any number of them, R71).
+pub const MAX_REPEATED_FREEZES_LISTED: usize = 16;
 
 /// One application stage: tiers one after the other, members of a tier in parallel (R45).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -587,7 +593,16 @@ impl Coordinator {
                 HostOp::Freeze,
             ) => {
                 // R24: S_OK, stay frozen; the auto-thaw bound is not extended.
-                self.record_request(&mut txn, request, op);
+                let repeats = txn
+                    .requests
+                    .iter()
+                    .filter(|r| r.op == HostOp::Freeze)
+                    .count();
+                if repeats <= MAX_REPEATED_FREEZES_LISTED {
+                    self.record_request(&mut txn, request, op);
+                } else {
+                    txn.repeats_not_listed += 1;
+                }
                 self.answer(&mut txn, request, Status::Ok, out);
                 out.push(Action::Notice(Notice::AlreadyFrozen {
                     request,
@@ -699,6 +714,7 @@ impl Coordinator {
             started_at: self.now,
             members,
             requests: Vec::new(),
+            repeats_not_listed: 0,
             fs: Vec::new(),
             fs_state: FsState::Untouched,
             frozen_at: None,
@@ -1450,7 +1466,10 @@ impl Coordinator {
                 let resume = match pending {
                     Some(p) => {
                         close(self, &mut txn, p, out);
-                        if p.op == HostOp::Thaw {
+                        // A THAW answered here (E_FAIL at shutdown) has had its R25 answer.
+                        // One lost with the transport has not: the host sends it again on
+                        // the new channel, and that one must still get E_FAIL.
+                        if p.op == HostOp::Thaw && !transport {
                             Resume::Idle
                         } else {
                             resume
@@ -1604,6 +1623,7 @@ impl Coordinator {
             _ => None,
         };
         TxnReport {
+            repeated_freezes_not_listed: txn.repeats_not_listed,
             txn: txn.id,
             kind: txn.kind,
             started_at: txn.started_at,

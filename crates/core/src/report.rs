@@ -169,6 +169,11 @@ pub struct TxnReport {
     /// Every failure in order; the first one is the verdict's reason.
     pub failures: Vec<Failure>,
     pub verdict: Verdict,
+    /// FREEZE-while-frozen requests answered (S_OK, R24) but not listed in `requests`:
+    /// only the first [`crate::coordinator::MAX_REPEATED_FREEZES_LISTED`] are, so a host
+    /// repeating FREEZE cannot grow the report without bound.
+    #[serde(default)]
+    pub repeated_freezes_not_listed: u64,
 }
 
 /// How the wait for the host's BU_COMPLETE after a backup ended (wire-protocol.md §6.4: in

@@ -519,6 +519,51 @@ fn frozen_second_freeze_is_ok_and_does_not_extend_auto_thaw() {
     assert_eq!(t.c.next_deadline(), Some(Millis(60 * S)));
 }
 
+/// Regression (issue 8, item 8): every FREEZE-while-frozen request was kept in the
+/// transaction's report, so a host repeating FREEZE grew it (and the history line) without
+/// bound. The first ones are listed, the rest counted; each is still answered S_OK.
+#[test]
+fn ten_thousand_freezes_while_frozen_are_answered_and_counted_not_listed() {
+    let mut t = T::new(&[]);
+    let (_, txn) = t.freeze_all(&[]);
+    for _ in 0..10_000 {
+        let (r, a) = t.host(HostOp::Freeze);
+        assert_eq!(work(&a), vec![reply(r, Status::Ok)]);
+    }
+    let (_, _) = t.host(HostOp::Thaw);
+    let a = t.fs_thawed(txn);
+    let rep = report(&a);
+    assert!(rep.requests.len() <= crate::coordinator::MAX_REPEATED_FREEZES_LISTED + 2);
+    assert_eq!(
+        rep.repeated_freezes_not_listed as usize + rep.requests.len(),
+        10_002,
+        "every request listed or counted"
+    );
+}
+
+/// Regression (issue 8, item 7): a THAW that arrived during an auto-thaw's compensation
+/// and was lost with the transport reset the state to idle, so the THAW re-sent on the new
+/// channel got S_OK: the host took an auto-thawed snapshot for consistent (R25).
+#[test]
+fn a_thaw_lost_with_the_transport_during_auto_thaw_still_gets_e_fail_after() {
+    let mut t = T::new(&[]);
+    let (_, txn) = t.freeze_all(&[]);
+    assert_eq!(work(&t.at(60 * S)), vec![Action::ThawFs { txn }]);
+    let (r, a) = t.host(HostOp::Thaw);
+    assert!(
+        work(&a).is_empty(),
+        "answered only once the thaw ends: {a:?}"
+    );
+    let a = t.ev(Event::TransportLost);
+    assert!(
+        work(&a).contains(&Action::Unanswerable { request: r }),
+        "{a:?}"
+    );
+    t.fs_thawed(txn);
+    let (r2, a) = t.host(HostOp::Thaw);
+    assert_eq!(work(&a), vec![reply(r2, Status::Fail)]);
+}
+
 #[test]
 fn auto_thaw_thaws_aborts_and_fails_the_late_thaw() {
     let mut t = T::new(&[(1, 0)]);

@@ -171,6 +171,7 @@ mod tests {
                 frozen_window: None,
                 failures: Vec::new(),
                 verdict: Verdict::FsConsistent,
+                repeated_freezes_not_listed: 0,
             },
             freeze: None,
             thaw: None,

@@ -125,6 +125,8 @@ pub struct Daemon {
     /// Entries to append to the history as soon as nothing is frozen, in order.
     ready_entries: Vec<HistoryEntry>,
     stray_bu_complete_log: LogLimit,
+    /// FREEZE-while-frozen lines (host-triggerable: a flood must not fill the held ring).
+    already_frozen_log: LogLimit,
     /// Urgent lines while frozen (R61).
     kmsg: Kmsg,
     refused_logged_at: Option<Instant>,
@@ -217,6 +219,7 @@ impl Daemon {
             ),
             ready_entries: Vec::new(),
             stray_bu_complete_log: LogLimit::default(),
+            already_frozen_log: LogLimit::default(),
             kmsg: parts.kmsg,
             refused_logged_at: None,
             refused_suppressed: 0,
@@ -471,6 +474,7 @@ impl Daemon {
                 Action::ThawFs { txn } => self.worker.send(FsCommand::Thaw { txn }),
                 Action::Notice(notice) => {
                     self.urgent_notice(&notice);
+                    self.log_already_frozen(&notice);
                     log_notice(&notice);
                 }
                 Action::Report(report) => self.deferred_reports.push(*report),

@@ -101,6 +101,9 @@ struct Cli {
 /// it by default), read and write for root only. The systemd units' RuntimeDirectoryMode.
 const STATE_DIR_MODE: u32 = 0o711;
 
+/// The log gate, for the fatal-exit path in [`main`] (set once logging is up).
+static GATE: std::sync::OnceLock<LogGate> = std::sync::OnceLock::new();
+
 /// Name of the instance lock inside the state directory.
 const INSTANCE_LOCK: &str = "hv-vssd.lock";
 
@@ -124,8 +127,16 @@ fn main() {
     match run(cli) {
         Ok(()) => std::process::exit(ExitKind::Clean as i32),
         Err(fatal) => {
-            // Logging may not be set up yet: plain stderr.
-            eprintln!("hv-vssd: {fatal}");
+            match GATE.get() {
+                // Exiting while something of ours is (or may still get) frozen: stderr may
+                // be journald writing to a frozen disk (R60). The line is held with the rest;
+                // the kernel log already has the urgent one.
+                Some(gate) if gate.is_held() => {
+                    tracing::error!(error = %fatal, "fatal error while frozen");
+                }
+                // Logging may not be set up yet: plain stderr.
+                _ => eprintln!("hv-vssd: {fatal}"),
+            }
             std::process::exit(fatal.kind as i32);
         }
     }
@@ -179,6 +190,7 @@ fn run(cli: Cli) -> Result<(), Fatal> {
     .map_err(usage)?;
 
     let gate = LogGate::stderr(settings.log_ring_capacity);
+    let _ = GATE.set(gate.clone());
     let _ = tracing_subscriber::fmt()
         .with_writer(gate.clone())
         .with_max_level(settings.log_level.filter())

@@ -17,16 +17,18 @@ use std::time::{Duration, Instant};
 use common::{Daemon, LoopFs, kill, with_timeout};
 use hv_vss_protocol::{HvStatus, VssOperation};
 use hv_vss_sim::kernel::{EmulatorConfig, HostOutcome, KernelEmulator};
-use hv_vss_testutil::{TestMount, WriteProbe, freeze_from_other_process, thaw_path};
+use hv_vss_testutil::{SlowFreezeFs, TestMount, WriteProbe, freeze_from_other_process, thaw_path};
 use rustix::process::Signal;
 
 const READY: Duration = Duration::from_secs(15);
 const BLOCKED: Duration = Duration::from_millis(400);
 const SUITE_LIMIT: Duration = Duration::from_secs(290);
 
-/// One filesystem (or more), a state directory, the kernel emulator.
+/// Filesystems, a state directory, the kernel emulator.
 struct Setup {
     fs: Vec<LoopFs>,
+    /// A filesystem whose FIFREEZE the case makes slow (frozen with the others).
+    slow: Option<SlowFreezeFs>,
     state: tempfile::TempDir,
     emu: KernelEmulator,
 }
@@ -35,9 +37,22 @@ impl Setup {
     fn new(filesystems: usize) -> Self {
         Self {
             fs: (0..filesystems).map(|_| common::ext4()).collect(),
+            slow: None,
             state: common::state_dir(),
             emu: KernelEmulator::start(EmulatorConfig::default()).unwrap(),
         }
+    }
+
+    /// Only a [`SlowFreezeFs`] to freeze.
+    fn slow() -> Self {
+        Self {
+            slow: Some(SlowFreezeFs::new().unwrap()),
+            ..Self::new(0)
+        }
+    }
+
+    fn slow_fs(&self) -> &SlowFreezeFs {
+        self.slow.as_ref().unwrap()
     }
 
     fn args(&self, mounts: &[&Path], extra: &[&str]) -> Vec<std::ffi::OsString> {
@@ -55,14 +70,32 @@ impl Setup {
         args
     }
 
+    /// What the daemon freezes.
+    fn targets(&self) -> Vec<&LoopFs> {
+        self.fs
+            .iter()
+            .chain(self.slow.as_ref().map(|s| &s.inner))
+            .collect()
+    }
+
     fn own_mounts(&self) -> Vec<&Path> {
-        self.fs.iter().map(LoopFs::mount_point).collect()
+        self.targets()
+            .into_iter()
+            .map(LoopFs::mount_point)
+            .collect()
     }
 
     fn start(&self, extra: &[&str]) -> Daemon {
         let args = self.args(&self.own_mounts(), extra);
         let refs: Vec<&OsStr> = args.iter().map(|a| a.as_os_str()).collect();
         self.registered(Daemon::start(&refs))
+    }
+
+    /// Starts the daemon on this setup's filesystems with `config` as its config file.
+    fn start_with_config(&self, config: &str) -> Daemon {
+        let args = self.args(&self.own_mounts(), &[]);
+        let refs: Vec<&OsStr> = args.iter().map(|a| a.as_os_str()).collect();
+        self.registered(Daemon::start_with_config(&refs, config))
     }
 
     fn registered(&self, d: Daemon) -> Daemon {
@@ -82,10 +115,23 @@ impl Setup {
         assert_eq!(self.request(op), HostOutcome::Replied(status), "{op:?}");
     }
 
+    /// `n` requests `op`, each answered `status`: how long they took.
+    fn repeat_reply(&self, n: usize, op: VssOperation, status: HvStatus) -> Duration {
+        let t = Instant::now();
+        for _ in 0..n {
+            self.assert_reply(op, status);
+        }
+        t.elapsed()
+    }
+
     /// FREEZE answered S_OK and a write to every filesystem really blocks.
     fn freeze_held(&self) -> Vec<WriteProbe> {
         self.assert_reply(VssOperation::FREEZE, HvStatus::S_OK);
-        let probes: Vec<_> = self.fs.iter().map(LoopFs::write_probe).collect();
+        let probes: Vec<_> = self
+            .targets()
+            .into_iter()
+            .map(LoopFs::write_probe)
+            .collect();
         for p in &probes {
             assert!(!p.wait_ok(BLOCKED), "a write went through while frozen");
         }
@@ -97,9 +143,27 @@ impl Setup {
         self.assert_reply(VssOperation::HOT_BACKUP, HvStatus::S_OK);
         self.assert_reply(VssOperation::FREEZE, HvStatus::S_OK);
         self.assert_reply(VssOperation::THAW, HvStatus::S_OK);
-        for f in &self.fs {
+        for f in self.targets() {
             assert!(f.writable_within(Duration::from_secs(5)));
         }
+    }
+
+    /// Sends FREEZE on another thread while the slow filesystem is held, waits until its
+    /// FIFREEZE is in flight (the journal lists it before the call), runs `fault`, then
+    /// returns the host's one answer and what `fault` returned.
+    fn during_slow_fifreeze<T: Send>(&self, fault: impl FnOnce() -> T + Send) -> (HostOutcome, T) {
+        self.slow_fs().hold().unwrap();
+        std::thread::scope(|scope| {
+            let host = scope.spawn(|| self.request(VssOperation::FREEZE));
+            let end = Instant::now() + Duration::from_secs(10);
+            while !self.journal().exists() {
+                assert!(Instant::now() < end, "the freeze never started");
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            std::thread::sleep(Duration::from_millis(300));
+            let out = fault();
+            (host.join().unwrap(), out)
+        })
     }
 
     fn journal(&self) -> PathBuf {
@@ -119,6 +183,14 @@ fn thawed_within(probes: &[WriteProbe], from: Instant, bound: Duration) -> Durat
         );
     }
     from.elapsed()
+}
+
+/// The daemon's (fds, threads) did not grow from `before` to `after`.
+fn assert_no_growth(before: (usize, usize), after: (usize, usize)) {
+    assert!(
+        after.0 <= before.0 && after.1 <= before.1,
+        "fds/threads grew: {before:?} -> {after:?}"
+    );
 }
 
 fn ms(d: Duration) -> String {
@@ -193,10 +265,7 @@ fn sigstop_while_frozen() -> String {
     assert!(s.emu.wait_ready(READY));
     s.backup_works();
     let after = d.fds_and_threads();
-    assert!(
-        after.0 <= before.0 && after.1 <= before.1,
-        "fds/threads grew: {before:?} -> {after:?}"
-    );
+    assert_no_growth(before, after);
     ms(took)
 }
 
@@ -251,12 +320,7 @@ fn foreign_freeze_policy_fail() -> String {
 /// only, and nothing lists theirs.
 fn foreign_freeze_policy_ignore_then_sigkill() -> String {
     let s = Setup::new(2);
-    let args = s.args(&s.own_mounts(), &[]);
-    let refs: Vec<&OsStr> = args.iter().map(|a| a.as_os_str()).collect();
-    let d = s.registered(Daemon::start_with_config(
-        &refs,
-        "[freezer]\non_foreign_freeze = \"ignore\"\n",
-    ));
+    let d = s.start_with_config("[freezer]\non_foreign_freeze = \"ignore\"\n");
     freeze_from_other_process(s.fs[1].mount_point()).unwrap();
     s.assert_reply(VssOperation::FREEZE, HvStatus::S_OK);
     let ours = s.fs[0].write_probe();
@@ -331,6 +395,123 @@ fn state_dir_read_only() -> String {
     "E_FAIL, nothing frozen".into()
 }
 
+/// SIGKILL while a FIFREEZE is still running (made slow on purpose): the daemon lingers
+/// until the call returns and froze; the guardian, which was handed the fd before the call,
+/// thaws it as soon as the daemon is gone.
+fn sigkill_inside_a_slow_fifreeze() -> String {
+    let s = Setup::slow();
+    let d = s.start(&[]);
+    let (answer, ()) = s.during_slow_fifreeze(|| {
+        kill(d.pid(), Signal::KILL);
+        // The host's answer comes when the daemon is gone, after the release below.
+        std::thread::sleep(Duration::from_millis(300));
+        assert!(s.slow_fs().release().unwrap());
+    });
+    assert_ne!(answer, HostOutcome::Replied(HvStatus::S_OK), "{answer:?}");
+    let probe = s.slow_fs().inner.write_probe();
+    let took = thawed_within(&[probe], Instant::now(), Duration::from_secs(2));
+    let end = Instant::now() + Duration::from_secs(2);
+    while s.journal().exists() {
+        assert!(
+            Instant::now() < end,
+            "still listed after the guardian thawed"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    drop(d);
+    let _d = s.start(&[]);
+    s.backup_works();
+    format!("{} after the FIFREEZE returned; host: {answer:?}", ms(took))
+}
+
+/// SIGTERM while a FIFREEZE does not return, with a THAW budget of 2 s: the FREEZE is
+/// answered E_FAIL at once, the daemon gives up waiting after the budget and exits with an
+/// error, and writes nothing to stderr while the FIFREEZE may still freeze (R60). When the
+/// call returns, the guardian thaws it.
+fn fatal_exit_during_a_slow_fifreeze_writes_nothing() -> String {
+    let s = Setup::slow();
+    let d = s.start_with_config("stop_timeout_seconds = 7\n[limits]\nthaw_deadline_seconds = 2\n");
+    let (answer, log_after_exit) = s.during_slow_fifreeze(|| {
+        kill(d.pid(), Signal::TERM);
+        // The budget (2 s) runs out; the daemon exits with its error (and waits up to 2 s
+        // for its guardian, which waits for the daemon to be gone).
+        std::thread::sleep(Duration::from_secs(5));
+        let log = d.log();
+        assert!(s.slow_fs().release().unwrap(), "the outer fs was not held");
+        log
+    });
+    assert_eq!(answer, HostOutcome::Replied(HvStatus::E_FAIL));
+    assert!(
+        !log_after_exit.contains("still frozen") && !log_after_exit.contains("answered"),
+        "written to stderr while a FIFREEZE could still freeze:\n{log_after_exit}"
+    );
+    let probe = s.slow_fs().inner.write_probe();
+    let took = thawed_within(&[probe], Instant::now(), Duration::from_secs(2));
+    drop(d);
+    let _d = s.start(&[]);
+    s.backup_works();
+    format!(
+        "nothing written; thawed {} after the FIFREEZE returned",
+        ms(took)
+    )
+}
+
+/// A syncfs that does not return (dirty data on the nested loop fs, outer held) across 50
+/// FREEZEs: each is answered E_FAIL, only the first waits for the per-filesystem deadline,
+/// and the daemon's threads and fds do not grow (one flush thread in all). Once the outer
+/// is released, backups work again.
+fn hung_syncfs_across_50_freezes() -> String {
+    let s = Setup::slow();
+    let d = s.start_with_config("[freezer]\nfreeze_deadline_secs = 1\n");
+    s.slow_fs().hold().unwrap();
+    s.slow_fs().dirty_inner(4 << 20).unwrap();
+    let t = Instant::now();
+    s.assert_reply(VssOperation::FREEZE, HvStatus::E_FAIL);
+    let first = t.elapsed();
+    let before = d.fds_and_threads();
+    let rest = s.repeat_reply(49, VssOperation::FREEZE, HvStatus::E_FAIL);
+    let after = d.fds_and_threads();
+    assert_no_growth(before, after);
+    assert!(s.slow_fs().release().unwrap(), "the outer fs was not held");
+    std::thread::sleep(Duration::from_millis(500));
+    s.backup_works();
+    format!(
+        "first {}, next 49 in {}; fds/threads {before:?} -> {after:?}",
+        ms(first),
+        ms(rest)
+    )
+}
+
+/// 10,000 FREEZE-while-frozen requests: each answered S_OK once, the FREEZE-while-frozen
+/// notice logged at a bounded rate, the stored report bounded, no fd or thread growth; the
+/// THAW then thaws and the next backup works. (The per-request "answered" line and, with
+/// --debug as here, the request lines still fill the held ring: reported, not asserted.)
+fn ten_thousand_freezes_while_frozen() -> String {
+    let s = Setup::new(1);
+    let d = s.start(&[]);
+    s.backup_works();
+    let before = d.fds_and_threads();
+    let probes = s.freeze_held();
+    let took = s.repeat_reply(10_000, VssOperation::FREEZE, HvStatus::S_OK);
+    s.assert_reply(VssOperation::THAW, HvStatus::S_OK);
+    thawed_within(&probes, Instant::now(), Duration::from_secs(5));
+    assert!(d.wait_log("transaction report", Duration::from_secs(5)));
+    let log = d.log();
+    let lines = log.matches("FREEZE while frozen").count();
+    assert!(lines <= 3, "{lines} FREEZE-while-frozen lines");
+    let ring_overflowed = log.contains("were dropped");
+    let history = std::fs::read_to_string(s.state.path().join("history.jsonl")).unwrap();
+    let longest = history.lines().map(str::len).max().unwrap_or(0);
+    assert!(longest < 64 * 1024, "a report line of {longest} bytes");
+    let after = d.fds_and_threads();
+    assert_no_growth(before, after);
+    s.backup_works();
+    format!(
+        "10,000 answered in {}; {lines} notice line(s); report line {longest} bytes; held ring overflowed: {ring_overflowed}",
+        ms(took)
+    )
+}
+
 // ---- the suite ------------------------------------------------------------------------
 
 type Case = (&'static str, &'static str, fn() -> String);
@@ -377,6 +558,26 @@ const CASES: &[Case] = &[
         state_dir_deleted,
     ),
     ("state directory read-only", "answer", state_dir_read_only),
+    (
+        "SIGKILL inside a level, FIFREEZE made slow (nested loop fs)",
+        "2 s after it returns",
+        sigkill_inside_a_slow_fifreeze,
+    ),
+    (
+        "fatal exit (SIGTERM, THAW budget spent) during a slow FIFREEZE",
+        "no stderr while frozen; 2 s after it returns",
+        fatal_exit_during_a_slow_fifreeze_writes_nothing,
+    ),
+    (
+        "syncfs that never returns, across 50 FREEZEs",
+        "E_FAIL each; no fd/thread growth",
+        hung_syncfs_across_50_freezes,
+    ),
+    (
+        "10,000 FREEZE-while-frozen requests",
+        "one answer each; bounded notices and report",
+        ten_thousand_freezes_while_frozen,
+    ),
 ];
 
 #[test]
@@ -385,8 +586,13 @@ fn fault_injection_suite() {
         return;
     }
     with_timeout(SUITE_LIMIT, || {
+        // HV_VSS_FAULT_CASE=text runs only the cases whose name contains it (no doc).
+        let only = std::env::var("HV_VSS_FAULT_CASE").ok();
         let mut rows = Vec::new();
         for &(case, bound, run) in CASES {
+            if only.as_deref().is_some_and(|o| !case.contains(o)) {
+                continue;
+            }
             let started = Instant::now();
             let result = std::panic::catch_unwind(run);
             let outcome = match result {
@@ -399,7 +605,9 @@ fn fault_injection_suite() {
             };
             rows.push((case, bound, outcome, started.elapsed()));
         }
-        write_reliability_doc(&rows);
+        if only.is_none() {
+            write_reliability_doc(&rows);
+        }
         let failed: Vec<_> = rows
             .iter()
             .filter_map(|(case, _, r, _)| r.as_ref().err().map(|e| format!("{case}: {e}")))
@@ -428,6 +636,19 @@ fn write_reliability_doc(rows: &[(&str, &str, Result<String, String>, Duration)]
         };
         text.push_str(&format!("| {case} | {bound} | {measured} | {verdict} |\n"));
     }
+    text.push_str(concat!(
+        "\n## Not in the suite yet\n\n",
+        "Cases the issue asks for that this suite does not run yet: SIGKILL during the check ",
+        "and during thaw; app freeze (no applications yet); a systemd-style stop during a ",
+        "FIFREEZE that does not return (see below); host faults over UIO (covered in part ",
+        "by `tests/uio.rs`, not tabled here).\n\n",
+        "Observed while building the stop case (kernel 6.18): a FITHAW on a filesystem whose ",
+        "FIFREEZE is still blocked (its loop image on another frozen filesystem) blocks, and ",
+        "the filesystem holding the image was found thawed afterwards. The guardian therefore ",
+        "thaws for an exiting daemon only once all its threads have ended. A daemon that is ",
+        "stopped or hung (heartbeat lost) while one of its FIFREEZE calls is still running is ",
+        "not covered: the guardian thaws at once, and may meet the same behaviour.\n",
+    ));
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/RELIABILITY.md");
     std::fs::write(&path, text).unwrap();
 }

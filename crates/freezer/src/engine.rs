@@ -45,6 +45,7 @@
 //! checked not to be on or built on anything the plan freezes (R59), so they cannot block
 //! on our own freeze.
 
+use std::collections::BTreeSet;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
@@ -67,7 +68,14 @@ pub(crate) trait FsOps: Send + Sync + 'static {
     fn syncfs(&self, fd: BorrowedFd<'_>) -> std::io::Result<()>;
     fn freeze(&self, fd: BorrowedFd<'_>) -> Result<(), SysFreezeError>;
     fn thaw(&self, fd: BorrowedFd<'_>) -> Result<(), ThawError>;
+    /// Filesystems whose `syncfs` (from this or an earlier freeze) has not returned: at
+    /// most one flush thread runs per filesystem, so a hung `syncfs` costs one thread and
+    /// one fd, not one per FREEZE.
+    fn flushing(&self) -> &Mutex<BTreeSet<DevNum>>;
 }
+
+/// [`FsOps::flushing`] of the real kernel: process-wide.
+static KERNEL_FLUSHING: Mutex<BTreeSet<DevNum>> = Mutex::new(BTreeSet::new());
 
 /// The real syscalls.
 #[derive(Debug)]
@@ -92,6 +100,9 @@ impl FsOps for KernelOps {
     }
     fn thaw(&self, fd: BorrowedFd<'_>) -> Result<(), ThawError> {
         hv_vss_sys::fs::thaw(fd)
+    }
+    fn flushing(&self) -> &Mutex<BTreeSet<DevNum>> {
+        &KERNEL_FLUSHING
     }
 }
 
@@ -587,9 +598,16 @@ impl FrozenSet {
 impl Drop for FrozenSet {
     fn drop(&mut self) {
         // With an abandoned FIFREEZE still running the thaw is incomplete: the journal stays
-        // for the guardian or the next start, and the lock goes with this process.
+        // for the guardian or the next start. The lock stays held until this process has
+        // really ended (the kernel closes the fd when the last thread, maybe the one still
+        // in FIFREEZE, exits): recovery must not run under a call that may still freeze.
         if !self.members.is_empty() || self.lock.is_some() {
             let _ = self.thaw();
+        }
+        if !self.in_flight.is_empty()
+            && let Some(lock) = self.lock.take()
+        {
+            std::mem::forget(lock);
         }
     }
 }
@@ -949,19 +967,47 @@ fn freeze_levels(
     let (tx, rx) = mpsc::channel::<(usize, Duration, std::io::Result<()>)>();
     let mut flushing = vec![false; handles.len()];
     for (i, h) in handles.iter().enumerate() {
+        let started = ops
+            .flushing()
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(h.dev);
+        if !started {
+            // An earlier freeze's syncfs on it never returned: this one would hang the same
+            // way, so fail now instead of leaving another thread behind.
+            set.report.sync_us = micros(sync_start.elapsed());
+            set.report.filesystems[i].sync_error =
+                Some("an earlier syncfs on it has not returned".into());
+            return Err(FreezeError::FlushDeadline {
+                mount_point: h.planned.mount_point.clone(),
+                deadline: options.freeze_deadline,
+            });
+        }
         let fd = h.fd.clone();
-        let ops = ops.clone();
+        let thread_ops = ops.clone();
         let tx = tx.clone();
+        let dev = h.dev;
         let spawned = std::thread::Builder::new()
             .name("hv-vss-syncfs".into())
             .spawn(move || {
+                let ops = thread_ops;
                 let t = Instant::now();
                 let r = ops.syncfs(fd.as_fd());
+                ops.flushing()
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(&dev);
                 let _ = tx.send((i, t.elapsed(), r));
             });
         match spawned {
             Ok(_) => flushing[i] = true,
-            Err(e) => set.report.filesystems[i].sync_error = Some(format!("no flush thread: {e}")),
+            Err(e) => {
+                ops.flushing()
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(&dev);
+                set.report.filesystems[i].sync_error = Some(format!("no flush thread: {e}"));
+            }
         }
     }
     drop(tx);
@@ -1285,6 +1331,7 @@ mod tests {
         freeze_rendezvous: Option<Rendezvous>,
         /// Every syncfs waits here likewise.
         sync_rendezvous: Option<Rendezvous>,
+        flushing: Mutex<BTreeSet<DevNum>>,
     }
 
     /// A barrier with a timeout: a serial caller makes the test fail instead of hang.
@@ -1399,6 +1446,9 @@ mod tests {
             }
             self.frozen.lock().unwrap().push(p);
             Ok(())
+        }
+        fn flushing(&self) -> &Mutex<BTreeSet<DevNum>> {
+            &self.flushing
         }
         fn thaw(&self, fd: BorrowedFd<'_>) -> Result<(), ThawError> {
             let p = self.path(fd);
@@ -1694,6 +1744,45 @@ mod tests {
         std::thread::sleep(Duration::from_millis(1600));
         assert!(fake.calls().contains(&"sync /img".to_string()));
         assert!(fake.frozen.lock().unwrap().is_empty());
+    }
+
+    /// Regression (issue 8, item 8): every FREEZE on a filesystem whose syncfs hangs left
+    /// one more thread (and fd) behind. A second freeze while the first flush still hangs
+    /// now fails at once without a new flush thread.
+    #[test]
+    fn a_hung_flush_is_not_started_again_while_it_hangs() {
+        let (plan, mut fake, dir) = setup(vec!["/img"]);
+        fake.sync_hang = vec!["/img".into()];
+        let fake = Arc::new(fake);
+        let err = freeze_with(&plan, &opts(&dir), fake.clone(), &|| false).unwrap_err();
+        assert!(matches!(err.error, FreezeError::FlushDeadline { .. }));
+        let started = Instant::now();
+        for _ in 0..20 {
+            let err = freeze_with(&plan, &opts(&dir), fake.clone(), &|| false).unwrap_err();
+            assert!(
+                matches!(err.error, FreezeError::FlushDeadline { .. }),
+                "{}",
+                err.error
+            );
+        }
+        assert!(
+            started.elapsed() < Duration::from_millis(500),
+            "each freeze waited for its own flush: {:?}",
+            started.elapsed()
+        );
+        // Once the first flush returns, freezing works again.
+        std::thread::sleep(Duration::from_millis(1600));
+        assert_eq!(
+            fake.calls().iter().filter(|c| *c == "sync /img").count(),
+            1,
+            "one flush thread in all: {:?}",
+            fake.calls()
+        );
+        let mut fake_ok = Arc::try_unwrap(fake).ok().expect("no other user");
+        fake_ok.sync_hang.clear();
+        let fake_ok = Arc::new(fake_ok);
+        let mut set = freeze_with(&plan, &opts(&dir), fake_ok, &|| false).unwrap();
+        assert!(set.thaw().complete);
     }
 
     #[test]

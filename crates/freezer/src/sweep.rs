@@ -401,9 +401,13 @@ mod tests {
         stored_on: BTreeMap<DevNum, DevNum>,
         slow: Vec<PathBuf>,
         calls: Mutex<Vec<String>>,
+        flushing: Mutex<BTreeSet<DevNum>>,
     }
 
     impl FsOps for Fake {
+        fn flushing(&self) -> &Mutex<BTreeSet<DevNum>> {
+            &self.flushing
+        }
         fn open(&self, path: &Path) -> std::io::Result<OwnedFd> {
             if !self.mounts.contains_key(path) {
                 return Err(std::io::Error::from_raw_os_error(2));

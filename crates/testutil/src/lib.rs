@@ -325,6 +325,49 @@ impl Drop for LoopFs {
     }
 }
 
+/// A filesystem whose FIFREEZE blocks until the test lets it go, and whose `syncfs` blocks
+/// too once it has dirty data: an ext4 image on a second ext4 loop filesystem that the test
+/// freezes itself ([`SlowFreezeFs::hold`]). The inner filesystem's writes to its loop
+/// device become writes to a file on the frozen outer one, which wait for its thaw.
+/// (Device-mapper's delay target is not available everywhere; this needs only loop.) Both
+/// are test filesystems: dropped (thawed, unmounted) inner first.
+#[derive(Debug)]
+pub struct SlowFreezeFs {
+    /// The filesystem to freeze (its image lives on `outer`).
+    pub inner: LoopFs,
+    /// The filesystem the test holds frozen.
+    pub outer: LoopFs,
+}
+
+impl SlowFreezeFs {
+    /// Both filesystems, nothing frozen.
+    pub fn new() -> anyhow::Result<Self> {
+        let outer = LoopFs::create(FsKind::Ext4, FsKind::Ext4.min_size_mib() * 2 + 16, None)?;
+        let inner = LoopFs::new_in(FsKind::Ext4, outer.mount_point())?;
+        Ok(Self { inner, outer })
+    }
+
+    /// Flushes the inner filesystem (so its `syncfs` has nothing to write), then freezes
+    /// the outer one: from now on the inner's FIFREEZE blocks until [`Self::release`].
+    pub fn hold(&self) -> anyhow::Result<()> {
+        let fd = hv_vss_sys::fs::open_mount_point(self.inner.mount_point())?;
+        hv_vss_sys::fs::syncfs(fd.as_fd())?;
+        freeze_path(self.outer.mount_point())
+    }
+
+    /// Leaves `bytes` of dirty data on the inner filesystem (not synced): once held, its
+    /// `syncfs` blocks too.
+    pub fn dirty_inner(&self, bytes: usize) -> anyhow::Result<()> {
+        std::fs::write(self.inner.mount_point().join("dirty"), vec![0x5a; bytes])?;
+        Ok(())
+    }
+
+    /// Thaws the outer filesystem; the inner's blocked calls go on.
+    pub fn release(&self) -> anyhow::Result<bool> {
+        thaw_path(self.outer.mount_point())
+    }
+}
+
 /// Some other mount (tmpfs, bind) in a temp dir, unmounted on drop.
 #[derive(Debug)]
 pub struct TestMount {

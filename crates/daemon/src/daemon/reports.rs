@@ -11,11 +11,35 @@ use super::Daemon;
 use crate::completion::BuComplete;
 use crate::history::HistoryEntry;
 
+/// At most one "FREEZE while frozen" line per this interval (host-triggerable, R71: while
+/// frozen the lines go to the bounded held ring, where a flood would push out the ones
+/// that matter, such as an auto-thaw).
+const ALREADY_FROZEN_LOG_INTERVAL: Duration = Duration::from_secs(10);
+
 /// At most one line per this interval about a BU_COMPLETE no backup waited for
 /// (host-triggerable, R71).
 const STRAY_BU_COMPLETE_LOG_INTERVAL: Duration = Duration::from_secs(10);
 
 impl Daemon {
+    /// A FREEZE-while-frozen notice, logged at most once per interval with the count of
+    /// the ones not logged.
+    pub(super) fn log_already_frozen(&mut self, notice: &Notice) {
+        let Notice::AlreadyFrozen { request, txn } = notice else {
+            return;
+        };
+        if let Some(suppressed) = self
+            .already_frozen_log
+            .allow(Instant::now(), ALREADY_FROZEN_LOG_INTERVAL)
+        {
+            tracing::info!(
+                request = request.0,
+                txn = txn.0,
+                suppressed,
+                "FREEZE while frozen: S_OK, staying frozen"
+            );
+        }
+    }
+
     /// Logs every finished report and stores what is ready, once nothing is frozen (R60,
     /// R72). In UIO mode a backup's entry waits for BU_COMPLETE first ([`CompletionWait`](crate::completion::CompletionWait)).
     pub(super) fn flush_reports(&mut self) {
@@ -136,12 +160,8 @@ pub(super) fn log_notice(notice: &Notice) {
         } => {
             tracing::warn!(request = request.0, op = ?op, reason = ?reason, "request refused with E_FAIL")
         }
-        Notice::AlreadyFrozen { request, txn } => {
-            tracing::info!(
-                request = request.0,
-                txn = txn.0,
-                "FREEZE while frozen: S_OK, staying frozen"
-            )
+        Notice::AlreadyFrozen { .. } => {
+            // Host-triggerable at any rate: logged by `Daemon::log_already_frozen`, limited.
         }
         Notice::ThawWithoutFreeze { request } => {
             tracing::info!(request = request.0, "THAW with nothing frozen: S_OK")

@@ -66,6 +66,11 @@ pub fn run(state_dir: &Path) -> i32 {
         let now = Instant::now();
         if !held.is_empty() {
             if now >= last_heard + HEARTBEAT_TIMEOUT {
+                // Silent because it is exiting (its last thread may be inside a FIFREEZE
+                // that has not returned): that is the daemon going, not hanging.
+                if daemon_exiting(daemon_pid) {
+                    break Cause::DaemonGone;
+                }
                 break Cause::HeartbeatLost;
             }
             if deadline.is_some_and(|d| now >= d) {
@@ -94,6 +99,13 @@ pub fn run(state_dir: &Path) -> i32 {
             Received::EndOfFile => break Cause::DaemonGone,
         }
     };
+    if cause == Cause::DaemonGone && !held.is_empty() {
+        // Thaw only once every thread of the daemon has ended: a FITHAW on a filesystem
+        // whose FIFREEZE is still running blocks, and on a filesystem stacked on another
+        // (loop image) was seen to disturb the other's freeze. Once the process is gone,
+        // each call it made has returned.
+        while !hv_vss_sys::fs::wait_for_exit(daemon_pid, Duration::from_secs(3600)) {}
+    }
     let started = Instant::now();
     let (thawed, failed) = thaw_all(&mut held);
     narrow_journal(state_dir, daemon_pid, cause, &thawed, &failed);
@@ -121,6 +133,15 @@ pub fn run(state_dir: &Path) -> i32 {
         );
         1
     }
+}
+
+/// The daemon's main thread has ended (zombie): the process is exiting, though a thread
+/// still inside a system call may keep it from finishing.
+fn daemon_exiting(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |stat| {
+        stat.rsplit_once(')')
+            .is_some_and(|(_, rest)| matches!(rest.trim_start().chars().next(), Some('Z' | 'X')))
+    })
 }
 
 enum Received {
