@@ -251,6 +251,7 @@ fn print_freeze(report: &FreezeReport, thaw: Option<&ThawReport>, held: Option<D
             FsFreezeOutcome::Unsupported => "cannot freeze (skipped)".into(),
             FsFreezeOutcome::Failed { error } => format!("failed: {error}"),
             FsFreezeOutcome::TimedOut => "FIFREEZE deadline missed".into(),
+            FsFreezeOutcome::Abandoned => "FIFREEZE still running when cancelled".into(),
         };
         println!(
             "  {}  {}  level {}  sync {}  freeze {}{}  thaw {}  {outcome}{}",

@@ -254,6 +254,67 @@ fn thaw_recover_after_the_freezer_is_killed() {
     });
 }
 
+/// Regression (issue 8, item 3): with `on_foreign_freeze = "ignore"`, a freeze of A and B
+/// where someone else had frozen B, then SIGKILL: the journal listed B too, and `thaw
+/// --recover` thawed someone else's freeze. Now only A is listed and recovered.
+#[test]
+fn recover_after_sigkill_never_thaws_a_foreign_freeze_the_freezer_ignored() {
+    freezing_test(TIMEOUT, || {
+        let a = LoopFs::new(FsKind::Ext4).unwrap();
+        let b = LoopFs::new(FsKind::Ext4).unwrap();
+        let state = state_dir().unwrap();
+        let config = state.path().join("ignore.toml");
+        std::fs::write(&config, "[freezer]\non_foreign_freeze = \"ignore\"\n").unwrap();
+        freeze_from_other_process(b.mount_point()).unwrap();
+        let mut child = hv_vss()
+            .args(["freeze", "--hold", "60s", "--config"])
+            .arg(&config)
+            .arg("--state-dir")
+            .arg(state.path())
+            .arg("--mount")
+            .arg(a.mount_point())
+            .arg("--mount")
+            .arg(b.mount_point())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        // A is frozen once a write on it blocks; B's EBUSY came back in the same level (the
+        // freezer prints nothing while frozen), so give that level a moment to finish.
+        let mut blocked = None;
+        for i in 0..200 {
+            assert!(child.try_wait().unwrap().is_none(), "freezer exited early");
+            let probe = WriteProbe::start(&a.mount_point().join(format!("w{i}")), b"x");
+            if !probe.wait(Duration::from_millis(200)) {
+                blocked = Some(probe);
+                break;
+            }
+        }
+        let probe = blocked.expect("A never froze");
+        std::thread::sleep(Duration::from_millis(500));
+        child.kill().unwrap();
+        child.wait().unwrap();
+
+        let out = run(hv_vss()
+            .args(["thaw", "--recover", "--json", "--state-dir"])
+            .arg(state.path()));
+        assert_eq!(code(&out), 0, "{}", stderr(&out));
+        let r = json(&out);
+        let listed: Vec<&str> = r["filesystems"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|f| f["path"].as_str().unwrap())
+            .collect();
+        assert_eq!(listed, vec![a.mount_point().to_str().unwrap()], "{r}");
+        assert!(probe.wait(Duration::from_secs(10)), "ours thawed");
+        assert!(
+            thaw_path(b.mount_point()).unwrap(),
+            "the foreign freeze of B was thawed by recovery"
+        );
+    });
+}
+
 #[test]
 fn thaw_without_recover_is_a_usage_error() {
     let out = run(hv_vss().arg("thaw"));

@@ -15,31 +15,35 @@
 //!    (an earlier freeze was never thawed: run recovery).
 //! 2. Every planned mount is opened (`O_RDONLY|O_DIRECTORY|O_NOFOLLOW|O_CLOEXEC|O_NONBLOCK`)
 //!    and checked to be the planned mount (statx mount id, else `st_dev`).
-//! 3. The journal is written (temp + fsync + rename).
-//! 4. `syncfs` on every filesystem in parallel, so FIFREEZE finds little left to write,
+//! 3. `syncfs` on every filesystem in parallel, so FIFREEZE finds little left to write,
 //!    under the same deadline: a flush that misses it fails the freeze before anything is
 //!    frozen (its thread is abandoned and ends when the call returns).
-//! 5. Level by level, FIFREEZE on one thread per filesystem, each with the configured
-//!    deadline. A call that misses it fails the freeze; its thread thaws the filesystem if
+//! 4. Level by level, FIFREEZE on one thread per filesystem, each with the configured
+//!    deadline. Before a level's first FIFREEZE the journal (temp + fsync + rename) is
+//!    rewritten to list what is frozen so far plus the level (in flight); each result that
+//!    leaves a filesystem not ours (EBUSY, EOPNOTSUPP, an error) takes it off at once, and
+//!    every partial thaw narrows it to what is still frozen. So the journal lists exactly
+//!    what is frozen or in flight, never someone else's freeze once its EBUSY is known. A call that misses it fails the freeze; its thread thaws the filesystem if
 //!    the call ever succeeds (R39). Until it has returned (and that thaw worked), the
 //!    journal (narrowed to what may still be ours) and the lock stay, held by the set that
 //!    [`FreezeFailure::unthawed`] hands back: a crash in that window leaves the filesystem
 //!    listed for the guardian and the next start.
-//! 6. On any failure: everything we froze is thawed in exact reverse of the order the
+//! 5. On any failure: everything we froze is thawed in exact reverse of the order the
 //!    freezes completed, and the journal is removed once all are thawed. A filesystem that
 //!    answered EBUSY was frozen by someone else and is never thawed by us.
 //!
 //! [`freeze_cancellable`] also stops (and rolls back) when its caller says the freeze was
 //! overtaken by a thaw, checked before the flush, before the first FIFREEZE and between
-//! levels. From the journal write on, the [`FrozenSet`] under construction owns the lock,
+//! levels. From the opening on, the [`FrozenSet`] under construction owns the lock,
 //! the journal and every member the moment it freezes, so even a panic unwinding through
 //! the freeze thaws what froze (and FIFREEZE calls still running are abandoned: they thaw
 //! their filesystem when they return).
 //!
 //! Between the first FIFREEZE and the last FITHAW nothing here writes a file, logs, or
 //! spawns a process (R60): events are collected into the report, which the caller logs
-//! after the thaw. The only writes are the journal removal and lock release *after* the
-//! last thaw, in the state directory (checked not to be frozen).
+//! after the thaw. The only writes are the journal's, in the state directory, which is
+//! checked not to be on or built on anything the plan freezes (R59), so they cannot block
+//! on our own freeze.
 
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
@@ -90,6 +94,20 @@ impl FsOps for KernelOps {
         hv_vss_sys::fs::thaw(fd)
     }
 }
+
+/// Told about each filesystem the moment it may become ours to thaw (before its FIFREEZE
+/// is called) and the moment it no longer is (thawed, found not frozen, someone else's
+/// freeze, or a late FIFREEZE undone by its thread). The daemon passes the fds to its
+/// guardian this way, so the guardian holds exactly what the freeze may have frozen.
+pub trait FreezeWatch: Send + Sync {
+    /// Before FIFREEZE on `fd`. An error fails the freeze before that call is made.
+    fn arm(&self, dev: DevNum, fd: BorrowedFd<'_>) -> std::io::Result<()>;
+    /// `dev` is not ours to thaw any more.
+    fn disarm(&self, dev: DevNum);
+}
+
+/// How often a wait inside the freeze (flush, level) looks at its caller's cancel.
+const CANCEL_POLL: Duration = Duration::from_millis(10);
 
 /// How to run a freeze.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -197,6 +215,14 @@ pub enum FreezeError {
     /// The caller cancelled the freeze (a thaw overtook it); what froze was rolled back.
     #[error("freeze cancelled: a thaw was asked for while freezing")]
     Cancelled,
+    /// The guardian could not be handed a filesystem before its FIFREEZE.
+    #[error("{}: cannot hand it to the guardian: {source}", .mount_point.display())]
+    Guardian {
+        /// The mount point.
+        mount_point: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
     /// `syncfs` did not return within the freeze deadline: nothing was frozen (the flush
     /// thread is abandoned and finishes on its own).
     #[error("{}: syncfs did not return within {deadline:?}; nothing was frozen", .mount_point.display())]
@@ -252,6 +278,9 @@ pub enum FsFreezeOutcome {
     },
     /// FIFREEZE missed its deadline; the worker thaws it if it ever returns success.
     TimedOut,
+    /// FIFREEZE was still running when the freeze was cancelled (a thaw overtook it); its
+    /// thread thaws it if it ever returns success.
+    Abandoned,
 }
 
 /// Per-filesystem facts of one freeze.
@@ -357,10 +386,21 @@ pub struct FrozenFs {
     pub fs_type: String,
     /// Level.
     pub level: usize,
+    /// Path it was opened through (what the journal lists).
+    open_path: PathBuf,
     fd: Arc<OwnedFd>,
 }
 
 impl FrozenFs {
+    fn journal_entry(&self, pid: i32) -> JournalEntry {
+        JournalEntry {
+            path: self.open_path.clone(),
+            dev: self.dev,
+            fs_type: self.fs_type.clone(),
+            pid,
+        }
+    }
+
     /// The fd it was frozen through (hand it to a guardian over SCM_RIGHTS; FITHAW on any
     /// fd of the filesystem thaws it).
     pub fn fd(&self) -> BorrowedFd<'_> {
@@ -380,6 +420,12 @@ pub struct FrozenSet {
     /// FIFREEZE calls that have not been collected: while freezing, the level running;
     /// after a deadline, the abandoned calls until they return (R39).
     in_flight: Vec<InFlight>,
+    /// When the freeze started (the journal's `created_unix_ms`).
+    started_unix_ms: u64,
+    /// Told what becomes and stops being ours to thaw.
+    watch: Option<Arc<dyn FreezeWatch>>,
+    /// What the journal on disk lists now (empty: no journal).
+    journal_listed: Vec<JournalEntry>,
 }
 
 /// A FIFREEZE call not yet collected, and the member it becomes if it froze.
@@ -439,36 +485,87 @@ impl FrozenSet {
     }
 
     /// Thaw every member in exact reverse of freeze order, going on past errors (R41).
-    /// Members that thawed (or were found not frozen) leave the set; when it is empty and
-    /// every abandoned FIFREEZE has returned (and been undone), the journal is removed and
-    /// the lock released. Call again to retry the rest.
+    /// Members that thawed (or were found not frozen) leave the set, and the journal is
+    /// narrowed to what is left; when it is empty and every abandoned FIFREEZE has returned
+    /// (and been undone), the journal is removed and the lock released. Call again to retry
+    /// the rest.
     pub fn thaw(&mut self) -> ThawReport {
         self.collect_abandoned();
-        let mut report = thaw_members(&mut self.members, self.ops.as_ref(), self.window_start);
+        let mut report = thaw_members(
+            &mut self.members,
+            self.ops.as_ref(),
+            self.watch.as_deref(),
+            self.window_start,
+        );
         report.freezes_pending = self.freezes_pending();
         report.complete = report.complete && report.freezes_pending.is_empty();
+        if !report.complete
+            && let Err(e) = self.write_journal()
+        {
+            report.journal_error = Some(e.to_string());
+        }
         self.finish(report)
     }
 
-    /// Forgets abandoned FIFREEZE calls that returned and were undone by their thread, and
-    /// adopts those that froze but whose thread could not thaw them, so the thaw retries.
+    /// Makes the journal list exactly what is frozen (members) or in flight (FIFREEZE
+    /// called and not collected), in freeze order; removes it when that is nothing. Only
+    /// writes when the list changed. This is the one file written while frozen: the state
+    /// directory is checked not to be on (or built on) anything the plan freezes (R59), so
+    /// the write cannot block on our freeze, and a journal listing less than the truth
+    /// would leave a freeze nobody recovers, while one listing more would thaw someone
+    /// else's (R65).
+    fn write_journal(&mut self) -> Result<(), crate::journal::JournalError> {
+        let pid = std::process::id() as i32;
+        let listed: Vec<JournalEntry> = self
+            .members
+            .iter()
+            .chain(self.in_flight.iter().map(|f| &f.member))
+            .map(|m| m.journal_entry(pid))
+            .collect();
+        if listed == self.journal_listed {
+            return Ok(());
+        }
+        if listed.is_empty() {
+            Journal::remove(&self.state_dir)?;
+        } else {
+            Journal {
+                version: 1,
+                pid,
+                created_unix_ms: self.started_unix_ms,
+                filesystems: listed.clone(),
+            }
+            .write(&self.state_dir)?;
+        }
+        self.journal_listed = listed;
+        Ok(())
+    }
+
+    /// Forgets FIFREEZE calls that returned and left nothing frozen (undone by their
+    /// thread, or failed), and adopts those that froze and were never collected (a result
+    /// delivered but not recorded, or a late success whose FITHAW failed), so the thaw
+    /// covers them.
     fn collect_abandoned(&mut self) {
         let mut still_running = Vec::new();
         for f in std::mem::take(&mut self.in_flight) {
             let (returned, frozen) = {
                 let mut state = f.job.state.lock().unwrap_or_else(|p| p.into_inner());
-                match *state {
-                    JobState::Done => (true, false),
-                    JobState::StillFrozen => {
-                        *state = JobState::Done;
-                        (true, true)
-                    }
+                let seen = match *state {
+                    JobState::Done | JobState::Delivered { frozen: false } => (true, false),
+                    JobState::StillFrozen | JobState::Delivered { frozen: true } => (true, true),
                     JobState::Running | JobState::Abandoned => (false, false),
+                };
+                if seen.0 {
+                    *state = JobState::Done;
                 }
+                seen
             };
             if frozen {
                 self.members.push(f.member);
-            } else if !returned {
+            } else if returned {
+                if let Some(w) = &self.watch {
+                    w.disarm(f.member.dev);
+                }
+            } else {
                 still_running.push(f);
             }
         }
@@ -480,6 +577,7 @@ impl FrozenSet {
             if let Err(e) = Journal::remove(&self.state_dir) {
                 report.journal_error = Some(e.to_string());
             }
+            self.journal_listed.clear();
             self.lock = None;
         }
         report
@@ -500,7 +598,12 @@ fn micros(d: Duration) -> u64 {
     u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
 }
 
-fn thaw_members(members: &mut Vec<FrozenFs>, ops: &dyn FsOps, window_start: Instant) -> ThawReport {
+fn thaw_members(
+    members: &mut Vec<FrozenFs>,
+    ops: &dyn FsOps,
+    watch: Option<&dyn FreezeWatch>,
+    window_start: Instant,
+) -> ThawReport {
     let start = Instant::now();
     let mut out = Vec::with_capacity(members.len());
     let mut kept = Vec::new();
@@ -523,6 +626,8 @@ fn thaw_members(members: &mut Vec<FrozenFs>, ops: &dyn FsOps, window_start: Inst
         });
         if matches!(outcome, FsThawOutcome::Failed { .. }) {
             kept.push(m);
+        } else if let Some(w) = watch {
+            w.disarm(m.dev);
         }
     }
     kept.reverse();
@@ -567,17 +672,30 @@ pub fn freeze(plan: &Plan, options: &FreezeOptions) -> Result<FrozenSet, FreezeF
 }
 
 /// [`freeze`] that stops as soon as `cancelled` returns true: checked before the flush,
-/// before the first FIFREEZE and before each level. A level already started finishes
-/// (bounded by its deadline); then everything frozen is rolled back and the error is
+/// while waiting for the flush and for each level's FIFREEZE calls (every
+/// [`CANCEL_POLL`]), and before each level. FIFREEZE calls still running are abandoned to
+/// their threads, which thaw what they froze when they return (the set keeps journal and
+/// lock until then); everything frozen is rolled back and the error is
 /// [`FreezeError::Cancelled`]. For a caller whose freeze was overtaken by a thaw (a THAW,
 /// a deadline or a shutdown while freezing): nothing more is frozen for a request that
-/// has already been given up.
+/// has already been given up, and the caller is not held up by a slow FIFREEZE.
 pub fn freeze_cancellable(
     plan: &Plan,
     options: &FreezeOptions,
     cancelled: &(dyn Fn() -> bool + Sync),
 ) -> Result<FrozenSet, FreezeFailure> {
     freeze_with(plan, options, Arc::new(KernelOps), cancelled)
+}
+
+/// [`freeze_cancellable`] that tells `watch` what may become ours before each FIFREEZE and
+/// what stops being ours, for as long as the returned set (or a failure's `unthawed`) lives.
+pub fn freeze_watched(
+    plan: &Plan,
+    options: &FreezeOptions,
+    cancelled: &(dyn Fn() -> bool + Sync),
+    watch: Arc<dyn FreezeWatch>,
+) -> Result<FrozenSet, FreezeFailure> {
+    freeze_with_watch(plan, options, Arc::new(KernelOps), cancelled, Some(watch))
 }
 
 fn prepare_state_dir(
@@ -621,6 +739,20 @@ struct Handle {
     fd: Arc<OwnedFd>,
 }
 
+impl Handle {
+    /// The member this filesystem becomes once frozen.
+    fn member(&self) -> FrozenFs {
+        FrozenFs {
+            mount_point: self.planned.mount_point.clone(),
+            dev: self.dev,
+            fs_type: self.planned.fs_type.clone(),
+            level: self.planned.level,
+            open_path: self.planned.open_path.clone(),
+            fd: self.fd.clone(),
+        }
+    }
+}
+
 fn open_all(plan: &Plan, ops: &dyn FsOps) -> Result<Vec<Handle>, FreezeError> {
     plan.filesystems()
         .map(|p| {
@@ -659,6 +791,11 @@ enum JobState {
     Running,
     /// The caller gave up at the deadline; the thread undoes a late success itself.
     Abandoned,
+    /// Returned and sent its result to the caller, which may not have recorded it yet
+    /// (`frozen`: the result was a success, so the filesystem is ours until thawed).
+    Delivered {
+        frozen: bool,
+    },
     /// Collected, or returned after being abandoned and left nothing frozen.
     Done,
     /// Returned after being abandoned, froze, and its FITHAW failed: still frozen, ours.
@@ -674,6 +811,16 @@ pub(crate) fn freeze_with(
     options: &FreezeOptions,
     ops: Arc<dyn FsOps>,
     cancelled: &(dyn Fn() -> bool + Sync),
+) -> Result<FrozenSet, FreezeFailure> {
+    freeze_with_watch(plan, options, ops, cancelled, None)
+}
+
+fn freeze_with_watch(
+    plan: &Plan,
+    options: &FreezeOptions,
+    ops: Arc<dyn FsOps>,
+    cancelled: &(dyn Fn() -> bool + Sync),
+    watch: Option<Arc<dyn FreezeWatch>>,
 ) -> Result<FrozenSet, FreezeFailure> {
     let started = Instant::now();
     let mut report = FreezeReport {
@@ -725,61 +872,35 @@ pub(crate) fn freeze_with(
     for (r, h) in report.filesystems.iter_mut().zip(&handles) {
         r.dev = h.dev;
     }
-    let pid = std::process::id() as i32;
-    let journal = Journal {
-        version: 1,
-        pid,
-        created_unix_ms: report.started_unix_ms,
-        filesystems: handles
-            .iter()
-            .map(|h| JournalEntry {
-                path: h.planned.open_path.clone(),
-                dev: h.dev,
-                fs_type: h.planned.fs_type.clone(),
-                pid,
-            })
-            .collect(),
-    };
-    if let Err(e) = journal.write(&options.state_dir) {
-        fail!(e.into());
-    }
     report.prepare_us = micros(started.elapsed());
 
     // From here the set owns the lock and the journal, and every member the moment it is
     // frozen: whatever ends the freeze (failure, cancel, even a panic unwinding through
-    // here), its thaw or its Drop thaws what froze and removes the journal.
+    // here), its thaw or its Drop thaws what froze and removes the journal. The journal is
+    // written per level, before its FIFREEZE calls, and narrowed as results come in.
     let mut set = FrozenSet {
         members: Vec::new(),
         window_start: Instant::now(),
         state_dir: options.state_dir.clone(),
         lock: Some(lock),
+        started_unix_ms: report.started_unix_ms,
         report,
         ops,
         in_flight: Vec::new(),
+        journal_listed: Vec::new(),
+        watch,
     };
     match freeze_levels(plan, options, &handles, &mut set, cancelled) {
         Ok(()) => Ok(set),
         Err(error) => {
+            // The rollback narrows the journal to what it could not thaw.
             let rollback = set.thaw();
             let complete = rollback.complete;
             let mut report = Box::new(set.report.clone());
             report.rollback = Some(rollback);
             // Whatever could not be thawed, or may still freeze (an abandoned FIFREEZE),
             // stays owned (lock and journal included) and goes back to the caller to retry;
-            // dropping it would leave it frozen unowned. The journal is narrowed to those
-            // (state directory only, never frozen): it must no longer list what we thawed
-            // or what another freezer holds (EBUSY), which recovery would thaw.
-            if !complete {
-                let ours: Vec<DevNum> = set
-                    .members
-                    .iter()
-                    .map(|m| m.dev)
-                    .chain(set.in_flight.iter().map(|f| f.member.dev))
-                    .collect();
-                let mut narrowed = journal;
-                narrowed.filesystems.retain(|e| ours.contains(&e.dev));
-                let _ = narrowed.write(&options.state_dir);
-            }
+            // dropping it would leave it frozen unowned.
             let unthawed = (!complete).then(|| Box::new(set));
             Err(FreezeFailure {
                 error,
@@ -846,9 +967,22 @@ fn freeze_levels(
     drop(tx);
     let sync_deadline = sync_start.checked_add(options.freeze_deadline);
     while flushing.iter().any(|&f| f) {
+        if cancelled() {
+            // Nothing is frozen yet: the flush threads finish on their own.
+            set.report.sync_us = micros(sync_start.elapsed());
+            return Err(FreezeError::Cancelled);
+        }
+        let now = Instant::now();
         let received = match sync_deadline {
-            Some(d) => rx.recv_timeout(d.saturating_duration_since(Instant::now())),
-            None => rx.recv().map_err(|_| mpsc::RecvTimeoutError::Disconnected),
+            Some(d) if now >= d => Err(mpsc::RecvTimeoutError::Timeout),
+            Some(d) => match rx.recv_timeout((d - now).min(CANCEL_POLL)) {
+                Err(mpsc::RecvTimeoutError::Timeout) => continue,
+                other => other,
+            },
+            None => match rx.recv_timeout(CANCEL_POLL) {
+                Err(mpsc::RecvTimeoutError::Timeout) => continue,
+                other => other,
+            },
         };
         match received {
             Ok((i, took, result)) => {
@@ -905,18 +1039,59 @@ fn freeze_levels(
             .filter(|&i| handles[i].planned.level == level)
             .collect();
         let (tx, rx) = mpsc::channel::<(usize, Instant, Duration, Result<(), SysFreezeError>)>();
+        // The level is listed in the journal (as in flight) before any of its FIFREEZE
+        // calls starts, so a crash from here on leaves nothing frozen that is not listed.
         let mut jobs: Vec<(usize, Arc<Job>)> = Vec::new();
         for &i in &indices {
             let job = Arc::new(Job {
                 state: Mutex::new(JobState::Running),
             });
             jobs.push((i, job.clone()));
+            set.in_flight.push(InFlight {
+                index: i,
+                job,
+                member: handles[i].member(),
+            });
+        }
+        if let Err(e) = set.write_journal() {
+            set.in_flight.retain(|f| !indices.contains(&f.index));
+            failure = Some(e.into());
+            break;
+        }
+        // And the guardian holds each fd before its FIFREEZE.
+        if let Some(w) = set.watch.clone() {
+            let mut armed = Vec::new();
+            for &i in &indices {
+                match w.arm(handles[i].dev, handles[i].fd.as_fd()) {
+                    Ok(()) => armed.push(i),
+                    Err(e) => {
+                        failure = Some(FreezeError::Guardian {
+                            mount_point: handles[i].planned.mount_point.clone(),
+                            source: e,
+                        });
+                        break;
+                    }
+                }
+            }
+            if failure.is_some() {
+                for i in armed {
+                    w.disarm(handles[i].dev);
+                }
+                set.in_flight.retain(|f| !indices.contains(&f.index));
+                let _ = set.write_journal();
+                break;
+            }
+        }
+        let mut started: Vec<(usize, Arc<Job>)> = Vec::with_capacity(jobs.len());
+        for (i, job) in jobs {
             let fd = handles[i].fd.clone();
             let ops = ops.clone();
             let tx = tx.clone();
+            let thread_job = job.clone();
             let spawned = std::thread::Builder::new()
                 .name("hv-vss-freeze".into())
                 .spawn(move || {
+                    let job = thread_job;
                     let t = Instant::now();
                     let result = ops.freeze(fd.as_fd());
                     let took = t.elapsed();
@@ -933,33 +1108,31 @@ fn freeze_levels(
                             JobState::Done
                         };
                     } else {
+                        let frozen = result.is_ok();
                         let _ = tx.send((i, t, took, result));
-                        *state = JobState::Done;
+                        *state = JobState::Delivered { frozen };
                     }
                 });
-            if spawned.is_ok() {
-                let h = &handles[i];
-                set.in_flight.push(InFlight {
-                    index: i,
-                    job: jobs[jobs.len() - 1].1.clone(),
-                    member: FrozenFs {
-                        mount_point: h.planned.mount_point.clone(),
-                        dev: h.dev,
-                        fs_type: h.planned.fs_type.clone(),
-                        level,
-                        fd: h.fd.clone(),
-                    },
-                });
+            match spawned {
+                Ok(_) => started.push((i, job)),
+                Err(e) => {
+                    set.in_flight.retain(|f| f.index != i);
+                    if let Some(w) = &set.watch {
+                        w.disarm(handles[i].dev);
+                    }
+                    failure.get_or_insert(FreezeError::Freeze {
+                        mount_point: handles[i].planned.mount_point.clone(),
+                        error: SysFreezeError::Other(
+                            rustix::io::Errno::from_io_error(&e)
+                                .unwrap_or(rustix::io::Errno::AGAIN),
+                        ),
+                    });
+                }
             }
-            if let Err(e) = spawned {
-                failure.get_or_insert(FreezeError::Freeze {
-                    mount_point: handles[i].planned.mount_point.clone(),
-                    error: SysFreezeError::Other(
-                        rustix::io::Errno::from_io_error(&e).unwrap_or(rustix::io::Errno::AGAIN),
-                    ),
-                });
-                jobs.pop();
-            }
+        }
+        let jobs = started;
+        if jobs.len() < indices.len() {
+            let _ = set.write_journal();
         }
         drop(tx);
         let _abandon_on_unwind = AbandonOnUnwind(&jobs);
@@ -977,16 +1150,19 @@ fn freeze_levels(
                 r.freeze_start_us = Some(micros(t.saturating_duration_since(window_start)));
                 r.freeze_us = Some(micros(took));
                 let mount_point = h.planned.mount_point.clone();
+                if result.is_err() {
+                    // Not ours (EBUSY: someone else's freeze) or not frozen: off the journal
+                    // and out of the guardian at once, so recovery never thaws it.
+                    let _ = set.write_journal();
+                    if let Some(w) = &set.watch {
+                        w.disarm(h.dev);
+                    }
+                }
+                let r = &mut set.report.filesystems[i];
                 match result {
                     Ok(()) => {
                         r.outcome = FsFreezeOutcome::Frozen;
-                        set.members.push(FrozenFs {
-                            mount_point,
-                            dev: h.dev,
-                            fs_type: h.planned.fs_type.clone(),
-                            level,
-                            fd: h.fd.clone(),
-                        });
+                        set.members.push(h.member());
                     }
                     Err(SysFreezeError::AlreadyFrozen) => {
                         r.outcome = FsFreezeOutcome::ForeignFrozen;
@@ -1012,9 +1188,18 @@ fn freeze_levels(
                 }
             };
         while pending > 0 {
-            let received = match deadline {
-                Some(d) => rx.recv_timeout(d.saturating_duration_since(Instant::now())),
-                None => rx.recv().map_err(|_| mpsc::RecvTimeoutError::Disconnected),
+            // Wait in short slices so a cancel is seen while FIFREEZE calls still run.
+            let now = Instant::now();
+            let past_deadline = deadline.is_some_and(|d| now >= d);
+            let cancel = !past_deadline && cancelled();
+            let received = if past_deadline || cancel {
+                Err(mpsc::RecvTimeoutError::Timeout)
+            } else {
+                let slice = deadline.map_or(CANCEL_POLL, |d| (d - now).min(CANCEL_POLL));
+                match rx.recv_timeout(slice) {
+                    Err(mpsc::RecvTimeoutError::Timeout) => continue,
+                    other => other,
+                }
             };
             match received {
                 Ok(msg) => {
@@ -1022,19 +1207,30 @@ fn freeze_levels(
                     record(set, &mut failure, msg, false);
                 }
                 Err(_) => {
-                    // Deadline: abandon every job still running. A job that finished between
-                    // the timeout and our lock has already sent its result; collect it.
+                    // Deadline or cancel (or a thread that died without answering): abandon
+                    // every job still running; its thread thaws a late success. A job that
+                    // finished between the last look and our lock has already sent its
+                    // result; collect it.
                     for (i, job) in &jobs {
                         let mut state = job.state.lock().unwrap_or_else(|p| p.into_inner());
                         if matches!(*state, JobState::Running) {
                             *state = JobState::Abandoned;
                             pending -= 1;
-                            set.report.filesystems[*i].outcome = FsFreezeOutcome::TimedOut;
-                            failure.get_or_insert(FreezeError::Deadline {
-                                mount_point: handles[*i].planned.mount_point.clone(),
-                                deadline: options.freeze_deadline,
-                            });
+                            let mount_point = handles[*i].planned.mount_point.clone();
+                            if cancel {
+                                set.report.filesystems[*i].outcome = FsFreezeOutcome::Abandoned;
+                                failure.get_or_insert(FreezeError::Cancelled);
+                            } else {
+                                set.report.filesystems[*i].outcome = FsFreezeOutcome::TimedOut;
+                                failure.get_or_insert(FreezeError::Deadline {
+                                    mount_point,
+                                    deadline: options.freeze_deadline,
+                                });
+                            }
                         }
+                    }
+                    if cancel {
+                        failure.get_or_insert(FreezeError::Cancelled);
                     }
                     while pending > 0 {
                         let Ok(msg) = rx.recv() else {
@@ -1397,8 +1593,36 @@ mod tests {
         o.on_foreign_freeze = ForeignFreezePolicy::Ignore;
         let mut set = freeze_with(&plan, &o, fake.clone(), &|| false).unwrap();
         assert_eq!(set.members().len(), 1);
+        // Regression (issue 8, item 3): the journal listed every planned filesystem, so a
+        // crash now made recovery thaw /host, someone else's freeze.
+        let j = Journal::read(&dir.path().join("state")).unwrap().unwrap();
+        let listed: Vec<&Path> = j.filesystems.iter().map(|e| e.path.as_path()).collect();
+        assert_eq!(listed, vec![Path::new("/img")], "only what we froze");
         set.thaw();
         assert!(!fake.calls().contains(&"thaw /host".to_string()));
+    }
+
+    /// Regression (issue 8, item 3): a partial thaw left the journal listing what it had
+    /// thawed; recovery after a crash would thaw it again, maybe after someone else froze it.
+    #[test]
+    fn a_partial_thaw_narrows_the_journal_to_what_is_still_frozen() {
+        let (plan, mut fake, dir) = setup(vec!["/img", "/other"]);
+        fake.stuck = vec!["/other".into()];
+        fake.stuck_on
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        let fake = Arc::new(fake);
+        let state = dir.path().join("state");
+        let mut set = freeze_with(&plan, &opts(&dir), fake.clone(), &|| false).unwrap();
+        assert_eq!(Journal::read(&state).unwrap().unwrap().filesystems.len(), 2);
+        let report = set.thaw();
+        assert!(!report.complete);
+        let j = Journal::read(&state).unwrap().unwrap();
+        let listed: Vec<&Path> = j.filesystems.iter().map(|e| e.path.as_path()).collect();
+        assert_eq!(listed, vec![Path::new("/other")]);
+        fake.stuck_on
+            .store(false, std::sync::atomic::Ordering::SeqCst);
+        assert!(set.thaw().complete);
+        assert!(Journal::read(&state).unwrap().is_none());
     }
 
     #[test]
@@ -1492,6 +1716,8 @@ mod tests {
             .unwrap_err()
         });
         assert!(matches!(err.error, FreezeError::Cancelled), "{}", err.error);
+        // /img's FIFREEZE was abandoned inside level 0; its thread thaws it on return.
+        std::thread::sleep(Duration::from_millis(500));
         let calls = fake.calls();
         assert!(
             !calls.contains(&"freeze /host".to_string()),
@@ -1499,12 +1725,131 @@ mod tests {
         );
         assert!(calls.contains(&"thaw /img".to_string()), "{calls:?}");
         assert!(fake.frozen.lock().unwrap().is_empty());
-        assert!(err.report.rollback.unwrap().complete);
+        let mut rest = err
+            .unthawed
+            .expect("kept until the abandoned call returned");
+        assert!(rest.thaw().complete);
         assert!(Journal::read(&dir.path().join("state")).unwrap().is_none());
         assert!(
             StateLock::try_acquire(&dir.path().join("state"))
                 .unwrap()
                 .is_some()
+        );
+    }
+
+    /// Regression (issue 8, item 1): a cancel was only looked at between levels, so a
+    /// THAW, SIGTERM or deadline waited for a slow FIFREEZE (up to the per-filesystem
+    /// deadline) before anything was rolled back. Now the call is abandoned at once and
+    /// thawed by its thread when it returns.
+    #[test]
+    fn a_cancel_inside_a_level_abandons_the_running_fifreeze_at_once() {
+        let (plan, mut fake, dir) = setup(vec!["/other"]);
+        fake.hang = vec!["/other".into()];
+        let fake = Arc::new(fake);
+        let cancel = std::sync::atomic::AtomicBool::new(false);
+        let started = Instant::now();
+        let err = std::thread::scope(|s| {
+            s.spawn(|| {
+                std::thread::sleep(Duration::from_millis(30));
+                cancel.store(true, std::sync::atomic::Ordering::SeqCst);
+            });
+            let mut o = opts(&dir);
+            o.freeze_deadline = Duration::from_secs(30);
+            freeze_with(&plan, &o, fake.clone(), &|| {
+                cancel.load(std::sync::atomic::Ordering::SeqCst)
+            })
+            .unwrap_err()
+        });
+        let took = started.elapsed();
+        assert!(matches!(err.error, FreezeError::Cancelled), "{}", err.error);
+        // The hung call takes 300 ms; the cancel came after 30.
+        assert!(
+            took < Duration::from_millis(250),
+            "waited for the running FIFREEZE: {took:?}"
+        );
+        assert_eq!(
+            err.report.filesystems[0].outcome,
+            FsFreezeOutcome::Abandoned
+        );
+        let mut rest = err
+            .unthawed
+            .expect("the abandoned call may still freeze: kept");
+        assert_eq!(rest.freezes_pending(), vec![PathBuf::from("/other")]);
+        let state = dir.path().join("state");
+        assert!(
+            Journal::read(&state).unwrap().is_some(),
+            "listed while in flight"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+        assert!(
+            fake.frozen.lock().unwrap().is_empty(),
+            "its thread thawed it"
+        );
+        assert!(rest.thaw().complete);
+        assert!(Journal::read(&state).unwrap().is_none());
+    }
+
+    /// Regression (issue 8, item 7): a FIFREEZE that succeeded and sent its result was
+    /// marked done before the caller recorded it; if the caller never did (a panic or an
+    /// early exit between the two), the set forgot a frozen filesystem.
+    #[test]
+    fn a_delivered_but_unrecorded_freeze_is_adopted_and_thawed() {
+        let (plan, fake, dir) = setup(vec!["/other"]);
+        let fake = Arc::new(fake);
+        let mut set = freeze_with(&plan, &opts(&dir), fake.clone(), &|| false).unwrap();
+        // Recreate the window: the member's result delivered, not recorded.
+        let member = set.members.pop().unwrap();
+        set.in_flight.push(InFlight {
+            index: 0,
+            job: Arc::new(Job {
+                state: Mutex::new(JobState::Delivered { frozen: true }),
+            }),
+            member,
+        });
+        assert!(set.thaw().complete);
+        assert!(fake.frozen.lock().unwrap().is_empty(), "{:?}", fake.calls());
+    }
+
+    /// What a guardian would be told.
+    #[derive(Default)]
+    struct Recorder(Mutex<Vec<String>>);
+
+    impl FreezeWatch for Recorder {
+        fn arm(&self, dev: DevNum, _: BorrowedFd<'_>) -> std::io::Result<()> {
+            self.0.lock().unwrap().push(format!("arm {dev}"));
+            Ok(())
+        }
+        fn disarm(&self, dev: DevNum) {
+            self.0.lock().unwrap().push(format!("disarm {dev}"));
+        }
+    }
+
+    /// The watch holds each filesystem before its FIFREEZE and lets go of a foreign one
+    /// (EBUSY) at once and of ours when thawed.
+    #[test]
+    fn the_watch_is_armed_before_each_fifreeze_and_disarmed_when_not_ours() {
+        let (plan, mut fake, dir) = setup(vec!["/host", "/img"]);
+        fake.foreign = vec!["/host".into()];
+        let fake = Arc::new(fake);
+        let mut o = opts(&dir);
+        o.on_foreign_freeze = ForeignFreezePolicy::Ignore;
+        let rec = Arc::new(Recorder::default());
+        let mut set =
+            freeze_with_watch(&plan, &o, fake.clone(), &|| false, Some(rec.clone())).unwrap();
+        let img = DevNum { major: 7, minor: 0 };
+        let host = DevNum { major: 8, minor: 2 };
+        assert_eq!(
+            *rec.0.lock().unwrap(),
+            vec![
+                format!("arm {img}"),
+                format!("arm {host}"),
+                format!("disarm {host}")
+            ]
+        );
+        assert!(set.thaw().complete);
+        assert_eq!(
+            rec.0.lock().unwrap().last().unwrap(),
+            &format!("disarm {img}")
         );
     }
 
@@ -1529,16 +1874,24 @@ mod tests {
         assert!(set.thaw().complete);
     }
 
-    /// A panic between levels (here injected through the cancel check) unwinds through
-    /// the set, whose Drop thaws what the earlier levels froze and removes the journal.
+    /// A panic while freezing (here injected through the cancel check) unwinds through the
+    /// set, whose Drop thaws what froze (recorded or only delivered) and removes the journal.
     #[test]
     fn a_panic_while_freezing_thaws_what_froze() {
         let (plan, fake, dir) = setup(vec!["/host", "/img"]);
         let fake = Arc::new(fake);
-        let checks = std::sync::atomic::AtomicUsize::new(0);
+        let panicked = std::sync::atomic::AtomicBool::new(false);
         let cancelled = || {
-            // 1: start, 2: before the flush, 3: level 0, 4: level 1.
-            if checks.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 3 {
+            // Once /img has frozen (level 0), the next look at the cancel panics: inside
+            // level 0's wait or before level 1, depending on timing; both must thaw /img.
+            if fake
+                .frozen
+                .lock()
+                .unwrap()
+                .iter()
+                .any(|p| p == Path::new("/img"))
+                && !panicked.swap(true, std::sync::atomic::Ordering::SeqCst)
+            {
                 panic!("injected");
             }
             false

@@ -1,5 +1,6 @@
-//! The crash journal: what a freeze is about to freeze, written before the first FIFREEZE,
-//! removed after a complete thaw (R58, R59, R64).
+//! The crash journal: what a freeze has frozen or is freezing, written before each level's
+//! first FIFREEZE, narrowed as results and partial thaws come in, removed after a complete
+//! thaw (R58, R59, R64). The engine ([`crate::engine`]) decides what it lists.
 //!
 //! # Design
 //!
@@ -17,10 +18,10 @@
 //!
 //! # Limitations
 //!
-//! The journal lists the planned set, written before freezing: a filesystem that turned out
-//! to be frozen by someone else (EBUSY) is listed too. If the freezer dies between that
-//! EBUSY and the end of its rollback, recovery would thaw the foreign freeze. The window is
-//! a few milliseconds; closing it would need a journal write while frozen, which R60 forbids.
+//! A filesystem is listed while its FIFREEZE is in flight: if the freezer dies before an
+//! EBUSY (someone else's freeze) is collected, recovery thaws it. The window is one
+//! FIFREEZE call; listing it only after the call returns would instead leave our own freeze
+//! unlisted if we die in between.
 
 use std::fs::File;
 use std::io::Write;

@@ -50,11 +50,21 @@ pub struct MountEntry {
 }
 
 impl MountEntry {
-    /// Read-only, either per mount or for the whole superblock.
-    pub fn is_read_only(&self) -> bool {
-        let has_ro = |opts: &str| opts.split(',').any(|o| o == "ro");
-        has_ro(&self.mount_options) || has_ro(&self.super_options)
+    /// The filesystem itself is read-only (superblock option `ro`): nothing can write to
+    /// it through any mount, so there is nothing to flush or freeze.
+    pub fn superblock_read_only(&self) -> bool {
+        has_ro(&self.super_options)
     }
+
+    /// This mount is read-only (per-mount `ro`, e.g. `mount --bind -o ro`). Says nothing
+    /// about the filesystem: other mounts of the same superblock may still write to it.
+    pub fn mount_read_only(&self) -> bool {
+        has_ro(&self.mount_options)
+    }
+}
+
+fn has_ro(options: &str) -> bool {
+    options.split(',').any(|o| o == "ro")
 }
 
 /// A malformed mountinfo line.
@@ -215,7 +225,8 @@ mod tests {
         assert_eq!(e.fs_type, "ext3");
         assert_eq!(e.source, OsString::from("/dev/root"));
         assert_eq!(e.super_options, "rw,errors=continue");
-        assert!(!e.is_read_only());
+        assert!(!e.superblock_read_only());
+        assert!(!e.mount_read_only());
     }
 
     #[test]
@@ -227,7 +238,9 @@ mod tests {
             b"/mnt/a b\tc\nd\\e\xff"
         );
         assert_eq!(e.optional_fields.len(), 2);
-        assert!(e.is_read_only());
+        // A read-only mount of a writable superblock (a `-o ro` bind mount).
+        assert!(e.mount_read_only());
+        assert!(!e.superblock_read_only());
     }
 
     #[test]

@@ -5,10 +5,12 @@
 //!
 //! 1. Mounts are grouped by superblock (mountinfo `major:minor`). Bind mounts, duplicate
 //!    mounts and btrfs subvolumes of one filesystem share a superblock and are frozen once
-//!    (R30), through a *visible* mount (one no later mount hides), preferring the mount of
-//!    the filesystem's root, then the shortest mount point. The freezer later checks that
+//!    (R30), through a *visible* mount (one no later mount hides), preferring a writable
+//!    mount, then the mount of the filesystem's root, then the shortest mount point. The freezer later checks that
 //!    the opened path reaches exactly that mount (statx mount id, else `st_dev`).
-//! 2. Each superblock is classified (R31): pseudo, remote, unfreezable types, read-only, or
+//! 2. Each superblock is classified (R31): pseudo, remote, unfreezable types, read-only
+//!    (the superblock's `ro`, never a mount's: a `-o ro` bind mount of a writable
+//!    filesystem leaves it writable through its other mounts), or
 //!    not block-backed (device major 0, except btrfs/bcachefs whose source is a block
 //!    device) are skipped with that reason; config include/exclude rules then apply (R32).
 //!    An explicit list of mount points replaces discovery; a listed mount that cannot be
@@ -65,7 +67,7 @@ pub enum SkipReason {
     Remote,
     /// A type that cannot freeze (vfat, exfat, iso9660, squashfs, fuse, ...).
     Unfreezable,
-    /// Mounted read-only: nothing to flush.
+    /// The filesystem (its superblock) is read-only: nothing to flush.
     ReadOnly,
     /// Not backed by a block device (major 0, and not a known block filesystem).
     NotBlockBacked,
@@ -283,7 +285,9 @@ pub fn classify(entry: &MountEntry) -> Option<SkipReason> {
     if UNFREEZABLE.contains(&t) || t == "fuse" || t.starts_with("fuse.") {
         return Some(SkipReason::Unfreezable);
     }
-    if entry.is_read_only() {
+    // By superblock only: a read-only bind mount of a writable filesystem does not make the
+    // filesystem read-only (other mounts still write to it).
+    if entry.superblock_read_only() {
         return Some(SkipReason::ReadOnly);
     }
     if entry.dev.major == 0 && !ANON_DEV_BLOCK_FS.contains(&t) {
@@ -371,6 +375,7 @@ pub fn build_plan(
                     let m = &mounts[i];
                     (
                         hidden[i].is_some(),
+                        m.mount_read_only(),
                         m.root != Path::new("/"),
                         m.mount_point.as_os_str().len(),
                         i,
@@ -926,6 +931,40 @@ mod tests {
         )
         .unwrap();
         assert_eq!(names(&p), vec![vec!["/data"]]);
+    }
+
+    /// Regression (issue 8, item 2): a `-o ro` bind mount with a shorter path became the
+    /// mount the filesystem was reached through, and its per-mount `ro` made the plan skip a
+    /// writable filesystem as read-only; the host was still told "consistent".
+    #[test]
+    fn a_read_only_bind_mount_does_not_make_a_writable_filesystem_read_only() {
+        let table = "\
+1 0 8:1 / / rw - ext4 /dev/sda1 ro
+2 1 8:2 / /srv/data/a rw,relatime - ext4 /dev/sda2 rw
+3 1 8:2 / /b ro,relatime - ext4 /dev/sda2 rw
+";
+        let mounts = parse_mountinfo(table.as_bytes()).unwrap();
+        let cfg = FreezerConfig::default().compile().unwrap();
+        let build = |sel: Selection| {
+            build_plan(&mounts, &FakeTopology::default(), &sel, &cfg, None).unwrap()
+        };
+        let p = build(Selection::Discover);
+        assert_eq!(
+            names(&p),
+            vec![vec!["/srv/data/a"]],
+            "frozen via the writable mount"
+        );
+        assert_eq!(
+            reason(&p, "/b"),
+            SkipReason::SameFilesystemAs {
+                frozen_via: "/srv/data/a".into()
+            }
+        );
+        // A superblock mounted read-only everywhere is still skipped, whatever its mounts say.
+        assert_eq!(reason(&p, "/"), SkipReason::ReadOnly);
+        // Listing only the read-only bind mount freezes the filesystem behind it.
+        let p = build(Selection::Explicit(vec!["/b".into()]));
+        assert_eq!(names(&p), vec![vec!["/srv/data/a"]]);
     }
 
     #[test]

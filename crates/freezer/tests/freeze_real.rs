@@ -107,6 +107,55 @@ fn a_bind_mount_and_its_original_are_frozen_once() {
     });
 }
 
+/// Regression (issue 8, item 2): with a writable ext4 at A and `mount --bind -o ro A B`
+/// (B the shorter path), the plan skipped the filesystem as read-only, so a writable
+/// filesystem was never frozen while the host was told "consistent".
+#[test]
+fn a_read_only_bind_mount_of_a_writable_filesystem_is_frozen_through_the_writable_mount() {
+    freezing_test(TIMEOUT, || {
+        let fs = LoopFs::new(FsKind::Ext4).unwrap();
+        let ro = TestMount::bind_read_only(fs.mount_point()).unwrap();
+        assert!(
+            ro.mount_point().as_os_str().len() < fs.mount_point().as_os_str().len(),
+            "the read-only bind mount must be the shorter path to exercise the choice"
+        );
+        let state = state_dir().unwrap();
+        for listed in [
+            vec![ro.mount_point()],
+            vec![fs.mount_point(), ro.mount_point()],
+        ] {
+            let plan = plan_for(&listed).unwrap();
+            assert_eq!(plan.len(), 1, "{listed:?}");
+            let only = plan.filesystems().next().unwrap();
+            assert_eq!(only.mount_point, fs.mount_point(), "via the writable mount");
+            let mut frozen = freeze(&plan, &options(state.path())).unwrap();
+            assert!(fs.is_frozen().unwrap(), "the writable filesystem is frozen");
+            let probe = WriteProbe::start(&fs.mount_point().join("f"), b"x");
+            assert!(!probe.wait(Duration::from_millis(200)));
+            assert!(frozen.thaw().complete);
+            assert!(probe.wait(Duration::from_secs(10)));
+        }
+        // Discovery plans it too (planning only: nothing else is frozen).
+        let plan = make_plan(
+            &MountSource::current(),
+            &Selection::Discover,
+            &FreezerConfig::default().compile().unwrap(),
+        )
+        .unwrap();
+        let dev = fs.dev().unwrap();
+        let planned = plan.filesystems().find(|f| f.dev == dev);
+        assert_eq!(
+            planned.map(|f| f.mount_point.as_path()),
+            Some(fs.mount_point()),
+            "skipped: {:?}",
+            plan.skipped
+                .iter()
+                .filter(|s| s.dev == dev)
+                .collect::<Vec<_>>()
+        );
+    });
+}
+
 fn stacked(order_outer_first: bool) {
     let outer = LoopFs::new(FsKind::Xfs).unwrap();
     let inner = LoopFs::new_in(FsKind::Ext4, outer.mount_point()).unwrap();

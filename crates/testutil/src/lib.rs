@@ -360,6 +360,22 @@ impl TestMount {
         })
     }
 
+    /// Bind-mount `source` read-only (`mount --bind -o ro`) at a new temp dir directly under
+    /// `/tmp`, so its path is shorter than a [`LoopFs`] mount point's (the plan once chose
+    /// the shortest mount point of a filesystem).
+    pub fn bind_read_only(source: &Path) -> anyhow::Result<Self> {
+        let dir = tempfile::Builder::new().prefix("ro").tempdir_in("/tmp")?;
+        let mount_point = dir.path().to_path_buf();
+        run(Command::new("mount")
+            .args(["--bind", "-o", "ro"])
+            .arg(source)
+            .arg(&mount_point))?;
+        Ok(Self {
+            mount_point,
+            _dir: Some(dir),
+        })
+    }
+
     /// Where it is mounted.
     pub fn mount_point(&self) -> &Path {
         &self.mount_point

@@ -1,0 +1,157 @@
+//! Transaction reports: logged and appended to the history only once nothing is frozen
+//! (R60, R72); in UIO mode a backup's entry first waits for the host's BU_COMPLETE
+//! ([`crate::completion`]). Also the log lines for the coordinator's notices.
+
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use hv_vss_core::Notice;
+use hv_vss_core::report::{CompletionEnd, TxnKind};
+
+use super::Daemon;
+use crate::completion::BuComplete;
+use crate::history::HistoryEntry;
+
+/// At most one line per this interval about a BU_COMPLETE no backup waited for
+/// (host-triggerable, R71).
+const STRAY_BU_COMPLETE_LOG_INTERVAL: Duration = Duration::from_secs(10);
+
+impl Daemon {
+    /// Logs every finished report and stores what is ready, once nothing is frozen (R60,
+    /// R72). In UIO mode a backup's entry waits for BU_COMPLETE first ([`CompletionWait`](crate::completion::CompletionWait)).
+    pub(super) fn flush_reports(&mut self) {
+        if self.fs_frozen {
+            return;
+        }
+        for report in std::mem::take(&mut self.deferred_reports) {
+            let freeze = self.freeze_reports.remove(&report.txn);
+            let thaw = self.thaw_reports.remove(&report.txn);
+            let frozen_ms = report.frozen_window.map(|w| w.duration_ms());
+            tracing::info!(
+                txn = report.txn.0,
+                kind = ?report.kind,
+                verdict = ?report.verdict,
+                frozen_ms,
+                elapsed_ms = report.ended_at.since(report.started_at),
+                filesystems = freeze.as_ref().map(|f| f.filesystems.len()),
+                "transaction report"
+            );
+            let unix_ms = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_millis() as u64)
+                .unwrap_or(0);
+            let entry = HistoryEntry {
+                unix_ms,
+                report,
+                freeze,
+                thaw,
+                host_completion: None,
+            };
+            let ready = self.completion.finished(entry, self.now());
+            self.ready_entries.extend(ready);
+        }
+        for entry in std::mem::take(&mut self.ready_entries) {
+            if let Err(e) = self.history.append(&entry) {
+                tracing::warn!(error = %e, path = %self.history.path().display(), "cannot append the report history");
+            }
+        }
+        // Reports of transactions that never produced a coordinator report do not linger.
+        if self.freeze_reports.len() > 16 {
+            self.freeze_reports.clear();
+        }
+        if self.thaw_reports.len() > 16 {
+            self.thaw_reports.clear();
+        }
+    }
+
+    /// Ends the wait for BU_COMPLETE for `end`; the entry is stored by the next
+    /// [`Self::flush_reports`] that finds nothing frozen.
+    pub(super) fn close_completion(&mut self, end: CompletionEnd) {
+        if let Some(entry) = self.completion.close(end, self.now()) {
+            tracing::info!(
+                txn = entry.report.txn.0,
+                closed_by = ?end,
+                "backup report stored without BU_COMPLETE from the host"
+            );
+            self.ready_entries.push(entry);
+        }
+    }
+
+    /// BU_COMPLETE (already answered S_OK by the endpoint, R62): closes the latest backup's
+    /// report.
+    pub(super) fn on_bu_complete(&mut self, trans_id: u64) {
+        let unstored = self
+            .deferred_reports
+            .iter()
+            .rev()
+            .find(|r| r.kind == TxnKind::Backup)
+            .map(|r| r.txn);
+        match self.completion.bu_complete(self.now(), unstored) {
+            BuComplete::Closed(entry) => {
+                tracing::info!(
+                    trans_id,
+                    txn = entry.report.txn.0,
+                    after_ms = entry.host_completion.map(|c| c.after_ms),
+                    "BU_COMPLETE from the host (answered S_OK): backup completed"
+                );
+                self.ready_entries.push(*entry);
+            }
+            BuComplete::Noted(txn) => tracing::info!(
+                trans_id,
+                txn = txn.0,
+                "BU_COMPLETE from the host (answered S_OK): backup completed; its report follows the thaw"
+            ),
+            BuComplete::Stray => {
+                if let Some(suppressed) = self
+                    .stray_bu_complete_log
+                    .allow(Instant::now(), STRAY_BU_COMPLETE_LOG_INTERVAL)
+                {
+                    tracing::info!(
+                        trans_id,
+                        suppressed,
+                        "BU_COMPLETE from the host (answered S_OK) with no backup report waiting for it"
+                    );
+                }
+            }
+        }
+    }
+}
+
+pub(super) fn log_notice(notice: &Notice) {
+    match notice {
+        Notice::Refused {
+            request,
+            op,
+            reason,
+        } => {
+            tracing::warn!(request = request.0, op = ?op, reason = ?reason, "request refused with E_FAIL")
+        }
+        Notice::AlreadyFrozen { request, txn } => {
+            tracing::info!(
+                request = request.0,
+                txn = txn.0,
+                "FREEZE while frozen: S_OK, staying frozen"
+            )
+        }
+        Notice::ThawWithoutFreeze { request } => {
+            tracing::info!(request = request.0, "THAW with nothing frozen: S_OK")
+        }
+        Notice::ThawAfterAutoThaw { request, txn } => tracing::warn!(
+            request = request.0,
+            txn = txn.0,
+            "THAW after an auto-thaw: E_FAIL, the snapshot may not be consistent"
+        ),
+        Notice::Failed { txn, failure } => {
+            tracing::warn!(txn = txn.0, failure = ?failure, "transaction failed")
+        }
+        Notice::AutoThawed {
+            txn,
+            cause,
+            frozen_ms,
+        } => tracing::error!(
+            txn = txn.0,
+            cause = ?cause,
+            frozen_ms,
+            "AUTO-THAW: filesystems thawed without a THAW from the host; the next THAW gets E_FAIL"
+        ),
+    }
+}
