@@ -12,8 +12,11 @@
 //! returns. A panic in the freezer is caught and answered as a failure (what froze is
 //! thawed by unwinding), so the coordinator is never left waiting for an answer.
 //!
-//! The plan is recomputed from the mount table for each preflight and freeze (reading
-//! `/proc` and `/sys` only, before the first FIFREEZE), so mounts made after start are seen.
+//! The plan is made from the mount table at each check (reading `/proc` and `/sys` only),
+//! so mounts made after start are seen. FREEZE reuses the check's plan when the mount table
+//! has not changed since (one `poll` of the still open mountinfo file,
+//! [`hv_vss_freezer::MountTableWatch`]) and plans again otherwise, before the first FIFREEZE
+//! either way; [`FreezeReport::plan_reused`] says which.
 //!
 //! A thaw that leaves members frozen (FITHAW failing) is retried every
 //! [`THAW_RETRY_INTERVAL`] until it completes; [`FsOutcome::Thawed::all_thawed`] (or a later
@@ -30,7 +33,8 @@ use std::time::Duration;
 
 use hv_vss_core::{FsError, FsResult, TxnId};
 use hv_vss_freezer::{
-    CompiledConfig, FreezeOptions, FreezeReport, FrozenSet, MountSource, Selection, ThawReport,
+    CompiledConfig, FreezeOptions, FreezeReport, FrozenSet, MountSource, MountTableWatch, Plan,
+    Selection, ThawReport,
 };
 use rustix::event::EventfdFlags;
 
@@ -181,6 +185,8 @@ fn run(
         let _ = rustix::io::write(wake, &1u64.to_ne_bytes());
     };
     let mut held: Option<FrozenSet> = None;
+    // The last passing check's plan and the mount table it was made from.
+    let mut checked: Option<(Plan, MountTableWatch)> = None;
     // Set only when a `Thaw` left members frozen: a set held between FREEZE and THAW is
     // frozen on purpose and must never be thawed by the retry timer.
     let mut thaw_incomplete = false;
@@ -211,7 +217,10 @@ fn run(
                 }
             }
             Some(FsCommand::Check { txn }) => {
-                let result = guarded("the preflight", || check(&setup));
+                checked = None;
+                let result = guarded("the preflight", || check(&setup)).map(|prepared| {
+                    checked = Some(prepared);
+                });
                 emit(FsOutcome::Checked { txn, result });
             }
             Some(FsCommand::Freeze { txn }) => {
@@ -228,8 +237,9 @@ fn run(
                 }
                 let cancelled = || thaw_sent_through.load(Ordering::SeqCst) >= txn.0;
                 let mut failed_report = None;
+                let prepared = checked.take();
                 let frozen = guarded("the freeze", || {
-                    freeze(&setup, &cancelled).map_err(|f| {
+                    freeze(&setup, prepared, &cancelled).map_err(|f| {
                         failed_report = f.report.map(|r| *r);
                         if let Some(rest) = f.unthawed {
                             // Still ours and still frozen: keep it and retry its thaw.
@@ -282,16 +292,16 @@ fn run(
     }
 }
 
-fn plan(setup: &FsSetup) -> Result<hv_vss_freezer::Plan, FsError> {
-    hv_vss_freezer::make_plan(&setup.source, &setup.selection, &setup.config)
+fn plan(setup: &FsSetup) -> Result<(Plan, MountTableWatch), FsError> {
+    hv_vss_freezer::make_plan_watched(&setup.source, &setup.selection, &setup.config)
         .map_err(|e| FsError::new(format!("plan: {e}")))
 }
 
-fn check(setup: &FsSetup) -> FsResult {
-    let plan = plan(setup)?;
-    hv_vss_freezer::preflight(&plan, &setup.options)
-        .map(|_| ())
-        .map_err(|e| FsError::new(e.to_string()))
+/// The preflight; its plan, for the freeze to reuse while the mount table stays unchanged.
+fn check(setup: &FsSetup) -> Result<(Plan, MountTableWatch), FsError> {
+    let (plan, watch) = plan(setup)?;
+    hv_vss_freezer::preflight(&plan, &setup.options).map_err(|e| FsError::new(e.to_string()))?;
+    Ok((plan, watch))
 }
 
 /// A failed freeze: the error, its report, and what its rollback could not thaw.
@@ -303,6 +313,7 @@ struct FreezeFailed {
 
 fn freeze(
     setup: &FsSetup,
+    prepared: Option<(Plan, MountTableWatch)>,
     cancelled: &(dyn Fn() -> bool + Sync),
 ) -> Result<FrozenSet, FreezeFailed> {
     let early = |error| FreezeFailed {
@@ -315,8 +326,17 @@ fn freeze(
             "freeze cancelled: a thaw was asked for",
         )));
     }
-    let plan = plan(setup).map_err(early)?;
-    hv_vss_freezer::freeze_cancellable(&plan, &setup.options, cancelled).map_err(|f| {
+    let reusable = prepared.and_then(|(plan, mut watch)| watch.unchanged().then_some(plan));
+    let (plan, plan_reused) = match reusable {
+        Some(plan) => (plan, true),
+        None => (plan(setup).map_err(early)?.0, false),
+    };
+    let mut frozen = hv_vss_freezer::freeze_cancellable(&plan, &setup.options, cancelled);
+    match &mut frozen {
+        Ok(set) => set.report_mut().plan_reused = plan_reused,
+        Err(f) => f.report.plan_reused = plan_reused,
+    }
+    frozen.map_err(|f| {
         let pending = f
             .unthawed
             .as_ref()
@@ -479,6 +499,122 @@ mod tests {
             worker.send(FsCommand::Thaw { txn: next });
             let _ = wait_outcomes(&worker, 1, Duration::from_secs(30));
             assert!(fs.writable_within(Duration::from_secs(5)));
+        });
+    }
+
+    /// The freeze of the next transaction, thawed again; its report.
+    fn freeze_and_thaw(worker: &FsWorker, txn: TxnId) -> FreezeReport {
+        worker.send(FsCommand::Check { txn });
+        worker.send(FsCommand::Freeze { txn });
+        let mut outcomes = wait_outcomes(worker, 2, Duration::from_secs(30));
+        match outcomes.remove(0) {
+            FsOutcome::Checked { result, .. } => result.expect("check"),
+            other => panic!("expected Checked, got {other:?}"),
+        }
+        let report = match outcomes.remove(0) {
+            FsOutcome::Frozen { result, report, .. } => {
+                result.expect("freeze");
+                report.expect("report")
+            }
+            other => panic!("expected Frozen, got {other:?}"),
+        };
+        worker.send(FsCommand::Thaw { txn });
+        match wait_outcomes(worker, 1, Duration::from_secs(30)).remove(0) {
+            FsOutcome::Thawed { all_thawed, .. } => assert!(all_thawed),
+            other => panic!("expected Thawed, got {other:?}"),
+        }
+        report
+    }
+
+    fn frozen_devs(report: &FreezeReport) -> Vec<hv_vss_freezer::DevNum> {
+        report
+            .filesystems
+            .iter()
+            .filter(|f| f.outcome == hv_vss_freezer::FsFreezeOutcome::Frozen)
+            .map(|f| f.dev)
+            .collect()
+    }
+
+    /// FREEZE reuses the plan of the check before it when the mount table has not changed,
+    /// and plans again when a mount or an unmount came in between: the listed directory is
+    /// over-mounted by another filesystem after the check, so the freeze must freeze that
+    /// one (the stale plan's mount is no longer reachable there); then the over-mount is
+    /// removed after the check, and the freeze must freeze the first one again. In a private
+    /// mount namespace, so that no other process's mounts count and nothing leaks.
+    #[test]
+    fn freeze_reuses_the_checked_plan_unless_a_mount_or_unmount_came_in_between() {
+        if hv_vss_testutil::skip_unless_root("plan reuse test")
+            || !hv_vss_testutil::in_private_mount_namespace(
+                "fsworker::tests::freeze_reuses_the_checked_plan_unless_a_mount_or_unmount_came_in_between",
+            )
+        {
+            return;
+        }
+        let _serial = hv_vss_testutil::serial();
+        hv_vss_testutil::run_with_timeout(Duration::from_secs(120), || {
+            let listed = LoopFs::new(FsKind::Ext4).expect("loop fs");
+            let other = LoopFs::new(FsKind::Ext4).expect("second loop fs");
+            let state = hv_vss_testutil::state_dir().expect("state dir");
+            let worker =
+                FsWorker::start(setup_for(&listed, state.path(), &FreezerConfig::default()))
+                    .expect("worker");
+
+            let report = freeze_and_thaw(&worker, TxnId(1));
+            assert!(
+                report.plan_reused,
+                "nothing changed, yet FREEZE planned again"
+            );
+            assert_eq!(frozen_devs(&report), vec![listed.dev().unwrap()]);
+
+            // A mount between check and freeze: `other` over-mounts the listed directory.
+            worker.send(FsCommand::Check { txn: TxnId(2) });
+            match wait_outcomes(&worker, 1, Duration::from_secs(30)).remove(0) {
+                FsOutcome::Checked { result, .. } => result.expect("check"),
+                o => panic!("expected Checked, got {o:?}"),
+            }
+            let over = listed.mount_point();
+            std::process::Command::new("mount")
+                .arg(other.loop_device())
+                .arg(over)
+                .status()
+                .expect("mount")
+                .success()
+                .then_some(())
+                .expect("over-mount");
+            worker.send(FsCommand::Freeze { txn: TxnId(2) });
+            let report = match wait_outcomes(&worker, 1, Duration::from_secs(30)).remove(0) {
+                FsOutcome::Frozen { result, report, .. } => {
+                    result.expect("freeze after a mount");
+                    report.expect("report")
+                }
+                o => panic!("expected Frozen, got {o:?}"),
+            };
+            assert!(!report.plan_reused);
+            assert_eq!(frozen_devs(&report), vec![other.dev().unwrap()]);
+            // (The listed filesystem's own path now leads to `other`: only the report can
+            // say it was left alone.)
+            assert!(other.is_frozen().unwrap());
+            worker.send(FsCommand::Thaw { txn: TxnId(2) });
+            let _ = wait_outcomes(&worker, 1, Duration::from_secs(30));
+
+            // An unmount between check and freeze: the listed filesystem is back.
+            worker.send(FsCommand::Check { txn: TxnId(3) });
+            let _ = wait_outcomes(&worker, 1, Duration::from_secs(30));
+            hv_vss_testutil::unmount(over).expect("unmount the over-mount");
+            worker.send(FsCommand::Freeze { txn: TxnId(3) });
+            let report = match wait_outcomes(&worker, 1, Duration::from_secs(30)).remove(0) {
+                FsOutcome::Frozen { result, report, .. } => {
+                    result.expect("freeze after an unmount");
+                    report.expect("report")
+                }
+                o => panic!("expected Frozen, got {o:?}"),
+            };
+            assert!(!report.plan_reused);
+            assert_eq!(frozen_devs(&report), vec![listed.dev().unwrap()]);
+            worker.send(FsCommand::Thaw { txn: TxnId(3) });
+            let _ = wait_outcomes(&worker, 1, Duration::from_secs(30));
+            assert!(listed.writable_within(Duration::from_secs(5)));
+            assert!(other.writable_within(Duration::from_secs(5)));
         });
     }
 

@@ -323,6 +323,10 @@ pub struct FreezeReport {
     pub filesystems: Vec<FsReport>,
     /// The rollback, if the freeze failed after freezing something.
     pub rollback: Option<ThawReport>,
+    /// The plan was the one made at the check (HOT_BACKUP), the mount table unchanged since;
+    /// set by the caller, which knows.
+    #[serde(default)]
+    pub plan_reused: bool,
 }
 
 /// Outcome of FITHAW on one filesystem.
@@ -472,6 +476,12 @@ impl FrozenSet {
     /// The freeze's report.
     pub fn report(&self) -> &FreezeReport {
         &self.report
+    }
+
+    /// The freeze report, for the caller to add what only it knows
+    /// ([`FreezeReport::plan_reused`]).
+    pub fn report_mut(&mut self) -> &mut FreezeReport {
+        &mut self.report
     }
 
     /// When the first FIFREEZE was called.
@@ -845,6 +855,7 @@ fn freeze_with_watch(
             })
             .collect(),
         rollback: None,
+        plan_reused: false,
     };
     macro_rules! fail {
         ($e:expr) => {

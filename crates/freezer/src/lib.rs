@@ -34,6 +34,7 @@ pub mod config;
 pub mod engine;
 pub mod hold;
 pub mod journal;
+pub mod mount_watch;
 pub mod mountinfo;
 pub mod plan;
 pub mod serde_util;
@@ -55,6 +56,7 @@ pub use journal::{
     DEFAULT_STATE_DIR, Journal, JournalEntry, JournalError, RecoverError, RecoverOptions,
     RecoverOutcome, RecoverReport, RecoveredFs, recover,
 };
+pub use mount_watch::{MountTableWatch, make_plan_watched};
 pub use mountinfo::{MountEntry, MountInfoError, parse_mountinfo};
 pub use plan::{Plan, PlanError, PlannedFs, Selection, SkipReason, SkippedMount, build_plan};
 pub use sweep::{SweepOutcome, SweepReport, SweptFs, thaw_all_frozen};
@@ -130,7 +132,16 @@ pub(crate) fn read_mount_table(
         path: source.mountinfo.clone(),
         source: e,
     })?;
-    let mounts = parse_mountinfo(&data)?;
+    parse_mount_table(source, &data, selection)
+}
+
+/// [`read_mount_table`] of a table already read.
+fn parse_mount_table(
+    source: &MountSource,
+    data: &[u8],
+    selection: &Selection,
+) -> Result<(Vec<MountEntry>, Selection), MakePlanError> {
+    let mounts = parse_mountinfo(data)?;
     let selection = match selection {
         Selection::Explicit(paths) if source.open_prefix.is_none() => Selection::Explicit(
             paths
@@ -148,14 +159,14 @@ pub(crate) fn read_mount_table(
     Ok((mounts, selection))
 }
 
-/// Read the mount table and sysfs, and build the plan. Listed paths are made absolute and
-/// canonical first (so `mnt/` and `/tmp/x/../mnt` name their mount).
-pub fn make_plan(
+/// The plan from `source`'s mount table, already read into `data`.
+pub(crate) fn plan_from_table(
     source: &MountSource,
+    data: &[u8],
     selection: &Selection,
     config: &CompiledConfig,
 ) -> Result<Plan, MakePlanError> {
-    let (mounts, selection) = read_mount_table(source, selection)?;
+    let (mounts, selection) = parse_mount_table(source, data, selection)?;
     let topology = SysfsTopology::new(&source.sysfs_root);
     Ok(build_plan(
         &mounts,
@@ -164,4 +175,14 @@ pub fn make_plan(
         config,
         source.open_prefix.as_deref(),
     )?)
+}
+
+/// Read the mount table and sysfs, and build the plan. Listed paths are made absolute and
+/// canonical first (so `mnt/` and `/tmp/x/../mnt` name their mount).
+pub fn make_plan(
+    source: &MountSource,
+    selection: &Selection,
+    config: &CompiledConfig,
+) -> Result<Plan, MakePlanError> {
+    make_plan_watched(source, selection, config).map(|(plan, _)| plan)
 }

@@ -27,6 +27,9 @@ use anyhow::{Context, bail};
 
 pub mod bench;
 pub mod fake_vmbus;
+pub mod private_ns;
+
+pub use private_ns::{in_private_mount_namespace, mount_tmpfs, unmount};
 
 /// Is this process root (tests that freeze or mount need it)?
 pub fn is_root() -> bool {
