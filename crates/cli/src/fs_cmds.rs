@@ -99,6 +99,11 @@ pub struct ThawArgs {
     /// Recover even if the freezing process is alive and holds the lock.
     #[arg(long, conflicts_with = "all_frozen")]
     force: bool,
+    /// If the freezing process is alive and holds the lock (a killed daemon lingers until a
+    /// FIFREEZE it started returns), wait up to this long for it to exit (pidfd), then
+    /// recover; e.g. 20s. The systemd units use it in ExecStopPost=.
+    #[arg(long, value_name = "DURATION", value_parser = duration::parse_hold, default_value = "0", conflicts_with = "all_frozen")]
+    wait: Duration,
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
@@ -426,12 +431,17 @@ pub fn thaw(args: ThawArgs) -> anyhow::Result<ExitCode> {
         return thaw_all_frozen(&args);
     }
     debug_assert!(args.recover);
-    let report =
-        match hv_vss_freezer::recover(&args.state_dir, RecoverOptions { force: args.force }) {
-            Ok(r) => r,
-            Err(e @ RecoverError::FreezerAlive { .. }) => return fail(exit::ANOTHER_FREEZER, e),
-            Err(e) => return Err(e.into()),
-        };
+    let report = match hv_vss_freezer::recover(
+        &args.state_dir,
+        RecoverOptions {
+            force: args.force,
+            wait_for_freezer: args.wait,
+        },
+    ) {
+        Ok(r) => r,
+        Err(e @ RecoverError::FreezerAlive { .. }) => return fail(exit::ANOTHER_FREEZER, e),
+        Err(e) => return Err(e.into()),
+    };
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else if !report.journal_found {

@@ -315,6 +315,70 @@ fn recover_after_sigkill_never_thaws_a_foreign_freeze_the_freezer_ignored() {
     });
 }
 
+/// Regression (issue 8, items 1 and 5): `thaw --recover` (the units' ExecStopPost=)
+/// refused while the killed freezer's pid still existed, which is the case while a FIFREEZE
+/// it started has not returned. With `--wait` it waits for the pid (pidfd, bounded), then
+/// recovers.
+#[test]
+fn thaw_recover_waits_for_a_lingering_freezer_then_thaws() {
+    freezing_test(TIMEOUT, || {
+        let a = LoopFs::new(FsKind::Ext4).unwrap();
+        let state = state_dir().unwrap();
+        let mut child = hv_vss()
+            .args(["freeze", "--hold", "10m", "--state-dir"])
+            .arg(state.path())
+            .arg("--mount")
+            .arg(a.mount_point())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut blocked = None;
+        for i in 0..200 {
+            assert!(child.try_wait().unwrap().is_none(), "freezer exited early");
+            let probe = WriteProbe::start(&a.mount_point().join(format!("w{i}")), b"x");
+            if !probe.wait(Duration::from_millis(200)) {
+                blocked = Some(probe);
+                break;
+            }
+        }
+        let probe = blocked.expect("never froze");
+        // A freezer that lingers: stopped, as if stuck in a call.
+        let pid = rustix::process::Pid::from_raw(child.id() as i32).unwrap();
+        rustix::process::kill_process(pid, rustix::process::Signal::STOP).unwrap();
+        let out = run(hv_vss()
+            .args(["thaw", "--recover", "--state-dir"])
+            .arg(state.path()));
+        assert_ne!(code(&out), 0, "recovered under a live freezer");
+        assert!(stderr(&out).contains("still alive"), "{}", stderr(&out));
+        // With --wait: the freezer ends 500 ms later; recovery then thaws.
+        let waiter = hv_vss()
+            .args([
+                "thaw",
+                "--recover",
+                "--wait",
+                "20s",
+                "--json",
+                "--state-dir",
+            ])
+            .arg(state.path())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(500));
+        child.kill().unwrap();
+        child.wait().unwrap();
+        let out = waiter.wait_with_output().unwrap();
+        assert_eq!(code(&out), 0, "{}", stderr(&out));
+        assert_eq!(json(&out)["journal_removed"], true);
+        assert!(
+            probe.wait(Duration::from_secs(10)),
+            "thawed by the recovery"
+        );
+    });
+}
+
 #[test]
 fn thaw_without_recover_is_a_usage_error() {
     let out = run(hv_vss().arg("thaw"));

@@ -117,7 +117,14 @@ fn both_units_meet_r68() {
         assert_eq!(one(&unit, "Service", "NotifyAccess"), "main", "{name}");
         assert_eq!(one(&unit, "Service", "WatchdogSec"), "30s", "{name}");
         assert_eq!(one(&unit, "Service", "Restart"), "on-failure", "{name}");
-        assert_eq!(one(&unit, "Service", "KillMode"), "mixed", "{name}");
+        // The guardian must outlive a stop or crash of the daemon (issue 8).
+        assert_eq!(one(&unit, "Service", "KillMode"), "process", "{name}");
+        // The journal must survive a stop (a late FIFREEZE stays listed).
+        assert_eq!(
+            one(&unit, "Service", "RuntimeDirectoryPreserve"),
+            "yes",
+            "{name}"
+        );
         assert_eq!(
             one(&unit, "Service", "RuntimeDirectory"),
             "hv-vss",
@@ -142,14 +149,16 @@ fn both_units_meet_r68() {
         assert!(start.starts_with("/usr/sbin/hv-vssd -n"), "{name}: {start}");
         let stop_post = values(&unit, "Service", "ExecStopPost");
         assert!(
-            stop_post[0].trim_start_matches('-') == "/usr/bin/hv-vss thaw --recover",
-            "{name}: recovery must be the first stop step: {stop_post:?}"
+            stop_post[0].trim_start_matches('-') == "/usr/bin/hv-vss thaw --recover --wait 20s",
+            "{name}: recovery (waiting for a lingering daemon) must be the first stop step: {stop_post:?}"
         );
         let stop_timeout: u32 = one(&unit, "Service", "TimeoutStopSec")
             .trim_end_matches('s')
             .parse()
             .unwrap();
-        assert!(stop_timeout <= 30, "{name}: TimeoutStopSec should be short");
+        // The daemon's default stop_timeout_seconds: it checks the THAW budget against it,
+        // and the ExecStopPost wait (20 s) must fit in it too.
+        assert_eq!(stop_timeout, 45, "{name}");
         for sandbox in [
             "ProtectSystem",
             "ProtectHome",

@@ -19,6 +19,7 @@
 //! log_level = "info"               # error | warn | info | debug | trace
 //! log_ring_capacity = 4096         # lines kept in memory while frozen
 //! history_limit = 100              # reports kept in <state_dir>/history.jsonl
+//! stop_timeout_seconds = 45        # the unit's TimeoutStopSec= (deadlines are checked against it)
 //!
 //! [limits]
 //! check_deadline_seconds = 25
@@ -45,6 +46,8 @@ use serde::Deserialize;
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/hv-vss/hv-vss.toml";
 /// Default report history length.
 pub const DEFAULT_HISTORY_LIMIT: usize = 100;
+/// Default of `stop_timeout_seconds`: the shipped units' `TimeoutStopSec=`.
+pub const DEFAULT_STOP_TIMEOUT: Duration = Duration::from_secs(45);
 
 /// The config file as written (every key optional).
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -60,6 +63,7 @@ pub struct FileConfig {
     pub log_level: Option<String>,
     pub log_ring_capacity: Option<usize>,
     pub history_limit: Option<usize>,
+    pub stop_timeout_seconds: Option<f64>,
     #[serde(default)]
     pub limits: FileLimits,
     #[serde(default)]
@@ -315,6 +319,11 @@ impl Settings {
             .freezer
             .compile()
             .map_err(|e| ConfigError::Freezer(e.to_string()))?;
+        let stop_timeout = match file.stop_timeout_seconds {
+            Some(v) => seconds("stop_timeout_seconds", v)?,
+            None => DEFAULT_STOP_TIMEOUT,
+        };
+        check_deadlines_nest(&limits, freezer.config().freeze_deadline(), stop_timeout)?;
 
         let log_level = if cli.debug {
             LogLevel::Debug
@@ -353,6 +362,46 @@ impl Settings {
         })
     }
 }
+
+/// The deadlines must nest, or one safety bound defeats another (issue 8):
+/// - a FIFREEZE may take `freezer.freeze_deadline_secs`; that must end within the FREEZE
+///   budget `limits.freeze_deadline_seconds`, or the request runs out while the freezer
+///   still waits and the answer says less than the freezer knows;
+/// - on SIGTERM the daemon cancels the freeze at once but may wait up to
+///   `limits.thaw_deadline_seconds` for a FITHAW being retried; systemd must not SIGKILL it
+///   before (`stop_timeout_seconds`, the unit's `TimeoutStopSec=`), with a margin for the
+///   rest of the stop.
+fn check_deadlines_nest(
+    limits: &Limits,
+    per_fs_freeze: Duration,
+    stop_timeout: Duration,
+) -> Result<(), ConfigError> {
+    if per_fs_freeze >= limits.freeze_deadline {
+        return Err(invalid(
+            "freezer.freeze_deadline_secs",
+            format!(
+                "{} s must be below limits.freeze_deadline_seconds ({} s): one FIFREEZE must fit in the FREEZE budget",
+                per_fs_freeze.as_secs_f64(),
+                limits.freeze_deadline.as_secs_f64()
+            ),
+        ));
+    }
+    if limits.thaw_deadline + STOP_MARGIN > stop_timeout {
+        return Err(invalid(
+            "stop_timeout_seconds",
+            format!(
+                "{} s must exceed limits.thaw_deadline_seconds ({} s) by at least {} s: a stop waits up to the THAW budget for a thaw being retried before systemd may SIGKILL (set it to the unit's TimeoutStopSec=)",
+                stop_timeout.as_secs_f64(),
+                limits.thaw_deadline.as_secs_f64(),
+                STOP_MARGIN.as_secs()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Time a stop needs besides waiting for the thaw (answering, closing, exiting).
+const STOP_MARGIN: Duration = Duration::from_secs(5);
 
 /// `--auto-thaw SECONDS` (> 0, decimals allowed) or `--auto-thaw off`.
 fn parse_auto_thaw_flag(arg: &str) -> Result<AutoThaw, ConfigError> {
@@ -607,6 +656,34 @@ mod tests {
             resolve("", cli).unwrap().limits.auto_thaw,
             AutoThaw::Disabled
         );
+    }
+
+    /// Deadlines that do not nest are refused at start-up, naming both keys (issue 8).
+    #[test]
+    fn deadlines_that_do_not_nest_name_their_keys() {
+        let cases = [
+            (
+                "[limits]\nfreeze_deadline_seconds = 30\n[freezer]\nfreeze_deadline_secs = 60",
+                "freezer.freeze_deadline_secs: 60 s must be below limits.freeze_deadline_seconds (30 s)",
+            ),
+            (
+                "stop_timeout_seconds = 20",
+                "stop_timeout_seconds: 20 s must exceed limits.thaw_deadline_seconds (25 s)",
+            ),
+            (
+                "stop_timeout_seconds = 40\n[limits]\nthaw_deadline_seconds = 24",
+                "",
+            ),
+        ];
+        for (text, want) in cases {
+            match resolve(text, Overrides::default()) {
+                Ok(_) => assert!(want.is_empty(), "{text}: accepted"),
+                Err(e) => assert!(
+                    !want.is_empty() && e.to_string().contains(want),
+                    "{text}: {e}"
+                ),
+            }
+        }
     }
 
     #[test]

@@ -5,9 +5,10 @@
 //!
 //! - `host.rs`: requests read from the transport, replies written back;
 //! - `reopen.rs`: losing and reopening the transport, with its backoff;
-//! - `frozen.rs`: the worker's outcomes, the log gate and the urgent kernel-log lines;
+//! - `frozen.rs`: the worker's outcomes, what they mean for the frozen state
+//!   ([`crate::safety`] owns it: log gate, dumpability, exec), the urgent kernel-log lines;
 //! - `reports.rs`: transaction reports, BU_COMPLETE and the history file;
-//! - `guardian_watch.rs`: the guardian's death and respawn;
+//! - `guardian_watch.rs`: the guardian's death and respawn, its heartbeat and deadline;
 //! - `signals.rs`: SIGTERM/SIGINT; `watchdog.rs`: systemd's watchdog;
 //!   `log_limit.rs`: the per-subject log rate limit.
 //!
@@ -70,16 +71,18 @@ use self::reports::log_notice;
 use self::watchdog::watchdog_interval;
 use crate::config::{Settings, TransportChoice};
 use crate::fsworker::{FsCommand, FsWorker};
-use crate::guardian::Guardian;
+use crate::guardian::{Guardian, GuardianLink};
 use crate::history::{History, HistoryEntry};
 use crate::kmsg::{Kmsg, Urgent};
 use crate::logbuf::LogGate;
+use crate::safety::FreezeSafety;
 use crate::transport::{Reopener, Transport};
 
 /// Everything the loop owns.
 pub struct Daemon {
     settings: Settings,
-    gate: LogGate,
+    /// Whether anything of ours is frozen; owns the log gate.
+    safety: FreezeSafety,
     debug: bool,
     start: Instant,
     coord: Coordinator,
@@ -99,9 +102,10 @@ pub struct Daemon {
     next_request: u64,
     pending: BTreeMap<RequestId, (u64, u64, HostOp)>,
     worker: FsWorker,
-    /// A freeze was issued and the worker has not yet said that nothing is frozen.
-    fs_frozen: bool,
     guardian: Option<Guardian>,
+    /// Shared with the worker: fds to the guardian before each FIFREEZE.
+    guardian_link: GuardianLink,
+    next_heartbeat: Instant,
     guardian_retry_at: Option<Instant>,
     signals: UnixStream,
     watchdog: Option<Duration>,
@@ -128,8 +132,8 @@ impl std::fmt::Debug for Daemon {
         f.debug_struct("Daemon")
             .field("state", &self.coord.state_kind())
             .field("generation", &self.generation)
-            .field("fs_frozen", &self.fs_frozen)
-            .field("log_held", &self.gate.is_held())
+            .field("frozen", &self.safety.is_frozen())
+            .field("log_held", &self.safety.gate().is_held())
             .finish_non_exhaustive()
     }
 }
@@ -146,6 +150,8 @@ pub struct Parts {
     pub transport: Option<Transport>,
     pub worker: FsWorker,
     pub guardian: Guardian,
+    /// The link the worker was started with; connected to `guardian` here.
+    pub guardian_link: GuardianLink,
     pub signals: UnixStream,
     /// The kernel log, opened before any freeze.
     pub kmsg: Kmsg,
@@ -161,7 +167,7 @@ impl Daemon {
         }
         Self {
             history,
-            gate: parts.gate,
+            safety: FreezeSafety::new(parts.gate),
             debug: parts.debug,
             start: parts.start,
             coord: parts.coord,
@@ -178,7 +184,11 @@ impl Daemon {
             next_request: 1,
             pending: BTreeMap::new(),
             worker: parts.worker,
-            fs_frozen: false,
+            guardian_link: {
+                parts.guardian_link.connect(&parts.guardian);
+                parts.guardian_link
+            },
+            next_heartbeat: Instant::now(),
             guardian: Some(parts.guardian),
             guardian_retry_at: None,
             signals: parts.signals,
@@ -222,10 +232,10 @@ impl Daemon {
         // The coordinator is done, but a thaw the worker is still retrying (FITHAW failed)
         // may leave something of ours frozen: keep retrying for up to a THAW's budget.
         let give_up = Instant::now() + self.settings.limits.thaw_deadline;
-        while self.fs_frozen && Instant::now() < give_up {
+        while self.safety.is_frozen() && Instant::now() < give_up {
             self.wait_for_worker(give_up);
         }
-        if self.fs_frozen {
+        if self.safety.is_frozen() {
             // Still frozen: the gate stays held (no disk logging), the worker's set keeps
             // the journal when it is dropped, and the guardian (told when we exit) and the
             // next start recover it.
@@ -243,7 +253,7 @@ impl Daemon {
                 self.settings.state_dir.display()
             );
         }
-        self.gate.release();
+        self.safety.gate().release();
         self.close_completion(CompletionEnd::Shutdown);
         self.flush_reports();
         tracing::info!("stopped: nothing of ours is frozen");
@@ -272,7 +282,8 @@ impl Daemon {
         {
             until.push(now_i + Duration::from_millis(10));
         }
-        if self.guardian.is_none() && !self.fs_frozen && !self.stopping {
+        until.push(self.next_heartbeat);
+        if self.guardian.is_none() && self.safety.may_exec() && !self.stopping {
             until.push(self.guardian_retry_at.unwrap_or(now_i));
         }
         until
@@ -340,6 +351,7 @@ impl Daemon {
         }
         self.maybe_reopen();
         self.maybe_respawn_guardian();
+        self.heartbeat();
         if self.coord.next_deadline().is_some_and(|d| d <= self.now()) {
             self.queue.push_back(Event::Tick);
         }
@@ -402,9 +414,9 @@ impl Daemon {
                 Action::FreezeFs { txn } => {
                     // R60/R61: from here until the worker reports everything thawed,
                     // nothing is written to stderr or files.
-                    self.gate.hold();
-                    self.fs_frozen = true;
-                    self.worker.send(FsCommand::Freeze { txn });
+                    let epoch = self.safety.begin_freeze();
+                    self.guardian_link.deadline(self.guardian_deadline());
+                    self.worker.send(FsCommand::Freeze { txn, epoch });
                 }
                 Action::ThawFs { txn } => self.worker.send(FsCommand::Thaw { txn }),
                 Action::Notice(notice) => {

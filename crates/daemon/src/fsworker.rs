@@ -21,7 +21,15 @@
 //! A thaw that leaves members frozen (FITHAW failing) is retried every
 //! [`THAW_RETRY_INTERVAL`] until it completes; [`FsOutcome::Thawed::all_thawed`] (or a later
 //! [`FsOutcome::RetryThawed`]) tells the main loop when nothing of ours is frozen any more,
-//! which is when it may write logs and files again (R60).
+//! which is when it may write logs and files again (R60). Every outcome carries the
+//! [`Epoch`] of the last `Freeze` the worker had taken, so the main loop's
+//! [`crate::safety::FreezeSafety`] can tell a stale "nothing frozen" from a current one.
+//! Thaws are panic-guarded like freezes: a panic in one is answered as a failed thaw and
+//! the set is kept and retried, never dropped unanswered.
+//!
+//! With a [`FreezeWatch`] in the setup (the daemon's guardian link), the freezer arms it
+//! with each filesystem's fd before its FIFREEZE and disarms it when it is not ours any
+//! more; a freeze whose arm fails fails before that FIFREEZE.
 
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::PathBuf;
@@ -33,19 +41,23 @@ use std::time::Duration;
 
 use hv_vss_core::{FsError, FsResult, TxnId};
 use hv_vss_freezer::{
-    CompiledConfig, FreezeOptions, FreezeReport, FrozenSet, MountSource, MountTableWatch, Plan,
-    Selection, ThawReport,
+    CompiledConfig, FreezeOptions, FreezeReport, FreezeWatch, FrozenSet, MountSource,
+    MountTableWatch, Plan, Selection, ThawReport,
 };
 use rustix::event::EventfdFlags;
 
+use crate::safety::Epoch;
+
 /// How often a thaw that left members frozen is retried.
 pub const THAW_RETRY_INTERVAL: Duration = Duration::from_secs(1);
+/// How often a set with only abandoned FIFREEZE calls in flight looks whether they returned.
+const ABANDONED_POLL: Duration = Duration::from_millis(20);
 
 /// Work for the worker.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FsCommand {
     Check { txn: TxnId },
-    Freeze { txn: TxnId },
+    Freeze { txn: TxnId, epoch: Epoch },
     Thaw { txn: TxnId },
 }
 
@@ -59,6 +71,7 @@ pub enum FsOutcome {
     /// `result` Ok: the worker holds the frozen set until `Thaw`.
     Frozen {
         txn: TxnId,
+        epoch: Epoch,
         result: FsResult,
         report: Option<FreezeReport>,
         /// Nothing of ours is frozen (a failed freeze rolled back, and no earlier set is
@@ -67,6 +80,7 @@ pub enum FsOutcome {
     },
     Thawed {
         txn: TxnId,
+        epoch: Epoch,
         result: FsResult,
         report: Option<ThawReport>,
         /// Nothing of ours is frozen any more.
@@ -74,17 +88,30 @@ pub enum FsOutcome {
     },
     /// A background retry finished the thaw of members an earlier `Thaw` left frozen.
     RetryThawed {
+        epoch: Epoch,
         report: ThawReport,
     },
 }
 
 /// What the worker needs to plan and freeze.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct FsSetup {
     pub source: MountSource,
     pub selection: Selection,
     pub config: CompiledConfig,
     pub options: FreezeOptions,
+    /// Told what may be frozen before each FIFREEZE (the guardian link).
+    pub watch: Option<Arc<dyn FreezeWatch>>,
+}
+
+impl std::fmt::Debug for FsSetup {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FsSetup")
+            .field("selection", &self.selection)
+            .field("options", &self.options)
+            .field("watched", &self.watch.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 /// Handle to the worker thread.
@@ -190,10 +217,24 @@ fn run(
     // Set only when a `Thaw` left members frozen: a set held between FREEZE and THAW is
     // frozen on purpose and must never be thawed by the retry timer.
     let mut thaw_incomplete = false;
+    // The last `Freeze` taken: every outcome says what it is up to date with.
+    let mut epoch = Epoch::default();
     loop {
-        let retrying = thaw_incomplete && held.as_ref().is_some_and(|s| !s.is_empty());
+        // (An empty set still held is one whose thaw panicked after its last FITHAW: one
+        // more `thaw` finishes it, removing journal and lock.)
+        let retrying = thaw_incomplete && held.is_some();
+        // Only abandoned FIFREEZE calls left (no FITHAW failing): look again soon, so the
+        // journal and the log gate are let go as soon as they have returned.
+        let only_abandoned = held
+            .as_ref()
+            .is_some_and(|s| s.members().is_empty() && !s.freezes_pending().is_empty());
+        let interval = if only_abandoned {
+            ABANDONED_POLL
+        } else {
+            THAW_RETRY_INTERVAL
+        };
         let command = if retrying {
-            match commands.recv_timeout(THAW_RETRY_INTERVAL) {
+            match commands.recv_timeout(interval) {
                 Ok(c) => Some(c),
                 Err(RecvTimeoutError::Timeout) => None,
                 Err(RecvTimeoutError::Disconnected) => return,
@@ -207,13 +248,13 @@ fn run(
         match command {
             None => {
                 // Background retry of an incomplete thaw (R41).
-                if let Some(set) = held.as_mut() {
-                    let report = set.thaw();
-                    if report.complete {
-                        held = None;
-                        thaw_incomplete = false;
-                        emit(FsOutcome::RetryThawed { report });
-                    }
+                if let Some(set) = held.as_mut()
+                    && let Ok(report) = guarded("the retried thaw", || Ok(set.thaw()))
+                    && report.complete
+                {
+                    held = None;
+                    thaw_incomplete = false;
+                    emit(FsOutcome::RetryThawed { epoch, report });
                 }
             }
             Some(FsCommand::Check { txn }) => {
@@ -223,10 +264,15 @@ fn run(
                 });
                 emit(FsOutcome::Checked { txn, result });
             }
-            Some(FsCommand::Freeze { txn }) => {
+            Some(FsCommand::Freeze {
+                txn,
+                epoch: freeze_epoch,
+            }) => {
+                epoch = freeze_epoch;
                 if held.is_some() {
                     emit(FsOutcome::Frozen {
                         txn,
+                        epoch,
                         result: Err(FsError::new(
                             "an earlier freeze is not fully thawed yet; retrying its thaw",
                         )),
@@ -259,6 +305,7 @@ fn run(
                 };
                 emit(FsOutcome::Frozen {
                     txn,
+                    epoch,
                     result,
                     report,
                     nothing_frozen: held.is_none(),
@@ -268,23 +315,29 @@ fn run(
                 let Some(set) = held.as_mut() else {
                     emit(FsOutcome::Thawed {
                         txn,
+                        epoch,
                         result: Ok(()),
                         report: None,
                         all_thawed: true,
                     });
                     continue;
                 };
-                let report = set.thaw();
-                let result = thaw_result(&report);
-                let all_thawed = report.complete;
+                // A panic inside the thaw leaves the set held: answered as a failed thaw
+                // and retried, never a coordinator waiting for ever.
+                let (result, report) = match guarded("the thaw", || Ok(set.thaw())) {
+                    Ok(report) => (thaw_result(&report), Some(report)),
+                    Err(e) => (Err(e), None),
+                };
+                let all_thawed = report.as_ref().is_some_and(|r| r.complete);
                 thaw_incomplete = !all_thawed;
                 if all_thawed {
                     held = None;
                 }
                 emit(FsOutcome::Thawed {
                     txn,
+                    epoch,
                     result,
-                    report: Some(report),
+                    report,
                     all_thawed,
                 });
             }
@@ -331,7 +384,12 @@ fn freeze(
         Some(plan) => (plan, true),
         None => (plan(setup).map_err(early)?.0, false),
     };
-    let mut frozen = hv_vss_freezer::freeze_cancellable(&plan, &setup.options, cancelled);
+    let mut frozen = match &setup.watch {
+        Some(watch) => {
+            hv_vss_freezer::freeze_watched(&plan, &setup.options, cancelled, Arc::clone(watch))
+        }
+        None => hv_vss_freezer::freeze_cancellable(&plan, &setup.options, cancelled),
+    };
     match &mut frozen {
         Ok(set) => set.report_mut().plan_reused = plan_reused,
         Err(f) => f.report.plan_reused = plan_reused,
@@ -433,6 +491,7 @@ mod tests {
             selection: Selection::Explicit(vec![fs.mount_point().to_path_buf()]),
             config: config.compile().expect("config"),
             options: FreezeOptions::new(config, state),
+            watch: None,
         }
     }
 
@@ -452,7 +511,10 @@ mod tests {
             let worker = FsWorker::start(setup_for(&fs, state.path(), &FreezerConfig::default()))
                 .expect("worker");
             let txn = TxnId(7);
-            worker.send(FsCommand::Freeze { txn });
+            worker.send(FsCommand::Freeze {
+                txn,
+                epoch: Epoch(1),
+            });
             worker.send(FsCommand::Thaw { txn });
             let outcomes = wait_outcomes(&worker, 2, Duration::from_secs(30));
             match &outcomes[0] {
@@ -491,7 +553,10 @@ mod tests {
             assert!(fs.writable_within(Duration::from_secs(5)));
             // A later transaction freezes normally: the cancel was for txn 7 only.
             let next = TxnId(8);
-            worker.send(FsCommand::Freeze { txn: next });
+            worker.send(FsCommand::Freeze {
+                txn: next,
+                epoch: Epoch(2),
+            });
             match wait_outcomes(&worker, 1, Duration::from_secs(30)).remove(0) {
                 FsOutcome::Frozen { result, .. } => result.expect("freeze of the next txn"),
                 other => panic!("expected Frozen, got {other:?}"),
@@ -505,7 +570,10 @@ mod tests {
     /// The freeze of the next transaction, thawed again; its report.
     fn freeze_and_thaw(worker: &FsWorker, txn: TxnId) -> FreezeReport {
         worker.send(FsCommand::Check { txn });
-        worker.send(FsCommand::Freeze { txn });
+        worker.send(FsCommand::Freeze {
+            txn,
+            epoch: Epoch(txn.0),
+        });
         let mut outcomes = wait_outcomes(worker, 2, Duration::from_secs(30));
         match outcomes.remove(0) {
             FsOutcome::Checked { result, .. } => result.expect("check"),
@@ -581,7 +649,10 @@ mod tests {
                 .success()
                 .then_some(())
                 .expect("over-mount");
-            worker.send(FsCommand::Freeze { txn: TxnId(2) });
+            worker.send(FsCommand::Freeze {
+                txn: TxnId(2),
+                epoch: Epoch(2),
+            });
             let report = match wait_outcomes(&worker, 1, Duration::from_secs(30)).remove(0) {
                 FsOutcome::Frozen { result, report, .. } => {
                     result.expect("freeze after a mount");
@@ -601,7 +672,10 @@ mod tests {
             worker.send(FsCommand::Check { txn: TxnId(3) });
             let _ = wait_outcomes(&worker, 1, Duration::from_secs(30));
             hv_vss_testutil::unmount(over).expect("unmount the over-mount");
-            worker.send(FsCommand::Freeze { txn: TxnId(3) });
+            worker.send(FsCommand::Freeze {
+                txn: TxnId(3),
+                epoch: Epoch(3),
+            });
             let report = match wait_outcomes(&worker, 1, Duration::from_secs(30)).remove(0) {
                 FsOutcome::Frozen { result, report, .. } => {
                     result.expect("freeze after an unmount");
@@ -637,13 +711,92 @@ mod tests {
             };
             let worker = FsWorker::start(setup_for(&fs, state.path(), &config)).expect("worker");
             let txn = TxnId(1);
-            worker.send(FsCommand::Freeze { txn });
+            worker.send(FsCommand::Freeze {
+                txn,
+                epoch: Epoch(1),
+            });
             match wait_outcomes(&worker, 1, Duration::from_secs(20)).remove(0) {
                 FsOutcome::Frozen { result, .. } => result.expect("freeze"),
                 other => panic!("expected Frozen, got {other:?}"),
             }
             worker.send(FsCommand::Thaw { txn });
             match wait_outcomes(&worker, 1, Duration::from_secs(20)).remove(0) {
+                FsOutcome::Thawed { all_thawed, .. } => assert!(all_thawed),
+                other => panic!("expected Thawed, got {other:?}"),
+            }
+            assert!(fs.writable_within(Duration::from_secs(5)));
+        });
+    }
+
+    /// A watch whose first disarm panics: a bug inside the thaw.
+    #[derive(Default)]
+    struct PanicOnFirstDisarm(std::sync::atomic::AtomicBool);
+
+    impl FreezeWatch for PanicOnFirstDisarm {
+        fn arm(
+            &self,
+            _: hv_vss_freezer::DevNum,
+            _: std::os::fd::BorrowedFd<'_>,
+        ) -> std::io::Result<()> {
+            Ok(())
+        }
+        fn disarm(&self, _: hv_vss_freezer::DevNum) {
+            if !self.0.swap(true, Ordering::SeqCst) {
+                panic!("injected panic inside the thaw");
+            }
+        }
+    }
+
+    /// Regression (issue 8, item 6): the worker's thaw paths were not panic-guarded, so a
+    /// panic there killed the worker: the coordinator waited for ever and every later
+    /// request was refused as busy. The thaw is now answered (as failed) and the next
+    /// commands still are.
+    #[test]
+    fn a_panic_inside_a_thaw_is_answered_and_the_worker_goes_on() {
+        if hv_vss_testutil::skip_unless_root("fsworker thaw panic test") {
+            return;
+        }
+        let _serial = hv_vss_testutil::serial();
+        hv_vss_testutil::run_with_timeout(Duration::from_secs(120), || {
+            let fs = LoopFs::new(FsKind::Ext4).expect("loop fs");
+            let state = hv_vss_testutil::state_dir().expect("state dir");
+            let mut setup = setup_for(&fs, state.path(), &FreezerConfig::default());
+            setup.watch = Some(Arc::new(PanicOnFirstDisarm::default()));
+            let worker = FsWorker::start(setup).expect("worker");
+            let txn = TxnId(1);
+            worker.send(FsCommand::Freeze {
+                txn,
+                epoch: Epoch(1),
+            });
+            match wait_outcomes(&worker, 1, Duration::from_secs(30)).remove(0) {
+                FsOutcome::Frozen { result, .. } => result.expect("freeze"),
+                other => panic!("expected Frozen, got {other:?}"),
+            }
+            worker.send(FsCommand::Thaw { txn });
+            match wait_outcomes(&worker, 1, Duration::from_secs(30)).remove(0) {
+                FsOutcome::Thawed { result, .. } => {
+                    let e = result.expect_err("the thaw panicked");
+                    assert!(e.detail.contains("internal error"), "{e:?}");
+                }
+                other => panic!("expected Thawed, got {other:?}"),
+            }
+            // The retry finishes the set; the worker lives on and freezes again.
+            match wait_outcomes(&worker, 1, Duration::from_secs(30)).remove(0) {
+                FsOutcome::RetryThawed { .. } => {}
+                other => panic!("expected RetryThawed, got {other:?}"),
+            }
+            assert!(fs.writable_within(Duration::from_secs(5)));
+            let next = TxnId(2);
+            worker.send(FsCommand::Freeze {
+                txn: next,
+                epoch: Epoch(2),
+            });
+            match wait_outcomes(&worker, 1, Duration::from_secs(30)).remove(0) {
+                FsOutcome::Frozen { result, .. } => result.expect("the next freeze"),
+                other => panic!("expected Frozen, got {other:?}"),
+            }
+            worker.send(FsCommand::Thaw { txn: next });
+            match wait_outcomes(&worker, 1, Duration::from_secs(30)).remove(0) {
                 FsOutcome::Thawed { all_thawed, .. } => assert!(all_thawed),
                 other => panic!("expected Thawed, got {other:?}"),
             }
@@ -668,10 +821,14 @@ mod tests {
                 selection: Selection::Explicit(vec![fs.mount_point().to_path_buf()]),
                 config: config.compile().expect("config"),
                 options: FreezeOptions::new(&config, state.path()),
+                watch: None,
             };
             let worker = FsWorker::start(setup).expect("worker");
             let txn = TxnId(1);
-            worker.send(FsCommand::Freeze { txn });
+            worker.send(FsCommand::Freeze {
+                txn,
+                epoch: Epoch(1),
+            });
             match wait_outcome(&worker) {
                 FsOutcome::Frozen { result, .. } => result.expect("freeze"),
                 other => panic!("expected Frozen, got {other:?}"),

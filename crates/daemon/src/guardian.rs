@@ -1,73 +1,92 @@
-//! The guardian: a second process that thaws what the freezer's journal lists when the
-//! daemon dies, even by SIGKILL (R57).
+//! The guardian: a second process that holds an fd of every filesystem the daemon may have
+//! frozen and thaws exactly those when the daemon dies, hangs, is stopped, or lets its
+//! deadline pass (R57).
 //!
 //! # Mechanism
 //!
 //! FIFREEZE is not tied to any process or fd: a daemon that dies leaves its filesystems
 //! frozen. So, before any freeze, the daemon re-executes itself (`/proc/self/exe
-//! --guardian --state-dir DIR`) with one end of a socketpair as the child's stdin. Exec
-//! happens only while nothing is frozen (R60). The guardian:
+//! --guardian --state-dir DIR`) with one end of a `SOCK_SEQPACKET` socketpair as the
+//! child's stdin. Exec happens only while nothing is frozen (R60). Then, over that socket
+//! ([`hv_vss_freezer::guardian_wire`], one datagram per message, never blocking the
+//! daemon: a full socket fails an arm, which fails the freeze before its FIFREEZE):
 //!
-//! 1. ignores SIGINT, SIGTERM and SIGHUP (a Ctrl-C or a stop aimed at the daemon must not
-//!    take the safety net with it; the daemon itself thaws on those),
-//! 2. writes one byte `R` to say it is armed,
-//! 3. blocks reading its socket. The daemon never writes to it; the read returns 0 (end of
-//!    file) when the daemon's end closes: the daemon exited or was killed — the kernel
-//!    closes a dead process's fds whatever killed it.
-//! 4. then runs [`hv_vss_freezer::recover`]: it thaws exactly what the journal lists (in
-//!    reverse, each path checked to still be the same device) and removes the journal. A
-//!    daemon that exited cleanly left no journal, so nothing happens. It retries a
-//!    recovery that did not complete for a few seconds, then exits.
+//! - before each FIFREEZE the freezer passes the filesystem's fd (SCM_RIGHTS) through the
+//!   [`GuardianLink`] ([`hv_vss_freezer::FreezeWatch`]), and takes it back (`Disarm`) once
+//!   it is thawed or turned out not to be ours (EBUSY);
+//! - the main loop sends a heartbeat every [`HEARTBEAT_INTERVAL`], and the deadline by
+//!   which the daemon will have thawed on its own (auto-thaw plus a grace).
 //!
-//! The journal is the contract: it is written by the freezer before the first FIFREEZE.
-//! The daemon's freeze lock (flock, CLOEXEC) dies with the daemon, so `recover` goes ahead.
+//! The guardian process ([`process`]) thaws every fd it holds, in reverse, when the socket
+//! reaches end of file (the daemon exited or was killed: the kernel closes a dead
+//! process's fds whatever killed it, and with `PR_SET_DUMPABLE` off while frozen no core
+//! dump delays that), when no message came for [`process::HEARTBEAT_TIMEOUT`] while it
+//! holds fds (the daemon is hung or SIGSTOPped), or at the deadline. It then narrows the
+//! journal to what it could not thaw and exits. It ignores SIGINT, SIGTERM and SIGHUP, and
+//! the systemd unit uses `KillMode=process`, so a stop or a crash of the daemon does not
+//! take the guardian with it.
 //!
-//! The daemon watches its end too: if the guardian dies while filesystems are frozen, the
-//! coordinator thaws as on auto-thaw (`Event::GuardianDied`), and the daemon starts a new
-//! guardian once everything is thawed. It refuses FREEZE (not ready) while it has none.
+//! The daemon watches its end too: when the guardian exits (because it thawed, or died),
+//! the coordinator thaws as on auto-thaw (`Event::GuardianDied`): a pending request is
+//! answered E_FAIL, a later THAW too (R25), and the daemon keeps serving with a new
+//! guardian, started once nothing is frozen. It refuses FREEZE while it has none.
 //!
 //! # Limitations
 //!
 //! - If both processes are killed, filesystems stay frozen until the next start of the
-//!   daemon (R59) or `hv-vss thaw --recover`.
-//! - The frozen fds are not passed over SCM_RIGHTS; the journal's paths are used instead.
+//!   daemon (R59) or `hv-vss thaw --recover` (the unit's `ExecStopPost=`), which use the
+//!   journal.
 
-use std::io::Read;
-use std::os::fd::{AsFd, BorrowedFd};
-use std::os::unix::net::UnixStream;
+pub mod process;
+
+use std::io::IoSlice;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use hv_vss_freezer::DevNum;
+use hv_vss_freezer::guardian_wire::{GuardianMsg, encode};
 use rustix::event::{PollFd, PollFlags, Timespec};
-use rustix::net::SendFlags;
+use rustix::net::{
+    AddressFamily, SendAncillaryBuffer, SendAncillaryMessage, SendFlags, SocketFlags, SocketType,
+};
+
+pub use process::run;
 
 /// How long the daemon waits for a new guardian to say it is armed.
 pub const READY_TIMEOUT: Duration = Duration::from_secs(5);
-/// How long the guardian retries an incomplete recovery.
-const RECOVER_RETRY_FOR: Duration = Duration::from_secs(5);
+/// How often the main loop tells the guardian it is alive.
+pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(1);
+/// How long after the daemon's own deadline the guardian thaws on its own.
+pub const DEADLINE_GRACE: Duration = Duration::from_secs(5);
 const READY_BYTE: u8 = b'R';
 
 /// The daemon's handle on its guardian.
 #[derive(Debug)]
 pub struct Guardian {
     child: Child,
-    sock: UnixStream,
+    sock: Arc<OwnedFd>,
 }
 
 impl Guardian {
     /// Starts a guardian for `state_dir` and waits until it is armed.
     pub fn spawn(state_dir: &Path, debug: bool) -> anyhow::Result<Self> {
-        let (ours, theirs) = UnixStream::pair().context("socketpair for the guardian")?;
+        let (ours, theirs) = rustix::net::socketpair(
+            AddressFamily::UNIX,
+            SocketType::SEQPACKET,
+            SocketFlags::CLOEXEC,
+            None,
+        )
+        .context("socketpair for the guardian")?;
         let mut cmd = Command::new("/proc/self/exe");
         cmd.arg("--guardian").arg("--state-dir").arg(state_dir);
         if debug {
             cmd.arg("--debug");
         }
-        cmd.stdin(Stdio::from(std::os::fd::OwnedFd::from(theirs)))
+        cmd.stdin(Stdio::from(theirs))
             .stdout(Stdio::null())
             // Only the daemon talks to systemd (NotifyAccess=main).
             .env_remove("NOTIFY_SOCKET")
@@ -96,7 +115,7 @@ impl Guardian {
             }
         }
         let mut byte = [0u8; 1];
-        match (&ours).read(&mut byte) {
+        match rustix::io::read(&ours, &mut byte) {
             Ok(1) if byte[0] == READY_BYTE => {}
             other => {
                 let _ = child.kill();
@@ -104,7 +123,10 @@ impl Guardian {
                 bail!("the guardian failed to start: {other:?}");
             }
         }
-        Ok(Self { child, sock: ours })
+        Ok(Self {
+            child,
+            sock: Arc::new(ours),
+        })
     }
 
     pub fn pid(&self) -> u32 {
@@ -115,7 +137,7 @@ impl Guardian {
     /// (it is then reaped).
     pub fn is_gone(&mut self) -> bool {
         let mut buf = [0u8; 16];
-        match rustix::net::recv(&self.sock, &mut buf, rustix::net::RecvFlags::DONTWAIT) {
+        match rustix::net::recv(&*self.sock, &mut buf, rustix::net::RecvFlags::DONTWAIT) {
             Ok((0, _)) => {}
             Ok(_) => return false,
             Err(rustix::io::Errno::AGAIN | rustix::io::Errno::INTR) => return false,
@@ -134,9 +156,10 @@ impl AsFd for Guardian {
 
 impl Drop for Guardian {
     fn drop(&mut self) {
-        // Closing our end lets the guardian run its (empty) recovery and exit; reap it if it
-        // does so promptly.
-        let _ = self.sock.shutdown(std::net::Shutdown::Both);
+        // Closing our end lets the guardian thaw what it still holds (nothing, after a
+        // clean stop) and exit; reap it if it does so promptly. The link may still hold a
+        // reference to the socket: shut it down so the guardian sees end of file now.
+        let _ = rustix::net::shutdown(&*self.sock, rustix::net::Shutdown::Both);
         let deadline = Instant::now() + Duration::from_secs(2);
         while Instant::now() < deadline {
             if let Ok(Some(_)) = self.child.try_wait() {
@@ -147,73 +170,68 @@ impl Drop for Guardian {
     }
 }
 
-/// The guardian process's main: returns its exit code.
-pub fn run(state_dir: &Path) -> i32 {
-    // A handled signal does not kill: these three only set a flag nobody reads.
-    let ignored = Arc::new(AtomicBool::new(false));
-    for sig in [
-        signal_hook::consts::SIGINT,
-        signal_hook::consts::SIGTERM,
-        signal_hook::consts::SIGHUP,
-    ] {
-        if let Err(e) = signal_hook::flag::register(sig, Arc::clone(&ignored)) {
-            tracing::error!(error = %e, "guardian: cannot ignore signal {sig}");
-            return 1;
-        }
+/// The way to the current guardian, shared by the main loop (heartbeat, deadline) and the
+/// filesystem worker (arm before each FIFREEZE, disarm after). Sends never block: a guardian
+/// that does not drain its socket is not one to freeze under.
+#[derive(Debug, Clone, Default)]
+pub struct GuardianLink {
+    sock: Arc<Mutex<Option<Arc<OwnedFd>>>>,
+}
+
+impl GuardianLink {
+    /// From now on, messages go to `guardian`.
+    pub fn connect(&self, guardian: &Guardian) {
+        *self.lock() = Some(Arc::clone(&guardian.sock));
     }
-    let stdin = std::io::stdin();
-    let sock = stdin.as_fd();
-    if rustix::net::send(sock, &[READY_BYTE], SendFlags::NOSIGNAL).is_err() {
-        tracing::error!("guardian: stdin is not the daemon's socket");
-        return 1;
+
+    /// The guardian is gone: arms fail (no freeze without a guardian, R57).
+    pub fn disconnect(&self) {
+        *self.lock() = None;
     }
-    let mut buf = [0u8; 64];
-    loop {
-        match rustix::io::read(sock, &mut buf) {
-            Ok(0) => break,
-            Ok(_) => continue,
-            Err(rustix::io::Errno::INTR | rustix::io::Errno::AGAIN) => continue,
-            Err(_) => break,
-        }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<Arc<OwnedFd>>> {
+        self.sock.lock().unwrap_or_else(|p| p.into_inner())
     }
-    // The daemon is gone: thaw what its journal lists.
-    let started = Instant::now();
-    loop {
-        match hv_vss_freezer::recover(state_dir, hv_vss_freezer::RecoverOptions::default()) {
-            Ok(report) if report.complete() => {
-                if report.journal_found {
-                    let thawed: Vec<String> = report
-                        .filesystems
-                        .iter()
-                        .map(|f| f.entry.path.display().to_string())
-                        .collect();
-                    tracing::error!(
-                        daemon_pid = report.freezer_pid,
-                        elapsed_ms = started.elapsed().as_millis() as u64,
-                        thawed = ?thawed,
-                        "guardian: the daemon died while filesystems were frozen; thawed them from the journal"
-                    );
-                } else {
-                    tracing::debug!("guardian: daemon gone, nothing was frozen");
-                }
-                return 0;
-            }
-            Ok(report) => {
-                if started.elapsed() > RECOVER_RETRY_FOR {
-                    tracing::error!(
-                        report = %serde_json::to_string(&report).unwrap_or_default(),
-                        "guardian: recovery incomplete; run `hv-vss thaw --recover`"
-                    );
-                    return 1;
-                }
-            }
-            Err(e) => {
-                if started.elapsed() > RECOVER_RETRY_FOR {
-                    tracing::error!(error = %e, "guardian: recovery failed; run `hv-vss thaw --recover`");
-                    return 1;
-                }
-            }
+
+    fn send(&self, msg: GuardianMsg, fd: Option<BorrowedFd<'_>>) -> std::io::Result<()> {
+        let sock = self.lock().clone().ok_or_else(|| {
+            std::io::Error::new(std::io::ErrorKind::NotConnected, "no guardian is running")
+        })?;
+        let bytes = encode(msg);
+        let fds;
+        let mut space = [std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
+        let mut control = SendAncillaryBuffer::new(&mut space);
+        if let Some(fd) = fd {
+            fds = [fd];
+            control.push(SendAncillaryMessage::ScmRights(&fds));
         }
-        std::thread::sleep(Duration::from_millis(100));
+        rustix::net::sendmsg(
+            &*sock,
+            &[IoSlice::new(&bytes)],
+            &mut control,
+            SendFlags::DONTWAIT | SendFlags::NOSIGNAL,
+        )?;
+        Ok(())
+    }
+
+    /// The loop is alive.
+    pub fn heartbeat(&self) {
+        let _ = self.send(GuardianMsg::Heartbeat, None);
+    }
+
+    /// Thaw on your own if still holding anything `after` from now (`None`: no deadline).
+    pub fn deadline(&self, after: Option<Duration>) {
+        let ms = after.map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX - 1));
+        let _ = self.send(GuardianMsg::Deadline(ms), None);
+    }
+}
+
+impl hv_vss_freezer::FreezeWatch for GuardianLink {
+    fn arm(&self, dev: DevNum, fd: BorrowedFd<'_>) -> std::io::Result<()> {
+        self.send(GuardianMsg::Arm(dev), Some(fd))
+    }
+
+    fn disarm(&self, dev: DevNum) {
+        let _ = self.send(GuardianMsg::Disarm(dev), None);
     }
 }

@@ -31,6 +31,7 @@ mod guardian;
 mod history;
 mod kmsg;
 mod logbuf;
+mod safety;
 mod transport;
 
 use std::fs::File;
@@ -238,11 +239,13 @@ fn run(cli: Cli) -> Result<(), Fatal> {
 
     let coord = Coordinator::new(settings.limits, Millis(0))
         .map_err(|e| Fatal::new(ExitKind::Usage, anyhow!("limits: {e}")))?;
+    let guardian_link = guardian::GuardianLink::default();
     let worker = fsworker::FsWorker::start(fsworker::FsSetup {
         source,
         selection,
         config: settings.freezer.clone(),
         options: FreezeOptions::new(settings.freezer.config(), settings.state_dir.clone()),
+        watch: Some(std::sync::Arc::new(guardian_link.clone())),
     })
     .map_err(|e| Fatal::new(ExitKind::Internal, anyhow!("filesystem worker: {e}")))?;
 
@@ -255,6 +258,7 @@ fn run(cli: Cli) -> Result<(), Fatal> {
         transport,
         worker,
         guardian,
+        guardian_link,
         signals,
         kmsg,
     })
@@ -330,7 +334,7 @@ fn recover_earlier(dir: &Path) -> Result<(), Fatal> {
     let report = loop {
         let report = hv_vss_freezer::recover(dir, hv_vss_freezer::RecoverOptions::default())
             .map_err(|e| match e {
-                hv_vss_freezer::RecoverError::FreezerAlive { pid } => Fatal::new(
+                hv_vss_freezer::RecoverError::FreezerAlive { pid, .. } => Fatal::new(
                     ExitKind::Busy,
                     anyhow!(
                         "process {pid} froze filesystems listed in {} and still holds them",

@@ -30,6 +30,7 @@ const DAEMON_KEYS: &[&str] = &[
     "log_level",
     "log_ring_capacity",
     "history_limit",
+    "stop_timeout_seconds",
     "limits.check_deadline_seconds",
     "limits.freeze_deadline_seconds",
     "limits.thaw_deadline_seconds",

@@ -337,7 +337,7 @@ fn losses_while_frozen_write_kmsg_lines_and_normal_backups_none() {
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines.len(), 2, "{text:?}");
         assert!(
-            lines[1].starts_with("<4>hv-vssd: guardian process died"),
+            lines[1].starts_with("<4>hv-vssd: guardian process ended"),
             "{text:?}"
         );
     });
@@ -346,6 +346,19 @@ fn losses_while_frozen_write_kmsg_lines_and_normal_backups_none() {
 /// Where the daemon lists what it froze while a freeze is held.
 fn journal_exists(state: &tempfile::TempDir) -> bool {
     state.path().join("freeze-journal.json").exists()
+}
+
+/// The journal is gone, or goes within 2 s (an abandoned FIFREEZE stays listed until its
+/// thread has returned and been collected).
+fn journal_gone_soon(state: &tempfile::TempDir) -> bool {
+    let end = std::time::Instant::now() + Duration::from_secs(2);
+    while journal_exists(state) {
+        if std::time::Instant::now() > end {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    true
 }
 
 /// The daemon did not come back for a new ring pair: it kept its first channel.
@@ -395,7 +408,7 @@ fn sigkill_while_frozen_over_uio_is_thawed_by_the_guardian_within_2s() {
             !common::process_exists(guardian),
             "the guardian exits after recovery"
         );
-        assert!(!journal_exists(&state));
+        assert!(journal_gone_soon(&state));
         assert!(fs.writable_within(THAWED));
     });
 }
@@ -435,7 +448,7 @@ fn hundred_cycles_in_a_row_over_uio() {
         assert_eq!(sim.exchanges().len(), 1 + 4 * 100);
         assert!(sim.unmatched_replies().is_empty());
         assert!(fs.writable_within(THAWED));
-        assert!(!journal_exists(&state));
+        assert!(journal_gone_soon(&state));
         assert_no_reconnect(&host, &d);
     });
 }
@@ -501,7 +514,7 @@ fn bad_input_while_frozen_over_uio_gets_no_reply_and_keeps_the_freeze() {
 
         assert!(sim.thaw().unwrap().is_ok());
         assert!(probe.wait_ok(THAWED), "the blocked write did not complete");
-        assert!(!journal_exists(&state));
+        assert!(journal_gone_soon(&state));
         assert!(
             d.wait_log("notice=Dropped", THAWED),
             "the drops are logged once thawed (R10)"

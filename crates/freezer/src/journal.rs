@@ -277,18 +277,24 @@ impl RecoverReport {
 pub struct RecoverOptions {
     /// Recover even though the freezing process is alive and holds the lock.
     pub force: bool,
+    /// If the freezing process is alive and holds the lock, wait up to this long for it to
+    /// exit first (a killed daemon lingers while a FIFREEZE it started has not returned).
+    pub wait_for_freezer: std::time::Duration,
 }
 
 /// Why recovery did not run.
 #[derive(Debug, thiserror::Error)]
 pub enum RecoverError {
-    /// The freezer named in the journal is alive and holds the lock.
+    /// The freezer named in the journal is alive and holds the lock (after waiting for it
+    /// as long as the options allowed).
     #[error(
-        "the freezing process {pid} is alive and holds the state lock; it thaws on its own (use --force to override)"
+        "the freezing process {pid} is still alive and holds the state lock (waited {waited:?}); it may be stuck in FIFREEZE, or being killed: its guardian thaws what it holds when it is gone. Use --wait to wait longer, or --force to thaw now"
     )]
     FreezerAlive {
         /// Its pid.
         pid: i32,
+        /// How long recovery waited for it to exit.
+        waited: std::time::Duration,
     },
     /// The journal cannot be read.
     #[error(transparent)]
@@ -324,10 +330,26 @@ pub fn recover(state_dir: &Path, options: RecoverOptions) -> Result<RecoverRepor
         state_dir: state_dir.to_path_buf(),
         source,
     };
-    let lock = StateLock::try_acquire(state_dir).map_err(state_err)?;
+    let mut lock = StateLock::try_acquire(state_dir).map_err(state_err)?;
     if lock.is_none() && hv_vss_sys::fs::process_alive(journal.pid) && !options.force {
-        return Err(RecoverError::FreezerAlive { pid: journal.pid });
+        if !options.wait_for_freezer.is_zero()
+            && hv_vss_sys::fs::wait_for_exit(journal.pid, options.wait_for_freezer)
+        {
+            lock = StateLock::try_acquire(state_dir).map_err(state_err)?;
+        }
+        if lock.is_none() && hv_vss_sys::fs::process_alive(journal.pid) {
+            return Err(RecoverError::FreezerAlive {
+                pid: journal.pid,
+                waited: options.wait_for_freezer,
+            });
+        }
     }
+    // The freezer may have finished (and removed or narrowed the journal) while we waited.
+    let Some(journal) = Journal::read(state_dir)? else {
+        report.journal_found = false;
+        report.freezer_pid = None;
+        return Ok(report);
+    };
     for entry in journal.filesystems.iter().rev() {
         let outcome = match hv_vss_sys::fs::open_mount_point(&entry.path) {
             Err(e) => RecoverOutcome::Unreachable {
@@ -470,7 +492,14 @@ mod tests {
             minor: 77,
         };
         journal(1, dir.path(), wrong).write(dir.path()).unwrap();
-        let r = recover(dir.path(), RecoverOptions { force: true }).unwrap();
+        let r = recover(
+            dir.path(),
+            RecoverOptions {
+                force: true,
+                ..RecoverOptions::default()
+            },
+        )
+        .unwrap();
         assert!(matches!(
             r.filesystems[0].outcome,
             RecoverOutcome::DeviceMismatch { .. }

@@ -32,6 +32,7 @@
 
 pub mod config;
 pub mod engine;
+pub mod guardian_wire;
 pub mod hold;
 pub mod journal;
 pub mod mount_watch;

@@ -61,8 +61,7 @@ impl MountTableWatch {
         let mut file = std::fs::File::open(&source.mountinfo).map_err(read_err)?;
         let mut data = Vec::new();
         file.read_to_end(&mut data).map_err(read_err)?;
-        let on_proc = rustix::fs::fstatfs(file.as_fd())
-            .is_ok_and(|s| s.f_type == PROC_SUPER_MAGIC);
+        let on_proc = rustix::fs::fstatfs(file.as_fd()).is_ok_and(|s| s.f_type == PROC_SUPER_MAGIC);
         let change = if on_proc {
             Change::Poll
         } else {

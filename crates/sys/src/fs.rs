@@ -226,9 +226,67 @@ pub fn process_alive(pid: i32) -> bool {
     !matches!(rustix::process::test_kill_process(pid), Err(Errno::SRCH))
 }
 
+/// Waits until process `pid` has exited, at most `timeout`: `true` if it is gone. Uses a
+/// pidfd (`pidfd_open(2)`, which polls readable when the process exits), so no pid reuse
+/// can fool it while waiting; falls back to polling [`process_alive`] where pidfds are
+/// not available. A process stuck in an uninterruptible call (FIFREEZE) exits only when
+/// that call returns: the wait is what bounds it.
+pub fn wait_for_exit(pid: i32, timeout: std::time::Duration) -> bool {
+    let Some(raw) = rustix::process::Pid::from_raw(pid) else {
+        return true;
+    };
+    let deadline = std::time::Instant::now() + timeout;
+    match rustix::process::pidfd_open(raw, rustix::process::PidfdFlags::empty()) {
+        Ok(pidfd) => loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            let ts = rustix::event::Timespec::try_from(left).unwrap_or(rustix::event::Timespec {
+                tv_sec: 1,
+                tv_nsec: 0,
+            });
+            let mut fds = [rustix::event::PollFd::new(
+                &pidfd,
+                rustix::event::PollFlags::IN,
+            )];
+            match rustix::event::poll(&mut fds, Some(&ts)) {
+                Ok(n) if n > 0 => return true,
+                Err(Errno::INTR) => continue,
+                Ok(_) if left.is_zero() => return !process_alive(pid),
+                Ok(_) => continue,
+                Err(_) => return !process_alive(pid),
+            }
+        },
+        Err(Errno::SRCH) => true,
+        Err(_) => {
+            while process_alive(pid) {
+                if std::time::Instant::now() >= deadline {
+                    return false;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            true
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn wait_for_exit_sees_a_child_end_and_times_out_on_a_live_one() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("0.3")
+            .spawn()
+            .unwrap();
+        let pid = child.id() as i32;
+        assert!(!wait_for_exit(pid, std::time::Duration::from_millis(50)));
+        assert!(wait_for_exit(pid, std::time::Duration::from_secs(10)));
+        child.wait().unwrap();
+        assert!(
+            wait_for_exit(pid, std::time::Duration::ZERO),
+            "reaped: gone"
+        );
+    }
 
     fn scratch_dir(tag: &str) -> std::path::PathBuf {
         let dir = std::env::temp_dir().join(format!("hv-vss-sys-{tag}-{}", std::process::id()));

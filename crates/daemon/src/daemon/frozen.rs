@@ -10,11 +10,16 @@ use rustix::event::{PollFd, PollFlags, Timespec};
 use super::Daemon;
 use crate::fsworker::{FsOutcome, THAW_RETRY_INTERVAL};
 use crate::kmsg::Urgent;
+use crate::safety::Epoch;
 
 impl Daemon {
     /// Waits (until `until` at most) for the worker's next outcomes and handles them.
     pub(super) fn wait_for_worker(&mut self, until: Instant) {
-        let left = until.saturating_duration_since(Instant::now());
+        // A FITHAW being retried here may take a while: the guardian still hears from us.
+        self.heartbeat();
+        let left = until
+            .saturating_duration_since(Instant::now())
+            .min(crate::guardian::HEARTBEAT_INTERVAL);
         let ts = Timespec::try_from(left).unwrap_or(Timespec {
             tv_sec: 1,
             tv_nsec: 0,
@@ -37,6 +42,7 @@ impl Daemon {
             }
             FsOutcome::Frozen {
                 txn,
+                epoch,
                 result,
                 report,
                 nothing_frozen,
@@ -75,14 +81,25 @@ impl Daemon {
                 if let Some(r) = report {
                     self.freeze_reports.insert(txn, r);
                 }
+                if result.is_ok() {
+                    // Frozen as asked: from here the daemon's own auto-thaw is the deadline.
+                    let auto_thaw = match self.settings.limits.auto_thaw {
+                        hv_vss_core::AutoThaw::After(d) => {
+                            Some(d + crate::guardian::DEADLINE_GRACE)
+                        }
+                        hv_vss_core::AutoThaw::Disabled => None,
+                    };
+                    self.guardian_link.deadline(auto_thaw);
+                }
                 self.queue.push_back(Event::FsFrozen { txn, result });
                 self.pump();
                 if nothing_frozen {
-                    self.all_thawed();
+                    self.all_thawed(epoch);
                 }
             }
             FsOutcome::Thawed {
                 txn,
+                epoch,
                 result,
                 report,
                 all_thawed,
@@ -104,26 +121,25 @@ impl Daemon {
                 self.queue.push_back(Event::FsThawed { txn, result });
                 self.pump();
                 if all_thawed {
-                    self.all_thawed();
+                    self.all_thawed(epoch);
                 }
             }
-            FsOutcome::RetryThawed { report } => {
+            FsOutcome::RetryThawed { epoch, report } => {
                 tracing::info!(
                     thaw_us = report.thaw_us,
                     "retried thaw completed: nothing of ours is frozen"
                 );
-                self.all_thawed();
+                self.all_thawed(epoch);
             }
         }
     }
 
-    /// Nothing of ours is frozen: logs and files may be written again.
-    pub(super) fn all_thawed(&mut self) {
-        if !self.fs_frozen {
+    /// The worker says nothing of ours is frozen as of `epoch`: unless a newer freeze was
+    /// sent since, logs and files may be written again.
+    pub(super) fn all_thawed(&mut self, epoch: Epoch) {
+        let Some((written, dropped)) = self.safety.nothing_frozen(epoch) else {
             return;
-        }
-        self.fs_frozen = false;
-        let (written, dropped) = self.gate.release();
+        };
         if dropped > 0 {
             tracing::warn!(written, dropped, "log lines held while frozen were dropped");
         }
@@ -133,7 +149,7 @@ impl Daemon {
     /// One kernel-log line for an urgent condition, only while something of ours is frozen
     /// (the held log is invisible until the last thaw, R61). Rate-limited per kind.
     pub(super) fn urgent(&mut self, kind: Urgent, text: &str) {
-        if self.fs_frozen {
+        if self.safety.is_frozen() {
             self.kmsg.urgent(kind, Instant::now(), text);
         }
     }

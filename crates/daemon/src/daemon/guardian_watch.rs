@@ -1,12 +1,14 @@
-//! Supervising the guardian process: noticing its death (thaw at once, refuse FREEZE until
-//! a new one runs, R57) and starting a new one, only while nothing of ours is frozen (R60).
+//! Supervising the guardian process: noticing its end (it died, or it thawed because the
+//! daemon was hung, stopped or past its deadline: either way thaw at once and answer as on
+//! auto-thaw, refuse FREEZE until a new one runs, R57), starting a new one only while
+//! nothing of ours is frozen (R60), and telling it the loop is alive and the deadline.
 
 use std::time::{Duration, Instant};
 
 use hv_vss_core::Event;
 
 use super::Daemon;
-use crate::guardian::Guardian;
+use crate::guardian::{DEADLINE_GRACE, Guardian, HEARTBEAT_INTERVAL};
 use crate::kmsg::Urgent;
 
 /// Delay between attempts to start a guardian that failed to start.
@@ -19,10 +21,13 @@ impl Daemon {
             return;
         }
         self.guardian = None;
-        tracing::error!("the guardian process died; thawing if frozen, then starting a new one");
+        self.guardian_link.disconnect();
+        tracing::error!(
+            "the guardian process ended (it died, or thawed because this daemon was stopped, hung or past its deadline); thawing if frozen, then starting a new one"
+        );
         self.urgent(
             Urgent::GuardianDied,
-            "guardian process died while filesystems are frozen; thawing now",
+            "guardian process ended while filesystems are frozen; thawing now",
         );
         self.queue.push_back(Event::GuardianDied);
         // No FREEZE without a guardian (R57).
@@ -32,7 +37,7 @@ impl Daemon {
     }
 
     pub(super) fn maybe_respawn_guardian(&mut self) {
-        if self.guardian.is_some() || self.fs_frozen || self.stopping {
+        if self.guardian.is_some() || !self.safety.may_exec() || self.stopping {
             return;
         }
         if self.guardian_retry_at.is_some_and(|t| Instant::now() < t) {
@@ -42,6 +47,7 @@ impl Daemon {
         match Guardian::spawn(&self.settings.state_dir, self.debug) {
             Ok(g) => {
                 tracing::info!(pid = g.pid(), "guardian started");
+                self.guardian_link.connect(&g);
                 self.guardian = Some(g);
                 self.guardian_retry_at = None;
                 self.queue.push_back(Event::Ready);
@@ -50,6 +56,25 @@ impl Daemon {
                 tracing::error!(error = %format!("{e:#}"), "cannot start a guardian; FREEZE is refused until one runs");
                 self.guardian_retry_at = Some(Instant::now() + GUARDIAN_RETRY);
             }
+        }
+    }
+
+    /// Tells the guardian the loop is alive, once per [`HEARTBEAT_INTERVAL`].
+    pub(super) fn heartbeat(&mut self) {
+        let now = Instant::now();
+        if now >= self.next_heartbeat {
+            self.guardian_link.heartbeat();
+            self.next_heartbeat = now + HEARTBEAT_INTERVAL;
+        }
+    }
+
+    /// When the guardian is to thaw on its own if the daemon has not by then, for a freeze
+    /// starting now: the FREEZE budget, then the auto-thaw, plus a grace.
+    pub(super) fn guardian_deadline(&self) -> Option<Duration> {
+        let limits = &self.settings.limits;
+        match limits.auto_thaw {
+            hv_vss_core::AutoThaw::After(d) => Some(limits.freeze_deadline + d + DEADLINE_GRACE),
+            hv_vss_core::AutoThaw::Disabled => None,
         }
     }
 }

@@ -102,7 +102,7 @@ impl Daemon {
             return;
         }
         // No bind (which may exec modprobe) while something of ours is frozen (R60).
-        match self.reopener.attempt(!self.fs_frozen) {
+        match self.reopener.attempt(self.safety.may_exec()) {
             ReopenStep::Opened { transport, node } => {
                 let now = Instant::now();
                 self.last_wait = None;

@@ -19,7 +19,7 @@ impl Daemon {
     /// Logs every finished report and stores what is ready, once nothing is frozen (R60,
     /// R72). In UIO mode a backup's entry waits for BU_COMPLETE first ([`CompletionWait`](crate::completion::CompletionWait)).
     pub(super) fn flush_reports(&mut self) {
-        if self.fs_frozen {
+        if self.safety.is_frozen() {
             return;
         }
         for report in std::mem::take(&mut self.deferred_reports) {

@@ -90,12 +90,35 @@ impl Daemon {
 
     /// As [`Daemon::start`] with extra environment variables.
     pub fn start_with_env(args: &[&std::ffi::OsStr], env: &[(&str, &std::ffi::OsStr)]) -> Self {
+        Self::start_full(args, env, None, "")
+    }
+
+    /// As [`Daemon::start`], in working directory `cwd` (where a core dump would go).
+    pub fn start_in(args: &[&std::ffi::OsStr], cwd: &std::path::Path) -> Self {
+        Self::start_full(args, &[], Some(cwd), "")
+    }
+
+    /// As [`Daemon::start`] with `config` as the config file's text.
+    pub fn start_with_config(args: &[&std::ffi::OsStr], config: &str) -> Self {
+        Self::start_full(args, &[], None, config)
+    }
+
+    fn start_full(
+        args: &[&std::ffi::OsStr],
+        env: &[(&str, &std::ffi::OsStr)],
+        cwd: Option<&std::path::Path>,
+        config_text: &str,
+    ) -> Self {
         // On tmpfs: the daemon's stderr must never block on a filesystem a test freezes.
         let log_dir = state_dir();
         let config = log_dir.path().join("empty.toml");
-        std::fs::write(&config, "").unwrap();
+        std::fs::write(&config, config_text).unwrap();
         let log = log_dir.path().join("stderr.log");
-        let child = Command::new(env!("CARGO_BIN_EXE_hv-vssd"))
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_hv-vssd"));
+        if let Some(dir) = cwd {
+            cmd.current_dir(dir);
+        }
+        let child = cmd
             .arg("--config")
             .arg(&config)
             .args(args)
@@ -141,6 +164,16 @@ impl Daemon {
             }
             std::thread::sleep(Duration::from_millis(10));
         }
+    }
+
+    /// Open fds and threads of the daemon now (from /proc).
+    pub fn fds_and_threads(&self) -> (usize, usize) {
+        let count = |what: &str| {
+            std::fs::read_dir(format!("/proc/{}/{what}", self.pid()))
+                .map(|d| d.count())
+                .unwrap_or(0)
+        };
+        (count("fd"), count("task"))
     }
 
     /// The guardian: the child process of the daemon.

@@ -1,0 +1,224 @@
+//! The guardian process's main loop (see [`super`] for the mechanism).
+//!
+//! It holds the fds the daemon passed (SCM_RIGHTS), in the order they came, and thaws all
+//! of them (reverse order) and exits when:
+//! - the daemon's end of the socket closes (end of file): the daemon is gone;
+//! - it holds fds and no message came for [`HEARTBEAT_TIMEOUT`]: the daemon is hung or
+//!   stopped (SIGSTOP), so its filesystems are thawed within that bound plus one poll;
+//! - it holds fds and the deadline the daemon gave has passed.
+//!
+//! Exiting is how the daemon learns of it (its poll sees end of file: `GuardianDied`). The
+//! fds decide what is thawed, whatever the journal says; the journal is then narrowed to
+//! what could not be thawed (removed when that is nothing and the daemon is gone), so a
+//! later recovery never thaws a filesystem again that someone else may have frozen since.
+
+use std::io::IoSliceMut;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::{Duration, Instant};
+
+use hv_vss_freezer::guardian_wire::{GuardianMsg, MESSAGE_LEN, decode};
+use hv_vss_freezer::{DevNum, Journal};
+use hv_vss_sys::fs::ThawError;
+use rustix::event::{PollFd, PollFlags, Timespec};
+use rustix::net::{RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, SendFlags};
+
+use super::READY_BYTE;
+
+/// No message from the daemon for this long while holding fds: thaw them.
+pub const HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Why the guardian thawed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Cause {
+    DaemonGone,
+    HeartbeatLost,
+    DeadlinePassed,
+}
+
+/// The guardian process's main: returns its exit code.
+pub fn run(state_dir: &Path) -> i32 {
+    // A handled signal does not kill: these three only set a flag nobody reads.
+    let ignored = Arc::new(AtomicBool::new(false));
+    for sig in [
+        signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGHUP,
+    ] {
+        if let Err(e) = signal_hook::flag::register(sig, Arc::clone(&ignored)) {
+            tracing::error!(error = %e, "guardian: cannot ignore signal {sig}");
+            return 1;
+        }
+    }
+    let daemon_pid = rustix::process::getppid().map_or(0, |p| p.as_raw_nonzero().get());
+    let stdin = std::io::stdin();
+    let sock = stdin.as_fd();
+    if rustix::net::send(sock, &[READY_BYTE], SendFlags::NOSIGNAL).is_err() {
+        tracing::error!("guardian: stdin is not the daemon's socket");
+        return 1;
+    }
+    let mut held: Vec<(DevNum, OwnedFd)> = Vec::new();
+    let mut deadline: Option<Instant> = None;
+    let mut last_heard = Instant::now();
+    let cause = loop {
+        let now = Instant::now();
+        if !held.is_empty() {
+            if now >= last_heard + HEARTBEAT_TIMEOUT {
+                break Cause::HeartbeatLost;
+            }
+            if deadline.is_some_and(|d| now >= d) {
+                break Cause::DeadlinePassed;
+            }
+        }
+        let wake = (!held.is_empty()).then(|| {
+            let hb = last_heard + HEARTBEAT_TIMEOUT;
+            deadline.map_or(hb, |d| d.min(hb))
+        });
+        let ts = wake.map(|w| {
+            Timespec::try_from(w.saturating_duration_since(now)).unwrap_or(Timespec {
+                tv_sec: 1,
+                tv_nsec: 0,
+            })
+        });
+        let mut fds = [PollFd::from_borrowed_fd(sock, PollFlags::IN)];
+        match rustix::event::poll(&mut fds, ts.as_ref()) {
+            Ok(0) | Err(rustix::io::Errno::INTR) => continue,
+            Ok(_) => {}
+            Err(_) => break Cause::DaemonGone,
+        }
+        match receive_all(sock, &mut held, &mut deadline) {
+            Received::Some => last_heard = Instant::now(),
+            Received::Nothing => {}
+            Received::EndOfFile => break Cause::DaemonGone,
+        }
+    };
+    let started = Instant::now();
+    let (thawed, failed) = thaw_all(&mut held);
+    narrow_journal(state_dir, daemon_pid, cause, &thawed, &failed);
+    if thawed.is_empty() && failed.is_empty() {
+        tracing::debug!(?cause, "guardian: nothing held, exiting");
+        return 0;
+    }
+    let names = |devs: &[DevNum]| devs.iter().map(|d| d.to_string()).collect::<Vec<_>>();
+    if failed.is_empty() {
+        tracing::error!(
+            daemon_pid,
+            ?cause,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            thawed = ?names(&thawed),
+            "guardian: thawed the daemon's filesystems"
+        );
+        0
+    } else {
+        tracing::error!(
+            daemon_pid,
+            ?cause,
+            thawed = ?names(&thawed),
+            failed = ?names(&failed),
+            "guardian: some filesystems could not be thawed; they stay in the journal: run `hv-vss thaw --recover`"
+        );
+        1
+    }
+}
+
+enum Received {
+    Some,
+    Nothing,
+    EndOfFile,
+}
+
+/// Reads every message waiting. An `Arm` keeps the fd that came with it (a second `Arm`
+/// of the same device replaces the first); fds that come with anything else are closed.
+fn receive_all(
+    sock: BorrowedFd<'_>,
+    held: &mut Vec<(DevNum, OwnedFd)>,
+    deadline: &mut Option<Instant>,
+) -> Received {
+    let mut got = Received::Nothing;
+    loop {
+        let mut buf = [0u8; MESSAGE_LEN + 1];
+        let mut space = [std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
+        let mut control = RecvAncillaryBuffer::new(&mut space);
+        let received = rustix::net::recvmsg(
+            sock,
+            &mut [IoSliceMut::new(&mut buf)],
+            &mut control,
+            RecvFlags::DONTWAIT | RecvFlags::CMSG_CLOEXEC,
+        );
+        let msg = match received {
+            Ok(r) if r.bytes == 0 => return Received::EndOfFile,
+            Ok(r) => decode(&buf[..r.bytes.min(buf.len())]),
+            Err(rustix::io::Errno::AGAIN | rustix::io::Errno::INTR) => return got,
+            Err(_) => return Received::EndOfFile,
+        };
+        got = Received::Some;
+        let mut fds: Vec<OwnedFd> = Vec::new();
+        for m in control.drain() {
+            if let RecvAncillaryMessage::ScmRights(rights) = m {
+                fds.extend(rights);
+            }
+        }
+        match msg {
+            Some(GuardianMsg::Arm(dev)) => {
+                if let Some(fd) = fds.into_iter().next() {
+                    held.retain(|(d, _)| *d != dev);
+                    held.push((dev, fd));
+                }
+            }
+            Some(GuardianMsg::Disarm(dev)) => held.retain(|(d, _)| *d != dev),
+            Some(GuardianMsg::Deadline(ms)) => {
+                *deadline = ms.and_then(|ms| Instant::now().checked_add(Duration::from_millis(ms)))
+            }
+            Some(GuardianMsg::Heartbeat) | None => {}
+        }
+    }
+}
+
+/// FITHAW on every held fd, last armed first. Returns (thawed or found not frozen, failed).
+fn thaw_all(held: &mut Vec<(DevNum, OwnedFd)>) -> (Vec<DevNum>, Vec<DevNum>) {
+    let mut thawed = Vec::new();
+    let mut failed = Vec::new();
+    while let Some((dev, fd)) = held.pop() {
+        match hv_vss_sys::fs::thaw(fd.as_fd()) {
+            Ok(()) | Err(ThawError::NotFrozen) => thawed.push(dev),
+            Err(e) => {
+                tracing::error!(%dev, error = %e, "guardian: FITHAW failed");
+                failed.push(dev);
+            }
+        }
+    }
+    (thawed, failed)
+}
+
+/// Takes what the guardian thawed off the journal of its daemon; when the daemon is gone
+/// and everything held was thawed, the journal goes (the held fds were exactly what the
+/// daemon may have frozen: each was armed before its FIFREEZE).
+fn narrow_journal(
+    state_dir: &Path,
+    daemon_pid: i32,
+    cause: Cause,
+    thawed: &[DevNum],
+    failed: &[DevNum],
+) {
+    let Ok(Some(mut journal)) = Journal::read(state_dir) else {
+        return;
+    };
+    if journal.pid != daemon_pid {
+        return;
+    }
+    if cause == Cause::DaemonGone {
+        journal.filesystems.retain(|e| failed.contains(&e.dev));
+    } else {
+        journal.filesystems.retain(|e| !thawed.contains(&e.dev));
+    }
+    let result = if journal.filesystems.is_empty() {
+        Journal::remove(state_dir)
+    } else {
+        journal.write(state_dir).map(drop)
+    };
+    if let Err(e) = result {
+        tracing::error!(error = %e, "guardian: cannot update the journal");
+    }
+}
