@@ -18,6 +18,13 @@
 //! [`hv_vss_freezer::MountTableWatch`]) and plans again otherwise, before the first FIFREEZE
 //! either way; [`FreezeReport::plan_reused`] says which.
 //!
+//! A passing check also starts flushing the planned filesystems ahead of FREEZE
+//! ([`hv_vss_freezer::FlushAhead`], for at most [`FLUSH_AHEAD_BUDGET`]) after its answer is
+//! sent; a failing check stops it. `Freeze` stops it and waits for its running `syncfs`
+//! calls (bounded by the freeze deadline: a flush that misses it fails the freeze, nothing
+//! frozen, and its device is not flushed ahead again until that call returns), so no flush
+//! of ours ever runs beside a freeze.
+//!
 //! A thaw that leaves members frozen (FITHAW failing) is retried every
 //! [`THAW_RETRY_INTERVAL`] until it completes; [`FsOutcome::Thawed::all_thawed`] (or a later
 //! [`FsOutcome::RetryThawed`]) tells the main loop when nothing of ours is frozen any more,
@@ -41,12 +48,15 @@ use std::time::Duration;
 
 use hv_vss_core::{FsError, FsResult, TxnId};
 use hv_vss_freezer::{
-    CompiledConfig, FreezeOptions, FreezeReport, FreezeWatch, FrozenSet, MountSource,
+    CompiledConfig, FlushAhead, FreezeOptions, FreezeReport, FreezeWatch, FrozenSet, MountSource,
     MountTableWatch, Plan, Selection, ThawReport,
 };
 use rustix::event::EventfdFlags;
 
 use crate::safety::Epoch;
+
+/// How long a passing check's flush-ahead keeps repeating its passes when no FREEZE comes.
+pub const FLUSH_AHEAD_BUDGET: Duration = Duration::from_secs(10);
 
 /// How often a thaw that left members frozen is retried.
 pub const THAW_RETRY_INTERVAL: Duration = Duration::from_secs(1);
@@ -123,6 +133,9 @@ pub struct FsWorker {
     /// Highest transaction a `Thaw` was sent for: a freeze of that or an earlier
     /// transaction is cancelled.
     thaw_sent_through: Arc<AtomicU64>,
+    /// The worker's flusher, for tests to observe.
+    #[cfg(test)]
+    flusher: Arc<FlushAhead>,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -138,14 +151,28 @@ impl FsWorker {
         let thread_wake = Arc::clone(&wake);
         let thaw_sent_through = Arc::new(AtomicU64::new(0));
         let cancel = Arc::clone(&thaw_sent_through);
+        let worker_flusher = Arc::new(FlushAhead::new());
+        #[cfg(test)]
+        let flusher = Arc::clone(&worker_flusher);
         let thread = std::thread::Builder::new()
             .name("hv-vss-fs".into())
-            .spawn(move || run(setup, &cmd_rx, &out_tx, &thread_wake, &cancel))?;
+            .spawn(move || {
+                run(
+                    setup,
+                    &cmd_rx,
+                    &out_tx,
+                    &thread_wake,
+                    &cancel,
+                    &worker_flusher,
+                );
+            })?;
         Ok(Self {
             commands: Some(cmd_tx),
             outcomes: out_rx,
             wake,
             thaw_sent_through,
+            #[cfg(test)]
+            flusher,
             thread: Some(thread),
         })
     }
@@ -159,6 +186,12 @@ impl FsWorker {
             // The worker only exits when the sender is dropped.
             let _ = tx.send(command);
         }
+    }
+
+    /// The flush-ahead of this worker (its counters).
+    #[cfg(test)]
+    pub fn flusher(&self) -> &FlushAhead {
+        &self.flusher
     }
 
     /// The fd that becomes readable when outcomes are waiting.
@@ -206,6 +239,7 @@ fn run(
     out: &Sender<FsOutcome>,
     wake: &OwnedFd,
     thaw_sent_through: &AtomicU64,
+    flusher: &FlushAhead,
 ) {
     let emit = |o: FsOutcome| {
         let _ = out.send(o);
@@ -262,7 +296,15 @@ fn run(
                 let result = guarded("the preflight", || check(&setup)).map(|prepared| {
                     checked = Some(prepared);
                 });
+                let passed = result.is_ok();
                 emit(FsOutcome::Checked { txn, result });
+                // After the answer: flushing ahead never delays it.
+                match &checked {
+                    Some((plan, _)) if passed => {
+                        flusher.start(plan, FLUSH_AHEAD_BUDGET);
+                    }
+                    _ => flusher.cancel(),
+                }
             }
             Some(FsCommand::Freeze {
                 txn,
@@ -278,6 +320,20 @@ fn run(
                         )),
                         report: None,
                         nothing_frozen: false,
+                    });
+                    continue;
+                }
+                // No flush of ours may run beside the freeze; one that does not return in
+                // time fails it before anything is frozen.
+                if let Err(hung) = flusher.cancel_and_wait(setup.options.freeze_deadline) {
+                    emit(FsOutcome::Frozen {
+                        txn,
+                        epoch,
+                        result: Err(FsError::new(format!(
+                            "not freezing: the flush ahead of the freeze is stuck ({hung}); FIFREEZE would wait for it"
+                        ))),
+                        report: None,
+                        nothing_frozen: true,
                     });
                     continue;
                 }
@@ -689,6 +745,154 @@ mod tests {
             let _ = wait_outcomes(&worker, 1, Duration::from_secs(30));
             assert!(listed.writable_within(Duration::from_secs(5)));
             assert!(other.writable_within(Duration::from_secs(5)));
+        });
+    }
+
+    fn image_bytes(fs: &LoopFs) -> u64 {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(fs.image()).unwrap().blocks() * 512
+    }
+
+    fn write_dirty(fs: &LoopFs, mib: usize) {
+        use std::io::Write;
+        let mut f = std::fs::File::create(fs.mount_point().join("dirty")).unwrap();
+        for _ in 0..mib {
+            f.write_all(&[0x5a; 1 << 20]).unwrap();
+        }
+    }
+
+    fn expect_checked(worker: &FsWorker) -> FsResult {
+        match wait_outcomes(worker, 1, Duration::from_secs(30)).remove(0) {
+            FsOutcome::Checked { result, .. } => result,
+            other => panic!("expected Checked, got {other:?}"),
+        }
+    }
+
+    /// Flush ahead: nothing is flushed after a failing check; a passing check writes the
+    /// dirty data back with nothing frozen (writeback would otherwise wait 30 s for
+    /// dirty_expire); FREEZE stops it: no flush call starts while frozen, nor after.
+    #[test]
+    fn a_passing_check_flushes_ahead_until_freeze() {
+        hv_vss_testutil::freezing_test(Duration::from_secs(120), || {
+            let fs = LoopFs::new(FsKind::Ext4).expect("loop fs");
+            let dev = fs.dev().unwrap();
+            let state = hv_vss_testutil::state_dir().expect("state dir");
+            let config = FreezerConfig::default();
+
+            // A check that fails (its state directory is a regular file) flushes nothing.
+            let not_a_dir = state.path().join("file");
+            std::fs::write(&not_a_dir, b"").unwrap();
+            let failing = FsWorker::start(setup_for(&fs, &not_a_dir, &config)).unwrap();
+            write_dirty(&fs, 8);
+            let before = image_bytes(&fs);
+            failing.send(FsCommand::Check { txn: TxnId(1) });
+            assert!(expect_checked(&failing).is_err());
+            std::thread::sleep(hv_vss_freezer::flush_ahead::PASS_INTERVAL * 5);
+            assert_eq!(
+                failing.flusher().calls(dev),
+                0,
+                "flushed after a failing check"
+            );
+            drop(failing);
+
+            let worker = FsWorker::start(setup_for(&fs, state.path(), &config)).unwrap();
+            worker.send(FsCommand::Check { txn: TxnId(2) });
+            expect_checked(&worker).expect("check");
+            let end = std::time::Instant::now() + Duration::from_secs(20);
+            while image_bytes(&fs) < before + (8 << 20) {
+                assert!(
+                    std::time::Instant::now() < end,
+                    "the dirty data was not written back after the check"
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            assert!(worker.flusher().calls(dev) >= 1);
+
+            worker.send(FsCommand::Freeze {
+                txn: TxnId(2),
+                epoch: Epoch(2),
+            });
+            match wait_outcomes(&worker, 1, Duration::from_secs(30)).remove(0) {
+                FsOutcome::Frozen { result, .. } => result.expect("freeze"),
+                other => panic!("expected Frozen, got {other:?}"),
+            }
+            assert_eq!(
+                worker.flusher().in_flight(),
+                0,
+                "a flush runs beside the freeze"
+            );
+            let calls = worker.flusher().calls(dev);
+            std::thread::sleep(hv_vss_freezer::flush_ahead::PASS_INTERVAL * 5);
+            assert_eq!(
+                worker.flusher().calls(dev),
+                calls,
+                "a flush started while frozen"
+            );
+            worker.send(FsCommand::Thaw { txn: TxnId(2) });
+            let _ = wait_outcomes(&worker, 1, Duration::from_secs(30));
+            std::thread::sleep(hv_vss_freezer::flush_ahead::PASS_INTERVAL * 5);
+            assert_eq!(
+                worker.flusher().calls(dev),
+                calls,
+                "the flush resumed after FREEZE"
+            );
+        });
+    }
+
+    /// A flush ahead that hangs (the filesystem's loop image lies on a filesystem this test
+    /// froze) makes FREEZE fail at its deadline with nothing frozen, and the next check does
+    /// not start another flush of that device.
+    #[test]
+    fn a_hung_flush_fails_the_freeze_and_is_not_restarted() {
+        hv_vss_testutil::freezing_test(Duration::from_secs(120), || {
+            let lower = LoopFs::create(FsKind::Ext4, 128, None).expect("lower");
+            let upper = LoopFs::new_in(FsKind::Ext4, lower.mount_point()).expect("upper");
+            let dev = upper.dev().unwrap();
+            let state = hv_vss_testutil::state_dir().expect("state dir");
+            let config = FreezerConfig {
+                freeze_deadline_secs: 1,
+                ..FreezerConfig::default()
+            };
+            let worker = FsWorker::start(setup_for(&upper, state.path(), &config)).unwrap();
+            hv_vss_testutil::freeze_path(lower.mount_point()).unwrap();
+            write_dirty(&upper, 4);
+            worker.send(FsCommand::Check { txn: TxnId(1) });
+            expect_checked(&worker).expect("check");
+            worker.send(FsCommand::Freeze {
+                txn: TxnId(1),
+                epoch: Epoch(1),
+            });
+            match wait_outcomes(&worker, 1, Duration::from_secs(30)).remove(0) {
+                FsOutcome::Frozen {
+                    result,
+                    nothing_frozen,
+                    ..
+                } => {
+                    let e = result.expect_err("froze beside a stuck flush");
+                    assert!(e.detail.contains("stuck"), "{e:?}");
+                    assert!(nothing_frozen);
+                }
+                other => panic!("expected Frozen, got {other:?}"),
+            }
+            assert_eq!(worker.flusher().hung(), vec![dev]);
+            worker.send(FsCommand::Check { txn: TxnId(2) });
+            expect_checked(&worker).expect("check");
+            std::thread::sleep(hv_vss_freezer::flush_ahead::PASS_INTERVAL * 5);
+            assert_eq!(
+                worker.flusher().calls(dev),
+                1,
+                "a hung flush was started again"
+            );
+            assert!(hv_vss_testutil::thaw_path(lower.mount_point()).unwrap());
+            let end = std::time::Instant::now() + Duration::from_secs(30);
+            while !worker.flusher().hung().is_empty() {
+                assert!(
+                    std::time::Instant::now() < end,
+                    "the stuck flush never returned"
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            drop(worker);
         });
     }
 

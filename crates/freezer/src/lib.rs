@@ -32,6 +32,7 @@
 
 pub mod config;
 pub mod engine;
+pub mod flush_ahead;
 pub mod guardian_wire;
 pub mod hold;
 pub mod journal;
@@ -52,6 +53,7 @@ pub use engine::{
     FsFreezeOutcome, FsReport, FsThawOutcome, FsThawReport, PreflightReport, ThawReport, freeze,
     freeze_cancellable, freeze_watched, preflight,
 };
+pub use flush_ahead::{FlushAhead, FlushAheadStart, HungFlush};
 pub use hv_vss_sys::fs::DevNum;
 pub use journal::{
     DEFAULT_STATE_DIR, Journal, JournalEntry, JournalError, RecoverError, RecoverOptions,
