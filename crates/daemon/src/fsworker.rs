@@ -48,8 +48,8 @@ use std::time::Duration;
 
 use hv_vss_core::{FsError, FsResult, TxnId};
 use hv_vss_freezer::{
-    CompiledConfig, FlushAhead, FreezeOptions, FreezeReport, FreezeWatch, FrozenSet, MountSource,
-    MountTableWatch, Plan, Selection, ThawReport,
+    CompiledConfig, FlushAhead, FlushPolicy, FreezeOptions, FreezeReport, FreezeWatch, FrozenSet,
+    MountSource, MountTableWatch, Plan, Selection, ThawReport,
 };
 use rustix::event::EventfdFlags;
 
@@ -57,6 +57,10 @@ use crate::safety::Epoch;
 
 /// How long a passing check's flush-ahead keeps repeating its passes when no FREEZE comes.
 pub const FLUSH_AHEAD_BUDGET: Duration = Duration::from_secs(10);
+
+/// How recent a flush-ahead pass must be for FREEZE to trust that it found the filesystems
+/// clean (two pass intervals: the last pass before FREEZE was cancelled).
+pub const FOUND_CLEAN_WITHIN: Duration = Duration::from_millis(200);
 
 /// How often a thaw that left members frozen is retried.
 pub const THAW_RETRY_INTERVAL: Duration = Duration::from_secs(1);
@@ -341,7 +345,7 @@ fn run(
                 let mut failed_report = None;
                 let prepared = checked.take();
                 let frozen = guarded("the freeze", || {
-                    freeze(&setup, prepared, &cancelled).map_err(|f| {
+                    freeze(&setup, prepared, flusher, &cancelled).map_err(|f| {
                         failed_report = f.report.map(|r| *r);
                         if let Some(rest) = f.unthawed {
                             // Still ours and still frozen: keep it and retry its thaw.
@@ -423,6 +427,7 @@ struct FreezeFailed {
 fn freeze(
     setup: &FsSetup,
     prepared: Option<(Plan, MountTableWatch)>,
+    flusher: &FlushAhead,
     cancelled: &(dyn Fn() -> bool + Sync),
 ) -> Result<FrozenSet, FreezeFailed> {
     let early = |error| FreezeFailed {
@@ -440,11 +445,18 @@ fn freeze(
         Some(plan) => (plan, true),
         None => (plan(setup).map_err(early)?.0, false),
     };
+    // The fast path: the flush ahead has just found every filesystem clean (its last pass
+    // cost no more than twice a clean pass), so a flush now would only add its own cost to
+    // the answer; FIFREEZE writes back the little left itself.
+    let mut options = setup.options.clone();
+    if flusher.found_clean(&plan, FOUND_CLEAN_WITHIN) {
+        options.flush = FlushPolicy::Skip;
+    }
     let mut frozen = match &setup.watch {
         Some(watch) => {
-            hv_vss_freezer::freeze_watched(&plan, &setup.options, cancelled, Arc::clone(watch))
+            hv_vss_freezer::freeze_watched(&plan, &options, cancelled, Arc::clone(watch))
         }
-        None => hv_vss_freezer::freeze_cancellable(&plan, &setup.options, cancelled),
+        None => hv_vss_freezer::freeze_cancellable(&plan, &options, cancelled),
     };
     match &mut frozen {
         Ok(set) => set.report_mut().plan_reused = plan_reused,
@@ -835,6 +847,74 @@ mod tests {
                 worker.flusher().calls(dev),
                 calls,
                 "the flush resumed after FREEZE"
+            );
+        });
+    }
+
+    /// The fast path: one clean filesystem, found clean by the flush ahead, is frozen with
+    /// no flush pass of the freeze's own, and still journaled while frozen (exactly that
+    /// filesystem), thawed exactly, and the journal removed.
+    #[test]
+    fn the_fast_path_for_one_clean_filesystem_still_journals_and_thaws_it() {
+        hv_vss_testutil::freezing_test(Duration::from_secs(120), || {
+            let fs = LoopFs::new(FsKind::Ext4).expect("loop fs");
+            let dev = fs.dev().unwrap();
+            let state = hv_vss_testutil::state_dir().expect("state dir");
+            let worker =
+                FsWorker::start(setup_for(&fs, state.path(), &FreezerConfig::default())).unwrap();
+            worker.send(FsCommand::Check { txn: TxnId(1) });
+            expect_checked(&worker).expect("check");
+            let end = std::time::Instant::now() + Duration::from_secs(20);
+            while worker.flusher().calls(dev) < 4 {
+                assert!(std::time::Instant::now() < end, "no flush-ahead passes");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            worker.send(FsCommand::Freeze {
+                txn: TxnId(1),
+                epoch: Epoch(1),
+            });
+            let report = match wait_outcomes(&worker, 1, Duration::from_secs(30)).remove(0) {
+                FsOutcome::Frozen { result, report, .. } => {
+                    result.expect("freeze");
+                    report.expect("report")
+                }
+                other => panic!("expected Frozen, got {other:?}"),
+            };
+            assert!(
+                report.flush_passes_us.is_empty(),
+                "the fast path was not taken: {report:?}"
+            );
+            assert!(fs.is_frozen().unwrap());
+            let journal = hv_vss_freezer::Journal::read(state.path())
+                .expect("journal")
+                .expect("a journal while frozen");
+            let listed: Vec<_> = journal.filesystems.iter().map(|e| e.dev).collect();
+            assert_eq!(listed, vec![dev]);
+            worker.send(FsCommand::Thaw { txn: TxnId(1) });
+            match wait_outcomes(&worker, 1, Duration::from_secs(30)).remove(0) {
+                FsOutcome::Thawed {
+                    result,
+                    report,
+                    all_thawed,
+                    ..
+                } => {
+                    result.expect("thaw");
+                    assert!(all_thawed);
+                    let thawed: Vec<_> = report
+                        .expect("thaw report")
+                        .filesystems
+                        .iter()
+                        .map(|f| f.dev)
+                        .collect();
+                    assert_eq!(thawed, vec![dev]);
+                }
+                other => panic!("expected Thawed, got {other:?}"),
+            }
+            assert!(fs.writable_within(Duration::from_secs(5)));
+            assert!(
+                hv_vss_freezer::Journal::read(state.path())
+                    .unwrap()
+                    .is_none()
             );
         });
     }

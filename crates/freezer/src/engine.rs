@@ -120,7 +120,32 @@ pub struct FreezeOptions {
     pub on_foreign_freeze: ForeignFreezePolicy,
     /// Deadline of each FIFREEZE call.
     pub freeze_deadline: Duration,
+    /// How to flush before the first FIFREEZE.
+    pub flush: FlushPolicy,
 }
+
+/// How [`freeze`] flushes before its first FIFREEZE.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FlushPolicy {
+    /// A parallel `syncfs` of every filesystem, repeated while each pass takes at least
+    /// [`CONVERGE_FLOOR`] and at most half the time of the one before, and the repeats fit
+    /// in `budget`; so FIFREEZE finds almost nothing left to write even with writers
+    /// running. A zero budget is one pass.
+    Converge {
+        /// Time for passes after the first.
+        budget: Duration,
+    },
+    /// No flush: FIFREEZE writes back what is left itself. For a caller that has just
+    /// measured that there is nothing worth flushing (a flush-ahead pass that found the
+    /// filesystems clean): a pass would only add its own cost to the answer.
+    Skip,
+}
+
+/// Default time for repeated flush passes ([`FlushPolicy::Converge`]).
+pub const DEFAULT_CONVERGE_BUDGET: Duration = Duration::from_millis(100);
+
+/// A flush pass shorter than this found almost nothing to write: no further pass.
+pub const CONVERGE_FLOOR: Duration = Duration::from_millis(5);
 
 impl FreezeOptions {
     /// Options from the config, with a state directory.
@@ -130,6 +155,9 @@ impl FreezeOptions {
             on_unsupported: config.on_unsupported,
             on_foreign_freeze: config.on_foreign_freeze,
             freeze_deadline: config.freeze_deadline(),
+            flush: FlushPolicy::Converge {
+                budget: DEFAULT_CONVERGE_BUDGET,
+            },
         }
     }
 }
@@ -327,6 +355,9 @@ pub struct FreezeReport {
     /// set by the caller, which knows.
     #[serde(default)]
     pub plan_reused: bool,
+    /// Duration of each parallel flush pass before the first FIFREEZE (none if skipped).
+    #[serde(default)]
+    pub flush_passes_us: Vec<u64>,
 }
 
 /// Outcome of FITHAW on one filesystem.
@@ -856,6 +887,7 @@ fn freeze_with_watch(
             .collect(),
         rollback: None,
         plan_reused: false,
+        flush_passes_us: Vec::new(),
     };
     macro_rules! fail {
         ($e:expr) => {
@@ -922,41 +954,20 @@ fn freeze_with_watch(
     }
 }
 
-/// Marks the jobs still running as abandoned if a panic unwinds past them, so that a
-/// FIFREEZE returning later thaws its filesystem instead of leaving it frozen unowned.
-struct AbandonOnUnwind<'a>(&'a [(usize, Arc<Job>)]);
-
-impl Drop for AbandonOnUnwind<'_> {
-    fn drop(&mut self) {
-        if !std::thread::panicking() {
-            return;
-        }
-        for (_, job) in self.0 {
-            let mut state = job.state.lock().unwrap_or_else(|p| p.into_inner());
-            if matches!(*state, JobState::Running) {
-                *state = JobState::Abandoned;
-            }
-        }
-    }
-}
-
-/// Flush, then freeze level by level into `set`. `Err`: the first failure; the caller
-/// rolls back what `set` holds.
-fn freeze_levels(
-    plan: &Plan,
+/// One parallel `syncfs` pass over every planned filesystem, bounded by `sync_deadline`: a
+/// hung syncfs must not wedge the caller. Nothing is frozen yet, so a flush that misses the
+/// deadline is simply abandoned (its thread finishes on its own) and fails the freeze.
+/// Ok: how long the pass took.
+fn flush_pass(
     options: &FreezeOptions,
     handles: &[Handle],
     set: &mut FrozenSet,
     cancelled: &(dyn Fn() -> bool + Sync),
-) -> Result<(), FreezeError> {
-    if cancelled() {
-        return Err(FreezeError::Cancelled);
-    }
+    sync_start: Instant,
+    sync_deadline: Option<Instant>,
+) -> Result<Duration, FreezeError> {
     let ops = set.ops.clone();
-    // Flush everything in parallel before the first freeze, under the freeze deadline: a
-    // hung syncfs must not wedge the caller. Nothing is frozen yet, so a flush that misses
-    // the deadline is simply abandoned (its thread finishes on its own) and fails the freeze.
-    let sync_start = Instant::now();
+    let pass_start = Instant::now();
     let (tx, rx) = mpsc::channel::<(usize, Duration, std::io::Result<()>)>();
     let mut flushing = vec![false; handles.len()];
     for (i, h) in handles.iter().enumerate() {
@@ -976,7 +987,6 @@ fn freeze_levels(
         }
     }
     drop(tx);
-    let sync_deadline = sync_start.checked_add(options.freeze_deadline);
     while flushing.iter().any(|&f| f) {
         if cancelled() {
             // Nothing is frozen yet: the flush threads finish on their own.
@@ -999,7 +1009,7 @@ fn freeze_levels(
             Ok((i, took, result)) => {
                 flushing[i] = false;
                 let r = &mut set.report.filesystems[i];
-                r.sync_us = Some(micros(took));
+                r.sync_us = Some(r.sync_us.unwrap_or(0) + micros(took));
                 r.sync_error = result.err().map(|e| e.to_string());
             }
             Err(mpsc::RecvTimeoutError::Disconnected) => {
@@ -1031,6 +1041,63 @@ fn freeze_levels(
                     deadline: options.freeze_deadline,
                 });
             }
+        }
+    }
+    Ok(pass_start.elapsed())
+}
+
+/// Marks the jobs still running as abandoned if a panic unwinds past them, so that a
+/// FIFREEZE returning later thaws its filesystem instead of leaving it frozen unowned.
+struct AbandonOnUnwind<'a>(&'a [(usize, Arc<Job>)]);
+
+impl Drop for AbandonOnUnwind<'_> {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            return;
+        }
+        for (_, job) in self.0 {
+            let mut state = job.state.lock().unwrap_or_else(|p| p.into_inner());
+            if matches!(*state, JobState::Running) {
+                *state = JobState::Abandoned;
+            }
+        }
+    }
+}
+
+/// Flush, then freeze level by level into `set`. `Err`: the first failure; the caller
+/// rolls back what `set` holds.
+fn freeze_levels(
+    plan: &Plan,
+    options: &FreezeOptions,
+    handles: &[Handle],
+    set: &mut FrozenSet,
+    cancelled: &(dyn Fn() -> bool + Sync),
+) -> Result<(), FreezeError> {
+    if cancelled() {
+        return Err(FreezeError::Cancelled);
+    }
+    let ops = set.ops.clone();
+    // Flush everything in parallel before the first freeze, under the freeze deadline
+    // (counted from the first pass), converging as `options.flush` says.
+    let sync_start = Instant::now();
+    let sync_deadline = sync_start.checked_add(options.freeze_deadline);
+    if let FlushPolicy::Converge { budget } = options.flush {
+        let mut previous: Option<Duration> = None;
+        let mut first: Option<Duration> = None;
+        loop {
+            let took = flush_pass(options, handles, set, cancelled, sync_start, sync_deadline)?;
+            set.report.flush_passes_us.push(micros(took));
+            let first = *first.get_or_insert(took);
+            // Another pass only while the last one still had real work (above the floor),
+            // wrote at most half of what the one before it did (converging, not chasing
+            // writers as fast as they write), and the next (no longer than this one) fits
+            // in the budget for passes after the first.
+            let shrinking = previous.is_none_or(|p| took <= p / 2);
+            let extra = sync_start.elapsed().saturating_sub(first);
+            if took < CONVERGE_FLOOR || !shrinking || extra + took > budget {
+                break;
+            }
+            previous = Some(took);
         }
     }
     set.report.sync_us = micros(sync_start.elapsed());

@@ -84,6 +84,10 @@ struct State {
     hung: BTreeSet<DevNum>,
     /// `syncfs` calls started, per device, since this flusher was made.
     calls: BTreeMap<DevNum, u64>,
+    /// Per device: when its last pass ended and how long it took.
+    last_pass: BTreeMap<DevNum, (Instant, Duration)>,
+    /// Per device: its shortest pass so far (a clean filesystem's cost of a `syncfs`).
+    fastest: BTreeMap<DevNum, Duration>,
 }
 
 #[derive(Debug, Default)]
@@ -201,6 +205,25 @@ impl FlushAhead {
         })
     }
 
+    /// Did the last pass on every filesystem of `plan` find it clean, and recently? True
+    /// when, for each, a pass ended less than `within` ago and took at most twice its
+    /// fastest pass so far (its cost with nothing to write, as measured on this machine).
+    /// Then another flush before FIFREEZE would only add its own cost
+    /// ([`crate::FlushPolicy::Skip`]).
+    pub fn found_clean(&self, plan: &Plan, within: Duration) -> bool {
+        let state = self.shared.lock();
+        let now = Instant::now();
+        !plan.is_empty()
+            && plan.filesystems().all(|fs| {
+                match (state.last_pass.get(&fs.dev), state.fastest.get(&fs.dev)) {
+                    (Some(&(ended, took)), Some(&fastest)) => {
+                        now.saturating_duration_since(ended) < within && took <= fastest * 2
+                    }
+                    _ => false,
+                }
+            })
+    }
+
     /// `syncfs` calls started on `dev` so far (by any start).
     pub fn calls(&self, dev: DevNum) -> u64 {
         self.shared.lock().calls.get(&dev).copied().unwrap_or(0)
@@ -245,8 +268,17 @@ fn passes(shared: &Shared, dev: DevNum, mount_point: &std::path::Path, fd: &Owne
         *state.calls.entry(dev).or_default() += 1;
         drop(state);
         // The result does not matter here: the freeze's own flush reports errors.
-        let _ = hv_vss_sys::fs::syncfs(fd.as_fd());
+        let started = Instant::now();
+        let ok = hv_vss_sys::fs::syncfs(fd.as_fd()).is_ok();
+        let took = started.elapsed();
         state = shared.lock();
+        if ok {
+            state.last_pass.insert(dev, (Instant::now(), took));
+            let fastest = state.fastest.entry(dev).or_insert(took);
+            *fastest = (*fastest).min(took);
+        } else {
+            state.last_pass.remove(&dev);
+        }
         state.in_flight.remove(&dev);
         state.hung.remove(&dev);
         shared.changed.notify_all();
@@ -333,6 +365,36 @@ mod tests {
             let during_freeze = flusher.calls(dev);
             assert!(thaw_path(fs.mount_point()).unwrap());
             assert_eq!(during_freeze, calls, "a flush started while frozen");
+        });
+    }
+
+    /// A clean filesystem is found clean once its passes have run; dirty data written after
+    /// them makes the next pass slower than twice the fastest, or no pass is recent: not
+    /// clean until a pass has written it.
+    #[test]
+    fn found_clean_after_passes_on_a_clean_filesystem_only() {
+        freezing_test(Duration::from_secs(120), || {
+            let fs = LoopFs::new(FsKind::Ext4).unwrap();
+            let dev = fs.dev().unwrap();
+            let plan = plan_of(&fs);
+            let flusher = FlushAhead::new();
+            assert!(
+                !flusher.found_clean(&plan, Duration::from_secs(1)),
+                "no pass yet"
+            );
+            flusher.start(&plan, Duration::from_secs(60));
+            wait_for("three passes", Duration::from_secs(20), || {
+                flusher.calls(dev) >= 4
+            });
+            wait_for("found clean", Duration::from_secs(20), || {
+                flusher.found_clean(&plan, Duration::from_secs(1))
+            });
+            flusher.cancel_and_wait(Duration::from_secs(30)).unwrap();
+            std::thread::sleep(PASS_INTERVAL * 3);
+            assert!(
+                !flusher.found_clean(&plan, PASS_INTERVAL),
+                "a pass long ago says nothing about now"
+            );
         });
     }
 

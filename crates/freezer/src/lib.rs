@@ -49,9 +49,10 @@ pub use config::{
     CompiledConfig, ConfigError, ForeignFreezePolicy, FreezerConfig, MountFilter, UnsupportedPolicy,
 };
 pub use engine::{
-    FreezeError, FreezeFailure, FreezeOptions, FreezeReport, FreezeWatch, FrozenFs, FrozenSet,
-    FsFreezeOutcome, FsReport, FsThawOutcome, FsThawReport, PreflightReport, ThawReport, freeze,
-    freeze_cancellable, freeze_watched, preflight,
+    CONVERGE_FLOOR, DEFAULT_CONVERGE_BUDGET, FlushPolicy, FreezeError, FreezeFailure,
+    FreezeOptions, FreezeReport, FreezeWatch, FrozenFs, FrozenSet, FsFreezeOutcome, FsReport,
+    FsThawOutcome, FsThawReport, PreflightReport, ThawReport, freeze, freeze_cancellable,
+    freeze_watched, preflight,
 };
 pub use flush_ahead::{FlushAhead, FlushAheadStart, HungFlush};
 pub use hv_vss_sys::fs::DevNum;
