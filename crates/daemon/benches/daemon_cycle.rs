@@ -48,6 +48,10 @@
 //! plus the in-process cost of reading the mount table and planning, which the daemon does
 //! before every HOT_BACKUP check and every FREEZE.
 //!
+//! The run re-executes itself under `unshare -m --propagation private`: mounts made by
+//! other processes on the machine do not reach it (they would make every FREEZE plan again),
+//! and its own mounts vanish with it.
+//!
 //! Run (root; release build of hv-vssd and this bench; about 2 minutes):
 //! `cargo bench -p hv-vssd --bench daemon_cycle` (env `TRIALS`, default 9; `CYCLES`,
 //! default 500; `GAP_MS`, default 1000; `QEMU_GA=0`). Not a test: nothing is asserted except that every request got S_OK; the
@@ -67,6 +71,9 @@ use hv_vss_freezer::{FreezerConfig, MountSource, Selection, make_plan};
 use hv_vss_protocol::{HvStatus, VssOperation};
 use hv_vss_sim::kernel::{EmulatorConfig, HostOutcome, KernelEmulator};
 use hv_vss_testutil::bench::{Writers, env_count, prepare_dirty, should_run, stock_freeze_thaw};
+use hv_vss_testutil::private_ns::{
+    inside_private_mount_namespace, rerun_in_private_mount_namespace,
+};
 use hv_vss_testutil::{FsKind, LoopFs, freeze_path, thaw_path};
 use rustix::process::{Pid, Signal};
 
@@ -717,6 +724,22 @@ fn run(trials: usize, cycles: usize, gap: Duration) -> anyhow::Result<()> {
 fn main() {
     if !should_run("daemon_cycle") {
         return;
+    }
+    // Mounts made by other processes on this machine would make every FREEZE plan again
+    // (the mount table changed since HOT_BACKUP): measure in a private mount namespace, as
+    // a guest whose mounts hold still. Everything this run mounts vanishes with it.
+    if !inside_private_mount_namespace() {
+        match rerun_in_private_mount_namespace() {
+            Ok(s) if s.success() => return,
+            Ok(s) => {
+                eprintln!("daemon_cycle: {s}");
+                std::process::exit(1)
+            }
+            Err(e) => {
+                eprintln!("daemon_cycle: {e:#}");
+                std::process::exit(1)
+            }
+        }
     }
     let trials = env_count("TRIALS", 9);
     let cycles = env_count("CYCLES", 500);
