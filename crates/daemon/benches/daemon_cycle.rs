@@ -71,9 +71,7 @@ use hv_vss_freezer::{FreezerConfig, MountSource, Selection, make_plan};
 use hv_vss_protocol::{HvStatus, VssOperation};
 use hv_vss_sim::kernel::{EmulatorConfig, HostOutcome, KernelEmulator};
 use hv_vss_testutil::bench::{Writers, env_count, prepare_dirty, should_run, stock_freeze_thaw};
-use hv_vss_testutil::private_ns::{
-    inside_private_mount_namespace, rerun_in_private_mount_namespace,
-};
+use hv_vss_testutil::private_ns::enter_private_mount_namespace;
 use hv_vss_testutil::{FsKind, LoopFs, freeze_path, thaw_path};
 use rustix::process::{Pid, Signal};
 
@@ -728,19 +726,7 @@ fn main() {
     // Mounts made by other processes on this machine would make every FREEZE plan again
     // (the mount table changed since HOT_BACKUP): measure in a private mount namespace, as
     // a guest whose mounts hold still. Everything this run mounts vanishes with it.
-    if !inside_private_mount_namespace() {
-        match rerun_in_private_mount_namespace() {
-            Ok(s) if s.success() => return,
-            Ok(s) => {
-                eprintln!("daemon_cycle: {s}");
-                std::process::exit(1)
-            }
-            Err(e) => {
-                eprintln!("daemon_cycle: {e:#}");
-                std::process::exit(1)
-            }
-        }
-    }
+    enter_private_mount_namespace("daemon_cycle");
     let trials = env_count("TRIALS", 9);
     let cycles = env_count("CYCLES", 500);
     let gap = Duration::from_millis(env_count("GAP_MS", 1000) as u64);

@@ -638,28 +638,29 @@ mod tests {
     /// The freeze of the next transaction, thawed again; its report.
     fn freeze_and_thaw(worker: &FsWorker, txn: TxnId) -> FreezeReport {
         worker.send(FsCommand::Check { txn });
-        worker.send(FsCommand::Freeze {
-            txn,
-            epoch: Epoch(txn.0),
-        });
-        let mut outcomes = wait_outcomes(worker, 2, Duration::from_secs(30));
-        match outcomes.remove(0) {
-            FsOutcome::Checked { result, .. } => result.expect("check"),
-            other => panic!("expected Checked, got {other:?}"),
-        }
-        let report = match outcomes.remove(0) {
-            FsOutcome::Frozen { result, report, .. } => {
-                result.expect("freeze");
-                report.expect("report")
-            }
-            other => panic!("expected Frozen, got {other:?}"),
-        };
+        expect_checked(worker).expect("check");
+        let report = freeze_ok(worker, txn, "freeze");
         worker.send(FsCommand::Thaw { txn });
         match wait_outcomes(worker, 1, Duration::from_secs(30)).remove(0) {
             FsOutcome::Thawed { all_thawed, .. } => assert!(all_thawed),
             other => panic!("expected Thawed, got {other:?}"),
         }
         report
+    }
+
+    /// Sends `Freeze` for `txn` and expects it to succeed; its report.
+    fn freeze_ok(worker: &FsWorker, txn: TxnId, what: &str) -> FreezeReport {
+        worker.send(FsCommand::Freeze {
+            txn,
+            epoch: Epoch(txn.0),
+        });
+        match wait_outcomes(worker, 1, Duration::from_secs(30)).remove(0) {
+            FsOutcome::Frozen { result, report, .. } => {
+                result.unwrap_or_else(|e| panic!("{what}: {e:?}"));
+                report.expect("report")
+            }
+            other => panic!("expected Frozen, got {other:?}"),
+        }
     }
 
     fn frozen_devs(report: &FreezeReport) -> Vec<hv_vss_freezer::DevNum> {
@@ -717,17 +718,7 @@ mod tests {
                 .success()
                 .then_some(())
                 .expect("over-mount");
-            worker.send(FsCommand::Freeze {
-                txn: TxnId(2),
-                epoch: Epoch(2),
-            });
-            let report = match wait_outcomes(&worker, 1, Duration::from_secs(30)).remove(0) {
-                FsOutcome::Frozen { result, report, .. } => {
-                    result.expect("freeze after a mount");
-                    report.expect("report")
-                }
-                o => panic!("expected Frozen, got {o:?}"),
-            };
+            let report = freeze_ok(&worker, TxnId(2), "freeze after a mount");
             assert!(!report.plan_reused);
             assert_eq!(frozen_devs(&report), vec![other.dev().unwrap()]);
             // (The listed filesystem's own path now leads to `other`: only the report can
@@ -740,17 +731,7 @@ mod tests {
             worker.send(FsCommand::Check { txn: TxnId(3) });
             let _ = wait_outcomes(&worker, 1, Duration::from_secs(30));
             hv_vss_testutil::unmount(over).expect("unmount the over-mount");
-            worker.send(FsCommand::Freeze {
-                txn: TxnId(3),
-                epoch: Epoch(3),
-            });
-            let report = match wait_outcomes(&worker, 1, Duration::from_secs(30)).remove(0) {
-                FsOutcome::Frozen { result, report, .. } => {
-                    result.expect("freeze after an unmount");
-                    report.expect("report")
-                }
-                o => panic!("expected Frozen, got {o:?}"),
-            };
+            let report = freeze_ok(&worker, TxnId(3), "freeze after an unmount");
             assert!(!report.plan_reused);
             assert_eq!(frozen_devs(&report), vec![listed.dev().unwrap()]);
             worker.send(FsCommand::Thaw { txn: TxnId(3) });
@@ -869,17 +850,7 @@ mod tests {
                 assert!(std::time::Instant::now() < end, "no flush-ahead passes");
                 std::thread::sleep(Duration::from_millis(20));
             }
-            worker.send(FsCommand::Freeze {
-                txn: TxnId(1),
-                epoch: Epoch(1),
-            });
-            let report = match wait_outcomes(&worker, 1, Duration::from_secs(30)).remove(0) {
-                FsOutcome::Frozen { result, report, .. } => {
-                    result.expect("freeze");
-                    report.expect("report")
-                }
-                other => panic!("expected Frozen, got {other:?}"),
-            };
+            let report = freeze_ok(&worker, TxnId(1), "freeze");
             assert!(
                 report.flush_passes_us.is_empty(),
                 "the fast path was not taken: {report:?}"

@@ -29,9 +29,7 @@ use hv_vss_freezer::{
     FreezerConfig, MountSource, MountTableWatch, Selection, make_plan, parse_mountinfo,
 };
 use hv_vss_testutil::bench::{env_count, should_run};
-use hv_vss_testutil::private_ns::{
-    inside_private_mount_namespace, rerun_in_private_mount_namespace,
-};
+use hv_vss_testutil::private_ns::enter_private_mount_namespace;
 use rustix::mount::{MountFlags, mount, mount_bind};
 
 const SIZES: [usize; 3] = [100, 1_000, 5_000];
@@ -69,19 +67,7 @@ fn main() {
     if !should_run("plan_scale") {
         return;
     }
-    if !inside_private_mount_namespace() {
-        match rerun_in_private_mount_namespace() {
-            Ok(s) if s.success() => return,
-            Ok(s) => {
-                eprintln!("plan_scale: {s}");
-                std::process::exit(1)
-            }
-            Err(e) => {
-                eprintln!("plan_scale: {e:#}");
-                std::process::exit(1)
-            }
-        }
-    }
+    enter_private_mount_namespace("plan_scale");
     let trials = env_count("TRIALS", 5);
     let base = tempfile::Builder::new()
         .prefix("hv-vss-plan-scale-")

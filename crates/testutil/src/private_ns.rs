@@ -43,17 +43,35 @@ pub fn inside_private_mount_namespace() -> bool {
     std::env::var_os(INSIDE).is_some()
 }
 
-/// Re-runs the current program (a benchmark) with its arguments under
-/// `unshare -m --propagation private`; its exit status.
-pub fn rerun_in_private_mount_namespace() -> anyhow::Result<std::process::ExitStatus> {
-    let exe = std::env::current_exe()?;
-    Command::new("unshare")
-        .args(["-m", "--propagation", "private"])
-        .arg(exe)
-        .args(std::env::args_os().skip(1))
-        .env(INSIDE, "1")
-        .status()
-        .context("running unshare")
+/// For a benchmark's `main`: returns at once inside the private mount namespace; outside,
+/// re-runs the current program with its arguments under `unshare -m --propagation private`
+/// and exits with its status (`name` says who failed).
+pub fn enter_private_mount_namespace(name: &str) {
+    if inside_private_mount_namespace() {
+        return;
+    }
+    let status = std::env::current_exe()
+        .context("current program")
+        .and_then(|exe| {
+            Command::new("unshare")
+                .args(["-m", "--propagation", "private"])
+                .arg(exe)
+                .args(std::env::args_os().skip(1))
+                .env(INSIDE, "1")
+                .status()
+                .context("running unshare")
+        });
+    match status {
+        Ok(s) if s.success() => std::process::exit(0),
+        Ok(s) => {
+            eprintln!("{name}: {s}");
+            std::process::exit(s.code().unwrap_or(1))
+        }
+        Err(e) => {
+            eprintln!("{name}: {e:#}");
+            std::process::exit(1)
+        }
+    }
 }
 
 /// `mount -t tmpfs` on `dir` (no unmount on drop: for a private namespace, or pair it with
