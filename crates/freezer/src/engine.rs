@@ -128,9 +128,9 @@ pub struct FreezeOptions {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FlushPolicy {
     /// A parallel `syncfs` of every filesystem, repeated while each pass takes at least
-    /// [`CONVERGE_FLOOR`] and at most half the time of the one before, and the repeats fit
-    /// in `budget`; so FIFREEZE finds almost nothing left to write even with writers
-    /// running. A zero budget is one pass.
+    /// [`CONVERGE_FLOOR`] and at most half the time of the one before, and the repeats have
+    /// not used up `budget`; so FIFREEZE finds almost nothing left to write even with
+    /// writers running. A zero budget is one pass.
     Converge {
         /// Time for passes after the first.
         budget: Duration,
@@ -1089,12 +1089,13 @@ fn freeze_levels(
             set.report.flush_passes_us.push(micros(took));
             let first = *first.get_or_insert(took);
             // Another pass only while the last one still had real work (above the floor),
-            // wrote at most half of what the one before it did (converging, not chasing
-            // writers as fast as they write), and the next (no longer than this one) fits
-            // in the budget for passes after the first.
+            // took at most half as long as the one before it (converging, not chasing
+            // writers as fast as they write), and the passes after the first have not used
+            // up the budget (so they stop within it plus one pass, itself shorter than
+            // half the one before).
             let shrinking = previous.is_none_or(|p| took <= p / 2);
             let extra = sync_start.elapsed().saturating_sub(first);
-            if took < CONVERGE_FLOOR || !shrinking || extra + took > budget {
+            if took < CONVERGE_FLOOR || !shrinking || extra >= budget {
                 break;
             }
             previous = Some(took);
@@ -1363,6 +1364,8 @@ mod tests {
         freeze_rendezvous: Option<Rendezvous>,
         /// Every syncfs waits here likewise.
         sync_rendezvous: Option<Rendezvous>,
+        /// The n-th syncfs call (any filesystem) takes the n-th of these; later ones none.
+        sync_durations: Mutex<std::collections::VecDeque<Duration>>,
     }
 
     /// A barrier with a timeout: a serial caller makes the test fail instead of hang.
@@ -1450,6 +1453,10 @@ mod tests {
             }
             if self.sync_hang.contains(&p) {
                 std::thread::sleep(Duration::from_millis(1500));
+            }
+            let took = self.sync_durations.lock().unwrap().pop_front();
+            if let Some(d) = took {
+                std::thread::sleep(d);
             }
             self.calls
                 .lock()
@@ -1593,6 +1600,54 @@ mod tests {
         let last_sync = calls.iter().rposition(|c| c.starts_with("sync")).unwrap();
         let first_freeze = calls.iter().position(|c| c.starts_with("freeze")).unwrap();
         assert!(last_sync < first_freeze);
+    }
+
+    /// The flush is repeated while it converges: a long pass, a pass a tenth as long, then
+    /// passes that find nothing (below the floor) end it. A pass no shorter than half the
+    /// one before (writers dirtying as fast as it writes) ends it too; a zero budget is one
+    /// pass; `Skip` flushes nothing and still freezes, journals and thaws.
+    #[test]
+    fn the_flush_repeats_while_it_converges_and_skip_leaves_it_to_fifreeze() {
+        let ms = Duration::from_millis;
+        let run = |durations: &[Duration], flush: FlushPolicy| {
+            let (plan, fake, dir) = setup(vec!["/other"]);
+            fake.sync_durations
+                .lock()
+                .unwrap()
+                .extend(durations.iter().copied());
+            let fake = Arc::new(fake);
+            let mut o = opts(&dir);
+            o.freeze_deadline = Duration::from_secs(30);
+            o.flush = flush;
+            let mut set = freeze_with(&plan, &o, fake.clone(), &|| false).unwrap();
+            let passes = set.report().flush_passes_us.clone();
+            let syncs = fake
+                .calls()
+                .iter()
+                .filter(|c| c.starts_with("sync"))
+                .count();
+            assert_eq!(passes.len(), syncs, "one syncfs per pass (one filesystem)");
+            assert!(Journal::read(&dir.path().join("state")).unwrap().is_some());
+            assert_eq!(set.members().len(), 1);
+            assert!(set.thaw().complete);
+            passes
+        };
+        let converge = FlushPolicy::Converge { budget: ms(1000) };
+        let passes = run(&[ms(300), ms(30)], converge);
+        assert!(
+            (3..=6).contains(&passes.len()),
+            "300 ms, 30 ms, then nothing: {passes:?}"
+        );
+        assert_eq!(
+            run(&[ms(100), ms(100)], converge).len(),
+            2,
+            "not converging"
+        );
+        assert_eq!(
+            run(&[ms(300), ms(30)], FlushPolicy::Converge { budget: ms(0) }).len(),
+            1
+        );
+        assert!(run(&[], FlushPolicy::Skip).is_empty());
     }
 
     /// /img and /other are independent (both level 0): their FIFREEZE calls must run at the
