@@ -28,7 +28,8 @@
 //!   received); stock: first FIFREEZE call → last FIFREEZE return (no IPC, no planning: the
 //!   stock daemon's answer could not come earlier); qemu-ga: the freeze-list round trip.
 //! - Longest blocked write: the longest single `write()` of any writer during the
-//!   operation, the frozen window as applications feel it.
+//!   operation, the frozen window as applications feel it; also split into the gap
+//!   (HOT_BACKUP to FREEZE, where hv-vssd flushes ahead) and FREEZE to 50 ms after THAW.
 //! - Frozen window: first FIFREEZE call → last FITHAW return, zero hold. hv-vssd: its own
 //!   `ThawReport::frozen_window_us` from `STATE_DIR/history.jsonl` (includes the THAW round
 //!   trip through the emulator); stock: measured around the loops.
@@ -391,6 +392,9 @@ fn ratio(ours: &Samples, base: &Samples) -> String {
 struct Figures {
     latency: Samples,
     blocked: Samples,
+    /// Longest write during the gap (HOT_BACKUP to FREEZE), and from FREEZE on.
+    gap_blocked: Samples,
+    freeze_blocked: Samples,
     window: Samples,
     after: Samples,
 }
@@ -422,9 +426,14 @@ fn frozen_window(
             writers.reset();
             if method == "stock" {
                 std::thread::sleep(gap);
+                let in_gap = writers.longest();
+                writers.reset();
                 let (frozen, thawed) = stock_freeze_thaw(mounts)?;
                 std::thread::sleep(Duration::from_millis(50));
-                let blocked = writers.finish()?;
+                let from_freeze = writers.finish()?;
+                let blocked = in_gap.max(from_freeze);
+                stock.gap_blocked.push_us(in_gap);
+                stock.freeze_blocked.push_us(from_freeze);
                 eprintln!(
                     "N={n} trial {trial} {method:>7}: all frozen {:>7.1} ms, longest write {:>7.1} ms, window {:>7.1} ms",
                     frozen.as_secs_f64() * 1e3,
@@ -438,13 +447,18 @@ fn frozen_window(
             } else if method == "qemu-ga" {
                 let ga = qemu_ga.as_mut().context("qemu-ga")?;
                 std::thread::sleep(gap);
+                let in_gap = writers.longest();
+                writers.reset();
                 let t = Instant::now();
                 ga.freeze(mounts)?;
                 let answered = t.elapsed();
                 ga.thaw()?;
                 let thawed = t.elapsed();
                 std::thread::sleep(Duration::from_millis(50));
-                let blocked = writers.finish()?;
+                let from_freeze = writers.finish()?;
+                let blocked = in_gap.max(from_freeze);
+                peer.gap_blocked.push_us(in_gap);
+                peer.freeze_blocked.push_us(from_freeze);
                 eprintln!(
                     "N={n} trial {trial} {method:>7}: freeze-list answer {:>7.1} ms, longest write {:>7.1} ms",
                     answered.as_secs_f64() * 1e3,
@@ -457,13 +471,18 @@ fn frozen_window(
             } else {
                 request(emu, VssOperation::HOT_BACKUP)?;
                 std::thread::sleep(gap);
+                let in_gap = writers.longest();
+                writers.reset();
                 let t = Instant::now();
                 request(emu, VssOperation::FREEZE)?;
                 let answered = t.elapsed();
                 request(emu, VssOperation::THAW)?;
                 let thawed = t.elapsed();
                 std::thread::sleep(Duration::from_millis(50));
-                let blocked = writers.finish()?;
+                let from_freeze = writers.finish()?;
+                let blocked = in_gap.max(from_freeze);
+                ours.gap_blocked.push_us(in_gap);
+                ours.freeze_blocked.push_us(from_freeze);
                 let entry = daemon.backup(trial + 1)?;
                 let window = entry["thaw"]["frozen_window_us"]
                     .as_u64()
@@ -513,10 +532,22 @@ fn frozen_window(
             &peer.latency,
         ),
         (
-            "longest blocked write",
+            "longest blocked write, whole sequence",
             &stock.blocked,
             &ours.blocked,
             &peer.blocked,
+        ),
+        (
+            "of which during the gap (HOT_BACKUP → FREEZE)",
+            &stock.gap_blocked,
+            &ours.gap_blocked,
+            &peer.gap_blocked,
+        ),
+        (
+            "of which from FREEZE to 50 ms after THAW",
+            &stock.freeze_blocked,
+            &ours.freeze_blocked,
+            &peer.freeze_blocked,
         ),
         (
             "frozen window, first FIFREEZE → last FITHAW, zero hold (qemu-ga: freeze-list sent → thaw answered)",
