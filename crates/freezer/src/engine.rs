@@ -18,6 +18,9 @@
 //! 3. `syncfs` on every filesystem in parallel, so FIFREEZE finds little left to write,
 //!    under the same deadline: a flush that misses it fails the freeze before anything is
 //!    frozen (its thread is abandoned and ends when the call returns).
+//!    The pass is repeated while it converges ([`FlushPolicy::Converge`]: writers dirty data
+//!    during each pass, the next finds less), or left out ([`FlushPolicy::Skip`]) when the
+//!    caller has just measured the filesystems clean.
 //! 4. Level by level, FIFREEZE on one thread per filesystem, each with the configured
 //!    deadline. Before a level's first FIFREEZE the journal (temp + fsync + rename) is
 //!    rewritten to list what is frozen so far plus the level (in flight); each result that
