@@ -302,9 +302,10 @@ fn run(
                 });
                 let passed = result.is_ok();
                 emit(FsOutcome::Checked { txn, result });
-                // After the answer: flushing ahead never delays it.
+                // After the answer: flushing ahead never delays it. Never while anything of
+                // ours is frozen (a check between FREEZE and THAW, or a thaw being retried).
                 match &checked {
-                    Some((plan, _)) if passed => {
+                    Some((plan, _)) if passed && held.is_none() => {
                         flusher.start(plan, FLUSH_AHEAD_BUDGET);
                     }
                     _ => flusher.cancel(),
