@@ -816,6 +816,9 @@ mod tests {
                 "a flush runs beside the freeze"
             );
             let calls = worker.flusher().calls(dev);
+            // A check while frozen starts no flush either.
+            worker.send(FsCommand::Check { txn: TxnId(3) });
+            let _ = expect_checked(&worker);
             std::thread::sleep(hv_vss_freezer::flush_ahead::PASS_INTERVAL * 5);
             assert_eq!(
                 worker.flusher().calls(dev),
