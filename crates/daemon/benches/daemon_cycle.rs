@@ -399,6 +399,15 @@ struct Figures {
     after: Samples,
 }
 
+impl Figures {
+    /// Records the longest writes of the gap and from FREEZE on; the longer of the two.
+    fn push_blocked(&mut self, in_gap: u64, from_freeze: u64) -> u64 {
+        self.gap_blocked.push_us(in_gap);
+        self.freeze_blocked.push_us(from_freeze);
+        in_gap.max(from_freeze)
+    }
+}
+
 /// Part 1 on `mounts`, with a daemon that freezes exactly those.
 fn frozen_window(
     emu: &KernelEmulator,
@@ -430,10 +439,7 @@ fn frozen_window(
                 writers.reset();
                 let (frozen, thawed) = stock_freeze_thaw(mounts)?;
                 std::thread::sleep(Duration::from_millis(50));
-                let from_freeze = writers.finish()?;
-                let blocked = in_gap.max(from_freeze);
-                stock.gap_blocked.push_us(in_gap);
-                stock.freeze_blocked.push_us(from_freeze);
+                let blocked = stock.push_blocked(in_gap, writers.finish()?);
                 eprintln!(
                     "N={n} trial {trial} {method:>7}: all frozen {:>7.1} ms, longest write {:>7.1} ms, window {:>7.1} ms",
                     frozen.as_secs_f64() * 1e3,
@@ -455,10 +461,7 @@ fn frozen_window(
                 ga.thaw()?;
                 let thawed = t.elapsed();
                 std::thread::sleep(Duration::from_millis(50));
-                let from_freeze = writers.finish()?;
-                let blocked = in_gap.max(from_freeze);
-                peer.gap_blocked.push_us(in_gap);
-                peer.freeze_blocked.push_us(from_freeze);
+                let blocked = peer.push_blocked(in_gap, writers.finish()?);
                 eprintln!(
                     "N={n} trial {trial} {method:>7}: freeze-list answer {:>7.1} ms, longest write {:>7.1} ms",
                     answered.as_secs_f64() * 1e3,
@@ -479,10 +482,7 @@ fn frozen_window(
                 request(emu, VssOperation::THAW)?;
                 let thawed = t.elapsed();
                 std::thread::sleep(Duration::from_millis(50));
-                let from_freeze = writers.finish()?;
-                let blocked = in_gap.max(from_freeze);
-                ours.gap_blocked.push_us(in_gap);
-                ours.freeze_blocked.push_us(from_freeze);
+                let blocked = ours.push_blocked(in_gap, writers.finish()?);
                 let entry = daemon.backup(trial + 1)?;
                 let window = entry["thaw"]["frozen_window_us"]
                     .as_u64()
