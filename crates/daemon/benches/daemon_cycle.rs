@@ -5,28 +5,37 @@
 //!
 //! # Part 1: FREEZE latency and frozen window, N = 1 and N = 8 filesystems
 //!
-//! Each filesystem (256 MiB sparse image in /tmp) gets 64 MiB of fresh dirty data just
-//! before every trial, and one writer per filesystem appends 4 KiB buffered writes every
-//! millisecond, so the blocked time is what applications feel. Methods alternate per trial:
+//! The sequence a host runs: HOT_BACKUP, a gap (env `GAP_MS`, default 1000 ms), FREEZE,
+//! THAW, with writers running throughout. Each filesystem (256 MiB sparse image in /tmp)
+//! gets 64 MiB of fresh dirty data just before every trial, and one writer per filesystem
+//! appends 4 KiB buffered writes every millisecond from before the gap to after the thaw,
+//! so the blocked time is what applications feel. Methods take turns in every trial:
 //!
-//! - **stock** (baseline, in process): the stock daemon's method (tools/hv/hv_vss_daemon.c):
-//!   for each filesystem in mount order open, FIFREEZE, close; then the same with FITHAW,
-//!   zero hold: `hv_vss_testutil::bench::stock_freeze_thaw`, which the freezer bench uses
-//!   too, recording the all-frozen instant as well.
-//! - **hv-vssd**: HOT_BACKUP (untimed, as the host sends it first), then FREEZE and, as soon
-//!   as it is answered, THAW, each through `KernelEmulator::host_request`.
+//! - **stock** (baseline, in process): the stock daemon's method (tools/hv/hv_vss_daemon.c),
+//!   which does nothing at HOT_BACKUP: the gap, then for each filesystem in mount order
+//!   open, FIFREEZE, close; then the same with FITHAW, zero hold:
+//!   `hv_vss_testutil::bench::stock_freeze_thaw`, which the freezer bench uses too,
+//!   recording the all-frozen instant as well.
+//! - **hv-vssd**: HOT_BACKUP, the gap, then FREEZE and, as soon as it is answered, THAW,
+//!   each through `KernelEmulator::host_request`.
+//! - **qemu-ga** (a real peer, if `/usr/sbin/qemu-ga` is installed, Debian package
+//!   qemu-guest-agent; `QEMU_GA=0` skips it): `qemu-ga -m unix-listen`, driven over its
+//!   JSON socket: the gap, `guest-fsfreeze-freeze-list` with the bench's mount points, then
+//!   `guest-fsfreeze-thaw` as soon as it answers.
 //!
 //! Metrics, per trial:
 //! - FREEZE latency: hv-vssd: the host's FREEZE round trip (request sent → answer
 //!   received); stock: first FIFREEZE call → last FIFREEZE return (no IPC, no planning: the
-//!   stock daemon's answer could not come earlier).
+//!   stock daemon's answer could not come earlier); qemu-ga: the freeze-list round trip.
 //! - Longest blocked write: the longest single `write()` of any writer during the
-//!   operation, the frozen window as applications feel it.
+//!   operation, the frozen window as applications feel it; also split into the gap
+//!   (HOT_BACKUP to FREEZE, where hv-vssd flushes ahead) and FREEZE to 50 ms after THAW.
 //! - Frozen window: first FIFREEZE call → last FITHAW return, zero hold. hv-vssd: its own
 //!   `ThawReport::frozen_window_us` from `STATE_DIR/history.jsonl` (includes the THAW round
 //!   trip through the emulator); stock: measured around the loops.
 //! - Answer to thaw: hv-vssd: FREEZE answer received → THAW answer received, THAW sent at
-//!   once; stock: last FIFREEZE return → last FITHAW return.
+//!   once; stock: last FIFREEZE return → last FITHAW return; qemu-ga: freeze-list
+//!   answered → thaw answered (also its frozen window, as it reports none).
 //!
 //! # Part 2: the daemon's own overhead per cycle
 //!
@@ -40,13 +49,19 @@
 //! plus the in-process cost of reading the mount table and planning, which the daemon does
 //! before every HOT_BACKUP check and every FREEZE.
 //!
+//! The run re-executes itself under `unshare -m --propagation private`: mounts made by
+//! other processes on the machine do not reach it (they would make every FREEZE plan again),
+//! and its own mounts vanish with it.
+//!
 //! Run (root; release build of hv-vssd and this bench; about 2 minutes):
 //! `cargo bench -p hv-vssd --bench daemon_cycle` (env `TRIALS`, default 9; `CYCLES`,
-//! default 500). Not a test: nothing is asserted except that every request got S_OK; the
+//! default 500; `GAP_MS`, default 1000; `QEMU_GA=0`). Not a test: nothing is asserted except that every request got S_OK; the
 //! results are printed as Markdown tables.
 
 use std::fs::File;
+use std::io::{BufRead, BufReader, Write};
 use std::os::fd::AsFd;
+use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
@@ -57,6 +72,7 @@ use hv_vss_freezer::{FreezerConfig, MountSource, Selection, make_plan};
 use hv_vss_protocol::{HvStatus, VssOperation};
 use hv_vss_sim::kernel::{EmulatorConfig, HostOutcome, KernelEmulator};
 use hv_vss_testutil::bench::{Writers, env_count, prepare_dirty, should_run, stock_freeze_thaw};
+use hv_vss_testutil::private_ns::enter_private_mount_namespace;
 use hv_vss_testutil::{FsKind, LoopFs, freeze_path, thaw_path};
 use rustix::process::{Pid, Signal};
 
@@ -210,6 +226,99 @@ impl Drop for VssDaemon {
     }
 }
 
+/// Where Debian's qemu-guest-agent puts the agent.
+const QEMU_GA: &str = "/usr/sbin/qemu-ga";
+
+/// A real qemu-ga listening on a Unix socket (`-m unix-listen`), as the peer to compare with;
+/// killed on drop.
+struct QemuGa {
+    child: Child,
+    conn: BufReader<UnixStream>,
+    _dir: tempfile::TempDir,
+}
+
+impl QemuGa {
+    /// None when qemu-ga is not installed or `QEMU_GA=0`.
+    fn start() -> anyhow::Result<Option<Self>> {
+        if std::env::var("QEMU_GA").is_ok_and(|v| v == "0")
+            || !std::path::Path::new(QEMU_GA).exists()
+        {
+            return Ok(None);
+        }
+        let dir = tempfile::Builder::new()
+            .prefix("qemu-ga-bench-")
+            .tempdir_in("/dev/shm")?;
+        let sock = dir.path().join("sock");
+        std::fs::create_dir(dir.path().join("state"))?;
+        let child = Command::new(QEMU_GA)
+            .args(["-m", "unix-listen", "-p"])
+            .arg(&sock)
+            .arg("-t")
+            .arg(dir.path().join("state"))
+            .arg("-l")
+            .arg(dir.path().join("log"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting qemu-ga")?;
+        pids().push(child.id());
+        let deadline = Instant::now() + READY;
+        let stream = loop {
+            match UnixStream::connect(&sock) {
+                Ok(s) => break s,
+                Err(e) if Instant::now() >= deadline => return Err(e).context("qemu-ga socket"),
+                Err(_) => std::thread::sleep(Duration::from_millis(20)),
+            }
+        };
+        Ok(Some(Self {
+            child,
+            conn: BufReader::new(stream),
+            _dir: dir,
+        }))
+    }
+
+    /// One command; its `return` value, or an error.
+    fn execute(&mut self, command: serde_json::Value) -> anyhow::Result<serde_json::Value> {
+        let mut line = serde_json::to_vec(&command)?;
+        line.push(b'\n');
+        self.conn.get_mut().write_all(&line)?;
+        let mut answer = String::new();
+        self.conn.read_line(&mut answer)?;
+        let v: serde_json::Value = serde_json::from_str(&answer).context("qemu-ga answer")?;
+        v.get("return")
+            .cloned()
+            .with_context(|| format!("qemu-ga: {answer}"))
+    }
+
+    fn freeze(&mut self, mounts: &[PathBuf]) -> anyhow::Result<()> {
+        let list: Vec<String> = mounts.iter().map(|m| m.display().to_string()).collect();
+        let n = self.execute(serde_json::json!({
+            "execute": "guest-fsfreeze-freeze-list",
+            "arguments": { "mountpoints": list }
+        }))?;
+        if n.as_u64() != Some(mounts.len() as u64) {
+            bail!("qemu-ga froze {n} of {}", mounts.len());
+        }
+        Ok(())
+    }
+
+    fn thaw(&mut self) -> anyhow::Result<()> {
+        self.execute(serde_json::json!({ "execute": "guest-fsfreeze-thaw" }))
+            .map(drop)
+    }
+}
+
+impl Drop for QemuGa {
+    fn drop(&mut self) {
+        let _ = self.thaw();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let pid = self.child.id();
+        pids().retain(|p| *p != pid);
+    }
+}
+
 /// One host request through the emulator; its round trip, or an error unless S_OK.
 fn request(emu: &KernelEmulator, op: VssOperation) -> anyhow::Result<Duration> {
     let t = Instant::now();
@@ -283,26 +392,54 @@ fn ratio(ours: &Samples, base: &Samples) -> String {
 struct Figures {
     latency: Samples,
     blocked: Samples,
+    /// Longest write during the gap (HOT_BACKUP to FREEZE), and from FREEZE on.
+    gap_blocked: Samples,
+    freeze_blocked: Samples,
     window: Samples,
     after: Samples,
 }
 
+impl Figures {
+    /// Records the longest writes of the gap and from FREEZE on; the longer of the two.
+    fn push_blocked(&mut self, in_gap: u64, from_freeze: u64) -> u64 {
+        self.gap_blocked.push_us(in_gap);
+        self.freeze_blocked.push_us(from_freeze);
+        in_gap.max(from_freeze)
+    }
+}
+
 /// Part 1 on `mounts`, with a daemon that freezes exactly those.
-fn frozen_window(emu: &KernelEmulator, mounts: &[PathBuf], trials: usize) -> anyhow::Result<()> {
+fn frozen_window(
+    emu: &KernelEmulator,
+    mounts: &[PathBuf],
+    trials: usize,
+    gap: Duration,
+) -> anyhow::Result<()> {
     let n = mounts.len();
     let daemon = VssDaemon::start(emu, mounts)?;
-    let (mut stock, mut ours) = (Figures::default(), Figures::default());
+    let mut qemu_ga = QemuGa::start()?;
+    let (mut stock, mut ours, mut peer) =
+        (Figures::default(), Figures::default(), Figures::default());
     let (mut d_sync, mut d_fifreeze) = (Samples::default(), Samples::default());
+    let mut reused = 0;
+    let methods: &[&str] = if qemu_ga.is_some() {
+        &["stock", "hv-vssd", "qemu-ga"]
+    } else {
+        &["stock", "hv-vssd"]
+    };
     for trial in 0..trials {
-        for method in ["stock", "hv-vssd"] {
+        for &method in methods {
             prepare_dirty(mounts, trial, DIRTY_MIB)?;
             let writers = Writers::start(mounts);
             std::thread::sleep(Duration::from_millis(100));
+            writers.reset();
             if method == "stock" {
+                std::thread::sleep(gap);
+                let in_gap = writers.longest();
                 writers.reset();
                 let (frozen, thawed) = stock_freeze_thaw(mounts)?;
                 std::thread::sleep(Duration::from_millis(50));
-                let blocked = writers.finish()?;
+                let blocked = stock.push_blocked(in_gap, writers.finish()?);
                 eprintln!(
                     "N={n} trial {trial} {method:>7}: all frozen {:>7.1} ms, longest write {:>7.1} ms, window {:>7.1} ms",
                     frozen.as_secs_f64() * 1e3,
@@ -313,8 +450,31 @@ fn frozen_window(emu: &KernelEmulator, mounts: &[PathBuf], trials: usize) -> any
                 stock.blocked.push_us(blocked);
                 stock.window.push(thawed);
                 stock.after.push(thawed - frozen);
+            } else if method == "qemu-ga" {
+                let ga = qemu_ga.as_mut().context("qemu-ga")?;
+                std::thread::sleep(gap);
+                let in_gap = writers.longest();
+                writers.reset();
+                let t = Instant::now();
+                ga.freeze(mounts)?;
+                let answered = t.elapsed();
+                ga.thaw()?;
+                let thawed = t.elapsed();
+                std::thread::sleep(Duration::from_millis(50));
+                let blocked = peer.push_blocked(in_gap, writers.finish()?);
+                eprintln!(
+                    "N={n} trial {trial} {method:>7}: freeze-list answer {:>7.1} ms, longest write {:>7.1} ms",
+                    answered.as_secs_f64() * 1e3,
+                    blocked as f64 / 1e3,
+                );
+                peer.latency.push(answered);
+                peer.blocked.push_us(blocked);
+                peer.window.push(thawed);
+                peer.after.push(thawed - answered);
             } else {
                 request(emu, VssOperation::HOT_BACKUP)?;
+                std::thread::sleep(gap);
+                let in_gap = writers.longest();
                 writers.reset();
                 let t = Instant::now();
                 request(emu, VssOperation::FREEZE)?;
@@ -322,7 +482,7 @@ fn frozen_window(emu: &KernelEmulator, mounts: &[PathBuf], trials: usize) -> any
                 request(emu, VssOperation::THAW)?;
                 let thawed = t.elapsed();
                 std::thread::sleep(Duration::from_millis(50));
-                let blocked = writers.finish()?;
+                let blocked = ours.push_blocked(in_gap, writers.finish()?);
                 let entry = daemon.backup(trial + 1)?;
                 let window = entry["thaw"]["frozen_window_us"]
                     .as_u64()
@@ -333,6 +493,7 @@ fn frozen_window(emu: &KernelEmulator, mounts: &[PathBuf], trials: usize) -> any
                 let fifreeze = entry["freeze"]["freeze_us"]
                     .as_u64()
                     .context("history: freeze.freeze_us")?;
+                reused += usize::from(entry["freeze"]["plan_reused"] == true);
                 eprintln!(
                     "N={n} trial {trial} {method:>7}: FREEZE answer {:>7.1} ms (syncfs {:.1}), longest write {:>7.1} ms, window {:>7.1} ms",
                     answered.as_secs_f64() * 1e3,
@@ -350,47 +511,78 @@ fn frozen_window(emu: &KernelEmulator, mounts: &[PathBuf], trials: usize) -> any
         }
     }
     drop(daemon);
+    drop(qemu_ga);
     let ms = Unit::Ms;
     println!();
     println!(
-        "N = {n} ext4, {DIRTY_MIB} MiB dirty each; median (min–max) of {trials} trials, ratio of medians"
+        "N = {n} ext4, {DIRTY_MIB} MiB dirty each, HOT_BACKUP then {} ms then FREEZE, writers running; median (min–max) of {trials} trials, ratio of medians",
+        gap.as_millis()
     );
     println!();
-    println!("| metric | stock method | hv-vssd | ratio |");
-    println!("|---|---|---|---|");
-    for (name, stock, ours) in [
+    println!(
+        "| metric | stock method | hv-vssd | hv-vssd / stock | qemu-ga | qemu-ga / stock | hv-vssd / qemu-ga |"
+    );
+    println!("|---|---|---|---|---|---|---|");
+    let has_peer = !peer.latency.0.is_empty();
+    for (name, stock, ours, peer) in [
         (
-            "FREEZE latency (hv-vssd: host round trip; stock: first FIFREEZE → all frozen)",
+            "FREEZE latency (hv-vssd: host round trip; stock: first FIFREEZE → all frozen; qemu-ga: freeze-list round trip)",
             &stock.latency,
             &ours.latency,
+            &peer.latency,
         ),
-        ("longest blocked write", &stock.blocked, &ours.blocked),
         (
-            "frozen window, first FIFREEZE → last FITHAW, zero hold",
+            "longest blocked write, whole sequence",
+            &stock.blocked,
+            &ours.blocked,
+            &peer.blocked,
+        ),
+        (
+            "of which during the gap (HOT_BACKUP → FREEZE)",
+            &stock.gap_blocked,
+            &ours.gap_blocked,
+            &peer.gap_blocked,
+        ),
+        (
+            "of which from FREEZE to 50 ms after THAW",
+            &stock.freeze_blocked,
+            &ours.freeze_blocked,
+            &peer.freeze_blocked,
+        ),
+        (
+            "frozen window, first FIFREEZE → last FITHAW, zero hold (qemu-ga: freeze-list sent → thaw answered)",
             &stock.window,
             &ours.window,
+            &peer.window,
         ),
         (
             "FREEZE answered → THAW answered (stock: all frozen → all thawed)",
             &stock.after,
             &ours.after,
+            &peer.after,
         ),
     ] {
+        let (p, ps, op) = if has_peer {
+            (peer.cell(ms), ratio(peer, stock), ratio(ours, peer))
+        } else {
+            ("–".into(), "–".into(), "–".into())
+        };
         println!(
-            "| {name} | {} | {} | {} |",
+            "| {name} | {} | {} | {} | {p} | {ps} | {op} |",
             stock.cell(ms),
             ours.cell(ms),
             ratio(ours, stock)
         );
     }
     println!(
-        "| hv-vssd: syncfs phase inside FREEZE (not frozen) | | {} | |",
+        "| hv-vssd: syncfs phase inside FREEZE (not frozen) | | {} | | | | |",
         d_sync.cell(ms)
     );
     println!(
-        "| hv-vssd: parallel FIFREEZE (first call → last return) | | {} | |",
+        "| hv-vssd: parallel FIFREEZE (first call → last return) | | {} | | | | |",
         d_fifreeze.cell(ms)
     );
+    println!("| hv-vssd: FREEZE reused the HOT_BACKUP plan | | {reused} of {trials} | | | | |");
     Ok(())
 }
 
@@ -540,7 +732,7 @@ fn overhead(emu: &KernelEmulator, cycles: usize) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn run(trials: usize, cycles: usize) -> anyhow::Result<()> {
+fn run(trials: usize, cycles: usize, gap: Duration) -> anyhow::Result<()> {
     let emu = KernelEmulator::start(EmulatorConfig::default())?;
     let filesystems: Vec<LoopFs> = (0..8)
         .map(|_| LoopFs::create(FsKind::Ext4, IMAGE_MIB, None))
@@ -550,8 +742,8 @@ fn run(trials: usize, cycles: usize) -> anyhow::Result<()> {
         .map(|f| f.mount_point().to_path_buf())
         .collect();
     let started = Instant::now();
-    frozen_window(&emu, &mounts[..1], trials)?;
-    frozen_window(&emu, &mounts, trials)?;
+    frozen_window(&emu, &mounts[..1], trials, gap)?;
+    frozen_window(&emu, &mounts, trials, gap)?;
     drop(filesystems);
     overhead(&emu, cycles)?;
     eprintln!("measured in {:.0} s", started.elapsed().as_secs_f64());
@@ -562,10 +754,15 @@ fn main() {
     if !should_run("daemon_cycle") {
         return;
     }
+    // Mounts made by other processes on this machine would make every FREEZE plan again
+    // (the mount table changed since HOT_BACKUP): measure in a private mount namespace, as
+    // a guest whose mounts hold still. Everything this run mounts vanishes with it.
+    enter_private_mount_namespace("daemon_cycle");
     let trials = env_count("TRIALS", 9);
     let cycles = env_count("CYCLES", 500);
+    let gap = Duration::from_millis(env_count("GAP_MS", 1000) as u64);
     let outcome = std::panic::catch_unwind(|| {
-        hv_vss_testutil::run_with_timeout(RUN_LIMIT, move || run(trials, cycles))
+        hv_vss_testutil::run_with_timeout(RUN_LIMIT, move || run(trials, cycles, gap))
     });
     // A panic or timeout may leave a daemon running (its guard never dropped): kill it; its
     // guardian then thaws whatever it froze.

@@ -12,8 +12,18 @@
 //! returns. A panic in the freezer is caught and answered as a failure (what froze is
 //! thawed by unwinding), so the coordinator is never left waiting for an answer.
 //!
-//! The plan is recomputed from the mount table for each preflight and freeze (reading
-//! `/proc` and `/sys` only, before the first FIFREEZE), so mounts made after start are seen.
+//! The plan is made from the mount table at each check (reading `/proc` and `/sys` only),
+//! so mounts made after start are seen. FREEZE reuses the check's plan when the mount table
+//! has not changed since (one `poll` of the still open mountinfo file,
+//! [`hv_vss_freezer::MountTableWatch`]) and plans again otherwise, before the first FIFREEZE
+//! either way; [`FreezeReport::plan_reused`] says which.
+//!
+//! A passing check also starts flushing the planned filesystems ahead of FREEZE
+//! ([`hv_vss_freezer::FlushAhead`], for at most [`FLUSH_AHEAD_BUDGET`]) after its answer is
+//! sent; a failing check stops it. `Freeze` stops it and waits for its running `syncfs`
+//! calls (bounded by the freeze deadline: a flush that misses it fails the freeze, nothing
+//! frozen, and its device is not flushed ahead again until that call returns), so no flush
+//! of ours ever runs beside a freeze.
 //!
 //! A thaw that leaves members frozen (FITHAW failing) is retried every
 //! [`THAW_RETRY_INTERVAL`] until it completes; [`FsOutcome::Thawed::all_thawed`] (or a later
@@ -38,12 +48,19 @@ use std::time::Duration;
 
 use hv_vss_core::{FsError, FsResult, TxnId};
 use hv_vss_freezer::{
-    CompiledConfig, FreezeOptions, FreezeReport, FreezeWatch, FrozenSet, MountSource, Selection,
-    ThawReport,
+    CompiledConfig, FlushAhead, FlushPolicy, FreezeOptions, FreezeReport, FreezeWatch, FrozenSet,
+    MountSource, MountTableWatch, Plan, Selection, ThawReport,
 };
 use rustix::event::EventfdFlags;
 
 use crate::safety::Epoch;
+
+/// How long a passing check's flush-ahead keeps repeating its passes when no FREEZE comes.
+pub const FLUSH_AHEAD_BUDGET: Duration = Duration::from_secs(10);
+
+/// How recent a flush-ahead pass must be for FREEZE to trust that it found the filesystems
+/// clean (two pass intervals: the last pass before FREEZE was cancelled).
+pub const FOUND_CLEAN_WITHIN: Duration = Duration::from_millis(200);
 
 /// How often a thaw that left members frozen is retried.
 pub const THAW_RETRY_INTERVAL: Duration = Duration::from_secs(1);
@@ -120,6 +137,9 @@ pub struct FsWorker {
     /// Highest transaction a `Thaw` was sent for: a freeze of that or an earlier
     /// transaction is cancelled.
     thaw_sent_through: Arc<AtomicU64>,
+    /// The worker's flusher, for tests to observe.
+    #[cfg(test)]
+    flusher: Arc<FlushAhead>,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -135,14 +155,28 @@ impl FsWorker {
         let thread_wake = Arc::clone(&wake);
         let thaw_sent_through = Arc::new(AtomicU64::new(0));
         let cancel = Arc::clone(&thaw_sent_through);
+        let worker_flusher = Arc::new(FlushAhead::new());
+        #[cfg(test)]
+        let flusher = Arc::clone(&worker_flusher);
         let thread = std::thread::Builder::new()
             .name("hv-vss-fs".into())
-            .spawn(move || run(setup, &cmd_rx, &out_tx, &thread_wake, &cancel))?;
+            .spawn(move || {
+                run(
+                    setup,
+                    &cmd_rx,
+                    &out_tx,
+                    &thread_wake,
+                    &cancel,
+                    &worker_flusher,
+                );
+            })?;
         Ok(Self {
             commands: Some(cmd_tx),
             outcomes: out_rx,
             wake,
             thaw_sent_through,
+            #[cfg(test)]
+            flusher,
             thread: Some(thread),
         })
     }
@@ -156,6 +190,12 @@ impl FsWorker {
             // The worker only exits when the sender is dropped.
             let _ = tx.send(command);
         }
+    }
+
+    /// The flush-ahead of this worker (its counters).
+    #[cfg(test)]
+    pub fn flusher(&self) -> &FlushAhead {
+        &self.flusher
     }
 
     /// The fd that becomes readable when outcomes are waiting.
@@ -203,12 +243,15 @@ fn run(
     out: &Sender<FsOutcome>,
     wake: &OwnedFd,
     thaw_sent_through: &AtomicU64,
+    flusher: &FlushAhead,
 ) {
     let emit = |o: FsOutcome| {
         let _ = out.send(o);
         let _ = rustix::io::write(wake, &1u64.to_ne_bytes());
     };
     let mut held: Option<FrozenSet> = None;
+    // The last passing check's plan and the mount table it was made from.
+    let mut checked: Option<(Plan, MountTableWatch)> = None;
     // Set only when a `Thaw` left members frozen: a set held between FREEZE and THAW is
     // frozen on purpose and must never be thawed by the retry timer.
     let mut thaw_incomplete = false;
@@ -253,8 +296,20 @@ fn run(
                 }
             }
             Some(FsCommand::Check { txn }) => {
-                let result = guarded("the preflight", || check(&setup));
+                checked = None;
+                let result = guarded("the preflight", || check(&setup)).map(|prepared| {
+                    checked = Some(prepared);
+                });
+                let passed = result.is_ok();
                 emit(FsOutcome::Checked { txn, result });
+                // After the answer: flushing ahead never delays it. Never while anything of
+                // ours is frozen (a check between FREEZE and THAW, or a thaw being retried).
+                match &checked {
+                    Some((plan, _)) if passed && held.is_none() => {
+                        flusher.start(plan, FLUSH_AHEAD_BUDGET);
+                    }
+                    _ => flusher.cancel(),
+                }
             }
             Some(FsCommand::Freeze {
                 txn,
@@ -273,10 +328,25 @@ fn run(
                     });
                     continue;
                 }
+                // No flush of ours may run beside the freeze; one that does not return in
+                // time fails it before anything is frozen.
+                if let Err(hung) = flusher.cancel_and_wait(setup.options.freeze_deadline) {
+                    emit(FsOutcome::Frozen {
+                        txn,
+                        epoch,
+                        result: Err(FsError::new(format!(
+                            "not freezing: the flush ahead of the freeze is stuck ({hung}); FIFREEZE would wait for it"
+                        ))),
+                        report: None,
+                        nothing_frozen: true,
+                    });
+                    continue;
+                }
                 let cancelled = || thaw_sent_through.load(Ordering::SeqCst) >= txn.0;
                 let mut failed_report = None;
+                let prepared = checked.take();
                 let frozen = guarded("the freeze", || {
-                    freeze(&setup, &cancelled).map_err(|f| {
+                    freeze(&setup, prepared, flusher, &cancelled).map_err(|f| {
                         failed_report = f.report.map(|r| *r);
                         if let Some(rest) = f.unthawed {
                             // Still ours and still frozen: keep it and retry its thaw.
@@ -336,16 +406,16 @@ fn run(
     }
 }
 
-fn plan(setup: &FsSetup) -> Result<hv_vss_freezer::Plan, FsError> {
-    hv_vss_freezer::make_plan(&setup.source, &setup.selection, &setup.config)
+fn plan(setup: &FsSetup) -> Result<(Plan, MountTableWatch), FsError> {
+    hv_vss_freezer::make_plan_watched(&setup.source, &setup.selection, &setup.config)
         .map_err(|e| FsError::new(format!("plan: {e}")))
 }
 
-fn check(setup: &FsSetup) -> FsResult {
-    let plan = plan(setup)?;
-    hv_vss_freezer::preflight(&plan, &setup.options)
-        .map(|_| ())
-        .map_err(|e| FsError::new(e.to_string()))
+/// The preflight; its plan, for the freeze to reuse while the mount table stays unchanged.
+fn check(setup: &FsSetup) -> Result<(Plan, MountTableWatch), FsError> {
+    let (plan, watch) = plan(setup)?;
+    hv_vss_freezer::preflight(&plan, &setup.options).map_err(|e| FsError::new(e.to_string()))?;
+    Ok((plan, watch))
 }
 
 /// A failed freeze: the error, its report, and what its rollback could not thaw.
@@ -357,6 +427,8 @@ struct FreezeFailed {
 
 fn freeze(
     setup: &FsSetup,
+    prepared: Option<(Plan, MountTableWatch)>,
+    flusher: &FlushAhead,
     cancelled: &(dyn Fn() -> bool + Sync),
 ) -> Result<FrozenSet, FreezeFailed> {
     let early = |error| FreezeFailed {
@@ -369,13 +441,28 @@ fn freeze(
             "freeze cancelled: a thaw was asked for",
         )));
     }
-    let plan = plan(setup).map_err(early)?;
-    let frozen = match &setup.watch {
-        Some(watch) => {
-            hv_vss_freezer::freeze_watched(&plan, &setup.options, cancelled, Arc::clone(watch))
-        }
-        None => hv_vss_freezer::freeze_cancellable(&plan, &setup.options, cancelled),
+    let reusable = prepared.and_then(|(plan, mut watch)| watch.unchanged().then_some(plan));
+    let (plan, plan_reused) = match reusable {
+        Some(plan) => (plan, true),
+        None => (plan(setup).map_err(early)?.0, false),
     };
+    // The fast path: the flush ahead has just found every filesystem clean (its last pass
+    // cost no more than twice a clean pass), so a flush now would only add its own cost to
+    // the answer; FIFREEZE writes back the little left itself.
+    let mut options = setup.options.clone();
+    if flusher.found_clean(&plan, FOUND_CLEAN_WITHIN) {
+        options.flush = FlushPolicy::Skip;
+    }
+    let mut frozen = match &setup.watch {
+        Some(watch) => {
+            hv_vss_freezer::freeze_watched(&plan, &options, cancelled, Arc::clone(watch))
+        }
+        None => hv_vss_freezer::freeze_cancellable(&plan, &options, cancelled),
+    };
+    match &mut frozen {
+        Ok(set) => set.report_mut().plan_reused = plan_reused,
+        Err(f) => f.report.plan_reused = plan_reused,
+    }
     frozen.map_err(|f| {
         let pending = f
             .unthawed
@@ -546,6 +633,321 @@ mod tests {
             worker.send(FsCommand::Thaw { txn: next });
             let _ = wait_outcomes(&worker, 1, Duration::from_secs(30));
             assert!(fs.writable_within(Duration::from_secs(5)));
+        });
+    }
+
+    /// The freeze of the next transaction, thawed again; its report.
+    fn freeze_and_thaw(worker: &FsWorker, txn: TxnId) -> FreezeReport {
+        worker.send(FsCommand::Check { txn });
+        expect_checked(worker).expect("check");
+        let report = freeze_ok(worker, txn, "freeze");
+        worker.send(FsCommand::Thaw { txn });
+        match wait_outcomes(worker, 1, Duration::from_secs(30)).remove(0) {
+            FsOutcome::Thawed { all_thawed, .. } => assert!(all_thawed),
+            other => panic!("expected Thawed, got {other:?}"),
+        }
+        report
+    }
+
+    /// Sends `Freeze` for `txn` and expects it to succeed; its report.
+    fn freeze_ok(worker: &FsWorker, txn: TxnId, what: &str) -> FreezeReport {
+        worker.send(FsCommand::Freeze {
+            txn,
+            epoch: Epoch(txn.0),
+        });
+        match wait_outcomes(worker, 1, Duration::from_secs(30)).remove(0) {
+            FsOutcome::Frozen { result, report, .. } => {
+                result.unwrap_or_else(|e| panic!("{what}: {e:?}"));
+                report.expect("report")
+            }
+            other => panic!("expected Frozen, got {other:?}"),
+        }
+    }
+
+    fn frozen_devs(report: &FreezeReport) -> Vec<hv_vss_freezer::DevNum> {
+        report
+            .filesystems
+            .iter()
+            .filter(|f| f.outcome == hv_vss_freezer::FsFreezeOutcome::Frozen)
+            .map(|f| f.dev)
+            .collect()
+    }
+
+    /// FREEZE reuses the plan of the check before it when the mount table has not changed,
+    /// and plans again when a mount or an unmount came in between: the listed directory is
+    /// over-mounted by another filesystem after the check, so the freeze must freeze that
+    /// one (the stale plan's mount is no longer reachable there); then the over-mount is
+    /// removed after the check, and the freeze must freeze the first one again. In a private
+    /// mount namespace, so that no other process's mounts count and nothing leaks.
+    #[test]
+    fn freeze_reuses_the_checked_plan_unless_a_mount_or_unmount_came_in_between() {
+        if hv_vss_testutil::skip_unless_root("plan reuse test")
+            || !hv_vss_testutil::in_private_mount_namespace(
+                "fsworker::tests::freeze_reuses_the_checked_plan_unless_a_mount_or_unmount_came_in_between",
+            )
+        {
+            return;
+        }
+        let _serial = hv_vss_testutil::serial();
+        hv_vss_testutil::run_with_timeout(Duration::from_secs(120), || {
+            let listed = LoopFs::new(FsKind::Ext4).expect("loop fs");
+            let other = LoopFs::new(FsKind::Ext4).expect("second loop fs");
+            let state = hv_vss_testutil::state_dir().expect("state dir");
+            let worker =
+                FsWorker::start(setup_for(&listed, state.path(), &FreezerConfig::default()))
+                    .expect("worker");
+
+            let report = freeze_and_thaw(&worker, TxnId(1));
+            assert!(
+                report.plan_reused,
+                "nothing changed, yet FREEZE planned again"
+            );
+            assert_eq!(frozen_devs(&report), vec![listed.dev().unwrap()]);
+
+            // A mount between check and freeze: `other` over-mounts the listed directory.
+            worker.send(FsCommand::Check { txn: TxnId(2) });
+            match wait_outcomes(&worker, 1, Duration::from_secs(30)).remove(0) {
+                FsOutcome::Checked { result, .. } => result.expect("check"),
+                o => panic!("expected Checked, got {o:?}"),
+            }
+            let over = listed.mount_point();
+            std::process::Command::new("mount")
+                .arg(other.loop_device())
+                .arg(over)
+                .status()
+                .expect("mount")
+                .success()
+                .then_some(())
+                .expect("over-mount");
+            let report = freeze_ok(&worker, TxnId(2), "freeze after a mount");
+            assert!(!report.plan_reused);
+            assert_eq!(frozen_devs(&report), vec![other.dev().unwrap()]);
+            // (The listed filesystem's own path now leads to `other`: only the report can
+            // say it was left alone.)
+            assert!(other.is_frozen().unwrap());
+            worker.send(FsCommand::Thaw { txn: TxnId(2) });
+            let _ = wait_outcomes(&worker, 1, Duration::from_secs(30));
+
+            // An unmount between check and freeze: the listed filesystem is back.
+            worker.send(FsCommand::Check { txn: TxnId(3) });
+            let _ = wait_outcomes(&worker, 1, Duration::from_secs(30));
+            hv_vss_testutil::unmount(over).expect("unmount the over-mount");
+            let report = freeze_ok(&worker, TxnId(3), "freeze after an unmount");
+            assert!(!report.plan_reused);
+            assert_eq!(frozen_devs(&report), vec![listed.dev().unwrap()]);
+            worker.send(FsCommand::Thaw { txn: TxnId(3) });
+            let _ = wait_outcomes(&worker, 1, Duration::from_secs(30));
+            assert!(listed.writable_within(Duration::from_secs(5)));
+            assert!(other.writable_within(Duration::from_secs(5)));
+        });
+    }
+
+    fn image_bytes(fs: &LoopFs) -> u64 {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(fs.image()).unwrap().blocks() * 512
+    }
+
+    fn write_dirty(fs: &LoopFs, mib: usize) {
+        use std::io::Write;
+        let mut f = std::fs::File::create(fs.mount_point().join("dirty")).unwrap();
+        for _ in 0..mib {
+            f.write_all(&[0x5a; 1 << 20]).unwrap();
+        }
+    }
+
+    fn expect_checked(worker: &FsWorker) -> FsResult {
+        match wait_outcomes(worker, 1, Duration::from_secs(30)).remove(0) {
+            FsOutcome::Checked { result, .. } => result,
+            other => panic!("expected Checked, got {other:?}"),
+        }
+    }
+
+    /// Flush ahead: nothing is flushed after a failing check; a passing check writes the
+    /// dirty data back with nothing frozen (writeback would otherwise wait 30 s for
+    /// dirty_expire); FREEZE stops it: no flush call starts while frozen, nor after.
+    #[test]
+    fn a_passing_check_flushes_ahead_until_freeze() {
+        hv_vss_testutil::freezing_test(Duration::from_secs(120), || {
+            let fs = LoopFs::new(FsKind::Ext4).expect("loop fs");
+            let dev = fs.dev().unwrap();
+            let state = hv_vss_testutil::state_dir().expect("state dir");
+            let config = FreezerConfig::default();
+
+            // A check that fails (its state directory is a regular file) flushes nothing.
+            let not_a_dir = state.path().join("file");
+            std::fs::write(&not_a_dir, b"").unwrap();
+            let failing = FsWorker::start(setup_for(&fs, &not_a_dir, &config)).unwrap();
+            write_dirty(&fs, 8);
+            let before = image_bytes(&fs);
+            failing.send(FsCommand::Check { txn: TxnId(1) });
+            assert!(expect_checked(&failing).is_err());
+            std::thread::sleep(hv_vss_freezer::flush_ahead::PASS_INTERVAL * 5);
+            assert_eq!(
+                failing.flusher().calls(dev),
+                0,
+                "flushed after a failing check"
+            );
+            drop(failing);
+
+            let worker = FsWorker::start(setup_for(&fs, state.path(), &config)).unwrap();
+            worker.send(FsCommand::Check { txn: TxnId(2) });
+            expect_checked(&worker).expect("check");
+            let end = std::time::Instant::now() + Duration::from_secs(20);
+            while image_bytes(&fs) < before + (8 << 20) {
+                assert!(
+                    std::time::Instant::now() < end,
+                    "the dirty data was not written back after the check"
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            assert!(worker.flusher().calls(dev) >= 1);
+
+            worker.send(FsCommand::Freeze {
+                txn: TxnId(2),
+                epoch: Epoch(2),
+            });
+            match wait_outcomes(&worker, 1, Duration::from_secs(30)).remove(0) {
+                FsOutcome::Frozen { result, .. } => result.expect("freeze"),
+                other => panic!("expected Frozen, got {other:?}"),
+            }
+            assert_eq!(
+                worker.flusher().in_flight(),
+                0,
+                "a flush runs beside the freeze"
+            );
+            let calls = worker.flusher().calls(dev);
+            // A check while frozen starts no flush either.
+            worker.send(FsCommand::Check { txn: TxnId(3) });
+            let _ = expect_checked(&worker);
+            std::thread::sleep(hv_vss_freezer::flush_ahead::PASS_INTERVAL * 5);
+            assert_eq!(
+                worker.flusher().calls(dev),
+                calls,
+                "a flush started while frozen"
+            );
+            worker.send(FsCommand::Thaw { txn: TxnId(2) });
+            let _ = wait_outcomes(&worker, 1, Duration::from_secs(30));
+            std::thread::sleep(hv_vss_freezer::flush_ahead::PASS_INTERVAL * 5);
+            assert_eq!(
+                worker.flusher().calls(dev),
+                calls,
+                "the flush resumed after FREEZE"
+            );
+        });
+    }
+
+    /// The fast path: one clean filesystem, found clean by the flush ahead, is frozen with
+    /// no flush pass of the freeze's own, and still journaled while frozen (exactly that
+    /// filesystem), thawed exactly, and the journal removed.
+    #[test]
+    fn the_fast_path_for_one_clean_filesystem_still_journals_and_thaws_it() {
+        hv_vss_testutil::freezing_test(Duration::from_secs(120), || {
+            let fs = LoopFs::new(FsKind::Ext4).expect("loop fs");
+            let dev = fs.dev().unwrap();
+            let state = hv_vss_testutil::state_dir().expect("state dir");
+            let worker =
+                FsWorker::start(setup_for(&fs, state.path(), &FreezerConfig::default())).unwrap();
+            worker.send(FsCommand::Check { txn: TxnId(1) });
+            expect_checked(&worker).expect("check");
+            let end = std::time::Instant::now() + Duration::from_secs(20);
+            while worker.flusher().calls(dev) < 4 {
+                assert!(std::time::Instant::now() < end, "no flush-ahead passes");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let report = freeze_ok(&worker, TxnId(1), "freeze");
+            assert!(
+                report.flush_passes_us.is_empty(),
+                "the fast path was not taken: {report:?}"
+            );
+            assert!(fs.is_frozen().unwrap());
+            let journal = hv_vss_freezer::Journal::read(state.path())
+                .expect("journal")
+                .expect("a journal while frozen");
+            let listed: Vec<_> = journal.filesystems.iter().map(|e| e.dev).collect();
+            assert_eq!(listed, vec![dev]);
+            worker.send(FsCommand::Thaw { txn: TxnId(1) });
+            match wait_outcomes(&worker, 1, Duration::from_secs(30)).remove(0) {
+                FsOutcome::Thawed {
+                    result,
+                    report,
+                    all_thawed,
+                    ..
+                } => {
+                    result.expect("thaw");
+                    assert!(all_thawed);
+                    let thawed: Vec<_> = report
+                        .expect("thaw report")
+                        .filesystems
+                        .iter()
+                        .map(|f| f.dev)
+                        .collect();
+                    assert_eq!(thawed, vec![dev]);
+                }
+                other => panic!("expected Thawed, got {other:?}"),
+            }
+            assert!(fs.writable_within(Duration::from_secs(5)));
+            assert!(
+                hv_vss_freezer::Journal::read(state.path())
+                    .unwrap()
+                    .is_none()
+            );
+        });
+    }
+
+    /// A flush ahead that hangs (the filesystem's loop image lies on a filesystem this test
+    /// froze) makes FREEZE fail at its deadline with nothing frozen, and the next check does
+    /// not start another flush of that device.
+    #[test]
+    fn a_hung_flush_fails_the_freeze_and_is_not_restarted() {
+        hv_vss_testutil::freezing_test(Duration::from_secs(120), || {
+            let lower = LoopFs::create(FsKind::Ext4, 128, None).expect("lower");
+            let upper = LoopFs::new_in(FsKind::Ext4, lower.mount_point()).expect("upper");
+            let dev = upper.dev().unwrap();
+            let state = hv_vss_testutil::state_dir().expect("state dir");
+            let config = FreezerConfig {
+                freeze_deadline_secs: 1,
+                ..FreezerConfig::default()
+            };
+            let worker = FsWorker::start(setup_for(&upper, state.path(), &config)).unwrap();
+            hv_vss_testutil::freeze_path(lower.mount_point()).unwrap();
+            write_dirty(&upper, 4);
+            worker.send(FsCommand::Check { txn: TxnId(1) });
+            expect_checked(&worker).expect("check");
+            worker.send(FsCommand::Freeze {
+                txn: TxnId(1),
+                epoch: Epoch(1),
+            });
+            match wait_outcomes(&worker, 1, Duration::from_secs(30)).remove(0) {
+                FsOutcome::Frozen {
+                    result,
+                    nothing_frozen,
+                    ..
+                } => {
+                    let e = result.expect_err("froze beside a stuck flush");
+                    assert!(e.detail.contains("stuck"), "{e:?}");
+                    assert!(nothing_frozen);
+                }
+                other => panic!("expected Frozen, got {other:?}"),
+            }
+            assert_eq!(worker.flusher().hung(), vec![dev]);
+            worker.send(FsCommand::Check { txn: TxnId(2) });
+            expect_checked(&worker).expect("check");
+            std::thread::sleep(hv_vss_freezer::flush_ahead::PASS_INTERVAL * 5);
+            assert_eq!(
+                worker.flusher().calls(dev),
+                1,
+                "a hung flush was started again"
+            );
+            assert!(hv_vss_testutil::thaw_path(lower.mount_point()).unwrap());
+            let end = std::time::Instant::now() + Duration::from_secs(30);
+            while !worker.flusher().hung().is_empty() {
+                assert!(
+                    std::time::Instant::now() < end,
+                    "the stuck flush never returned"
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            drop(worker);
         });
     }
 

@@ -11,9 +11,12 @@
 //! - stock: for each filesystem in mount order, open, FIFREEZE, close; then the same for
 //!   FITHAW (tools/hv/hv_vss_daemon.c; `hv_vss_testutil::bench::stock_freeze_thaw`, which
 //!   the daemon's bench uses too);
-//! - hv-vss: `hv_vss_freezer::freeze` (open, journal, parallel syncfs, parallel FIFREEZE)
-//!   then `FrozenSet::thaw` (reverse order). The plan is made beforehand, as the daemon
-//!   makes it at CHECK time.
+//! - hv-vss, one pass: `hv_vss_freezer::freeze` (open, journal, one parallel syncfs pass,
+//!   parallel FIFREEZE) then `FrozenSet::thaw` (reverse order), with
+//!   `FlushPolicy::Converge { budget: 0 }`. The plan is made beforehand, as the daemon makes
+//!   it at CHECK time.
+//! - hv-vss, converge: the same with the default policy (passes repeated while they shrink,
+//!   within `DEFAULT_CONVERGE_BUDGET`), to measure what the repeats gain.
 //!
 //! Run (root): `cargo bench -p hv-vss-freezer --bench freeze_window` (env `TRIALS`, default
 //! 5). Not a test: nothing is asserted; the medians are printed as a Markdown table.
@@ -21,7 +24,9 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use hv_vss_freezer::{FreezeOptions, FreezerConfig, MountSource, Selection, make_plan};
+use hv_vss_freezer::{
+    FlushPolicy, FreezeOptions, FreezerConfig, MountSource, Selection, make_plan,
+};
 use hv_vss_testutil::bench::{Writers, env_count, prepare_dirty, should_run, stock_freeze_thaw};
 use hv_vss_testutil::{FsKind, LoopFs, state_dir};
 
@@ -53,65 +58,74 @@ fn main() {
     )
     .unwrap();
     let state = state_dir().unwrap();
-    let options = FreezeOptions::new(&FreezerConfig::default(), state.path());
+    let converge = FreezeOptions::new(&FreezerConfig::default(), state.path());
+    let one_pass = FreezeOptions {
+        flush: FlushPolicy::Converge {
+            budget: Duration::ZERO,
+        },
+        ..converge.clone()
+    };
 
-    let (mut stock_blocked, mut stock_total, mut ours_blocked, mut ours_total) =
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    let mut ours_window = Vec::new();
+    const METHODS: [&str; 3] = ["stock", "one pass", "converge"];
+    // Per method: longest blocked write, freeze+thaw, frozen window, flush passes.
+    let mut blocked: [Vec<u64>; 3] = Default::default();
+    let mut total: [Vec<u64>; 3] = Default::default();
+    let mut window: [Vec<u64>; 3] = Default::default();
+    let mut passes: [Vec<u64>; 3] = Default::default();
     for trial in 0..trials {
-        for method in ["stock", "hv-vss"] {
+        for (m, method) in METHODS.into_iter().enumerate() {
             prepare_dirty(&mounts, trial, DIRTY_MIB).unwrap();
             let writers = Writers::start(&mounts);
             std::thread::sleep(Duration::from_millis(100));
             writers.reset();
             let t = Instant::now();
-            if method == "stock" {
+            if m == 0 {
                 stock_freeze_thaw(&mounts).unwrap();
             } else {
-                let mut frozen = hv_vss_freezer::freeze(&plan, &options).unwrap();
+                let options = if m == 1 { &one_pass } else { &converge };
+                let mut frozen = hv_vss_freezer::freeze(&plan, options).unwrap();
+                passes[m].push(frozen.report().flush_passes_us.len() as u64);
                 let report = frozen.thaw();
                 assert!(report.complete);
-                ours_window.push(report.frozen_window_us);
+                window[m].push(report.frozen_window_us);
             }
-            let total = t.elapsed().as_micros() as u64;
+            let took = t.elapsed().as_micros() as u64;
             std::thread::sleep(Duration::from_millis(50));
-            let blocked = writers.finish().unwrap();
+            let worst = writers.finish().unwrap();
             eprintln!(
-                "trial {trial} {method:>6}: longest write {blocked:>8} us, freeze+thaw {total:>8} us"
+                "trial {trial} {method:>8}: longest write {worst:>8} us, freeze+thaw {took:>8} us"
             );
-            if method == "stock" {
-                stock_blocked.push(blocked);
-                stock_total.push(total);
-            } else {
-                ours_blocked.push(blocked);
-                ours_total.push(total);
-            }
+            blocked[m].push(worst);
+            total[m].push(took);
         }
     }
-    let (sb, st, ob, ot) = (
-        median(stock_blocked),
-        median(stock_total),
-        median(ours_blocked),
-        median(ours_total),
-    );
     let ms = |us: u64| format!("{:.1} ms", us as f64 / 1000.0);
-    println!("| metric (median of {trials}) | stock method | hv-vss | ratio | goal |");
-    println!("|---|---|---|---|---|");
+    let (sb, st) = (median(blocked[0].clone()), median(total[0].clone()));
     println!(
-        "| (a) longest blocked write | {} | {} | {:.3}x | <= 0.10x |",
-        ms(sb),
-        ms(ob),
-        ob as f64 / sb as f64
+        "| method (median of {trials}) | longest blocked write | ratio to stock | freeze+thaw, zero hold | ratio to stock | frozen window | flush passes |"
     );
-    println!(
-        "| (b) freeze+thaw, zero hold | {} | {} | {:.3}x | <= 0.6x |",
-        ms(st),
-        ms(ot),
-        ot as f64 / st as f64
-    );
-    println!(
-        "| hv-vss frozen window (first FIFREEZE to last FITHAW) | | {} | | |",
-        ms(median(ours_window))
-    );
+    println!("|---|---|---|---|---|---|---|");
+    for (m, method) in METHODS.into_iter().enumerate() {
+        let (b, t) = (median(blocked[m].clone()), median(total[m].clone()));
+        let (w, p) = if m == 0 {
+            ("(= freeze+thaw)".to_string(), "–".to_string())
+        } else {
+            (
+                ms(median(window[m].clone())),
+                format!(
+                    "{}–{}",
+                    passes[m].iter().min().unwrap_or(&0),
+                    passes[m].iter().max().unwrap_or(&0)
+                ),
+            )
+        };
+        println!(
+            "| {method} | {} | {:.3}x | {} | {:.3}x | {w} | {p} |",
+            ms(b),
+            b as f64 / sb as f64,
+            ms(t),
+            t as f64 / st as f64
+        );
+    }
     drop(filesystems);
 }

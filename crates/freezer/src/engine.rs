@@ -18,6 +18,9 @@
 //! 3. `syncfs` on every filesystem in parallel, so FIFREEZE finds little left to write,
 //!    under the same deadline: a flush that misses it fails the freeze before anything is
 //!    frozen (its thread is abandoned and ends when the call returns).
+//!    The pass is repeated while it converges ([`FlushPolicy::Converge`]: writers dirty data
+//!    during each pass, the next finds less), or left out ([`FlushPolicy::Skip`]) when the
+//!    caller has just measured the filesystems clean.
 //! 4. Level by level, FIFREEZE on one thread per filesystem, each with the configured
 //!    deadline. Before a level's first FIFREEZE the journal (temp + fsync + rename) is
 //!    rewritten to list what is frozen so far plus the level (in flight); each result that
@@ -131,7 +134,32 @@ pub struct FreezeOptions {
     pub on_foreign_freeze: ForeignFreezePolicy,
     /// Deadline of each FIFREEZE call.
     pub freeze_deadline: Duration,
+    /// How to flush before the first FIFREEZE.
+    pub flush: FlushPolicy,
 }
+
+/// How [`freeze`] flushes before its first FIFREEZE.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FlushPolicy {
+    /// A parallel `syncfs` of every filesystem, repeated while each pass takes at least
+    /// [`CONVERGE_FLOOR`] and at most half the time of the one before, and the repeats have
+    /// not used up `budget`; so FIFREEZE finds almost nothing left to write even with
+    /// writers running. A zero budget is one pass.
+    Converge {
+        /// Time for passes after the first.
+        budget: Duration,
+    },
+    /// No flush: FIFREEZE writes back what is left itself. For a caller that has just
+    /// measured that there is nothing worth flushing (a flush-ahead pass that found the
+    /// filesystems clean): a pass would only add its own cost to the answer.
+    Skip,
+}
+
+/// Default time for repeated flush passes ([`FlushPolicy::Converge`]).
+pub const DEFAULT_CONVERGE_BUDGET: Duration = Duration::from_millis(100);
+
+/// A flush pass shorter than this found almost nothing to write: no further pass.
+pub const CONVERGE_FLOOR: Duration = Duration::from_millis(5);
 
 impl FreezeOptions {
     /// Options from the config, with a state directory.
@@ -141,6 +169,9 @@ impl FreezeOptions {
             on_unsupported: config.on_unsupported,
             on_foreign_freeze: config.on_foreign_freeze,
             freeze_deadline: config.freeze_deadline(),
+            flush: FlushPolicy::Converge {
+                budget: DEFAULT_CONVERGE_BUDGET,
+            },
         }
     }
 }
@@ -334,6 +365,13 @@ pub struct FreezeReport {
     pub filesystems: Vec<FsReport>,
     /// The rollback, if the freeze failed after freezing something.
     pub rollback: Option<ThawReport>,
+    /// The plan was the one made at the check (HOT_BACKUP), the mount table unchanged since;
+    /// set by the caller, which knows.
+    #[serde(default)]
+    pub plan_reused: bool,
+    /// Duration of each parallel flush pass before the first FIFREEZE (none if skipped).
+    #[serde(default)]
+    pub flush_passes_us: Vec<u64>,
 }
 
 /// Outcome of FITHAW on one filesystem.
@@ -483,6 +521,12 @@ impl FrozenSet {
     /// The freeze's report.
     pub fn report(&self) -> &FreezeReport {
         &self.report
+    }
+
+    /// The freeze report, for the caller to add what only it knows
+    /// ([`FreezeReport::plan_reused`]).
+    pub fn report_mut(&mut self) -> &mut FreezeReport {
+        &mut self.report
     }
 
     /// When the first FIFREEZE was called.
@@ -863,6 +907,8 @@ fn freeze_with_watch(
             })
             .collect(),
         rollback: None,
+        plan_reused: false,
+        flush_passes_us: Vec::new(),
     };
     macro_rules! fail {
         ($e:expr) => {
@@ -929,41 +975,20 @@ fn freeze_with_watch(
     }
 }
 
-/// Marks the jobs still running as abandoned if a panic unwinds past them, so that a
-/// FIFREEZE returning later thaws its filesystem instead of leaving it frozen unowned.
-struct AbandonOnUnwind<'a>(&'a [(usize, Arc<Job>)]);
-
-impl Drop for AbandonOnUnwind<'_> {
-    fn drop(&mut self) {
-        if !std::thread::panicking() {
-            return;
-        }
-        for (_, job) in self.0 {
-            let mut state = job.state.lock().unwrap_or_else(|p| p.into_inner());
-            if matches!(*state, JobState::Running) {
-                *state = JobState::Abandoned;
-            }
-        }
-    }
-}
-
-/// Flush, then freeze level by level into `set`. `Err`: the first failure; the caller
-/// rolls back what `set` holds.
-fn freeze_levels(
-    plan: &Plan,
+/// One parallel `syncfs` pass over every planned filesystem, bounded by `sync_deadline`: a
+/// hung syncfs must not wedge the caller. Nothing is frozen yet, so a flush that misses the
+/// deadline is simply abandoned (its thread finishes on its own) and fails the freeze.
+/// Ok: how long the pass took.
+fn flush_pass(
     options: &FreezeOptions,
     handles: &[Handle],
     set: &mut FrozenSet,
     cancelled: &(dyn Fn() -> bool + Sync),
-) -> Result<(), FreezeError> {
-    if cancelled() {
-        return Err(FreezeError::Cancelled);
-    }
+    sync_start: Instant,
+    sync_deadline: Option<Instant>,
+) -> Result<Duration, FreezeError> {
     let ops = set.ops.clone();
-    // Flush everything in parallel before the first freeze, under the freeze deadline: a
-    // hung syncfs must not wedge the caller. Nothing is frozen yet, so a flush that misses
-    // the deadline is simply abandoned (its thread finishes on its own) and fails the freeze.
-    let sync_start = Instant::now();
+    let pass_start = Instant::now();
     let (tx, rx) = mpsc::channel::<(usize, Duration, std::io::Result<()>)>();
     let mut flushing = vec![false; handles.len()];
     for (i, h) in handles.iter().enumerate() {
@@ -1011,7 +1036,6 @@ fn freeze_levels(
         }
     }
     drop(tx);
-    let sync_deadline = sync_start.checked_add(options.freeze_deadline);
     while flushing.iter().any(|&f| f) {
         if cancelled() {
             // Nothing is frozen yet: the flush threads finish on their own.
@@ -1034,7 +1058,7 @@ fn freeze_levels(
             Ok((i, took, result)) => {
                 flushing[i] = false;
                 let r = &mut set.report.filesystems[i];
-                r.sync_us = Some(micros(took));
+                r.sync_us = Some(r.sync_us.unwrap_or(0) + micros(took));
                 r.sync_error = result.err().map(|e| e.to_string());
             }
             Err(mpsc::RecvTimeoutError::Disconnected) => {
@@ -1066,6 +1090,64 @@ fn freeze_levels(
                     deadline: options.freeze_deadline,
                 });
             }
+        }
+    }
+    Ok(pass_start.elapsed())
+}
+
+/// Marks the jobs still running as abandoned if a panic unwinds past them, so that a
+/// FIFREEZE returning later thaws its filesystem instead of leaving it frozen unowned.
+struct AbandonOnUnwind<'a>(&'a [(usize, Arc<Job>)]);
+
+impl Drop for AbandonOnUnwind<'_> {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            return;
+        }
+        for (_, job) in self.0 {
+            let mut state = job.state.lock().unwrap_or_else(|p| p.into_inner());
+            if matches!(*state, JobState::Running) {
+                *state = JobState::Abandoned;
+            }
+        }
+    }
+}
+
+/// Flush, then freeze level by level into `set`. `Err`: the first failure; the caller
+/// rolls back what `set` holds.
+fn freeze_levels(
+    plan: &Plan,
+    options: &FreezeOptions,
+    handles: &[Handle],
+    set: &mut FrozenSet,
+    cancelled: &(dyn Fn() -> bool + Sync),
+) -> Result<(), FreezeError> {
+    if cancelled() {
+        return Err(FreezeError::Cancelled);
+    }
+    let ops = set.ops.clone();
+    // Flush everything in parallel before the first freeze, under the freeze deadline
+    // (counted from the first pass), converging as `options.flush` says.
+    let sync_start = Instant::now();
+    let sync_deadline = sync_start.checked_add(options.freeze_deadline);
+    if let FlushPolicy::Converge { budget } = options.flush {
+        let mut previous: Option<Duration> = None;
+        let mut first: Option<Duration> = None;
+        loop {
+            let took = flush_pass(options, handles, set, cancelled, sync_start, sync_deadline)?;
+            set.report.flush_passes_us.push(micros(took));
+            let first = *first.get_or_insert(took);
+            // Another pass only while the last one still had real work (above the floor),
+            // took at most half as long as the one before it (converging, not chasing
+            // writers as fast as they write), and the passes after the first have not used
+            // up the budget (so they stop within it plus one pass, itself shorter than
+            // half the one before).
+            let shrinking = previous.is_none_or(|p| took <= p / 2);
+            let extra = sync_start.elapsed().saturating_sub(first);
+            if took < CONVERGE_FLOOR || !shrinking || extra >= budget {
+                break;
+            }
+            previous = Some(took);
         }
     }
     set.report.sync_us = micros(sync_start.elapsed());
@@ -1332,6 +1414,8 @@ mod tests {
         /// Every syncfs waits here likewise.
         sync_rendezvous: Option<Rendezvous>,
         flushing: Mutex<BTreeSet<DevNum>>,
+        /// The n-th syncfs call (any filesystem) takes the n-th of these; later ones none.
+        sync_durations: Mutex<std::collections::VecDeque<Duration>>,
     }
 
     /// A barrier with a timeout: a serial caller makes the test fail instead of hang.
@@ -1419,6 +1503,10 @@ mod tests {
             }
             if self.sync_hang.contains(&p) {
                 std::thread::sleep(Duration::from_millis(1500));
+            }
+            let took = self.sync_durations.lock().unwrap().pop_front();
+            if let Some(d) = took {
+                std::thread::sleep(d);
             }
             self.calls
                 .lock()
@@ -1565,6 +1653,54 @@ mod tests {
         let last_sync = calls.iter().rposition(|c| c.starts_with("sync")).unwrap();
         let first_freeze = calls.iter().position(|c| c.starts_with("freeze")).unwrap();
         assert!(last_sync < first_freeze);
+    }
+
+    /// The flush is repeated while it converges: a long pass, a pass a tenth as long, then
+    /// passes that find nothing (below the floor) end it. A pass no shorter than half the
+    /// one before (writers dirtying as fast as it writes) ends it too; a zero budget is one
+    /// pass; `Skip` flushes nothing and still freezes, journals and thaws.
+    #[test]
+    fn the_flush_repeats_while_it_converges_and_skip_leaves_it_to_fifreeze() {
+        let ms = Duration::from_millis;
+        let run = |durations: &[Duration], flush: FlushPolicy| {
+            let (plan, fake, dir) = setup(vec!["/other"]);
+            fake.sync_durations
+                .lock()
+                .unwrap()
+                .extend(durations.iter().copied());
+            let fake = Arc::new(fake);
+            let mut o = opts(&dir);
+            o.freeze_deadline = Duration::from_secs(30);
+            o.flush = flush;
+            let mut set = freeze_with(&plan, &o, fake.clone(), &|| false).unwrap();
+            let passes = set.report().flush_passes_us.clone();
+            let syncs = fake
+                .calls()
+                .iter()
+                .filter(|c| c.starts_with("sync"))
+                .count();
+            assert_eq!(passes.len(), syncs, "one syncfs per pass (one filesystem)");
+            assert!(Journal::read(&dir.path().join("state")).unwrap().is_some());
+            assert_eq!(set.members().len(), 1);
+            assert!(set.thaw().complete);
+            passes
+        };
+        let converge = FlushPolicy::Converge { budget: ms(1000) };
+        let passes = run(&[ms(300), ms(30)], converge);
+        assert!(
+            (3..=6).contains(&passes.len()),
+            "300 ms, 30 ms, then nothing: {passes:?}"
+        );
+        assert_eq!(
+            run(&[ms(100), ms(100)], converge).len(),
+            2,
+            "not converging"
+        );
+        assert_eq!(
+            run(&[ms(300), ms(30)], FlushPolicy::Converge { budget: ms(0) }).len(),
+            1
+        );
+        assert!(run(&[], FlushPolicy::Skip).is_empty());
     }
 
     /// /img and /other are independent (both level 0): their FIFREEZE calls must run at the

@@ -32,10 +32,12 @@
 
 pub mod config;
 pub mod engine;
+pub mod flush_ahead;
 pub mod freebsd_plan;
 pub mod guardian_wire;
 pub mod hold;
 pub mod journal;
+pub mod mount_watch;
 pub mod mountinfo;
 pub mod plan;
 pub mod serde_util;
@@ -48,15 +50,18 @@ pub use config::{
     CompiledConfig, ConfigError, ForeignFreezePolicy, FreezerConfig, MountFilter, UnsupportedPolicy,
 };
 pub use engine::{
-    FreezeError, FreezeFailure, FreezeOptions, FreezeReport, FreezeWatch, FrozenFs, FrozenSet,
-    FsFreezeOutcome, FsReport, FsThawOutcome, FsThawReport, PreflightReport, ThawReport, freeze,
-    freeze_cancellable, freeze_watched, preflight,
+    CONVERGE_FLOOR, DEFAULT_CONVERGE_BUDGET, FlushPolicy, FreezeError, FreezeFailure,
+    FreezeOptions, FreezeReport, FreezeWatch, FrozenFs, FrozenSet, FsFreezeOutcome, FsReport,
+    FsThawOutcome, FsThawReport, PreflightReport, ThawReport, freeze, freeze_cancellable,
+    freeze_watched, preflight,
 };
+pub use flush_ahead::{FlushAhead, FlushAheadStart, HungFlush};
 pub use hv_vss_sys::fs::DevNum;
 pub use journal::{
     DEFAULT_STATE_DIR, Journal, JournalEntry, JournalError, RecoverError, RecoverOptions,
     RecoverOutcome, RecoverReport, RecoveredFs, recover,
 };
+pub use mount_watch::{MountTableWatch, make_plan_watched};
 pub use mountinfo::{MountEntry, MountInfoError, parse_mountinfo};
 pub use plan::{Plan, PlanError, PlannedFs, Selection, SkipReason, SkippedMount, build_plan};
 pub use sweep::{SweepOutcome, SweepReport, SweptFs, thaw_all_frozen};
@@ -132,7 +137,16 @@ pub(crate) fn read_mount_table(
         path: source.mountinfo.clone(),
         source: e,
     })?;
-    let mounts = parse_mountinfo(&data)?;
+    parse_mount_table(source, &data, selection)
+}
+
+/// [`read_mount_table`] of a table already read.
+fn parse_mount_table(
+    source: &MountSource,
+    data: &[u8],
+    selection: &Selection,
+) -> Result<(Vec<MountEntry>, Selection), MakePlanError> {
+    let mounts = parse_mountinfo(data)?;
     let selection = match selection {
         Selection::Explicit(paths) if source.open_prefix.is_none() => Selection::Explicit(
             paths
@@ -150,14 +164,14 @@ pub(crate) fn read_mount_table(
     Ok((mounts, selection))
 }
 
-/// Read the mount table and sysfs, and build the plan. Listed paths are made absolute and
-/// canonical first (so `mnt/` and `/tmp/x/../mnt` name their mount).
-pub fn make_plan(
+/// The plan from `source`'s mount table, already read into `data`.
+pub(crate) fn plan_from_table(
     source: &MountSource,
+    data: &[u8],
     selection: &Selection,
     config: &CompiledConfig,
 ) -> Result<Plan, MakePlanError> {
-    let (mounts, selection) = read_mount_table(source, selection)?;
+    let (mounts, selection) = parse_mount_table(source, data, selection)?;
     let topology = SysfsTopology::new(&source.sysfs_root);
     Ok(build_plan(
         &mounts,
@@ -166,4 +180,14 @@ pub fn make_plan(
         config,
         source.open_prefix.as_deref(),
     )?)
+}
+
+/// Read the mount table and sysfs, and build the plan. Listed paths are made absolute and
+/// canonical first (so `mnt/` and `/tmp/x/../mnt` name their mount).
+pub fn make_plan(
+    source: &MountSource,
+    selection: &Selection,
+    config: &CompiledConfig,
+) -> Result<Plan, MakePlanError> {
+    make_plan_watched(source, selection, config).map(|(plan, _)| plan)
 }

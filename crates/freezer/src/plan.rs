@@ -35,7 +35,7 @@
 //!   not its ancestor sits on its mount point or a directory above it); exotic `--move`
 //!   histories can fool it, which the statx mount-id check at open time then catches.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::ffi::OsString;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
@@ -300,9 +300,13 @@ fn is_prefix(prefix: &Path, path: &Path) -> bool {
     path.starts_with(prefix)
 }
 
+/// The mount table indexed by mount id and by mount point, so that every question the plan
+/// asks about a mount costs a lookup per component of its path, not a pass over the table.
 struct Table<'a> {
     mounts: &'a [MountEntry],
-    by_id: BTreeMap<u64, usize>,
+    by_id: HashMap<u64, usize>,
+    /// Indices of the mounts at each mount point, in table order (stacked mounts share one).
+    by_point: HashMap<&'a Path, Vec<usize>>,
 }
 
 impl<'a> Table<'a> {
@@ -312,39 +316,104 @@ impl<'a> Table<'a> {
             .enumerate()
             .map(|(i, m)| (m.mount_id, i))
             .collect();
-        Self { mounts, by_id }
+        let mut by_point: HashMap<&Path, Vec<usize>> = HashMap::with_capacity(mounts.len());
+        for (i, m) in mounts.iter().enumerate() {
+            by_point.entry(m.mount_point.as_path()).or_default().push(i);
+        }
+        Self {
+            mounts,
+            by_id,
+            by_point,
+        }
+    }
+
+    /// The strict ancestors of `b` in the mount tree, nearest first. Bounded by the table's
+    /// size, so a parent cycle (impossible in a real table) cannot loop.
+    fn ancestors(&self, b: usize) -> Vec<usize> {
+        let mut out = Vec::new();
+        let mut cur = b;
+        for _ in 0..self.mounts.len() {
+            match self.by_id.get(&self.mounts[cur].parent_id) {
+                Some(&p) if p != cur => {
+                    out.push(p);
+                    cur = p;
+                }
+                _ => break,
+            }
+        }
+        out
     }
 
     /// Is `a` a (strict) ancestor of `b` in the mount tree?
     fn is_ancestor(&self, a: usize, b: usize) -> bool {
-        let mut cur = b;
-        for _ in 0..self.mounts.len() {
-            let parent = self.mounts[cur].parent_id;
-            match self.by_id.get(&parent) {
-                Some(&p) if p != cur => {
-                    if p == a {
-                        return true;
-                    }
-                    cur = p;
-                }
-                _ => return false,
-            }
-        }
-        false
+        self.ancestors(b).contains(&a)
     }
 
-    /// The mount that hides `e`, if any.
+    /// The mount that hides `e`, if any: the first, in table order, of the mounts that are
+    /// not its ancestors and sit on its mount point (on top of it) or on a directory above
+    /// it. Only the mount points that are prefixes of `e`'s are looked up.
     fn hidden_by(&self, e: usize) -> Option<u64> {
         let me = &self.mounts[e];
-        self.mounts.iter().enumerate().find_map(|(f, other)| {
-            if f == e || self.is_ancestor(f, e) || !is_prefix(&other.mount_point, &me.mount_point) {
-                return None;
+        let ancestors = self.ancestors(e);
+        let mut first: Option<usize> = None;
+        for point in me.mount_point.ancestors() {
+            let Some(at) = self.by_point.get(point) else {
+                continue;
+            };
+            let same_point = point == me.mount_point;
+            for &f in at {
+                if f == e || ancestors.contains(&f) {
+                    continue;
+                }
+                if !same_point || f > e || self.is_ancestor(e, f) {
+                    first = Some(first.map_or(f, |b| b.min(f)));
+                }
             }
-            let same_point = other.mount_point == me.mount_point;
-            let on_top = !same_point || self.is_ancestor(e, f) || f > e;
-            on_top.then_some(other.mount_id)
-        })
+        }
+        first.map(|f| self.mounts[f].mount_id)
     }
+
+    /// The visible mount at `point` (the last in table order, among stacked ones).
+    fn visible_at(&self, point: &Path, hidden: &[Option<u64>]) -> Option<usize> {
+        self.by_point
+            .get(point)?
+            .iter()
+            .rev()
+            .copied()
+            .find(|&i| hidden[i].is_none())
+    }
+}
+
+/// For each mount of `mounts`, the id of the mount hiding it, by the original pairwise
+/// comparison of every mount with every other: O(N²). The reference the indexed planning is
+/// checked against (unit tests) and measured against (`benches/plan_scale.rs`).
+#[doc(hidden)]
+pub fn hidden_by_pairwise(mounts: &[MountEntry]) -> Vec<Option<u64>> {
+    let table = Table::new(mounts);
+    (0..mounts.len())
+        .map(|e| {
+            let me = &mounts[e];
+            mounts.iter().enumerate().find_map(|(f, other)| {
+                if f == e
+                    || table.is_ancestor(f, e)
+                    || !is_prefix(&other.mount_point, &me.mount_point)
+                {
+                    return None;
+                }
+                let same_point = other.mount_point == me.mount_point;
+                let on_top = !same_point || table.is_ancestor(e, f) || f > e;
+                on_top.then_some(other.mount_id)
+            })
+        })
+        .collect()
+}
+
+/// For each mount of `mounts`, the id of the mount hiding it (R30), by the mount-point
+/// index: O(N · depth).
+#[doc(hidden)]
+pub fn hidden_by_indexed(mounts: &[MountEntry]) -> Vec<Option<u64>> {
+    let table = Table::new(mounts);
+    (0..mounts.len()).map(|i| table.hidden_by(i)).collect()
 }
 
 /// Build the plan from a parsed mount table and a topology. Pure apart from the topology's
@@ -389,7 +458,7 @@ pub fn build_plan(
     let Dependencies {
         closure,
         storage_closure,
-    } = dependency_closure(mounts, &table, &groups, &primary, topology);
+    } = dependency_closure(mounts, &table, &hidden, &groups, &primary, topology);
 
     let mut selected: Vec<DevNum> = Vec::new();
     let mut skipped = Vec::new();
@@ -438,9 +507,10 @@ pub fn build_plan(
             let mut listed: BTreeSet<usize> = BTreeSet::new();
             for path in paths {
                 // The visible mount at that path; among stacked ones, the top one.
-                let candidates: Vec<usize> = (0..mounts.len())
-                    .filter(|&i| mounts[i].mount_point == *path)
-                    .collect();
+                let candidates: &[usize] = table
+                    .by_point
+                    .get(path.as_path())
+                    .map_or(&[], Vec::as_slice);
                 let Some(&i) = candidates
                     .iter()
                     .find(|&&i| hidden[i].is_none())
@@ -463,13 +533,14 @@ pub fn build_plan(
                     selected.push(mounts[i].dev);
                 }
             }
+            let chosen: BTreeSet<DevNum> = selected.iter().copied().collect();
             for (&dev, idx) in &groups {
                 let p = primary[&dev];
                 for &i in idx {
-                    if selected.contains(&dev) && i != p {
+                    if chosen.contains(&dev) && i != p {
                         let frozen_via = mounts[p].mount_point.clone();
                         skipped.push(skip(i, SkipReason::SameFilesystemAs { frozen_via }));
-                    } else if !selected.contains(&dev) {
+                    } else if !chosen.contains(&dev) {
                         skipped.push(skip(i, SkipReason::NotListed));
                     }
                 }
@@ -480,24 +551,34 @@ pub fn build_plan(
     }
 
     let selected_set: BTreeSet<DevNum> = selected.iter().copied().collect();
-    let deps_of = |dev: DevNum| -> BTreeSet<DevNum> {
-        closure
-            .get(&dev)
-            .map(|d| {
-                d.iter()
-                    .copied()
-                    .filter(|x| *x != dev && selected_set.contains(x))
-                    .collect()
-            })
-            .unwrap_or_default()
-    };
+    // The selected superblocks each selected one depends on, and the reverse.
+    let deps: BTreeMap<DevNum, BTreeSet<DevNum>> = selected
+        .iter()
+        .map(|&dev| {
+            let on = closure
+                .get(&dev)
+                .map(|d| {
+                    d.iter()
+                        .copied()
+                        .filter(|x| *x != dev && selected_set.contains(x))
+                        .collect()
+                })
+                .unwrap_or_default();
+            (dev, on)
+        })
+        .collect();
+    let mut dependents: BTreeMap<DevNum, Vec<DevNum>> = BTreeMap::new();
+    for (&dev, on) in &deps {
+        for &d in on {
+            dependents.entry(d).or_default().push(dev);
+        }
+    }
 
     // level(x) = 0 if no selected superblock depends on x, else 1 + max level of those.
     let mut level: BTreeMap<DevNum, usize> = BTreeMap::new();
     fn level_of(
         dev: DevNum,
-        selected: &BTreeSet<DevNum>,
-        deps_of: &dyn Fn(DevNum) -> BTreeSet<DevNum>,
+        dependents: &BTreeMap<DevNum, Vec<DevNum>>,
         memo: &mut BTreeMap<DevNum, usize>,
         visiting: &mut BTreeSet<DevNum>,
     ) -> usize {
@@ -507,10 +588,11 @@ pub fn build_plan(
         if !visiting.insert(dev) {
             return 0; // a cycle cannot happen in a real mount table; do not loop on one
         }
-        let l = selected
-            .iter()
-            .filter(|&&other| other != dev && deps_of(other).contains(&dev))
-            .map(|&other| 1 + level_of(other, selected, deps_of, memo, visiting))
+        let l = dependents
+            .get(&dev)
+            .into_iter()
+            .flatten()
+            .map(|&other| 1 + level_of(other, dependents, memo, visiting))
             .max()
             .unwrap_or(0);
         visiting.remove(&dev);
@@ -518,13 +600,7 @@ pub fn build_plan(
         l
     }
     for &dev in &selected {
-        level_of(
-            dev,
-            &selected_set,
-            &deps_of,
-            &mut level,
-            &mut BTreeSet::new(),
-        );
+        level_of(dev, &dependents, &mut level, &mut BTreeSet::new());
     }
     // `/` alone in the last level.
     let root_dev = selected
@@ -552,7 +628,7 @@ pub fn build_plan(
         let p = primary[&dev];
         let m = &mounts[p];
         let lvl = renumber[&level[&dev]];
-        let mut depends_on: Vec<PathBuf> = deps_of(dev)
+        let mut depends_on: Vec<PathBuf> = deps[&dev]
             .iter()
             .map(|d| mounts[primary[d]].mount_point.clone())
             .collect();
@@ -610,6 +686,7 @@ struct Dependencies {
 fn dependency_closure(
     mounts: &[MountEntry],
     table: &Table<'_>,
+    hidden: &[Option<u64>],
     groups: &BTreeMap<DevNum, Vec<usize>>,
     primary: &BTreeMap<DevNum, usize>,
     topology: &dyn Topology,
@@ -622,12 +699,9 @@ fn dependency_closure(
         {
             return Some(dev);
         }
-        mounts
-            .iter()
-            .enumerate()
-            .filter(|(i, m)| is_prefix(&m.mount_point, path) && table.hidden_by(*i).is_none())
-            .max_by_key(|(_, m)| m.mount_point.as_os_str().len())
-            .map(|(_, m)| m.dev)
+        path.ancestors()
+            .find_map(|point| table.visible_at(point, hidden))
+            .map(|i| mounts[i].dev)
     };
 
     let mut direct: BTreeMap<DevNum, BTreeSet<DevNum>> = BTreeMap::new();
@@ -1073,6 +1147,38 @@ mod tests {
         )
         .unwrap();
         assert_eq!(p.levels[0][0].open_path, PathBuf::from("/proc/1/root/data"));
+    }
+
+    /// Random mount trees over a few nested paths, with stacking, over-mounts and moves
+    /// (a parent anywhere in the table): the indexed hidden-mount detection answers exactly
+    /// what the pairwise reference does, for every mount.
+    fn random_table() -> impl proptest::strategy::Strategy<Value = Vec<MountEntry>> {
+        use proptest::prelude::*;
+        const POINTS: &[&str] = &["/", "/a", "/a/b", "/a/b/c", "/b", "/a/bc", "/b/a"];
+        proptest::collection::vec((0usize..40, 0usize..POINTS.len(), 0u32..4), 1..40).prop_map(
+            |rows| {
+                let n = rows.len();
+                rows.iter()
+                    .enumerate()
+                    .map(|(i, &(parent, point, minor))| {
+                        let line = format!(
+                            "{} {} 8:{minor} / {} rw - ext4 /dev/sda{minor} rw",
+                            i + 1,
+                            if i == 0 { 0 } else { parent % n + 1 },
+                            POINTS[point]
+                        );
+                        crate::mountinfo::parse_line(line.as_bytes()).unwrap()
+                    })
+                    .collect()
+            },
+        )
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn indexed_hidden_detection_matches_the_pairwise_reference(mounts in random_table()) {
+            proptest::prop_assert_eq!(hidden_by_indexed(&mounts), hidden_by_pairwise(&mounts));
+        }
     }
 
     #[test]

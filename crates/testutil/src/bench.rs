@@ -163,6 +163,15 @@ impl Writers {
             .for_each(|m| m.store(0, Ordering::Relaxed));
     }
 
+    /// The longest write of any writer since the last reset, µs, while they go on.
+    pub fn longest(&self) -> u64 {
+        self.max_us
+            .iter()
+            .map(|m| m.load(Ordering::Relaxed))
+            .max()
+            .unwrap_or(0)
+    }
+
     /// Stops the writers; the longest write of any of them since the last reset, µs.
     pub fn finish(mut self) -> anyhow::Result<u64> {
         self.stop.store(true, Ordering::Relaxed);
@@ -171,12 +180,7 @@ impl Writers {
                 .map_err(|_| anyhow::anyhow!("writer panicked"))?
                 .context("writer")?;
         }
-        Ok(self
-            .max_us
-            .iter()
-            .map(|m| m.load(Ordering::Relaxed))
-            .max()
-            .unwrap_or(0))
+        Ok(self.longest())
     }
 }
 

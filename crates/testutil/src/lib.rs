@@ -29,6 +29,9 @@ pub mod app_server;
 pub mod bench;
 pub mod fake_vmbus;
 pub mod vssd;
+pub mod private_ns;
+
+pub use private_ns::{in_private_mount_namespace, mount_tmpfs, unmount};
 
 /// Is this process root (tests that freeze or mount need it)?
 pub fn is_root() -> bool {

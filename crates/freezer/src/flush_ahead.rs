@@ -1,0 +1,503 @@
+//! Flush ahead: write dirty data back between a passing check (HOT_BACKUP) and FREEZE, so
+//! the freeze finds little left to write.
+//!
+//! # Mechanism
+//!
+//! [`FlushAhead::start`] gives each planned filesystem a thread that calls `syncfs` on it,
+//! then again every [`PASS_INTERVAL`] (writers keep dirtying data until FREEZE), until the
+//! budget given to `start` runs out or [`FlushAhead::cancel_and_wait`] is called; at most
+//! [`CONCURRENCY`] calls run at once, so the writeback does not stall writers the way a
+//! burst on every filesystem does. Nothing
+//! is frozen meanwhile, so a flush delays no answer and blocks no application (writers and
+//! `syncfs` run side by side).
+//!
+//! FREEZE calls [`FlushAhead::cancel_and_wait`] before its own flush: no new pass starts
+//! after the cancel (the flag and the in-flight record share one lock), and the calls
+//! already running are waited for, bounded by the freeze deadline. Waiting costs nothing
+//! real: such a call writes exactly what the freeze's own `syncfs` would have to write, and
+//! FIFREEZE could not start before it anyway (the kernel's `freeze_super` takes `s_umount`
+//! for writing, which a running `syncfs` holds for reading). So when it returns Ok, no flush
+//! of ours runs and none will start: none ever runs while anything is frozen.
+//!
+//! # Hung flushes
+//!
+//! A `syncfs` that does not return by the deadline (say, a loop filesystem whose image lies
+//! on a filesystem someone else froze) is reported by `cancel_and_wait` ([`HungFlush`]) and
+//! remembered per device: its thread stays in the kernel, and no other flush of that device
+//! is started until the call returns (a second call would only hang too). FREEZE then fails
+//! at once instead of freezing: FIFREEZE on that filesystem would wait for the same call.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::PathBuf;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use hv_vss_sys::fs::DevNum;
+
+use crate::plan::Plan;
+
+/// Pause between two passes on one filesystem.
+pub const PASS_INTERVAL: Duration = Duration::from_millis(100);
+
+/// `syncfs` calls of the flush ahead running at once, across filesystems. Measured with 8
+/// loop ext4 on one disk, 64 MiB dirty each, writers running (docs/BENCHMARKS.md): all 8
+/// at once stalled the writers for ~60 ms during the gap (each loop filesystem's journal
+/// commit waits behind the others' writeback on the shared disk); one at a time stalled
+/// them ~10 ms but did not always reach the last filesystems before FREEZE; two at a time
+/// kept the stall near 15 ms and had every filesystem flushed before FREEZE.
+pub const CONCURRENCY: usize = 2;
+
+/// Flushes that did not return by a cancel's deadline.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("syncfs has not returned on {} (running for {:?})", .mount_points.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", "), .running_for)]
+pub struct HungFlush {
+    /// Their mount points.
+    pub mount_points: Vec<PathBuf>,
+    /// Their devices.
+    pub devs: Vec<DevNum>,
+    /// How long the oldest of them has been running.
+    pub running_for: Duration,
+}
+
+/// What [`FlushAhead::start`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FlushAheadStart {
+    /// Filesystems a flush thread was started for.
+    pub started: Vec<PathBuf>,
+    /// Filesystems whose flush thread from an earlier start still runs (it carries on).
+    pub running: Vec<PathBuf>,
+    /// Filesystems left alone because an earlier flush of theirs has not returned.
+    pub hung: Vec<PathBuf>,
+    /// Filesystems that could not be opened (the freeze will say why).
+    pub unopened: Vec<PathBuf>,
+}
+
+#[derive(Debug)]
+struct InFlight {
+    mount_point: PathBuf,
+    since: Instant,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    cancelled: bool,
+    /// Passes stop at this instant.
+    until: Option<Instant>,
+    /// Devices the current start asked for.
+    wanted: BTreeSet<DevNum>,
+    /// Devices with a flush thread alive.
+    threads: BTreeSet<DevNum>,
+    /// `syncfs` calls running now.
+    in_flight: BTreeMap<DevNum, InFlight>,
+    /// Devices whose call missed a cancel's deadline and has not returned yet.
+    hung: BTreeSet<DevNum>,
+    /// `syncfs` calls started, per device, since this flusher was made.
+    calls: BTreeMap<DevNum, u64>,
+    /// Per device: when its last pass ended and how long it took.
+    last_pass: BTreeMap<DevNum, (Instant, Duration)>,
+    /// Per device: its shortest pass so far (a clean filesystem's cost of a `syncfs`).
+    fastest: BTreeMap<DevNum, Duration>,
+    /// The most calls that ran at once.
+    peak_in_flight: usize,
+}
+
+#[derive(Debug, Default)]
+struct Shared {
+    state: Mutex<State>,
+    /// Signalled when a call returns and when the flusher is cancelled.
+    changed: Condvar,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// The flusher of one daemon (or CLI run): starts and cancels flush-ahead passes and keeps
+/// the hung devices across transactions.
+#[derive(Debug, Default)]
+pub struct FlushAhead {
+    shared: Arc<Shared>,
+}
+
+impl FlushAhead {
+    /// A flusher with nothing running.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Starts flushing every filesystem of `plan`, in passes, for at most `budget`.
+    /// Returns at once; opening the mount points is the only work done on this thread.
+    pub fn start(&self, plan: &Plan, budget: Duration) -> FlushAheadStart {
+        let mut out = FlushAheadStart::default();
+        let mut state = self.shared.lock();
+        state.cancelled = false;
+        state.until = Instant::now().checked_add(budget);
+        state.wanted = plan.filesystems().map(|f| f.dev).collect();
+        for fs in plan.filesystems() {
+            if state.hung.contains(&fs.dev) {
+                out.hung.push(fs.mount_point.clone());
+                continue;
+            }
+            if state.threads.contains(&fs.dev) {
+                out.running.push(fs.mount_point.clone());
+                continue;
+            }
+            let Ok(fd) = hv_vss_sys::fs::open_mount_point(&fs.open_path) else {
+                out.unopened.push(fs.mount_point.clone());
+                continue;
+            };
+            let shared = Arc::clone(&self.shared);
+            let (dev, mount_point) = (fs.dev, fs.mount_point.clone());
+            let spawned = std::thread::Builder::new()
+                .name("hv-vss-flush".into())
+                .spawn(move || passes(&shared, dev, &mount_point, &fd));
+            if spawned.is_ok() {
+                state.threads.insert(fs.dev);
+                out.started.push(fs.mount_point.clone());
+            } else {
+                out.unopened.push(fs.mount_point.clone());
+            }
+        }
+        self.shared.changed.notify_all();
+        out
+    }
+
+    /// Stops the passes without waiting (a failed check).
+    pub fn cancel(&self) {
+        self.shared.lock().cancelled = true;
+        self.shared.changed.notify_all();
+    }
+
+    /// Stops the passes and waits, at most `deadline`, for the `syncfs` calls still
+    /// running. Ok: none runs and none will start until the next [`FlushAhead::start`].
+    /// Err: the calls that missed the deadline; their devices are remembered as hung.
+    pub fn cancel_and_wait(&self, deadline: Duration) -> Result<(), HungFlush> {
+        let end = Instant::now().checked_add(deadline);
+        let mut state = self.shared.lock();
+        state.cancelled = true;
+        self.shared.changed.notify_all();
+        loop {
+            // Calls already known to hang are not waited for again.
+            let waiting = state.in_flight.keys().any(|dev| !state.hung.contains(dev));
+            if !waiting {
+                break;
+            }
+            let now = Instant::now();
+            let left = match end {
+                Some(e) if now >= e => break,
+                Some(e) => e - now,
+                None => Duration::from_secs(3600),
+            };
+            state = self
+                .shared
+                .changed
+                .wait_timeout(state, left)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+        if state.in_flight.is_empty() {
+            return Ok(());
+        }
+        let now = Instant::now();
+        let running: Vec<(DevNum, PathBuf, Duration)> = state
+            .in_flight
+            .iter()
+            .map(|(&dev, f)| (dev, f.mount_point.clone(), now - f.since))
+            .collect();
+        for (dev, _, _) in &running {
+            state.hung.insert(*dev);
+        }
+        Err(HungFlush {
+            running_for: running.iter().map(|r| r.2).max().unwrap_or_default(),
+            devs: running.iter().map(|r| r.0).collect(),
+            mount_points: running.into_iter().map(|r| r.1).collect(),
+        })
+    }
+
+    /// Did the last pass on every filesystem of `plan` find it clean, and recently? True
+    /// when, for each, a pass ended less than `within` ago and took at most twice its
+    /// fastest pass so far (its cost with nothing to write, as measured on this machine).
+    /// Then another flush before FIFREEZE would only add its own cost
+    /// ([`crate::FlushPolicy::Skip`]).
+    pub fn found_clean(&self, plan: &Plan, within: Duration) -> bool {
+        let state = self.shared.lock();
+        let now = Instant::now();
+        !plan.is_empty()
+            && plan.filesystems().all(|fs| {
+                match (state.last_pass.get(&fs.dev), state.fastest.get(&fs.dev)) {
+                    (Some(&(ended, took)), Some(&fastest)) => {
+                        now.saturating_duration_since(ended) < within && took <= fastest * 2
+                    }
+                    _ => false,
+                }
+            })
+    }
+
+    /// `syncfs` calls started on `dev` so far (by any start).
+    pub fn calls(&self, dev: DevNum) -> u64 {
+        self.shared.lock().calls.get(&dev).copied().unwrap_or(0)
+    }
+
+    /// The most `syncfs` calls that ran at once so far.
+    pub fn peak_in_flight(&self) -> usize {
+        self.shared.lock().peak_in_flight
+    }
+
+    /// Calls running now.
+    pub fn in_flight(&self) -> usize {
+        self.shared.lock().in_flight.len()
+    }
+
+    /// Devices whose flush missed a deadline and has not returned.
+    pub fn hung(&self) -> Vec<DevNum> {
+        self.shared.lock().hung.iter().copied().collect()
+    }
+}
+
+impl Drop for FlushAhead {
+    /// No pass outlives its flusher (a call already running finishes on its thread).
+    fn drop(&mut self) {
+        self.cancel();
+    }
+}
+
+/// One filesystem's passes: a `syncfs`, then another every [`PASS_INTERVAL`] while the
+/// flusher is not cancelled, the budget lasts and the plan still wants it.
+fn passes(shared: &Shared, dev: DevNum, mount_point: &std::path::Path, fd: &OwnedFd) {
+    let mut state = shared.lock();
+    loop {
+        let go_on = !state.cancelled
+            && state.wanted.contains(&dev)
+            && state.until.is_some_and(|u| Instant::now() < u);
+        if !go_on {
+            break;
+        }
+        // At most CONCURRENCY calls at once (a call known to hang does not count).
+        let running = state
+            .in_flight
+            .keys()
+            .filter(|d| !state.hung.contains(d))
+            .count();
+        if running >= CONCURRENCY {
+            state = shared
+                .changed
+                .wait_timeout(state, PASS_INTERVAL)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+            continue;
+        }
+        state.in_flight.insert(
+            dev,
+            InFlight {
+                mount_point: mount_point.to_path_buf(),
+                since: Instant::now(),
+            },
+        );
+        *state.calls.entry(dev).or_default() += 1;
+        state.peak_in_flight = state.peak_in_flight.max(state.in_flight.len());
+        drop(state);
+        // The result does not matter here: the freeze's own flush reports errors.
+        let started = Instant::now();
+        let ok = hv_vss_sys::fs::syncfs(fd.as_fd()).is_ok();
+        let took = started.elapsed();
+        state = shared.lock();
+        if ok {
+            state.last_pass.insert(dev, (Instant::now(), took));
+            let fastest = state.fastest.entry(dev).or_insert(took);
+            *fastest = (*fastest).min(took);
+        } else {
+            state.last_pass.remove(&dev);
+        }
+        state.in_flight.remove(&dev);
+        state.hung.remove(&dev);
+        shared.changed.notify_all();
+        // Pause, woken early by a cancel.
+        let resume = Instant::now() + PASS_INTERVAL;
+        while !state.cancelled && Instant::now() < resume {
+            state = shared
+                .changed
+                .wait_timeout(state, resume.saturating_duration_since(Instant::now()))
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+    }
+    state.threads.remove(&dev);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{FreezerConfig, MountSource, Selection, make_plan};
+    use hv_vss_testutil::{FsKind, LoopFs, freeze_path, freezing_test, thaw_path};
+    use std::io::Write;
+    use std::os::unix::fs::MetadataExt;
+
+    fn plan_of(fs: &LoopFs) -> Plan {
+        make_plan(
+            &MountSource::current(),
+            &Selection::Explicit(vec![fs.mount_point().to_path_buf()]),
+            &FreezerConfig::default().compile().unwrap(),
+        )
+        .unwrap()
+    }
+
+    fn dirty(fs: &LoopFs, name: &str, mib: usize) {
+        let mut f = std::fs::File::create(fs.mount_point().join(name)).unwrap();
+        let chunk = vec![0x5a_u8; 1 << 20];
+        for _ in 0..mib {
+            f.write_all(&chunk).unwrap();
+        }
+    }
+
+    /// Bytes the loop device has written into its image so far (a sparse file grows as the
+    /// filesystem's data is written back through the loop device).
+    fn image_bytes(fs: &LoopFs) -> u64 {
+        std::fs::metadata(fs.image()).unwrap().blocks() * 512
+    }
+
+    fn wait_for(what: &str, within: Duration, mut cond: impl FnMut() -> bool) {
+        let end = Instant::now() + within;
+        while !cond() {
+            assert!(Instant::now() < end, "{what}: not within {within:?}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Dirty data is written back by the flush, in repeated passes, with nothing frozen;
+    /// after `cancel_and_wait` no call runs and none starts, so a freeze that follows never
+    /// has a flush of ours beside it.
+    #[test]
+    fn passes_write_back_until_cancelled_and_none_starts_after() {
+        freezing_test(Duration::from_secs(120), || {
+            let fs = LoopFs::new(FsKind::Ext4).unwrap();
+            let dev = fs.dev().unwrap();
+            let plan = plan_of(&fs);
+            let before = image_bytes(&fs);
+            dirty(&fs, "dirty", 16);
+            let flusher = FlushAhead::new();
+            let started = flusher.start(&plan, Duration::from_secs(60));
+            assert_eq!(started.started, vec![fs.mount_point().to_path_buf()]);
+            // Writeback would otherwise wait for dirty_expire (30 s by default).
+            wait_for(
+                "the dirty data written back",
+                Duration::from_secs(20),
+                || image_bytes(&fs) >= before + (16 << 20),
+            );
+            wait_for("a second pass", Duration::from_secs(20), || {
+                flusher.calls(dev) >= 2
+            });
+            flusher.cancel_and_wait(Duration::from_secs(30)).unwrap();
+            assert_eq!(flusher.in_flight(), 0);
+            let calls = flusher.calls(dev);
+            freeze_path(fs.mount_point()).unwrap();
+            std::thread::sleep(PASS_INTERVAL * 5);
+            let during_freeze = flusher.calls(dev);
+            assert!(thaw_path(fs.mount_point()).unwrap());
+            assert_eq!(during_freeze, calls, "a flush started while frozen");
+        });
+    }
+
+    /// Three dirty filesystems are all written back, never more than [`CONCURRENCY`] at a
+    /// time.
+    #[test]
+    fn at_most_concurrency_calls_run_at_once_and_every_filesystem_is_flushed() {
+        freezing_test(Duration::from_secs(120), || {
+            let all: Vec<LoopFs> = (0..3).map(|_| LoopFs::new(FsKind::Ext4).unwrap()).collect();
+            let plan = make_plan(
+                &MountSource::current(),
+                &Selection::Explicit(all.iter().map(|f| f.mount_point().to_path_buf()).collect()),
+                &FreezerConfig::default().compile().unwrap(),
+            )
+            .unwrap();
+            let before: Vec<u64> = all.iter().map(image_bytes).collect();
+            for fs in &all {
+                dirty(fs, "dirty", 8);
+            }
+            let flusher = FlushAhead::new();
+            flusher.start(&plan, Duration::from_secs(60));
+            for (fs, before) in all.iter().zip(before) {
+                wait_for(
+                    "every filesystem written back",
+                    Duration::from_secs(30),
+                    || image_bytes(fs) >= before + (8 << 20),
+                );
+            }
+            flusher.cancel_and_wait(Duration::from_secs(30)).unwrap();
+            let peak = flusher.peak_in_flight();
+            assert!((1..=CONCURRENCY).contains(&peak), "{peak} calls at once");
+        });
+    }
+
+    /// A clean filesystem is found clean once its passes have run; dirty data written after
+    /// them makes the next pass slower than twice the fastest, or no pass is recent: not
+    /// clean until a pass has written it.
+    #[test]
+    fn found_clean_after_passes_on_a_clean_filesystem_only() {
+        freezing_test(Duration::from_secs(120), || {
+            let fs = LoopFs::new(FsKind::Ext4).unwrap();
+            let dev = fs.dev().unwrap();
+            let plan = plan_of(&fs);
+            let flusher = FlushAhead::new();
+            assert!(
+                !flusher.found_clean(&plan, Duration::from_secs(1)),
+                "no pass yet"
+            );
+            flusher.start(&plan, Duration::from_secs(60));
+            wait_for("three passes", Duration::from_secs(20), || {
+                flusher.calls(dev) >= 4
+            });
+            wait_for("found clean", Duration::from_secs(20), || {
+                flusher.found_clean(&plan, Duration::from_secs(1))
+            });
+            flusher.cancel_and_wait(Duration::from_secs(30)).unwrap();
+            std::thread::sleep(PASS_INTERVAL * 3);
+            assert!(
+                !flusher.found_clean(&plan, PASS_INTERVAL),
+                "a pass long ago says nothing about now"
+            );
+        });
+    }
+
+    /// A flush that cannot finish (a loop filesystem whose image lies on a filesystem this
+    /// test froze) is reported by the cancel, remembered per device, and not started again
+    /// by the next start; once it returns, the device is no longer hung.
+    #[test]
+    fn a_hung_flush_is_reported_and_not_started_again() {
+        freezing_test(Duration::from_secs(120), || {
+            let lower = LoopFs::create(FsKind::Ext4, 128, None).unwrap();
+            let upper = LoopFs::new_in(FsKind::Ext4, lower.mount_point()).unwrap();
+            let dev = upper.dev().unwrap();
+            let plan = plan_of(&upper);
+            freeze_path(lower.mount_point()).unwrap();
+            // Dirty in `upper`'s page cache; its writeback must go into the frozen `lower`.
+            dirty(&upper, "dirty", 4);
+            let flusher = FlushAhead::new();
+            flusher.start(&plan, Duration::from_secs(60));
+            wait_for("the flush to start", Duration::from_secs(10), || {
+                flusher.calls(dev) == 1
+            });
+            let hung = flusher
+                .cancel_and_wait(Duration::from_millis(500))
+                .unwrap_err();
+            assert_eq!(hung.devs, vec![dev]);
+            assert_eq!(hung.mount_points, vec![upper.mount_point().to_path_buf()]);
+            assert_eq!(flusher.hung(), vec![dev]);
+            // The next check's start leaves it alone.
+            let again = flusher.start(&plan, Duration::from_secs(60));
+            assert_eq!(again.hung, vec![upper.mount_point().to_path_buf()]);
+            assert!(again.started.is_empty());
+            std::thread::sleep(PASS_INTERVAL * 3);
+            assert_eq!(flusher.calls(dev), 1, "a hung flush was started again");
+            // A second cancel does not wait for it again, and still reports it.
+            assert!(flusher.cancel_and_wait(Duration::from_secs(30)).is_err());
+            assert!(thaw_path(lower.mount_point()).unwrap());
+            wait_for("the hung call to return", Duration::from_secs(30), || {
+                flusher.hung().is_empty() && flusher.in_flight() == 0
+            });
+            flusher.cancel_and_wait(Duration::from_secs(30)).unwrap();
+        });
+    }
+}
