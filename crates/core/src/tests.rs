@@ -1087,3 +1087,88 @@ fn abort_carries_the_reason_and_no_deadline() {
         vec![(1, AppOp::Abort, None, Some(Failure::AutoThaw))]
     );
 }
+
+/// A participant that never acks its thaw holds the THAW only to the request's deadline:
+/// the reply goes out then, and the coordinator is idle, so the next HOT_BACKUP is served
+/// (not refused as busy) even if that participant is still connected.
+#[test]
+fn a_thaw_deadline_leaves_the_coordinator_idle_for_the_next_backup() {
+    let limits = Limits {
+        thaw_deadline: Duration::from_millis(100),
+        ..Limits::default()
+    };
+    let mut c = Coordinator::new(limits, Millis(0)).unwrap();
+    c.register(reg(1, 10)).unwrap();
+    c.register(reg(2, 20)).unwrap();
+    c.handle(Event::Ready, Millis(0));
+    let freeze = RequestId(1);
+    c.handle(
+        Event::HostRequest {
+            request: freeze,
+            op: HostOp::Freeze,
+        },
+        Millis(1),
+    );
+    let txn = TxnId(1);
+    for id in [1, 2] {
+        c.handle(
+            Event::AppAck {
+                participant: p(id),
+                txn,
+                op: AppOp::Freeze,
+                ok: true,
+            },
+            Millis(2),
+        );
+    }
+    c.handle(
+        Event::FsFrozen {
+            txn,
+            result: Ok(()),
+        },
+        Millis(3),
+    );
+    let thaw = RequestId(2);
+    c.handle(
+        Event::HostRequest {
+            request: thaw,
+            op: HostOp::Thaw,
+        },
+        Millis(10),
+    );
+    c.handle(
+        Event::FsThawed {
+            txn,
+            result: Ok(()),
+        },
+        Millis(11),
+    );
+    // Participant 2 (higher tier, told first) acks; participant 1 never does.
+    c.handle(
+        Event::AppAck {
+            participant: p(2),
+            txn,
+            op: AppOp::Thaw,
+            ok: true,
+        },
+        Millis(12),
+    );
+    let at_deadline = c.tick(Millis(111));
+    assert!(
+        at_deadline.contains(&reply(thaw, Status::Fail)),
+        "{at_deadline:?}"
+    );
+    assert_eq!(c.state_kind(), StateKind::Idle);
+    let check = RequestId(3);
+    let actions = c.handle(
+        Event::HostRequest {
+            request: check,
+            op: HostOp::Check,
+        },
+        Millis(112),
+    );
+    assert!(
+        !actions.contains(&reply(check, Status::Fail)),
+        "the next backup is refused: {actions:?}"
+    );
+}

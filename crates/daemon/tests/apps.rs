@@ -526,6 +526,20 @@ fn a_stuck_client_never_delays_the_thaw_past_its_deadline_nor_makes_the_daemon_w
         assert!(s.writable());
         // Served on: the next backup, the stuck client still failing only itself.
         drop(stuck);
+        // Its departure must be seen before the next HOT_BACKUP: a client of the lowest
+        // tier that hangs up during a check vetoes that check, as it should.
+        let seen = Instant::now() + ANSWER;
+        let gone = |log: String| {
+            log.lines()
+                .any(|l| l.contains("application gone") && l.contains("client=stuck"))
+        };
+        while !gone(d.log()) {
+            assert!(
+                Instant::now() < seen,
+                "the stuck client's hang-up was never seen"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
         let got = acked(
             &s,
             VssOperation::HOT_BACKUP,

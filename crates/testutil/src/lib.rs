@@ -28,8 +28,8 @@ use anyhow::{Context, bail};
 pub mod app_server;
 pub mod bench;
 pub mod fake_vmbus;
-pub mod vssd;
 pub mod private_ns;
+pub mod vssd;
 
 pub use private_ns::{in_private_mount_namespace, mount_tmpfs, unmount};
 
