@@ -127,6 +127,9 @@ pub struct Daemon {
     stray_bu_complete_log: LogLimit,
     /// FREEZE-while-frozen lines (host-triggerable: a flood must not fill the held ring).
     already_frozen_log: LogLimit,
+    /// Per-request lines ("host request", "answered") while frozen: they go to the held
+    /// ring, which a host's flood must not fill (R71).
+    request_lines_while_frozen: LogLimit,
     /// Urgent lines while frozen (R61).
     kmsg: Kmsg,
     refused_logged_at: Option<Instant>,
@@ -220,6 +223,7 @@ impl Daemon {
             ready_entries: Vec::new(),
             stray_bu_complete_log: LogLimit::default(),
             already_frozen_log: LogLimit::default(),
+            request_lines_while_frozen: LogLimit::default(),
             kmsg: parts.kmsg,
             refused_logged_at: None,
             refused_suppressed: 0,
