@@ -768,6 +768,50 @@ fn sigkill_during_the_thaw() -> String {
     format!("host: {answer:?}; thawed {}", ms(took))
 }
 
+/// 10,000 HOT_BACKUPs while frozen (each refused E_FAIL): each answered once, the refusal
+/// line logged at a bounded rate so the held log ring does not overflow, no report stored
+/// per refusal; the THAW thaws, no fd or thread growth, the next backup works.
+fn ten_thousand_checks_while_frozen() -> String {
+    let s = Setup::new(1);
+    let d = s.start(&[]);
+    s.backup_works();
+    let entries = || {
+        std::fs::read_to_string(s.state.path().join("history.jsonl"))
+            .unwrap_or_default()
+            .lines()
+            .count()
+    };
+    assert!(d.wait_log("transaction report", Duration::from_secs(5)));
+    let stored_before = entries();
+    let before = d.fds_and_threads();
+    let probes = s.freeze_held();
+    let mut statuses = std::collections::BTreeMap::<String, usize>::new();
+    for _ in 0..10_000 {
+        *statuses
+            .entry(format!("{:?}", s.request(VssOperation::HOT_BACKUP)))
+            .or_default() += 1;
+    }
+    s.assert_reply(VssOperation::THAW, HvStatus::S_OK);
+    thawed_within(&probes, Instant::now(), Duration::from_secs(5));
+    std::thread::sleep(Duration::from_millis(500));
+    let stored = entries() - stored_before;
+    let log = d.log();
+    assert!(
+        !log.contains("were dropped"),
+        "the held log ring overflowed; most frequent lines: {:?}",
+        most_frequent_lines(&log)
+    );
+    assert!(stored <= 2, "{stored} reports stored for one backup");
+    let refusals = log.matches("request refused").count();
+    assert!(refusals <= 3, "{refusals} refusal lines");
+    let after = d.fds_and_threads();
+    assert_no_growth(before, after);
+    s.backup_works();
+    format!(
+        "answers {statuses:?}; {refusals} refusal line(s); {stored} report(s) stored; fds/threads {before:?} -> {after:?}"
+    )
+}
+
 // ---- host faults over UIO -------------------------------------------------------------
 
 /// The real daemon in UIO mode (`--uio`) against the simulated host in this process, on
@@ -1070,6 +1114,11 @@ const CASES: &[Case] = &[
         "10,000 FREEZE-while-frozen requests",
         "one answer each; bounded notices and report",
         ten_thousand_freezes_while_frozen,
+    ),
+    (
+        "10,000 HOT_BACKUPs while frozen",
+        "one answer each; bounded log lines",
+        ten_thousand_checks_while_frozen,
     ),
     (
         "UIO: garbage and truncated packets while frozen",
