@@ -45,7 +45,7 @@ use std::time::Instant;
 use anyhow::anyhow;
 use clap::Parser;
 use hv_vss_core::{AutoThaw, Coordinator, Millis};
-use hv_vss_freezer::{FreezeOptions, MountSource, RecoverOutcome};
+use hv_vss_freezer::{FreezeOptions, MountSource};
 
 use crate::config::{Overrides, Settings, TransportChoice};
 use crate::exit::{ExitKind, Fatal};
@@ -396,10 +396,7 @@ fn recover_earlier(dir: &Path) -> Result<(), Fatal> {
                     anyhow::Error::new(other).context("recovering the earlier freeze journal"),
                 ),
             })?;
-        let ours_still_frozen = report
-            .filesystems
-            .iter()
-            .any(|f| matches!(f.outcome, RecoverOutcome::Failed { .. }));
+        let ours_still_frozen = report.ours_may_be_frozen();
         if !ours_still_frozen || started.elapsed() >= RECOVER_RETRY_FOR {
             break report;
         }
@@ -417,11 +414,7 @@ fn recover_earlier(dir: &Path) -> Result<(), Fatal> {
         );
         return Ok(());
     }
-    let ours_still_frozen = report
-        .filesystems
-        .iter()
-        .any(|f| matches!(f.outcome, RecoverOutcome::Failed { .. }));
-    if ours_still_frozen {
+    if report.ours_may_be_frozen() {
         return Err(Fatal::new(
             ExitKind::RecoveryIncomplete,
             anyhow!(

@@ -54,8 +54,8 @@ pub use engine::{
 };
 pub use hv_vss_sys::fs::DevNum;
 pub use journal::{
-    DEFAULT_STATE_DIR, Journal, JournalEntry, JournalError, RecoverError, RecoverOptions,
-    RecoverOutcome, RecoverReport, RecoveredFs, recover,
+    DEFAULT_RECOVER_THAW_DEADLINE, DEFAULT_STATE_DIR, Journal, JournalEntry, JournalError,
+    RecoverError, RecoverOptions, RecoverOutcome, RecoverReport, RecoveredFs, recover,
 };
 pub use mountinfo::{MountEntry, MountInfoError, parse_mountinfo};
 pub use plan::{Plan, PlanError, PlannedFs, Selection, SkipReason, SkippedMount, build_plan};
