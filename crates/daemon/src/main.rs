@@ -378,7 +378,10 @@ const RECOVER_RETRY_FOR: std::time::Duration = std::time::Duration::from_secs(5)
 ///   `freeze-journal.json.stale-<unix_ms>` in the state directory for the operator; start.
 /// - An entry whose device matches but whose FITHAW fails is ours and still frozen:
 ///   retried for [`RECOVER_RETRY_FOR`], then start-up fails (exit 6) with the journal kept,
-///   so the guardian-less state is never entered while we know something is frozen.
+///   so the guardian-less state is never entered while we know something is frozen. A
+///   FITHAW that does not return within the per-filesystem deadline
+///   ([`hv_vss_freezer::DEFAULT_RECOVER_THAW_DEADLINE`]) counts the same: the others are
+///   thawed meanwhile, and start-up ends instead of hanging in it.
 fn recover_earlier(dir: &Path) -> Result<(), Fatal> {
     let started = Instant::now();
     let report = loop {

@@ -812,6 +812,67 @@ fn ten_thousand_checks_while_frozen() -> String {
     )
 }
 
+/// Start-up recovery meets a FITHAW that blocks (the journal of a killed instance lists a
+/// filesystem whose FIFREEZE, started by someone else, is still blocked): the other listed
+/// filesystem is thawed at once, start-up gives up with its error (exit 6) instead of
+/// hanging, and once the FIFREEZE has returned the next start recovers and serves the next
+/// backup.
+fn startup_recovery_with_a_fithaw_that_blocks() -> String {
+    let mut s = Setup::slow();
+    s.fs.push(common::ext4());
+    // A freezer pid that cannot be running (above any pid_max).
+    const GONE: i32 = i32::MAX - 1;
+    let entry = |fs: &LoopFs| hv_vss_freezer::JournalEntry {
+        path: fs.mount_point().to_path_buf(),
+        dev: fs.dev().unwrap(),
+        fs_type: "ext4".into(),
+        pid: GONE,
+    };
+    hv_vss_freezer::Journal {
+        version: 1,
+        pid: GONE,
+        created_unix_ms: 1,
+        filesystems: vec![entry(&s.fs[0]), entry(&s.slow_fs().inner)],
+    }
+    .write(s.state.path())
+    .unwrap();
+    freeze_from_other_process(s.fs[0].mount_point()).unwrap();
+    let probe = s.fs[0].write_probe();
+    s.slow_fs().hold().unwrap();
+    let mut blocked_freeze = std::process::Command::new("fsfreeze")
+        .arg("-f")
+        .arg(s.slow_fs().inner.mount_point())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let args = s.args(&s.own_mounts(), &[]);
+    let refs: Vec<&OsStr> = args.iter().map(|a| a.as_os_str()).collect();
+    let t = Instant::now();
+    let mut d = Daemon::start(&refs);
+    let thawed = thawed_within(&[probe], t, Duration::from_secs(8));
+    let gave_up = d.wait_log("could not be fully thawed", Duration::from_secs(20));
+    let ended = t.elapsed();
+    let log = d.log();
+    // The process itself ends only once the FITHAW left to its thread returns: a thread in
+    // uninterruptible sleep holds the exit (kernel behaviour).
+    assert!(s.slow_fs().release().unwrap(), "the outer fs was not held");
+    assert!(blocked_freeze.wait().unwrap().success());
+    assert!(gave_up, "start-up hung in recovery:\n{log}");
+    assert!(log.contains("timed_out"), "{log}");
+    let status = d
+        .wait_exit(Duration::from_secs(10))
+        .expect("exits once it returned");
+    assert_eq!(status.code(), Some(6), "{}", d.log());
+    drop(d);
+    let _d = s.start(&[]);
+    s.backup_works();
+    format!(
+        "the other fs thawed {}; gave up (exit 6) after {}; next start recovered and served",
+        ms(thawed),
+        ms(ended)
+    )
+}
+
 // ---- host faults over UIO -------------------------------------------------------------
 
 /// The real daemon in UIO mode (`--uio`) against the simulated host in this process, on
@@ -1121,6 +1182,11 @@ const CASES: &[Case] = &[
         ten_thousand_checks_while_frozen,
     ),
     (
+        "start-up recovery with a FITHAW that blocks",
+        "the others thawed; start-up gives up, no hang",
+        startup_recovery_with_a_fithaw_that_blocks,
+    ),
+    (
         "UIO: garbage and truncated packets while frozen",
         "no answer, freeze kept; no fd/thread growth",
         uio_garbage_and_truncated_packets,
@@ -1202,7 +1268,10 @@ fn write_reliability_doc(rows: &[(&str, &str, Result<String, String>, Duration)]
         "freeze and the thaw are held open by an application client that keeps its ack, so ",
         "the SIGKILL lands while the daemon waits for it; a SIGKILL while a FITHAW itself ",
         "blocks is not a case here. The UIO cases use one driver generation (the daemon ",
-        "owns the interrupt mask); `tests/uio.rs` runs both.\n\n",
+        "owns the interrupt mask); `tests/uio.rs` runs both. Recovery (start-up, ",
+        "`hv-vss thaw --recover`) gives each FITHAW a deadline and goes on, but a process ",
+        "whose FITHAW thread is still blocked cannot finish exiting until that call returns ",
+        "(uninterruptible sleep); the guardian's own thaws have no such deadline yet.\n\n",
         "Observed while building the stop case (kernel 6.18): a FITHAW on a filesystem whose ",
         "FIFREEZE is still blocked (its loop image on another frozen filesystem) blocks, and ",
         "the filesystem holding the image was found thawed afterwards. The guardian therefore ",
