@@ -949,6 +949,24 @@ impl Uio {
     }
 }
 
+/// A UIO case: the daemon started with `extra`, a channel negotiated and a backup done;
+/// then `body` (which may replace the channel); then the next backup works and the
+/// daemon's fds and threads have not grown. What `body` measured, with the counts.
+fn uio_case(
+    extra: &[&str],
+    body: impl FnOnce(&Uio, &mut (HostSimulator, std::os::fd::OwnedFd)) -> String,
+) -> String {
+    let u = Uio::start(extra);
+    let mut channel = u.channel();
+    uio_backup_works(&mut channel.0, &u.fs);
+    let before = u.daemon.fds_and_threads();
+    let measured = body(&u, &mut channel);
+    uio_backup_works(&mut channel.0, &u.fs);
+    let after = u.daemon.fds_and_threads();
+    assert_no_growth(before, after);
+    format!("{measured}; fds/threads {before:?} -> {after:?}")
+}
+
 /// A whole backup on `sim` works and leaves the filesystem writable.
 fn uio_backup_works(sim: &mut HostSimulator, fs: &LoopFs) {
     let cycle = sim.backup_cycle(Duration::from_millis(5));
@@ -959,140 +977,120 @@ fn uio_backup_works(sim: &mut HostSimulator, fs: &LoopFs) {
 /// Garbage and truncated packets while frozen: none is answered (R10), the freeze is kept,
 /// the THAW behind them thaws, no fd or thread growth, the next backup works.
 fn uio_garbage_and_truncated_packets() -> String {
-    let u = Uio::start(&[]);
-    let (mut sim, _conn) = u.channel();
-    uio_backup_works(&mut sim, &u.fs);
-    let before = u.daemon.fds_and_threads();
-    let probe = u.freeze(&mut sim);
-    let mut bad = Vec::new();
-    for i in 0..200u64 {
-        bad.push(sim.post_garbage(1 + (i as usize * 37) % 4096, i).unwrap());
-        bad.push(
-            sim.post_truncated_vss(VssOperation::THAW, 28 + (i as usize % 5))
-                .unwrap(),
-        );
-    }
-    assert!(!probe.wait_ok(BLOCKED), "bad input thawed");
-    let thaw = sim.post_vss(VssOperation::THAW, 0, &[]).unwrap();
-    assert!(sim.await_vss(thaw).unwrap().is_ok());
-    let t = Instant::now();
-    let took = thawed_within(&[probe], t, Duration::from_secs(5));
-    for (i, ticket) in bad.into_iter().enumerate() {
-        let window = if i == 0 { BLOCKED } else { Duration::ZERO };
-        if let Err(e) = sim.expect_no_reply(ticket, window) {
-            panic!("bad packet {i} was answered: {e}");
+    uio_case(&[], |u, (sim, _)| {
+        let probe = u.freeze(sim);
+        let mut bad = Vec::new();
+        for i in 0..200u64 {
+            bad.push(sim.post_garbage(1 + (i as usize * 37) % 4096, i).unwrap());
+            bad.push(
+                sim.post_truncated_vss(VssOperation::THAW, 28 + (i as usize % 5))
+                    .unwrap(),
+            );
         }
-    }
-    assert!(sim.unmatched_replies().is_empty());
-    u.journal_gone_within(Duration::from_secs(2));
-    assert!(sim.bu_complete().unwrap().is_ok());
-    uio_backup_works(&mut sim, &u.fs);
-    let after = u.daemon.fds_and_threads();
-    assert_no_growth(before, after);
-    format!(
-        "400 bad packets unanswered, freeze kept; THAW thawed in {}; fds/threads {before:?} -> {after:?}",
-        ms(took)
-    )
+        assert!(!probe.wait_ok(BLOCKED), "bad input thawed");
+        let thaw = sim.post_vss(VssOperation::THAW, 0, &[]).unwrap();
+        assert!(sim.await_vss(thaw).unwrap().is_ok());
+        let t = Instant::now();
+        let took = thawed_within(&[probe], t, Duration::from_secs(5));
+        for (i, ticket) in bad.into_iter().enumerate() {
+            let window = if i == 0 { BLOCKED } else { Duration::ZERO };
+            if let Err(e) = sim.expect_no_reply(ticket, window) {
+                panic!("bad packet {i} was answered: {e}");
+            }
+        }
+        assert!(sim.unmatched_replies().is_empty());
+        u.journal_gone_within(Duration::from_secs(2));
+        assert!(sim.bu_complete().unwrap().is_ok());
+        format!(
+            "400 bad packets unanswered, freeze kept; THAW thawed in {}",
+            ms(took)
+        )
+    })
 }
 
 /// A corrupted ring index (and a bad descriptor) while frozen: the daemon gives up the
 /// channel, thaws at once, and comes back for a new one that serves the next backup; its
 /// fds and threads do not grow over four such faults.
 fn uio_corrupted_ring_indices() -> String {
-    let u = Uio::start(&[]);
-    let (mut sim, _conn) = u.channel();
-    uio_backup_works(&mut sim, &u.fs);
-    let before = u.daemon.fds_and_threads();
-    let mut worst = Duration::ZERO;
-    let mut channel = (sim, _conn);
-    for how in [
-        RingCorruption::WriteIndexPastEnd,
-        RingCorruption::WriteIndexUnaligned,
-        RingCorruption::DescriptorOffset,
-        RingCorruption::LengthPastWriteIndex,
-    ] {
-        let probe = u.freeze(&mut channel.0);
-        channel.0.corrupt_ring(how).unwrap();
-        let t = Instant::now();
-        worst = worst.max(thawed_within(&[probe], t, Duration::from_secs(5)));
-        u.journal_gone_within(Duration::from_secs(2));
-        channel = u.channel();
-        uio_backup_works(&mut channel.0, &u.fs);
-    }
-    let after = u.daemon.fds_and_threads();
-    assert_no_growth(before, after);
-    format!(
-        "4 corruptions: thawed within {}, new channel each; fds/threads {before:?} -> {after:?}",
-        ms(worst)
-    )
+    uio_case(&[], |u, channel| {
+        let mut worst = Duration::ZERO;
+        for how in [
+            RingCorruption::WriteIndexPastEnd,
+            RingCorruption::WriteIndexUnaligned,
+            RingCorruption::DescriptorOffset,
+            RingCorruption::LengthPastWriteIndex,
+        ] {
+            let probe = u.freeze(&mut channel.0);
+            channel.0.corrupt_ring(how).unwrap();
+            let t = Instant::now();
+            worst = worst.max(thawed_within(&[probe], t, Duration::from_secs(5)));
+            u.journal_gone_within(Duration::from_secs(2));
+            *channel = u.channel();
+            uio_backup_works(&mut channel.0, &u.fs);
+        }
+        format!(
+            "4 corruptions: thawed within {}, new channel each",
+            ms(worst)
+        )
+    })
 }
 
 /// Duplicate (same trans_id) and out-of-order requests (THAW before FREEZE, FREEZE without
 /// HOT_BACKUP, BU_COMPLETE first, a second THAW): each answered exactly once, nothing stays
 /// frozen, no fd or thread growth, the next backup works.
 fn uio_duplicate_and_out_of_order_requests() -> String {
-    let u = Uio::start(&[]);
-    let (mut sim, _conn) = u.channel();
-    uio_backup_works(&mut sim, &u.fs);
-    let before = u.daemon.fds_and_threads();
-    let mut answered = 0;
-    for _ in 0..20 {
-        for op in [
-            VssOperation::HOT_BACKUP,
-            VssOperation::FREEZE,
-            VssOperation::THAW,
-        ] {
-            let (a, b) = sim.post_duplicate(op).unwrap();
-            sim.await_vss(a).unwrap();
-            sim.await_vss(b).unwrap();
-            answered += 2;
+    uio_case(&[], |u, (sim, _)| {
+        let mut answered = 0;
+        for _ in 0..20 {
+            for op in [
+                VssOperation::HOT_BACKUP,
+                VssOperation::FREEZE,
+                VssOperation::THAW,
+            ] {
+                let (a, b) = sim.post_duplicate(op).unwrap();
+                sim.await_vss(a).unwrap();
+                sim.await_vss(b).unwrap();
+                answered += 2;
+            }
+            for op in [
+                VssOperation::THAW,
+                VssOperation::BU_COMPLETE,
+                VssOperation::FREEZE,
+                VssOperation::THAW,
+                VssOperation::THAW,
+                VssOperation::HOT_BACKUP,
+            ] {
+                sim.request(op).unwrap();
+                answered += 1;
+            }
         }
-        for op in [
-            VssOperation::THAW,
-            VssOperation::BU_COMPLETE,
-            VssOperation::FREEZE,
-            VssOperation::THAW,
-            VssOperation::THAW,
-            VssOperation::HOT_BACKUP,
-        ] {
-            sim.request(op).unwrap();
-            answered += 1;
-        }
-    }
-    assert!(sim.unmatched_replies().is_empty(), "an answer too many");
-    assert!(
-        u.fs.writable_within(Duration::from_secs(5)),
-        "frozen after the last THAW"
-    );
-    u.journal_gone_within(Duration::from_secs(2));
-    uio_backup_works(&mut sim, &u.fs);
-    let after = u.daemon.fds_and_threads();
-    assert_no_growth(before, after);
-    format!("{answered} requests, one answer each; fds/threads {before:?} -> {after:?}")
+        assert!(sim.unmatched_replies().is_empty(), "an answer too many");
+        assert!(
+            u.fs.writable_within(Duration::from_secs(5)),
+            "frozen after the last THAW"
+        );
+        u.journal_gone_within(Duration::from_secs(2));
+        format!("{answered} requests, one answer each")
+    })
 }
 
 /// No THAW ever: the auto-thaw (0.5 s here) thaws, the late THAW is answered E_FAIL (R25),
 /// no fd or thread growth, the next backup works.
 fn uio_no_thaw_ever() -> String {
-    let u = Uio::start(&["--auto-thaw", "0.5"]);
-    let (mut sim, _conn) = u.channel();
-    uio_backup_works(&mut sim, &u.fs);
-    let before = u.daemon.fds_and_threads();
-    assert!(sim.hot_backup().unwrap().is_ok());
-    assert!(sim.freeze().unwrap().is_ok());
-    let t = Instant::now();
-    let probe = u.fs.write_probe();
-    assert!(!probe.wait_ok(Duration::from_millis(200)), "not frozen");
-    let took = thawed_within(&[probe], t, Duration::from_secs(3));
-    u.journal_gone_within(Duration::from_secs(2));
-    assert_eq!(sim.thaw().unwrap().status, HvStatus::E_FAIL);
-    uio_backup_works(&mut sim, &u.fs);
-    let after = u.daemon.fds_and_threads();
-    assert_no_growth(before, after);
-    format!(
-        "auto-thawed {} after the FREEZE answer (auto-thaw 0.5 s); late THAW E_FAIL",
-        ms(took)
-    )
+    uio_case(&["--auto-thaw", "0.5"], |u, (sim, _)| {
+        assert!(sim.hot_backup().unwrap().is_ok());
+        assert!(sim.freeze().unwrap().is_ok());
+        let t = Instant::now();
+        let probe = u.fs.write_probe();
+        assert!(!probe.wait_ok(Duration::from_millis(200)), "not frozen");
+        let took = thawed_within(&[probe], t, Duration::from_secs(3));
+        u.journal_gone_within(Duration::from_secs(2));
+        assert_eq!(sim.thaw().unwrap().status, HvStatus::E_FAIL);
+        format!(
+            "auto-thawed {} after the FREEZE answer (auto-thaw 0.5 s); late THAW E_FAIL",
+            ms(took)
+        )
+    })
 }
 
 // ---- the suite ------------------------------------------------------------------------
