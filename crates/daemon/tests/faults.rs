@@ -277,6 +277,30 @@ fn sigkill_while_an_app_holds(
     })
 }
 
+/// A whole backup works with `app` registered, acking each of its events ok.
+fn backup_works_with(s: &Setup, app: &mut AppClient) {
+    std::thread::scope(|scope| {
+        let backup = scope.spawn(|| s.backup_works());
+        for kind in [EventKind::Check, EventKind::Freeze, EventKind::Thaw] {
+            let txn = app.expect_event(kind);
+            app.ack(txn);
+        }
+        backup.join().unwrap();
+    });
+}
+
+/// The host's answer to a request the daemon died in is not S_OK, and nothing is frozen:
+/// how long until a write went through.
+fn failed_and_nothing_frozen(s: &Setup, answer: &HostOutcome) -> Duration {
+    assert_ne!(*answer, HostOutcome::Replied(HvStatus::S_OK), "{answer:?}");
+    let t = Instant::now();
+    assert!(
+        s.fs[0].writable_within(Duration::from_secs(2)),
+        "frozen after the daemon died"
+    );
+    t.elapsed()
+}
+
 /// How long until every probe completed (the writes that blocked while frozen), failing
 /// past `bound`.
 fn thawed_within(probes: &[WriteProbe], from: Instant, bound: Duration) -> Duration {
@@ -658,25 +682,12 @@ fn sigkill_during_the_check() -> String {
     let mut app = AppClient::register(&s, "db");
     let (answer, _) =
         sigkill_while_an_app_holds(&s, &d, &mut app, VssOperation::HOT_BACKUP, EventKind::Check);
-    assert_ne!(answer, HostOutcome::Replied(HvStatus::S_OK), "{answer:?}");
-    let t = Instant::now();
-    assert!(
-        s.fs[0].writable_within(Duration::from_secs(2)),
-        "frozen after a check"
-    );
-    let took = t.elapsed();
+    let took = failed_and_nothing_frozen(&s, &answer);
     assert!(!s.journal().exists(), "a check lists nothing");
     drop(d);
     let _d = s.start(&[]);
     let mut app = AppClient::register(&s, "db");
-    std::thread::scope(|scope| {
-        let backup = scope.spawn(|| s.backup_works());
-        for kind in [EventKind::Check, EventKind::Freeze, EventKind::Thaw] {
-            let txn = app.expect_event(kind);
-            app.ack(txn);
-        }
-        backup.join().unwrap();
-    });
+    backup_works_with(&s, &mut app);
     assert_eq!(app.next(BLOCKED), None, "a check is owed no abort");
     format!("host: {answer:?}; writable {}", ms(took))
 }
@@ -697,13 +708,7 @@ fn sigkill_during_an_app_freeze() -> String {
     });
     let (answer, txn) =
         sigkill_while_an_app_holds(&s, &d, &mut app, VssOperation::FREEZE, EventKind::Freeze);
-    assert_ne!(answer, HostOutcome::Replied(HvStatus::S_OK), "{answer:?}");
-    let t = Instant::now();
-    assert!(
-        s.fs[0].writable_within(Duration::from_secs(2)),
-        "frozen after the daemon died"
-    );
-    let took = t.elapsed();
+    let took = failed_and_nothing_frozen(&s, &answer);
     assert_eq!(
         app.next(READY),
         None,
@@ -721,14 +726,7 @@ fn sigkill_during_an_app_freeze() -> String {
     drop(app);
     let mut app = AppClient::register(&s, "db");
     assert_eq!(app.next(BLOCKED), None, "the abort came again");
-    std::thread::scope(|scope| {
-        let backup = scope.spawn(|| s.backup_works());
-        for kind in [EventKind::Check, EventKind::Freeze, EventKind::Thaw] {
-            let txn = app.expect_event(kind);
-            app.ack(txn);
-        }
-        backup.join().unwrap();
-    });
+    backup_works_with(&s, &mut app);
     format!(
         "host: {answer:?}; writable {}; one abort after the restart",
         ms(took)
