@@ -436,6 +436,7 @@ pub fn thaw(args: ThawArgs) -> anyhow::Result<ExitCode> {
         RecoverOptions {
             force: args.force,
             wait_for_freezer: args.wait,
+            ..RecoverOptions::default()
         },
     ) {
         Ok(r) => r,
@@ -469,6 +470,9 @@ pub fn thaw(args: ThawArgs) -> anyhow::Result<ExitCode> {
                     format!("NOT thawed: cannot open: {error}")
                 }
                 RecoverOutcome::Failed { error } => format!("FITHAW failed: {error}"),
+                RecoverOutcome::TimedOut { after_ms } => format!(
+                    "NOT known to be thawed: FITHAW did not return within {after_ms} ms (a FIFREEZE of it may still be blocked); run again later"
+                ),
             };
             println!(
                 "  {}  {}  {}: {what}",

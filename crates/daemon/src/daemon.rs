@@ -59,6 +59,7 @@ use rustix::event::{PollFd, PollFlags, Timespec};
 
 use crate::apps::{AppServer, Slot};
 use crate::completion::{BU_COMPLETE_WAIT, CompletionWait};
+mod deferred;
 mod frozen;
 mod guardian_watch;
 mod host;
@@ -119,7 +120,7 @@ pub struct Daemon {
     history: History,
     freeze_reports: BTreeMap<TxnId, FreezeReport>,
     thaw_reports: BTreeMap<TxnId, ThawReport>,
-    deferred_reports: Vec<TxnReport>,
+    deferred_reports: self::deferred::DeferredReports<TxnReport>,
     /// The backup entry waiting for BU_COMPLETE (UIO mode).
     completion: CompletionWait,
     /// Entries to append to the history as soon as nothing is frozen, in order.
@@ -127,6 +128,11 @@ pub struct Daemon {
     stray_bu_complete_log: LogLimit,
     /// FREEZE-while-frozen lines (host-triggerable: a flood must not fill the held ring).
     already_frozen_log: LogLimit,
+    /// Per-request lines ("host request", "answered") while frozen: they go to the held
+    /// ring, which a host's flood must not fill (R71).
+    request_lines_while_frozen: LogLimit,
+    /// "request refused" lines while frozen (host-triggerable, R71).
+    refused_while_frozen_log: LogLimit,
     /// Urgent lines while frozen (R61).
     kmsg: Kmsg,
     refused_logged_at: Option<Instant>,
@@ -211,7 +217,7 @@ impl Daemon {
             next_watchdog: Instant::now(),
             freeze_reports: BTreeMap::new(),
             thaw_reports: BTreeMap::new(),
-            deferred_reports: Vec::new(),
+            deferred_reports: Default::default(),
             // Only in UIO mode does BU_COMPLETE reach us (drop-in: the kernel answers it).
             completion: CompletionWait::new(
                 matches!(parts.settings.transport, TransportChoice::Uio(_)),
@@ -220,6 +226,8 @@ impl Daemon {
             ready_entries: Vec::new(),
             stray_bu_complete_log: LogLimit::default(),
             already_frozen_log: LogLimit::default(),
+            request_lines_while_frozen: LogLimit::default(),
+            refused_while_frozen_log: LogLimit::default(),
             kmsg: parts.kmsg,
             refused_logged_at: None,
             refused_suppressed: 0,
@@ -475,6 +483,7 @@ impl Daemon {
                 Action::Notice(notice) => {
                     self.urgent_notice(&notice);
                     self.log_already_frozen(&notice);
+                    self.log_request_refused(&notice);
                     log_notice(&notice);
                 }
                 Action::Report(report) => self.deferred_reports.push(*report),

@@ -45,7 +45,7 @@ use std::time::Instant;
 use anyhow::anyhow;
 use clap::Parser;
 use hv_vss_core::{AutoThaw, Coordinator, Millis};
-use hv_vss_freezer::{FreezeOptions, MountSource, RecoverOutcome};
+use hv_vss_freezer::{FreezeOptions, MountSource};
 
 use crate::config::{Overrides, Settings, TransportChoice};
 use crate::exit::{ExitKind, Fatal};
@@ -378,7 +378,10 @@ const RECOVER_RETRY_FOR: std::time::Duration = std::time::Duration::from_secs(5)
 ///   `freeze-journal.json.stale-<unix_ms>` in the state directory for the operator; start.
 /// - An entry whose device matches but whose FITHAW fails is ours and still frozen:
 ///   retried for [`RECOVER_RETRY_FOR`], then start-up fails (exit 6) with the journal kept,
-///   so the guardian-less state is never entered while we know something is frozen.
+///   so the guardian-less state is never entered while we know something is frozen. A
+///   FITHAW that does not return within the per-filesystem deadline
+///   ([`hv_vss_freezer::DEFAULT_RECOVER_THAW_DEADLINE`]) counts the same: the others are
+///   thawed meanwhile, and start-up ends instead of hanging in it.
 fn recover_earlier(dir: &Path) -> Result<(), Fatal> {
     let started = Instant::now();
     let report = loop {
@@ -396,10 +399,7 @@ fn recover_earlier(dir: &Path) -> Result<(), Fatal> {
                     anyhow::Error::new(other).context("recovering the earlier freeze journal"),
                 ),
             })?;
-        let ours_still_frozen = report
-            .filesystems
-            .iter()
-            .any(|f| matches!(f.outcome, RecoverOutcome::Failed { .. }));
+        let ours_still_frozen = report.ours_may_be_frozen();
         if !ours_still_frozen || started.elapsed() >= RECOVER_RETRY_FOR {
             break report;
         }
@@ -417,11 +417,7 @@ fn recover_earlier(dir: &Path) -> Result<(), Fatal> {
         );
         return Ok(());
     }
-    let ours_still_frozen = report
-        .filesystems
-        .iter()
-        .any(|f| matches!(f.outcome, RecoverOutcome::Failed { .. }));
-    if ours_still_frozen {
+    if report.ours_may_be_frozen() {
         return Err(Fatal::new(
             ExitKind::RecoveryIncomplete,
             anyhow!(

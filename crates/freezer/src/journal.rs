@@ -244,6 +244,13 @@ pub enum RecoverOutcome {
         /// The error.
         error: String,
     },
+    /// The open, check or FITHAW did not return within [`RecoverOptions::thaw_deadline`]
+    /// (a FITHAW waits while a FIFREEZE of the same filesystem is still blocked): recovery
+    /// went on with the next entry; the call is left to its thread. Still frozen, maybe.
+    TimedOut {
+        /// The deadline that passed, in milliseconds.
+        after_ms: u64,
+    },
 }
 
 /// One entry's recovery.
@@ -280,16 +287,43 @@ impl RecoverReport {
             )
         })
     }
+
+    /// Some listed filesystem of ours may still be frozen: its FITHAW failed or did not
+    /// return in time.
+    pub fn ours_may_be_frozen(&self) -> bool {
+        self.filesystems.iter().any(|f| {
+            matches!(
+                f.outcome,
+                RecoverOutcome::Failed { .. } | RecoverOutcome::TimedOut { .. }
+            )
+        })
+    }
 }
 
+/// How long recovery waits for one filesystem's FITHAW by default.
+pub const DEFAULT_RECOVER_THAW_DEADLINE: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Recovery options.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RecoverOptions {
     /// Recover even though the freezing process is alive and holds the lock.
     pub force: bool,
     /// If the freezing process is alive and holds the lock, wait up to this long for it to
     /// exit first (a killed daemon lingers while a FIFREEZE it started has not returned).
     pub wait_for_freezer: std::time::Duration,
+    /// How long to wait for each filesystem's open and FITHAW before going on to the next
+    /// ([`RecoverOutcome::TimedOut`]): one blocking FITHAW cannot hang recovery.
+    pub thaw_deadline: std::time::Duration,
+}
+
+impl Default for RecoverOptions {
+    fn default() -> Self {
+        Self {
+            force: false,
+            wait_for_freezer: std::time::Duration::ZERO,
+            thaw_deadline: DEFAULT_RECOVER_THAW_DEADLINE,
+        }
+    }
 }
 
 /// Why recovery did not run.
@@ -361,24 +395,7 @@ pub fn recover(state_dir: &Path, options: RecoverOptions) -> Result<RecoverRepor
         return Ok(report);
     };
     for entry in journal.filesystems.iter().rev() {
-        let outcome = match hv_vss_sys::fs::open_mount_point(&entry.path) {
-            Err(e) => RecoverOutcome::Unreachable {
-                error: e.to_string(),
-            },
-            Ok(fd) => match hv_vss_sys::fs::fstat_dev(fd.as_fd()) {
-                Err(e) => RecoverOutcome::Unreachable {
-                    error: e.to_string(),
-                },
-                Ok(found) if found != entry.dev => RecoverOutcome::DeviceMismatch { found },
-                Ok(_) => match hv_vss_sys::fs::thaw(fd.as_fd()) {
-                    Ok(()) => RecoverOutcome::Thawed,
-                    Err(ThawError::NotFrozen) => RecoverOutcome::WasNotFrozen,
-                    Err(e) => RecoverOutcome::Failed {
-                        error: e.to_string(),
-                    },
-                },
-            },
-        };
+        let outcome = thaw_entry_within(entry, options.thaw_deadline);
         report.filesystems.push(RecoveredFs {
             entry: entry.clone(),
             outcome,
@@ -390,6 +407,50 @@ pub fn recover(state_dir: &Path, options: RecoverOptions) -> Result<RecoverRepor
     }
     drop(lock);
     Ok(report)
+}
+
+/// Opens, checks and thaws one entry on a thread of its own, waiting up to `deadline`: a
+/// FITHAW that blocks (the kernel makes it wait while a FIFREEZE of the same superblock is
+/// still in progress) is left to that thread, and recovery goes on.
+fn thaw_entry_within(entry: &JournalEntry, deadline: std::time::Duration) -> RecoverOutcome {
+    let (tx, rx) = std::sync::mpsc::sync_channel(1);
+    let owned = entry.clone();
+    let spawned = std::thread::Builder::new()
+        .name("hv-vss-recover-thaw".into())
+        .spawn(move || {
+            let _ = tx.send(thaw_entry(&owned));
+        });
+    if let Err(e) = spawned {
+        return RecoverOutcome::Failed {
+            error: format!("cannot start the thaw thread: {e}"),
+        };
+    }
+    rx.recv_timeout(deadline)
+        .unwrap_or(RecoverOutcome::TimedOut {
+            after_ms: deadline.as_millis() as u64,
+        })
+}
+
+/// Opens `entry`'s path, checks its device, FITHAWs it.
+fn thaw_entry(entry: &JournalEntry) -> RecoverOutcome {
+    match hv_vss_sys::fs::open_mount_point(&entry.path) {
+        Err(e) => RecoverOutcome::Unreachable {
+            error: e.to_string(),
+        },
+        Ok(fd) => match hv_vss_sys::fs::fstat_dev(fd.as_fd()) {
+            Err(e) => RecoverOutcome::Unreachable {
+                error: e.to_string(),
+            },
+            Ok(found) if found != entry.dev => RecoverOutcome::DeviceMismatch { found },
+            Ok(_) => match hv_vss_sys::fs::thaw(fd.as_fd()) {
+                Ok(()) => RecoverOutcome::Thawed,
+                Err(ThawError::NotFrozen) => RecoverOutcome::WasNotFrozen,
+                Err(e) => RecoverOutcome::Failed {
+                    error: e.to_string(),
+                },
+            },
+        },
+    }
 }
 
 #[cfg(test)]

@@ -58,8 +58,8 @@ pub use engine::{
 pub use flush_ahead::{FlushAhead, FlushAheadStart, HungFlush};
 pub use hv_vss_sys::fs::DevNum;
 pub use journal::{
-    DEFAULT_STATE_DIR, Journal, JournalEntry, JournalError, RecoverError, RecoverOptions,
-    RecoverOutcome, RecoverReport, RecoveredFs, recover,
+    DEFAULT_RECOVER_THAW_DEADLINE, DEFAULT_STATE_DIR, Journal, JournalEntry, JournalError,
+    RecoverError, RecoverOptions, RecoverOutcome, RecoverReport, RecoveredFs, recover,
 };
 pub use mount_watch::{MountTableWatch, make_plan_watched};
 pub use mountinfo::{MountEntry, MountInfoError, parse_mountinfo};

@@ -60,7 +60,11 @@
 //!
 //! A reply that meets a full TX ring (a non-fatal condition the host creates by not reading)
 //! is kept in order in an outbox and sent by the next call; [`IcEndpoint::unsent_replies`]
-//! tells the caller to come back soon.
+//! tells the caller to come back soon. The outbox is bounded
+//! ([`EndpointConfig::max_unsent_replies`]): a host that keeps sending requests and never
+//! reads cannot grow it without end. Past the bound the oldest unsent reply is dropped,
+//! counted in [`EndpointStats::replies_dropped`] and reported as
+//! [`IcNotice::ReplyDropped`] (that host is not reading the answer anyway).
 //!
 //! # Design: no logging
 //!
@@ -204,15 +208,18 @@ pub enum NoticeKind {
     Abandoned,
     /// Requests whose `icmsgsize` disagrees with their length.
     IcmsgsizeMismatch,
+    /// Unsent replies dropped from a full outbox.
+    ReplyDropped,
 }
 
-const NOTICE_KINDS: [NoticeKind; 6] = [
+const NOTICE_KINDS: [NoticeKind; 7] = [
     NoticeKind::Negotiation,
     NoticeKind::Dropped,
     NoticeKind::UnknownOperation,
     NoticeKind::DuplicateTransId,
     NoticeKind::Abandoned,
     NoticeKind::IcmsgsizeMismatch,
+    NoticeKind::ReplyDropped,
 ];
 
 /// A condition worth a log line, for the caller to log when it is safe (not while frozen).
@@ -275,6 +282,13 @@ pub enum IcNotice {
         /// Its operation.
         op: VssOperation,
     },
+    /// The outbox was full (the host has not read its ring for
+    /// [`EndpointConfig::max_unsent_replies`] replies): the oldest unsent reply, to
+    /// `trans_id`, was dropped.
+    ReplyDropped {
+        /// The dropped reply's VMBus transaction id.
+        trans_id: u64,
+    },
     /// `count` notices of `kind` were not queued (rate limit or full queue).
     Suppressed {
         /// Which class.
@@ -296,6 +310,7 @@ impl IcNotice {
             IcNotice::DuplicateTransId { .. } => NoticeKind::DuplicateTransId,
             IcNotice::Abandoned { .. } => NoticeKind::Abandoned,
             IcNotice::IcmsgsizeMismatch { .. } => NoticeKind::IcmsgsizeMismatch,
+            IcNotice::ReplyDropped { .. } => NoticeKind::ReplyDropped,
             IcNotice::Suppressed { kind, .. } => *kind,
         }
     }
@@ -322,6 +337,8 @@ pub struct EndpointConfig {
     pub notice_interval: Duration,
     /// Most notices held before the caller drains them.
     pub max_queued_notices: usize,
+    /// Most replies held back by a full TX ring; past it the oldest is dropped.
+    pub max_unsent_replies: usize,
 }
 
 impl Default for EndpointConfig {
@@ -330,6 +347,9 @@ impl Default for EndpointConfig {
             notice_burst: 10,
             notice_interval: Duration::from_secs(60),
             max_queued_notices: 256,
+            // A real host reads each reply before its next request; 256 replies of at most
+            // ~12.5 KiB (an echoed FREEZE) bound the outbox at about 3 MiB.
+            max_unsent_replies: 256,
         }
     }
 }
@@ -349,6 +369,8 @@ pub struct EndpointStats {
     pub dropped: u64,
     /// Tokens dropped without a reply (answered HV_E_FAIL).
     pub abandoned: u64,
+    /// Unsent replies dropped from a full outbox.
+    pub replies_dropped: u64,
 }
 
 /// A reply owed by a dropped token, queued for the endpoint to send.
@@ -709,7 +731,7 @@ impl<C: VmbusChannel> IcEndpoint<C> {
                 trans_id: o.trans_id,
                 op: o.op,
             });
-            self.outbox.push_back((o.trans_id, o.payload));
+            self.queue_unsent(o.trans_id, o.payload);
             self.stats.replies += 1;
         }
         while let Some((trans_id, payload)) = self.outbox.front() {
@@ -734,8 +756,19 @@ impl<C: VmbusChannel> IcEndpoint<C> {
                 Err(e) => return Err(e.into()),
             }
         }
-        self.outbox.push_back((trans_id, payload));
+        self.queue_unsent(trans_id, payload);
         Ok(())
+    }
+
+    /// Queues a reply behind the full ring, dropping the oldest when the outbox is full.
+    fn queue_unsent(&mut self, trans_id: u64, payload: Vec<u8>) {
+        if self.outbox.len() >= self.config.max_unsent_replies.max(1)
+            && let Some((dropped, _)) = self.outbox.pop_front()
+        {
+            self.stats.replies_dropped += 1;
+            self.notice(IcNotice::ReplyDropped { trans_id: dropped });
+        }
+        self.outbox.push_back((trans_id, payload));
     }
 
     fn service_inner(&mut self) -> Result<Vec<IcEvent>, EndpointError> {
@@ -965,6 +998,7 @@ mod tests {
             notice_burst: 2,
             notice_interval: Duration::from_millis(50),
             max_queued_notices: 100,
+            ..EndpointConfig::default()
         };
         let mut ep = IcEndpoint::with_config(rings.guest().unwrap(), config);
         for id in 0..5 {

@@ -288,7 +288,9 @@ impl KernelDevice {
             other => other?,
         };
         let request = kernel::parse_request(&buf[..len]).map_err(KernelDevError::BadMessage)?;
-        tracing::debug!(op = ?request.op, "VSS request from the kernel");
+        // Trace, not debug: one line per request the host can repeat at will; the daemon
+        // logs each request itself, rate-limited while frozen (its held log ring is bounded).
+        tracing::trace!(op = ?request.op, "VSS request from the kernel");
         Ok(Some(request))
     }
 

@@ -320,6 +320,38 @@ fn replies_wait_in_order_when_the_tx_ring_is_full() {
 }
 
 #[test]
+fn a_host_that_never_reads_cannot_grow_the_outbox_past_its_bound() {
+    // 1,000 requests answered into a 8 KiB ring the host never drains: the outbox stays
+    // at its bound, and every reply dropped from it is counted.
+    let (mut ep, mut host) = pair_with(2 * hv_vss_sys::mem::page_size());
+    let max = EndpointConfig::default().max_unsent_replies;
+    for id in 0..1000u64 {
+        host.send(id, &build_request(VssOperation::FREEZE, 0, &[]).unwrap())
+            .unwrap();
+        for t in requests(ep.service().unwrap()) {
+            ep.reply(t, HvStatus::S_OK).unwrap();
+        }
+        assert!(ep.unsent_replies() <= max, "{} unsent", ep.unsent_replies());
+    }
+    assert_eq!(ep.unsent_replies(), max);
+    let on_ring = replies(&mut host).len() as u64;
+    let dropped = ep.stats().replies_dropped;
+    assert!(dropped > 0);
+    assert_eq!(
+        on_ring + max as u64 + dropped,
+        1000,
+        "each reply sent, queued or counted"
+    );
+    let notices = ep.take_notices();
+    assert!(
+        notices
+            .iter()
+            .any(|n| matches!(n, IcNotice::ReplyDropped { trans_id } if *trans_id == on_ring)),
+        "the first reply dropped is the oldest unsent one: {notices:?}"
+    );
+}
+
+#[test]
 fn oversize_packet_is_a_final_error_not_truncated() {
     let (mut ep, mut host) = pair();
     host.send(1, &vec![0u8; 17 * 1024]).unwrap();

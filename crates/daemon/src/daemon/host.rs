@@ -14,6 +14,25 @@ use crate::transport::{Delivery, Incoming};
 /// At most one "unknown operation" line per this interval (host-triggerable, R71).
 const REFUSED_LOG_INTERVAL: Duration = Duration::from_secs(10);
 
+/// While frozen, at most one per-request line ("host request", "answered") per this
+/// interval: they go to the bounded held ring, and 10,000 FREEZEs while frozen must not
+/// push out the lines that matter there (an auto-thaw, a lost transport). The count of
+/// the ones left out is logged with the next line.
+const REQUEST_LINES_WHILE_FROZEN_INTERVAL: Duration = Duration::from_secs(10);
+
+impl Daemon {
+    /// Whether a per-request line may be logged now: always when nothing is frozen, at a
+    /// bounded rate while frozen; `Some(lines left out before it)`.
+    fn request_line_allowed(&mut self) -> Option<u64> {
+        if self.safety.is_frozen() {
+            self.request_lines_while_frozen
+                .allow(Instant::now(), REQUEST_LINES_WHILE_FROZEN_INTERVAL)
+        } else {
+            Some(std::mem::take(&mut self.request_lines_while_frozen).suppressed())
+        }
+    }
+}
+
 impl Daemon {
     pub(super) fn reply(&mut self, request: RequestId, status: Status) {
         let Some((generation, key, op)) = self.pending.remove(&request) else {
@@ -29,7 +48,9 @@ impl Daemon {
         };
         match result {
             Ok(Delivery::Sent) => {
-                tracing::info!(request = request.0, op = ?op, status = ?status, "answered")
+                if let Some(suppressed) = self.request_line_allowed() {
+                    tracing::info!(request = request.0, op = ?op, status = ?status, suppressed, "answered")
+                }
             }
             Ok(Delivery::Queued) => tracing::info!(
                 request = request.0,
@@ -75,7 +96,9 @@ impl Daemon {
                     let request = RequestId(self.next_request);
                     self.next_request += 1;
                     self.pending.insert(request, (self.generation, key, op));
-                    tracing::debug!(request = request.0, op = ?op, "host request");
+                    if let Some(suppressed) = self.request_line_allowed() {
+                        tracing::debug!(request = request.0, op = ?op, suppressed, "host request");
+                    }
                     self.queue.push_back(Event::HostRequest { request, op });
                 }
                 Incoming::Refused { raw } => self.log_refused(raw.0),

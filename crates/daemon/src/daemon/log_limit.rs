@@ -19,6 +19,11 @@ impl LogLimit {
         self.last = Some(now);
         Some(std::mem::take(&mut self.suppressed))
     }
+
+    /// The lines left out since the last one let through.
+    pub(super) fn suppressed(&self) -> u64 {
+        self.suppressed
+    }
 }
 
 #[cfg(test)]

@@ -20,6 +20,10 @@ const ALREADY_FROZEN_LOG_INTERVAL: Duration = Duration::from_secs(10);
 /// (host-triggerable, R71).
 const STRAY_BU_COMPLETE_LOG_INTERVAL: Duration = Duration::from_secs(10);
 
+/// While frozen, at most one "request refused" line per this interval (host-triggerable,
+/// R71).
+const REFUSED_WHILE_FROZEN_LOG_INTERVAL: Duration = Duration::from_secs(10);
+
 impl Daemon {
     /// A FREEZE-while-frozen notice, logged at most once per interval with the count of
     /// the ones not logged.
@@ -40,13 +44,44 @@ impl Daemon {
         }
     }
 
+    /// A request the coordinator refused: logged each time while nothing is frozen, at a bounded rate while
+    /// frozen (the lines go to the held ring, which a host repeating HOT_BACKUP must not
+    /// fill), with the count of the ones not logged.
+    pub(super) fn log_request_refused(&mut self, notice: &Notice) {
+        let Notice::Refused {
+            request,
+            op,
+            reason,
+        } = notice
+        else {
+            return;
+        };
+        let allowed = if self.safety.is_frozen() {
+            self.refused_while_frozen_log
+                .allow(Instant::now(), REFUSED_WHILE_FROZEN_LOG_INTERVAL)
+        } else {
+            Some(std::mem::take(&mut self.refused_while_frozen_log).suppressed())
+        };
+        if let Some(suppressed) = allowed {
+            tracing::warn!(request = request.0, op = ?op, reason = ?reason, suppressed, "request refused with E_FAIL");
+        }
+    }
+
     /// Logs every finished report and stores what is ready, once nothing is frozen (R60,
     /// R72). In UIO mode a backup's entry waits for BU_COMPLETE first ([`CompletionWait`](crate::completion::CompletionWait)).
     pub(super) fn flush_reports(&mut self) {
         if self.safety.is_frozen() {
             return;
         }
-        for report in std::mem::take(&mut self.deferred_reports) {
+        let (reports, dropped) = self.deferred_reports.take();
+        if dropped > 0 {
+            tracing::warn!(
+                dropped,
+                kept = reports.len(),
+                "transaction reports dropped while frozen: more ended than are kept"
+            );
+        }
+        for report in reports {
             let freeze = self.freeze_reports.remove(&report.txn);
             let thaw = self.thaw_reports.remove(&report.txn);
             let frozen_ms = report.frozen_window.map(|w| w.duration_ms());
@@ -153,12 +188,9 @@ impl Daemon {
 
 pub(super) fn log_notice(notice: &Notice) {
     match notice {
-        Notice::Refused {
-            request,
-            op,
-            reason,
-        } => {
-            tracing::warn!(request = request.0, op = ?op, reason = ?reason, "request refused with E_FAIL")
+        Notice::Refused { .. } => {
+            // Host-triggerable at any rate: logged by `Daemon::log_request_refused`, limited while
+            // frozen.
         }
         Notice::AlreadyFrozen { .. } => {
             // Host-triggerable at any rate: logged by `Daemon::log_already_frozen`, limited.
