@@ -645,9 +645,11 @@ fn write_reliability_doc(rows: &[(&str, &str, Result<String, String>, Duration)]
         "Observed while building the stop case (kernel 6.18): a FITHAW on a filesystem whose ",
         "FIFREEZE is still blocked (its loop image on another frozen filesystem) blocks, and ",
         "the filesystem holding the image was found thawed afterwards. The guardian therefore ",
-        "thaws for an exiting daemon only once all its threads have ended. A daemon that is ",
-        "stopped or hung (heartbeat lost) while one of its FIFREEZE calls is still running is ",
-        "not covered: the guardian thaws at once, and may meet the same behaviour.\n",
+        "thaws a filesystem at once only when the FIFREEZE thread confirmed it, and one whose ",
+        "FIFREEZE is in flight only once the call has returned, whether the daemon exited, ",
+        "hung or was stopped (`tests/faults_guardian.rs`: SIGSTOP during a slow FIFREEZE; ",
+        "without the confirmation the guardian blocks in that FITHAW and the confirmed ",
+        "filesystem stays frozen).\n",
     ));
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/RELIABILITY.md");
     std::fs::write(&path, text).unwrap();

@@ -8,6 +8,7 @@
 //! | tag | argument | meaning | ancillary data |
 //! |-----|----------|---------|----------------|
 //! | `A` | `dev` (major << 32 \| minor) | hold this filesystem: FIFREEZE is about to be called on it | one fd (SCM_RIGHTS) |
+//! | `C` | `dev` | its FIFREEZE returned success: frozen by us (sent by the thread that made the call) | none |
 //! | `D` | `dev` | let go of it: thawed, or never ours | none |
 //! | `T` | milliseconds from now, `u64::MAX` for none | thaw everything held at this deadline | none |
 //! | `H` | 0 | heartbeat: the daemon's loop is alive | none |
@@ -25,6 +26,9 @@ pub const MESSAGE_LEN: usize = 9;
 pub enum GuardianMsg {
     /// Hold the fd that comes with this message: FIFREEZE is about to be called on `dev`.
     Arm(DevNum),
+    /// The FIFREEZE on `dev` returned success: it is frozen, by us. Until this comes, an
+    /// armed filesystem's FIFREEZE may still be in flight.
+    Confirm(DevNum),
     /// `dev` is not ours any more.
     Disarm(DevNum),
     /// Thaw everything held once this many milliseconds have passed (`None`: no deadline).
@@ -48,6 +52,7 @@ fn dev_from_u64(v: u64) -> DevNum {
 pub fn encode(msg: GuardianMsg) -> [u8; MESSAGE_LEN] {
     let (tag, arg) = match msg {
         GuardianMsg::Arm(dev) => (b'A', dev_to_u64(dev)),
+        GuardianMsg::Confirm(dev) => (b'C', dev_to_u64(dev)),
         GuardianMsg::Disarm(dev) => (b'D', dev_to_u64(dev)),
         GuardianMsg::Deadline(ms) => (b'T', ms.unwrap_or(u64::MAX)),
         GuardianMsg::Heartbeat => (b'H', 0),
@@ -64,6 +69,7 @@ pub fn decode(bytes: &[u8]) -> Option<GuardianMsg> {
     let arg = u64::from_le_bytes(rest.try_into().ok()?);
     match tag {
         b'A' => Some(GuardianMsg::Arm(dev_from_u64(arg))),
+        b'C' => Some(GuardianMsg::Confirm(dev_from_u64(arg))),
         b'D' => Some(GuardianMsg::Disarm(dev_from_u64(arg))),
         b'T' => Some(GuardianMsg::Deadline((arg != u64::MAX).then_some(arg))),
         b'H' if arg == 0 => Some(GuardianMsg::Heartbeat),
@@ -84,6 +90,7 @@ mod tests {
         };
         for msg in [
             GuardianMsg::Arm(dev),
+            GuardianMsg::Confirm(dev),
             GuardianMsg::Disarm(dev),
             GuardianMsg::Deadline(Some(65_000)),
             GuardianMsg::Deadline(None),

@@ -48,9 +48,9 @@ pub use config::{
     CompiledConfig, ConfigError, ForeignFreezePolicy, FreezerConfig, MountFilter, UnsupportedPolicy,
 };
 pub use engine::{
-    FreezeError, FreezeFailure, FreezeOptions, FreezeReport, FreezeWatch, FrozenFs, FrozenSet,
-    FsFreezeOutcome, FsReport, FsThawOutcome, FsThawReport, PreflightReport, ThawReport, freeze,
-    freeze_cancellable, freeze_watched, preflight,
+    FREEZE_THREAD_NAME, FreezeError, FreezeFailure, FreezeOptions, FreezeReport, FreezeWatch,
+    FrozenFs, FrozenSet, FsFreezeOutcome, FsReport, FsThawOutcome, FsThawReport, PreflightReport,
+    ThawReport, freeze, freeze_cancellable, freeze_watched, preflight,
 };
 pub use hv_vss_sys::fs::DevNum;
 pub use journal::{

@@ -1,0 +1,168 @@
+//! Guardian faults at process boundaries that need a FIFREEZE made slow on purpose (a
+//! loop filesystem whose image lives on another loop filesystem the test holds frozen:
+//! testutil's `SlowFreezeFs`), with the real `hv-vssd` in drop-in mode against the kernel
+//! emulator. Root only (skipped otherwise).
+
+mod common;
+
+use std::ffi::OsStr;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use common::{Daemon, LoopFs, kill, with_timeout};
+use hv_vss_protocol::{HvStatus, VssOperation};
+use hv_vss_sim::kernel::{EmulatorConfig, HostOutcome, KernelEmulator};
+use hv_vss_testutil::SlowFreezeFs;
+use rustix::process::Signal;
+
+const READY: Duration = Duration::from_secs(15);
+/// FITHAW's ioctl request number, as /proc/PID/syscall shows it.
+const FITHAW_ARG: &str = "0xc0045878";
+
+/// A normal filesystem, a slow one, a state directory, the kernel emulator.
+struct Setup {
+    fast: LoopFs,
+    slow: SlowFreezeFs,
+    state: tempfile::TempDir,
+    emu: KernelEmulator,
+}
+
+impl Setup {
+    fn new() -> Self {
+        Self {
+            fast: common::ext4(),
+            slow: SlowFreezeFs::new().unwrap(),
+            state: common::state_dir(),
+            emu: KernelEmulator::start(EmulatorConfig::default()).unwrap(),
+        }
+    }
+
+    fn start(&self) -> Daemon {
+        let args: Vec<&OsStr> = vec![
+            "--device".as_ref(),
+            self.emu.socket_path().as_os_str(),
+            "--state-dir".as_ref(),
+            self.state.path().as_os_str(),
+            "--mount".as_ref(),
+            self.fast.mount_point().as_os_str(),
+            "--mount".as_ref(),
+            self.slow.inner.mount_point().as_os_str(),
+        ];
+        let d = Daemon::start(&args);
+        assert!(
+            self.emu.wait_ready(READY),
+            "daemon never registered:\n{}",
+            d.log()
+        );
+        d
+    }
+
+    fn journal(&self) -> PathBuf {
+        self.state.path().join("freeze-journal.json")
+    }
+
+    fn backup_works(&self) {
+        for op in [VssOperation::FREEZE, VssOperation::THAW] {
+            assert_eq!(
+                self.emu.host_request(op),
+                HostOutcome::Replied(HvStatus::S_OK),
+                "{op:?}"
+            );
+        }
+        for f in [&self.fast, &self.slow.inner] {
+            assert!(f.writable_within(Duration::from_secs(5)));
+        }
+    }
+}
+
+/// Whether any thread of `pid` is inside a FITHAW call.
+fn in_fithaw(pid: u32) -> bool {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return false;
+    };
+    tasks.flatten().any(|t| {
+        std::fs::read_to_string(t.path().join("syscall"))
+            .is_ok_and(|line| line.split_whitespace().nth(2) == Some(FITHAW_ARG))
+    })
+}
+
+/// SIGSTOP of the daemon while one filesystem is frozen (its FIFREEZE confirmed) and
+/// another's FIFREEZE is still blocked: once the heartbeat is lost the guardian thaws the
+/// confirmed one, but issues no FITHAW under the blocked call (which was seen to hang, and
+/// to thaw the filesystem holding the image, on kernel 6.18). Once the call returns (the
+/// test releases the outer filesystem) the guardian thaws that one too, although the
+/// stopped daemon could not confirm it; on SIGCONT the daemon answers E_FAIL and serves the
+/// next backup.
+#[test]
+fn sigstop_during_a_slow_fifreeze_thaws_the_confirmed_at_once_and_the_rest_once_returned() {
+    if hv_vss_testutil::skip_unless_root("guardian faults") {
+        return;
+    }
+    with_timeout(Duration::from_secs(120), || {
+        let s = Setup::new();
+        let d = s.start();
+        let guardian = d.guardian_pid().expect("a guardian");
+        s.slow.hold().unwrap();
+        std::thread::scope(|scope| {
+            let host = scope.spawn(|| s.emu.host_request(VssOperation::FREEZE));
+            let end = Instant::now() + Duration::from_secs(10);
+            while !s.journal().exists() {
+                assert!(Instant::now() < end, "the freeze never started");
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            std::thread::sleep(Duration::from_millis(300));
+            let fast_probe = s.fast.write_probe();
+            assert!(
+                !fast_probe.wait_ok(Duration::from_millis(300)),
+                "the fast filesystem was not frozen"
+            );
+            let stopped = Instant::now();
+            kill(d.pid(), Signal::STOP);
+            assert!(
+                fast_probe.wait_ok(Duration::from_secs(10)),
+                "the confirmed filesystem was not thawed within 10 s of the SIGSTOP"
+            );
+            let fast_thawed = stopped.elapsed();
+            // The guardian stays away from the filesystem whose FIFREEZE is blocked.
+            let end = Instant::now() + Duration::from_secs(1);
+            while Instant::now() < end {
+                assert!(
+                    !in_fithaw(guardian),
+                    "the guardian called FITHAW under a FIFREEZE still in flight"
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            assert!(
+                s.slow.release().unwrap(),
+                "the outer filesystem, frozen by this test, was thawed by someone else"
+            );
+            let released = Instant::now();
+            assert!(
+                s.slow.inner.writable_within(Duration::from_secs(2)),
+                "the filesystem whose FIFREEZE returned while the daemon was stopped stayed frozen"
+            );
+            let slow_thawed = released.elapsed();
+            let end = Instant::now() + Duration::from_secs(2);
+            while s.journal().exists() {
+                assert!(
+                    Instant::now() < end,
+                    "still listed after the guardian thawed"
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            kill(d.pid(), Signal::CONT);
+            let answer = host.join().unwrap();
+            assert_ne!(answer, HostOutcome::Replied(HvStatus::S_OK), "{answer:?}");
+            eprintln!(
+                "confirmed fs thawed {fast_thawed:?} after SIGSTOP; in-flight fs {slow_thawed:?} after its FIFREEZE returned; host: {answer:?}"
+            );
+        });
+        assert!(
+            d.wait_log("guardian started", Duration::from_secs(10)),
+            "no new guardian:\n{}",
+            d.log()
+        );
+        assert!(s.emu.wait_ready(READY));
+        s.backup_works();
+    });
+}
