@@ -38,6 +38,10 @@ impl Setup {
     }
 
     fn start(&self) -> Daemon {
+        self.start_with_config("")
+    }
+
+    fn start_with_config(&self, config: &str) -> Daemon {
         let args: Vec<&OsStr> = vec![
             "--device".as_ref(),
             self.emu.socket_path().as_os_str(),
@@ -48,7 +52,7 @@ impl Setup {
             "--mount".as_ref(),
             self.slow.inner.mount_point().as_os_str(),
         ];
-        let d = Daemon::start(&args);
+        let d = Daemon::start_with_config(&args, config);
         assert!(
             self.emu.wait_ready(READY),
             "daemon never registered:\n{}",
@@ -163,6 +167,107 @@ fn sigstop_during_a_slow_fifreeze_thaws_the_confirmed_at_once_and_the_rest_once_
             d.log()
         );
         assert!(s.emu.wait_ready(READY));
+        s.backup_works();
+    });
+}
+
+/// The `hv-vss` binary (the units' `ExecStopPost=`), built beside `hv-vssd` by
+/// `cargo test --workspace` or `cargo build`.
+fn hv_vss() -> PathBuf {
+    let path = std::path::Path::new(env!("CARGO_BIN_EXE_hv-vssd")).with_file_name("hv-vss");
+    assert!(
+        path.exists(),
+        "{} is missing: build it first (cargo build -p hv-vss)",
+        path.display()
+    );
+    path
+}
+
+/// A stop the way systemd.kill(5) does it with dist/systemd/hv-vssd.service's settings,
+/// while a FIFREEZE does not return: SIGTERM to the main pid; after `TimeoutStopSec` (7 s
+/// here, with the daemon's `stop_timeout_seconds = 7` to match) SIGKILL to the main pid
+/// only (`KillMode=process`: the guardian is left alone); then `ExecStopPost=hv-vss thaw
+/// --recover --wait 20s`; the runtime directory is kept (`RuntimeDirectoryPreserve=yes`).
+/// The FIFREEZE returns (the test releases the outer filesystem) while `ExecStopPost` waits
+/// for the lingering pid. Then nothing of ours stays frozen (the late FIFREEZE is thawed by
+/// whoever owns it by then), nothing is left listed, and the next start of the daemon
+/// serves a backup.
+#[test]
+fn a_systemd_stop_during_a_slow_fifreeze_leaves_nothing_frozen_or_listed() {
+    if hv_vss_testutil::skip_unless_root("guardian faults") {
+        return;
+    }
+    const TIMEOUT_STOP: Duration = Duration::from_secs(7);
+    let hv_vss = hv_vss();
+    with_timeout(Duration::from_secs(120), move || {
+        let s = Setup::new();
+        let mut d =
+            s.start_with_config("stop_timeout_seconds = 7\n[limits]\nthaw_deadline_seconds = 2\n");
+        let guardian = d.guardian_pid().expect("a guardian");
+        s.slow.hold().unwrap();
+        let (answer, stop_post) = std::thread::scope(|scope| {
+            let host = scope.spawn(|| s.emu.host_request(VssOperation::FREEZE));
+            let end = Instant::now() + Duration::from_secs(10);
+            while !s.journal().exists() {
+                assert!(Instant::now() < end, "the freeze never started");
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            std::thread::sleep(Duration::from_millis(300));
+            // systemctl stop: SIGTERM, TimeoutStopSec, SIGKILL of the main pid only.
+            kill(d.pid(), Signal::TERM);
+            if d.wait_exit(TIMEOUT_STOP).is_none() {
+                kill(d.pid(), Signal::KILL);
+            }
+            assert!(
+                common::process_exists(guardian),
+                "the guardian did not survive the stop"
+            );
+            // ExecStopPost, with the FIFREEZE returning while it waits.
+            let post = scope.spawn(|| {
+                std::process::Command::new(&hv_vss)
+                    .args(["thaw", "--recover", "--wait", "20s", "--state-dir"])
+                    .arg(s.state.path())
+                    .output()
+                    .unwrap()
+            });
+            std::thread::sleep(Duration::from_secs(1));
+            assert!(
+                s.slow.release().unwrap(),
+                "the outer filesystem, frozen by this test, was thawed by someone else"
+            );
+            (host.join().unwrap(), post.join().unwrap())
+        });
+        assert_ne!(answer, HostOutcome::Replied(HvStatus::S_OK), "{answer:?}");
+        assert!(
+            stop_post.status.success(),
+            "ExecStopPost failed: {}{}",
+            String::from_utf8_lossy(&stop_post.stdout),
+            String::from_utf8_lossy(&stop_post.stderr)
+        );
+        for f in [&s.fast, &s.slow.inner] {
+            assert!(
+                f.writable_within(Duration::from_secs(2)),
+                "{} still frozen after the stop",
+                f.mount_point().display()
+            );
+        }
+        let end = Instant::now() + Duration::from_secs(2);
+        while s.journal().exists() {
+            assert!(Instant::now() < end, "still listed after the stop");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(
+            d.wait_exit(Duration::from_secs(5)).is_some(),
+            "the daemon lingers"
+        );
+        drop(d);
+        let end = Instant::now() + Duration::from_secs(5);
+        while common::process_exists(guardian) {
+            assert!(Instant::now() < end, "the guardian lingers");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        // systemctl start: the runtime directory was kept.
+        let _d = s.start();
         s.backup_works();
     });
 }
