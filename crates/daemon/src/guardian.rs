@@ -17,6 +17,9 @@
 //! - the thread that made a FIFREEZE call says so (`Confirm`) the moment the call returned
 //!   success, so the guardian knows which held fds are frozen and which are still in
 //!   flight;
+//! - a daemon exiting while frozen (a fatal error, a panic that ends it) hands over the log
+//!   lines it held (`L`), which would die with it; the guardian writes them to its stderr
+//!   (the daemon's) once it has thawed;
 //! - the main loop sends a heartbeat every [`HEARTBEAT_INTERVAL`], and the deadline by
 //!   which the daemon will have thawed on its own (auto-thaw plus a grace).
 //!
@@ -62,7 +65,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use hv_vss_freezer::DevNum;
-use hv_vss_freezer::guardian_wire::{GuardianMsg, encode};
+use hv_vss_freezer::guardian_wire::{GuardianMsg, encode, encode_log_line};
 use rustix::event::{PollFd, PollFlags, Timespec};
 use rustix::net::{
     AddressFamily, SendAncillaryBuffer, SendAncillaryMessage, SendFlags, SocketFlags, SocketType,
@@ -170,6 +173,12 @@ impl AsFd for Guardian {
 
 impl Drop for Guardian {
     fn drop(&mut self) {
+        // Exiting while something of ours may be frozen (the log gate holds): leave the
+        // socket open, so the held log lines can still be handed over on the way out
+        // (`main`); the kernel closes it when the process ends, and the guardian thaws then.
+        if crate::GATE.get().is_some_and(|gate| gate.is_held()) {
+            return;
+        }
         // Closing our end lets the guardian thaw what it still holds (nothing, after a
         // clean stop) and exit; reap it if it does so promptly. The link may still hold a
         // reference to the socket: shut it down so the guardian sees end of file now.
@@ -226,6 +235,26 @@ impl GuardianLink {
             SendFlags::DONTWAIT | SendFlags::NOSIGNAL,
         )?;
         Ok(())
+    }
+
+    /// Hands `lines` (held while frozen) to the guardian, which writes them out once it
+    /// has thawed: the daemon is exiting frozen and they would die with it. Returns how
+    /// many the socket took (never waits: the rest are lost).
+    pub fn hand_over_log(&self, lines: &[Vec<u8>]) -> usize {
+        let Some(sock) = self.lock().clone() else {
+            return 0;
+        };
+        lines
+            .iter()
+            .take_while(|line| {
+                rustix::net::send(
+                    &*sock,
+                    &encode_log_line(line),
+                    SendFlags::DONTWAIT | SendFlags::NOSIGNAL,
+                )
+                .is_ok()
+            })
+            .count()
     }
 
     /// The loop is alive.

@@ -102,7 +102,10 @@ struct Cli {
 const STATE_DIR_MODE: u32 = 0o711;
 
 /// The log gate, for the fatal-exit path in [`main`] (set once logging is up).
-static GATE: std::sync::OnceLock<LogGate> = std::sync::OnceLock::new();
+pub(crate) static GATE: std::sync::OnceLock<LogGate> = std::sync::OnceLock::new();
+
+/// The way to the guardian, for handing over held log lines on a fatal exit while frozen.
+static LINK: std::sync::OnceLock<guardian::GuardianLink> = std::sync::OnceLock::new();
 
 /// Name of the instance lock inside the state directory.
 const INSTANCE_LOCK: &str = "hv-vssd.lock";
@@ -124,7 +127,16 @@ fn main() {
             .unwrap_or_else(|| hv_vss_freezer::DEFAULT_STATE_DIR.into());
         std::process::exit(guardian::run(&state_dir));
     }
-    match run(cli) {
+    // A panic that reaches here ends the process: while frozen its held lines are handed
+    // over like a fatal error's (the hook already logged it and put it in the kernel log).
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(cli)))
+        .unwrap_or_else(|_| {
+            Err(Fatal::new(
+                ExitKind::Internal,
+                anyhow!("internal error (panic), see above"),
+            ))
+        });
+    match result {
         Ok(()) => std::process::exit(ExitKind::Clean as i32),
         Err(fatal) => {
             match GATE.get() {
@@ -133,10 +145,12 @@ fn main() {
                 // the kernel log already has the urgent one.
                 Some(gate) if gate.is_held() => {
                     tracing::error!(error = %fatal, "fatal error while frozen");
-                    // The held lines die with the process: the error at least survives.
+                    let (handed, lost) = hand_over_held_lines(gate);
                     kmsg::last_words(
                         kmsg::Urgent::ExitingFrozen,
-                        &format!("fatal error while frozen, held log lines lost: {fatal}"),
+                        &format!(
+                            "fatal error while frozen ({handed} held log lines handed to the guardian, {lost} lost): {fatal}"
+                        ),
                     );
                 }
                 // Logging may not be set up yet: plain stderr.
@@ -145,6 +159,16 @@ fn main() {
             std::process::exit(fatal.kind as i32);
         }
     }
+}
+
+/// The lines `gate` holds die with this process: hands them to the guardian, which writes
+/// them out once it has thawed. Returns (handed over, lost).
+fn hand_over_held_lines(gate: &LogGate) -> (usize, u64) {
+    let Some((lines, dropped)) = gate.take_held() else {
+        return (0, 0);
+    };
+    let handed = LINK.get().map_or(0, |link| link.hand_over_log(&lines));
+    (handed, dropped + (lines.len() - handed) as u64)
 }
 
 /// Routes panic messages through `tracing`, so the log gate holds them in memory while
@@ -299,6 +323,7 @@ fn run(cli: Cli) -> Result<(), Fatal> {
     };
 
     let guardian_link = guardian::GuardianLink::default();
+    let _ = LINK.set(guardian_link.clone());
     let worker = fsworker::FsWorker::start(fsworker::FsSetup {
         source,
         selection,

@@ -271,3 +271,58 @@ fn a_systemd_stop_during_a_slow_fifreeze_leaves_nothing_frozen_or_listed() {
         s.backup_works();
     });
 }
+
+/// A fatal exit while frozen (SIGTERM while a FIFREEZE does not return, THAW budget 2 s):
+/// nothing is written while the call may still freeze, and the lines the daemon held (its
+/// fatal error among them), which would die with it, are handed to the guardian, which
+/// writes them to the daemon's stderr once it has thawed.
+#[test]
+fn the_lines_held_at_a_fatal_exit_while_frozen_are_written_after_the_thaw() {
+    if hv_vss_testutil::skip_unless_root("guardian faults") {
+        return;
+    }
+    with_timeout(Duration::from_secs(120), || {
+        let s = Setup::new();
+        let mut d =
+            s.start_with_config("stop_timeout_seconds = 7\n[limits]\nthaw_deadline_seconds = 2\n");
+        s.slow.hold().unwrap();
+        let log_while_frozen = std::thread::scope(|scope| {
+            let host = scope.spawn(|| s.emu.host_request(VssOperation::FREEZE));
+            let end = Instant::now() + Duration::from_secs(10);
+            while !s.journal().exists() {
+                assert!(Instant::now() < end, "the freeze never started");
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            std::thread::sleep(Duration::from_millis(300));
+            kill(d.pid(), Signal::TERM);
+            // The THAW budget (2 s) runs out and the daemon exits with its error.
+            std::thread::sleep(Duration::from_secs(5));
+            let log = d.log();
+            assert!(
+                s.slow.release().unwrap(),
+                "the outer filesystem, frozen by this test, was thawed by someone else"
+            );
+            assert_eq!(host.join().unwrap(), HostOutcome::Replied(HvStatus::E_FAIL));
+            log
+        });
+        assert!(
+            !log_while_frozen.contains("fatal error while frozen"),
+            "written while a FIFREEZE could still freeze:\n{log_while_frozen}"
+        );
+        assert!(
+            s.slow.inner.writable_within(Duration::from_secs(5)),
+            "still frozen after the FIFREEZE returned"
+        );
+        assert!(
+            d.wait_log("fatal error while frozen", Duration::from_secs(5)),
+            "the held lines were lost:\n{}",
+            d.log()
+        );
+        let log = d.log();
+        let handed = log
+            .find("the log lines it held follow")
+            .expect("the guardian's header");
+        assert!(log[handed..].contains("fatal error while frozen"), "{log}");
+        assert!(d.wait_exit(Duration::from_secs(5)).is_some());
+    });
+}

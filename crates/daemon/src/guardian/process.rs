@@ -22,14 +22,14 @@
 //! what could not be thawed (removed when that is nothing and the daemon is gone), so a
 //! later recovery never thaws a filesystem again that someone else may have frozen since.
 
-use std::io::IoSliceMut;
+use std::io::{IoSliceMut, Write};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
-use hv_vss_freezer::guardian_wire::{GuardianMsg, MESSAGE_LEN, decode};
+use hv_vss_freezer::guardian_wire::{GuardianMsg, MAX_LOG_LINE, decode, decode_log_line};
 use hv_vss_freezer::{DevNum, FREEZE_THREAD_NAME, Journal};
 use hv_vss_sys::fs::ThawError;
 use rustix::event::{PollFd, PollFlags, Timespec};
@@ -39,6 +39,9 @@ use super::READY_BYTE;
 
 /// No message from the daemon for this long while holding fds: thaw them.
 pub const HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(5);
+/// At most this many log lines handed over by a daemon exiting frozen are kept.
+const MAX_LAST_WORDS: usize = 8192;
+
 /// How often, once it has decided to thaw, the guardian looks whether a FIFREEZE still in
 /// flight has returned.
 pub const OUTCOME_POLL: Duration = Duration::from_millis(50);
@@ -82,6 +85,7 @@ pub fn run(state_dir: &Path) -> i32 {
         return 1;
     }
     let mut held: Vec<Held> = Vec::new();
+    let mut last_words: Vec<Vec<u8>> = Vec::new();
     let mut deadline: Option<Instant> = None;
     let mut last_heard = Instant::now();
     let mut connected = true;
@@ -119,7 +123,7 @@ pub fn run(state_dir: &Path) -> i32 {
                 break Cause::DaemonGone;
             }
         }
-        match receive_all(sock, &mut held, &mut deadline) {
+        match receive_all(sock, &mut held, &mut deadline, &mut last_words) {
             Received::Some => last_heard = Instant::now(),
             Received::Nothing => {}
             Received::EndOfFile => {
@@ -148,7 +152,9 @@ pub fn run(state_dir: &Path) -> i32 {
                 Ok(0) | Err(rustix::io::Errno::INTR) => {}
                 Ok(_) => {
                     let mut ignored = None;
-                    if let Received::EndOfFile = receive_all(sock, &mut held, &mut ignored) {
+                    if let Received::EndOfFile =
+                        receive_all(sock, &mut held, &mut ignored, &mut last_words)
+                    {
                         connected = false;
                     }
                 }
@@ -159,6 +165,7 @@ pub fn run(state_dir: &Path) -> i32 {
         }
     }
     narrow_journal(state_dir, daemon_pid, cause, &thawed, &failed);
+    write_last_words(&last_words);
     if thawed.is_empty() && failed.is_empty() {
         tracing::debug!(?cause, "guardian: nothing held, exiting");
         return 0;
@@ -192,6 +199,23 @@ fn daemon_exiting(pid: i32) -> bool {
         stat.rsplit_once(')')
             .is_some_and(|(_, rest)| matches!(rest.trim_start().chars().next(), Some('Z' | 'X')))
     })
+}
+
+/// Writes the log lines a daemon exiting frozen handed over to stderr (the daemon's own),
+/// now that what it froze is thawed.
+fn write_last_words(lines: &[Vec<u8>]) {
+    if lines.is_empty() {
+        return;
+    }
+    tracing::warn!(
+        lines = lines.len(),
+        "guardian: the daemon exited while frozen; the log lines it held follow"
+    );
+    let mut err = std::io::stderr().lock();
+    for line in lines {
+        let _ = err.write_all(line);
+    }
+    let _ = err.flush();
 }
 
 /// Whether a thread of `pid` that makes FIFREEZE calls ([`FREEZE_THREAD_NAME`]) is still
@@ -231,10 +255,11 @@ fn receive_all(
     sock: BorrowedFd<'_>,
     held: &mut Vec<Held>,
     deadline: &mut Option<Instant>,
+    last_words: &mut Vec<Vec<u8>>,
 ) -> Received {
     let mut got = Received::Nothing;
     loop {
-        let mut buf = [0u8; MESSAGE_LEN + 1];
+        let mut buf = [0u8; MAX_LOG_LINE + 2];
         let mut space = [std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
         let mut control = RecvAncillaryBuffer::new(&mut space);
         let received = rustix::net::recvmsg(
@@ -245,7 +270,17 @@ fn receive_all(
         );
         let msg = match received {
             Ok(r) if r.bytes == 0 => return Received::EndOfFile,
-            Ok(r) => decode(&buf[..r.bytes.min(buf.len())]),
+            Ok(r) => {
+                let bytes = &buf[..r.bytes.min(buf.len())];
+                if let Some(line) = decode_log_line(bytes) {
+                    if last_words.len() < MAX_LAST_WORDS {
+                        last_words.push(line.to_vec());
+                    }
+                    got = Received::Some;
+                    continue;
+                }
+                decode(bytes)
+            }
             Err(rustix::io::Errno::AGAIN | rustix::io::Errno::INTR) => return got,
             Err(_) => return Received::EndOfFile,
         };
