@@ -65,6 +65,33 @@ impl Setup {
         self.state.path().join("freeze-journal.json")
     }
 
+    /// Holds the slow filesystem, sends FREEZE on another thread, waits until its FIFREEZE
+    /// is in flight (the journal lists it before the call), runs `fault`, then returns the
+    /// host's one answer and what `fault` returned.
+    fn during_slow_fifreeze<T: Send>(&self, fault: impl FnOnce() -> T + Send) -> (HostOutcome, T) {
+        self.slow.hold().unwrap();
+        std::thread::scope(|scope| {
+            let host = scope.spawn(|| self.emu.host_request(VssOperation::FREEZE));
+            let end = Instant::now() + Duration::from_secs(10);
+            while !self.journal().exists() {
+                assert!(Instant::now() < end, "the freeze never started");
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            std::thread::sleep(Duration::from_millis(300));
+            let out = fault();
+            (host.join().unwrap(), out)
+        })
+    }
+
+    /// Waits (at most 2 s) until the journal is gone.
+    fn wait_unlisted(&self, when: &str) {
+        let end = Instant::now() + Duration::from_secs(2);
+        while self.journal().exists() {
+            assert!(Instant::now() < end, "still listed {when}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     fn backup_works(&self) {
         for op in [VssOperation::FREEZE, VssOperation::THAW] {
             assert_eq!(
@@ -106,15 +133,7 @@ fn sigstop_during_a_slow_fifreeze_thaws_the_confirmed_at_once_and_the_rest_once_
         let s = Setup::new();
         let d = s.start();
         let guardian = d.guardian_pid().expect("a guardian");
-        s.slow.hold().unwrap();
-        std::thread::scope(|scope| {
-            let host = scope.spawn(|| s.emu.host_request(VssOperation::FREEZE));
-            let end = Instant::now() + Duration::from_secs(10);
-            while !s.journal().exists() {
-                assert!(Instant::now() < end, "the freeze never started");
-                std::thread::sleep(Duration::from_millis(10));
-            }
-            std::thread::sleep(Duration::from_millis(300));
+        let (answer, (fast_thawed, slow_thawed)) = s.during_slow_fifreeze(|| {
             let fast_probe = s.fast.write_probe();
             assert!(
                 !fast_probe.wait_ok(Duration::from_millis(300)),
@@ -146,21 +165,14 @@ fn sigstop_during_a_slow_fifreeze_thaws_the_confirmed_at_once_and_the_rest_once_
                 "the filesystem whose FIFREEZE returned while the daemon was stopped stayed frozen"
             );
             let slow_thawed = released.elapsed();
-            let end = Instant::now() + Duration::from_secs(2);
-            while s.journal().exists() {
-                assert!(
-                    Instant::now() < end,
-                    "still listed after the guardian thawed"
-                );
-                std::thread::sleep(Duration::from_millis(20));
-            }
+            s.wait_unlisted("after the guardian thawed");
             kill(d.pid(), Signal::CONT);
-            let answer = host.join().unwrap();
-            assert_ne!(answer, HostOutcome::Replied(HvStatus::S_OK), "{answer:?}");
-            eprintln!(
-                "confirmed fs thawed {fast_thawed:?} after SIGSTOP; in-flight fs {slow_thawed:?} after its FIFREEZE returned; host: {answer:?}"
-            );
+            (fast_thawed, slow_thawed)
         });
+        assert_ne!(answer, HostOutcome::Replied(HvStatus::S_OK), "{answer:?}");
+        eprintln!(
+            "confirmed fs thawed {fast_thawed:?} after SIGSTOP; in-flight fs {slow_thawed:?} after its FIFREEZE returned; host: {answer:?}"
+        );
         assert!(
             d.wait_log("guardian started", Duration::from_secs(10)),
             "no new guardian:\n{}",
@@ -183,6 +195,10 @@ fn hv_vss() -> PathBuf {
     path
 }
 
+/// The daemon's config for the stop cases: a THAW budget of 2 s and a stop timeout of 7 s
+/// (the unit's `TimeoutStopSec=` in these tests).
+const SHORT_STOP: &str = "stop_timeout_seconds = 7\n[limits]\nthaw_deadline_seconds = 2\n";
+
 /// A stop the way systemd.kill(5) does it with dist/systemd/hv-vssd.service's settings,
 /// while a FIFREEZE does not return: SIGTERM to the main pid; after `TimeoutStopSec` (7 s
 /// here, with the daemon's `stop_timeout_seconds = 7` to match) SIGKILL to the main pid
@@ -201,18 +217,9 @@ fn a_systemd_stop_during_a_slow_fifreeze_leaves_nothing_frozen_or_listed() {
     let hv_vss = hv_vss();
     with_timeout(Duration::from_secs(120), move || {
         let s = Setup::new();
-        let mut d =
-            s.start_with_config("stop_timeout_seconds = 7\n[limits]\nthaw_deadline_seconds = 2\n");
+        let mut d = s.start_with_config(SHORT_STOP);
         let guardian = d.guardian_pid().expect("a guardian");
-        s.slow.hold().unwrap();
-        let (answer, stop_post) = std::thread::scope(|scope| {
-            let host = scope.spawn(|| s.emu.host_request(VssOperation::FREEZE));
-            let end = Instant::now() + Duration::from_secs(10);
-            while !s.journal().exists() {
-                assert!(Instant::now() < end, "the freeze never started");
-                std::thread::sleep(Duration::from_millis(10));
-            }
-            std::thread::sleep(Duration::from_millis(300));
+        let (answer, stop_post) = s.during_slow_fifreeze(|| {
             // systemctl stop: SIGTERM, TimeoutStopSec, SIGKILL of the main pid only.
             kill(d.pid(), Signal::TERM);
             if d.wait_exit(TIMEOUT_STOP).is_none() {
@@ -223,19 +230,21 @@ fn a_systemd_stop_during_a_slow_fifreeze_leaves_nothing_frozen_or_listed() {
                 "the guardian did not survive the stop"
             );
             // ExecStopPost, with the FIFREEZE returning while it waits.
-            let post = scope.spawn(|| {
-                std::process::Command::new(&hv_vss)
-                    .args(["thaw", "--recover", "--wait", "20s", "--state-dir"])
-                    .arg(s.state.path())
-                    .output()
-                    .unwrap()
-            });
-            std::thread::sleep(Duration::from_secs(1));
-            assert!(
-                s.slow.release().unwrap(),
-                "the outer filesystem, frozen by this test, was thawed by someone else"
-            );
-            (host.join().unwrap(), post.join().unwrap())
+            std::thread::scope(|scope| {
+                let post = scope.spawn(|| {
+                    std::process::Command::new(&hv_vss)
+                        .args(["thaw", "--recover", "--wait", "20s", "--state-dir"])
+                        .arg(s.state.path())
+                        .output()
+                        .unwrap()
+                });
+                std::thread::sleep(Duration::from_secs(1));
+                assert!(
+                    s.slow.release().unwrap(),
+                    "the outer filesystem, frozen by this test, was thawed by someone else"
+                );
+                post.join().unwrap()
+            })
         });
         assert_ne!(answer, HostOutcome::Replied(HvStatus::S_OK), "{answer:?}");
         assert!(
@@ -251,11 +260,7 @@ fn a_systemd_stop_during_a_slow_fifreeze_leaves_nothing_frozen_or_listed() {
                 f.mount_point().display()
             );
         }
-        let end = Instant::now() + Duration::from_secs(2);
-        while s.journal().exists() {
-            assert!(Instant::now() < end, "still listed after the stop");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        s.wait_unlisted("after the stop");
         assert!(
             d.wait_exit(Duration::from_secs(5)).is_some(),
             "the daemon lingers"
@@ -283,17 +288,8 @@ fn the_lines_held_at_a_fatal_exit_while_frozen_are_written_after_the_thaw() {
     }
     with_timeout(Duration::from_secs(120), || {
         let s = Setup::new();
-        let mut d =
-            s.start_with_config("stop_timeout_seconds = 7\n[limits]\nthaw_deadline_seconds = 2\n");
-        s.slow.hold().unwrap();
-        let log_while_frozen = std::thread::scope(|scope| {
-            let host = scope.spawn(|| s.emu.host_request(VssOperation::FREEZE));
-            let end = Instant::now() + Duration::from_secs(10);
-            while !s.journal().exists() {
-                assert!(Instant::now() < end, "the freeze never started");
-                std::thread::sleep(Duration::from_millis(10));
-            }
-            std::thread::sleep(Duration::from_millis(300));
+        let mut d = s.start_with_config(SHORT_STOP);
+        let (answer, log_while_frozen) = s.during_slow_fifreeze(|| {
             kill(d.pid(), Signal::TERM);
             // The THAW budget (2 s) runs out and the daemon exits with its error.
             std::thread::sleep(Duration::from_secs(5));
@@ -302,9 +298,9 @@ fn the_lines_held_at_a_fatal_exit_while_frozen_are_written_after_the_thaw() {
                 s.slow.release().unwrap(),
                 "the outer filesystem, frozen by this test, was thawed by someone else"
             );
-            assert_eq!(host.join().unwrap(), HostOutcome::Replied(HvStatus::E_FAIL));
             log
         });
+        assert_eq!(answer, HostOutcome::Replied(HvStatus::E_FAIL));
         assert!(
             !log_while_frozen.contains("fatal error while frozen"),
             "written while a FIFREEZE could still freeze:\n{log_while_frozen}"
