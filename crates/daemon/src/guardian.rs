@@ -14,14 +14,23 @@
 //! - before each FIFREEZE the freezer passes the filesystem's fd (SCM_RIGHTS) through the
 //!   [`GuardianLink`] ([`hv_vss_freezer::FreezeWatch`]), and takes it back (`Disarm`) once
 //!   it is thawed or turned out not to be ours (EBUSY);
+//! - the thread that made a FIFREEZE call says so (`Confirm`) the moment the call returned
+//!   success, so the guardian knows which held fds are frozen and which are still in
+//!   flight;
+//! - a daemon exiting while frozen (a fatal error, a panic that ends it) hands over the log
+//!   lines it held (`L`), which would die with it; the guardian writes them to its stderr
+//!   (the daemon's) once it has thawed;
 //! - the main loop sends a heartbeat every [`HEARTBEAT_INTERVAL`], and the deadline by
 //!   which the daemon will have thawed on its own (auto-thaw plus a grace).
 //!
-//! The guardian process ([`process`]) thaws every fd it holds, in reverse, when the socket
+//! The guardian process ([`process`]) thaws the fds it holds, in reverse, when the socket
 //! reaches end of file (the daemon exited or was killed: the kernel closes a dead
 //! process's fds whatever killed it, and with `PR_SET_DUMPABLE` off while frozen no core
 //! dump delays that), when no message came for [`process::HEARTBEAT_TIMEOUT`] while it
-//! holds fds (the daemon is hung or SIGSTOPped), or at the deadline. It then narrows the
+//! holds fds (the daemon is hung or SIGSTOPped), or at the deadline: the confirmed ones at
+//! once, one still in flight only once its FIFREEZE has returned (a FITHAW issued under a
+//! FIFREEZE that is still blocked was seen to hang, and to disturb a filesystem stacked
+//! under it, on kernel 6.18). It then narrows the
 //! journal to what it could not thaw and exits. It ignores SIGINT, SIGTERM and SIGHUP, and
 //! the systemd unit uses `KillMode=process`, so a stop or a crash of the daemon does not
 //! take the guardian with it.
@@ -36,6 +45,14 @@
 //! - If both processes are killed, filesystems stay frozen until the next start of the
 //!   daemon (R59) or `hv-vss thaw --recover` (the unit's `ExecStopPost=`), which use the
 //!   journal.
+//! - A FIFREEZE in flight is known to have returned when its `Confirm` or `Disarm` comes,
+//!   or when no thread of the daemon that makes FIFREEZE calls is left running (they are
+//!   stopped, or gone). A daemon stopped (SIGSTOP) under a blocked FIFREEZE stops the
+//!   moment the call returns, before it can say how it went: the guardian then thaws that
+//!   filesystem too, which, had the call failed with EBUSY because someone else froze the
+//!   filesystem while it was blocked, thaws their freeze.
+//! - A FIFREEZE that never returns is never followed by a FITHAW from the guardian: no
+//!   FITHAW can be issued safely under it.
 
 pub mod process;
 
@@ -48,7 +65,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use hv_vss_freezer::DevNum;
-use hv_vss_freezer::guardian_wire::{GuardianMsg, encode};
+use hv_vss_freezer::guardian_wire::{GuardianMsg, encode, encode_log_line};
 use rustix::event::{PollFd, PollFlags, Timespec};
 use rustix::net::{
     AddressFamily, SendAncillaryBuffer, SendAncillaryMessage, SendFlags, SocketFlags, SocketType,
@@ -156,6 +173,12 @@ impl AsFd for Guardian {
 
 impl Drop for Guardian {
     fn drop(&mut self) {
+        // Exiting while something of ours may be frozen (the log gate holds): leave the
+        // socket open, so the held log lines can still be handed over on the way out
+        // (`main`); the kernel closes it when the process ends, and the guardian thaws then.
+        if crate::GATE.get().is_some_and(|gate| gate.is_held()) {
+            return;
+        }
         // Closing our end lets the guardian thaw what it still holds (nothing, after a
         // clean stop) and exit; reap it if it does so promptly. The link may still hold a
         // reference to the socket: shut it down so the guardian sees end of file now.
@@ -214,6 +237,26 @@ impl GuardianLink {
         Ok(())
     }
 
+    /// Hands `lines` (held while frozen) to the guardian, which writes them out once it
+    /// has thawed: the daemon is exiting frozen and they would die with it. Returns how
+    /// many the socket took (never waits: the rest are lost).
+    pub fn hand_over_log(&self, lines: &[Vec<u8>]) -> usize {
+        let Some(sock) = self.lock().clone() else {
+            return 0;
+        };
+        lines
+            .iter()
+            .take_while(|line| {
+                rustix::net::send(
+                    &*sock,
+                    &encode_log_line(line),
+                    SendFlags::DONTWAIT | SendFlags::NOSIGNAL,
+                )
+                .is_ok()
+            })
+            .count()
+    }
+
     /// The loop is alive.
     pub fn heartbeat(&self) {
         let _ = self.send(GuardianMsg::Heartbeat, None);
@@ -233,5 +276,9 @@ impl hv_vss_freezer::FreezeWatch for GuardianLink {
 
     fn disarm(&self, dev: DevNum) {
         let _ = self.send(GuardianMsg::Disarm(dev), None);
+    }
+
+    fn frozen(&self, dev: DevNum) {
+        let _ = self.send(GuardianMsg::Confirm(dev), None);
     }
 }

@@ -27,12 +27,18 @@
 //! - One `write(2)` per line, non-blocking, every error (`EAGAIN`, `EINVAL`, `EPERM`...)
 //!   ignored: the line is a courtesy, never a reason to wait.
 //! - Rate limit: at most one line per [`Urgent`] kind per [`KMSG_INTERVAL`]; the next line
-//!   of that kind says how many were suppressed. With five kinds this is at most five lines
+//!   of that kind says how many were suppressed. With six kinds this is at most six lines
 //!   per interval, below the kernel's own limit.
+//! - Last words: the panic hook and the fatal exit cannot reach the main loop's `Kmsg`, so
+//!   a second one, opened at the same time, is kept for them ([`set_last_words`],
+//!   [`last_words`]): a panic while frozen, and an exit while frozen with the number of
+//!   held lines it loses, leave their text in the kernel log. The panic hook may run while
+//!   the lock is taken (a panic inside [`last_words`] itself): it never waits for it.
 //! - The path is injectable (hidden `--kmsg PATH`) so tests can point it at a file or FIFO.
 
 use std::os::fd::OwnedFd;
 use std::path::Path;
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use rustix::fs::{Mode, OFlags};
@@ -59,10 +65,13 @@ pub enum Urgent {
     TransportLost,
     /// The daemon is exiting with filesystems still frozen.
     ExitingFrozen,
+    /// A panic while frozen: its text, held with the other lines, dies with the process
+    /// if the panic ends it.
+    Panic,
 }
 
 impl Urgent {
-    const COUNT: usize = 5;
+    const COUNT: usize = 6;
 
     fn index(self) -> usize {
         match self {
@@ -71,6 +80,7 @@ impl Urgent {
             Self::GuardianDied => 2,
             Self::TransportLost => 3,
             Self::ExitingFrozen => 4,
+            Self::Panic => 5,
         }
     }
 
@@ -78,7 +88,7 @@ impl Urgent {
     /// (warning) when the daemon is already thawing.
     fn priority(self) -> u8 {
         match self {
-            Self::ThawFailing | Self::ExitingFrozen | Self::FreezeDeadline => 3,
+            Self::ThawFailing | Self::ExitingFrozen | Self::FreezeDeadline | Self::Panic => 3,
             Self::GuardianDied | Self::TransportLost => 4,
         }
     }
@@ -136,6 +146,29 @@ impl Kmsg {
         let _ = rustix::io::write(fd, line.as_bytes());
         true
     }
+}
+
+/// The kernel log for the panic hook and the fatal exit.
+static LAST_WORDS: Mutex<Option<Kmsg>> = Mutex::new(None);
+
+/// From now on [`last_words`] writes to `kmsg`.
+pub fn set_last_words(kmsg: Kmsg) {
+    *LAST_WORDS.lock().unwrap_or_else(|p| p.into_inner()) = Some(kmsg);
+}
+
+/// Writes `text` as an urgent line of `kind` to the kernel log given to
+/// [`set_last_words`] (rate-limited like every urgent line). Never waits: if the log is in
+/// use (a panic while writing to it), the line is not written. Returns whether a write
+/// was attempted.
+pub fn last_words(kind: Urgent, text: &str) -> bool {
+    let mut guard = match LAST_WORDS.try_lock() {
+        Ok(g) => g,
+        Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+        Err(std::sync::TryLockError::WouldBlock) => return false,
+    };
+    guard
+        .as_mut()
+        .is_some_and(|k| k.urgent(kind, Instant::now(), text))
 }
 
 /// `<P>hv-vssd: text[ (N similar lines suppressed)]\n`, the text cut at [`MAX_TEXT`] bytes

@@ -110,6 +110,16 @@ impl LogGate {
         (written, held.dropped)
     }
 
+    /// Takes the held lines and the count of dropped ones, and keeps holding (nothing
+    /// reaches the sink): for handing them to a process that outlives this one while
+    /// frozen. `None` if not held.
+    pub fn take_held(&self) -> Option<(Vec<Vec<u8>>, u64)> {
+        let mut state = self.lock();
+        let held = state.held.as_mut()?;
+        let dropped = std::mem::take(&mut held.dropped);
+        Some((std::mem::take(&mut held.lines).into(), dropped))
+    }
+
     fn emit(&self, line: Vec<u8>) {
         let mut state = self.lock();
         let capacity = state.capacity;

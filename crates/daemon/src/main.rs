@@ -102,7 +102,10 @@ struct Cli {
 const STATE_DIR_MODE: u32 = 0o711;
 
 /// The log gate, for the fatal-exit path in [`main`] (set once logging is up).
-static GATE: std::sync::OnceLock<LogGate> = std::sync::OnceLock::new();
+pub(crate) static GATE: std::sync::OnceLock<LogGate> = std::sync::OnceLock::new();
+
+/// The way to the guardian, for handing over held log lines on a fatal exit while frozen.
+static LINK: std::sync::OnceLock<guardian::GuardianLink> = std::sync::OnceLock::new();
 
 /// Name of the instance lock inside the state directory.
 const INSTANCE_LOCK: &str = "hv-vssd.lock";
@@ -124,7 +127,16 @@ fn main() {
             .unwrap_or_else(|| hv_vss_freezer::DEFAULT_STATE_DIR.into());
         std::process::exit(guardian::run(&state_dir));
     }
-    match run(cli) {
+    // A panic that reaches here ends the process: while frozen its held lines are handed
+    // over like a fatal error's (the hook already logged it and put it in the kernel log).
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(cli)))
+        .unwrap_or_else(|_| {
+            Err(Fatal::new(
+                ExitKind::Internal,
+                anyhow!("internal error (panic), see above"),
+            ))
+        });
+    match result {
         Ok(()) => std::process::exit(ExitKind::Clean as i32),
         Err(fatal) => {
             match GATE.get() {
@@ -133,6 +145,13 @@ fn main() {
                 // the kernel log already has the urgent one.
                 Some(gate) if gate.is_held() => {
                     tracing::error!(error = %fatal, "fatal error while frozen");
+                    let (handed, lost) = hand_over_held_lines(gate);
+                    kmsg::last_words(
+                        kmsg::Urgent::ExitingFrozen,
+                        &format!(
+                            "fatal error while frozen ({handed} held log lines handed to the guardian, {lost} lost): {fatal}"
+                        ),
+                    );
                 }
                 // Logging may not be set up yet: plain stderr.
                 _ => eprintln!("hv-vssd: {fatal}"),
@@ -142,17 +161,33 @@ fn main() {
     }
 }
 
+/// The lines `gate` holds die with this process: hands them to the guardian, which writes
+/// them out once it has thawed. Returns (handed over, lost).
+fn hand_over_held_lines(gate: &LogGate) -> (usize, u64) {
+    let Some((lines, dropped)) = gate.take_held() else {
+        return (0, 0);
+    };
+    let handed = LINK.get().map_or(0, |link| link.hand_over_log(&lines));
+    (handed, dropped + (lines.len() - handed) as u64)
+}
+
 /// Routes panic messages through `tracing`, so the log gate holds them in memory while
 /// filesystems are frozen like every other line (R60, R61). The default hook writes to
 /// stderr directly, which journald may be writing to a frozen `/var`.
-fn install_panic_hook() {
-    std::panic::set_hook(Box::new(|info| {
+///
+/// While `gate` holds, the text also goes to the kernel log ([`kmsg::last_words`]): the
+/// held line dies with the process if the panic ends it while frozen.
+fn install_panic_hook(gate: LogGate) {
+    std::panic::set_hook(Box::new(move |info| {
         let thread = std::thread::current();
-        tracing::error!(
-            thread = thread.name().unwrap_or("unnamed"),
-            panic = %info,
-            "internal error (panic)"
-        );
+        let name = thread.name().unwrap_or("unnamed");
+        tracing::error!(thread = name, panic = %info, "internal error (panic)");
+        if gate.is_held() {
+            kmsg::last_words(
+                kmsg::Urgent::Panic,
+                &format!("internal error (panic) while frozen, thread {name}: {info}"),
+            );
+        }
     }));
 }
 
@@ -197,7 +232,7 @@ fn run(cli: Cli) -> Result<(), Fatal> {
         .with_ansi(false)
         .with_target(false)
         .try_init();
-    install_panic_hook();
+    install_panic_hook(gate.clone());
     tracing::info!(
         version = env!("CARGO_PKG_VERSION"),
         config = ?config_path,
@@ -216,6 +251,7 @@ fn run(cli: Cli) -> Result<(), Fatal> {
 
     // Opened once, before anything can be frozen (R60, R61).
     let (kmsg, kmsg_error) = kmsg::Kmsg::open(&cli.kmsg);
+    kmsg::set_last_words(kmsg::Kmsg::open(&cli.kmsg).0);
     if let Some(e) = kmsg_error {
         tracing::info!(path = %cli.kmsg.display(), error = %e, "kernel log unavailable: urgent lines while frozen stay in the held log only");
     }
@@ -287,6 +323,7 @@ fn run(cli: Cli) -> Result<(), Fatal> {
     };
 
     let guardian_link = guardian::GuardianLink::default();
+    let _ = LINK.set(guardian_link.clone());
     let worker = fsworker::FsWorker::start(fsworker::FsSetup {
         source,
         selection,
@@ -522,6 +559,9 @@ mod tests {
         assert_eq!(aside.len(), 1, "{aside:?}");
     }
 
+    /// The tests that replace the process's panic hook, one at a time.
+    static HOOK_TESTS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
     /// Regression: a panic (the fs worker now survives one in the freezer, which can
     /// happen while filesystems are frozen) was printed by the default hook straight to
     /// stderr, past the log gate: a disk write while frozen (R60), which can block on a
@@ -534,8 +574,9 @@ mod tests {
             .with_writer(gate.clone())
             .with_ansi(false)
             .finish();
+        let _hook = HOOK_TESTS.lock().unwrap_or_else(|p| p.into_inner());
         let previous = std::panic::take_hook();
-        install_panic_hook();
+        install_panic_hook(gate.clone());
         gate.hold();
         tracing::subscriber::with_default(subscriber, || {
             let _ = std::panic::catch_unwind(|| panic!("injected panic 4711"));
@@ -552,5 +593,58 @@ mod tests {
             "{}",
             sink.text()
         );
+    }
+
+    /// A panic while the gate holds leaves its text in the kernel log (docs/daemon.md,
+    /// "Logging while frozen"), where it survives the process ending while frozen; the
+    /// held copy would not.
+    #[test]
+    fn a_panic_while_the_gate_is_held_leaves_its_text_in_the_kernel_log() {
+        use std::io::Read;
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("kmsg");
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            &fifo,
+            rustix::fs::FileType::Fifo,
+            rustix::fs::Mode::from_raw_mode(0o600),
+            0,
+        )
+        .unwrap();
+        // A non-blocking reader first: a non-blocking writer needs one.
+        let mut reader = std::fs::File::from(
+            rustix::fs::open(
+                &fifo,
+                rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::NONBLOCK,
+                rustix::fs::Mode::empty(),
+            )
+            .unwrap(),
+        );
+        let _hook = HOOK_TESTS.lock().unwrap_or_else(|p| p.into_inner());
+        kmsg::set_last_words(kmsg::Kmsg::open(&fifo).0);
+        let gate = LogGate::with_sink(Box::new(SharedBuf::default()), 16);
+        let subscriber = tracing_subscriber::fmt().with_writer(gate.clone()).finish();
+        let previous = std::panic::take_hook();
+        install_panic_hook(gate.clone());
+        tracing::subscriber::with_default(subscriber, || {
+            // Open gate: nothing for the kernel log.
+            let _ = std::panic::catch_unwind(|| panic!("injected open panic 17"));
+            gate.hold();
+            let _ = std::panic::catch_unwind(|| panic!("injected held panic 4712"));
+            gate.release();
+        });
+        std::panic::set_hook(previous);
+        kmsg::set_last_words(kmsg::Kmsg::default());
+        let mut buf = vec![0u8; 1 << 16];
+        let n = reader.read(&mut buf).unwrap_or(0);
+        let text = String::from_utf8_lossy(&buf[..n]);
+        assert!(
+            text.lines().any(
+                |l| l.starts_with("<3>hv-vssd: internal error (panic) while frozen")
+                    && l.contains("injected held panic 4712")
+            ),
+            "{text:?}"
+        );
+        assert!(!text.contains("injected open panic 17"), "{text:?}");
     }
 }

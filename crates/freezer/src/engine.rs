@@ -118,7 +118,20 @@ pub trait FreezeWatch: Send + Sync {
     fn arm(&self, dev: DevNum, fd: BorrowedFd<'_>) -> std::io::Result<()>;
     /// `dev` is not ours to thaw any more.
     fn disarm(&self, dev: DevNum);
+    /// FIFREEZE on `dev` returned success: it is frozen, by us. Called by the thread that
+    /// made the call, the moment it returns (before anything else it does), so a watcher
+    /// can tell a frozen filesystem from one whose FIFREEZE is still in flight even when
+    /// the rest of the process is hung.
+    fn frozen(&self, dev: DevNum) {
+        let _ = dev;
+    }
 }
+
+/// The name of the threads that make the FIFREEZE calls (one per filesystem and call;
+/// the thread ends when its call has returned). A watcher outside the process (the
+/// daemon's guardian) looks for live threads of this name to learn whether a FIFREEZE may
+/// still be in flight.
+pub const FREEZE_THREAD_NAME: &str = "hv-vss-freeze";
 
 /// How often a wait inside the freeze (flush, level) looks at its caller's cancel.
 const CANCEL_POLL: Duration = Duration::from_millis(10);
@@ -1216,13 +1229,18 @@ fn freeze_levels(
             let ops = ops.clone();
             let tx = tx.clone();
             let thread_job = job.clone();
+            let thread_watch = set.watch.clone();
+            let dev = handles[i].dev;
             let spawned = std::thread::Builder::new()
-                .name("hv-vss-freeze".into())
+                .name(FREEZE_THREAD_NAME.into())
                 .spawn(move || {
                     let job = thread_job;
                     let t = Instant::now();
                     let result = ops.freeze(fd.as_fd());
                     let took = t.elapsed();
+                    if let (Ok(()), Some(w)) = (&result, &thread_watch) {
+                        w.frozen(dev);
+                    }
                     let mut state = job.state.lock().unwrap_or_else(|p| p.into_inner());
                     if matches!(*state, JobState::Abandoned) {
                         // The caller gave up on us and rolled back: undo our late freeze.
@@ -1230,6 +1248,9 @@ fn freeze_levels(
                         // fails it adopts the filesystem and retries.
                         let frozen = result.is_ok()
                             && !matches!(ops.thaw(fd.as_fd()), Ok(()) | Err(ThawError::NotFrozen));
+                        if !frozen && let Some(w) = &thread_watch {
+                            w.disarm(dev);
+                        }
                         *state = if frozen {
                             JobState::StillFrozen
                         } else {

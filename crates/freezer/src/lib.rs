@@ -50,9 +50,9 @@ pub use config::{
     CompiledConfig, ConfigError, ForeignFreezePolicy, FreezerConfig, MountFilter, UnsupportedPolicy,
 };
 pub use engine::{
-    CONVERGE_FLOOR, DEFAULT_CONVERGE_BUDGET, FlushPolicy, FreezeError, FreezeFailure,
-    FreezeOptions, FreezeReport, FreezeWatch, FrozenFs, FrozenSet, FsFreezeOutcome, FsReport,
-    FsThawOutcome, FsThawReport, PreflightReport, ThawReport, freeze, freeze_cancellable,
+    CONVERGE_FLOOR, DEFAULT_CONVERGE_BUDGET, FREEZE_THREAD_NAME, FlushPolicy, FreezeError,
+    FreezeFailure, FreezeOptions, FreezeReport, FreezeWatch, FrozenFs, FrozenSet, FsFreezeOutcome,
+    FsReport, FsThawOutcome, FsThawReport, PreflightReport, ThawReport, freeze, freeze_cancellable,
     freeze_watched, preflight,
 };
 pub use flush_ahead::{FlushAhead, FlushAheadStart, HungFlush};

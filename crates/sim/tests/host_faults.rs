@@ -417,12 +417,21 @@ fn a_rescind_wakes_a_waiting_guest_which_writes_nothing() {
             "{model:?}: the guest kept waiting"
         );
         let (r, mut endpoint) = guest.finish();
-        assert_eq!(r.unwrap().ended_by, ServeEnd::HostGone, "{model:?}");
-        assert!(!endpoint.channel().is_mapped());
+        match r {
+            Ok(report) => assert_eq!(report.ended_by, ServeEnd::HostGone, "{model:?}"),
+            // The host poisons the rings before it hangs up (so that a late write shows):
+            // a guest that happens to read them in between sees a corrupt ring and stops
+            // there, which is as safe. Its next service call then meets the rescind.
+            Err(e) => assert!(
+                format!("{e:?}").contains("Corrupt"),
+                "{model:?}: the guest ended with {e:?}"
+            ),
+        }
         assert!(matches!(
             endpoint.service(),
             Err(EndpointError::Stopped(why)) if why.contains("rescinded")
         ));
+        assert!(!endpoint.channel().is_mapped());
         sim.check_untouched_since_rescind().unwrap();
     }
 }

@@ -1,26 +1,36 @@
 //! The guardian process's main loop (see [`super`] for the mechanism).
 //!
-//! It holds the fds the daemon passed (SCM_RIGHTS), in the order they came, and thaws all
-//! of them (reverse order) and exits when:
+//! It holds the fds the daemon passed (SCM_RIGHTS), in the order they came, each either
+//! *confirmed* (its FIFREEZE returned success: `Confirm`) or *in flight* (armed, no outcome
+//! yet), and thaws them (reverse order) and exits when:
 //! - the daemon's end of the socket closes (end of file): the daemon is gone;
 //! - it holds fds and no message came for [`HEARTBEAT_TIMEOUT`]: the daemon is hung or
-//!   stopped (SIGSTOP), so its filesystems are thawed within that bound plus one poll;
+//!   stopped (SIGSTOP);
 //! - it holds fds and the deadline the daemon gave has passed.
+//!
+//! Confirmed fds are thawed at once, so a hung or stopped daemon's frozen filesystems are
+//! thawed within [`HEARTBEAT_TIMEOUT`] plus one poll. An fd still in flight is thawed only
+//! once its outcome can be known: its `Confirm` comes (thawed then), its `Disarm` comes
+//! (not ours: let go), or no FIFREEZE thread of the daemon is left running (each call has
+//! returned: thawed then); looked at every [`OUTCOME_POLL`]. So it is thawed within
+//! [`OUTCOME_POLL`] of its FIFREEZE returning, and never while the call may still block:
+//! a FITHAW under a blocked FIFREEZE was seen to hang on kernel 6.18 and to disturb a
+//! filesystem stacked under it.
 //!
 //! Exiting is how the daemon learns of it (its poll sees end of file: `GuardianDied`). The
 //! fds decide what is thawed, whatever the journal says; the journal is then narrowed to
 //! what could not be thawed (removed when that is nothing and the daemon is gone), so a
 //! later recovery never thaws a filesystem again that someone else may have frozen since.
 
-use std::io::IoSliceMut;
+use std::io::{IoSliceMut, Write};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
-use hv_vss_freezer::guardian_wire::{GuardianMsg, MESSAGE_LEN, decode};
-use hv_vss_freezer::{DevNum, Journal};
+use hv_vss_freezer::guardian_wire::{GuardianMsg, MAX_LOG_LINE, decode, decode_log_line};
+use hv_vss_freezer::{DevNum, FREEZE_THREAD_NAME, Journal};
 use hv_vss_sys::fs::ThawError;
 use rustix::event::{PollFd, PollFlags, Timespec};
 use rustix::net::{RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, SendFlags};
@@ -29,6 +39,21 @@ use super::READY_BYTE;
 
 /// No message from the daemon for this long while holding fds: thaw them.
 pub const HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(5);
+/// At most this many log lines handed over by a daemon exiting frozen are kept.
+const MAX_LAST_WORDS: usize = 8192;
+
+/// How often, once it has decided to thaw, the guardian looks whether a FIFREEZE still in
+/// flight has returned.
+pub const OUTCOME_POLL: Duration = Duration::from_millis(50);
+
+/// One fd the daemon handed over.
+#[derive(Debug)]
+struct Held {
+    dev: DevNum,
+    fd: OwnedFd,
+    /// Its FIFREEZE returned success; until then it may still be in flight.
+    confirmed: bool,
+}
 
 /// Why the guardian thawed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,9 +84,11 @@ pub fn run(state_dir: &Path) -> i32 {
         tracing::error!("guardian: stdin is not the daemon's socket");
         return 1;
     }
-    let mut held: Vec<(DevNum, OwnedFd)> = Vec::new();
+    let mut held: Vec<Held> = Vec::new();
+    let mut last_words: Vec<Vec<u8>> = Vec::new();
     let mut deadline: Option<Instant> = None;
     let mut last_heard = Instant::now();
+    let mut connected = true;
     let cause = loop {
         let now = Instant::now();
         if !held.is_empty() {
@@ -91,24 +118,54 @@ pub fn run(state_dir: &Path) -> i32 {
         match rustix::event::poll(&mut fds, ts.as_ref()) {
             Ok(0) | Err(rustix::io::Errno::INTR) => continue,
             Ok(_) => {}
-            Err(_) => break Cause::DaemonGone,
+            Err(_) => {
+                connected = false;
+                break Cause::DaemonGone;
+            }
         }
-        match receive_all(sock, &mut held, &mut deadline) {
+        match receive_all(sock, &mut held, &mut deadline, &mut last_words) {
             Received::Some => last_heard = Instant::now(),
             Received::Nothing => {}
-            Received::EndOfFile => break Cause::DaemonGone,
+            Received::EndOfFile => {
+                connected = false;
+                break Cause::DaemonGone;
+            }
         }
     };
-    if cause == Cause::DaemonGone && !held.is_empty() {
-        // Thaw only once every thread of the daemon has ended: a FITHAW on a filesystem
-        // whose FIFREEZE is still running blocks, and on a filesystem stacked on another
-        // (loop image) was seen to disturb the other's freeze. Once the process is gone,
-        // each call it made has returned.
-        while !hv_vss_sys::fs::wait_for_exit(daemon_pid, Duration::from_secs(3600)) {}
-    }
     let started = Instant::now();
-    let (thawed, failed) = thaw_all(&mut held);
+    let mut thawed = Vec::new();
+    let mut failed = Vec::new();
+    loop {
+        // Confirmed ones at once; the rest once no FIFREEZE call can still be running.
+        let settled = !freeze_in_flight(daemon_pid);
+        thaw_held(&mut held, settled, &mut thawed, &mut failed);
+        if held.is_empty() {
+            break;
+        }
+        if connected {
+            let ts = Timespec::try_from(OUTCOME_POLL).unwrap_or(Timespec {
+                tv_sec: 0,
+                tv_nsec: 50_000_000,
+            });
+            let mut fds = [PollFd::from_borrowed_fd(sock, PollFlags::IN)];
+            match rustix::event::poll(&mut fds, Some(&ts)) {
+                Ok(0) | Err(rustix::io::Errno::INTR) => {}
+                Ok(_) => {
+                    let mut ignored = None;
+                    if let Received::EndOfFile =
+                        receive_all(sock, &mut held, &mut ignored, &mut last_words)
+                    {
+                        connected = false;
+                    }
+                }
+                Err(_) => connected = false,
+            }
+        } else {
+            std::thread::sleep(OUTCOME_POLL);
+        }
+    }
     narrow_journal(state_dir, daemon_pid, cause, &thawed, &failed);
+    write_last_words(&last_words);
     if thawed.is_empty() && failed.is_empty() {
         tracing::debug!(?cause, "guardian: nothing held, exiting");
         return 0;
@@ -144,22 +201,65 @@ fn daemon_exiting(pid: i32) -> bool {
     })
 }
 
+/// Writes the log lines a daemon exiting frozen handed over to stderr (the daemon's own),
+/// now that what it froze is thawed.
+fn write_last_words(lines: &[Vec<u8>]) {
+    if lines.is_empty() {
+        return;
+    }
+    tracing::warn!(
+        lines = lines.len(),
+        "guardian: the daemon exited while frozen; the log lines it held follow"
+    );
+    let mut err = std::io::stderr().lock();
+    for line in lines {
+        let _ = err.write_all(line);
+    }
+    let _ = err.flush();
+}
+
+/// Whether a thread of `pid` that makes FIFREEZE calls ([`FREEZE_THREAD_NAME`]) is still
+/// running: one that is stopped (the daemon got SIGSTOP: a thread stops only once its
+/// system call has returned) or gone has no call in flight. A process that is gone has
+/// none.
+fn freeze_in_flight(pid: i32) -> bool {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return false;
+    };
+    tasks.flatten().any(|task| {
+        let dir = task.path();
+        let named = std::fs::read_to_string(dir.join("comm"))
+            .is_ok_and(|comm| comm.trim_end() == FREEZE_THREAD_NAME);
+        named
+            && std::fs::read_to_string(dir.join("stat")).is_ok_and(|stat| {
+                stat.rsplit_once(')').is_some_and(|(_, rest)| {
+                    !matches!(
+                        rest.trim_start().chars().next(),
+                        Some('T' | 't' | 'Z' | 'X') | None
+                    )
+                })
+            })
+    })
+}
+
 enum Received {
     Some,
     Nothing,
     EndOfFile,
 }
 
-/// Reads every message waiting. An `Arm` keeps the fd that came with it (a second `Arm`
-/// of the same device replaces the first); fds that come with anything else are closed.
+/// Reads every message waiting. An `Arm` keeps the fd that came with it, in flight (a
+/// second `Arm` of the same device replaces the first); a `Confirm` marks it frozen; fds
+/// that come with anything else are closed.
 fn receive_all(
     sock: BorrowedFd<'_>,
-    held: &mut Vec<(DevNum, OwnedFd)>,
+    held: &mut Vec<Held>,
     deadline: &mut Option<Instant>,
+    last_words: &mut Vec<Vec<u8>>,
 ) -> Received {
     let mut got = Received::Nothing;
     loop {
-        let mut buf = [0u8; MESSAGE_LEN + 1];
+        let mut buf = [0u8; MAX_LOG_LINE + 2];
         let mut space = [std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
         let mut control = RecvAncillaryBuffer::new(&mut space);
         let received = rustix::net::recvmsg(
@@ -170,7 +270,17 @@ fn receive_all(
         );
         let msg = match received {
             Ok(r) if r.bytes == 0 => return Received::EndOfFile,
-            Ok(r) => decode(&buf[..r.bytes.min(buf.len())]),
+            Ok(r) => {
+                let bytes = &buf[..r.bytes.min(buf.len())];
+                if let Some(line) = decode_log_line(bytes) {
+                    if last_words.len() < MAX_LAST_WORDS {
+                        last_words.push(line.to_vec());
+                    }
+                    got = Received::Some;
+                    continue;
+                }
+                decode(bytes)
+            }
             Err(rustix::io::Errno::AGAIN | rustix::io::Errno::INTR) => return got,
             Err(_) => return Received::EndOfFile,
         };
@@ -184,11 +294,20 @@ fn receive_all(
         match msg {
             Some(GuardianMsg::Arm(dev)) => {
                 if let Some(fd) = fds.into_iter().next() {
-                    held.retain(|(d, _)| *d != dev);
-                    held.push((dev, fd));
+                    held.retain(|h| h.dev != dev);
+                    held.push(Held {
+                        dev,
+                        fd,
+                        confirmed: false,
+                    });
                 }
             }
-            Some(GuardianMsg::Disarm(dev)) => held.retain(|(d, _)| *d != dev),
+            Some(GuardianMsg::Confirm(dev)) => {
+                for h in held.iter_mut().filter(|h| h.dev == dev) {
+                    h.confirmed = true;
+                }
+            }
+            Some(GuardianMsg::Disarm(dev)) => held.retain(|h| h.dev != dev),
             Some(GuardianMsg::Deadline(ms)) => {
                 *deadline = ms.and_then(|ms| Instant::now().checked_add(Duration::from_millis(ms)))
             }
@@ -197,20 +316,31 @@ fn receive_all(
     }
 }
 
-/// FITHAW on every held fd, last armed first. Returns (thawed or found not frozen, failed).
-fn thaw_all(held: &mut Vec<(DevNum, OwnedFd)>) -> (Vec<DevNum>, Vec<DevNum>) {
-    let mut thawed = Vec::new();
-    let mut failed = Vec::new();
-    while let Some((dev, fd)) = held.pop() {
-        match hv_vss_sys::fs::thaw(fd.as_fd()) {
-            Ok(()) | Err(ThawError::NotFrozen) => thawed.push(dev),
+/// FITHAW on every held fd that is confirmed, or on all of them when `settled` (no
+/// FIFREEZE can still be running), last armed first; those are taken off `held` into
+/// `thawed` (thawed or found not frozen) or `failed`.
+fn thaw_held(
+    held: &mut Vec<Held>,
+    settled: bool,
+    thawed: &mut Vec<DevNum>,
+    failed: &mut Vec<DevNum>,
+) {
+    let mut waiting = Vec::new();
+    while let Some(h) = held.pop() {
+        if !h.confirmed && !settled {
+            waiting.push(h);
+            continue;
+        }
+        match hv_vss_sys::fs::thaw(h.fd.as_fd()) {
+            Ok(()) | Err(ThawError::NotFrozen) => thawed.push(h.dev),
             Err(e) => {
-                tracing::error!(%dev, error = %e, "guardian: FITHAW failed");
-                failed.push(dev);
+                tracing::error!(dev = %h.dev, error = %e, "guardian: FITHAW failed");
+                failed.push(h.dev);
             }
         }
     }
-    (thawed, failed)
+    waiting.reverse();
+    *held = waiting;
 }
 
 /// Takes what the guardian thawed off the journal of its daemon; when the daemon is gone
