@@ -831,9 +831,20 @@ impl HookFixture {
         self.tmp.path().join("hooks.d")
     }
 
+    /// Another hook directory (root, 0755) next to the first; its hooks log to the same log.
+    fn other_dir(&self, sub: &str) -> PathBuf {
+        let dir = self.tmp.path().join(sub);
+        std::fs::create_dir(&dir).unwrap();
+        dir
+    }
+
     /// A hook that appends `NAME ARG` to the log, then exits with `status`.
     fn hook(&self, name: &str, status: i32, mode: u32) {
-        let path = self.dir().join(name);
+        self.hook_in(&self.dir(), name, status, mode);
+    }
+
+    fn hook_in(&self, dir: &Path, name: &str, status: i32, mode: u32) {
+        let path = dir.join(name);
         let log = self.tmp.path().join("log");
         std::fs::write(
             &path,
@@ -931,5 +942,73 @@ fn a_failing_freeze_hook_vetoes_and_the_hooks_that_ran_are_aborted() {
             ]
         );
         assert!(s.writable());
+    });
+}
+
+#[test]
+fn qemu_ga_and_vmware_directories_get_their_own_arguments_in_tier_order() {
+    with_timeout(TEST_LIMIT, || {
+        let s = Setup::new();
+        let hooks = HookFixture::new();
+        // qemu-ga's fsfreeze-hook.d (tier 10): abort is sent as "thaw".
+        hooks.hook("10-qemu", 0, 0o755);
+        // VMware's backupScripts.d (tier 20): vetoes; abort is sent as "freezeFail".
+        let vmware = hooks.other_dir("backupScripts.d");
+        hooks.hook_in(&vmware, "10-vmware", 1, 0o755);
+        let config = format!(
+            "[[hooks]]\ndir = \"{}\"\nstyle = \"qemu-ga\"\ntier = 10\n\
+             [[hooks]]\ndir = \"{}\"\nstyle = \"vmware\"\ntier = 20\n",
+            hooks.dir().display(),
+            vmware.display()
+        );
+        let _d = s.daemon_with(&config, &[]);
+        assert_eq!(s.request(VssOperation::FREEZE), FAIL);
+        let deadline = Instant::now() + THAWED;
+        while hooks.log().len() < 4 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        // Freeze low tier first; abort high tier first.
+        assert_eq!(
+            hooks.log(),
+            [
+                "10-qemu freeze",
+                "10-vmware freeze",
+                "10-vmware freezeFail",
+                "10-qemu thaw"
+            ]
+        );
+        assert!(s.writable());
+    });
+}
+
+#[test]
+fn a_non_socket_file_at_the_socket_path_stops_the_daemon_with_exit_8() {
+    with_timeout(TEST_LIMIT, || {
+        let s = Setup::new();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("app.sock");
+        std::fs::write(&path, b"not a socket").unwrap();
+        let config = dir.path().join("hv-vss.toml");
+        std::fs::write(&config, "").unwrap();
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_hv-vssd"));
+        cmd.arg("--config")
+            .arg(&config)
+            .arg("--device")
+            .arg(s.emu.socket_path())
+            .arg("--state-dir")
+            .arg(s.state.path())
+            .arg("--mount")
+            .arg(s.fs.mount_point())
+            .arg("--app-socket")
+            .arg(&path);
+        let out = common::run_to_exit(&mut cmd, Duration::from_secs(20));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(8), "{stderr}");
+        assert!(
+            stderr.contains("app_socket") && stderr.contains("not a socket"),
+            "{stderr}"
+        );
+        // Never removed.
+        assert_eq!(std::fs::read(&path).unwrap(), b"not a socket");
     });
 }
