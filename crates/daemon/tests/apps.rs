@@ -857,6 +857,15 @@ impl HookFixture {
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
     }
 
+    /// The log once it has `n` lines (or after [`THAWED`]): aborts run after the reply.
+    fn log_of_at_least(&self, n: usize) -> Vec<String> {
+        let deadline = Instant::now() + THAWED;
+        while self.log().len() < n && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.log()
+    }
+
     fn log(&self) -> Vec<String> {
         std::fs::read_to_string(self.tmp.path().join("log"))
             .unwrap_or_default()
@@ -928,12 +937,8 @@ fn a_failing_freeze_hook_vetoes_and_the_hooks_that_ran_are_aborted() {
         assert_eq!(s.request(VssOperation::FREEZE), FAIL);
         // The client in a later tier was never told to freeze.
         app.assert_quiet();
-        let deadline = Instant::now() + THAWED;
-        while hooks.log().len() < 4 && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(20));
-        }
         assert_eq!(
-            hooks.log(),
+            hooks.log_of_at_least(4),
             [
                 "10-ok freeze",
                 "20-veto freeze",
@@ -963,13 +968,9 @@ fn qemu_ga_and_vmware_directories_get_their_own_arguments_in_tier_order() {
         );
         let _d = s.daemon_with(&config, &[]);
         assert_eq!(s.request(VssOperation::FREEZE), FAIL);
-        let deadline = Instant::now() + THAWED;
-        while hooks.log().len() < 4 && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(20));
-        }
         // Freeze low tier first; abort high tier first.
         assert_eq!(
-            hooks.log(),
+            hooks.log_of_at_least(4),
             [
                 "10-qemu freeze",
                 "10-vmware freeze",
