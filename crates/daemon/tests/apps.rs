@@ -1161,9 +1161,20 @@ impl HookFixture {
         self.tmp.path().join("hooks.d")
     }
 
+    /// Another hook directory (root, 0755) next to the first; its hooks log to the same log.
+    fn other_dir(&self, sub: &str) -> PathBuf {
+        let dir = self.tmp.path().join(sub);
+        std::fs::create_dir(&dir).unwrap();
+        dir
+    }
+
     /// A hook that appends `NAME ARG` to the log, then exits with `status`.
     fn hook(&self, name: &str, status: i32, mode: u32) {
-        let path = self.dir().join(name);
+        self.hook_in(&self.dir(), name, status, mode);
+    }
+
+    fn hook_in(&self, dir: &Path, name: &str, status: i32, mode: u32) {
+        let path = dir.join(name);
         let log = self.tmp.path().join("log");
         std::fs::write(
             &path,
@@ -1174,6 +1185,15 @@ impl HookFixture {
         )
         .unwrap();
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+    }
+
+    /// The log once it has `n` lines (or after [`THAWED`]): aborts run after the reply.
+    fn log_of_at_least(&self, n: usize) -> Vec<String> {
+        let deadline = Instant::now() + THAWED;
+        while self.log().len() < n && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.log()
     }
 
     fn log(&self) -> Vec<String> {
@@ -1247,12 +1267,8 @@ fn a_failing_freeze_hook_vetoes_and_the_hooks_that_ran_are_aborted() {
         assert_eq!(s.request(VssOperation::FREEZE), FAIL);
         // The client in a later tier was never told to freeze.
         app.assert_quiet();
-        let deadline = Instant::now() + THAWED;
-        while hooks.log().len() < 4 && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(20));
-        }
         assert_eq!(
-            hooks.log(),
+            hooks.log_of_at_least(4),
             [
                 "10-ok freeze",
                 "20-veto freeze",
@@ -1295,6 +1311,38 @@ fn hooks_told_to_freeze_are_aborted_when_the_fifreeze_fails() {
     });
 }
 
+#[test]
+fn qemu_ga_and_vmware_directories_get_their_own_arguments_in_tier_order() {
+    with_timeout(TEST_LIMIT, || {
+        let s = Setup::new();
+        let hooks = HookFixture::new();
+        // qemu-ga's fsfreeze-hook.d (tier 10): abort is sent as "thaw".
+        hooks.hook("10-qemu", 0, 0o755);
+        // VMware's backupScripts.d (tier 20): vetoes; abort is sent as "freezeFail".
+        let vmware = hooks.other_dir("backupScripts.d");
+        hooks.hook_in(&vmware, "10-vmware", 1, 0o755);
+        let config = format!(
+            "[[hooks]]\ndir = \"{}\"\nstyle = \"qemu-ga\"\ntier = 10\n\
+             [[hooks]]\ndir = \"{}\"\nstyle = \"vmware\"\ntier = 20\n",
+            hooks.dir().display(),
+            vmware.display()
+        );
+        let _d = s.daemon_with(&config, &[]);
+        assert_eq!(s.request(VssOperation::FREEZE), FAIL);
+        // Freeze low tier first; abort high tier first.
+        assert_eq!(
+            hooks.log_of_at_least(4),
+            [
+                "10-qemu freeze",
+                "10-vmware freeze",
+                "10-vmware freezeFail",
+                "10-qemu thaw"
+            ]
+        );
+        assert!(s.writable());
+    });
+}
+
 /// Hooks alone (the highest tier, told thaw the moment the filesystems are thawed): thaw
 /// runs every hook in reverse, permitted by the freeze-safety owner, and the THAW succeeds.
 #[test]
@@ -1314,5 +1362,37 @@ fn hooks_alone_freeze_in_order_and_thaw_in_reverse_right_after_the_fithaw() {
             ["10-a freeze", "20-b freeze", "20-b thaw", "10-a thaw"]
         );
         assert_eq!(s.verdicts(1), ["app_consistent"]);
+    });
+}
+
+#[test]
+fn a_non_socket_file_at_the_socket_path_stops_the_daemon_with_exit_8() {
+    with_timeout(TEST_LIMIT, || {
+        let s = Setup::new();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("app.sock");
+        std::fs::write(&path, b"not a socket").unwrap();
+        let config = dir.path().join("hv-vss.toml");
+        std::fs::write(&config, "").unwrap();
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_hv-vssd"));
+        cmd.arg("--config")
+            .arg(&config)
+            .arg("--device")
+            .arg(s.emu.socket_path())
+            .arg("--state-dir")
+            .arg(s.state.path())
+            .arg("--mount")
+            .arg(s.fs.mount_point())
+            .arg("--app-socket")
+            .arg(&path);
+        let out = common::run_to_exit(&mut cmd, Duration::from_secs(20));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(8), "{stderr}");
+        assert!(
+            stderr.contains("app_socket") && stderr.contains("not a socket"),
+            "{stderr}"
+        );
+        // Never removed.
+        assert_eq!(std::fs::read(&path).unwrap(), b"not a socket");
     });
 }

@@ -276,6 +276,25 @@ mod tests {
         assert!(!j.path().exists());
     }
 
+    /// The binary crate has no fuzz target (cargo-fuzz needs a library): every prefix and
+    /// many byte flips of a valid file are parsed without a panic.
+    #[test]
+    fn damaged_files_never_panic_the_parser() {
+        let good = br#"{"version":1,"owed":[{"name":"db","txn":3,"told_unix_ms":5}]}"#;
+        assert_eq!(parse(good).unwrap().len(), 1);
+        for end in 0..good.len() {
+            let _ = parse(&good[..end]);
+        }
+        let mut seed = 0x9e37_79b9_u32;
+        for _ in 0..5000 {
+            seed = seed.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+            let mut bytes = good.to_vec();
+            let at = (seed >> 8) as usize % bytes.len();
+            bytes[at] = (seed >> 24) as u8;
+            let _ = parse(&bytes);
+        }
+    }
+
     #[test]
     fn garbage_is_reported_and_replaced() {
         let dir = tempfile::tempdir().unwrap();
