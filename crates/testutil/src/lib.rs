@@ -123,11 +123,58 @@ fn run(cmd: &mut Command) -> anyhow::Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 
-/// Mount points of live test filesystems, in creation order.
-static REGISTRY: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+/// A live test filesystem: what it takes to thaw, unmount and detach it without its guard.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Mounted {
+    mount_point: PathBuf,
+    loop_device: PathBuf,
+}
 
-fn registry() -> std::sync::MutexGuard<'static, Vec<PathBuf>> {
+/// Live test filesystems, in creation order: the one record of what is mounted. A guard
+/// unmounts only what is still listed here, so a filesystem released without its guard
+/// ([`release_all_test_filesystems`]) is not unmounted twice.
+static REGISTRY: Mutex<Vec<Mounted>> = Mutex::new(Vec::new());
+
+fn registry() -> std::sync::MutexGuard<'static, Vec<Mounted>> {
     REGISTRY.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Unmounts (lazily if still busy after a second) and detaches the loop device. `Ok(true)`:
+/// unmounted for real; `Ok(false)`: only detached from the tree (lazy).
+fn unmount_and_detach(m: &Mounted) -> anyhow::Result<bool> {
+    let mut result = Ok(false);
+    let mut unmounted = false;
+    for _ in 0..20 {
+        if run(Command::new("umount").arg(&m.mount_point)).is_ok() {
+            unmounted = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    if unmounted {
+        result = Ok(true);
+    } else if let Err(e) = run(Command::new("umount").arg("-l").arg(&m.mount_point)) {
+        result = Err(e);
+    }
+    let _ = run(Command::new("losetup").arg("-d").arg(&m.loop_device));
+    result
+}
+
+/// Thaws, unmounts and detaches every test filesystem still registered, newest first (a
+/// stacked one before the one holding its image), without their guards: for a test body
+/// that never returned, whose guards will never be dropped (the process ends with its
+/// thread still blocked). Their guards, if ever dropped, then find nothing to do.
+pub fn release_all_test_filesystems() {
+    thaw_all_test_filesystems();
+    let all: Vec<Mounted> = std::mem::take(&mut *registry());
+    for m in all.iter().rev() {
+        if let Err(e) = unmount_and_detach(m) {
+            eprintln!(
+                "hv-vss-testutil: releasing {}: {e:#}",
+                m.mount_point.display()
+            );
+        }
+    }
 }
 
 /// FITHAW on the filesystem at `path`. `Ok(true)`: it was frozen and is thawed now;
@@ -158,7 +205,7 @@ pub fn freeze_from_other_process(path: &Path) -> anyhow::Result<()> {
 
 /// Thaw every registered test filesystem (creation order), ignoring "not frozen".
 pub fn thaw_all_test_filesystems() {
-    let paths = registry().clone();
+    let paths: Vec<PathBuf> = registry().iter().map(|m| m.mount_point.clone()).collect();
     for p in paths {
         let _ = thaw_path(&p);
     }
@@ -221,7 +268,10 @@ impl LoopFs {
             .arg(&fs.loop_device)
             .arg(&fs.mount_point))?;
         fs.mounted = true;
-        registry().push(fs.mount_point.clone());
+        registry().push(Mounted {
+            mount_point: fs.mount_point.clone(),
+            loop_device: fs.loop_device.clone(),
+        });
         Ok(fs)
     }
 
@@ -289,21 +339,23 @@ impl LoopFs {
             return Ok(());
         }
         thaw_all_test_filesystems();
-        let mut result = Ok(());
-        let mut unmounted = false;
-        for _ in 0..20 {
-            if run(Command::new("umount").arg(&self.mount_point)).is_ok() {
-                unmounted = true;
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        if !unmounted && let Err(e) = run(Command::new("umount").arg("-l").arg(&self.mount_point)) {
-            result = Err(e);
-        }
-        let _ = run(Command::new("losetup").arg("-d").arg(&self.loop_device));
         self.mounted = false;
-        registry().retain(|p| *p != self.mount_point);
+        let listed = {
+            let mut reg = registry();
+            let before = reg.len();
+            reg.retain(|m| m.mount_point != self.mount_point);
+            reg.len() != before
+        };
+        // Not listed: already released without this guard (lazily unmounted).
+        let (unmounted, result) = if listed {
+            let done = unmount_and_detach(&Mounted {
+                mount_point: self.mount_point.clone(),
+                loop_device: self.loop_device.clone(),
+            });
+            (matches!(done, Ok(true)), done.map(|_| ()))
+        } else {
+            (false, Ok(()))
+        };
         let _ = std::fs::remove_file(&self.image);
         if let Some(dir) = self.dir.take()
             && unmounted
@@ -519,9 +571,14 @@ impl WriteProbe {
     }
 }
 
+/// How long a timed-out body gets to finish once the test filesystems are thawed.
+const TIMEOUT_GRACE: Duration = Duration::from_secs(10);
+
 /// Run `body` on a thread; if it does not finish within `timeout`, thaw every registered
-/// test filesystem (so a blocked body can finish and its guards clean up), wait up to 10 s
-/// more, then panic. A panic in `body` is propagated.
+/// test filesystem (so a blocked body can finish and its guards clean up), wait up to
+/// [`TIMEOUT_GRACE`] more, then panic; a body still blocked then has its filesystems
+/// released without its guards ([`release_all_test_filesystems`]). A panic in `body` is
+/// propagated (its guards were dropped while it unwound).
 pub fn run_with_timeout<T: Send + 'static>(
     timeout: Duration,
     body: impl FnOnce() -> T + Send + 'static,
@@ -546,7 +603,14 @@ pub fn run_with_timeout_and_cleanup<T: Send + 'static>(
     if rx.recv_timeout(timeout).is_err() {
         on_timeout();
         thaw_all_test_filesystems();
-        let _ = rx.recv_timeout(Duration::from_secs(10));
+        if rx.recv_timeout(TIMEOUT_GRACE).is_err() {
+            // Still blocked: its guards will never be dropped (the thread outlives the
+            // test and dies with the process), so release their filesystems here.
+            release_all_test_filesystems();
+            panic!(
+                "test body did not finish within {timeout:?}, nor {TIMEOUT_GRACE:?} after its filesystems were thawed; they were unmounted"
+            );
+        }
         panic!("test body did not finish within {timeout:?}; test filesystems were thawed");
     }
     match handle.join() {
@@ -698,6 +762,37 @@ mod tests {
         });
         assert!(out.is_err());
         assert!(ran.load(Ordering::SeqCst));
+    }
+
+    /// A body that never returns (its thread dies with the process, its guards never
+    /// dropped) still leaves no test filesystem mounted: the timeout releases them.
+    #[test]
+    fn a_body_that_never_returns_leaves_no_mount_behind() {
+        if skip_unless_root("loop-mounts an ext4 image") {
+            return;
+        }
+        let _serial = serial();
+        let (tx, rx) = mpsc::channel();
+        let out = std::panic::catch_unwind(|| {
+            run_with_timeout(Duration::from_millis(500), move || {
+                let fs = LoopFs::new(FsKind::Ext4).unwrap();
+                tx.send(fs.mount_point().to_path_buf()).unwrap();
+                // Blocked for good, holding the guard (as a test stuck in a syscall).
+                loop {
+                    std::thread::park();
+                }
+            })
+        });
+        let message = *out.unwrap_err().downcast::<String>().unwrap();
+        assert!(message.contains("were unmounted"), "{message}");
+        let mount_point = rx.recv().unwrap();
+        let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+        assert!(
+            !mounts.contains(&*mount_point.to_string_lossy()),
+            "{} is still mounted",
+            mount_point.display()
+        );
+        assert!(registry().iter().all(|m| m.mount_point != mount_point));
     }
 
     #[test]
