@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Builds the Debian package: release binaries, man pages and completions generated from the
 # clap definitions (dist/deb/generated, not committed), then cargo-deb (`cargo install --locked cargo-deb`
-# first). The metadata is in crates/daemon/Cargo.toml. Prints the path of the .deb.
+# first). The metadata is in crates/daemon/Cargo.toml. The binaries are built with line
+# tables (profile.release debug = 1, for backtraces); --dbgsym strips them in the .deb and
+# moves the symbols to hv-vss-dbgsym_*.ddeb beside it (objcopy, from binutils). Prints the
+# path of the .deb.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -11,4 +14,4 @@ rm -rf "$gen"
 target/release/hv-vss generate-docs "$gen"
 target/release/hv-vssd --generate-man "$gen/man"
 mkdir -p target/debian
-cargo deb --no-build --locked -p hv-vssd --output target/debian/ | tail -n 1
+cargo deb --no-build --locked --dbgsym -p hv-vssd --output target/debian/ | grep -v '\.ddeb$' | tail -n 1

@@ -49,6 +49,18 @@ echo "== dpkg -i"
 dpkg -i "$deb"
 /usr/bin/hv-vss --version
 /usr/sbin/hv-vssd --version
+# The installed binaries are stripped; their symbols are in the -dbgsym package beside the
+# .deb, under the build id each binary names (what gdb and systemd-coredump look up).
+ddeb=$(dirname "$deb")/$(basename "$deb" .deb | sed 's/^hv-vss_/hv-vss-dbgsym_/').ddeb
+[ -f "$ddeb" ] || fail "no debug symbol package $ddeb"
+ddeb_list=$(dpkg-deb -c "$ddeb" | awk '{print $6}')
+for bin in /usr/sbin/hv-vssd /usr/bin/hv-vss; do
+    readelf -S --wide "$bin" | grep -q '\.debug_info' && fail "$bin is not stripped"
+    id=$(readelf -n "$bin" | awk '/Build ID:/ {print $3}')
+    [ -n "$id" ] || fail "$bin has no build id"
+    grep -q "/usr/lib/debug/.build-id/${id:0:2}/${id:2}.debug" <<<"$ddeb_list" ||
+        fail "no symbols for $bin (build id $id) in $ddeb"
+done
 [ -f /etc/hv-vss/hv-vss.toml ] || fail "no /etc/hv-vss/hv-vss.toml"
 for u in hypervvssd.service hv-vss-daemon.service; do
     [ "$(readlink "$units/$u")" = /dev/null ] || fail "$u is not masked after install"
