@@ -176,7 +176,7 @@ impl Drop for Guardian {
         // Exiting while something of ours may be frozen (the log gate holds): leave the
         // socket open, so the held log lines can still be handed over on the way out
         // (`main`); the kernel closes it when the process ends, and the guardian thaws then.
-        if crate::GATE.get().is_some_and(|gate| gate.is_held()) {
+        if crate::logbuf::GATE.get().is_some_and(|gate| gate.is_held()) {
             return;
         }
         // Closing our end lets the guardian thaw what it still holds (nothing, after a

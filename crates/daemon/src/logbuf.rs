@@ -36,6 +36,10 @@ struct GateState {
     sink: Sink,
 }
 
+/// The daemon's one log gate, for the paths that cannot be handed it: the fatal-exit path in
+/// `main` and the guardian link's Drop (set once logging is up).
+pub static GATE: std::sync::OnceLock<LogGate> = std::sync::OnceLock::new();
+
 /// Shared switch between "write logs now" and "keep them in memory".
 #[derive(Clone)]
 pub struct LogGate {

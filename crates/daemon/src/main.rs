@@ -5,7 +5,7 @@
 //!
 //! Startup order (each step before the next, all before any freeze):
 //! 1. command line and config file, validated (exit 2, naming the flag or key);
-//! 2. logging through the freeze-safe gate ([`logbuf`]), and `/dev/kmsg` for urgent lines
+//! 2. logging through the freeze-safe gate ([`logbuf`](hv_vssd::logbuf)), and `/dev/kmsg` for urgent lines
 //!    while frozen ([`kmsg`]);
 //! 3. the state directory: created, checked not to be on a filesystem the plan may freeze
 //!    (exit 5), its instance lock taken (exit 4 if another hv-vssd uses it);
@@ -21,22 +21,9 @@
 //!    exit 3 if it cannot be opened);
 //! 8. `READY=1` to systemd, then the main loop ([`daemon`]).
 
-mod apps;
-mod completion;
-mod config;
-mod control;
-mod daemon;
-mod exit;
-mod fdlimit;
-mod fsworker;
-mod guardian;
-mod history;
-mod kmsg;
-mod logbuf;
-mod manpages;
-mod metrics;
-mod safety;
-mod transport;
+use hv_vssd::{
+    apps, config, daemon, fdlimit, fsworker, guardian, kmsg, manpages, safety, transport,
+};
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -47,9 +34,9 @@ use clap::Parser;
 use hv_vss_core::{AutoThaw, Coordinator, Millis};
 use hv_vss_freezer::{FreezeOptions, MountSource};
 
-use crate::config::{Overrides, Settings, TransportChoice};
-use crate::exit::{ExitKind, Fatal};
-use crate::logbuf::LogGate;
+use hv_vssd::config::{Overrides, Settings, TransportChoice};
+use hv_vssd::exit::{ExitKind, Fatal};
+use hv_vssd::logbuf::{GATE, LogGate};
 
 /// Hyper-V VSS (Backup) daemon with guaranteed thaw.
 #[derive(Debug, Parser)]
@@ -100,9 +87,6 @@ struct Cli {
 /// Mode of a state directory the daemon creates: search for everyone (the app socket is in
 /// it by default), read and write for root only. The systemd units' RuntimeDirectoryMode.
 const STATE_DIR_MODE: u32 = 0o711;
-
-/// The log gate, for the fatal-exit path in [`main`] (set once logging is up).
-pub(crate) static GATE: std::sync::OnceLock<LogGate> = std::sync::OnceLock::new();
 
 /// The way to the guardian, for handing over held log lines on a fatal exit while frozen.
 static LINK: std::sync::OnceLock<guardian::GuardianLink> = std::sync::OnceLock::new();

@@ -217,8 +217,9 @@ fn expired(owed: &Owed, now_unix_ms: u64) -> bool {
     now_unix_ms.saturating_sub(owed.told_unix_ms) > OWED_EXPIRY.as_millis() as u64
 }
 
-/// Parses the file's bytes into its entries.
-fn parse(bytes: &[u8]) -> Result<Vec<Owed>, String> {
+/// Parses the file's bytes into its entries (the file is untrusted: a damaged one is an
+/// error, never a panic; fuzz target `app_journal`).
+pub fn parse(bytes: &[u8]) -> Result<Vec<Owed>, String> {
     let file: JournalFile = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
     if file.version != VERSION {
         return Err(format!("unknown journal version {}", file.version));
