@@ -10,6 +10,8 @@
 //!   filesystem in creation order (a filesystem holding another's image was created first,
 //!   and must be thawed first so the upper one's thaw can write through), ignoring EINVAL,
 //!   then unmounts (lazily if busy) and detaches the loop device.
+//! - A test process ended by SIGTERM, SIGINT or SIGHUP releases every registered test
+//!   filesystem first (a signal thread, from the first one on); only SIGKILL leaves them.
 //!
 //! # Sizes
 //!
@@ -137,6 +139,43 @@ static REGISTRY: Mutex<Vec<Mounted>> = Mutex::new(Vec::new());
 
 fn registry() -> std::sync::MutexGuard<'static, Vec<Mounted>> {
     REGISTRY.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Lists a new test filesystem, and makes sure a termination signal releases it.
+fn register(m: Mounted) {
+    release_on_termination_signals();
+    registry().push(m);
+}
+
+/// A test process ended by SIGTERM, SIGINT or SIGHUP (an outer `timeout`, a cancelled CI
+/// job, Ctrl-C) runs no Drop: without this, its loop filesystems stay mounted, possibly
+/// frozen. From the first registered filesystem on, a thread waits for those signals,
+/// releases every test filesystem ([`release_all_test_filesystems`]), then ends the process
+/// as the signal would have (its default action, re-raised). SIGKILL cannot be caught.
+fn release_on_termination_signals() {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    static INSTALLED: std::sync::Once = std::sync::Once::new();
+    INSTALLED.call_once(|| {
+        let mut signals = match signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP]) {
+            Ok(signals) => signals,
+            Err(e) => {
+                eprintln!("hv-vss-testutil: cannot watch termination signals: {e}");
+                return;
+            }
+        };
+        let spawned = std::thread::Builder::new()
+            .name("testutil-release-on-signal".into())
+            .spawn(move || {
+                if let Some(signal) = signals.forever().next() {
+                    release_all_test_filesystems();
+                    let _ = signal_hook::low_level::emulate_default_handler(signal);
+                    std::process::exit(128 + signal);
+                }
+            });
+        if let Err(e) = spawned {
+            eprintln!("hv-vss-testutil: cannot start the signal thread: {e}");
+        }
+    });
 }
 
 /// Unmounts (lazily if still busy after a second) and detaches the loop device. `Ok(true)`:
@@ -268,7 +307,7 @@ impl LoopFs {
             .arg(&fs.loop_device)
             .arg(&fs.mount_point))?;
         fs.mounted = true;
-        registry().push(Mounted {
+        register(Mounted {
             mount_point: fs.mount_point.clone(),
             loop_device: fs.loop_device.clone(),
         });
@@ -793,6 +832,73 @@ mod tests {
             mount_point.display()
         );
         assert!(registry().iter().all(|m| m.mount_point != mount_point));
+    }
+
+    /// The child of [`a_sigterm_leaves_no_mount_behind`]: a test process holding a frozen
+    /// test filesystem, blocked for good. Runs only when that test starts it.
+    #[test]
+    #[ignore = "started by a_sigterm_leaves_no_mount_behind"]
+    fn child_holding_a_frozen_loop_fs() {
+        if std::env::var_os(SIGNAL_CHILD_ENV).is_none() {
+            return;
+        }
+        let fs = LoopFs::new(FsKind::Ext4).unwrap();
+        freeze_path(fs.mount_point()).unwrap();
+        // libtest has printed "test NAME ... " without a newline: mark the path.
+        println!("\nmount-point={}", fs.mount_point().display());
+        std::io::Write::flush(&mut std::io::stdout()).unwrap();
+        loop {
+            std::thread::park();
+        }
+    }
+
+    const SIGNAL_CHILD_ENV: &str = "HV_VSS_TESTUTIL_SIGNAL_CHILD";
+
+    /// A test process ended by SIGTERM (an outer `timeout`) leaves no test filesystem
+    /// mounted or frozen, and still dies of SIGTERM.
+    #[test]
+    fn a_sigterm_leaves_no_mount_behind() {
+        use std::io::BufRead;
+        use std::os::unix::process::ExitStatusExt;
+        if skip_unless_root("loop-mounts an ext4 image") {
+            return;
+        }
+        // The child's loop device must not be taken between another test's detach and
+        // its check that the device is gone.
+        let _serial = serial();
+        run_with_timeout(Duration::from_secs(60), || {
+            let mut child = Command::new(std::env::current_exe().unwrap())
+                .args([
+                    "--exact",
+                    "tests::child_holding_a_frozen_loop_fs",
+                    "--ignored",
+                    "--nocapture",
+                    "--test-threads=1",
+                ])
+                .env(SIGNAL_CHILD_ENV, "1")
+                .stdout(std::process::Stdio::piped())
+                .spawn()
+                .unwrap();
+            let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+            let mount_point = lines
+                .by_ref()
+                .map(|l| l.unwrap())
+                .find_map(|l| l.strip_prefix("mount-point=").map(str::to_string))
+                .expect("the child names its mount point");
+            let pid = rustix::process::Pid::from_child(&child);
+            rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
+            let status = child.wait().unwrap();
+            assert_eq!(status.signal(), Some(libc_sigterm()), "{status:?}");
+            let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+            assert!(
+                !mounts.contains(&format!(" {mount_point} ")),
+                "{mount_point} is still mounted after SIGTERM"
+            );
+        });
+    }
+
+    fn libc_sigterm() -> i32 {
+        rustix::process::Signal::TERM.as_raw()
     }
 
     #[test]
