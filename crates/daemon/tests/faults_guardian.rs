@@ -18,6 +18,9 @@ use rustix::process::Signal;
 const READY: Duration = Duration::from_secs(15);
 /// FITHAW's ioctl request number, as /proc/PID/syscall shows it.
 const FITHAW_ARG: &str = "0xc0045878";
+/// How long the guardian waits for its FITHAWs before reporting the late ones (its
+/// `THAW_DEADLINE`, recovery's per-filesystem deadline).
+const GUARDIAN_THAW_DEADLINE: Duration = hv_vss_freezer::DEFAULT_RECOVER_THAW_DEADLINE;
 
 /// A normal filesystem, a slow one, a state directory, the kernel emulator.
 struct Setup {
@@ -321,4 +324,96 @@ fn the_lines_held_at_a_fatal_exit_while_frozen_are_written_after_the_thaw() {
         assert!(log[handed..].contains("fatal error while frozen"), "{log}");
         assert!(d.wait_exit(Duration::from_secs(5)).is_some());
     });
+}
+
+/// SIGKILL while frozen, with one filesystem's FITHAW blocked: after the FREEZE the test
+/// freezes the filesystem holding the slow one's image, so that thawing the slow one
+/// (ext4 commits its superblock on thaw) blocks until the test thaws it. The guardian
+/// thaws the other filesystem at once anyway (each FITHAW bounded on a thread of its own),
+/// reports the blocked one and keeps it listed, and thaws it when the test releases the
+/// storage: nothing stays frozen or listed. The slow filesystem is the one the guardian
+/// comes to first (last armed: the plan orders a level by mount point), so a guardian
+/// that thaws one after the other, unbounded, never reaches the other filesystem.
+#[test]
+fn sigkill_with_a_blocking_fithaw_thaws_the_others_at_once() {
+    if hv_vss_testutil::skip_unless_root("guardian faults") {
+        return;
+    }
+    with_timeout(Duration::from_secs(120), || {
+        let mut s = Setup::new();
+        while s.fast.mount_point() > s.slow.inner.mount_point() {
+            s.fast = common::ext4();
+        }
+        let d = s.start();
+        let guardian = d.guardian_pid().expect("a guardian");
+        assert_eq!(
+            s.emu.host_request(VssOperation::FREEZE),
+            HostOutcome::Replied(HvStatus::S_OK)
+        );
+        let fast_probe = s.fast.write_probe();
+        let slow_probe = s.slow.inner.write_probe();
+        assert!(
+            !fast_probe.wait_ok(Duration::from_millis(300)),
+            "not frozen"
+        );
+        hv_vss_testutil::freeze_path(s.slow.outer.mount_point()).unwrap();
+        let killed = Instant::now();
+        kill(d.pid(), Signal::KILL);
+        let fast_thawed = fast_probe
+            .wait_ok(Duration::from_secs(2))
+            .then(|| killed.elapsed());
+        let guardian_blocked = in_fithaw(guardian);
+        let slow_stayed_frozen = !slow_probe.is_done();
+        let reported = d.wait_log(
+            "FITHAW did not return within its deadline",
+            GUARDIAN_THAW_DEADLINE + Duration::from_secs(3),
+        );
+        let listed = listed_devs(&s);
+        // Released before asserting, so that a failure leaves nothing blocked.
+        assert!(
+            s.slow.release().unwrap(),
+            "the outer filesystem, frozen by this test, was thawed by someone else"
+        );
+        let released = Instant::now();
+        let slow_thawed = slow_probe
+            .wait_ok(Duration::from_secs(5))
+            .then(|| released.elapsed());
+        let fast_thawed = fast_thawed.expect(
+            "the other filesystem was not thawed within 2 s of the SIGKILL: the guardian hung in the blocked FITHAW",
+        );
+        assert!(guardian_blocked, "the guardian made no blocked FITHAW");
+        assert!(
+            slow_stayed_frozen,
+            "the slow filesystem thawed under a frozen image"
+        );
+        assert!(reported, "the late FITHAW was not reported:\n{}", d.log());
+        assert_eq!(
+            listed,
+            vec![s.slow.inner.dev().unwrap()],
+            "the journal while the FITHAW blocks"
+        );
+        let slow_thawed =
+            slow_thawed.expect("the slow filesystem stayed frozen after its storage thawed");
+        s.wait_unlisted("after the late FITHAW returned");
+        let end = Instant::now() + Duration::from_secs(5);
+        while common::process_exists(guardian) {
+            assert!(Instant::now() < end, "the guardian lingers");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(d.log().contains("a late FITHAW returned"), "{}", d.log());
+        eprintln!(
+            "other fs thawed {fast_thawed:?} after the SIGKILL; blocked fs thawed {slow_thawed:?} after its storage"
+        );
+        drop(d);
+        let _d = s.start();
+        s.backup_works();
+    });
+}
+
+/// The devices the journal lists now (none without a journal).
+fn listed_devs(s: &Setup) -> Vec<hv_vss_freezer::DevNum> {
+    hv_vss_freezer::Journal::read(s.state.path())
+        .unwrap()
+        .map(|j| j.filesystems.iter().map(|e| e.dev).collect())
+        .unwrap_or_default()
 }
