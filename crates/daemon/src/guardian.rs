@@ -54,6 +54,9 @@
 //!   filesystem while it was blocked, thaws their freeze.
 //! - A FIFREEZE that never returns is never followed by a FITHAW from the guardian: no
 //!   FITHAW can be issued safely under it.
+//! - A FITHAW that never returns (the storage under its filesystem stays frozen) keeps
+//!   the guardian waiting for it, and that filesystem listed in the journal: a process
+//!   cannot finish exiting while one of its threads is in such a call anyway.
 
 pub mod process;
 pub mod thaw;
