@@ -4,11 +4,13 @@
 //! gets exactly one answer per request, the daemon (or its next start) serves the next
 //! backup, and where the daemon lives on, its fds and threads do not grow.
 //!
-//! The suite writes `docs/RELIABILITY.md` (case, bound, measured, result) from its own
-//! run, then fails if any case failed. Cases run one after another in one test, so the
-//! table is complete and ordered. Root only (skipped otherwise).
+//! Each case records its row of `docs/RELIABILITY.md` (case, bound, measured, result) as
+//! it ends (see `reliability`: the guardian cases of `faults_guardian.rs` record theirs
+//! the same way, into the same table); the suite fails if any case failed. Cases run one
+//! after another in one test. Root only (skipped otherwise).
 
 mod common;
+mod reliability;
 
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
@@ -23,6 +25,7 @@ use hv_vss_sim::host::{HandoverListener, HostConfig, HostSimulator, RingCorrupti
 use hv_vss_sim::kernel::{EmulatorConfig, HostOutcome, KernelEmulator};
 use hv_vss_testutil::{SlowFreezeFs, TestMount, WriteProbe, freeze_from_other_process, thaw_path};
 use hv_vss_vmbus::shm::{InterruptMaskModel, ShmRings};
+use reliability::Suite;
 use rustix::process::Signal;
 
 const READY: Duration = Duration::from_secs(15);
@@ -1210,81 +1213,27 @@ fn fault_injection_suite() {
         return;
     }
     with_timeout(SUITE_LIMIT, || {
-        // HV_VSS_FAULT_CASE=text runs only the cases whose name contains it (no doc).
+        // HV_VSS_FAULT_CASE=text runs only the cases whose name contains it (no rows).
         let only = std::env::var("HV_VSS_FAULT_CASE").ok();
-        let mut rows = Vec::new();
-        for &(case, bound, run) in CASES {
+        let suite = Suite::new(
+            "faults",
+            CASES.iter().map(|&(case, bound, _)| (case, bound)),
+        );
+        let mut failed = Vec::new();
+        for &(case, _, run) in CASES {
             if only.as_deref().is_some_and(|o| !case.contains(o)) {
                 continue;
             }
-            let started = Instant::now();
-            let result = std::panic::catch_unwind(run);
-            let outcome = match result {
-                Ok(measured) => Ok(measured),
-                Err(panic) => Err(panic
-                    .downcast_ref::<String>()
-                    .cloned()
-                    .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_string()))
-                    .unwrap_or_default()),
+            let row = if only.is_some() {
+                suite.measure(case, run)
+            } else {
+                suite.run(case, run)
             };
-            eprintln!("{case}: {outcome:?} ({:?})", started.elapsed());
-            rows.push((case, bound, outcome, started.elapsed()));
+            eprintln!("{case}: {:?} ({} ms)", row.result, row.ran_ms);
+            if let Err(e) = row.result {
+                failed.push(format!("{case}: {e}"));
+            }
         }
-        if only.is_none() {
-            write_reliability_doc(&rows);
-        }
-        let failed: Vec<_> = rows
-            .iter()
-            .filter_map(|(case, _, r, _)| r.as_ref().err().map(|e| format!("{case}: {e}")))
-            .collect();
         assert!(failed.is_empty(), "failed cases:\n{}", failed.join("\n"));
     });
-}
-
-fn write_reliability_doc(rows: &[(&str, &str, Result<String, String>, Duration)]) {
-    let mut text = String::from(
-        "# Reliability: the fault-injection suite\n\n\
-         Written by `crates/daemon/tests/faults.rs` (`cargo test -p hv-vssd --test faults`, as\n\
-         root) from its own run: the real `hv-vssd` in drop-in mode against the kernel\n\
-         emulator, on loop-mounted ext4 filesystems made by the suite. *Bound* is what the\n\
-         case promises (time from the fault until every write that blocked while frozen has\n\
-         completed, or that the host got a clean answer); *measured* is this run.\n\n\
-         | case | bound | measured | result |\n|---|---|---|---|\n",
-    );
-    for (case, bound, result, took) in rows {
-        let (measured, verdict) = match result {
-            Ok(m) => (m.clone(), "pass".to_string()),
-            Err(e) => (
-                format!("case ran {} ms", took.as_millis()),
-                format!("**FAIL**: {}", e.replace('|', "/").replace('\n', " ")),
-            ),
-        };
-        text.push_str(&format!("| {case} | {bound} | {measured} | {verdict} |\n"));
-    }
-    text.push_str(concat!(
-        "\n## Not in the suite yet\n\n",
-        "Cases the issue asks for that this table does not show: the systemd-style stop ",
-        "(SIGTERM, TimeoutStopSec, SIGKILL of the main pid as `KillMode=process` does, ",
-        "ExecStopPost, runtime directory kept) during a FIFREEZE that does not return, ",
-        "SIGSTOP during a slow FIFREEZE, and the held log lines at a fatal exit while ",
-        "frozen run in `tests/faults_guardian.rs`, not tabled here. The check, the ",
-        "application freeze and the thaw are held open by an application client that ",
-        "keeps its ack, so the SIGKILL lands while the daemon waits for it; a SIGKILL ",
-        "while a FITHAW itself blocks is not a case here. The UIO cases use one driver ",
-        "generation (the daemon owns the interrupt mask); `tests/uio.rs` runs both. ",
-        "Recovery (start-up, `hv-vss thaw --recover`) gives each FITHAW a deadline and ",
-        "goes on, but a process whose FITHAW thread is still blocked cannot finish ",
-        "exiting until that call returns (uninterruptible sleep); the guardian's own ",
-        "thaws have no such deadline yet.\n\n",
-        "Observed while building the stop case (kernel 6.18): a FITHAW on a filesystem whose ",
-        "FIFREEZE is still blocked (its loop image on another frozen filesystem) blocks, and ",
-        "the filesystem holding the image was found thawed afterwards. The guardian therefore ",
-        "thaws a filesystem at once only when the FIFREEZE thread confirmed it, and one whose ",
-        "FIFREEZE is in flight only once the call has returned, whether the daemon exited, ",
-        "hung or was stopped (`tests/faults_guardian.rs`: SIGSTOP during a slow FIFREEZE; ",
-        "without the confirmation the guardian blocks in that FITHAW and the confirmed ",
-        "filesystem stays frozen).\n",
-    ));
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/RELIABILITY.md");
-    std::fs::write(&path, text).unwrap();
 }

@@ -4,6 +4,7 @@
 //! emulator. Root only (skipped otherwise).
 
 mod common;
+mod reliability;
 
 use std::ffi::OsStr;
 use std::path::PathBuf;
@@ -13,9 +14,41 @@ use common::{Daemon, LoopFs, kill, with_timeout};
 use hv_vss_protocol::{HvStatus, VssOperation};
 use hv_vss_sim::kernel::{EmulatorConfig, HostOutcome, KernelEmulator};
 use hv_vss_testutil::SlowFreezeFs;
+use reliability::Suite;
 use rustix::process::Signal;
 
 const READY: Duration = Duration::from_secs(15);
+
+const SIGSTOP_SLOW: &str = "SIGSTOP of the daemon during a slow FIFREEZE (nested loop fs)";
+const SYSTEMD_STOP: &str = "stop as systemd does it (SIGTERM, TimeoutStopSec, SIGKILL of the main pid, ExecStopPost) during a slow FIFREEZE";
+const HELD_LINES: &str = "fatal exit while frozen: the held log lines";
+const BLOCKING_FITHAW: &str =
+    "SIGKILL while frozen, one fs's FITHAW blocked (its image on a frozen fs)";
+
+/// These cases' rows of docs/RELIABILITY.md (see `reliability`).
+fn suite() -> Suite {
+    Suite::new(
+        "faults_guardian",
+        [
+            (
+                SIGSTOP_SLOW,
+                "confirmed fs 10 s; in-flight fs 2 s after its FIFREEZE returns",
+            ),
+            (
+                SYSTEMD_STOP,
+                "nothing frozen or listed after ExecStopPost; next start serves",
+            ),
+            (
+                HELD_LINES,
+                "no stderr while frozen; the held lines written after the thaw",
+            ),
+            (
+                BLOCKING_FITHAW,
+                "the other fs 2 s; the blocked one once its storage thaws",
+            ),
+        ],
+    )
+}
 /// FITHAW's ioctl request number, as /proc/PID/syscall shows it.
 const FITHAW_ARG: &str = "0xc0045878";
 /// How long the guardian waits for its FITHAWs before reporting the late ones (its
@@ -132,7 +165,7 @@ fn sigstop_during_a_slow_fifreeze_thaws_the_confirmed_at_once_and_the_rest_once_
     if hv_vss_testutil::skip_unless_root("guardian faults") {
         return;
     }
-    with_timeout(Duration::from_secs(120), || {
+    suite().run_test(SIGSTOP_SLOW, || with_timeout(Duration::from_secs(120), || {
         let s = Setup::new();
         let d = s.start();
         let guardian = d.guardian_pid().expect("a guardian");
@@ -173,9 +206,6 @@ fn sigstop_during_a_slow_fifreeze_thaws_the_confirmed_at_once_and_the_rest_once_
             (fast_thawed, slow_thawed)
         });
         assert_ne!(answer, HostOutcome::Replied(HvStatus::S_OK), "{answer:?}");
-        eprintln!(
-            "confirmed fs thawed {fast_thawed:?} after SIGSTOP; in-flight fs {slow_thawed:?} after its FIFREEZE returned; host: {answer:?}"
-        );
         assert!(
             d.wait_log("guardian started", Duration::from_secs(10)),
             "no new guardian:\n{}",
@@ -183,7 +213,12 @@ fn sigstop_during_a_slow_fifreeze_thaws_the_confirmed_at_once_and_the_rest_once_
         );
         assert!(s.emu.wait_ready(READY));
         s.backup_works();
-    });
+        format!(
+            "confirmed fs {} after the SIGSTOP; in-flight fs {} after its FIFREEZE returned; host: {answer:?}; served on",
+            ms(fast_thawed),
+            ms(slow_thawed)
+        )
+    }));
 }
 
 /// The `hv-vss` binary (the units' `ExecStopPost=`), built beside `hv-vssd` by
@@ -218,11 +253,11 @@ fn a_systemd_stop_during_a_slow_fifreeze_leaves_nothing_frozen_or_listed() {
     }
     const TIMEOUT_STOP: Duration = Duration::from_secs(7);
     let hv_vss = hv_vss();
-    with_timeout(Duration::from_secs(120), move || {
+    suite().run_test(SYSTEMD_STOP, || with_timeout(Duration::from_secs(120), move || {
         let s = Setup::new();
         let mut d = s.start_with_config(SHORT_STOP);
         let guardian = d.guardian_pid().expect("a guardian");
-        let (answer, stop_post) = s.during_slow_fifreeze(|| {
+        let (answer, (stop_post, stop_post_took)) = s.during_slow_fifreeze(|| {
             // systemctl stop: SIGTERM, TimeoutStopSec, SIGKILL of the main pid only.
             kill(d.pid(), Signal::TERM);
             if d.wait_exit(TIMEOUT_STOP).is_none() {
@@ -235,11 +270,13 @@ fn a_systemd_stop_during_a_slow_fifreeze_leaves_nothing_frozen_or_listed() {
             // ExecStopPost, with the FIFREEZE returning while it waits.
             std::thread::scope(|scope| {
                 let post = scope.spawn(|| {
-                    std::process::Command::new(&hv_vss)
+                    let t = Instant::now();
+                    let out = std::process::Command::new(&hv_vss)
                         .args(["thaw", "--recover", "--wait", "20s", "--state-dir"])
                         .arg(s.state.path())
                         .output()
-                        .unwrap()
+                        .unwrap();
+                    (out, t.elapsed())
                 });
                 std::thread::sleep(Duration::from_secs(1));
                 assert!(
@@ -277,7 +314,11 @@ fn a_systemd_stop_during_a_slow_fifreeze_leaves_nothing_frozen_or_listed() {
         // systemctl start: the runtime directory was kept.
         let _d = s.start();
         s.backup_works();
-    });
+        format!(
+            "host: {answer:?}; ExecStopPost done in {} (FIFREEZE returned after 1 s of it); nothing frozen or listed; next start served",
+            ms(stop_post_took)
+        )
+    }));
 }
 
 /// A fatal exit while frozen (SIGTERM while a FIFREEZE does not return, THAW budget 2 s):
@@ -289,10 +330,10 @@ fn the_lines_held_at_a_fatal_exit_while_frozen_are_written_after_the_thaw() {
     if hv_vss_testutil::skip_unless_root("guardian faults") {
         return;
     }
-    with_timeout(Duration::from_secs(120), || {
+    suite().run_test(HELD_LINES, || with_timeout(Duration::from_secs(120), || {
         let s = Setup::new();
         let mut d = s.start_with_config(SHORT_STOP);
-        let (answer, log_while_frozen) = s.during_slow_fifreeze(|| {
+        let (answer, (log_while_frozen, released)) = s.during_slow_fifreeze(|| {
             kill(d.pid(), Signal::TERM);
             // The THAW budget (2 s) runs out and the daemon exits with its error.
             std::thread::sleep(Duration::from_secs(5));
@@ -301,7 +342,7 @@ fn the_lines_held_at_a_fatal_exit_while_frozen_are_written_after_the_thaw() {
                 s.slow.release().unwrap(),
                 "the outer filesystem, frozen by this test, was thawed by someone else"
             );
-            log
+            (log, Instant::now())
         });
         assert_eq!(answer, HostOutcome::Replied(HvStatus::E_FAIL));
         assert!(
@@ -317,13 +358,18 @@ fn the_lines_held_at_a_fatal_exit_while_frozen_are_written_after_the_thaw() {
             "the held lines were lost:\n{}",
             d.log()
         );
+        let written = released.elapsed();
         let log = d.log();
         let handed = log
             .find("the log lines it held follow")
             .expect("the guardian's header");
         assert!(log[handed..].contains("fatal error while frozen"), "{log}");
         assert!(d.wait_exit(Duration::from_secs(5)).is_some());
-    });
+        format!(
+            "host: {answer:?}; nothing written while frozen; the held lines (the fatal error among them) written within {} of the FIFREEZE returning",
+            ms(written)
+        )
+    }));
 }
 
 /// SIGKILL while frozen, with one filesystem's FITHAW blocked: after the FREEZE the test
@@ -339,7 +385,7 @@ fn sigkill_with_a_blocking_fithaw_thaws_the_others_at_once() {
     if hv_vss_testutil::skip_unless_root("guardian faults") {
         return;
     }
-    with_timeout(Duration::from_secs(120), || {
+    suite().run_test(BLOCKING_FITHAW, || with_timeout(Duration::from_secs(120), || {
         let mut s = Setup::new();
         while s.fast.mount_point() > s.slow.inner.mount_point() {
             s.fast = common::ext4();
@@ -401,13 +447,15 @@ fn sigkill_with_a_blocking_fithaw_thaws_the_others_at_once() {
             std::thread::sleep(Duration::from_millis(20));
         }
         assert!(d.log().contains("a late FITHAW returned"), "{}", d.log());
-        eprintln!(
-            "other fs thawed {fast_thawed:?} after the SIGKILL; blocked fs thawed {slow_thawed:?} after its storage"
-        );
         drop(d);
         let _d = s.start();
         s.backup_works();
-    });
+        format!(
+            "other fs {} after the SIGKILL; the blocked one reported, kept listed, thawed {} after its storage; next start served",
+            ms(fast_thawed),
+            ms(slow_thawed)
+        )
+    }));
 }
 
 /// The devices the journal lists now (none without a journal).
@@ -416,4 +464,8 @@ fn listed_devs(s: &Setup) -> Vec<hv_vss_freezer::DevNum> {
         .unwrap()
         .map(|j| j.filesystems.iter().map(|e| e.dev).collect())
         .unwrap_or_default()
+}
+
+fn ms(d: Duration) -> String {
+    format!("{} ms", d.as_millis())
 }
