@@ -155,9 +155,12 @@ fn write_atomic(path: &Path, bytes: &[u8]) {
     std::fs::rename(&tmp, path).unwrap();
 }
 
-/// Every suite's rows found under `dir`, in table order: (suite, its rows, `None` for a
-/// case not run), `None` for a suite that has not run.
-fn collect(dir: &Path) -> Vec<(&'static str, Option<Vec<(String, String, Option<Row>)>>)> {
+/// A case of a suite's manifest: its name, its bound, and its row if it has run.
+type Listed = (String, String, Option<Row>);
+
+/// Every suite's cases found under `dir`, in table order: (suite, its cases), `None` for
+/// a suite that has not run.
+fn collect(dir: &Path) -> Vec<(&'static str, Option<Vec<Listed>>)> {
     SUITES
         .iter()
         .map(|&suite| {
