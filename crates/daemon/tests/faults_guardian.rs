@@ -162,10 +162,7 @@ fn in_fithaw(pid: u32) -> bool {
 /// next backup.
 #[test]
 fn sigstop_during_a_slow_fifreeze_thaws_the_confirmed_at_once_and_the_rest_once_returned() {
-    if hv_vss_testutil::skip_unless_root("guardian faults") {
-        return;
-    }
-    suite().run_test(SIGSTOP_SLOW, || with_timeout(Duration::from_secs(120), || {
+    guardian_case(SIGSTOP_SLOW, || {
         let s = Setup::new();
         let d = s.start();
         let guardian = d.guardian_pid().expect("a guardian");
@@ -218,7 +215,7 @@ fn sigstop_during_a_slow_fifreeze_thaws_the_confirmed_at_once_and_the_rest_once_
             ms(fast_thawed),
             ms(slow_thawed)
         )
-    }));
+    });
 }
 
 /// The `hv-vss` binary (the units' `ExecStopPost=`), built beside `hv-vssd` by
@@ -248,12 +245,9 @@ const SHORT_STOP: &str = "stop_timeout_seconds = 7\n[limits]\nthaw_deadline_seco
 /// serves a backup.
 #[test]
 fn a_systemd_stop_during_a_slow_fifreeze_leaves_nothing_frozen_or_listed() {
-    if hv_vss_testutil::skip_unless_root("guardian faults") {
-        return;
-    }
     const TIMEOUT_STOP: Duration = Duration::from_secs(7);
-    let hv_vss = hv_vss();
-    suite().run_test(SYSTEMD_STOP, || with_timeout(Duration::from_secs(120), move || {
+    guardian_case(SYSTEMD_STOP, || {
+        let hv_vss = hv_vss();
         let s = Setup::new();
         let mut d = s.start_with_config(SHORT_STOP);
         let guardian = d.guardian_pid().expect("a guardian");
@@ -306,11 +300,7 @@ fn a_systemd_stop_during_a_slow_fifreeze_leaves_nothing_frozen_or_listed() {
             "the daemon lingers"
         );
         drop(d);
-        let end = Instant::now() + Duration::from_secs(5);
-        while common::process_exists(guardian) {
-            assert!(Instant::now() < end, "the guardian lingers");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        wait_gone(guardian);
         // systemctl start: the runtime directory was kept.
         let _d = s.start();
         s.backup_works();
@@ -318,7 +308,7 @@ fn a_systemd_stop_during_a_slow_fifreeze_leaves_nothing_frozen_or_listed() {
             "host: {answer:?}; ExecStopPost done in {} (FIFREEZE returned after 1 s of it); nothing frozen or listed; next start served",
             ms(stop_post_took)
         )
-    }));
+    });
 }
 
 /// A fatal exit while frozen (SIGTERM while a FIFREEZE does not return, THAW budget 2 s):
@@ -327,10 +317,7 @@ fn a_systemd_stop_during_a_slow_fifreeze_leaves_nothing_frozen_or_listed() {
 /// writes them to the daemon's stderr once it has thawed.
 #[test]
 fn the_lines_held_at_a_fatal_exit_while_frozen_are_written_after_the_thaw() {
-    if hv_vss_testutil::skip_unless_root("guardian faults") {
-        return;
-    }
-    suite().run_test(HELD_LINES, || with_timeout(Duration::from_secs(120), || {
+    guardian_case(HELD_LINES, || {
         let s = Setup::new();
         let mut d = s.start_with_config(SHORT_STOP);
         let (answer, (log_while_frozen, released)) = s.during_slow_fifreeze(|| {
@@ -369,7 +356,7 @@ fn the_lines_held_at_a_fatal_exit_while_frozen_are_written_after_the_thaw() {
             "host: {answer:?}; nothing written while frozen; the held lines (the fatal error among them) written within {} of the FIFREEZE returning",
             ms(written)
         )
-    }));
+    });
 }
 
 /// SIGKILL while frozen, with one filesystem's FITHAW blocked: after the FREEZE the test
@@ -382,10 +369,7 @@ fn the_lines_held_at_a_fatal_exit_while_frozen_are_written_after_the_thaw() {
 /// that thaws one after the other, unbounded, never reaches the other filesystem.
 #[test]
 fn sigkill_with_a_blocking_fithaw_thaws_the_others_at_once() {
-    if hv_vss_testutil::skip_unless_root("guardian faults") {
-        return;
-    }
-    suite().run_test(BLOCKING_FITHAW, || with_timeout(Duration::from_secs(120), || {
+    guardian_case(BLOCKING_FITHAW, || {
         let mut s = Setup::new();
         while s.fast.mount_point() > s.slow.inner.mount_point() {
             s.fast = common::ext4();
@@ -441,11 +425,7 @@ fn sigkill_with_a_blocking_fithaw_thaws_the_others_at_once() {
         let slow_thawed =
             slow_thawed.expect("the slow filesystem stayed frozen after its storage thawed");
         s.wait_unlisted("after the late FITHAW returned");
-        let end = Instant::now() + Duration::from_secs(5);
-        while common::process_exists(guardian) {
-            assert!(Instant::now() < end, "the guardian lingers");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        wait_gone(guardian);
         assert!(d.log().contains("a late FITHAW returned"), "{}", d.log());
         drop(d);
         let _d = s.start();
@@ -455,7 +435,25 @@ fn sigkill_with_a_blocking_fithaw_thaws_the_others_at_once() {
             ms(fast_thawed),
             ms(slow_thawed)
         )
-    }));
+    });
+}
+
+/// Runs `body` as the guardian case `case` (root only; under a timeout) and records its
+/// row.
+fn guardian_case(case: &str, body: impl FnOnce() -> String + Send + 'static) {
+    if hv_vss_testutil::skip_unless_root("guardian faults") {
+        return;
+    }
+    suite().run_test(case, || with_timeout(Duration::from_secs(120), body));
+}
+
+/// Waits (at most 5 s) until the guardian `pid` has exited.
+fn wait_gone(pid: u32) {
+    let end = Instant::now() + Duration::from_secs(5);
+    while common::process_exists(pid) {
+        assert!(Instant::now() < end, "the guardian lingers");
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 /// The devices the journal lists now (none without a journal).

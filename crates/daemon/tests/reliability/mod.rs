@@ -105,7 +105,13 @@ impl Suite {
     /// Writes `row` and this suite's manifest, then renders the doc from every row.
     pub fn record(&self, row: &Row) {
         let _one = RECORDING.lock().unwrap_or_else(|p| p.into_inner());
-        let dir = rows_dir().join(self.name);
+        self.write_row(&rows_dir(), row);
+        write_atomic(&doc_path(), render(&rows_dir()).as_bytes());
+    }
+
+    /// Writes `row` and this suite's manifest under `dir`.
+    fn write_row(&self, dir: &Path, row: &Row) {
+        let dir = dir.join(self.name);
         std::fs::create_dir_all(&dir).unwrap();
         let manifest = Manifest {
             cases: self
@@ -122,7 +128,6 @@ impl Suite {
             &dir.join(format!("{}.json", slug(&row.case))),
             &serde_json::to_vec_pretty(row).unwrap(),
         );
-        write_atomic(&doc_path(), render(&rows_dir()).as_bytes());
     }
 }
 
@@ -257,26 +262,6 @@ mod tests {
         Suite::new("faults", [("one", "1 s"), ("two | pipes", "2 s")])
     }
 
-    fn write_row(dir: &Path, suite: &Suite, row: &Row) {
-        let d = dir.join(suite.name);
-        std::fs::create_dir_all(&d).unwrap();
-        let manifest = Manifest {
-            cases: suite
-                .cases
-                .iter()
-                .map(|(c, b)| ((*c).to_owned(), (*b).to_owned()))
-                .collect(),
-        };
-        write_atomic(
-            &d.join("manifest.json"),
-            &serde_json::to_vec(&manifest).unwrap(),
-        );
-        write_atomic(
-            &d.join(format!("{}.json", slug(&row.case))),
-            &serde_json::to_vec(row).unwrap(),
-        );
-    }
-
     #[test]
     fn every_suite_and_case_shows_with_its_state() {
         let dir = tempfile::tempdir().unwrap();
@@ -285,7 +270,7 @@ mod tests {
             Err("boom\nline".into()),
             Duration::from_millis(7),
         );
-        write_row(dir.path(), &suite(), &failed);
+        suite().write_row(dir.path(), &failed);
         let doc = render(dir.path());
         assert!(doc.contains("| one | 1 s | | **not run** |"), "{doc}");
         assert!(
@@ -297,7 +282,7 @@ mod tests {
             "{doc}"
         );
         let passed = suite().row("one", Ok("3 ms".into()), Duration::from_millis(9));
-        write_row(dir.path(), &suite(), &passed);
+        suite().write_row(dir.path(), &passed);
         let doc = render(dir.path());
         assert!(doc.contains("| one | 1 s | 3 ms | pass |"), "{doc}");
         // In manifest order, whatever order the rows came in.
@@ -313,7 +298,7 @@ mod tests {
             result: Ok("1 ms".into()),
             ran_ms: 1,
         };
-        write_row(dir.path(), &suite(), &old);
+        suite().write_row(dir.path(), &old);
         let doc = render(dir.path());
         assert!(!doc.contains("renamed since"), "{doc}");
     }
