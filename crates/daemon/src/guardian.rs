@@ -23,15 +23,16 @@
 //! - the main loop sends a heartbeat every [`HEARTBEAT_INTERVAL`], and the deadline by
 //!   which the daemon will have thawed on its own (auto-thaw plus a grace).
 //!
-//! The guardian process ([`process`]) thaws the fds it holds, in reverse, when the socket
+//! The guardian process ([`process`]) thaws the fds it holds, last armed first, when the socket
 //! reaches end of file (the daemon exited or was killed: the kernel closes a dead
 //! process's fds whatever killed it, and with `PR_SET_DUMPABLE` off while frozen no core
 //! dump delays that), when no message came for [`process::HEARTBEAT_TIMEOUT`] while it
 //! holds fds (the daemon is hung or SIGSTOPped), or at the deadline: the confirmed ones at
 //! once, one still in flight only once its FIFREEZE has returned (a FITHAW issued under a
 //! FIFREEZE that is still blocked was seen to hang, and to disturb a filesystem stacked
-//! under it, on kernel 6.18). It then narrows the
-//! journal to what it could not thaw and exits. It ignores SIGINT, SIGTERM and SIGHUP, and
+//! under it, on kernel 6.18). Each FITHAW is bounded ([`thaw`]): one that blocks is
+//! reported and waited for while the others are thawed. It then narrows the journal to
+//! what it could not thaw and exits. It ignores SIGINT, SIGTERM and SIGHUP, and
 //! the systemd unit uses `KillMode=process`, so a stop or a crash of the daemon does not
 //! take the guardian with it.
 //!
@@ -53,8 +54,12 @@
 //!   filesystem while it was blocked, thaws their freeze.
 //! - A FIFREEZE that never returns is never followed by a FITHAW from the guardian: no
 //!   FITHAW can be issued safely under it.
+//! - A FITHAW that never returns (the storage under its filesystem stays frozen) keeps
+//!   the guardian waiting for it, and that filesystem listed in the journal: a process
+//!   cannot finish exiting while one of its threads is in such a call anyway.
 
 pub mod process;
+pub mod thaw;
 
 use std::io::IoSlice;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};

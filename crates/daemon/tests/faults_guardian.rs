@@ -4,6 +4,7 @@
 //! emulator. Root only (skipped otherwise).
 
 mod common;
+mod reliability;
 
 use std::ffi::OsStr;
 use std::path::PathBuf;
@@ -13,11 +14,46 @@ use common::{Daemon, LoopFs, kill, with_timeout};
 use hv_vss_protocol::{HvStatus, VssOperation};
 use hv_vss_sim::kernel::{EmulatorConfig, HostOutcome, KernelEmulator};
 use hv_vss_testutil::SlowFreezeFs;
+use reliability::Suite;
 use rustix::process::Signal;
 
 const READY: Duration = Duration::from_secs(15);
+
+const SIGSTOP_SLOW: &str = "SIGSTOP of the daemon during a slow FIFREEZE (nested loop fs)";
+const SYSTEMD_STOP: &str = "stop as systemd does it (SIGTERM, TimeoutStopSec, SIGKILL of the main pid, ExecStopPost) during a slow FIFREEZE";
+const HELD_LINES: &str = "fatal exit while frozen: the held log lines";
+const BLOCKING_FITHAW: &str =
+    "SIGKILL while frozen, one fs's FITHAW blocked (its image on a frozen fs)";
+
+/// These cases' rows of docs/RELIABILITY.md (see `reliability`).
+fn suite() -> Suite {
+    Suite::new(
+        "faults_guardian",
+        [
+            (
+                SIGSTOP_SLOW,
+                "confirmed fs 10 s; in-flight fs 2 s after its FIFREEZE returns",
+            ),
+            (
+                SYSTEMD_STOP,
+                "nothing frozen or listed after ExecStopPost; next start serves",
+            ),
+            (
+                HELD_LINES,
+                "no stderr while frozen; the held lines written after the thaw",
+            ),
+            (
+                BLOCKING_FITHAW,
+                "the other fs 2 s; the blocked one once its storage thaws",
+            ),
+        ],
+    )
+}
 /// FITHAW's ioctl request number, as /proc/PID/syscall shows it.
 const FITHAW_ARG: &str = "0xc0045878";
+/// How long the guardian waits for its FITHAWs before reporting the late ones (its
+/// `THAW_DEADLINE`, recovery's per-filesystem deadline).
+const GUARDIAN_THAW_DEADLINE: Duration = hv_vss_freezer::DEFAULT_RECOVER_THAW_DEADLINE;
 
 /// A normal filesystem, a slow one, a state directory, the kernel emulator.
 struct Setup {
@@ -126,10 +162,7 @@ fn in_fithaw(pid: u32) -> bool {
 /// next backup.
 #[test]
 fn sigstop_during_a_slow_fifreeze_thaws_the_confirmed_at_once_and_the_rest_once_returned() {
-    if hv_vss_testutil::skip_unless_root("guardian faults") {
-        return;
-    }
-    with_timeout(Duration::from_secs(120), || {
+    guardian_case(SIGSTOP_SLOW, || {
         let s = Setup::new();
         let d = s.start();
         let guardian = d.guardian_pid().expect("a guardian");
@@ -170,9 +203,6 @@ fn sigstop_during_a_slow_fifreeze_thaws_the_confirmed_at_once_and_the_rest_once_
             (fast_thawed, slow_thawed)
         });
         assert_ne!(answer, HostOutcome::Replied(HvStatus::S_OK), "{answer:?}");
-        eprintln!(
-            "confirmed fs thawed {fast_thawed:?} after SIGSTOP; in-flight fs {slow_thawed:?} after its FIFREEZE returned; host: {answer:?}"
-        );
         assert!(
             d.wait_log("guardian started", Duration::from_secs(10)),
             "no new guardian:\n{}",
@@ -180,6 +210,11 @@ fn sigstop_during_a_slow_fifreeze_thaws_the_confirmed_at_once_and_the_rest_once_
         );
         assert!(s.emu.wait_ready(READY));
         s.backup_works();
+        format!(
+            "confirmed fs {} after the SIGSTOP; in-flight fs {} after its FIFREEZE returned; host: {answer:?}; served on",
+            ms(fast_thawed),
+            ms(slow_thawed)
+        )
     });
 }
 
@@ -210,16 +245,13 @@ const SHORT_STOP: &str = "stop_timeout_seconds = 7\n[limits]\nthaw_deadline_seco
 /// serves a backup.
 #[test]
 fn a_systemd_stop_during_a_slow_fifreeze_leaves_nothing_frozen_or_listed() {
-    if hv_vss_testutil::skip_unless_root("guardian faults") {
-        return;
-    }
     const TIMEOUT_STOP: Duration = Duration::from_secs(7);
-    let hv_vss = hv_vss();
-    with_timeout(Duration::from_secs(120), move || {
+    guardian_case(SYSTEMD_STOP, || {
+        let hv_vss = hv_vss();
         let s = Setup::new();
         let mut d = s.start_with_config(SHORT_STOP);
         let guardian = d.guardian_pid().expect("a guardian");
-        let (answer, stop_post) = s.during_slow_fifreeze(|| {
+        let (answer, (stop_post, stop_post_took)) = s.during_slow_fifreeze(|| {
             // systemctl stop: SIGTERM, TimeoutStopSec, SIGKILL of the main pid only.
             kill(d.pid(), Signal::TERM);
             if d.wait_exit(TIMEOUT_STOP).is_none() {
@@ -232,11 +264,13 @@ fn a_systemd_stop_during_a_slow_fifreeze_leaves_nothing_frozen_or_listed() {
             // ExecStopPost, with the FIFREEZE returning while it waits.
             std::thread::scope(|scope| {
                 let post = scope.spawn(|| {
-                    std::process::Command::new(&hv_vss)
+                    let t = Instant::now();
+                    let out = std::process::Command::new(&hv_vss)
                         .args(["thaw", "--recover", "--wait", "20s", "--state-dir"])
                         .arg(s.state.path())
                         .output()
-                        .unwrap()
+                        .unwrap();
+                    (out, t.elapsed())
                 });
                 std::thread::sleep(Duration::from_secs(1));
                 assert!(
@@ -266,14 +300,14 @@ fn a_systemd_stop_during_a_slow_fifreeze_leaves_nothing_frozen_or_listed() {
             "the daemon lingers"
         );
         drop(d);
-        let end = Instant::now() + Duration::from_secs(5);
-        while common::process_exists(guardian) {
-            assert!(Instant::now() < end, "the guardian lingers");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        wait_gone(guardian);
         // systemctl start: the runtime directory was kept.
         let _d = s.start();
         s.backup_works();
+        format!(
+            "host: {answer:?}; ExecStopPost done in {} (FIFREEZE returned after 1 s of it); nothing frozen or listed; next start served",
+            ms(stop_post_took)
+        )
     });
 }
 
@@ -283,13 +317,10 @@ fn a_systemd_stop_during_a_slow_fifreeze_leaves_nothing_frozen_or_listed() {
 /// writes them to the daemon's stderr once it has thawed.
 #[test]
 fn the_lines_held_at_a_fatal_exit_while_frozen_are_written_after_the_thaw() {
-    if hv_vss_testutil::skip_unless_root("guardian faults") {
-        return;
-    }
-    with_timeout(Duration::from_secs(120), || {
+    guardian_case(HELD_LINES, || {
         let s = Setup::new();
         let mut d = s.start_with_config(SHORT_STOP);
-        let (answer, log_while_frozen) = s.during_slow_fifreeze(|| {
+        let (answer, (log_while_frozen, released)) = s.during_slow_fifreeze(|| {
             kill(d.pid(), Signal::TERM);
             // The THAW budget (2 s) runs out and the daemon exits with its error.
             std::thread::sleep(Duration::from_secs(5));
@@ -298,7 +329,7 @@ fn the_lines_held_at_a_fatal_exit_while_frozen_are_written_after_the_thaw() {
                 s.slow.release().unwrap(),
                 "the outer filesystem, frozen by this test, was thawed by someone else"
             );
-            log
+            (log, Instant::now())
         });
         assert_eq!(answer, HostOutcome::Replied(HvStatus::E_FAIL));
         assert!(
@@ -314,11 +345,125 @@ fn the_lines_held_at_a_fatal_exit_while_frozen_are_written_after_the_thaw() {
             "the held lines were lost:\n{}",
             d.log()
         );
+        let written = released.elapsed();
         let log = d.log();
         let handed = log
             .find("the log lines it held follow")
             .expect("the guardian's header");
         assert!(log[handed..].contains("fatal error while frozen"), "{log}");
         assert!(d.wait_exit(Duration::from_secs(5)).is_some());
+        format!(
+            "host: {answer:?}; nothing written while frozen; the held lines (the fatal error among them) written within {} of the FIFREEZE returning",
+            ms(written)
+        )
     });
+}
+
+/// SIGKILL while frozen, with one filesystem's FITHAW blocked: after the FREEZE the test
+/// freezes the filesystem holding the slow one's image, so that thawing the slow one
+/// (ext4 commits its superblock on thaw) blocks until the test thaws it. The guardian
+/// thaws the other filesystem at once anyway (each FITHAW bounded on a thread of its own),
+/// reports the blocked one and keeps it listed, and thaws it when the test releases the
+/// storage: nothing stays frozen or listed. The slow filesystem is the one the guardian
+/// comes to first (last armed: the plan orders a level by mount point), so a guardian
+/// that thaws one after the other, unbounded, never reaches the other filesystem.
+#[test]
+fn sigkill_with_a_blocking_fithaw_thaws_the_others_at_once() {
+    guardian_case(BLOCKING_FITHAW, || {
+        let mut s = Setup::new();
+        while s.fast.mount_point() > s.slow.inner.mount_point() {
+            s.fast = common::ext4();
+        }
+        let d = s.start();
+        let guardian = d.guardian_pid().expect("a guardian");
+        assert_eq!(
+            s.emu.host_request(VssOperation::FREEZE),
+            HostOutcome::Replied(HvStatus::S_OK)
+        );
+        let fast_probe = s.fast.write_probe();
+        let slow_probe = s.slow.inner.write_probe();
+        assert!(
+            !fast_probe.wait_ok(Duration::from_millis(300)),
+            "not frozen"
+        );
+        hv_vss_testutil::freeze_path(s.slow.outer.mount_point()).unwrap();
+        let killed = Instant::now();
+        kill(d.pid(), Signal::KILL);
+        let fast_thawed = fast_probe
+            .wait_ok(Duration::from_secs(2))
+            .then(|| killed.elapsed());
+        let guardian_blocked = in_fithaw(guardian);
+        let slow_stayed_frozen = !slow_probe.is_done();
+        let reported = d.wait_log(
+            "FITHAW did not return within its deadline",
+            GUARDIAN_THAW_DEADLINE + Duration::from_secs(3),
+        );
+        let listed = listed_devs(&s);
+        // Released before asserting, so that a failure leaves nothing blocked.
+        assert!(
+            s.slow.release().unwrap(),
+            "the outer filesystem, frozen by this test, was thawed by someone else"
+        );
+        let released = Instant::now();
+        let slow_thawed = slow_probe
+            .wait_ok(Duration::from_secs(5))
+            .then(|| released.elapsed());
+        let fast_thawed = fast_thawed.expect(
+            "the other filesystem was not thawed within 2 s of the SIGKILL: the guardian hung in the blocked FITHAW",
+        );
+        assert!(guardian_blocked, "the guardian made no blocked FITHAW");
+        assert!(
+            slow_stayed_frozen,
+            "the slow filesystem thawed under a frozen image"
+        );
+        assert!(reported, "the late FITHAW was not reported:\n{}", d.log());
+        assert_eq!(
+            listed,
+            vec![s.slow.inner.dev().unwrap()],
+            "the journal while the FITHAW blocks"
+        );
+        let slow_thawed =
+            slow_thawed.expect("the slow filesystem stayed frozen after its storage thawed");
+        s.wait_unlisted("after the late FITHAW returned");
+        wait_gone(guardian);
+        assert!(d.log().contains("a late FITHAW returned"), "{}", d.log());
+        drop(d);
+        let _d = s.start();
+        s.backup_works();
+        format!(
+            "other fs {} after the SIGKILL; the blocked one reported, kept listed, thawed {} after its storage; next start served",
+            ms(fast_thawed),
+            ms(slow_thawed)
+        )
+    });
+}
+
+/// Runs `body` as the guardian case `case` (root only; under a timeout) and records its
+/// row.
+fn guardian_case(case: &str, body: impl FnOnce() -> String + Send + 'static) {
+    if hv_vss_testutil::skip_unless_root("guardian faults") {
+        return;
+    }
+    suite().run_test(case, || with_timeout(Duration::from_secs(120), body));
+}
+
+/// Waits (at most 5 s) until the guardian `pid` has exited.
+fn wait_gone(pid: u32) {
+    let end = Instant::now() + Duration::from_secs(5);
+    while common::process_exists(pid) {
+        assert!(Instant::now() < end, "the guardian lingers");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The devices the journal lists now (none without a journal).
+fn listed_devs(s: &Setup) -> Vec<hv_vss_freezer::DevNum> {
+    hv_vss_freezer::Journal::read(s.state.path())
+        .unwrap()
+        .map(|j| j.filesystems.iter().map(|e| e.dev).collect())
+        .unwrap_or_default()
+}
+
+fn ms(d: Duration) -> String {
+    format!("{} ms", d.as_millis())
 }

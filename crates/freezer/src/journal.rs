@@ -31,6 +31,7 @@ use std::path::{Path, PathBuf};
 use hv_vss_sys::fs::{DevNum, ThawError};
 use serde::{Deserialize, Serialize};
 
+use crate::bounded_call::{BoundedCall, Waited};
 use crate::serde_util;
 
 /// File name of the journal inside the state directory.
@@ -409,26 +410,28 @@ pub fn recover(state_dir: &Path, options: RecoverOptions) -> Result<RecoverRepor
     Ok(report)
 }
 
-/// Opens, checks and thaws one entry on a thread of its own, waiting up to `deadline`: a
-/// FITHAW that blocks (the kernel makes it wait while a FIFREEZE of the same superblock is
-/// still in progress) is left to that thread, and recovery goes on.
+/// Opens, checks and thaws one entry on a thread of its own ([`BoundedCall`]), waiting up
+/// to `deadline`: a FITHAW that blocks (the kernel makes it wait while a FIFREEZE of the
+/// same superblock is still in progress) is left to that thread, and recovery goes on.
 fn thaw_entry_within(entry: &JournalEntry, deadline: std::time::Duration) -> RecoverOutcome {
-    let (tx, rx) = std::sync::mpsc::sync_channel(1);
     let owned = entry.clone();
-    let spawned = std::thread::Builder::new()
-        .name("hv-vss-recover-thaw".into())
-        .spawn(move || {
-            let _ = tx.send(thaw_entry(&owned));
-        });
-    if let Err(e) = spawned {
-        return RecoverOutcome::Failed {
-            error: format!("cannot start the thaw thread: {e}"),
-        };
-    }
-    rx.recv_timeout(deadline)
-        .unwrap_or(RecoverOutcome::TimedOut {
+    let call = match BoundedCall::spawn("hv-vss-recover-thaw", move || thaw_entry(&owned)) {
+        Ok(call) => call,
+        Err(e) => {
+            return RecoverOutcome::Failed {
+                error: format!("cannot start the thaw thread: {e}"),
+            };
+        }
+    };
+    match call.wait(deadline) {
+        Waited::Returned(outcome) => outcome,
+        Waited::Pending => RecoverOutcome::TimedOut {
             after_ms: deadline.as_millis() as u64,
-        })
+        },
+        Waited::Lost => RecoverOutcome::Failed {
+            error: "the thaw thread ended without a result".into(),
+        },
+    }
 }
 
 /// Opens `entry`'s path, checks its device, FITHAWs it.

@@ -30,6 +30,7 @@
 //! To thaw whatever is frozen, whoever froze it (an explicit, separate action):
 //! [`thaw_all_frozen`] (`hv-vss thaw --all-frozen`).
 
+pub mod bounded_call;
 pub mod config;
 pub mod engine;
 pub mod flush_ahead;
@@ -46,6 +47,7 @@ pub mod topology;
 
 use std::path::PathBuf;
 
+pub use bounded_call::{BoundedCall, Waited};
 pub use config::{
     CompiledConfig, ConfigError, ForeignFreezePolicy, FreezerConfig, MountFilter, UnsupportedPolicy,
 };

@@ -47,12 +47,13 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::OsString;
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, mpsc};
+use std::sync::Arc;
 use std::time::Duration;
 
 use hv_vss_sys::fs::{DevNum, ThawError};
 use serde::{Deserialize, Serialize};
 
+use crate::bounded_call::{BoundedCall, Waited};
 use crate::config::FreezerConfig;
 use crate::engine::{FsOps, KernelOps};
 use crate::mountinfo::MountEntry;
@@ -285,25 +286,39 @@ fn sweep_targets(
     Ok((targets, not_swept))
 }
 
-/// FITHAW each target in order, each attempt on its own thread under `deadline`.
+/// FITHAW each target in order, each attempt on its own thread under `deadline`
+/// ([`BoundedCall`]).
 fn sweep(targets: &[SweepTarget], ops: Arc<dyn FsOps>, deadline: Duration) -> Vec<SweptFs> {
     targets
         .iter()
         .map(|target| {
-            let (tx, rx) = mpsc::channel();
             let job_ops = ops.clone();
             let job_target = target.clone();
-            std::thread::spawn(move || {
-                let _ = tx.send(thaw_one(&job_target, job_ops.as_ref()));
+            let call = BoundedCall::spawn("hv-vss-sweep-thaw", move || {
+                thaw_one(&job_target, job_ops.as_ref())
             });
-            let (mount_point, outcome) = rx.recv_timeout(deadline).unwrap_or_else(|_| {
-                (
+            let waited = match &call {
+                Ok(call) => call.wait(deadline),
+                Err(_) => Waited::Lost,
+            };
+            let (mount_point, outcome) = match waited {
+                Waited::Returned(done) => done,
+                Waited::Pending => (
                     target.via[0].0.clone(),
                     SweepOutcome::TimedOut {
                         deadline_ms: u64::try_from(deadline.as_millis()).unwrap_or(u64::MAX),
                     },
-                )
-            });
+                ),
+                Waited::Lost => (
+                    target.via[0].0.clone(),
+                    SweepOutcome::Failed {
+                        error: match call {
+                            Err(e) => format!("cannot start the thaw thread: {e}"),
+                            Ok(_) => "the thaw thread ended without a result".into(),
+                        },
+                    },
+                ),
+            };
             SweptFs {
                 also_mounted_at: target
                     .also_mounted_at

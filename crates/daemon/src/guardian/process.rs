@@ -17,6 +17,11 @@
 //! a FITHAW under a blocked FIFREEZE was seen to hang on kernel 6.18 and to disturb a
 //! filesystem stacked under it.
 //!
+//! Each FITHAW runs on a thread of its own, all of a pass at once, bounded by
+//! [`super::thaw::THAW_DEADLINE`] ([`super::thaw`]): one that blocks (its filesystem's
+//! storage is frozen below it) is reported and kept listed, the others are thawed, and the
+//! guardian waits for the late call (it thaws when it returns) before it exits.
+//!
 //! Exiting is how the daemon learns of it (its poll sees end of file: `GuardianDied`). The
 //! fds decide what is thawed, whatever the journal says; the journal is then narrowed to
 //! what could not be thawed (removed when that is nothing and the daemon is gone), so a
@@ -31,11 +36,11 @@ use std::time::{Duration, Instant};
 
 use hv_vss_freezer::guardian_wire::{GuardianMsg, MAX_LOG_LINE, decode, decode_log_line};
 use hv_vss_freezer::{DevNum, FREEZE_THREAD_NAME, Journal};
-use hv_vss_sys::fs::ThawError;
 use rustix::event::{PollFd, PollFlags, Timespec};
 use rustix::net::{RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, SendFlags};
 
 use super::READY_BYTE;
+use super::thaw::{Held, Thaws};
 
 /// No message from the daemon for this long while holding fds: thaw them.
 pub const HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -45,15 +50,6 @@ const MAX_LAST_WORDS: usize = 8192;
 /// How often, once it has decided to thaw, the guardian looks whether a FIFREEZE still in
 /// flight has returned.
 pub const OUTCOME_POLL: Duration = Duration::from_millis(50);
-
-/// One fd the daemon handed over.
-#[derive(Debug)]
-struct Held {
-    dev: DevNum,
-    fd: OwnedFd,
-    /// Its FIFREEZE returned success; until then it may still be in flight.
-    confirmed: bool,
-}
 
 /// Why the guardian thawed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -133,14 +129,24 @@ pub fn run(state_dir: &Path) -> i32 {
         }
     };
     let started = Instant::now();
-    let mut thawed = Vec::new();
-    let mut failed = Vec::new();
+    let mut thaws = Thaws::default();
     loop {
         // Confirmed ones at once; the rest once no FIFREEZE call can still be running.
         let settled = !freeze_in_flight(daemon_pid);
-        thaw_held(&mut held, settled, &mut thawed, &mut failed);
-        if held.is_empty() {
+        let mut progress = thaws.start(&mut held, settled);
+        progress |= thaws.collect_late();
+        if held.is_empty() && !thaws.any_late() {
             break;
+        }
+        if progress {
+            // Something still waits (a FIFREEZE in flight, a late FITHAW): list only that.
+            narrow_journal(
+                state_dir,
+                daemon_pid,
+                cause,
+                &thaws.thawed,
+                &thaws.not_thawed(&held),
+            );
         }
         if connected {
             let ts = Timespec::try_from(OUTCOME_POLL).unwrap_or(Timespec {
@@ -164,6 +170,7 @@ pub fn run(state_dir: &Path) -> i32 {
             std::thread::sleep(OUTCOME_POLL);
         }
     }
+    let Thaws { thawed, failed, .. } = thaws;
     narrow_journal(state_dir, daemon_pid, cause, &thawed, &failed);
     write_last_words(&last_words);
     if thawed.is_empty() && failed.is_empty() {
@@ -316,42 +323,15 @@ fn receive_all(
     }
 }
 
-/// FITHAW on every held fd that is confirmed, or on all of them when `settled` (no
-/// FIFREEZE can still be running), last armed first; those are taken off `held` into
-/// `thawed` (thawed or found not frozen) or `failed`.
-fn thaw_held(
-    held: &mut Vec<Held>,
-    settled: bool,
-    thawed: &mut Vec<DevNum>,
-    failed: &mut Vec<DevNum>,
-) {
-    let mut waiting = Vec::new();
-    while let Some(h) = held.pop() {
-        if !h.confirmed && !settled {
-            waiting.push(h);
-            continue;
-        }
-        match hv_vss_sys::fs::thaw(h.fd.as_fd()) {
-            Ok(()) | Err(ThawError::NotFrozen) => thawed.push(h.dev),
-            Err(e) => {
-                tracing::error!(dev = %h.dev, error = %e, "guardian: FITHAW failed");
-                failed.push(h.dev);
-            }
-        }
-    }
-    waiting.reverse();
-    *held = waiting;
-}
-
-/// Takes what the guardian thawed off the journal of its daemon; when the daemon is gone
-/// and everything held was thawed, the journal goes (the held fds were exactly what the
-/// daemon may have frozen: each was armed before its FIFREEZE).
+/// Takes what the guardian thawed off the journal of its daemon. When the daemon is gone,
+/// the journal keeps only `not_thawed` (the held fds were exactly what the daemon may have
+/// frozen: each was armed before its FIFREEZE), and goes when that is nothing.
 fn narrow_journal(
     state_dir: &Path,
     daemon_pid: i32,
     cause: Cause,
     thawed: &[DevNum],
-    failed: &[DevNum],
+    not_thawed: &[DevNum],
 ) {
     let Ok(Some(mut journal)) = Journal::read(state_dir) else {
         return;
@@ -360,7 +340,7 @@ fn narrow_journal(
         return;
     }
     if cause == Cause::DaemonGone {
-        journal.filesystems.retain(|e| failed.contains(&e.dev));
+        journal.filesystems.retain(|e| not_thawed.contains(&e.dev));
     } else {
         journal.filesystems.retain(|e| !thawed.contains(&e.dev));
     }

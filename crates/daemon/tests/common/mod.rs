@@ -28,9 +28,12 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 /// Runs `body` (one test at a time in this binary); if it does not finish within `limit`,
 /// kills every daemon it started, thaws every test filesystem, and fails.
-pub fn with_timeout<F: FnOnce() + Send + 'static>(limit: Duration, body: F) {
+pub fn with_timeout<T: Send + 'static>(
+    limit: Duration,
+    body: impl FnOnce() -> T + Send + 'static,
+) -> T {
     let _serial = serial();
-    hv_vss_testutil::run_with_timeout_and_cleanup(limit, kill_registered, body);
+    hv_vss_testutil::run_with_timeout_and_cleanup(limit, kill_registered, body)
 }
 
 fn kill_registered() {
