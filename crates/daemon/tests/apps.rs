@@ -6,19 +6,17 @@
 mod common;
 
 use std::ffi::OsStr;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
-use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use common::app_client::{AppClient as App, Silence};
 use common::{Daemon, LoopFs, with_timeout};
-use hv_vss_app_protocol::{
-    Ack, ClientMessage, DaemonMessage, EventKind, LineBuffer, MAX_LINE, Register, parse_daemon_line,
-};
+use hv_vss_app_protocol::{Ack, ClientMessage, DaemonMessage, EventKind, MAX_LINE, Register};
 use hv_vss_protocol::{HvStatus, VssOperation};
 use hv_vss_sim::kernel::{EmulatorConfig, HostOutcome, KernelEmulator};
 use rustix::process::Signal;
@@ -37,110 +35,15 @@ const FAIL: HostOutcome = HostOutcome::Replied(HvStatus::E_FAIL);
 
 // ---- the test client ----------------------------------------------------------------------
 
-/// Why no message came.
-#[derive(Debug, PartialEq, Eq)]
-enum Silence {
-    Timeout,
-    Closed,
-}
-
-/// A protocol v1 client on a plain blocking socket.
-struct App {
-    stream: UnixStream,
-    lines: LineBuffer,
-}
-
+/// What only this suite asks of a client.
 impl App {
-    /// Connects, retrying while the socket is not there yet.
-    fn connect(path: &Path) -> App {
-        let deadline = Instant::now() + READY;
-        loop {
-            match UnixStream::connect(path) {
-                Ok(stream) => {
-                    return App {
-                        stream,
-                        lines: LineBuffer::new(),
-                    };
-                }
-                Err(e) if Instant::now() >= deadline => panic!("connect {}: {e}", path.display()),
-                Err(_) => std::thread::sleep(Duration::from_millis(20)),
-            }
-        }
-    }
-
-    /// Connects and registers; panics unless the answer is `registered`.
-    fn register(path: &Path, name: &str, tier: Option<u8>, timeout_ms: Option<u64>) -> App {
-        let mut app = App::connect(path);
-        app.send(&ClientMessage::Register(Register {
-            name: name.into(),
-            tier,
-            timeout_ms,
-        }));
-        match app.recv() {
-            DaemonMessage::Registered { name: n, protocol } => {
-                assert_eq!((n.as_str(), protocol), (name, 1));
-            }
-            other => panic!("{name}: expected registered, got {other:?}"),
-        }
-        app
-    }
-
-    fn send(&mut self, msg: &ClientMessage) {
-        self.send_raw(&msg.to_line());
-    }
-
-    fn send_raw(&mut self, bytes: &[u8]) {
-        self.stream.write_all(bytes).unwrap();
-    }
-
-    fn ack(&mut self, txn: u64, ok: bool) {
-        self.send(&ClientMessage::Ack(Ack {
-            txn,
-            ok,
-            message: (!ok).then(|| "not now".into()),
-        }));
-    }
-
-    /// The next message within `limit`.
-    fn next(&mut self, limit: Duration) -> Result<DaemonMessage, Silence> {
-        let deadline = Instant::now() + limit;
-        loop {
-            if let Some(line) = self.lines.next_line().unwrap() {
-                return Ok(parse_daemon_line(&line).unwrap());
-            }
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return Err(Silence::Timeout);
-            }
-            self.stream.set_read_timeout(Some(left)).unwrap();
-            let mut buf = [0u8; 4096];
-            match self.stream.read(&mut buf) {
-                Ok(0) => return Err(Silence::Closed),
-                Ok(n) => self.lines.push(&buf[..n]),
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                    ) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {
-                    return Err(Silence::Closed);
-                }
-                Err(e) => panic!("read: {e}"),
-            }
-        }
-    }
-
     fn recv(&mut self) -> DaemonMessage {
         self.next(ANSWER).expect("a message from the daemon")
     }
 
     /// The next message must be the event `kind`: its `(txn, deadline_ms)`.
     fn expect_event(&mut self, kind: EventKind) -> (u64, u64) {
-        let msg = self.recv();
-        match msg.as_event() {
-            Some((k, txn, deadline_ms)) if k == kind => (txn, deadline_ms),
-            _ => panic!("expected {kind:?}, got {msg:?}"),
-        }
+        self.expect_event_within(kind, ANSWER)
     }
 
     /// The next message must be an abort: its `(txn, reason)`.

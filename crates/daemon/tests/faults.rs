@@ -16,10 +16,9 @@ use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use common::app_client::{AppClient, Silence};
 use common::{Daemon, LoopFs, kill, with_timeout};
-use hv_vss_app_protocol::{
-    Ack, ClientMessage, DaemonMessage, EventKind, LineBuffer, Register, parse_daemon_line,
-};
+use hv_vss_app_protocol::{DaemonMessage, EventKind};
 use hv_vss_protocol::{HvStatus, VssOperation};
 use hv_vss_sim::host::{HandoverListener, HostConfig, HostSimulator, RingCorruption};
 use hv_vss_sim::kernel::{EmulatorConfig, HostOutcome, KernelEmulator};
@@ -179,88 +178,10 @@ impl Setup {
     }
 }
 
-/// A protocol v1 application client on the daemon's socket (`app.sock` in the state
-/// directory), enough to hold an ack and to see aborts.
-struct AppClient {
-    stream: std::os::unix::net::UnixStream,
-    lines: LineBuffer,
-}
-
-impl AppClient {
-    /// Connects (retrying while the socket is not there yet) and registers as `name`.
-    fn register(s: &Setup, name: &str) -> Self {
-        let path = s.state.path().join("app.sock");
-        let end = Instant::now() + READY;
-        let stream = loop {
-            match std::os::unix::net::UnixStream::connect(&path) {
-                Ok(stream) => break stream,
-                Err(e) if Instant::now() >= end => panic!("connect {}: {e}", path.display()),
-                Err(_) => std::thread::sleep(Duration::from_millis(20)),
-            }
-        };
-        let mut app = Self {
-            stream,
-            lines: LineBuffer::new(),
-        };
-        app.send(&ClientMessage::Register(Register {
-            name: name.into(),
-            tier: None,
-            timeout_ms: None,
-        }));
-        match app.next(READY) {
-            Some(DaemonMessage::Registered { .. }) => app,
-            other => panic!("{name}: expected registered, got {other:?}"),
-        }
-    }
-
-    fn send(&mut self, msg: &ClientMessage) {
-        use std::io::Write;
-        self.stream.write_all(&msg.to_line()).unwrap();
-    }
-
-    fn ack(&mut self, txn: u64) {
-        self.send(&ClientMessage::Ack(Ack {
-            txn,
-            ok: true,
-            message: None,
-        }));
-    }
-
-    /// The next message within `limit`; None on timeout or when the daemon closed.
-    fn next(&mut self, limit: Duration) -> Option<DaemonMessage> {
-        use std::io::Read;
-        let end = Instant::now() + limit;
-        loop {
-            if let Some(line) = self.lines.next_line().unwrap() {
-                return Some(parse_daemon_line(&line).unwrap());
-            }
-            let left = end.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return None;
-            }
-            self.stream.set_read_timeout(Some(left)).unwrap();
-            let mut buf = [0u8; 4096];
-            match self.stream.read(&mut buf) {
-                Ok(0) => return None,
-                Ok(n) => self.lines.push(&buf[..n]),
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                    ) => {}
-                Err(_) => return None,
-            }
-        }
-    }
-
-    /// Waits for the event `kind`: its txn.
-    fn expect_event(&mut self, kind: EventKind) -> u64 {
-        let msg = self.next(READY);
-        match msg.as_ref().and_then(DaemonMessage::as_event) {
-            Some((k, txn, _)) if k == kind => txn,
-            _ => panic!("expected {kind:?}, got {msg:?}"),
-        }
-    }
+/// The suite's application client, registered as `name` on the daemon's socket
+/// (`app.sock` in the state directory).
+fn app_client(s: &Setup, name: &str) -> AppClient {
+    AppClient::register(&s.state.path().join("app.sock"), name, None, None)
 }
 
 /// Sends `op` as the host on another thread; once `app` got the event `kind` (and holds
@@ -274,7 +195,7 @@ fn sigkill_while_an_app_holds(
 ) -> (HostOutcome, u64) {
     std::thread::scope(|scope| {
         let host = scope.spawn(|| s.request(op));
-        let txn = app.expect_event(kind);
+        let txn = app.expect_event_within(kind, READY).0;
         kill(d.pid(), Signal::KILL);
         (host.join().unwrap(), txn)
     })
@@ -285,8 +206,8 @@ fn backup_works_with(s: &Setup, app: &mut AppClient) {
     std::thread::scope(|scope| {
         let backup = scope.spawn(|| s.backup_works());
         for kind in [EventKind::Check, EventKind::Freeze, EventKind::Thaw] {
-            let txn = app.expect_event(kind);
-            app.ack(txn);
+            let txn = app.expect_event_within(kind, READY).0;
+            app.ack(txn, true);
         }
         backup.join().unwrap();
     });
@@ -697,16 +618,20 @@ fn ten_thousand_freezes_while_frozen() -> String {
 fn sigkill_during_the_check() -> String {
     let s = Setup::new(1);
     let d = s.start(&[]);
-    let mut app = AppClient::register(&s, "db");
+    let mut app = app_client(&s, "db");
     let (answer, _) =
         sigkill_while_an_app_holds(&s, &d, &mut app, VssOperation::HOT_BACKUP, EventKind::Check);
     let took = failed_and_nothing_frozen(&s, &answer);
     assert!(!s.journal().exists(), "a check lists nothing");
     drop(d);
     let _d = s.start(&[]);
-    let mut app = AppClient::register(&s, "db");
+    let mut app = app_client(&s, "db");
     backup_works_with(&s, &mut app);
-    assert_eq!(app.next(BLOCKED), None, "a check is owed no abort");
+    assert_eq!(
+        app.next(BLOCKED),
+        Err(Silence::Timeout),
+        "a check is owed no abort"
+    );
     format!("host: {answer:?}; writable {}", ms(took))
 }
 
@@ -717,11 +642,11 @@ fn sigkill_during_the_check() -> String {
 fn sigkill_during_an_app_freeze() -> String {
     let s = Setup::new(1);
     let d = s.start(&[]);
-    let mut app = AppClient::register(&s, "db");
+    let mut app = app_client(&s, "db");
     std::thread::scope(|scope| {
         let check = scope.spawn(|| s.request(VssOperation::HOT_BACKUP));
-        let txn = app.expect_event(EventKind::Check);
-        app.ack(txn);
+        let txn = app.expect_event_within(EventKind::Check, READY).0;
+        app.ack(txn, true);
         assert_eq!(check.join().unwrap(), HostOutcome::Replied(HvStatus::S_OK));
     });
     let (answer, txn) =
@@ -729,21 +654,29 @@ fn sigkill_during_an_app_freeze() -> String {
     let took = failed_and_nothing_frozen(&s, &answer);
     assert_eq!(
         app.next(READY),
-        None,
+        Err(Silence::Closed),
         "the daemon is gone: the connection ends"
     );
     drop(app);
     drop(d);
     let _d = s.start(&[]);
-    let mut app = AppClient::register(&s, "db");
+    let mut app = app_client(&s, "db");
     match app.next(READY) {
-        Some(DaemonMessage::Abort { txn: t, .. }) => assert_eq!(t, txn),
+        Ok(DaemonMessage::Abort { txn: t, .. }) => assert_eq!(t, txn),
         other => panic!("expected the owed abort, got {other:?}"),
     }
-    assert_eq!(app.next(BLOCKED), None, "a second message after the abort");
+    assert_eq!(
+        app.next(BLOCKED),
+        Err(Silence::Timeout),
+        "a second message after the abort"
+    );
     drop(app);
-    let mut app = AppClient::register(&s, "db");
-    assert_eq!(app.next(BLOCKED), None, "the abort came again");
+    let mut app = app_client(&s, "db");
+    assert_eq!(
+        app.next(BLOCKED),
+        Err(Silence::Timeout),
+        "the abort came again"
+    );
     backup_works_with(&s, &mut app);
     format!(
         "host: {answer:?}; writable {}; one abort after the restart",
@@ -757,11 +690,11 @@ fn sigkill_during_an_app_freeze() -> String {
 fn sigkill_during_the_thaw() -> String {
     let s = Setup::new(2);
     let d = s.start(&[]);
-    let mut app = AppClient::register(&s, "db");
+    let mut app = app_client(&s, "db");
     let probes = std::thread::scope(|scope| {
         let freeze = scope.spawn(|| s.freeze_held());
-        let txn = app.expect_event(EventKind::Freeze);
-        app.ack(txn);
+        let txn = app.expect_event_within(EventKind::Freeze, READY).0;
+        app.ack(txn, true);
         freeze.join().unwrap()
     });
     let t = Instant::now();
