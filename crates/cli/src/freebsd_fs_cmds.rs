@@ -16,6 +16,7 @@
 //! ends the holder recorded in the state directory (`hv_vss_freezer::holder`), whose fds
 //! the kernel then closes.
 
+use std::os::fd::AsFd;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -26,6 +27,7 @@ use hv_vss_freezer::freebsd_freeze::{FreeBsdFreezeError, ZpoolCommand, freeze as
 use hv_vss_freezer::freebsd_plan::{FreeBsdPlan, FreeBsdPolicy, OtherFsPolicy, ZfsPolicy};
 use hv_vss_freezer::hold::{HoldEnd, hold};
 use hv_vss_freezer::holder::{self, EndOutcome, HolderError};
+use hv_vss_freezer::holder_process;
 
 use crate::duration;
 
@@ -105,6 +107,10 @@ pub struct FreezeArgs {
     /// Print the report as JSON (after the thaw).
     #[arg(long)]
     json: bool,
+    /// Be the holder of a multi-threaded parent (hv-vssd): speak the holder protocol on
+    /// stdin and stdout (`hv_vss_freezer::holder_process`) instead of holding for --hold.
+    #[arg(long, hide = true, conflicts_with_all = ["hold", "json"])]
+    holder_protocol: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -171,6 +177,9 @@ pub fn plan(args: PlanArgs) -> anyhow::Result<ExitCode> {
 }
 
 pub fn freeze(args: FreezeArgs) -> anyhow::Result<ExitCode> {
+    if args.holder_protocol {
+        return serve_holder(&args);
+    }
     if !rustix::process::geteuid().is_root() {
         return fail(exit::NOT_ROOT, "suspending UFS needs root");
     }
@@ -214,7 +223,7 @@ pub fn freeze(args: FreezeArgs) -> anyhow::Result<ExitCode> {
         for mount in &report.suspended {
             println!("suspended {mount}");
         }
-        if let Some(note) = report.zfs_note {
+        if let Some(note) = &report.zfs_note {
             println!("{note}: {}", report.zfs_synced.join(", "));
         }
         for outcome in &resumed {
@@ -233,6 +242,24 @@ pub fn freeze(args: FreezeArgs) -> anyhow::Result<ExitCode> {
         );
     }
     ended?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `--holder-protocol`: freeze, report on stdout, hold until stdin closes or SIGTERM,
+/// resume, report. The parent owns the hold, so no holder record is written.
+fn serve_holder(args: &FreezeArgs) -> anyhow::Result<ExitCode> {
+    let stop = holder_process::stop_on_signals()?;
+    let plan = make_plan(&args.policy.policy());
+    let stdin = std::io::stdin();
+    let mut stdout = std::io::stdout().lock();
+    holder_process::serve(
+        plan,
+        &UfsSuspender,
+        &ZpoolCommand::default(),
+        stdin.as_fd(),
+        &mut stdout,
+        &stop,
+    )?;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -42,6 +42,7 @@ pub mod freebsd_freeze;
 pub mod freebsd_plan;
 pub mod hold;
 pub mod holder;
+pub mod holder_process;
 pub mod report;
 pub mod serde_util;
 pub mod suspend_set;
