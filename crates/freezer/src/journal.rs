@@ -38,8 +38,7 @@ use crate::serde_util;
 pub const JOURNAL_FILE: &str = "freeze-journal.json";
 /// File name of the advisory lock inside the state directory.
 pub const LOCK_FILE: &str = "freeze.lock";
-/// Default state directory (tmpfs on systemd systems).
-pub const DEFAULT_STATE_DIR: &str = "/run/hv-vss";
+pub use crate::config::DEFAULT_STATE_DIR;
 
 /// The journal's content.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -376,13 +375,13 @@ pub fn recover(state_dir: &Path, options: RecoverOptions) -> Result<RecoverRepor
         source,
     };
     let mut lock = StateLock::try_acquire(state_dir).map_err(state_err)?;
-    if lock.is_none() && hv_vss_sys::fs::process_alive(journal.pid) && !options.force {
+    if lock.is_none() && hv_vss_sys::process::process_alive(journal.pid) && !options.force {
         if !options.wait_for_freezer.is_zero()
-            && hv_vss_sys::fs::wait_for_exit(journal.pid, options.wait_for_freezer)
+            && hv_vss_sys::process::wait_for_exit(journal.pid, options.wait_for_freezer)
         {
             lock = StateLock::try_acquire(state_dir).map_err(state_err)?;
         }
-        if lock.is_none() && hv_vss_sys::fs::process_alive(journal.pid) {
+        if lock.is_none() && hv_vss_sys::process::process_alive(journal.pid) {
             return Err(RecoverError::FreezerAlive {
                 pid: journal.pid,
                 waited: options.wait_for_freezer,
