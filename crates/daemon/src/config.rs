@@ -60,6 +60,8 @@ use hv_vss_freezer::{CompiledConfig, FreezerConfig};
 use hv_vss_hooks::{HookDir, HookStyle};
 use serde::Deserialize;
 
+pub mod fsvss;
+
 /// Where the daemon looks for its config when `--config` is not given.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/hv-vss/hv-vss.toml";
 /// Default report history length.
@@ -91,6 +93,10 @@ pub struct FileConfig {
     pub hooks: Option<Vec<FileHookDir>>,
     #[serde(default)]
     pub freezer: FreezerConfig,
+    /// Whether the file sets `freezer.freeze_deadline_secs` (its default depends on the
+    /// transport: [`fsvss::DEFAULT_PER_FS_FREEZE_SECS`]).
+    #[serde(skip)]
+    pub freezer_deadline_given: bool,
 }
 
 /// A user or group, by name or number.
@@ -137,10 +143,17 @@ pub struct FileLimits {
 impl FileConfig {
     /// Parses the file's text; `origin` names the file in errors.
     pub fn parse(text: &str, origin: &Path) -> Result<Self, ConfigError> {
-        toml::from_str(text).map_err(|e| ConfigError::Syntax {
+        let syntax = |e: toml::de::Error| ConfigError::Syntax {
             file: origin.to_path_buf(),
             message: e.to_string().trim_end().to_string(),
-        })
+        };
+        let mut config: Self = toml::from_str(text).map_err(syntax)?;
+        let table: toml::Table = text.parse().map_err(syntax)?;
+        config.freezer_deadline_given = table
+            .get("freezer")
+            .and_then(|f| f.get("freeze_deadline_secs"))
+            .is_some();
+        Ok(config)
     }
 }
 
@@ -164,6 +177,26 @@ pub enum TransportChoice {
     DropIn(PathBuf),
     /// `/dev/uioN` or a host simulator's socket.
     Uio(PathBuf),
+    /// FreeBSD's `/dev/hv_fsvss_dev` ([`fsvss`]).
+    FsVss(PathBuf),
+}
+
+/// The platform whose transports and defaults the config resolves to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Platform {
+    /// `/dev/vmbus/hv_vss` or UIO.
+    Linux,
+    /// `/dev/hv_fsvss_dev`.
+    FreeBsd,
+}
+
+impl Platform {
+    /// The platform this daemon was built for.
+    pub const HOST: Self = if cfg!(target_os = "freebsd") {
+        Self::FreeBsd
+    } else {
+        Self::Linux
+    };
 }
 
 /// Log verbosity.
@@ -324,26 +357,27 @@ impl Settings {
         }
     }
 
-    /// Merges the command line over the file and validates every value.
+    /// Merges the command line over the file and validates every value, for this platform.
     pub fn resolve(file: FileConfig, cli: Overrides) -> Result<Self, ConfigError> {
-        let transport = match (cli.device, cli.uio) {
-            (Some(_), Some(_)) => return Err(invalid("--device", "conflicts with --uio")),
-            (Some(d), None) => TransportChoice::DropIn(d),
-            (None, Some(u)) => TransportChoice::Uio(u),
-            (None, None) => match (file.device, file.uio) {
-                (Some(_), Some(_)) => {
-                    return Err(invalid(
-                        "device",
-                        "conflicts with uio: set only one transport",
-                    ));
-                }
-                (Some(d), None) => TransportChoice::DropIn(d),
-                (None, Some(u)) => TransportChoice::Uio(u),
-                (None, None) => {
-                    TransportChoice::DropIn(hv_vss_vmbus::kernel_dev::DEFAULT_DEVICE_PATH.into())
-                }
-            },
+        Self::resolve_on(Platform::HOST, file, cli)
+    }
+
+    /// [`Self::resolve`] for `platform`'s transports and defaults.
+    pub fn resolve_on(
+        platform: Platform,
+        mut file: FileConfig,
+        cli: Overrides,
+    ) -> Result<Self, ConfigError> {
+        let transport = match platform {
+            Platform::Linux => linux_transport(cli.device, cli.uio, file.device, file.uio)?,
+            Platform::FreeBsd => {
+                fsvss::choose_transport(cli.device, cli.uio, file.device, file.uio)?
+            }
         };
+        let on_fsvss = matches!(transport, TransportChoice::FsVss(_));
+        if on_fsvss && !file.freezer_deadline_given {
+            file.freezer.freeze_deadline_secs = fsvss::DEFAULT_PER_FS_FREEZE_SECS;
+        }
 
         let state_dir = match cli.state_dir {
             Some(d) => absolute("--state-dir", d)?,
@@ -369,7 +403,11 @@ impl Settings {
             return Err(invalid("mounts", "an empty path is not a mount point"));
         }
 
-        let mut limits = Limits::default();
+        let mut limits = if on_fsvss {
+            fsvss::default_limits()
+        } else {
+            Limits::default()
+        };
         let l = &file.limits;
         if let Some(v) = l.check_deadline_seconds {
             limits.check_deadline = seconds("limits.check_deadline_seconds", v)?;
@@ -409,6 +447,9 @@ impl Settings {
             limits.validate()
         };
         check.map_err(|e| limits_error(&e))?;
+        if on_fsvss {
+            fsvss::check_deadlines(&limits)?;
+        }
 
         let freezer = file
             .freezer
@@ -475,6 +516,33 @@ impl Settings {
             control_gid,
         })
     }
+}
+
+/// Linux: `device` (drop-in) or `uio`, never both; the command line wins over the file.
+fn linux_transport(
+    cli_device: Option<PathBuf>,
+    cli_uio: Option<PathBuf>,
+    file_device: Option<PathBuf>,
+    file_uio: Option<PathBuf>,
+) -> Result<TransportChoice, ConfigError> {
+    Ok(match (cli_device, cli_uio) {
+        (Some(_), Some(_)) => return Err(invalid("--device", "conflicts with --uio")),
+        (Some(d), None) => TransportChoice::DropIn(d),
+        (None, Some(u)) => TransportChoice::Uio(u),
+        (None, None) => match (file_device, file_uio) {
+            (Some(_), Some(_)) => {
+                return Err(invalid(
+                    "device",
+                    "conflicts with uio: set only one transport",
+                ));
+            }
+            (Some(d), None) => TransportChoice::DropIn(d),
+            (None, Some(u)) => TransportChoice::Uio(u),
+            (None, None) => {
+                TransportChoice::DropIn(hv_vss_vmbus::kernel_dev::DEFAULT_DEVICE_PATH.into())
+            }
+        },
+    })
 }
 
 /// The deadlines must nest, or one safety bound defeats another (issue 8):
@@ -657,7 +725,11 @@ mod tests {
     use super::*;
 
     fn resolve(text: &str, cli: Overrides) -> Result<Settings, ConfigError> {
-        Settings::resolve(FileConfig::parse(text, Path::new("test.toml"))?, cli)
+        Settings::resolve_on(
+            Platform::Linux,
+            FileConfig::parse(text, Path::new("test.toml"))?,
+            cli,
+        )
     }
 
     fn err(text: &str, cli: Overrides) -> String {

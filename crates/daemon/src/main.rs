@@ -486,7 +486,7 @@ fn transport_fatal(settings: &Settings, e: &transport::TransportError) -> Fatal 
         ExitKind::TransportUnavailable
     };
     let flag = match &settings.transport {
-        TransportChoice::DropIn(_) => "--device",
+        TransportChoice::DropIn(_) | TransportChoice::FsVss(_) => "--device",
         TransportChoice::Uio(_) => "--uio",
     };
     let hint = if e.is_busy() {

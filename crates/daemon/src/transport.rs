@@ -1,6 +1,7 @@
-//! The host side of the daemon behind one type: Linux's `/dev/vmbus/hv_vss` (drop-in mode)
-//! or the VSS VMBus channel itself (UIO mode), so the main loop polls a few fds and answers
-//! each request through the transport it came from.
+//! The host side of the daemon behind one type: Linux's `/dev/vmbus/hv_vss` (drop-in mode),
+//! the VSS VMBus channel itself (UIO mode), or FreeBSD's `/dev/hv_fsvss_dev` ([`fsvss`]), so
+//! the main loop polls a few fds and answers each request through the transport it came
+//! from.
 //!
 //! # Drop-in (wire-protocol.md §8, R12, R13)
 //!
@@ -55,7 +56,11 @@ use rustix::net::{AddressFamily, RecvFlags, SocketAddrUnix, SocketFlags, SocketT
 
 use crate::config::TransportChoice;
 
+pub mod fsvss;
+mod fsvss_device;
 mod rediscover;
+pub use fsvss::{FsVssError, FsVssTransport};
+pub use fsvss_device::FsVssDev;
 pub use rediscover::{Attempt, UioRediscovery, Waiting, is_uio_node_path};
 
 /// How long a host simulator may take to hand over its rings after the connect.
@@ -67,9 +72,10 @@ pub enum Incoming {
     /// HOT_BACKUP, FREEZE or THAW: for the coordinator; answer with [`Transport::reply`]
     /// and this `key`.
     Request { key: u64, op: HostOp },
-    /// An operation that is not ours: already answered E_FAIL here (drop-in mode; in UIO
-    /// mode the endpoint reports it as a notice).
-    Refused { raw: VssOperation },
+    /// An operation that is not ours: already answered E_FAIL here (drop-in mode: `op` is
+    /// the VSS operation; FreeBSD: the `opt`, with the READ's `status`; in UIO mode the
+    /// endpoint reports it as a notice).
+    Refused { op: u32, status: Option<u32> },
     /// BU_COMPLETE, already answered S_OK by the endpoint (UIO mode only: in drop-in mode
     /// the kernel answers it and never forwards it). It closes the backup report.
     BackupComplete { trans_id: u64 },
@@ -91,6 +97,8 @@ pub enum TransportError {
     Kernel(#[from] KernelDevError),
     #[error(transparent)]
     Endpoint(#[from] EndpointError),
+    #[error(transparent)]
+    FsVss(#[from] FsVssError),
     /// Opening the UIO channel (device, mapping, hand-over) failed.
     #[error("{}: {source}", .path.display())]
     UioOpen {
@@ -121,6 +129,7 @@ impl TransportError {
     pub fn requires_reopen(&self) -> bool {
         match self {
             Self::Kernel(e) => e.requires_reopen(),
+            Self::FsVss(e) => e.requires_reopen(),
             Self::Endpoint(EndpointError::ForeignRequest { .. }) | Self::UnknownRequest(_) => false,
             Self::Endpoint(_) | Self::HandoverClosed => true,
             Self::UioOpen { .. } | Self::Connect { .. } | Self::UioPath(_) => false,
@@ -129,7 +138,11 @@ impl TransportError {
 
     /// Another VSS daemon holds the device.
     pub fn is_busy(&self) -> bool {
-        matches!(self, Self::Kernel(KernelDevError::Busy { .. }))
+        match self {
+            Self::Kernel(e) => matches!(e, KernelDevError::Busy { .. }),
+            Self::FsVss(e) => e.is_busy(),
+            _ => false,
+        }
     }
 }
 
@@ -275,6 +288,8 @@ pub enum Transport {
     Kernel(KernelDevice),
     Shm(IcTransport<ShmChannel>),
     Uio(IcTransport<UioChannel>),
+    /// FreeBSD's `/dev/hv_fsvss_dev` ([`FsVssDev`] cannot be opened elsewhere).
+    FsVss(FsVssTransport<FsVssDev>),
 }
 
 impl Transport {
@@ -284,7 +299,7 @@ impl Transport {
         &self,
     ) -> Option<(hv_vss_protocol::ic::Version, hv_vss_protocol::ic::Version)> {
         match self {
-            Transport::Kernel(_) => None,
+            Transport::Kernel(_) | Transport::FsVss(_) => None,
             Transport::Shm(t) => t.negotiated,
             Transport::Uio(t) => t.negotiated,
         }
@@ -299,6 +314,9 @@ impl Transport {
                 Ok(Self::Kernel(dev))
             }
             TransportChoice::Uio(path) => open_uio(path),
+            TransportChoice::FsVss(path) => {
+                Ok(Self::FsVss(FsVssTransport::open(path.as_path(), path)?))
+            }
         }
     }
 
@@ -306,7 +324,7 @@ impl Transport {
     /// already read).
     pub fn wants_service(&self) -> bool {
         match self {
-            Self::Kernel(_) => false,
+            Self::Kernel(_) | Self::FsVss(_) => false,
             Self::Shm(t) => t.endpoint.unsent_replies() > 0 || !t.ready.is_empty(),
             Self::Uio(t) => t.endpoint.unsent_replies() > 0 || !t.ready.is_empty(),
         }
@@ -327,7 +345,10 @@ impl Transport {
                         // R5: only HOT_BACKUP, FREEZE and THAW are ours; the kernel answers
                         // the rest itself, so anything else is a faulty peer: E_FAIL.
                         dev.reply(HvStatus::E_FAIL)?;
-                        return Ok(vec![Incoming::Refused { raw }]);
+                        return Ok(vec![Incoming::Refused {
+                            op: raw.0.into(),
+                            status: None,
+                        }]);
                     }
                 };
                 Ok(vec![Incoming::Request { key: 0, op }])
@@ -340,22 +361,24 @@ impl Transport {
                 t.service()?;
                 Ok(t.ready.drain(..).collect())
             }
+            Self::FsVss(t) => Ok(t.recv()?),
         }
     }
 
     /// Answers request `key`; in UIO mode a full ring queues the reply instead.
     pub fn reply(&mut self, key: u64, status: Status) -> Result<Delivery, TransportError> {
-        let status = match status {
+        let hv_status = match status {
             Status::Ok => HvStatus::S_OK,
             Status::Fail => HvStatus::E_FAIL,
         };
         match self {
             Self::Kernel(dev) => {
-                dev.reply(status)?;
+                dev.reply(hv_status)?;
                 Ok(Delivery::Sent)
             }
-            Self::Shm(t) => t.reply(key, status),
-            Self::Uio(t) => t.reply(key, status),
+            Self::Shm(t) => t.reply(key, hv_status),
+            Self::Uio(t) => t.reply(key, hv_status),
+            Self::FsVss(t) => Ok(t.reply(key, status)?),
         }
     }
 
@@ -365,6 +388,7 @@ impl Transport {
             Self::Kernel(dev) => vec![dev.as_fd()],
             Self::Shm(t) => t.fds(),
             Self::Uio(t) => t.fds(),
+            Self::FsVss(t) => t.fds(),
         }
     }
 }
@@ -477,7 +501,9 @@ impl Reopener {
                 Ok(transport) => ReopenStep::Opened {
                     transport: Box::new(transport),
                     node: match choice {
-                        TransportChoice::DropIn(p) | TransportChoice::Uio(p) => p.clone(),
+                        TransportChoice::DropIn(p)
+                        | TransportChoice::Uio(p)
+                        | TransportChoice::FsVss(p) => p.clone(),
                     },
                 },
                 Err(e) => ReopenStep::Failed(e),
