@@ -375,13 +375,13 @@ pub fn recover(state_dir: &Path, options: RecoverOptions) -> Result<RecoverRepor
         source,
     };
     let mut lock = StateLock::try_acquire(state_dir).map_err(state_err)?;
-    if lock.is_none() && hv_vss_sys::fs::process_alive(journal.pid) && !options.force {
+    if lock.is_none() && hv_vss_sys::process::process_alive(journal.pid) && !options.force {
         if !options.wait_for_freezer.is_zero()
-            && hv_vss_sys::fs::wait_for_exit(journal.pid, options.wait_for_freezer)
+            && hv_vss_sys::process::wait_for_exit(journal.pid, options.wait_for_freezer)
         {
             lock = StateLock::try_acquire(state_dir).map_err(state_err)?;
         }
-        if lock.is_none() && hv_vss_sys::fs::process_alive(journal.pid) {
+        if lock.is_none() && hv_vss_sys::process::process_alive(journal.pid) {
             return Err(RecoverError::FreezerAlive {
                 pid: journal.pid,
                 waited: options.wait_for_freezer,

@@ -1,5 +1,6 @@
-//! Child-process setup that needs code between `fork` and `exec`: a new session, and no
-//! inherited descriptors beyond stdin, stdout and stderr.
+//! Processes: child setup that needs code between `fork` and `exec` (a new session, no
+//! inherited descriptors beyond stdin, stdout and stderr), and whether and when another
+//! process has exited.
 //!
 //! # Kernel contract
 //!
@@ -13,7 +14,14 @@
 //!   (inherited from its own parent, or opened by foreign code) does not leak through
 //!   `execve`. Marking rather than closing keeps std's own exec-error pipe working. Older
 //!   kernels answer `ENOSYS` or `EINVAL`; that is ignored, since std and rustix open every
-//!   descriptor with `O_CLOEXEC` anyway.
+//!   descriptor with `O_CLOEXEC` anyway. FreeBSD has the same call with the same flag
+//!   (13.1 and later).
+//! - `kill(pid, 0)` tells whether a process exists (`ESRCH`: it does not; `EPERM`: it does,
+//!   and belongs to someone else).
+//! - Waiting for another process's exit without polling: Linux's `pidfd_open(2)` gives an
+//!   fd that polls readable when the process exits; FreeBSD's `kqueue` `EVFILT_PROC` with
+//!   `NOTE_EXIT` reports it. Either holds on to that one process, so a reused pid cannot
+//!   fool the wait.
 //!
 //! Both run in the forked child of a possibly multi-threaded parent, where only
 //! async-signal-safe operations are allowed: each is one raw syscall, with no allocation and
@@ -22,6 +30,8 @@
 use std::io;
 use std::os::unix::process::CommandExt;
 use std::process::Command;
+
+use rustix::io::Errno;
 
 /// Make `cmd`'s child a new session leader (`setsid(2)`) and mark all its descriptors from 3
 /// up close-on-exec (`close_range(2)` with `CLOSE_RANGE_CLOEXEC`) before `execve`.
@@ -34,7 +44,7 @@ pub fn detach_on_spawn(cmd: &mut Command) {
     let in_child = || -> io::Result<()> {
         rustix::process::setsid()
             .map_err(|errno| io::Error::from_raw_os_error(errno.raw_os_error()))?;
-        mark_inherited_fds_cloexec();
+        crate::platform::process::mark_inherited_fds_cloexec();
         Ok(())
     };
     // SAFETY: the closure runs in the child between fork and exec. It makes two raw syscalls
@@ -46,25 +56,69 @@ pub fn detach_on_spawn(cmd: &mut Command) {
     }
 }
 
-/// `close_range(3, ~0U, CLOSE_RANGE_CLOEXEC)`; failures (old kernels) are ignored.
-fn mark_inherited_fds_cloexec() {
-    // SAFETY: close_range with CLOSE_RANGE_CLOEXEC takes three integers, touches no memory of
-    // ours and closes nothing: it only sets FD_CLOEXEC on descriptors 3 and up, so no owned
-    // descriptor in this process becomes dangling.
-    let _ = unsafe {
-        libc::syscall(
-            libc::SYS_close_range,
-            3 as libc::c_uint,
-            libc::c_uint::MAX,
-            libc::CLOSE_RANGE_CLOEXEC,
-        )
+/// Is a process with this pid alive (`kill(pid, 0)`; `EPERM` counts as alive)?
+pub fn process_alive(pid: i32) -> bool {
+    let Some(pid) = rustix::process::Pid::from_raw(pid) else {
+        return false;
     };
+    !matches!(rustix::process::test_kill_process(pid), Err(Errno::SRCH))
+}
+
+/// Waits until process `pid` has exited, at most `timeout`: `true` if it is gone. Uses a
+/// pidfd on Linux and a kqueue `EVFILT_PROC` on FreeBSD, so no pid reuse can fool it while
+/// waiting; falls back to polling [`process_alive`] where neither is available. A process
+/// stuck in an uninterruptible call (FIFREEZE) exits only when that call returns: the wait
+/// is what bounds it.
+pub fn wait_for_exit(pid: i32, timeout: std::time::Duration) -> bool {
+    let Some(raw) = rustix::process::Pid::from_raw(pid) else {
+        return true;
+    };
+    let deadline = std::time::Instant::now() + timeout;
+    crate::platform::process::wait_for_exit(raw, deadline)
+        .unwrap_or_else(|| poll_until_gone(pid, deadline))
+}
+
+/// The fallback of [`wait_for_exit`]: [`process_alive`] every 50 ms until `deadline`.
+fn poll_until_gone(pid: i32, deadline: std::time::Instant) -> bool {
+    while process_alive(pid) {
+        if std::time::Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    true
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::os::fd::AsRawFd;
+
+    #[test]
+    fn wait_for_exit_sees_a_child_end_and_times_out_on_a_live_one() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("0.3")
+            .spawn()
+            .unwrap();
+        let pid = child.id() as i32;
+        assert!(!wait_for_exit(pid, std::time::Duration::from_millis(50)));
+        assert!(wait_for_exit(pid, std::time::Duration::from_secs(10)));
+        child.wait().unwrap();
+        assert!(
+            wait_for_exit(pid, std::time::Duration::ZERO),
+            "reaped: gone"
+        );
+    }
+
+    #[test]
+    fn process_alive_sees_self_and_not_a_reaped_child() {
+        assert!(process_alive(std::process::id() as i32));
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let pid = child.id() as i32;
+        child.wait().unwrap();
+        assert!(!process_alive(pid));
+        assert!(!process_alive(0));
+    }
 
     #[test]
     fn child_is_a_session_leader() {

@@ -21,11 +21,11 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use rustix::event::{PollFd, PollFlags, Timespec};
 use rustix::fs::{Mode, OFlags};
 use rustix::io::Errno;
 
 use crate::mem::{MemError, SharedMapping, page_size};
+pub use crate::poll::{Readable, poll_readable};
 
 /// Errors of the UIO device.
 #[derive(Debug, thiserror::Error)]
@@ -229,42 +229,6 @@ impl UioDevice {
 impl AsFd for UioDevice {
     fn as_fd(&self) -> BorrowedFd<'_> {
         self.fd.as_fd()
-    }
-}
-
-/// Outcome of [`poll_readable`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Readable {
-    /// `POLLIN`.
-    Yes,
-    /// The timeout expired.
-    TimedOut,
-    /// `POLLERR`, `POLLHUP` or `POLLNVAL`.
-    Error,
-}
-
-/// `poll({fd, POLLIN}, timeout)`, retrying on `EINTR` with the time left.
-pub fn poll_readable(fd: BorrowedFd<'_>, timeout: Option<Duration>) -> Result<Readable, Errno> {
-    let deadline = timeout.map(|t| std::time::Instant::now() + t);
-    loop {
-        let left = deadline.map(|d| d.saturating_duration_since(std::time::Instant::now()));
-        let ts = left.map(|l| Timespec {
-            tv_sec: l.as_secs() as i64,
-            tv_nsec: i64::from(l.subsec_nanos()),
-        });
-        let mut fds = [PollFd::from_borrowed_fd(fd, PollFlags::IN)];
-        match rustix::event::poll(&mut fds, ts.as_ref()) {
-            Ok(0) => return Ok(Readable::TimedOut),
-            Ok(_) => {
-                let r = fds[0].revents();
-                if r.intersects(PollFlags::ERR | PollFlags::HUP | PollFlags::NVAL) {
-                    return Ok(Readable::Error);
-                }
-                return Ok(Readable::Yes);
-            }
-            Err(Errno::INTR) => continue,
-            Err(e) => return Err(e),
-        }
     }
 }
 
