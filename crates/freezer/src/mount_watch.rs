@@ -105,7 +105,7 @@ pub fn make_plan_watched(
     config: &CompiledConfig,
 ) -> Result<(Plan, MountTableWatch), MakePlanError> {
     let (watch, data) = MountTableWatch::read(source)?;
-    let plan = crate::plan_from_table(source, &data, selection, config)?;
+    let plan = crate::mount_source::plan_from_table(source, &data, selection, config)?;
     Ok((plan, watch))
 }
 

@@ -118,7 +118,7 @@ pub mod dev {
     /// Deserialize.
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<DevNum, D::Error> {
         let text = String::deserialize(d)?;
-        crate::topology::parse_dev_file(&text)
+        DevNum::parse(&text)
             .ok_or_else(|| serde::de::Error::custom(format!("bad device number {text:?}")))
     }
 }
@@ -136,10 +136,7 @@ pub mod devs {
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<DevNum>, D::Error> {
         Vec::<String>::deserialize(d)?
             .iter()
-            .map(|t| {
-                crate::topology::parse_dev_file(t)
-                    .ok_or_else(|| serde::de::Error::custom("bad device number"))
-            })
+            .map(|t| DevNum::parse(t).ok_or_else(|| serde::de::Error::custom("bad device number")))
             .collect()
     }
 }

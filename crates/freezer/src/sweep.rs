@@ -167,7 +167,7 @@ pub fn thaw_all_frozen(
     source: &MountSource,
     selection: &Selection,
 ) -> Result<SweepReport, MakePlanError> {
-    let (mounts, selection) = crate::read_mount_table(source, selection)?;
+    let (mounts, selection) = crate::mount_source::read_mount_table(source, selection)?;
     let topology = SysfsTopology::new(&source.sysfs_root);
     let (targets, not_swept) = sweep_targets(
         &mounts,

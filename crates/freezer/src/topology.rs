@@ -66,11 +66,7 @@ impl Default for SysfsTopology {
 
 /// Parse a sysfs `dev` file (`"7:0\n"`).
 pub fn parse_dev_file(text: &str) -> Option<DevNum> {
-    let (major, minor) = text.trim().split_once(':')?;
-    Some(DevNum {
-        major: major.parse().ok()?,
-        minor: minor.parse().ok()?,
-    })
+    DevNum::parse(text)
 }
 
 impl Topology for SysfsTopology {

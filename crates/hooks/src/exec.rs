@@ -9,10 +9,11 @@
 //! - stdout and stderr share one pipe, so their lines interleave as written. The runner
 //!   keeps the first [`OUTPUT_LIMIT`] bytes and counts the rest as truncated, reading all the
 //!   while so that a chatty hook never blocks on a full pipe.
-//! - A pidfd (`pidfd_open`, Linux 5.3) tells when the hook itself exits; `poll` waits on it
-//!   and the pipe together. When the hook has exited the runner drains what is already in the
+//! - An exit watch (`hv_vss_sys::process::exit_watch`: a pidfd on Linux 5.3 and later, a
+//!   kqueue with `EVFILT_PROC` on FreeBSD) tells when the hook itself exits; `poll` waits
+//!   on it and the pipe together. When the hook has exited the runner drains what is already in the
 //!   pipe and stops reading, even if a background process the hook left behind still holds
-//!   the pipe open. Without pidfds (older kernels) it checks `waitpid` every
+//!   the pipe open. Without one (Linux before 5.3) it checks `waitpid` every
 //!   [`FALLBACK_TICK`].
 //! - At the timeout it sends `SIGKILL` to the whole process group (`kill(-pgid)`), which
 //!   reaches every descendant that did not leave the group, and reaps the hook. A hook that
@@ -36,7 +37,7 @@ use std::time::{Duration, Instant};
 
 use rustix::event::{PollFd, PollFlags, Timespec};
 use rustix::io::Errno;
-use rustix::process::{Pid, PidfdFlags, Signal};
+use rustix::process::{Pid, Signal};
 
 /// Output bytes kept per hook; the rest is counted in [`HookResult::truncated`].
 pub const OUTPUT_LIMIT: usize = 16 * 1024;
@@ -44,7 +45,7 @@ pub const OUTPUT_LIMIT: usize = 16 * 1024;
 pub const HOOK_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 /// How long a killed hook may take to die before the runner stops waiting for it.
 pub const KILL_GRACE: Duration = Duration::from_secs(1);
-/// How often the runner checks for exit when the kernel has no pidfds.
+/// How often the runner checks for exit when there is no exit watch.
 pub const FALLBACK_TICK: Duration = Duration::from_millis(10);
 /// At most this much is read from the pipe after the hook exited: what a busy leftover
 /// process writes meanwhile cannot keep the runner reading.
@@ -216,14 +217,14 @@ enum Wait {
 /// Wait until the hook exits or `until`, capturing output meanwhile.
 fn wait_capturing(
     child: &mut Child,
-    pidfd: Option<&OwnedFd>,
+    exit_watch: Option<&OwnedFd>,
     pipe: &OwnedFd,
     capture: &mut Capture,
     until: Instant,
 ) -> Wait {
     let mut pipe_open = true;
     loop {
-        if pidfd.is_none() && matches!(child.try_wait(), Ok(Some(_))) {
+        if exit_watch.is_none() && matches!(child.try_wait(), Ok(Some(_))) {
             return Wait::Exited;
         }
         let now = Instant::now();
@@ -231,18 +232,18 @@ fn wait_capturing(
             return Wait::Deadline;
         }
         let mut wait_for = until - now;
-        if pidfd.is_none() {
+        if exit_watch.is_none() {
             wait_for = wait_for.min(FALLBACK_TICK);
         }
         let mut fds = Vec::with_capacity(2);
         if pipe_open {
             fds.push(PollFd::new(pipe, PollFlags::IN));
         }
-        if let Some(pidfd) = pidfd {
-            fds.push(PollFd::new(pidfd, PollFlags::IN));
+        if let Some(exit_watch) = exit_watch {
+            fds.push(PollFd::new(exit_watch, PollFlags::IN));
         }
         if fds.is_empty() {
-            // Pipe closed and no pidfd: sleep to the next tick.
+            // Pipe closed and no exit_watch: sleep to the next tick.
             std::thread::sleep(wait_for);
             continue;
         }
@@ -251,7 +252,7 @@ fn wait_capturing(
             Err(_) => std::thread::sleep(wait_for.min(FALLBACK_TICK)),
         }
         let pipe_ready = pipe_open && !fds[0].revents().is_empty();
-        let exited = pidfd.is_some() && !fds[fds.len() - 1].revents().is_empty();
+        let exited = exit_watch.is_some() && !fds[fds.len() - 1].revents().is_empty();
         drop(fds);
         if pipe_ready && matches!(read_pipe(pipe, capture), PipeRead::Eof) {
             pipe_open = false;
@@ -263,7 +264,11 @@ fn wait_capturing(
 }
 
 /// Wait at most `grace` for a killed hook to die.
-fn wait_killed(child: &mut Child, pidfd: Option<&OwnedFd>, grace: Duration) -> Option<ExitStatus> {
+fn wait_killed(
+    child: &mut Child,
+    exit_watch: Option<&OwnedFd>,
+    grace: Duration,
+) -> Option<ExitStatus> {
     let until = Instant::now() + grace;
     loop {
         if let Ok(Some(status)) = child.try_wait() {
@@ -274,9 +279,9 @@ fn wait_killed(child: &mut Child, pidfd: Option<&OwnedFd>, grace: Duration) -> O
             return None;
         }
         let step = (until - now).min(FALLBACK_TICK);
-        match pidfd {
-            Some(pidfd) => {
-                let mut fds = [PollFd::new(pidfd, PollFlags::IN)];
+        match exit_watch {
+            Some(exit_watch) => {
+                let mut fds = [PollFd::new(exit_watch, PollFlags::IN)];
                 let _ = rustix::event::poll(&mut fds, Some(&timespec(until - now)));
             }
             None => std::thread::sleep(step),
@@ -313,13 +318,19 @@ pub(crate) fn run_hook(path: &Path, arg: &'static str, timeout: Duration) -> Hoo
         return not_started(format!("spawned child has pid {}", child.id()));
     };
     // The child is not reaped before we wait for it, so its pid cannot be reused here.
-    let pidfd = rustix::process::pidfd_open(pid, PidfdFlags::empty()).ok();
+    let exit_watch = hv_vss_sys::process::exit_watch(pid).ok();
     let mut capture = Capture {
         kept: Vec::new(),
         truncated: false,
     };
 
-    let outcome = match wait_capturing(&mut child, pidfd.as_ref(), &read, &mut capture, kill_at) {
+    let outcome = match wait_capturing(
+        &mut child,
+        exit_watch.as_ref(),
+        &read,
+        &mut capture,
+        kill_at,
+    ) {
         Wait::Exited => match child.wait() {
             Ok(status) => outcome_of(status),
             Err(e) => HookOutcome::SpawnFailed(format!("waitpid: {e}")),
@@ -328,7 +339,7 @@ pub(crate) fn run_hook(path: &Path, arg: &'static str, timeout: Duration) -> Hoo
             // setsid made the hook the leader of a group whose id is its pid. ESRCH means the
             // whole group is already gone.
             let _ = rustix::process::kill_process_group(pid, Signal::KILL);
-            match wait_killed(&mut child, pidfd.as_ref(), KILL_GRACE) {
+            match wait_killed(&mut child, exit_watch.as_ref(), KILL_GRACE) {
                 // It exited on its own just before the kill landed.
                 Some(status) if status.code().is_some() => outcome_of(status),
                 Some(_) => HookOutcome::TimedOut,

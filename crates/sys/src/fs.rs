@@ -42,6 +42,16 @@ impl DevNum {
             minor: rustix::fs::minor(raw),
         }
     }
+
+    /// Parses `major:minor` as the kernel prints it (surrounding whitespace allowed, as in
+    /// a sysfs `dev` file's `"7:0\n"`).
+    pub fn parse(text: &str) -> Option<Self> {
+        let (major, minor) = text.trim().split_once(':')?;
+        Some(Self {
+            major: major.parse().ok()?,
+            minor: minor.parse().ok()?,
+        })
+    }
 }
 
 impl std::fmt::Display for DevNum {
@@ -116,6 +126,19 @@ mod tests {
         assert!(open_mount_point(&link).is_err());
         assert!(open_mount_point(&dir).is_ok());
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn devnum_parses_what_it_prints() {
+        let dev = DevNum {
+            major: 259,
+            minor: 3,
+        };
+        assert_eq!(DevNum::parse(&dev.to_string()), Some(dev));
+        assert_eq!(DevNum::parse("7:0\n"), Some(DevNum { major: 7, minor: 0 }));
+        assert_eq!(DevNum::parse("7"), None);
+        assert_eq!(DevNum::parse("7:x"), None);
+        assert_eq!(DevNum::parse("-1:0"), None);
     }
 
     #[test]

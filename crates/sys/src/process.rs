@@ -64,18 +64,34 @@ pub fn process_alive(pid: i32) -> bool {
     !matches!(rustix::process::test_kill_process(pid), Err(Errno::SRCH))
 }
 
-/// Waits until process `pid` has exited, at most `timeout`: `true` if it is gone. Uses a
-/// pidfd on Linux and a kqueue `EVFILT_PROC` on FreeBSD, so no pid reuse can fool it while
-/// waiting; falls back to polling [`process_alive`] where neither is available. A process
-/// stuck in an uninterruptible call (FIFREEZE) exits only when that call returns: the wait
-/// is what bounds it.
+/// A descriptor that polls readable (`POLLIN`) once process `pid` has exited: a pidfd on
+/// Linux, a kqueue watching `EVFILT_PROC`/`NOTE_EXIT` on FreeBSD. It holds on to that one
+/// process, so a reused pid cannot fool it. `ESRCH`: no such process now (it is gone, or
+/// on FreeBSD possibly an unreaped zombie); `ENOSYS` and others: the platform cannot watch
+/// (Linux before 5.3); poll [`process_alive`] then.
+pub fn exit_watch(pid: rustix::process::Pid) -> Result<std::os::fd::OwnedFd, Errno> {
+    crate::platform::process::exit_watch(pid)
+}
+
+/// Waits until process `pid` has exited, at most `timeout`: `true` if it is gone. Waits on
+/// an [`exit_watch`], so no pid reuse can fool it while waiting; falls back to polling
+/// [`process_alive`] where the platform has none. A process stuck in an uninterruptible
+/// call (FIFREEZE) exits only when that call returns: the wait is what bounds it.
 pub fn wait_for_exit(pid: i32, timeout: std::time::Duration) -> bool {
     let Some(raw) = rustix::process::Pid::from_raw(pid) else {
         return true;
     };
     let deadline = std::time::Instant::now() + timeout;
-    crate::platform::process::wait_for_exit(raw, deadline)
-        .unwrap_or_else(|| poll_until_gone(pid, deadline))
+    let watch = match exit_watch(raw) {
+        Ok(watch) => watch,
+        Err(Errno::SRCH) => return true,
+        Err(_) => return poll_until_gone(pid, deadline),
+    };
+    let left = deadline.saturating_duration_since(std::time::Instant::now());
+    match crate::poll::poll_readable(std::os::fd::AsFd::as_fd(&watch), Some(left)) {
+        Ok(crate::poll::Readable::Yes) => true,
+        Ok(_) | Err(_) => !process_alive(pid),
+    }
 }
 
 /// The fallback of [`wait_for_exit`]: [`process_alive`] every 50 ms until `deadline`.

@@ -1,5 +1,5 @@
-//! Linux's half of [`crate::process`]: `close_range(2)` by raw syscall, and the exit wait
-//! through a pidfd.
+//! Linux's half of [`crate::process`]: `close_range(2)` by raw syscall, and exit watches
+//! as pidfds.
 //!
 //! # Kernel contract
 //!
@@ -9,7 +9,7 @@
 //!   (zombie or reaped); `ESRCH` when no such process exists now. Older kernels answer
 //!   `ENOSYS`.
 
-use std::time::Instant;
+use std::os::fd::OwnedFd;
 
 use rustix::io::Errno;
 use rustix::process::Pid;
@@ -29,30 +29,7 @@ pub(crate) fn mark_inherited_fds_cloexec() {
     };
 }
 
-/// Waits on a pidfd until `pid` exits or `deadline` passes: `Some(true)` gone,
-/// `Some(false)` still running at the deadline, `None` when pidfds are not available.
-pub(crate) fn wait_for_exit(pid: Pid, deadline: Instant) -> Option<bool> {
-    let still_there = || crate::process::process_alive(pid.as_raw_nonzero().get());
-    match rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty()) {
-        Ok(pidfd) => loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let ts = rustix::event::Timespec::try_from(left).unwrap_or(rustix::event::Timespec {
-                tv_sec: 1,
-                tv_nsec: 0,
-            });
-            let mut fds = [rustix::event::PollFd::new(
-                &pidfd,
-                rustix::event::PollFlags::IN,
-            )];
-            match rustix::event::poll(&mut fds, Some(&ts)) {
-                Ok(n) if n > 0 => return Some(true),
-                Err(Errno::INTR) => continue,
-                Ok(_) if left.is_zero() => return Some(!still_there()),
-                Ok(_) => continue,
-                Err(_) => return Some(!still_there()),
-            }
-        },
-        Err(Errno::SRCH) => Some(true),
-        Err(_) => None,
-    }
+/// `pidfd_open(pid, 0)`.
+pub(crate) fn exit_watch(pid: Pid) -> Result<OwnedFd, Errno> {
+    rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty())
 }
