@@ -197,7 +197,19 @@ impl Platform {
     } else {
         Self::Linux
     };
+
+    /// The default `state_dir`: a tmpfs, never frozen (`/run` on Linux; on FreeBSD the rc.d
+    /// script mounts one at `/var/run/hv-vss`).
+    pub fn default_state_dir(self) -> &'static str {
+        match self {
+            Self::Linux => "/run/hv-vss",
+            Self::FreeBsd => "/var/run/hv-vss",
+        }
+    }
 }
+
+/// Linux's drop-in device, the default transport there.
+pub const LINUX_DROP_IN_DEVICE: &str = "/dev/vmbus/hv_vss";
 
 /// Log verbosity.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -384,7 +396,7 @@ impl Settings {
             None => absolute(
                 "state_dir",
                 file.state_dir
-                    .unwrap_or_else(|| hv_vss_freezer::DEFAULT_STATE_DIR.into()),
+                    .unwrap_or_else(|| platform.default_state_dir().into()),
             )?,
         };
         let app_socket = match cli.app_socket {
@@ -538,9 +550,7 @@ fn linux_transport(
             }
             (Some(d), None) => TransportChoice::DropIn(d),
             (None, Some(u)) => TransportChoice::Uio(u),
-            (None, None) => {
-                TransportChoice::DropIn(hv_vss_vmbus::kernel_dev::DEFAULT_DEVICE_PATH.into())
-            }
+            (None, None) => TransportChoice::DropIn(LINUX_DROP_IN_DEVICE.into()),
         },
     })
 }
@@ -723,6 +733,20 @@ fn limits_error(e: &LimitsError) -> ConfigError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The defaults named here are the crates' own on Linux.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn linux_defaults_are_the_vmbus_and_freezer_ones() {
+        assert_eq!(
+            LINUX_DROP_IN_DEVICE,
+            hv_vss_vmbus::kernel_dev::DEFAULT_DEVICE_PATH
+        );
+        assert_eq!(
+            Platform::Linux.default_state_dir(),
+            hv_vss_freezer::DEFAULT_STATE_DIR
+        );
+    }
 
     fn resolve(text: &str, cli: Overrides) -> Result<Settings, ConfigError> {
         Settings::resolve_on(

@@ -124,7 +124,7 @@ fn main() {
         init_plain_logging(cli.debug);
         let state_dir = cli
             .state_dir
-            .unwrap_or_else(|| hv_vss_freezer::DEFAULT_STATE_DIR.into());
+            .unwrap_or_else(|| config::Platform::HOST.default_state_dir().into());
         std::process::exit(guardian::run(&state_dir));
     }
     // A panic that reaches here ends the process: while frozen its held lines are handed

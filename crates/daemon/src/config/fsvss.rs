@@ -128,6 +128,7 @@ mod tests {
             assert!(d + ACK_MARGIN < DRIVER_ACK_TIMEOUT, "{d:?}");
         }
         assert!(s.freezer.config().freeze_deadline() < s.limits.freeze_deadline);
+        assert_eq!(s.state_dir, Path::new("/var/run/hv-vss"));
         // Linux keeps its own.
         let linux =
             Settings::resolve_on(Platform::Linux, FileConfig::default(), Overrides::default())
