@@ -211,8 +211,8 @@ fn run_metrics(args: &MetricsArgs) -> Result<(), CmdError> {
     let dir = &args.state.state_dir;
     let up = state_files::daemon_pid(dir)?.is_some();
     // Registered applications: only the running daemon knows them.
-    let (connected_apps, log_lines_dropped) = match crate::status_cmds::ask_daemon(dir) {
-        crate::status_cmds::Asked::Answer(v) => (
+    let (connected_apps, log_lines_dropped) = match crate::state_files::ask_daemon(dir) {
+        crate::state_files::Asked::Answer(v) => (
             v["apps"].as_array().map(|a| a.len() as u64),
             v["log_lines_dropped"].as_u64(),
         ),

@@ -131,6 +131,45 @@ pub fn load_history(state_dir: &Path, cmd: &str) -> Result<Option<Loaded>, CmdEr
     }
 }
 
+/// How long the daemon may take to answer (it serves the socket from its main loop).
+const ASK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// What the control socket said.
+#[derive(Debug)]
+pub enum Asked {
+    Answer(serde_json::Value),
+    /// No socket, or nobody listening.
+    NoDaemon,
+    /// Not root and not in the daemon's control_group.
+    Denied,
+    /// Connected, but no valid answer (why).
+    Failed(String),
+}
+
+pub fn ask_daemon(state_dir: &std::path::Path) -> Asked {
+    use std::io::{BufRead, BufReader, Write};
+    let path = state_dir.join("control.sock");
+    let stream = match std::os::unix::net::UnixStream::connect(&path) {
+        Ok(s) => s,
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => return Asked::Denied,
+        Err(_) => return Asked::NoDaemon,
+    };
+    let exchange = || -> std::io::Result<serde_json::Value> {
+        stream.set_read_timeout(Some(ASK_TIMEOUT))?;
+        stream.set_write_timeout(Some(ASK_TIMEOUT))?;
+        (&stream).write_all(b"{\"request\":\"status\"}\n")?;
+        let mut line = String::new();
+        BufReader::new(&stream).read_line(&mut line)?;
+        serde_json::from_str(&line).map_err(std::io::Error::other)
+    };
+    match exchange() {
+        Ok(v) if v["error"] == "permission denied" => Asked::Denied,
+        Ok(v) if v.get("error").is_some() => Asked::Failed(v["error"].to_string()),
+        Ok(v) => Asked::Answer(v),
+        Err(e) => Asked::Failed(format!("{}: {e}", path.display())),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

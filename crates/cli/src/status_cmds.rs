@@ -17,7 +17,7 @@ use hv_vss_history::HistoryRecord;
 use serde_json::json;
 
 use crate::exit_codes;
-use crate::state_files::{self, CmdError, StateDirArg};
+use crate::state_files::{self, Asked, CmdError, StateDirArg, ask_daemon};
 
 #[derive(Debug, clap::Args)]
 #[command(
@@ -51,45 +51,6 @@ pub fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
             eprintln!("hv-vss status: {}", e.message);
             Ok(ExitCode::from(e.code))
         }
-    }
-}
-
-/// How long the daemon may take to answer (it serves the socket from its main loop).
-const ASK_TIMEOUT: Duration = Duration::from_secs(2);
-
-/// What the control socket said.
-#[derive(Debug)]
-pub(crate) enum Asked {
-    Answer(serde_json::Value),
-    /// No socket, or nobody listening.
-    NoDaemon,
-    /// Not root and not in the daemon's control_group.
-    Denied,
-    /// Connected, but no valid answer (why).
-    Failed(String),
-}
-
-pub(crate) fn ask_daemon(state_dir: &std::path::Path) -> Asked {
-    use std::io::{BufRead, BufReader};
-    let path = state_dir.join("control.sock");
-    let stream = match std::os::unix::net::UnixStream::connect(&path) {
-        Ok(s) => s,
-        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => return Asked::Denied,
-        Err(_) => return Asked::NoDaemon,
-    };
-    let exchange = || -> std::io::Result<serde_json::Value> {
-        stream.set_read_timeout(Some(ASK_TIMEOUT))?;
-        stream.set_write_timeout(Some(ASK_TIMEOUT))?;
-        (&stream).write_all(b"{\"request\":\"status\"}\n")?;
-        let mut line = String::new();
-        BufReader::new(&stream).read_line(&mut line)?;
-        serde_json::from_str(&line).map_err(std::io::Error::other)
-    };
-    match exchange() {
-        Ok(v) if v["error"] == "permission denied" => Asked::Denied,
-        Ok(v) if v.get("error").is_some() => Asked::Failed(v["error"].to_string()),
-        Ok(v) => Asked::Answer(v),
-        Err(e) => Asked::Failed(format!("{}: {e}", path.display())),
     }
 }
 

@@ -25,6 +25,17 @@ use std::time::Duration;
 use globset::{Glob, GlobBuilder, GlobSet, GlobSetBuilder};
 use serde::{Deserialize, Serialize};
 
+/// Default state directory: Linux's `/run` (tmpfs on systemd systems), FreeBSD's
+/// `/var/run` (the system's directory for run-time state; not a memory filesystem by
+/// default).
+#[cfg(target_os = "linux")]
+pub const DEFAULT_STATE_DIR: &str = "/run/hv-vss";
+/// Default state directory: Linux's `/run` (tmpfs on systemd systems), FreeBSD's
+/// `/var/run` (the system's directory for run-time state; not a memory filesystem by
+/// default).
+#[cfg(target_os = "freebsd")]
+pub const DEFAULT_STATE_DIR: &str = "/var/run/hv-vss";
+
 /// Freezer settings (serde, `deny_unknown_fields`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]

@@ -16,7 +16,7 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::freebsd_plan::{BsdSkipped, FreeBsdPlan, UfsTarget, ZFS_CONSISTENCY_NOTE};
 use crate::suspend_set::{ResumeOutcome, SuspendSetError, SuspendedSet, Suspender};
@@ -84,14 +84,14 @@ impl PoolSyncer for ZpoolCommand {
 }
 
 /// What a freeze did, for the log and `hv-vss freeze`'s output.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FreeBsdFreezeReport {
     /// UFS mount points suspended, in suspension order.
     pub suspended: Vec<String>,
     /// ZFS pools synced.
     pub zfs_synced: Vec<String>,
     /// Said when pools were synced: ZFS is consistent by design, not frozen.
-    pub zfs_note: Option<&'static str>,
+    pub zfs_note: Option<String>,
     /// Mounts left alone, with the reason.
     pub skipped: Vec<BsdSkipped>,
     /// How long the `zpool sync` took.
@@ -138,7 +138,7 @@ pub fn freeze<'s, S: Suspender<Target = UfsTarget>>(
     Ok(FreeBsdFrozen {
         report: FreeBsdFreezeReport {
             suspended: set.names().map(str::to_owned).collect(),
-            zfs_note: (!zfs_synced.is_empty()).then_some(ZFS_CONSISTENCY_NOTE),
+            zfs_note: (!zfs_synced.is_empty()).then(|| ZFS_CONSISTENCY_NOTE.to_owned()),
             zfs_synced,
             skipped: plan.skipped.clone(),
             zfs_sync_took,

@@ -97,7 +97,7 @@ pub struct FreeBsdPolicy {
 }
 
 /// Why a mount is not acted on.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "reason", rename_all = "snake_case")]
 pub enum BsdSkipReason {
     /// A pseudo filesystem ([`PSEUDO_FS_TYPES`]).
@@ -123,7 +123,7 @@ pub enum BsdSkipReason {
 }
 
 /// Why the backup is vetoed.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "reason", rename_all = "snake_case")]
 pub enum VetoReason {
     /// A writable ZFS dataset with `zfs = "veto"`.
@@ -135,7 +135,7 @@ pub enum VetoReason {
 }
 
 /// A mount that is skipped.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BsdSkipped {
     /// The mount point.
     pub mount_point: String,
@@ -147,7 +147,7 @@ pub struct BsdSkipped {
 }
 
 /// A mount that vetoes the backup.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BsdVeto {
     /// The mount point.
     pub mount_point: String,

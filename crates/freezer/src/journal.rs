@@ -37,8 +37,7 @@ use crate::serde_util;
 pub const JOURNAL_FILE: &str = "freeze-journal.json";
 /// File name of the advisory lock inside the state directory.
 pub const LOCK_FILE: &str = "freeze.lock";
-/// Default state directory (tmpfs on systemd systems).
-pub const DEFAULT_STATE_DIR: &str = "/run/hv-vss";
+pub use crate::config::DEFAULT_STATE_DIR;
 
 /// The journal's content.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

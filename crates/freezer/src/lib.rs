@@ -41,6 +41,8 @@ pub mod config;
 pub mod freebsd_freeze;
 pub mod freebsd_plan;
 pub mod hold;
+pub mod holder;
+pub mod holder_process;
 pub mod report;
 pub mod serde_util;
 pub mod suspend_set;
@@ -72,7 +74,8 @@ pub mod topology;
 pub mod freebsd;
 
 pub use crate::config::{
-    CompiledConfig, ConfigError, ForeignFreezePolicy, FreezerConfig, MountFilter, UnsupportedPolicy,
+    CompiledConfig, ConfigError, DEFAULT_STATE_DIR, ForeignFreezePolicy, FreezerConfig,
+    MountFilter, UnsupportedPolicy,
 };
 pub use crate::report::{
     FreezeReport, FsFreezeOutcome, FsReport, FsThawOutcome, FsThawReport, ThawReport,
@@ -92,8 +95,8 @@ mod linux_exports {
     };
     pub use crate::flush_ahead::{FlushAhead, FlushAheadStart, HungFlush};
     pub use crate::journal::{
-        DEFAULT_RECOVER_THAW_DEADLINE, DEFAULT_STATE_DIR, Journal, JournalEntry, JournalError,
-        RecoverError, RecoverOptions, RecoverOutcome, RecoverReport, RecoveredFs, recover,
+        DEFAULT_RECOVER_THAW_DEADLINE, Journal, JournalEntry, JournalError, RecoverError,
+        RecoverOptions, RecoverOutcome, RecoverReport, RecoveredFs, recover,
     };
     pub use crate::mount_source::{MakePlanError, MountSource, make_plan};
     pub use crate::mount_watch::{MountTableWatch, make_plan_watched};

@@ -20,7 +20,7 @@
 
 use std::time::{Duration, Instant};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// Suspends one filesystem; what it returns holds the suspension until resumed or dropped.
 pub trait Suspender {
@@ -39,7 +39,7 @@ pub trait Suspender {
 }
 
 /// How resuming one filesystem went.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ResumeOutcome {
     /// The target's name (its mount point).
     pub name: String,

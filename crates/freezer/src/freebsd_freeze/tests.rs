@@ -119,8 +119,11 @@ fn pools_sync_first_then_ufs_newest_mount_first_and_thaw_oldest_first() {
     let frozen = freeze(&plan, &ufs, &pools).unwrap();
     assert_eq!(frozen.report.suspended, ["/mnt/img", "/"]);
     assert_eq!(frozen.report.zfs_synced, ["zdata"]);
-    assert_eq!(frozen.report.zfs_note, Some(ZFS_CONSISTENCY_NOTE));
-    assert!(frozen.report.zfs_note.unwrap().contains("not frozen"));
+    assert_eq!(
+        frozen.report.zfs_note.as_deref(),
+        Some(ZFS_CONSISTENCY_NOTE)
+    );
+    assert!(ZFS_CONSISTENCY_NOTE.contains("not frozen"));
     let skipped: Vec<_> = frozen
         .report
         .skipped
