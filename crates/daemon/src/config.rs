@@ -44,6 +44,11 @@
 //! tier = 100
 //! timeout_secs = 30
 //!
+//! [freebsd]                        # FreeBSD only (docs/freebsd.md)
+//! zfs = "sync"                     # sync | veto | ignore: writable ZFS datasets' pools
+//! other_local = "veto"             # veto | skip: other writable local filesystems
+//! hv_vss = "/usr/local/bin/hv-vss" # holds the UFS suspensions (a single-threaded child)
+//!
 //! [freezer]                        # hv_vss_freezer::FreezerConfig
 //! on_unsupported = "skip"
 //! on_foreign_freeze = "fail"
@@ -56,6 +61,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use hv_vss_core::{AutoThaw, Limits, LimitsError};
+use hv_vss_freezer::freebsd_plan::{FreeBsdPolicy, OtherFsPolicy, ZfsPolicy};
 use hv_vss_freezer::{CompiledConfig, FreezerConfig};
 use hv_vss_hooks::{HookDir, HookStyle};
 use serde::Deserialize;
@@ -93,6 +99,9 @@ pub struct FileConfig {
     pub hooks: Option<Vec<FileHookDir>>,
     #[serde(default)]
     pub freezer: FreezerConfig,
+    /// `[freebsd]`: what FreeBSD's backend does besides suspending UFS ([`fsvss`]).
+    #[serde(default)]
+    pub freebsd: FileFreeBsd,
     /// Whether the file sets `freezer.freeze_deadline_secs` (its default depends on the
     /// transport: [`fsvss::DEFAULT_PER_FS_FREEZE_SECS`]).
     #[serde(skip)]
@@ -128,6 +137,19 @@ pub struct FileHookDir {
     pub style: Option<String>,
     pub tier: Option<u8>,
     pub timeout_secs: Option<f64>,
+}
+
+/// The `[freebsd]` table (read on every platform, used on FreeBSD).
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileFreeBsd {
+    /// Writable ZFS: `"sync"` (default) its pools with `zpool sync`, `"veto"`, `"ignore"`.
+    pub zfs: Option<ZfsPolicy>,
+    /// Other writable local filesystems: `"veto"` (default) or `"skip"`.
+    pub other_local: Option<OtherFsPolicy>,
+    /// The `hv-vss` binary that holds the UFS suspensions (`hv-vss freeze
+    /// --holder-protocol`).
+    pub hv_vss: Option<PathBuf>,
 }
 
 /// The `[limits]` table.
@@ -301,7 +323,25 @@ pub struct Settings {
     pub metrics_textfile: Option<PathBuf>,
     /// Besides root, this group may ask the control socket ([`crate::control`]).
     pub control_gid: Option<u32>,
+    /// `[freebsd]`, validated.
+    #[cfg_attr(
+        not(target_os = "freebsd"),
+        allow(dead_code, reason = "read by FreeBSD's start-up only")
+    )]
+    pub freebsd: FreeBsdSettings,
 }
+
+/// `[freebsd]`, validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FreeBsdSettings {
+    /// The ZFS and other-filesystem policy.
+    pub policy: FreeBsdPolicy,
+    /// The `hv-vss` binary that holds the suspensions.
+    pub holder: PathBuf,
+}
+
+/// Default of `[freebsd] hv_vss`: where the rc.d script's package puts it.
+pub const DEFAULT_HOLDER: &str = "/usr/local/bin/hv-vss";
 
 /// A configuration problem; every message names the key or flag.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -512,6 +552,17 @@ impl Settings {
             .map(|p| absolute("metrics_textfile", p))
             .transpose()?;
 
+        let freebsd = FreeBsdSettings {
+            policy: FreeBsdPolicy {
+                zfs: file.freebsd.zfs.unwrap_or_default(),
+                other_local: file.freebsd.other_local.unwrap_or_default(),
+            },
+            holder: match file.freebsd.hv_vss {
+                Some(p) => absolute("freebsd.hv_vss", p)?,
+                None => DEFAULT_HOLDER.into(),
+            },
+        };
+
         Ok(Settings {
             transport,
             state_dir,
@@ -526,6 +577,7 @@ impl Settings {
             history_limit,
             metrics_textfile,
             control_gid,
+            freebsd,
         })
     }
 }

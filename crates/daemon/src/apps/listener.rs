@@ -119,8 +119,11 @@ impl Listener {
         .map_err(|e| io_err("socket")(e.into()))?;
         let addr = SocketAddrUnix::new(path).map_err(|e| io_err("address")(e.into()))?;
         rustix::net::bind(&fd, &addr).map_err(|e| io_err("bind")(e.into()))?;
-        rustix::fs::chmod(path, Mode::from_raw_mode(settings.mode))
-            .map_err(|e| io_err("chmod")(e.into()))?;
+        rustix::fs::chmod(
+            path,
+            Mode::from_bits_truncate(settings.mode as rustix::fs::RawMode),
+        )
+        .map_err(|e| io_err("chmod")(e.into()))?;
         if settings.owner.is_some() || settings.group.is_some() {
             rustix::fs::chown(
                 path,

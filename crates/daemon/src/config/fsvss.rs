@@ -181,6 +181,26 @@ mod tests {
     }
 
     #[test]
+    fn the_freebsd_table_sets_the_policy_and_the_holder() {
+        use hv_vss_freezer::freebsd_plan::{OtherFsPolicy, ZfsPolicy};
+        let s = on_freebsd("", Overrides::default()).unwrap();
+        assert_eq!(s.freebsd.policy.zfs, ZfsPolicy::Sync);
+        assert_eq!(s.freebsd.policy.other_local, OtherFsPolicy::Veto);
+        assert_eq!(s.freebsd.holder, Path::new("/usr/local/bin/hv-vss"));
+        let s = on_freebsd(
+            "[freebsd]\nzfs = \"veto\"\nother_local = \"skip\"\nhv_vss = \"/opt/hv-vss\"",
+            Overrides::default(),
+        )
+        .unwrap();
+        assert_eq!(s.freebsd.policy.zfs, ZfsPolicy::Veto);
+        assert_eq!(s.freebsd.policy.other_local, OtherFsPolicy::Skip);
+        assert_eq!(s.freebsd.holder, Path::new("/opt/hv-vss"));
+        assert!(err("[freebsd]\nzfs = \"freeze\"").contains("freeze"));
+        assert!(err("[freebsd]\nhv_vss = \"hv-vss\"").starts_with("freebsd.hv_vss: "));
+        assert!(err("[freebsd]\nufs = \"x\"").contains("ufs"));
+    }
+
+    #[test]
     fn an_explicit_per_fs_deadline_is_kept_and_must_still_nest() {
         let e = err("[freezer]\nfreeze_deadline_secs = 11");
         assert!(
