@@ -178,17 +178,21 @@ fn run(setup: &FsSetup, commands: &Receiver<FsCommand>, out: &Sender<FsOutcome>,
 fn check(setup: &FsSetup) -> FsResult {
     let plan = (setup.plan)().map_err(FsError::new)?;
     if plan.is_vetoed() {
-        let mounts: Vec<String> = plan
-            .vetoes
-            .iter()
-            .map(|v| format!("{} ({})", v.mount_point, v.fstype))
-            .collect();
         return Err(FsError::new(format!(
             "vetoed by {}: neither suspended nor synced ([freebsd] zfs / other_local)",
-            mounts.join(", ")
+            vetoes(&plan)
         )));
     }
     Ok(())
+}
+
+/// The mounts that veto `plan`: "/data (ext2fs), /srv (msdosfs)".
+pub fn vetoes(plan: &FreeBsdPlan) -> String {
+    plan.vetoes
+        .iter()
+        .map(|v| format!("{} ({})", v.mount_point, v.fstype))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn thaw(held: Option<HeldByChild>, deadline: Duration) -> FsResult {

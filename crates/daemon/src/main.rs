@@ -70,6 +70,7 @@ mod startup;
 #[cfg(target_os = "freebsd")]
 #[path = "startup_freebsd.rs"]
 mod startup;
+mod state_dir;
 mod transport;
 
 use std::path::PathBuf;

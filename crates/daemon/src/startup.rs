@@ -15,13 +15,7 @@ use crate::config::Settings;
 use crate::exit::{ExitKind, Fatal};
 use crate::fsworker;
 use crate::guardian::GuardianLink;
-
-/// Mode of a state directory the daemon creates: search for everyone (the app socket is in
-/// it by default), read and write for root only. The systemd units' RuntimeDirectoryMode.
-const STATE_DIR_MODE: u32 = 0o711;
-
-/// Name of the instance lock inside the state directory.
-const INSTANCE_LOCK: &str = "hv-vssd.lock";
+use crate::state_dir;
 
 /// What start-up made ready for the filesystem worker; holds the instance lock.
 #[derive(Debug)]
@@ -80,20 +74,10 @@ impl Prepared {
 /// `[apps]` can reach the default socket in it by name; every file in it is 0600), refuses
 /// one the plan may freeze (R59), and takes the instance lock.
 fn prepare_state_dir(dir: &Path, plan: &hv_vss_freezer::Plan) -> Result<File, Fatal> {
-    use std::os::unix::fs::DirBuilderExt;
-    let unusable = |e: std::io::Error| {
-        Fatal::new(
-            ExitKind::StateDir,
-            anyhow!("state directory {}: {e}", dir.display()),
-        )
-    };
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(STATE_DIR_MODE)
-        .create(dir)
-        .map_err(unusable)?;
-    let handle = File::open(dir).map_err(unusable)?;
-    let id = hv_vss_sys::fs::identify(std::os::fd::AsFd::as_fd(&handle)).map_err(unusable)?;
+    state_dir::create(dir)?;
+    let handle = File::open(dir).map_err(state_dir::unusable(dir))?;
+    let id = hv_vss_sys::fs::identify(std::os::fd::AsFd::as_fd(&handle))
+        .map_err(state_dir::unusable(dir))?;
     let dev = id
         .mount_id
         .and_then(|m| plan.dev_of_mount_id(m))
@@ -107,17 +91,7 @@ fn prepare_state_dir(dir: &Path, plan: &hv_vss_freezer::Plan) -> Result<File, Fa
             ),
         ));
     }
-    hv_vss_freezer::journal::try_lock_file(&dir.join(INSTANCE_LOCK))
-        .map_err(unusable)?
-        .ok_or_else(|| {
-            Fatal::new(
-                ExitKind::Busy,
-                anyhow!(
-                    "another hv-vssd uses the state directory {} (lock {INSTANCE_LOCK})",
-                    dir.display()
-                ),
-            )
-        })
+    state_dir::lock_instance(dir)
 }
 
 /// How long start-up retries thawing a journaled filesystem that is ours but whose FITHAW

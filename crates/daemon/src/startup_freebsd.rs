@@ -5,7 +5,6 @@
 //! `startup.rs`.
 
 use std::fs::File;
-use std::os::fd::AsFd;
 use std::path::Path;
 use std::process::Command;
 use std::sync::Arc;
@@ -17,11 +16,7 @@ use crate::config::Settings;
 use crate::exit::{ExitKind, Fatal};
 use crate::fsworker;
 use crate::guardian::GuardianLink;
-
-/// Mode of a state directory the daemon creates (as on Linux).
-const STATE_DIR_MODE: u32 = 0o711;
-/// Name of the instance lock inside the state directory.
-const INSTANCE_LOCK: &str = "hv-vssd.lock";
+use crate::state_dir;
 
 /// What start-up made ready for the filesystem worker; holds the instance lock.
 #[derive(Debug)]
@@ -49,12 +44,7 @@ pub fn prepare(settings: &Settings) -> Result<Prepared, Fatal> {
     let pools: Vec<&str> = plan.zfs_sync.iter().map(|p| p.name.as_str()).collect();
     tracing::info!(ufs = ?ufs, zfs_sync = ?pools, skipped = plan.skipped.len(), "freeze plan");
     if plan.is_vetoed() {
-        let vetoes: Vec<String> = plan
-            .vetoes
-            .iter()
-            .map(|v| format!("{} ({})", v.mount_point, v.fstype))
-            .collect();
-        tracing::warn!(vetoes = ?vetoes, "the plan is vetoed: HOT_BACKUP and FREEZE fail while these are mounted ([freebsd] zfs / other_local)");
+        tracing::warn!(vetoes = %fsworker::vetoes(&plan), "the plan is vetoed: HOT_BACKUP and FREEZE fail while these are mounted ([freebsd] zfs / other_local)");
     }
     let instance_lock = prepare_state_dir(&settings.state_dir, &plan)?;
     Ok(Prepared {
@@ -102,22 +92,11 @@ fn holder_command(program: &Path, policy: &FreeBsdPolicy) -> Command {
     command
 }
 
-/// Creates the state directory (0711), refuses one on a UFS the plan suspends (the daemon
-/// writes there while frozen), and takes the instance lock.
+/// Creates the state directory, refuses one on a UFS the plan suspends (the daemon writes
+/// there while frozen), and takes the instance lock.
 fn prepare_state_dir(dir: &Path, plan: &FreeBsdPlan) -> Result<File, Fatal> {
-    use std::os::unix::fs::DirBuilderExt;
-    let unusable = |e: std::io::Error| {
-        Fatal::new(
-            ExitKind::StateDir,
-            anyhow!("state directory {}: {e}", dir.display()),
-        )
-    };
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(STATE_DIR_MODE)
-        .create(dir)
-        .map_err(unusable)?;
-    let stat = hv_vss_sys::fs::statfs_path(dir).map_err(unusable)?;
+    state_dir::create(dir)?;
+    let stat = hv_vss_sys::fs::statfs_path(dir).map_err(state_dir::unusable(dir))?;
     if let Some(target) = plan.ufs.iter().find(|t| t.fsid == stat.fsid.val) {
         return Err(Fatal::new(
             ExitKind::StateDir,
@@ -128,21 +107,5 @@ fn prepare_state_dir(dir: &Path, plan: &FreeBsdPlan) -> Result<File, Fatal> {
             ),
         ));
     }
-    let lock = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(dir.join(INSTANCE_LOCK))
-        .map_err(unusable)?;
-    if !hv_vss_sys::fs::try_lock_exclusive(lock.as_fd()).map_err(unusable)? {
-        return Err(Fatal::new(
-            ExitKind::Busy,
-            anyhow!(
-                "another hv-vssd uses the state directory {} (lock {INSTANCE_LOCK})",
-                dir.display()
-            ),
-        ));
-    }
-    Ok(lock)
+    state_dir::lock_instance(dir)
 }
