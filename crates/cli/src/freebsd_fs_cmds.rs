@@ -140,27 +140,24 @@ fn print_plan(plan: &FreeBsdPlan) {
         }
     }
     for skipped in &plan.skipped {
+        let reason = reason_of(serde_json::to_value(&skipped.reason));
         println!(
-            "skip {}  ({}): {}",
-            skipped.mount_point,
-            skipped.fstype,
-            serde_json::to_value(&skipped.reason).map_or_else(
-                |_| "?".to_string(),
-                |v| v["reason"].as_str().unwrap_or("?").to_string()
-            )
+            "skip {}  ({}): {reason}",
+            skipped.mount_point, skipped.fstype
         );
     }
     for veto in &plan.vetoes {
-        println!(
-            "VETO {}  ({}): {}",
-            veto.mount_point,
-            veto.fstype,
-            serde_json::to_value(&veto.reason).map_or_else(
-                |_| "?".to_string(),
-                |v| v["reason"].as_str().unwrap_or("?").to_string()
-            )
-        );
+        let reason = reason_of(serde_json::to_value(&veto.reason));
+        println!("VETO {}  ({}): {reason}", veto.mount_point, veto.fstype);
     }
+}
+
+/// The `reason` tag a skip or veto reason serializes with (`pseudo`, `read_only`, ...).
+fn reason_of(reason: serde_json::Result<serde_json::Value>) -> String {
+    reason
+        .ok()
+        .and_then(|v| v["reason"].as_str().map(str::to_owned))
+        .unwrap_or_else(|| "?".to_owned())
 }
 
 pub fn plan(args: PlanArgs) -> anyhow::Result<ExitCode> {

@@ -117,25 +117,32 @@ fn the_child_holds_until_its_stdin_closes_then_resumes() {
     );
 }
 
-#[test]
-fn the_child_reports_a_failure_and_holds_nothing() {
+/// Runs [`serve`] over [`two_ufs`] with its stdin held open (so only a failure or `stop`
+/// ends it) and returns what it wrote.
+fn serve_with_stdin_open(ufs: &FakeUfs, stop: bool) -> Vec<u8> {
     let (_keep_open, child_stdin) = UnixStream::pair().unwrap();
-    let log = Rc::new(RefCell::new(Vec::new()));
-    let ufs = FakeUfs {
-        log: log.clone(),
-        fail: Some("/"),
-    };
     let mut output = Vec::new();
-    let stop = AtomicBool::new(false);
+    let stop = AtomicBool::new(stop);
     serve(
         Ok(two_ufs()),
-        &ufs,
+        ufs,
         &NoPools,
         child_stdin.as_fd(),
         &mut output,
         &stop,
     )
     .unwrap();
+    output
+}
+
+#[test]
+fn the_child_reports_a_failure_and_holds_nothing() {
+    let log = Rc::new(RefCell::new(Vec::new()));
+    let ufs = FakeUfs {
+        log: log.clone(),
+        fail: Some("/"),
+    };
+    let output = serve_with_stdin_open(&ufs, false);
     let line = parse_line(output.strip_suffix(b"\n").unwrap()).unwrap();
     assert!(
         matches!(&line, HolderLine::Failed { kind: FailKind::Suspend, message } if message.contains("suspending / failed")),
@@ -146,22 +153,11 @@ fn the_child_reports_a_failure_and_holds_nothing() {
 
 #[test]
 fn a_stop_signal_ends_the_hold() {
-    let (_keep_open, child_stdin) = UnixStream::pair().unwrap();
     let ufs = FakeUfs {
         log: Rc::default(),
         fail: None,
     };
-    let mut output = Vec::new();
-    let stop = AtomicBool::new(true);
-    serve(
-        Ok(two_ufs()),
-        &ufs,
-        &NoPools,
-        child_stdin.as_fd(),
-        &mut output,
-        &stop,
-    )
-    .unwrap();
+    let output = serve_with_stdin_open(&ufs, true);
     let text = String::from_utf8(output).unwrap();
     let kinds: Vec<_> = text
         .lines()

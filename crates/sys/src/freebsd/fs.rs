@@ -59,7 +59,11 @@ impl MountStat {
 /// bytes that are not UTF-8 replaced: the names are shown and compared, never opened
 /// (suspension goes by fsid).
 fn c_chars(raw: &[libc::c_char]) -> String {
-    let bytes: Vec<u8> = raw.iter().map(|&c| c as u8).collect();
+    // c_char is i8 on x86_64 and u8 on aarch64: reinterpret the byte either way.
+    let bytes: Vec<u8> = raw
+        .iter()
+        .map(|c| u8::from_ne_bytes(c.to_ne_bytes()))
+        .collect();
     match CStr::from_bytes_until_nul(&bytes) {
         Ok(name) => name.to_string_lossy().into_owned(),
         Err(_) => String::from_utf8_lossy(&bytes).into_owned(),
