@@ -218,3 +218,22 @@ impl Reopener {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The FreeBSD transport on Linux: refused with a clear error, not a reopen loop.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn the_fsvss_device_cannot_be_opened_on_linux() {
+        let err = Transport::open(&TransportChoice::FsVss("/dev/hv_fsvss_dev".into()))
+            .expect_err("no hv_snapshot driver here");
+        assert!(!err.requires_reopen() && !err.is_busy(), "{err}");
+        let text = err.to_string();
+        assert!(
+            text.starts_with("/dev/hv_fsvss_dev: ") && text.contains("only on FreeBSD"),
+            "{text}"
+        );
+    }
+}
