@@ -96,6 +96,15 @@ fn next(worker: &FsWorker) -> FsOutcome {
     panic!("no outcome");
 }
 
+/// Sends FREEZE and returns its outcome.
+fn freeze(worker: &FsWorker, txn: u64, epoch: u64) -> FsOutcome {
+    worker.send(FsCommand::Freeze {
+        txn: TxnId(txn),
+        epoch: Epoch(epoch),
+    });
+    next(worker)
+}
+
 fn wait_for(path: &Path) -> bool {
     (0..200).any(|_| {
         std::thread::sleep(Duration::from_millis(10));
@@ -113,11 +122,7 @@ fn freeze_is_held_by_the_child_until_thaw_closes_its_stdin() {
         next(&worker),
         FsOutcome::Checked { result: Ok(()), .. }
     ));
-    worker.send(FsCommand::Freeze {
-        txn: TxnId(1),
-        epoch: Epoch(4),
-    });
-    match next(&worker) {
+    match freeze(&worker, 1, 4) {
         FsOutcome::Frozen {
             result: Ok(()),
             epoch: Epoch(4),
@@ -146,11 +151,7 @@ fn a_failed_freeze_says_why_and_that_nothing_is_frozen() {
     let dir = tempfile::tempdir().unwrap();
     let (command, _) = holder(dir.path(), "printf '%s\\n' \"$FAILED\"", "");
     let worker = FsWorker::start(setup(FreeBsdPlan::default(), command)).unwrap();
-    worker.send(FsCommand::Freeze {
-        txn: TxnId(2),
-        epoch: Epoch(1),
-    });
-    match next(&worker) {
+    match freeze(&worker, 2, 1) {
         FsOutcome::Frozen {
             result: Err(e),
             nothing_frozen: true,
@@ -173,11 +174,7 @@ fn a_holder_that_never_answers_is_killed_at_the_deadline() {
     let mut s = setup(FreeBsdPlan::default(), command);
     s.freeze_deadline = Duration::from_millis(300);
     let worker = FsWorker::start(s).unwrap();
-    worker.send(FsCommand::Freeze {
-        txn: TxnId(3),
-        epoch: Epoch(1),
-    });
-    match next(&worker) {
+    match freeze(&worker, 3, 1) {
         FsOutcome::Frozen {
             result: Err(e),
             nothing_frozen: true,
@@ -192,12 +189,8 @@ fn a_resume_error_is_reported_and_the_worker_goes_on() {
     let dir = tempfile::tempdir().unwrap();
     let (command, _) = holder(dir.path(), HOLDS, &thawed_line(Some("UFSRESUME: EINVAL")));
     let worker = FsWorker::start(setup(FreeBsdPlan::default(), command)).unwrap();
-    worker.send(FsCommand::Freeze {
-        txn: TxnId(1),
-        epoch: Epoch(1),
-    });
     assert!(matches!(
-        next(&worker),
+        freeze(&worker, 1, 1),
         FsOutcome::Frozen { result: Ok(()), .. }
     ));
     worker.send(FsCommand::Thaw { txn: TxnId(1) });
@@ -209,12 +202,8 @@ fn a_resume_error_is_reported_and_the_worker_goes_on() {
         } => assert!(e.detail.contains("/: UFSRESUME: EINVAL"), "{e:?}"),
         other => panic!("{other:?}"),
     }
-    worker.send(FsCommand::Freeze {
-        txn: TxnId(2),
-        epoch: Epoch(2),
-    });
     assert!(matches!(
-        next(&worker),
+        freeze(&worker, 2, 2),
         FsOutcome::Frozen { result: Ok(()), .. }
     ));
 }
@@ -246,12 +235,8 @@ fn a_worker_dropped_while_holding_ends_the_hold() {
     let dir = tempfile::tempdir().unwrap();
     let (command, ended) = holder(dir.path(), HOLDS, &thawed_line(None));
     let worker = FsWorker::start(setup(FreeBsdPlan::default(), command)).unwrap();
-    worker.send(FsCommand::Freeze {
-        txn: TxnId(1),
-        epoch: Epoch(1),
-    });
     assert!(matches!(
-        next(&worker),
+        freeze(&worker, 1, 1),
         FsOutcome::Frozen { result: Ok(()), .. }
     ));
     drop(worker);

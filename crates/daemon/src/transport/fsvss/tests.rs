@@ -125,6 +125,19 @@ fn one_request(t: &mut ModelTransport) -> (u64, HostOp) {
     }
 }
 
+/// The host sends `op`, we read it and answer success, the host gets S_OK: the transport
+/// serves. Returns what the coordinator was handed.
+fn serves(model: &Shared, t: &mut ModelTransport, op: VssOperation) -> HostOp {
+    host(model, op);
+    let (key, ours) = one_request(t);
+    t.reply(key, Status::Ok).unwrap();
+    assert_eq!(
+        answers(model),
+        [answer(op, HvStatus::S_OK, AnswerReason::Acked)]
+    );
+    ours
+}
+
 /// The application on `/dev/hv_appvss_dev` (played by the test) reads and acks.
 fn app_serves(model: &Shared, success: bool) {
     let mut model = model.borrow_mut();
@@ -206,8 +219,7 @@ fn an_empty_read_sends_the_loop_back_to_poll() {
         .count();
     assert_eq!(empty_reads, 1);
     model.borrow_mut().spurious_pollin = false;
-    host(&model, VssOperation::FREEZE);
-    assert_eq!(one_request(&mut t).1, HostOp::Freeze);
+    assert_eq!(serves(&model, &mut t, VssOperation::FREEZE), HostOp::Freeze);
 }
 
 #[test]
@@ -383,10 +395,7 @@ fn a_second_open_is_ebusy_and_the_first_keeps_serving() {
     assert!(!err.requires_reopen());
     assert!(err.to_string().contains("/dev/hv_fsvss_dev"), "{err}");
     assert!(events(&model).contains(&EventKind::OpenRefused(Device::Daemon)));
-    host(&model, VssOperation::HOT_BACKUP);
-    let (key, _) = one_request(&mut t);
-    t.reply(key, Status::Ok).unwrap();
-    assert_eq!(answers(&model)[0].status, HvStatus::S_OK);
+    serves(&model, &mut t, VssOperation::HOT_BACKUP);
 }
 
 #[test]
@@ -407,10 +416,7 @@ fn once_we_are_gone_the_driver_answers_e_fail_and_a_reopen_serves_again() {
         )]
     );
     let mut t = open(&model).unwrap();
-    host(&model, VssOperation::FREEZE);
-    let (key, _) = one_request(&mut t);
-    t.reply(key, Status::Ok).unwrap();
-    assert_eq!(answers(&model)[0].status, HvStatus::S_OK);
+    serves(&model, &mut t, VssOperation::FREEZE);
 }
 
 #[test]
@@ -452,11 +458,7 @@ fn a_read_we_do_not_know_is_acked_fail_and_the_next_request_is_served() {
                 AnswerReason::FailAck(Device::Daemon)
             )]
         );
-        host(&model, VssOperation::THAW);
-        let (key, op) = one_request(&mut t);
-        assert_eq!(op, HostOp::Thaw);
-        t.reply(key, Status::Ok).unwrap();
-        assert_eq!(answers(&model)[0].status, HvStatus::S_OK);
+        assert_eq!(serves(&model, &mut t, VssOperation::THAW), HostOp::Thaw);
     }
 }
 
