@@ -311,4 +311,4 @@ pub fn plan_freebsd(records: &[StatfsRecord], policy: &FreeBsdPolicy) -> FreeBsd
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -23,9 +23,9 @@
 //!   `NOTE_EXIT` reports it. Either holds on to that one process, so a reused pid cannot
 //!   fool the wait.
 //!
-//! Both run in the forked child of a possibly multi-threaded parent, where only
-//! async-signal-safe operations are allowed: each is one raw syscall, with no allocation and
-//! no lock.
+//! `setsid` and `close_range` run in the forked child of a possibly multi-threaded parent,
+//! where only async-signal-safe operations are allowed: each is one raw syscall, with no
+//! allocation and no lock.
 
 use std::io;
 use std::os::unix::process::CommandExt;

@@ -9,6 +9,7 @@ use std::cell::RefCell;
 use std::rc::Rc;
 
 use super::*;
+use crate::freebsd_plan::tests::rec;
 use crate::freebsd_plan::{FreeBsdPolicy, MNT_LOCAL, MNT_RDONLY, StatfsRecord, plan_freebsd};
 
 type Log = Rc<RefCell<Vec<String>>>;
@@ -77,25 +78,15 @@ impl PoolSyncer for FakePools {
     }
 }
 
-fn record(fstype: &str, on: &str, from: &str, flags: u64, fsid: i32) -> StatfsRecord {
-    StatfsRecord {
-        fstypename: fstype.into(),
-        mntonname: on.into(),
-        mntfromname: from.into(),
-        flags,
-        fsid: [fsid, 0x35],
-    }
-}
-
 /// A UFS root, a ZFS pool, a read-only UFS, devfs, and a UFS on an md image under /var.
 fn mixed_system() -> Vec<StatfsRecord> {
     vec![
-        record("ufs", "/", "/dev/ada0p2", MNT_LOCAL, 1),
-        record("devfs", "/dev", "devfs", MNT_LOCAL, 2),
-        record("zfs", "/var", "zdata/var", MNT_LOCAL, 3),
-        record("zfs", "/home", "zdata/home", MNT_LOCAL, 4),
-        record("ufs", "/cdrom", "/dev/cd0", MNT_LOCAL | MNT_RDONLY, 5),
-        record("ufs", "/mnt/img", "/dev/md0", MNT_LOCAL, 6),
+        rec("ufs", "/", "/dev/ada0p2", MNT_LOCAL, 1),
+        rec("devfs", "/dev", "devfs", MNT_LOCAL, 2),
+        rec("zfs", "/var", "zdata/var", MNT_LOCAL, 3),
+        rec("zfs", "/home", "zdata/home", MNT_LOCAL, 4),
+        rec("ufs", "/cdrom", "/dev/cd0", MNT_LOCAL | MNT_RDONLY, 5),
+        rec("ufs", "/mnt/img", "/dev/md0", MNT_LOCAL, 6),
     ]
 }
 
@@ -146,7 +137,7 @@ fn pools_sync_first_then_ufs_newest_mount_first_and_thaw_oldest_first() {
 #[test]
 fn a_vetoed_plan_syncs_and_suspends_nothing() {
     let mut records = mixed_system();
-    records.push(record("msdosfs", "/boot/efi", "/dev/ada0p1", MNT_LOCAL, 7));
+    records.push(rec("msdosfs", "/boot/efi", "/dev/ada0p1", MNT_LOCAL, 7));
     let plan = plan_freebsd(&records, &FreeBsdPolicy::default());
     let (log, ufs, pools) = parts(None, false);
     let err = freeze(&plan, &ufs, &pools).unwrap_err();

@@ -2,7 +2,8 @@ use super::*;
 
 const RW_LOCAL: u64 = MNT_LOCAL;
 
-fn rec(fstype: &str, on: &str, from: &str, flags: u64, fsid: i32) -> StatfsRecord {
+/// A `getfsstat` record (also used by the FreeBSD freeze and holder tests).
+pub(crate) fn rec(fstype: &str, on: &str, from: &str, flags: u64, fsid: i32) -> StatfsRecord {
     StatfsRecord {
         fstypename: fstype.to_owned(),
         mntonname: on.to_owned(),

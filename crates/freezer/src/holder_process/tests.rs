@@ -9,7 +9,8 @@ use std::os::unix::net::UnixStream;
 use std::rc::Rc;
 
 use super::*;
-use crate::freebsd_plan::{FreeBsdPolicy, MNT_LOCAL, StatfsRecord, plan_freebsd};
+use crate::freebsd_plan::tests::rec;
+use crate::freebsd_plan::{FreeBsdPolicy, MNT_LOCAL, plan_freebsd};
 
 #[derive(Debug)]
 struct FakeError;
@@ -58,17 +59,11 @@ impl PoolSyncer for NoPools {
 }
 
 fn two_ufs() -> FreeBsdPlan {
-    let record = |on: &str, fsid| StatfsRecord {
-        fstypename: "ufs".into(),
-        mntonname: on.into(),
-        mntfromname: format!("/dev/da{fsid}"),
-        flags: MNT_LOCAL,
-        fsid: [fsid, 0],
-    };
-    plan_freebsd(
-        &[record("/", 1), record("/data", 2)],
-        &FreeBsdPolicy::default(),
-    )
+    let records = [
+        rec("ufs", "/", "/dev/da1", MNT_LOCAL, 1),
+        rec("ufs", "/data", "/dev/da2", MNT_LOCAL, 2),
+    ];
+    plan_freebsd(&records, &FreeBsdPolicy::default())
 }
 
 #[test]
