@@ -44,6 +44,11 @@
 //! tier = 100
 //! timeout_secs = 30
 //!
+//! [freebsd]                        # FreeBSD only (docs/freebsd.md)
+//! zfs = "sync"                     # sync | veto | ignore: writable ZFS datasets' pools
+//! other_local = "veto"             # veto | skip: other writable local filesystems
+//! hv_vss = "/usr/local/bin/hv-vss" # holds the UFS suspensions (a single-threaded child)
+//!
 //! [freezer]                        # hv_vss_freezer::FreezerConfig
 //! on_unsupported = "skip"
 //! on_foreign_freeze = "fail"
@@ -56,9 +61,12 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use hv_vss_core::{AutoThaw, Limits, LimitsError};
+use hv_vss_freezer::freebsd_plan::{FreeBsdPolicy, OtherFsPolicy, ZfsPolicy};
 use hv_vss_freezer::{CompiledConfig, FreezerConfig};
 use hv_vss_hooks::{HookDir, HookStyle};
 use serde::Deserialize;
+
+pub mod fsvss;
 
 /// Where the daemon looks for its config when `--config` is not given.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/hv-vss/hv-vss.toml";
@@ -91,6 +99,13 @@ pub struct FileConfig {
     pub hooks: Option<Vec<FileHookDir>>,
     #[serde(default)]
     pub freezer: FreezerConfig,
+    /// `[freebsd]`: what FreeBSD's backend does besides suspending UFS ([`fsvss`]).
+    #[serde(default)]
+    pub freebsd: FileFreeBsd,
+    /// Whether the file sets `freezer.freeze_deadline_secs` (its default depends on the
+    /// transport: [`fsvss::DEFAULT_PER_FS_FREEZE_SECS`]).
+    #[serde(skip)]
+    pub freezer_deadline_given: bool,
 }
 
 /// A user or group, by name or number.
@@ -124,6 +139,19 @@ pub struct FileHookDir {
     pub timeout_secs: Option<f64>,
 }
 
+/// The `[freebsd]` table (read on every platform, used on FreeBSD).
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileFreeBsd {
+    /// Writable ZFS: `"sync"` (default) its pools with `zpool sync`, `"veto"`, `"ignore"`.
+    pub zfs: Option<ZfsPolicy>,
+    /// Other writable local filesystems: `"veto"` (default) or `"skip"`.
+    pub other_local: Option<OtherFsPolicy>,
+    /// The `hv-vss` binary that holds the UFS suspensions (`hv-vss freeze
+    /// --holder-protocol`).
+    pub hv_vss: Option<PathBuf>,
+}
+
 /// The `[limits]` table.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -137,10 +165,17 @@ pub struct FileLimits {
 impl FileConfig {
     /// Parses the file's text; `origin` names the file in errors.
     pub fn parse(text: &str, origin: &Path) -> Result<Self, ConfigError> {
-        toml::from_str(text).map_err(|e| ConfigError::Syntax {
+        let syntax = |e: toml::de::Error| ConfigError::Syntax {
             file: origin.to_path_buf(),
             message: e.to_string().trim_end().to_string(),
-        })
+        };
+        let mut config: Self = toml::from_str(text).map_err(syntax)?;
+        let table: toml::Table = text.parse().map_err(syntax)?;
+        config.freezer_deadline_given = table
+            .get("freezer")
+            .and_then(|f| f.get("freeze_deadline_secs"))
+            .is_some();
+        Ok(config)
     }
 }
 
@@ -164,7 +199,39 @@ pub enum TransportChoice {
     DropIn(PathBuf),
     /// `/dev/uioN` or a host simulator's socket.
     Uio(PathBuf),
+    /// FreeBSD's `/dev/hv_fsvss_dev` ([`fsvss`]).
+    FsVss(PathBuf),
 }
+
+/// The platform whose transports and defaults the config resolves to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Platform {
+    /// `/dev/vmbus/hv_vss` or UIO.
+    Linux,
+    /// `/dev/hv_fsvss_dev`.
+    FreeBsd,
+}
+
+impl Platform {
+    /// The platform this daemon was built for.
+    pub const HOST: Self = if cfg!(target_os = "freebsd") {
+        Self::FreeBsd
+    } else {
+        Self::Linux
+    };
+
+    /// The default `state_dir`: a tmpfs, never frozen (`/run` on Linux; on FreeBSD the rc.d
+    /// script mounts one at `/var/run/hv-vss`).
+    pub fn default_state_dir(self) -> &'static str {
+        match self {
+            Self::Linux => "/run/hv-vss",
+            Self::FreeBsd => "/var/run/hv-vss",
+        }
+    }
+}
+
+/// Linux's drop-in device, the default transport there.
+pub const LINUX_DROP_IN_DEVICE: &str = "/dev/vmbus/hv_vss";
 
 /// Log verbosity.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -256,7 +323,25 @@ pub struct Settings {
     pub metrics_textfile: Option<PathBuf>,
     /// Besides root, this group may ask the control socket ([`crate::control`]).
     pub control_gid: Option<u32>,
+    /// `[freebsd]`, validated.
+    #[cfg_attr(
+        not(target_os = "freebsd"),
+        allow(dead_code, reason = "read by FreeBSD's start-up only")
+    )]
+    pub freebsd: FreeBsdSettings,
 }
+
+/// `[freebsd]`, validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FreeBsdSettings {
+    /// The ZFS and other-filesystem policy.
+    pub policy: FreeBsdPolicy,
+    /// The `hv-vss` binary that holds the suspensions.
+    pub holder: PathBuf,
+}
+
+/// Default of `[freebsd] hv_vss`: where the rc.d script's package puts it.
+pub const DEFAULT_HOLDER: &str = "/usr/local/bin/hv-vss";
 
 /// A configuration problem; every message names the key or flag.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -324,33 +409,34 @@ impl Settings {
         }
     }
 
-    /// Merges the command line over the file and validates every value.
+    /// Merges the command line over the file and validates every value, for this platform.
     pub fn resolve(file: FileConfig, cli: Overrides) -> Result<Self, ConfigError> {
-        let transport = match (cli.device, cli.uio) {
-            (Some(_), Some(_)) => return Err(invalid("--device", "conflicts with --uio")),
-            (Some(d), None) => TransportChoice::DropIn(d),
-            (None, Some(u)) => TransportChoice::Uio(u),
-            (None, None) => match (file.device, file.uio) {
-                (Some(_), Some(_)) => {
-                    return Err(invalid(
-                        "device",
-                        "conflicts with uio: set only one transport",
-                    ));
-                }
-                (Some(d), None) => TransportChoice::DropIn(d),
-                (None, Some(u)) => TransportChoice::Uio(u),
-                (None, None) => {
-                    TransportChoice::DropIn(hv_vss_vmbus::kernel_dev::DEFAULT_DEVICE_PATH.into())
-                }
-            },
+        Self::resolve_on(Platform::HOST, file, cli)
+    }
+
+    /// [`Self::resolve`] for `platform`'s transports and defaults.
+    pub fn resolve_on(
+        platform: Platform,
+        mut file: FileConfig,
+        cli: Overrides,
+    ) -> Result<Self, ConfigError> {
+        let transport = match platform {
+            Platform::Linux => linux_transport(cli.device, cli.uio, file.device, file.uio)?,
+            Platform::FreeBsd => {
+                fsvss::choose_transport(cli.device, cli.uio, file.device, file.uio)?
+            }
         };
+        let on_fsvss = matches!(transport, TransportChoice::FsVss(_));
+        if on_fsvss && !file.freezer_deadline_given {
+            file.freezer.freeze_deadline_secs = fsvss::DEFAULT_PER_FS_FREEZE_SECS;
+        }
 
         let state_dir = match cli.state_dir {
             Some(d) => absolute("--state-dir", d)?,
             None => absolute(
                 "state_dir",
                 file.state_dir
-                    .unwrap_or_else(|| hv_vss_freezer::DEFAULT_STATE_DIR.into()),
+                    .unwrap_or_else(|| platform.default_state_dir().into()),
             )?,
         };
         let app_socket = match cli.app_socket {
@@ -369,7 +455,11 @@ impl Settings {
             return Err(invalid("mounts", "an empty path is not a mount point"));
         }
 
-        let mut limits = Limits::default();
+        let mut limits = if on_fsvss {
+            fsvss::default_limits()
+        } else {
+            Limits::default()
+        };
         let l = &file.limits;
         if let Some(v) = l.check_deadline_seconds {
             limits.check_deadline = seconds("limits.check_deadline_seconds", v)?;
@@ -409,6 +499,9 @@ impl Settings {
             limits.validate()
         };
         check.map_err(|e| limits_error(&e))?;
+        if on_fsvss {
+            fsvss::check_deadlines(&limits)?;
+        }
 
         let freezer = file
             .freezer
@@ -459,6 +552,17 @@ impl Settings {
             .map(|p| absolute("metrics_textfile", p))
             .transpose()?;
 
+        let freebsd = FreeBsdSettings {
+            policy: FreeBsdPolicy {
+                zfs: file.freebsd.zfs.unwrap_or_default(),
+                other_local: file.freebsd.other_local.unwrap_or_default(),
+            },
+            holder: match file.freebsd.hv_vss {
+                Some(p) => absolute("freebsd.hv_vss", p)?,
+                None => DEFAULT_HOLDER.into(),
+            },
+        };
+
         Ok(Settings {
             transport,
             state_dir,
@@ -473,8 +577,34 @@ impl Settings {
             history_limit,
             metrics_textfile,
             control_gid,
+            freebsd,
         })
     }
+}
+
+/// Linux: `device` (drop-in) or `uio`, never both; the command line wins over the file.
+fn linux_transport(
+    cli_device: Option<PathBuf>,
+    cli_uio: Option<PathBuf>,
+    file_device: Option<PathBuf>,
+    file_uio: Option<PathBuf>,
+) -> Result<TransportChoice, ConfigError> {
+    Ok(match (cli_device, cli_uio) {
+        (Some(_), Some(_)) => return Err(invalid("--device", "conflicts with --uio")),
+        (Some(d), None) => TransportChoice::DropIn(d),
+        (None, Some(u)) => TransportChoice::Uio(u),
+        (None, None) => match (file_device, file_uio) {
+            (Some(_), Some(_)) => {
+                return Err(invalid(
+                    "device",
+                    "conflicts with uio: set only one transport",
+                ));
+            }
+            (Some(d), None) => TransportChoice::DropIn(d),
+            (None, Some(u)) => TransportChoice::Uio(u),
+            (None, None) => TransportChoice::DropIn(LINUX_DROP_IN_DEVICE.into()),
+        },
+    })
 }
 
 /// The deadlines must nest, or one safety bound defeats another (issue 8):
@@ -656,8 +786,26 @@ fn limits_error(e: &LimitsError) -> ConfigError {
 mod tests {
     use super::*;
 
+    /// The defaults named here are the crates' own on Linux.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn linux_defaults_are_the_vmbus_and_freezer_ones() {
+        assert_eq!(
+            LINUX_DROP_IN_DEVICE,
+            hv_vss_vmbus::kernel_dev::DEFAULT_DEVICE_PATH
+        );
+        assert_eq!(
+            Platform::Linux.default_state_dir(),
+            hv_vss_freezer::DEFAULT_STATE_DIR
+        );
+    }
+
     fn resolve(text: &str, cli: Overrides) -> Result<Settings, ConfigError> {
-        Settings::resolve(FileConfig::parse(text, Path::new("test.toml"))?, cli)
+        Settings::resolve_on(
+            Platform::Linux,
+            FileConfig::parse(text, Path::new("test.toml"))?,
+            cli,
+        )
     }
 
     fn err(text: &str, cli: Overrides) -> String {

@@ -8,8 +8,8 @@
 //!
 //! Who may ask: root, and the members of `control_group` when it is configured (the socket
 //! is then `0660 root:GROUP` and the state directory is made group-traversable). The peer
-//! is checked again with `SO_PEERCRED` (uid 0, or the group as its primary or supplementary
-//! group from `/proc/PID/status`).
+//! is checked again with its kernel credentials (uid 0, or the group as its primary or
+//! supplementary group: [`crate::apps::listener::Peer`]).
 //!
 //! It must never hold up the main loop, which may be serving a FREEZE: the listener is
 //! non-blocking, each connection gets [`IO_TIMEOUT`] to send its request and take its
@@ -142,18 +142,13 @@ impl ControlServer {
     }
 
     fn allowed(&self, stream: &UnixStream) -> bool {
-        let Ok(cred) = rustix::net::sockopt::socket_peercred(stream) else {
+        let Ok(peer) = crate::apps::listener::Peer::of(stream) else {
             return false;
         };
-        if cred.uid.is_root() {
+        if peer.uid == 0 {
             return true;
         }
-        let Some(gid) = self.group else { return false };
-        if cred.gid.as_raw() == gid {
-            return true;
-        }
-        let pid = cred.pid.as_raw_nonzero().get().unsigned_abs();
-        crate::apps::accounts::supplementary_groups(pid).contains(&gid)
+        self.group.is_some_and(|gid| peer.in_group(gid))
     }
 }
 

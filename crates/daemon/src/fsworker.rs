@@ -46,7 +46,7 @@ use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use hv_vss_core::{FsError, FsResult, TxnId};
+use hv_vss_core::{FsError, FsResult};
 use hv_vss_freezer::{
     CompiledConfig, FlushAhead, FlushPolicy, FreezeOptions, FreezeReport, FreezeWatch, FrozenSet,
     MountSource, MountTableWatch, Plan, Selection, ThawReport,
@@ -62,50 +62,11 @@ pub const FLUSH_AHEAD_BUDGET: Duration = Duration::from_secs(10);
 /// clean (two pass intervals: the last pass before FREEZE was cancelled).
 pub const FOUND_CLEAN_WITHIN: Duration = Duration::from_millis(200);
 
-/// How often a thaw that left members frozen is retried.
-pub const THAW_RETRY_INTERVAL: Duration = Duration::from_secs(1);
 /// How often a set with only abandoned FIFREEZE calls in flight looks whether they returned.
 const ABANDONED_POLL: Duration = Duration::from_millis(20);
 
-/// Work for the worker.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FsCommand {
-    Check { txn: TxnId },
-    Freeze { txn: TxnId, epoch: Epoch },
-    Thaw { txn: TxnId },
-}
-
-/// What the worker did.
-#[derive(Debug)]
-pub enum FsOutcome {
-    Checked {
-        txn: TxnId,
-        result: FsResult,
-    },
-    /// `result` Ok: the worker holds the frozen set until `Thaw`.
-    Frozen {
-        txn: TxnId,
-        epoch: Epoch,
-        result: FsResult,
-        report: Option<FreezeReport>,
-        /// Nothing of ours is frozen (a failed freeze rolled back, and no earlier set is
-        /// still waiting for its thaw to be retried).
-        nothing_frozen: bool,
-    },
-    Thawed {
-        txn: TxnId,
-        epoch: Epoch,
-        result: FsResult,
-        report: Option<ThawReport>,
-        /// Nothing of ours is frozen any more.
-        all_thawed: bool,
-    },
-    /// A background retry finished the thaw of members an earlier `Thaw` left frozen.
-    RetryThawed {
-        epoch: Epoch,
-        report: ThawReport,
-    },
-}
+use crate::fswork::THAW_RETRY_INTERVAL;
+pub use crate::fswork::{FsCommand, FsOutcome};
 
 /// What the worker needs to plan and freeze.
 #[derive(Clone)]
@@ -524,6 +485,8 @@ pub fn selection(mounts: &[PathBuf]) -> Selection {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::fswork::THAW_RETRY_INTERVAL;
+    use hv_vss_core::TxnId;
     use hv_vss_freezer::FreezerConfig;
     use hv_vss_testutil::{FsKind, LoopFs, WriteProbe};
 

@@ -155,6 +155,11 @@ impl Guardian {
         self.child.id()
     }
 
+    /// The start-up line.
+    pub fn log_started(&self) {
+        tracing::info!(pid = self.pid(), "guardian started");
+    }
+
     /// Called when the socket polled readable or hung up: true if the guardian is gone
     /// (it is then reaped).
     pub fn is_gone(&mut self) -> bool {

@@ -12,7 +12,7 @@
 //! 4. recovery: an earlier instance's journal is thawed before the transport opens (R59);
 //!    entries that are unmounted or now another device are never thawed: reported, and the
 //!    journal is set aside so the daemon can start; exit 6 only if a filesystem that is
-//!    ours stays frozen (see [`recover_earlier`]);
+//!    ours stays frozen (see `startup::recover_earlier`);
 //! 5. the application socket ([`apps`]; exit 8 if it cannot be set up) and what an
 //!    earlier instance still owed its clients; first the soft `RLIMIT_NOFILE` is raised if
 //!    `[apps] max_clients` needs it ([`fdlimit`]);
@@ -20,19 +20,21 @@
 //! 7. the transport: open and register (exit 4 if another VSS daemon holds the device,
 //!    exit 3 if it cannot be opened);
 //! 8. `READY=1` to systemd, then the main loop ([`daemon`]).
+//!
+//! # Platforms
+//!
+//! The platform's parts are chosen once each in the library (`src/lib.rs`): see there.
 
 use hv_vssd::{
-    apps, config, daemon, fdlimit, fsworker, guardian, kmsg, manpages, safety, transport,
+    apps, config, daemon, fdlimit, fsworker, guardian, kmsg, manpages, safety, startup, transport,
 };
 
-use std::fs::File;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::anyhow;
 use clap::Parser;
 use hv_vss_core::{AutoThaw, Coordinator, Millis};
-use hv_vss_freezer::{FreezeOptions, MountSource};
 
 use hv_vssd::config::{Overrides, Settings, TransportChoice};
 use hv_vssd::exit::{ExitKind, Fatal};
@@ -84,15 +86,8 @@ struct Cli {
     generate_man: Option<PathBuf>,
 }
 
-/// Mode of a state directory the daemon creates: search for everyone (the app socket is in
-/// it by default), read and write for root only. The systemd units' RuntimeDirectoryMode.
-const STATE_DIR_MODE: u32 = 0o711;
-
 /// The way to the guardian, for handing over held log lines on a fatal exit while frozen.
 static LINK: std::sync::OnceLock<guardian::GuardianLink> = std::sync::OnceLock::new();
-
-/// Name of the instance lock inside the state directory.
-const INSTANCE_LOCK: &str = "hv-vssd.lock";
 
 fn main() {
     let cli = Cli::parse();
@@ -108,7 +103,7 @@ fn main() {
         init_plain_logging(cli.debug);
         let state_dir = cli
             .state_dir
-            .unwrap_or_else(|| hv_vss_freezer::DEFAULT_STATE_DIR.into());
+            .unwrap_or_else(|| config::Platform::HOST.default_state_dir().into());
         std::process::exit(guardian::run(&state_dir));
     }
     // A panic that reaches here ends the process: while frozen its held lines are handed
@@ -243,30 +238,8 @@ fn run(cli: Cli) -> Result<(), Fatal> {
     let signals = daemon::signal_pipe()
         .map_err(|e| Fatal::new(ExitKind::Internal, anyhow!("signal handlers: {e}")))?;
 
-    // The plan, as of now: validates --mount / mounts and the state directory's safety.
-    let source = MountSource::current();
-    let selection = fsworker::selection(&settings.mounts);
-    let plan = hv_vss_freezer::make_plan(&source, &selection, &settings.freezer).map_err(|e| {
-        let key = if settings.mounts.is_empty() {
-            "freezer"
-        } else {
-            "--mount/mounts"
-        };
-        Fatal::new(ExitKind::Usage, anyhow!("{key}: {e}"))
-    })?;
-    let planned: Vec<String> = plan
-        .filesystems()
-        .map(|f| f.mount_point.display().to_string())
-        .collect();
-    tracing::info!(mounts = ?planned, skipped = plan.skipped.len(), "freeze plan");
-    if plan.is_empty() {
-        tracing::warn!(
-            "the freeze plan is empty: FREEZE will fail until a freezable filesystem is mounted"
-        );
-    }
-
-    let _instance_lock = prepare_state_dir(&settings.state_dir, &plan)?;
-    recover_earlier(&settings.state_dir)?;
+    // The plan (validates --mount / mounts), the state directory, an earlier freeze.
+    let prepared = startup::prepare(&settings)?;
 
     // Before the socket: room for max_clients connections.
     fdlimit::log(
@@ -293,7 +266,7 @@ fn run(cli: Cli) -> Result<(), Fatal> {
 
     let guardian = guardian::Guardian::spawn(&settings.state_dir, debug)
         .map_err(|e| Fatal::new(ExitKind::Guardian, e))?;
-    tracing::info!(pid = guardian.pid(), "guardian started");
+    guardian.log_started();
 
     let transport = match transport::Transport::open(&settings.transport) {
         Ok(t) => Some(t),
@@ -308,14 +281,8 @@ fn run(cli: Cli) -> Result<(), Fatal> {
 
     let guardian_link = guardian::GuardianLink::default();
     let _ = LINK.set(guardian_link.clone());
-    let worker = fsworker::FsWorker::start(fsworker::FsSetup {
-        source,
-        selection,
-        config: settings.freezer.clone(),
-        options: FreezeOptions::new(settings.freezer.config(), settings.state_dir.clone()),
-        watch: Some(std::sync::Arc::new(guardian_link.clone())),
-    })
-    .map_err(|e| Fatal::new(ExitKind::Internal, anyhow!("filesystem worker: {e}")))?;
+    let worker = fsworker::FsWorker::start(prepared.worker_setup(&settings, &guardian_link))
+        .map_err(|e| Fatal::new(ExitKind::Internal, anyhow!("filesystem worker: {e}")))?;
 
     daemon::Daemon::new(daemon::Parts {
         settings,
@@ -336,133 +303,6 @@ fn run(cli: Cli) -> Result<(), Fatal> {
     .map_err(|e| Fatal::new(ExitKind::Internal, e))
 }
 
-/// Creates the state directory (0711: only root lists or reads it, while clients allowed in
-/// `[apps]` can reach the default socket in it by name; every file in it is 0600), refuses
-/// one the plan may freeze (R59), and takes the instance lock.
-fn prepare_state_dir(dir: &Path, plan: &hv_vss_freezer::Plan) -> Result<File, Fatal> {
-    use std::os::unix::fs::DirBuilderExt;
-    let unusable = |e: std::io::Error| {
-        Fatal::new(
-            ExitKind::StateDir,
-            anyhow!("state directory {}: {e}", dir.display()),
-        )
-    };
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(STATE_DIR_MODE)
-        .create(dir)
-        .map_err(unusable)?;
-    let handle = File::open(dir).map_err(unusable)?;
-    let id = hv_vss_sys::fs::identify(std::os::fd::AsFd::as_fd(&handle)).map_err(unusable)?;
-    let dev = id
-        .mount_id
-        .and_then(|m| plan.dev_of_mount_id(m))
-        .unwrap_or(id.dev);
-    if plan.may_freeze(dev) {
-        return Err(Fatal::new(
-            ExitKind::StateDir,
-            anyhow!(
-                "state directory {}: on a filesystem that may be frozen (device {dev}); use a tmpfs such as /run/hv-vss",
-                dir.display()
-            ),
-        ));
-    }
-    hv_vss_freezer::journal::try_lock_file(&dir.join(INSTANCE_LOCK))
-        .map_err(unusable)?
-        .ok_or_else(|| {
-            Fatal::new(
-                ExitKind::Busy,
-                anyhow!(
-                    "another hv-vssd uses the state directory {} (lock {INSTANCE_LOCK})",
-                    dir.display()
-                ),
-            )
-        })
-}
-
-/// How long start-up retries thawing a journaled filesystem that is ours but whose FITHAW
-/// fails, before giving up with exit 6.
-const RECOVER_RETRY_FOR: std::time::Duration = std::time::Duration::from_secs(5);
-
-/// R59: thaw what an earlier instance's journal lists, before the transport opens.
-///
-/// # Policy
-///
-/// Recovery never thaws what it cannot show is ours: each entry is thawed only through its
-/// recorded path, and only if that path still leads to the recorded device.
-///
-/// - Every entry thawed or found not frozen: the journal is removed; start.
-/// - Some entries unreachable (mount gone) or on another device (the path now leads
-///   elsewhere), the rest thawed or not frozen: nothing more can be done for them, and
-///   refusing to start would keep the daemon down for ever (every restart would find the
-///   same journal). They are logged at error level and the journal is renamed
-///   `freeze-journal.json.stale-<unix_ms>` in the state directory for the operator; start.
-/// - An entry whose device matches but whose FITHAW fails is ours and still frozen:
-///   retried for [`RECOVER_RETRY_FOR`], then start-up fails (exit 6) with the journal kept,
-///   so the guardian-less state is never entered while we know something is frozen. A
-///   FITHAW that does not return within the per-filesystem deadline
-///   ([`hv_vss_freezer::DEFAULT_RECOVER_THAW_DEADLINE`]) counts the same: the others are
-///   thawed meanwhile, and start-up ends instead of hanging in it.
-fn recover_earlier(dir: &Path) -> Result<(), Fatal> {
-    let started = Instant::now();
-    let report = loop {
-        let report = hv_vss_freezer::recover(dir, hv_vss_freezer::RecoverOptions::default())
-            .map_err(|e| match e {
-                hv_vss_freezer::RecoverError::FreezerAlive { pid, .. } => Fatal::new(
-                    ExitKind::Busy,
-                    anyhow!(
-                        "process {pid} froze filesystems listed in {} and still holds them",
-                        dir.display()
-                    ),
-                ),
-                other => Fatal::new(
-                    ExitKind::RecoveryIncomplete,
-                    anyhow::Error::new(other).context("recovering the earlier freeze journal"),
-                ),
-            })?;
-        let ours_still_frozen = report.ours_may_be_frozen();
-        if !ours_still_frozen || started.elapsed() >= RECOVER_RETRY_FOR {
-            break report;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(200));
-    };
-    if !report.journal_found {
-        return Ok(());
-    }
-    let detail = serde_json::to_string(&report.filesystems).unwrap_or_default();
-    if report.complete() {
-        tracing::warn!(
-            earlier_pid = report.freezer_pid,
-            filesystems = %detail,
-            "an earlier instance left filesystems frozen; thawed them from its journal"
-        );
-        return Ok(());
-    }
-    if report.ours_may_be_frozen() {
-        return Err(Fatal::new(
-            ExitKind::RecoveryIncomplete,
-            anyhow!(
-                "the earlier freeze journal in {} could not be fully thawed: {detail}; see `hv-vss thaw --recover`",
-                dir.display()
-            ),
-        ));
-    }
-    // Only unreachable or foreign entries are left: never thawed, set aside, start.
-    let aside = hv_vss_freezer::Journal::set_aside(dir).map_err(|e| {
-        Fatal::new(
-            ExitKind::RecoveryIncomplete,
-            anyhow::Error::new(e).context("setting aside the earlier freeze journal"),
-        )
-    })?;
-    tracing::error!(
-        earlier_pid = report.freezer_pid,
-        filesystems = %detail,
-        moved_to = %aside.display(),
-        "the earlier freeze journal lists filesystems that are unmounted or now another device; NOT thawed (they may not be ours). Journal set aside; check them by hand (SysRq-j thaws everything as a last resort)"
-    );
-    Ok(())
-}
-
 fn transport_fatal(settings: &Settings, e: &transport::TransportError) -> Fatal {
     let kind = if e.is_busy() {
         ExitKind::Busy
@@ -470,7 +310,7 @@ fn transport_fatal(settings: &Settings, e: &transport::TransportError) -> Fatal 
         ExitKind::TransportUnavailable
     };
     let flag = match &settings.transport {
-        TransportChoice::DropIn(_) => "--device",
+        TransportChoice::DropIn(_) | TransportChoice::FsVss(_) => "--device",
         TransportChoice::Uio(_) => "--uio",
     };
     let hint = if e.is_busy() {
@@ -485,63 +325,6 @@ fn transport_fatal(settings: &Settings, e: &transport::TransportError) -> Fatal 
 mod tests {
     use super::*;
     use hv_vss_testutil::SharedBuf;
-
-    /// Start-up recovery over a journal an earlier instance left, listing `path` on `dev`:
-    /// it must go on (not exit) and remove the journal. Returns the journals it set aside.
-    fn start_up_over_journal_listing(
-        state: &Path,
-        path: &Path,
-        dev: hv_vss_freezer::DevNum,
-    ) -> Vec<PathBuf> {
-        hv_vss_freezer::Journal {
-            version: 1,
-            pid: 999_999_999,
-            created_unix_ms: 1,
-            filesystems: vec![hv_vss_freezer::JournalEntry {
-                path: path.to_path_buf(),
-                dev,
-                fs_type: "ext4".into(),
-                pid: 999_999_999,
-            }],
-        }
-        .write(state)
-        .unwrap();
-        recover_earlier(state).map_err(|f| f.to_string()).unwrap();
-        assert!(hv_vss_freezer::Journal::read(state).unwrap().is_none());
-        std::fs::read_dir(state)
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .filter(|p| p.to_string_lossy().contains(".stale-"))
-            .collect()
-    }
-
-    /// Regression: a journal entry whose mount is gone made start-up exit 6 on every
-    /// restart, so the daemon could never start again. It is reported and set aside.
-    #[test]
-    fn a_journal_entry_whose_mount_is_gone_is_set_aside_and_start_up_goes_on() {
-        let state = tempfile::tempdir().unwrap();
-        let gone = state.path().join("unmounted-long-ago");
-        let dev = hv_vss_freezer::DevNum { major: 7, minor: 3 };
-        let aside = start_up_over_journal_listing(state.path(), &gone, dev);
-        assert_eq!(aside.len(), 1, "{aside:?}");
-        let kept: hv_vss_freezer::Journal =
-            serde_json::from_slice(&std::fs::read(&aside[0]).unwrap()).unwrap();
-        assert_eq!(kept.filesystems[0].path, gone);
-    }
-
-    /// Same for an entry whose path now leads to another device: never thawed (it may not
-    /// be ours), set aside, start.
-    #[test]
-    fn a_journal_entry_on_another_device_is_not_thawed_but_set_aside() {
-        let state = tempfile::tempdir().unwrap();
-        let elsewhere = tempfile::tempdir().unwrap();
-        let dev = hv_vss_freezer::DevNum {
-            major: 4095,
-            minor: 77,
-        };
-        let aside = start_up_over_journal_listing(state.path(), elsewhere.path(), dev);
-        assert_eq!(aside.len(), 1, "{aside:?}");
-    }
 
     /// The tests that replace the process's panic hook, one at a time.
     static HOOK_TESTS: std::sync::Mutex<()> = std::sync::Mutex::new(());

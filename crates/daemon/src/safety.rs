@@ -143,14 +143,23 @@ impl FreezeSafety {
     }
 }
 
-/// `PR_SET_DUMPABLE`. Failure is ignored: it only fails for invalid arguments.
+/// No core dump while frozen: Linux's `PR_SET_DUMPABLE`, FreeBSD's
+/// `procctl(PROC_TRACE_CTL)` on this process (a dump written to a frozen filesystem would
+/// wait for a thaw that only the end of this process brings). Failure is ignored: it only
+/// fails for invalid arguments.
 fn set_dumpable(dumpable: bool) {
     use rustix::process::DumpableBehavior;
-    let _ = rustix::process::set_dumpable_behavior(if dumpable {
+    let behavior = if dumpable {
         DumpableBehavior::Dumpable
     } else {
         DumpableBehavior::NotDumpable
-    });
+    };
+    // The one call whose signature differs between the two systems (rustix: FreeBSD's
+    // procctl also names the target process; None is this one).
+    #[cfg(target_os = "linux")]
+    let _ = rustix::process::set_dumpable_behavior(behavior);
+    #[cfg(target_os = "freebsd")]
+    let _ = rustix::process::set_dumpable_behavior(None, behavior);
 }
 
 #[cfg(test)]

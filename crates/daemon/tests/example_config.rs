@@ -57,6 +57,9 @@ const DAEMON_KEYS: &[&str] = &[
     "freezer.exclude.mount_points",
     "freezer.exclude.fs_types",
     "freezer.exclude.sources",
+    "freebsd.zfs",
+    "freebsd.other_local",
+    "freebsd.hv_vss",
 ];
 
 fn example() -> String {

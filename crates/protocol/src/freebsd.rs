@@ -69,6 +69,11 @@ pub const UFSSUSPEND: u32 = iow(b'U', 1, FSID_LEN);
 /// `UFSRESUME`: end the suspension held by this fd (0x20005502).
 pub const UFSRESUME: u32 = io(b'U', 2);
 
+/// The driver's `TIMEOUT_LIMIT`: from a request's first dispatch (to an application if one
+/// is registered, else to the fs daemon) to its last ack. After it the host gets E_FAIL and
+/// a later ack is dropped.
+pub const DRIVER_ACK_TIMEOUT: core::time::Duration = core::time::Duration::from_secs(15);
+
 /// The fs daemon's device.
 pub const FS_VSS_DEVICE: &str = "/dev/hv_fsvss_dev";
 /// The application device (hv-vssd never opens it).

@@ -43,7 +43,7 @@ use hv_vss_protocol::freebsd::{HvVssOptMsg, OptStatus, VssOpt};
 use hv_vss_protocol::{HvStatus, VssOperation};
 
 /// The driver's `TIMEOUT_LIMIT`: from dispatch to the last ack.
-pub const TIMEOUT_LIMIT: Duration = Duration::from_secs(15);
+pub const TIMEOUT_LIMIT: Duration = hv_vss_protocol::freebsd::DRIVER_ACK_TIMEOUT;
 
 /// One of the driver's two character devices.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

@@ -173,9 +173,10 @@ mod tests {
         let (a, b) = UnixStream::pair().unwrap();
         a.set_nonblocking(true).unwrap();
         let peer = Peer {
-            pid: std::process::id(),
+            pid: Some(std::process::id()),
             uid: 0,
             gid: 0,
+            groups: None,
         };
         (Conn::new(a, peer, max_pending), b)
     }

@@ -9,10 +9,11 @@
 //! (`chmod`/`chown` before `listen`, so nobody connects through wider permissions), then
 //! listens; accept is non-blocking and close-on-exec.
 //!
-//! Credentials come from the kernel (`SO_PEERCRED`: the peer's pid, uid and gid when it
-//! connected), never from the client: root, a uid in `allowed_users`, or a process whose
-//! primary or supplementary group (`/proc/<pid>/status`) is in `allowed_groups` may take
-//! part. The socket's file mode is a first gate; this check holds even with mode 0666.
+//! Credentials come from the kernel (`SO_PEERCRED` on Linux, `LOCAL_PEERCRED` on FreeBSD:
+//! the peer's uid, gid and pid when it connected, through [`hv_vss_sys::peer`]), never
+//! from the client: root, a uid in `allowed_users`, or a process whose primary or
+//! supplementary group (FreeBSD: in the credentials; Linux: `/proc/<pid>/status`) is in
+//! `allowed_groups` may take part. The socket's file mode is a first gate; this check holds even with mode 0666.
 
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -46,11 +47,38 @@ pub enum ListenError {
 }
 
 /// Who connected, as the kernel says.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Peer {
-    pub pid: u32,
+    /// None where the kernel does not record it (FreeBSD before 13).
+    pub pid: Option<u32>,
     pub uid: u32,
     pub gid: u32,
+    /// The groups that came with the credentials (FreeBSD); None: look them up by pid.
+    pub groups: Option<Vec<u32>>,
+}
+
+impl Peer {
+    /// From the kernel's record of the peer of `socket`.
+    pub fn of(socket: impl AsFd) -> io::Result<Self> {
+        let cred = hv_vss_sys::peer::peer_credentials(socket)?;
+        Ok(Self {
+            pid: cred.pid,
+            uid: cred.uid,
+            gid: cred.gid,
+            groups: cred.groups,
+        })
+    }
+
+    /// Whether `gid` is the peer's primary or one of its supplementary groups.
+    pub fn in_group(&self, gid: u32) -> bool {
+        self.gid == gid
+            || match &self.groups {
+                Some(groups) => groups.contains(&gid),
+                None => self
+                    .pid
+                    .is_some_and(|pid| accounts::supplementary_groups(pid).contains(&gid)),
+            }
+    }
 }
 
 /// The bound, listening socket.
@@ -91,8 +119,11 @@ impl Listener {
         .map_err(|e| io_err("socket")(e.into()))?;
         let addr = SocketAddrUnix::new(path).map_err(|e| io_err("address")(e.into()))?;
         rustix::net::bind(&fd, &addr).map_err(|e| io_err("bind")(e.into()))?;
-        rustix::fs::chmod(path, Mode::from_raw_mode(settings.mode))
-            .map_err(|e| io_err("chmod")(e.into()))?;
+        rustix::fs::chmod(
+            path,
+            Mode::from_bits_truncate(settings.mode as rustix::fs::RawMode),
+        )
+        .map_err(|e| io_err("chmod")(e.into()))?;
         if settings.owner.is_some() || settings.group.is_some() {
             rustix::fs::chown(
                 path,
@@ -126,12 +157,7 @@ impl Listener {
             Err(rustix::io::Errno::CONNABORTED) => return Ok(None),
             Err(e) => return Err(e.into()),
         };
-        let cred = rustix::net::sockopt::socket_peercred(&fd)?;
-        let peer = Peer {
-            pid: cred.pid.as_raw_nonzero().get() as u32,
-            uid: cred.uid.as_raw(),
-            gid: cred.gid.as_raw(),
-        };
+        let peer = Peer::of(&fd)?;
         Ok(Some((UnixStream::from(fd), peer)))
     }
 
@@ -140,13 +166,7 @@ impl Listener {
         if peer.uid == 0 || self.allowed_uids.contains(&peer.uid) {
             return true;
         }
-        if self.allowed_gids.is_empty() {
-            return false;
-        }
-        self.allowed_gids.contains(&peer.gid)
-            || accounts::supplementary_groups(peer.pid)
-                .iter()
-                .any(|g| self.allowed_gids.contains(g))
+        self.allowed_gids.iter().any(|g| peer.in_group(*g))
     }
 }
 
@@ -206,7 +226,7 @@ mod tests {
         assert!(matches!(Listener::bind(&s), Err(ListenError::InUse { .. })));
         let _c = UnixStream::connect(&s.socket).unwrap();
         let (_, peer) = l.accept().unwrap().unwrap();
-        assert_eq!(peer.pid, std::process::id());
+        assert_eq!(peer.pid, Some(std::process::id()));
         drop(l);
         // The file stays behind, stale: the next bind replaces it.
         assert!(s.socket.exists());
@@ -247,13 +267,42 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let l = Listener::bind(&settings(dir.path())).unwrap();
         let peer = |uid, gid| Peer {
-            pid: u32::MAX,
+            pid: None,
             uid,
             gid,
+            groups: None,
         };
         assert!(l.admits(&peer(0, 0)));
         assert!(l.admits(&peer(1234, 1)));
         assert!(l.admits(&peer(99, 4321)));
         assert!(!l.admits(&peer(99, 1)));
+    }
+
+    /// FreeBSD's credentials carry the groups; Linux's carry a pid whose groups are read
+    /// from /proc. Either way a supplementary group admits.
+    #[test]
+    fn a_supplementary_group_admits_from_the_credentials_or_from_proc() {
+        let dir = tempfile::tempdir().unwrap();
+        let l = Listener::bind(&settings(dir.path())).unwrap();
+        let freebsd = Peer {
+            pid: None,
+            uid: 99,
+            gid: 1,
+            groups: Some(vec![1, 7, 4321]),
+        };
+        assert!(l.admits(&freebsd));
+        assert!(!l.admits(&Peer {
+            groups: Some(vec![1, 7]),
+            ..freebsd.clone()
+        }));
+        // This process, by pid: its own supplementary groups from /proc.
+        let me = Peer::of(UnixStream::pair().unwrap().0).unwrap();
+        if cfg!(target_os = "linux") {
+            assert_eq!(me.groups, None);
+        }
+        for g in accounts::supplementary_groups(std::process::id()) {
+            assert!(me.in_group(g), "group {g}");
+        }
+        assert!(me.in_group(me.gid));
     }
 }

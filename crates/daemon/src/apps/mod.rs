@@ -233,7 +233,7 @@ impl AppServer {
                     return;
                 }
             };
-            let conn = Conn::new(stream, peer, self.settings.max_pending_bytes);
+            let conn = Conn::new(stream, peer.clone(), self.settings.max_pending_bytes);
             if !self.listener.admits(&peer) {
                 client_log!(
                     self,
@@ -303,7 +303,7 @@ impl AppServer {
         let registered = client.registered.clone();
         match (parse_client_line(line), registered) {
             (Ok(ClientMessage::Register(r)), None) => {
-                let peer = client.conn.peer;
+                let peer = client.conn.peer.clone();
                 self.register(id, peer, r, coord)
             }
             (Ok(ClientMessage::Register(_)), Some(reg)) => {

@@ -8,7 +8,7 @@ use hv_vss_core::{Event, Failure, Notice, Stage};
 use rustix::event::{PollFd, PollFlags, Timespec};
 
 use super::Daemon;
-use crate::fsworker::{FsOutcome, THAW_RETRY_INTERVAL};
+use crate::fswork::{FsOutcome, THAW_RETRY_INTERVAL};
 use crate::kmsg::Urgent;
 use crate::safety::Epoch;
 

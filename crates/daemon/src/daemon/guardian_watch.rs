@@ -46,7 +46,7 @@ impl Daemon {
         // Exec only while nothing is frozen (R60).
         match Guardian::spawn(&self.settings.state_dir, self.debug) {
             Ok(g) => {
-                tracing::info!(pid = g.pid(), "guardian started");
+                g.log_started();
                 self.guardian_link.connect(&g);
                 self.guardian = Some(g);
                 self.guardian_retry_at = None;

@@ -101,13 +101,13 @@ impl Daemon {
                     }
                     self.queue.push_back(Event::HostRequest { request, op });
                 }
-                Incoming::Refused { raw } => self.log_refused(raw.0),
+                Incoming::Refused { op, status } => self.log_refused(op, status),
                 Incoming::BackupComplete { trans_id } => self.on_bu_complete(trans_id),
             }
         }
     }
 
-    pub(super) fn log_refused(&mut self, raw: u8) {
+    pub(super) fn log_refused(&mut self, raw: u32, status: Option<u32>) {
         let now = Instant::now();
         let due = self
             .refused_logged_at
@@ -115,6 +115,7 @@ impl Daemon {
         if due {
             tracing::warn!(
                 op = raw,
+                status,
                 suppressed = self.refused_suppressed,
                 "unknown VSS operation answered E_FAIL"
             );

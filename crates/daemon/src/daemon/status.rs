@@ -19,6 +19,7 @@ impl Daemon {
         let (mode, transport) = match &self.settings.transport {
             TransportChoice::DropIn(p) => ("drop-in", p.display().to_string()),
             TransportChoice::Uio(p) => ("uio", p.display().to_string()),
+            TransportChoice::FsVss(p) => ("hv_fsvss_dev", p.display().to_string()),
         };
         let state = format!("{:?}", self.coord.state_kind());
         // StateKind's names in snake case, as the reports write them.

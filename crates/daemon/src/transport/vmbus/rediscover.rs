@@ -46,7 +46,8 @@ use hv_vss_vmbus::bind::{
     self, BindError, BindOptions, BindOutcome, BoundDriver, SystemRoots, VssDeviceStatus,
 };
 
-use super::{Transport, TransportError, open_uio_node, uio_index};
+use super::{VmbusError, open_uio_node, uio_index};
+use crate::transport::{Transport, TransportError};
 
 /// How long one bind waits for `uio/uioN` and `/dev/uioN` before handing the device back.
 pub const BIND_TIMEOUT: Duration = Duration::from_secs(5);
@@ -349,7 +350,7 @@ impl UioRediscovery {
 
     fn open(&self, node: PathBuf) -> Attempt {
         let Some(index) = uio_index(&node) else {
-            return Attempt::OpenFailed(TransportError::UioPath(node));
+            return Attempt::OpenFailed(VmbusError::UioPath(node).into());
         };
         match open_uio_node(&node, self.uio_paths(), index) {
             Ok(transport) => Attempt::Opened {
@@ -518,7 +519,13 @@ mod tests {
                 transport,
                 node: opened,
             } => {
-                assert!(matches!(*transport, Transport::Uio(_)), "{transport:?}");
+                assert!(
+                    matches!(
+                        *transport,
+                        Transport::Vmbus(crate::transport::VmbusTransport::Uio(_))
+                    ),
+                    "{transport:?}"
+                );
                 assert_eq!(opened, node);
             }
             other => panic!("expected /dev/uio5 open, got {other:?}"),
@@ -549,7 +556,13 @@ mod tests {
         let (_, last) = attempt_until_done(&mut r);
         match last {
             Attempt::Opened { transport, node } => {
-                assert!(matches!(*transport, Transport::Uio(_)), "{transport:?}");
+                assert!(
+                    matches!(
+                        *transport,
+                        Transport::Vmbus(crate::transport::VmbusTransport::Uio(_))
+                    ),
+                    "{transport:?}"
+                );
                 assert_eq!(node, sys.root().join("dev/uio5"));
             }
             other => panic!("expected the new node open, got {other:?}"),
@@ -674,10 +687,10 @@ mod tests {
         sys.add_monitor_page(INSTANCE);
         match rediscovery(&sys).attempt(true) {
             Attempt::OpenFailed(
-                e @ TransportError::UioOpen {
+                e @ TransportError::Vmbus(VmbusError::UioOpen {
                     source: ChannelError::MonitorPage { .. },
                     ..
-                },
+                }),
             ) => assert!(e.to_string().contains("monitor page"), "{e}"),
             other => panic!("expected the open refused, got {other:?}"),
         }
