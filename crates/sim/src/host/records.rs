@@ -212,6 +212,17 @@ pub enum SimError {
     },
 }
 
+impl SimError {
+    /// The ring to the guest has no room for this packet yet: the guest has not read what
+    /// came before. A real host waits; a test may retry.
+    pub fn is_ring_full(&self) -> bool {
+        matches!(
+            self,
+            SimError::Channel(ChannelError::Ring(hv_vss_ring::RingError::Full { .. }))
+        )
+    }
+}
+
 impl From<IcError> for SimError {
     fn from(e: IcError) -> Self {
         SimError::Build(e.to_string())
