@@ -114,6 +114,8 @@ pub struct Daemon {
     /// Shared with the worker: fds to the guardian before each FIFREEZE.
     guardian_link: GuardianLink,
     next_heartbeat: Instant,
+    /// When the last heartbeat went to the guardian (see `heartbeat_is_stale`).
+    last_heartbeat: Instant,
     guardian_retry_at: Option<Instant>,
     signals: UnixStream,
     watchdog: Option<Duration>,
@@ -211,6 +213,7 @@ impl Daemon {
                 parts.guardian_link
             },
             next_heartbeat: Instant::now(),
+            last_heartbeat: Instant::now(),
             guardian: Some(parts.guardian),
             guardian_retry_at: None,
             signals: parts.signals,
@@ -384,13 +387,15 @@ impl Daemon {
         if sig_ready {
             self.on_signal();
         }
+        // The guardian before the worker: a guardian that ended (having thawed) while a
+        // FIFREEZE returned must fail that FREEZE, not let it be answered S_OK.
+        if guardian_ready {
+            self.check_guardian();
+        }
         if wake_ready {
             for outcome in self.worker.drain() {
                 self.on_fs_outcome(outcome);
             }
-        }
-        if guardian_ready {
-            self.check_guardian();
         }
         if control_ready {
             self.on_control_readable();

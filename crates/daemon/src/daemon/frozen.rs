@@ -81,6 +81,20 @@ impl Daemon {
                 if let Some(r) = report {
                     self.freeze_reports.insert(txn, r);
                 }
+                if result.is_ok() && self.heartbeat_is_stale() {
+                    // The guardian may have thawed while this loop was silent: this freeze
+                    // is not the guardian's to guarantee any more. Fail it (the coordinator
+                    // thaws and answers E_FAIL), as when the guardian is lost.
+                    self.urgent(
+                        Urgent::GuardianDied,
+                        &format!(
+                            "this daemon was stalled past the guardian's heartbeat bound while freezing (txn {}); the guardian may have thawed: failing this FREEZE and thawing",
+                            txn.0
+                        ),
+                    );
+                    self.queue.push_back(Event::GuardianDied);
+                    self.pump();
+                }
                 if result.is_ok() {
                     // Frozen as asked: from here the daemon's own auto-thaw is the deadline.
                     let auto_thaw = match self.settings.limits.auto_thaw {

@@ -8,11 +8,16 @@ use std::time::{Duration, Instant};
 use hv_vss_core::Event;
 
 use super::Daemon;
+use crate::guardian::process::HEARTBEAT_TIMEOUT;
 use crate::guardian::{DEADLINE_GRACE, Guardian, HEARTBEAT_INTERVAL};
 use crate::kmsg::Urgent;
 
 /// Delay between attempts to start a guardian that failed to start.
 const GUARDIAN_RETRY: Duration = Duration::from_secs(2);
+
+/// How long before the guardian's [`HEARTBEAT_TIMEOUT`] a silence counts as stale: more
+/// than the heartbeat interval plus a poll's latency, so a loop that kept its beat never is.
+const STALE_MARGIN: Duration = Duration::from_millis(1500);
 
 impl Daemon {
     pub(super) fn check_guardian(&mut self) {
@@ -63,9 +68,27 @@ impl Daemon {
     pub(super) fn heartbeat(&mut self) {
         let now = Instant::now();
         if now >= self.next_heartbeat {
-            self.guardian_link.heartbeat();
-            self.next_heartbeat = now + HEARTBEAT_INTERVAL;
+            self.send_heartbeat(now);
         }
+    }
+
+    fn send_heartbeat(&mut self, now: Instant) {
+        self.guardian_link.heartbeat();
+        self.last_heartbeat = now;
+        self.next_heartbeat = now + HEARTBEAT_INTERVAL;
+    }
+
+    /// Whether the guardian may have given up on this daemon: it thaws everything once
+    /// [`HEARTBEAT_TIMEOUT`] passes without a message, and this loop (stopped, hung, or
+    /// starved) has sent none for long enough that it cannot tell whether that happened.
+    /// A heartbeat goes out now either way, so a guardian that has not given up will not.
+    /// A FIFREEZE that returns in such a moment must not be answered S_OK: the guardian
+    /// may have thawed what it froze, and the host would snapshot thawed disks.
+    pub(super) fn heartbeat_is_stale(&mut self) -> bool {
+        let now = Instant::now();
+        let silent = now.duration_since(self.last_heartbeat);
+        self.send_heartbeat(now);
+        silent + STALE_MARGIN >= HEARTBEAT_TIMEOUT
     }
 
     /// When the guardian is to thaw on its own if the daemon has not by then, for a freeze
