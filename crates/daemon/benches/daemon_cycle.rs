@@ -319,6 +319,51 @@ impl Drop for QemuGa {
     }
 }
 
+/// Set in the child that plays the stock daemon: the emulator socket it serves.
+const STOCK_DAEMON_ENV: &str = "DAEMON_CYCLE_STOCK_DAEMON";
+
+/// The stock daemon's request loop (`hv_vss_testutil::stock_daemon`) in a process of its
+/// own (this bench, re-executed), registered with `emu` like hv-vssd: the like-with-like
+/// baseline, a request and an answer through a device per operation. Killed on drop, then
+/// its filesystems thawed.
+struct StockDaemon {
+    child: Child,
+    mounts: Vec<PathBuf>,
+}
+
+impl StockDaemon {
+    fn start(emu: &KernelEmulator, mounts: &[PathBuf]) -> anyhow::Result<Self> {
+        let child = Command::new(std::env::current_exe()?)
+            .args(mounts)
+            .env(STOCK_DAEMON_ENV, emu.socket_path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .spawn()
+            .context("starting the stock daemon")?;
+        pids().push(child.id());
+        let daemon = Self {
+            child,
+            mounts: mounts.to_vec(),
+        };
+        if !emu.wait_ready(READY) {
+            bail!("the stock daemon never registered");
+        }
+        Ok(daemon)
+    }
+}
+
+impl Drop for StockDaemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let pid = self.child.id();
+        pids().retain(|p| *p != pid);
+        for m in &self.mounts {
+            let _ = thaw_path(m);
+        }
+    }
+}
+
 /// One host request through the emulator; its round trip, or an error unless S_OK.
 fn request(emu: &KernelEmulator, op: VssOperation) -> anyhow::Result<Duration> {
     let t = Instant::now();
@@ -586,27 +631,57 @@ fn frozen_window(
     Ok(())
 }
 
+/// One clean cycle's samples per method (module docs, part 2).
+#[derive(Default)]
+struct CycleFigures {
+    /// Stock daemon: whole, HOT_BACKUP, FREEZE, THAW round trips.
+    stock: [Samples; 4],
+    /// hv-vssd: the same.
+    ours: [Samples; 4],
+    /// In process, no request: open+FIFREEZE, open+FITHAW.
+    direct: Samples,
+}
+
+/// How part 2 spaces its cycles.
+#[derive(Clone, Copy)]
+enum Spacing {
+    /// `pause` between any two cycles, methods taking turns cycle by cycle: each FIFREEZE
+    /// comes long after the last FITHAW, as in real backups.
+    Spaced { pause: Duration },
+    /// No pause, each method's cycles in runs of their own (5 slices): each method in its
+    /// own steady state.
+    BackToBack,
+}
+
 /// Part 2: per-cycle cost with nothing to freeze.
-fn overhead(emu: &KernelEmulator, cycles: usize) -> anyhow::Result<()> {
-    const SLICES: usize = 5;
+fn overhead(
+    emu: &KernelEmulator,
+    stock_emu: &KernelEmulator,
+    spaced_cycles: usize,
+    cycles: usize,
+    pause: Duration,
+) -> anyhow::Result<()> {
     const WARM_UP: usize = 10;
     let fs = LoopFs::new(FsKind::Ext4)?;
     let mp = fs.mount_point().to_path_buf();
     hv_vss_sys::fs::syncfs(hv_vss_sys::fs::open_mount_point(&mp)?.as_fd())?;
     let daemon = VssDaemon::start(emu, std::slice::from_ref(&mp))?;
-    let daemon_cycle = |samples: Option<&mut [Samples; 4]>| -> anyhow::Result<()> {
-        let t = Instant::now();
-        let check = request(emu, VssOperation::HOT_BACKUP)?;
-        let freeze = request(emu, VssOperation::FREEZE)?;
-        let thaw = request(emu, VssOperation::THAW)?;
-        let whole = t.elapsed();
-        if let Some(s) = samples {
-            for (slot, d) in s.iter_mut().zip([whole, check, freeze, thaw]) {
-                slot.push(d);
+    let stock = StockDaemon::start(stock_emu, std::slice::from_ref(&mp))?;
+    // HOT_BACKUP + FREEZE + THAW through `emu`: (whole, check, freeze, thaw).
+    let host_cycle =
+        |emu: &KernelEmulator, samples: Option<&mut [Samples; 4]>| -> anyhow::Result<()> {
+            let t = Instant::now();
+            let check = request(emu, VssOperation::HOT_BACKUP)?;
+            let freeze = request(emu, VssOperation::FREEZE)?;
+            let thaw = request(emu, VssOperation::THAW)?;
+            let whole = t.elapsed();
+            if let Some(s) = samples {
+                for (slot, d) in s.iter_mut().zip([whole, check, freeze, thaw]) {
+                    slot.push(d);
+                }
             }
-        }
-        Ok(())
-    };
+            Ok(())
+        };
     let direct_cycle = |samples: Option<&mut Samples>| -> anyhow::Result<()> {
         let t = Instant::now();
         freeze_path(&mp)?;
@@ -650,90 +725,159 @@ fn overhead(emu: &KernelEmulator, cycles: usize) -> anyhow::Result<()> {
         Ok(())
     };
     for _ in 0..WARM_UP {
-        daemon_cycle(None)?;
+        host_cycle(emu, None)?;
+        host_cycle(stock_emu, None)?;
         direct_cycle(None)?;
         floor_trip(None)?;
         planning(None)?;
     }
-    let mut ours: [Samples; 4] = Default::default();
-    let (mut direct, mut floor, mut plans) = Default::default();
-    let per_slice = cycles.div_ceil(SLICES);
-    for _ in 0..SLICES {
-        for _ in 0..per_slice {
-            daemon_cycle(Some(&mut ours))?;
+    let mut runs = Vec::new();
+    for spacing in [Spacing::Spaced { pause }, Spacing::BackToBack] {
+        let mut f = CycleFigures::default();
+        let history_before = daemon.backups().len();
+        match spacing {
+            Spacing::Spaced { pause } => {
+                for i in 0..spaced_cycles {
+                    // Each method first in turn.
+                    for m in 0..3 {
+                        std::thread::sleep(pause);
+                        match (i + m) % 3 {
+                            0 => host_cycle(stock_emu, Some(&mut f.stock))?,
+                            1 => host_cycle(emu, Some(&mut f.ours))?,
+                            _ => direct_cycle(Some(&mut f.direct))?,
+                        }
+                    }
+                }
+            }
+            Spacing::BackToBack => {
+                const SLICES: usize = 5;
+                let per_slice = cycles.div_ceil(SLICES);
+                for _ in 0..SLICES {
+                    for _ in 0..per_slice {
+                        host_cycle(stock_emu, Some(&mut f.stock))?;
+                    }
+                    for _ in 0..per_slice {
+                        host_cycle(emu, Some(&mut f.ours))?;
+                    }
+                    for _ in 0..per_slice {
+                        direct_cycle(Some(&mut f.direct))?;
+                    }
+                }
+            }
         }
-        for _ in 0..per_slice {
-            direct_cycle(Some(&mut direct))?;
+        // The daemon's own phase times of this run's cycles its history still keeps.
+        let n = f.ours[0].0.len();
+        daemon.backup((history_before + n).min(50))?;
+        let kept = daemon.backups();
+        let mut phases: [Samples; 5] = Default::default();
+        for entry in kept.iter().skip(kept.len().saturating_sub(n)) {
+            for (slot, value) in phases.iter_mut().zip([
+                &entry["freeze"]["prepare_us"],
+                &entry["freeze"]["flush_ahead_wait_us"],
+                &entry["freeze"]["sync_us"],
+                &entry["freeze"]["freeze_us"],
+                &entry["thaw"]["thaw_us"],
+            ]) {
+                slot.push_us(value.as_u64().unwrap_or(0));
+            }
         }
-        for _ in 0..per_slice {
-            floor_trip(Some(&mut floor))?;
-            planning(Some(&mut plans))?;
-        }
+        runs.push((spacing, f, phases));
     }
-    // The daemon's own phase times of the last cycles its history keeps.
-    let last = WARM_UP + per_slice * SLICES;
-    daemon.backup(last.min(50))?;
-    let mut phases: [Samples; 4] = Default::default();
-    for entry in daemon.backups() {
-        for (slot, value) in phases.iter_mut().zip([
-            &entry["freeze"]["prepare_us"],
-            &entry["freeze"]["sync_us"],
-            &entry["freeze"]["freeze_us"],
-            &entry["thaw"]["thaw_us"],
-        ]) {
-            slot.push_us(value.as_u64().context("history: phase times")?);
-        }
+    let (mut floor, mut plans) = (Samples::default(), Samples::default());
+    for _ in 0..cycles {
+        floor_trip(Some(&mut floor))?;
+        planning(Some(&mut plans))?;
     }
     drop(daemon);
+    drop(stock);
     drop(fs);
     let us = Unit::Us;
-    let [whole, check, freeze, thaw] = &ours;
+    for (spacing, f, phases) in &runs {
+        let [whole, check, freeze, thaw] = &f.ours;
+        let [s_whole, s_check, s_freeze, s_thaw] = &f.stock;
+        println!();
+        match spacing {
+            Spacing::Spaced { pause } => println!(
+                "One clean ext4, {} cycles each, {} ms between any two cycles, methods taking turns; median (min–max), ratios of medians",
+                whole.0.len(),
+                pause.as_millis()
+            ),
+            Spacing::BackToBack => println!(
+                "One clean ext4, {} cycles each, back to back, each method in 5 runs of its own; median (min–max), ratios of medians",
+                whole.0.len()
+            ),
+        }
+        println!();
+        println!("| per cycle | stock daemon (baseline) | hv-vssd | hv-vssd / stock daemon |");
+        println!("|---|---|---|---|");
+        for (name, theirs, ours) in [
+            (
+                "HOT_BACKUP + FREEZE + THAW, host round trips",
+                s_whole,
+                whole,
+            ),
+            ("of which HOT_BACKUP", s_check, check),
+            ("of which FREEZE", s_freeze, freeze),
+            ("of which THAW", s_thaw, thaw),
+        ] {
+            println!(
+                "| {name} | {} | {} | {} |",
+                theirs.cell(us),
+                ours.cell(us),
+                ratio(ours, theirs)
+            );
+        }
+        println!(
+            "| direct, in process, no request: open+FIFREEZE, open+FITHAW | {} | | hv-vssd / direct {}, stock daemon / direct {} |",
+            f.direct.cell(us),
+            ratio(whole, &f.direct),
+            ratio(s_whole, &f.direct)
+        );
+        let [prepare, flush_wait, sync, fifreeze, fithaw] = phases;
+        println!(
+            "| hv-vssd's report, last {} cycles: open+check+journal / wait for the flush ahead / syncfs / FIFREEZE / FITHAW | | {} / {} / {} / {} / {} | |",
+            prepare.0.len(),
+            us.fmt(prepare.median()),
+            us.fmt(flush_wait.median()),
+            us.fmt(sync.median()),
+            us.fmt(fifreeze.median()),
+            us.fmt(fithaw.median())
+        );
+    }
     println!();
     println!(
-        "One clean ext4, {} cycles each, median (min–max), ratio of medians to the direct cycle",
-        per_slice * SLICES
-    );
-    println!();
-    println!("| per cycle | time | ratio |");
-    println!("|---|---|---|");
-    println!(
-        "| direct, in process: open+FIFREEZE, open+FITHAW | {} | 1.000x |",
-        direct.cell(us)
-    );
-    println!(
-        "| hv-vssd: HOT_BACKUP + FREEZE + THAW, host round trips | {} | {} |",
-        whole.cell(us),
-        ratio(whole, &direct)
-    );
-    println!("| of which HOT_BACKUP | {} | |", check.cell(us));
-    println!("| of which FREEZE | {} | |", freeze.cell(us));
-    println!("| of which THAW | {} | |", thaw.cell(us));
-    println!(
-        "| added by the daemon (difference of medians) | {} | |",
-        us.fmt(whole.median() - direct.median())
-    );
-    println!(
-        "| transport floor: unknown op answered E_FAIL, one host round trip | {} | |",
+        "| transport floor, {cycles} round trips: hv-vssd, unknown op answered E_FAIL | {} |",
         floor.cell(us)
     );
     println!(
-        "| in process: reading the mount table and planning (`make_plan`) | {} | |",
+        "| in process: reading the mount table and planning (`make_plan`) | {} |",
         plans.cell(us)
-    );
-    let [prepare, sync, fifreeze, fithaw] = &phases;
-    println!(
-        "| daemon's report, last {} cycles: open+check+journal / syncfs / FIFREEZE / FITHAW | {} / {} / {} / {} | |",
-        prepare.0.len(),
-        us.fmt(prepare.median()),
-        us.fmt(sync.median()),
-        us.fmt(fifreeze.median()),
-        us.fmt(fithaw.median())
     );
     Ok(())
 }
 
-fn run(trials: usize, cycles: usize, gap: Duration) -> anyhow::Result<()> {
+fn run(
+    trials: usize,
+    spaced_cycles: usize,
+    cycles: usize,
+    gap: Duration,
+    pause: Duration,
+) -> anyhow::Result<()> {
+    let parts = std::env::var("PARTS").unwrap_or_else(|_| "1,2".into());
     let emu = KernelEmulator::start(EmulatorConfig::default())?;
+    let started = Instant::now();
+    if parts.contains('1') {
+        part1(&emu, trials, gap)?;
+    }
+    if parts.contains('2') {
+        let stock_emu = KernelEmulator::start(EmulatorConfig::default())?;
+        overhead(&emu, &stock_emu, spaced_cycles, cycles, pause)?;
+    }
+    eprintln!("measured in {:.0} s", started.elapsed().as_secs_f64());
+    Ok(())
+}
+
+fn part1(emu: &KernelEmulator, trials: usize, gap: Duration) -> anyhow::Result<()> {
     let filesystems: Vec<LoopFs> = (0..8)
         .map(|_| LoopFs::create(FsKind::Ext4, IMAGE_MIB, None))
         .collect::<anyhow::Result<_>>()?;
@@ -741,16 +885,21 @@ fn run(trials: usize, cycles: usize, gap: Duration) -> anyhow::Result<()> {
         .iter()
         .map(|f| f.mount_point().to_path_buf())
         .collect();
-    let started = Instant::now();
-    frozen_window(&emu, &mounts[..1], trials, gap)?;
-    frozen_window(&emu, &mounts, trials, gap)?;
+    frozen_window(emu, &mounts[..1], trials, gap)?;
+    frozen_window(emu, &mounts, trials, gap)?;
     drop(filesystems);
-    overhead(&emu, cycles)?;
-    eprintln!("measured in {:.0} s", started.elapsed().as_secs_f64());
     Ok(())
 }
 
 fn main() {
+    if let Some(socket) = std::env::var_os(STOCK_DAEMON_ENV) {
+        let mounts: Vec<PathBuf> = std::env::args_os().skip(1).map(PathBuf::from).collect();
+        if let Err(e) = hv_vss_testutil::stock_daemon::serve(socket.as_ref(), &mounts) {
+            eprintln!("stock daemon: {e:#}");
+            std::process::exit(1);
+        }
+        return;
+    }
     if !should_run("daemon_cycle") {
         return;
     }
@@ -759,10 +908,14 @@ fn main() {
     // a guest whose mounts hold still. Everything this run mounts vanishes with it.
     enter_private_mount_namespace("daemon_cycle");
     let trials = env_count("TRIALS", 9);
+    let spaced_cycles = env_count("SPACED_CYCLES", 100);
     let cycles = env_count("CYCLES", 500);
     let gap = Duration::from_millis(env_count("GAP_MS", 1000) as u64);
+    let pause = Duration::from_millis(env_count("PAUSE_MS", 100) as u64);
     let outcome = std::panic::catch_unwind(|| {
-        hv_vss_testutil::run_with_timeout(RUN_LIMIT, move || run(trials, cycles, gap))
+        hv_vss_testutil::run_with_timeout(RUN_LIMIT, move || {
+            run(trials, spaced_cycles, cycles, gap, pause)
+        })
     });
     // A panic or timeout may leave a daemon running (its guard never dropped): kill it; its
     // guardian then thaws whatever it froze.

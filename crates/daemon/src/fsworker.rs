@@ -330,6 +330,7 @@ fn run(
                 }
                 // No flush of ours may run beside the freeze; one that does not return in
                 // time fails it before anything is frozen.
+                let waited = std::time::Instant::now();
                 if let Err(hung) = flusher.cancel_and_wait(setup.options.freeze_deadline) {
                     emit(FsOutcome::Frozen {
                         txn,
@@ -342,6 +343,8 @@ fn run(
                     });
                     continue;
                 }
+                let flush_ahead_wait_us =
+                    u64::try_from(waited.elapsed().as_micros()).unwrap_or(u64::MAX);
                 let cancelled = || thaw_sent_through.load(Ordering::SeqCst) >= txn.0;
                 let mut failed_report = None;
                 let prepared = checked.take();
@@ -357,7 +360,8 @@ fn run(
                     })
                 });
                 let (result, report) = match frozen {
-                    Ok(set) => {
+                    Ok(mut set) => {
+                        set.report_mut().flush_ahead_wait_us = flush_ahead_wait_us;
                         let report = set.report().clone();
                         held = Some(set);
                         (Ok(()), Some(report))

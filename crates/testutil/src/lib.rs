@@ -29,6 +29,7 @@ pub mod app_server;
 pub mod bench;
 pub mod fake_vmbus;
 pub mod private_ns;
+pub mod stock_daemon;
 pub mod vssd;
 
 pub use private_ns::{in_private_mount_namespace, mount_tmpfs, unmount};
