@@ -71,7 +71,10 @@ use anyhow::{Context, bail};
 use hv_vss_freezer::{FreezerConfig, MountSource, Selection, make_plan};
 use hv_vss_protocol::{HvStatus, VssOperation};
 use hv_vss_sim::kernel::{EmulatorConfig, HostOutcome, KernelEmulator};
-use hv_vss_testutil::bench::{Writers, env_count, prepare_dirty, should_run, stock_freeze_thaw};
+use hv_vss_testutil::bench::{
+    Writers, env_count, parallel_freeze_thaw, parallel_syncfs, prepare_dirty, should_run,
+    stock_freeze_thaw,
+};
 use hv_vss_testutil::private_ns::enter_private_mount_namespace;
 use hv_vss_testutil::{FsKind, LoopFs, freeze_path, thaw_path};
 use rustix::process::{Pid, Signal};
@@ -465,16 +468,33 @@ fn frozen_window(
     let mut qemu_ga = QemuGa::start()?;
     let (mut stock, mut ours, mut peer) =
         (Figures::default(), Figures::default(), Figures::default());
+    // The floor (module docs): nothing left to write, all at once; idle and with writers.
+    let (mut idle, mut best) = (Figures::default(), Figures::default());
     let (mut d_sync, mut d_fifreeze) = (Samples::default(), Samples::default());
     let mut reused = 0;
     let methods: &[&str] = if qemu_ga.is_some() {
-        &["stock", "hv-vssd", "qemu-ga"]
+        &["stock", "hv-vssd", "qemu-ga", "idle", "best"]
     } else {
-        &["stock", "hv-vssd"]
+        &["stock", "hv-vssd", "idle", "best"]
     };
     for trial in 0..trials {
         for &method in methods {
             prepare_dirty(mounts, trial, DIRTY_MIB)?;
+            if method == "idle" {
+                // Nothing dirty, no writer, and as long since the last thaw as the others.
+                parallel_syncfs(mounts)?;
+                std::thread::sleep(gap);
+                let (frozen, thawed) = parallel_freeze_thaw(mounts)?;
+                eprintln!(
+                    "N={n} trial {trial} {method:>7}: all frozen {:>7.1} ms, window {:>7.1} ms",
+                    frozen.as_secs_f64() * 1e3,
+                    thawed.as_secs_f64() * 1e3
+                );
+                idle.latency.push(frozen);
+                idle.window.push(thawed);
+                idle.after.push(thawed - frozen);
+                continue;
+            }
             let writers = Writers::start(mounts);
             std::thread::sleep(Duration::from_millis(100));
             writers.reset();
@@ -495,6 +515,28 @@ fn frozen_window(
                 stock.blocked.push_us(blocked);
                 stock.window.push(thawed);
                 stock.after.push(thawed - frozen);
+            } else if method == "best" {
+                // An ideal flush ahead: everything written back as the gap starts, then,
+                // after the gap, what the writers added, and the parallel freeze and thaw.
+                parallel_syncfs(mounts)?;
+                std::thread::sleep(gap);
+                let in_gap = writers.longest();
+                writers.reset();
+                let synced = parallel_syncfs(mounts)?;
+                let (frozen, thawed) = parallel_freeze_thaw(mounts)?;
+                std::thread::sleep(Duration::from_millis(50));
+                let blocked = best.push_blocked(in_gap, writers.finish()?);
+                eprintln!(
+                    "N={n} trial {trial} {method:>7}: syncfs {:>5.1} ms, all frozen {:>7.1} ms, longest write {:>7.1} ms, window {:>7.1} ms",
+                    synced.as_secs_f64() * 1e3,
+                    frozen.as_secs_f64() * 1e3,
+                    blocked as f64 / 1e3,
+                    thawed.as_secs_f64() * 1e3
+                );
+                best.latency.push(synced + frozen);
+                best.blocked.push_us(blocked);
+                best.window.push(thawed);
+                best.after.push(thawed - frozen);
             } else if method == "qemu-ga" {
                 let ga = qemu_ga.as_mut().context("qemu-ga")?;
                 std::thread::sleep(gap);
@@ -628,6 +670,63 @@ fn frozen_window(
         d_fifreeze.cell(ms)
     );
     println!("| hv-vssd: FREEZE reused the HOT_BACKUP plan | | {reused} of {trials} | | | | |");
+    println!();
+    println!(
+        "The floor, N = {n}, same trials: idle = FIFREEZE on all at once then FITHAW on all at once, nothing dirty, no writer; best = the same with writers running, after a syncfs of all as the gap starts and another right before (FREEZE latency: that syncfs + all frozen)"
+    );
+    println!();
+    println!("| metric | idle | best | best / stock | hv-vssd / best | hv-vssd / idle |");
+    println!("|---|---|---|---|---|---|");
+    for (name, idle, best, stock, ours) in [
+        (
+            "FREEZE latency (idle: all frozen)",
+            &idle.latency,
+            &best.latency,
+            &stock.latency,
+            &ours.latency,
+        ),
+        (
+            "longest blocked write, whole sequence",
+            &idle.blocked,
+            &best.blocked,
+            &stock.blocked,
+            &ours.blocked,
+        ),
+        (
+            "of which during the gap",
+            &idle.gap_blocked,
+            &best.gap_blocked,
+            &stock.gap_blocked,
+            &ours.gap_blocked,
+        ),
+        (
+            "of which from FREEZE on",
+            &idle.freeze_blocked,
+            &best.freeze_blocked,
+            &stock.freeze_blocked,
+            &ours.freeze_blocked,
+        ),
+        (
+            "frozen window, first FIFREEZE → last FITHAW",
+            &idle.window,
+            &best.window,
+            &stock.window,
+            &ours.window,
+        ),
+    ] {
+        let vs_idle = if idle.0.is_empty() {
+            "–".into()
+        } else {
+            ratio(ours, idle)
+        };
+        println!(
+            "| {name} | {} | {} | {} | {} | {vs_idle} |",
+            idle.cell(ms),
+            best.cell(ms),
+            ratio(best, stock),
+            ratio(ours, best)
+        );
+    }
     Ok(())
 }
 

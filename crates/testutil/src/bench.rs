@@ -69,6 +69,54 @@ pub fn stock_freeze_thaw(mounts: &[PathBuf]) -> anyhow::Result<(Duration, Durati
     Ok((frozen, t.elapsed()))
 }
 
+/// The best a freezer can do once nothing is left to write: FIFREEZE on every filesystem of
+/// `mounts` at once (one thread each), then FITHAW on every one at once as soon as all are
+/// frozen. Returns (first FIFREEZE → all frozen, first FIFREEZE → all thawed). For the
+/// floor of the frozen-window benchmarks: call it on filesystems that were just flushed.
+pub fn parallel_freeze_thaw(mounts: &[PathBuf]) -> anyhow::Result<(Duration, Duration)> {
+    fn all(
+        mounts: &[PathBuf],
+        op: fn(&std::path::Path) -> anyhow::Result<()>,
+    ) -> anyhow::Result<()> {
+        std::thread::scope(|s| {
+            let jobs: Vec<_> = mounts.iter().map(|mp| s.spawn(move || op(mp))).collect();
+            jobs.into_iter()
+                .try_for_each(|j| j.join().map_err(|_| anyhow::anyhow!("panicked"))?)
+        })
+    }
+    let t = Instant::now();
+    all(mounts, crate::freeze_path)?;
+    let frozen = t.elapsed();
+    all(mounts, |mp| {
+        if crate::thaw_path(mp)? {
+            Ok(())
+        } else {
+            bail!("FITHAW {}: was not frozen", mp.display())
+        }
+    })?;
+    Ok((frozen, t.elapsed()))
+}
+
+/// `syncfs` on every filesystem of `mounts` at once; how long until all returned.
+pub fn parallel_syncfs(mounts: &[PathBuf]) -> anyhow::Result<Duration> {
+    let t = Instant::now();
+    std::thread::scope(|s| {
+        let jobs: Vec<_> = mounts
+            .iter()
+            .map(|mp| {
+                s.spawn(move || -> anyhow::Result<()> {
+                    let fd = hv_vss_sys::fs::open_mount_point(mp)?;
+                    hv_vss_sys::fs::syncfs(fd.as_fd())?;
+                    Ok(())
+                })
+            })
+            .collect();
+        jobs.into_iter()
+            .try_for_each(|j| j.join().map_err(|_| anyhow::anyhow!("panicked"))?)
+    })?;
+    Ok(t.elapsed())
+}
+
 /// Before trial `trial`: in every filesystem of `mounts` (in parallel) remove earlier
 /// `dirty-*` files and the [`APPENDER_FILE`] and write that back (syncfs); then write
 /// `dirty_mib` MiB of fresh, not yet written back, data to `dirty-<trial>`.
