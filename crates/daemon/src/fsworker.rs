@@ -451,8 +451,9 @@ fn freeze(
         None => (plan(setup).map_err(early)?.0, false),
     };
     // The fast path: the flush ahead has just found every filesystem clean (its last pass
-    // cost no more than twice a clean pass), so a flush now would only add its own cost to
-    // the answer; FIFREEZE writes back the little left itself.
+    // wrote nothing to the block device, or, without I/O counters, cost no more than twice
+    // a clean pass), so a flush now would only add its own cost to the answer; FIFREEZE
+    // writes back the little left itself.
     let mut options = setup.options.clone();
     if flusher.found_clean(&plan, FOUND_CLEAN_WITHIN) {
         options.flush = FlushPolicy::Skip;
