@@ -37,26 +37,48 @@
 //!   once; stock: last FIFREEZE return → last FITHAW return; qemu-ga: freeze-list
 //!   answered → thaw answered (also its frozen window, as it reports none).
 //!
+//! Part 1 also measures the floor in the same trials, two more methods taking their turn:
+//! **idle**, nothing dirty (a `syncfs` of each first) and no writer: FIFREEZE on every
+//! filesystem at once (one thread each), then FITHAW on every one at once; and **best**, the
+//! same with the writers running, after a `syncfs` of all as the gap starts (an ideal flush
+//! ahead) and another right before the freeze (what the writers added): what any freezer
+//! pays once nothing is left to write.
+//!
 //! # Part 2: the daemon's own overhead per cycle
 //!
-//! One clean 32 MiB ext4 filesystem (nothing ever written to it), `--mount` of it only.
-//! HOT_BACKUP + FREEZE + THAW back to back, against an in-process open + FIFREEZE + close,
-//! open + FITHAW + close of the same filesystem, interleaved in 5 slices. The difference of
-//! the medians is what the daemon adds per backup. Two figures locate it: the transport's
-//! floor (an unknown operation, which the daemon answers E_FAIL without touching a
-//! filesystem: one host round trip through the emulator, socket and coordinator) and the
-//! daemon's own phase times from its history (open+check+journal, syncfs, FIFREEZE, FITHAW),
-//! plus the in-process cost of reading the mount table and planning, which the daemon does
-//! before every HOT_BACKUP check and every FREEZE.
+//! One clean 32 MiB ext4 filesystem (nothing ever written to it), `--mount` of it only:
+//! HOT_BACKUP + FREEZE + THAW through the kernel emulator, against the same three requests
+//! answered by the stock daemon's request loop (`hv_vss_testutil::stock_daemon`, in a
+//! process of its own, registered with a second emulator: the like-with-like baseline, a
+//! request and an answer per operation on both sides), and against an in-process open +
+//! FIFREEZE + close, open + FITHAW + close with no request at all (the kernel's share).
+//! Twice: with a pause (env `PAUSE_MS`, default 100) between any two cycles, methods taking
+//! turns, so each FIFREEZE comes long after the last FITHAW as in real backups (`SPACED_CYCLES`,
+//! default 100, each); and back to back, each method in 5 runs of its own (`CYCLES`,
+//! default 500, each). The spacing matters: a FIFREEZE within a few milliseconds of the
+//! last FITHAW of the same filesystem skips the kernel's RCU grace periods (part 3). The
+//! daemon's own phase times from its history (open+check+journal, waiting for the flush
+//! ahead, syncfs, FIFREEZE, FITHAW), the transport's floor (an unknown operation, answered
+//! E_FAIL without touching a filesystem) and the in-process cost of reading the mount table
+//! and planning locate what the daemon adds.
+//!
+//! # Part 3: what a FIFREEZE of a clean filesystem waits for
+//!
+//! In process, on one clean ext4: FIFREEZE + FITHAW after a pause of 0 to 64 ms since the
+//! last FITHAW (`PART3_CYCLES`, default 20, per pause), and, for FIFREEZE calls after a
+//! 100 ms pause, where the calling thread waits: its kernel stack
+//! (`/proc/PID/task/TID/stack`) sampled every 0.5 ms while the call runs, counted by the
+//! innermost frames.
 //!
 //! The run re-executes itself under `unshare -m --propagation private`: mounts made by
 //! other processes on the machine do not reach it (they would make every FREEZE plan again),
 //! and its own mounts vanish with it.
 //!
-//! Run (root; release build of hv-vssd and this bench; about 2 minutes):
-//! `cargo bench -p hv-vssd --bench daemon_cycle` (env `TRIALS`, default 9; `CYCLES`,
-//! default 500; `GAP_MS`, default 1000; `QEMU_GA=0`). Not a test: nothing is asserted except that every request got S_OK; the
-//! results are printed as Markdown tables.
+//! Run (root; release build of hv-vssd and this bench; about 4 minutes):
+//! `cargo bench -p hv-vssd --bench daemon_cycle` (env `PARTS`, default `1,2,3`; `TRIALS`,
+//! default 9; `GAP_MS`, default 1000; `QEMU_GA=0`; and the part 2 and 3 counts above). Not a
+//! test: nothing is asserted except that every request got S_OK; the results are printed as
+//! Markdown tables.
 
 use std::fs::File;
 use std::io::{BufRead, BufReader, Write};
@@ -962,7 +984,7 @@ fn run(
     gap: Duration,
     pause: Duration,
 ) -> anyhow::Result<()> {
-    let parts = std::env::var("PARTS").unwrap_or_else(|_| "1,2".into());
+    let parts = std::env::var("PARTS").unwrap_or_else(|_| "1,2,3".into());
     let emu = KernelEmulator::start(EmulatorConfig::default())?;
     let started = Instant::now();
     if parts.contains('1') {
@@ -972,7 +994,99 @@ fn run(
         let stock_emu = KernelEmulator::start(EmulatorConfig::default())?;
         overhead(&emu, &stock_emu, spaced_cycles, cycles, pause)?;
     }
+    if parts.contains('3') {
+        kernel_share(env_count("PART3_CYCLES", 20))?;
+    }
     eprintln!("measured in {:.0} s", started.elapsed().as_secs_f64());
+    Ok(())
+}
+
+/// Part 3: FIFREEZE + FITHAW of a clean filesystem after pauses, and where FIFREEZE waits.
+fn kernel_share(cycles: usize) -> anyhow::Result<()> {
+    let fs = LoopFs::new(FsKind::Ext4)?;
+    let mp = fs.mount_point().to_path_buf();
+    hv_vss_sys::fs::syncfs(hv_vss_sys::fs::open_mount_point(&mp)?.as_fd())?;
+    println!();
+    println!(
+        "One clean ext4, in process: FIFREEZE and FITHAW after a pause since the last FITHAW; median (min–max) of {cycles}"
+    );
+    println!();
+    println!("| pause | FIFREEZE | FITHAW |");
+    println!("|---|---|---|");
+    for pause_ms in [0u64, 1, 2, 4, 8, 16, 32, 64] {
+        let (mut freeze, mut thaw) = (Samples::default(), Samples::default());
+        for _ in 0..cycles {
+            std::thread::sleep(Duration::from_millis(pause_ms));
+            let fd = hv_vss_sys::fs::open_mount_point(&mp)?;
+            let t = Instant::now();
+            hv_vss_sys::fs::freeze(fd.as_fd())?;
+            freeze.push(t.elapsed());
+            let t = Instant::now();
+            hv_vss_sys::fs::thaw(fd.as_fd())?;
+            thaw.push(t.elapsed());
+        }
+        println!(
+            "| {pause_ms} ms | {} | {} |",
+            freeze.cell(Unit::Us),
+            thaw.cell(Unit::Us)
+        );
+    }
+    // Where the call waits: its thread's kernel stack, sampled while it runs.
+    let mut seen: std::collections::BTreeMap<String, usize> = Default::default();
+    let mut samples = 0;
+    for _ in 0..cycles {
+        std::thread::sleep(Duration::from_millis(100));
+        let fd = hv_vss_sys::fs::open_mount_point(&mp)?;
+        let (tid_tx, tid_rx) = std::sync::mpsc::channel();
+        let done = std::sync::atomic::AtomicBool::new(false);
+        std::thread::scope(|s| -> anyhow::Result<()> {
+            let caller = s.spawn(|| {
+                // "PID/task/TID": this thread's directory under /proc.
+                let _ = tid_tx.send(std::fs::read_link("/proc/thread-self"));
+                let frozen = hv_vss_sys::fs::freeze(fd.as_fd());
+                done.store(true, std::sync::atomic::Ordering::SeqCst);
+                frozen
+            });
+            let task = tid_rx.recv()??;
+            let path = format!("/proc/{}/stack", task.display());
+            while !done.load(std::sync::atomic::Ordering::SeqCst) {
+                if let Ok(stack) = std::fs::read_to_string(&path) {
+                    let frames: Vec<&str> = stack
+                        .lines()
+                        .filter_map(|l| l.split_whitespace().nth(1))
+                        .map(|f| f.split('+').next().unwrap_or(f))
+                        .take(3)
+                        .collect();
+                    if !frames.is_empty() {
+                        *seen.entry(frames.join(" < ")).or_default() += 1;
+                        samples += 1;
+                    }
+                }
+                std::thread::sleep(Duration::from_micros(500));
+            }
+            caller
+                .join()
+                .map_err(|_| anyhow::anyhow!("FIFREEZE thread panicked"))??;
+            Ok(())
+        })?;
+        hv_vss_sys::fs::thaw(fd.as_fd())?;
+    }
+    drop(fs);
+    let mut by_count: Vec<(String, usize)> = seen.into_iter().collect();
+    by_count.sort_by_key(|e| std::cmp::Reverse(e.1));
+    println!();
+    println!(
+        "Where FIFREEZE waits after a 100 ms pause: {samples} kernel-stack samples of the calling thread over {cycles} calls, innermost three frames"
+    );
+    println!();
+    println!("| frames (innermost first) | samples | share |");
+    println!("|---|---|---|");
+    for (frames, n) in by_count.iter().take(6) {
+        println!(
+            "| {frames} | {n} | {:.0}% |",
+            100.0 * *n as f64 / samples.max(1) as f64
+        );
+    }
     Ok(())
 }
 

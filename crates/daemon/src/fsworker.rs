@@ -332,6 +332,7 @@ fn run(
                 // time fails it before anything is frozen.
                 let waited = std::time::Instant::now();
                 if let Err(hung) = flusher.cancel_and_wait(setup.options.freeze_deadline) {
+                    flusher.release();
                     emit(FsOutcome::Frozen {
                         txn,
                         epoch,
@@ -359,6 +360,8 @@ fn run(
                         f.error
                     })
                 });
+                // Every FIFREEZE has returned: the stopped flush threads may exit now.
+                flusher.release();
                 let (result, report) = match frozen {
                     Ok(mut set) => {
                         set.report_mut().flush_ahead_wait_us = flush_ahead_wait_us;

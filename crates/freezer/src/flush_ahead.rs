@@ -19,6 +19,10 @@
 //! for writing, which a running `syncfs` holds for reading). So when it returns Ok, no flush
 //! of ours runs and none will start: none ever runs while anything is frozen.
 //!
+//! A flush thread stopped by `cancel_and_wait` does not exit until the freeze is over
+//! ([`FlushAhead::release`], at most [`MAX_HOLD`]): a thread's exit right before a FIFREEZE
+//! makes the FIFREEZE slower ([`crate::exit_gate`]). It makes no call meanwhile.
+//!
 //! # Hung flushes
 //!
 //! A `syncfs` that does not return by the deadline (say, a loop filesystem whose image lies
@@ -35,6 +39,7 @@ use std::time::{Duration, Instant};
 
 use hv_vss_sys::fs::DevNum;
 
+use crate::exit_gate::MAX_HOLD;
 use crate::plan::Plan;
 
 /// Pause between two passes on one filesystem.
@@ -82,6 +87,12 @@ struct InFlight {
 #[derive(Debug, Default)]
 struct State {
     cancelled: bool,
+    /// Set by [`FlushAhead::cancel_and_wait`] (a freeze is about to start): a flush thread
+    /// that stops does not exit until [`FlushAhead::release`] (the freeze is over), since a
+    /// thread's exit right before a FIFREEZE makes it slower ([`crate::exit_gate`]).
+    hold_exits: bool,
+    /// When the threads were told to hold (they give up after [`MAX_HOLD`]).
+    held_since: Option<Instant>,
     /// Passes stop at this instant.
     until: Option<Instant>,
     /// Devices the current start asked for.
@@ -167,6 +178,7 @@ impl FlushAhead {
         let mut out = FlushAheadStart::default();
         let mut state = self.shared.lock();
         state.cancelled = false;
+        state.hold_exits = false;
         state.until = Instant::now().checked_add(budget);
         state.wanted = plan.filesystems().map(|f| f.dev).collect();
         for fs in plan.filesystems() {
@@ -200,8 +212,23 @@ impl FlushAhead {
 
     /// Stops the passes without waiting (a failed check).
     pub fn cancel(&self) {
-        self.shared.lock().cancelled = true;
+        let mut state = self.shared.lock();
+        state.cancelled = true;
+        state.hold_exits = false;
+        drop(state);
         self.shared.changed.notify_all();
+    }
+
+    /// The freeze that [`FlushAhead::cancel_and_wait`] made way for is over: the stopped
+    /// flush threads may exit now.
+    pub fn release(&self) {
+        self.shared.lock().hold_exits = false;
+        self.shared.changed.notify_all();
+    }
+
+    /// Flush threads alive (running, pausing, or held until [`FlushAhead::release`]).
+    pub fn threads(&self) -> usize {
+        self.shared.lock().threads.len()
     }
 
     /// Stops the passes and waits, at most `deadline`, for the `syncfs` calls still
@@ -211,6 +238,8 @@ impl FlushAhead {
         let end = Instant::now().checked_add(deadline);
         let mut state = self.shared.lock();
         state.cancelled = true;
+        state.hold_exits = true;
+        state.held_since = Some(Instant::now());
         self.shared.changed.notify_all();
         loop {
             // Calls already known to hang are not waited for again.
@@ -309,6 +338,18 @@ impl Drop for FlushAhead {
 fn passes(shared: &Shared, dev: DevNum, mount_point: &std::path::Path, fd: &OwnedFd) {
     let mut state = shared.lock();
     loop {
+        // Stopped for a freeze: stay (no pass) until it is over, then exit, or carry on if
+        // a new start came meanwhile.
+        let held_until = state.held_since.and_then(|t| t.checked_add(MAX_HOLD));
+        if state.cancelled && state.hold_exits && held_until.is_some_and(|u| Instant::now() < u) {
+            let left = held_until.map_or(MAX_HOLD, |u| u.saturating_duration_since(Instant::now()));
+            state = shared
+                .changed
+                .wait_timeout(state, left)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+            continue;
+        }
         let go_on = !state.cancelled
             && state.wanted.contains(&dev)
             && state.until.is_some_and(|u| Instant::now() < u);
@@ -446,8 +487,22 @@ mod tests {
             freeze_path(fs.mount_point()).unwrap();
             std::thread::sleep(PASS_INTERVAL * 5);
             let during_freeze = flusher.calls(dev);
+            // Stopped, but its thread stays until the freeze is over (no exit beside a
+            // FIFREEZE), and goes once released.
+            assert_eq!(
+                flusher.threads(),
+                1,
+                "the flush thread exited beside the freeze"
+            );
             assert!(thaw_path(fs.mount_point()).unwrap());
             assert_eq!(during_freeze, calls, "a flush started while frozen");
+            flusher.release();
+            wait_for(
+                "the released thread to exit",
+                Duration::from_secs(10),
+                || flusher.threads() == 0,
+            );
+            assert_eq!(flusher.calls(dev), calls, "a released thread flushed again");
         });
     }
 

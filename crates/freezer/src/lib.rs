@@ -32,6 +32,7 @@
 
 pub mod config;
 pub mod engine;
+pub mod exit_gate;
 pub mod flush_ahead;
 pub mod freebsd_plan;
 pub mod guardian_wire;
