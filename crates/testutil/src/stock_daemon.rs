@@ -202,15 +202,7 @@ mod tests {
             let fs = crate::LoopFs::new(crate::FsKind::Ext4).unwrap();
             let dir = tempfile::tempdir().unwrap();
             let path = dir.path().join("dev.sock");
-            let listener = rustix::net::socket_with(
-                AddressFamily::UNIX,
-                SocketType::SEQPACKET,
-                SocketFlags::CLOEXEC,
-                None,
-            )
-            .unwrap();
-            rustix::net::bind(&listener, &SocketAddrUnix::new(&path).unwrap()).unwrap();
-            rustix::net::listen(&listener, 1).unwrap();
+            let listener = crate::seqpacket_listener(&path).unwrap();
             let mounts = vec![fs.mount_point().to_path_buf()];
             let daemon = std::thread::spawn(move || serve(&path, &mounts));
             let dev = rustix::net::accept(&listener).unwrap();
