@@ -553,7 +553,15 @@ mod tests {
     fn a_simulator_that_never_hands_over_fails_the_open_instead_of_hanging() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("host.sock");
-        let listener = hv_vss_testutil::seqpacket_listener(&path).unwrap();
+        let listener = rustix::net::socket_with(
+            AddressFamily::UNIX,
+            SocketType::SEQPACKET,
+            SocketFlags::CLOEXEC,
+            None,
+        )
+        .unwrap();
+        rustix::net::bind(&listener, &SocketAddrUnix::new(&path).unwrap()).unwrap();
+        rustix::net::listen(&listener, 4).unwrap();
         let choice = TransportChoice::Uio(path);
         let result = hv_vss_testutil::run_with_timeout(HANDOVER_TIMEOUT * 3, move || {
             Transport::open(&choice).map(|_| ())
