@@ -23,7 +23,9 @@
 //! sent; a failing check stops it. `Freeze` stops it and waits for its running `syncfs`
 //! calls (bounded by the freeze deadline: a flush that misses it fails the freeze, nothing
 //! frozen, and its device is not flushed ahead again until that call returns), so no flush
-//! of ours ever runs beside a freeze.
+//! of ours ever runs beside a freeze. The flush threads it stopped exit only once the
+//! freeze has returned ([`FlushAhead::release`]): an exit beside a FIFREEZE slows it
+//! ([`hv_vss_freezer::exit_gate`]).
 //!
 //! A thaw that leaves members frozen (FITHAW failing) is retried every
 //! [`THAW_RETRY_INTERVAL`] until it completes; [`FsOutcome::Thawed::all_thawed`] (or a later
