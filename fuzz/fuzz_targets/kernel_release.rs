@@ -1,7 +1,7 @@
 #![no_main]
 //! Text the kernel or sysfs gives us: the release string `hv-vss uio bind` prints as a hint
-//! (compared with 6.10), and a UIO map size. Neither parser may panic, and the hint must
-//! agree with the parser.
+//! (compared with 6.10), a UIO map size, and a block device's `stat` line (the flush
+//! ahead's write counter). No parser may panic, and the hint must agree with the parser.
 use hv_vss_vmbus::bind::{KernelHint, MIN_UIO_KERNEL, parse_kernel_release};
 
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {
@@ -14,4 +14,5 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
     assert_eq!(hint.at_least_6_10(), parsed.map(|v| v >= MIN_UIO_KERNEL));
     let _ = hint.to_string();
     let _ = hv_vss_sys::uio::parse_map_size(text);
+    let _ = hv_vss_freezer::flush_ahead::parse_sectors_written(text);
 });

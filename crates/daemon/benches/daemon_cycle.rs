@@ -37,26 +37,48 @@
 //!   once; stock: last FIFREEZE return → last FITHAW return; qemu-ga: freeze-list
 //!   answered → thaw answered (also its frozen window, as it reports none).
 //!
+//! Part 1 also measures the floor in the same trials, two more methods taking their turn:
+//! **idle**, nothing dirty (a `syncfs` of each first) and no writer: FIFREEZE on every
+//! filesystem at once (one thread each), then FITHAW on every one at once; and **best**, the
+//! same with the writers running, after a `syncfs` of all as the gap starts (an ideal flush
+//! ahead) and another right before the freeze (what the writers added): what any freezer
+//! pays once nothing is left to write.
+//!
 //! # Part 2: the daemon's own overhead per cycle
 //!
-//! One clean 32 MiB ext4 filesystem (nothing ever written to it), `--mount` of it only.
-//! HOT_BACKUP + FREEZE + THAW back to back, against an in-process open + FIFREEZE + close,
-//! open + FITHAW + close of the same filesystem, interleaved in 5 slices. The difference of
-//! the medians is what the daemon adds per backup. Two figures locate it: the transport's
-//! floor (an unknown operation, which the daemon answers E_FAIL without touching a
-//! filesystem: one host round trip through the emulator, socket and coordinator) and the
-//! daemon's own phase times from its history (open+check+journal, syncfs, FIFREEZE, FITHAW),
-//! plus the in-process cost of reading the mount table and planning, which the daemon does
-//! before every HOT_BACKUP check and every FREEZE.
+//! One clean 32 MiB ext4 filesystem (nothing ever written to it), `--mount` of it only:
+//! HOT_BACKUP + FREEZE + THAW through the kernel emulator, against the same three requests
+//! answered by the stock daemon's request loop (`hv_vss_testutil::stock_daemon`, in a
+//! process of its own, registered with a second emulator: the like-with-like baseline, a
+//! request and an answer per operation on both sides), and against an in-process open +
+//! FIFREEZE + close, open + FITHAW + close with no request at all (the kernel's share).
+//! Twice: with a pause (env `PAUSE_MS`, default 100) between any two cycles, methods taking
+//! turns, so each FIFREEZE comes long after the last FITHAW as in real backups (`SPACED_CYCLES`,
+//! default 100, each); and back to back, each method in 5 runs of its own (`CYCLES`,
+//! default 500, each). The spacing matters: a FIFREEZE within a few milliseconds of the
+//! last FITHAW of the same filesystem skips the kernel's RCU grace periods (part 3). The
+//! daemon's own phase times from its history (open+check+journal, waiting for the flush
+//! ahead, syncfs, FIFREEZE, FITHAW), the transport's floor (an unknown operation, answered
+//! E_FAIL without touching a filesystem) and the in-process cost of reading the mount table
+//! and planning locate what the daemon adds.
+//!
+//! # Part 3: what a FIFREEZE of a clean filesystem waits for
+//!
+//! In process, on one clean ext4: FIFREEZE + FITHAW after a pause of 0 to 64 ms since the
+//! last FITHAW (`PART3_CYCLES`, default 20, per pause), and, for FIFREEZE calls after a
+//! 100 ms pause, where the calling thread waits: its kernel stack
+//! (`/proc/PID/task/TID/stack`) sampled every 0.5 ms while the call runs, counted by the
+//! innermost frames.
 //!
 //! The run re-executes itself under `unshare -m --propagation private`: mounts made by
 //! other processes on the machine do not reach it (they would make every FREEZE plan again),
 //! and its own mounts vanish with it.
 //!
-//! Run (root; release build of hv-vssd and this bench; about 2 minutes):
-//! `cargo bench -p hv-vssd --bench daemon_cycle` (env `TRIALS`, default 9; `CYCLES`,
-//! default 500; `GAP_MS`, default 1000; `QEMU_GA=0`). Not a test: nothing is asserted except that every request got S_OK; the
-//! results are printed as Markdown tables.
+//! Run (root; release build of hv-vssd and this bench; about 4 minutes):
+//! `cargo bench -p hv-vssd --bench daemon_cycle` (env `PARTS`, default `1,2,3`; `TRIALS`,
+//! default 9; `GAP_MS`, default 1000; `QEMU_GA=0`; and the part 2 and 3 counts above). Not a
+//! test: nothing is asserted except that every request got S_OK; the results are printed as
+//! Markdown tables.
 
 use std::fs::File;
 use std::io::{BufRead, BufReader, Write};
@@ -71,7 +93,10 @@ use anyhow::{Context, bail};
 use hv_vss_freezer::{FreezerConfig, MountSource, Selection, make_plan};
 use hv_vss_protocol::{HvStatus, VssOperation};
 use hv_vss_sim::kernel::{EmulatorConfig, HostOutcome, KernelEmulator};
-use hv_vss_testutil::bench::{Writers, env_count, prepare_dirty, should_run, stock_freeze_thaw};
+use hv_vss_testutil::bench::{
+    Writers, env_count, parallel_freeze_thaw, parallel_syncfs, prepare_dirty, should_run,
+    stock_freeze_thaw,
+};
 use hv_vss_testutil::private_ns::enter_private_mount_namespace;
 use hv_vss_testutil::{FsKind, LoopFs, freeze_path, thaw_path};
 use rustix::process::{Pid, Signal};
@@ -319,6 +344,51 @@ impl Drop for QemuGa {
     }
 }
 
+/// Set in the child that plays the stock daemon: the emulator socket it serves.
+const STOCK_DAEMON_ENV: &str = "DAEMON_CYCLE_STOCK_DAEMON";
+
+/// The stock daemon's request loop (`hv_vss_testutil::stock_daemon`) in a process of its
+/// own (this bench, re-executed), registered with `emu` like hv-vssd: the like-with-like
+/// baseline, a request and an answer through a device per operation. Killed on drop, then
+/// its filesystems thawed.
+struct StockDaemon {
+    child: Child,
+    mounts: Vec<PathBuf>,
+}
+
+impl StockDaemon {
+    fn start(emu: &KernelEmulator, mounts: &[PathBuf]) -> anyhow::Result<Self> {
+        let child = Command::new(std::env::current_exe()?)
+            .args(mounts)
+            .env(STOCK_DAEMON_ENV, emu.socket_path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .spawn()
+            .context("starting the stock daemon")?;
+        pids().push(child.id());
+        let daemon = Self {
+            child,
+            mounts: mounts.to_vec(),
+        };
+        if !emu.wait_ready(READY) {
+            bail!("the stock daemon never registered");
+        }
+        Ok(daemon)
+    }
+}
+
+impl Drop for StockDaemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let pid = self.child.id();
+        pids().retain(|p| *p != pid);
+        for m in &self.mounts {
+            let _ = thaw_path(m);
+        }
+    }
+}
+
 /// One host request through the emulator; its round trip, or an error unless S_OK.
 fn request(emu: &KernelEmulator, op: VssOperation) -> anyhow::Result<Duration> {
     let t = Instant::now();
@@ -420,16 +490,33 @@ fn frozen_window(
     let mut qemu_ga = QemuGa::start()?;
     let (mut stock, mut ours, mut peer) =
         (Figures::default(), Figures::default(), Figures::default());
+    // The floor (module docs): nothing left to write, all at once; idle and with writers.
+    let (mut idle, mut best) = (Figures::default(), Figures::default());
     let (mut d_sync, mut d_fifreeze) = (Samples::default(), Samples::default());
     let mut reused = 0;
     let methods: &[&str] = if qemu_ga.is_some() {
-        &["stock", "hv-vssd", "qemu-ga"]
+        &["stock", "hv-vssd", "qemu-ga", "idle", "best"]
     } else {
-        &["stock", "hv-vssd"]
+        &["stock", "hv-vssd", "idle", "best"]
     };
     for trial in 0..trials {
         for &method in methods {
             prepare_dirty(mounts, trial, DIRTY_MIB)?;
+            if method == "idle" {
+                // Nothing dirty, no writer, and as long since the last thaw as the others.
+                parallel_syncfs(mounts)?;
+                std::thread::sleep(gap);
+                let (frozen, thawed) = parallel_freeze_thaw(mounts)?;
+                eprintln!(
+                    "N={n} trial {trial} {method:>7}: all frozen {:>7.1} ms, window {:>7.1} ms",
+                    frozen.as_secs_f64() * 1e3,
+                    thawed.as_secs_f64() * 1e3
+                );
+                idle.latency.push(frozen);
+                idle.window.push(thawed);
+                idle.after.push(thawed - frozen);
+                continue;
+            }
             let writers = Writers::start(mounts);
             std::thread::sleep(Duration::from_millis(100));
             writers.reset();
@@ -450,6 +537,28 @@ fn frozen_window(
                 stock.blocked.push_us(blocked);
                 stock.window.push(thawed);
                 stock.after.push(thawed - frozen);
+            } else if method == "best" {
+                // An ideal flush ahead: everything written back as the gap starts, then,
+                // after the gap, what the writers added, and the parallel freeze and thaw.
+                parallel_syncfs(mounts)?;
+                std::thread::sleep(gap);
+                let in_gap = writers.longest();
+                writers.reset();
+                let synced = parallel_syncfs(mounts)?;
+                let (frozen, thawed) = parallel_freeze_thaw(mounts)?;
+                std::thread::sleep(Duration::from_millis(50));
+                let blocked = best.push_blocked(in_gap, writers.finish()?);
+                eprintln!(
+                    "N={n} trial {trial} {method:>7}: syncfs {:>5.1} ms, all frozen {:>7.1} ms, longest write {:>7.1} ms, window {:>7.1} ms",
+                    synced.as_secs_f64() * 1e3,
+                    frozen.as_secs_f64() * 1e3,
+                    blocked as f64 / 1e3,
+                    thawed.as_secs_f64() * 1e3
+                );
+                best.latency.push(synced + frozen);
+                best.blocked.push_us(blocked);
+                best.window.push(thawed);
+                best.after.push(thawed - frozen);
             } else if method == "qemu-ga" {
                 let ga = qemu_ga.as_mut().context("qemu-ga")?;
                 std::thread::sleep(gap);
@@ -583,30 +692,117 @@ fn frozen_window(
         d_fifreeze.cell(ms)
     );
     println!("| hv-vssd: FREEZE reused the HOT_BACKUP plan | | {reused} of {trials} | | | | |");
+    println!();
+    println!(
+        "The floor, N = {n}, same trials: idle = FIFREEZE on all at once then FITHAW on all at once, nothing dirty, no writer; best = the same with writers running, after a syncfs of all as the gap starts and another right before (FREEZE latency: that syncfs + all frozen)"
+    );
+    println!();
+    println!("| metric | idle | best | best / stock | hv-vssd / best | hv-vssd / idle |");
+    println!("|---|---|---|---|---|---|");
+    for (name, idle, best, stock, ours) in [
+        (
+            "FREEZE latency (idle: all frozen)",
+            &idle.latency,
+            &best.latency,
+            &stock.latency,
+            &ours.latency,
+        ),
+        (
+            "longest blocked write, whole sequence",
+            &idle.blocked,
+            &best.blocked,
+            &stock.blocked,
+            &ours.blocked,
+        ),
+        (
+            "of which during the gap",
+            &idle.gap_blocked,
+            &best.gap_blocked,
+            &stock.gap_blocked,
+            &ours.gap_blocked,
+        ),
+        (
+            "of which from FREEZE on",
+            &idle.freeze_blocked,
+            &best.freeze_blocked,
+            &stock.freeze_blocked,
+            &ours.freeze_blocked,
+        ),
+        (
+            "frozen window, first FIFREEZE → last FITHAW",
+            &idle.window,
+            &best.window,
+            &stock.window,
+            &ours.window,
+        ),
+    ] {
+        let vs_idle = if idle.0.is_empty() {
+            "–".into()
+        } else {
+            ratio(ours, idle)
+        };
+        println!(
+            "| {name} | {} | {} | {} | {} | {vs_idle} |",
+            idle.cell(ms),
+            best.cell(ms),
+            ratio(best, stock),
+            ratio(ours, best)
+        );
+    }
     Ok(())
 }
 
+/// One clean cycle's samples per method (module docs, part 2).
+#[derive(Default)]
+struct CycleFigures {
+    /// Stock daemon: whole, HOT_BACKUP, FREEZE, THAW round trips.
+    stock: [Samples; 4],
+    /// hv-vssd: the same.
+    ours: [Samples; 4],
+    /// In process, no request: open+FIFREEZE, open+FITHAW.
+    direct: Samples,
+}
+
+/// How part 2 spaces its cycles.
+#[derive(Clone, Copy)]
+enum Spacing {
+    /// `pause` between any two cycles, methods taking turns cycle by cycle: each FIFREEZE
+    /// comes long after the last FITHAW, as in real backups.
+    Spaced { pause: Duration },
+    /// No pause, each method's cycles in runs of their own (5 slices): each method in its
+    /// own steady state.
+    BackToBack,
+}
+
 /// Part 2: per-cycle cost with nothing to freeze.
-fn overhead(emu: &KernelEmulator, cycles: usize) -> anyhow::Result<()> {
-    const SLICES: usize = 5;
+fn overhead(
+    emu: &KernelEmulator,
+    stock_emu: &KernelEmulator,
+    spaced_cycles: usize,
+    cycles: usize,
+    pause: Duration,
+) -> anyhow::Result<()> {
     const WARM_UP: usize = 10;
     let fs = LoopFs::new(FsKind::Ext4)?;
     let mp = fs.mount_point().to_path_buf();
     hv_vss_sys::fs::syncfs(hv_vss_sys::fs::open_mount_point(&mp)?.as_fd())?;
     let daemon = VssDaemon::start(emu, std::slice::from_ref(&mp))?;
-    let daemon_cycle = |samples: Option<&mut [Samples; 4]>| -> anyhow::Result<()> {
-        let t = Instant::now();
-        let check = request(emu, VssOperation::HOT_BACKUP)?;
-        let freeze = request(emu, VssOperation::FREEZE)?;
-        let thaw = request(emu, VssOperation::THAW)?;
-        let whole = t.elapsed();
-        if let Some(s) = samples {
-            for (slot, d) in s.iter_mut().zip([whole, check, freeze, thaw]) {
-                slot.push(d);
+    let stock = StockDaemon::start(stock_emu, std::slice::from_ref(&mp))?;
+    // HOT_BACKUP + FREEZE + THAW through `emu`: (whole, check, freeze, thaw).
+    let host_cycle =
+        |emu: &KernelEmulator, samples: Option<&mut [Samples; 4]>| -> anyhow::Result<()> {
+            let t = Instant::now();
+            let check = request(emu, VssOperation::HOT_BACKUP)?;
+            let freeze = request(emu, VssOperation::FREEZE)?;
+            let thaw = request(emu, VssOperation::THAW)?;
+            let whole = t.elapsed();
+            if let Some(s) = samples {
+                for (slot, d) in s.iter_mut().zip([whole, check, freeze, thaw]) {
+                    slot.push(d);
+                }
             }
-        }
-        Ok(())
-    };
+            Ok(())
+        };
     let direct_cycle = |samples: Option<&mut Samples>| -> anyhow::Result<()> {
         let t = Instant::now();
         freeze_path(&mp)?;
@@ -650,90 +846,251 @@ fn overhead(emu: &KernelEmulator, cycles: usize) -> anyhow::Result<()> {
         Ok(())
     };
     for _ in 0..WARM_UP {
-        daemon_cycle(None)?;
+        host_cycle(emu, None)?;
+        host_cycle(stock_emu, None)?;
         direct_cycle(None)?;
         floor_trip(None)?;
         planning(None)?;
     }
-    let mut ours: [Samples; 4] = Default::default();
-    let (mut direct, mut floor, mut plans) = Default::default();
-    let per_slice = cycles.div_ceil(SLICES);
-    for _ in 0..SLICES {
-        for _ in 0..per_slice {
-            daemon_cycle(Some(&mut ours))?;
+    let mut runs = Vec::new();
+    for spacing in [Spacing::Spaced { pause }, Spacing::BackToBack] {
+        let mut f = CycleFigures::default();
+        let history_before = daemon.backups().len();
+        match spacing {
+            Spacing::Spaced { pause } => {
+                for i in 0..spaced_cycles {
+                    // Each method first in turn.
+                    for m in 0..3 {
+                        std::thread::sleep(pause);
+                        match (i + m) % 3 {
+                            0 => host_cycle(stock_emu, Some(&mut f.stock))?,
+                            1 => host_cycle(emu, Some(&mut f.ours))?,
+                            _ => direct_cycle(Some(&mut f.direct))?,
+                        }
+                    }
+                }
+            }
+            Spacing::BackToBack => {
+                const SLICES: usize = 5;
+                let per_slice = cycles.div_ceil(SLICES);
+                for _ in 0..SLICES {
+                    for _ in 0..per_slice {
+                        host_cycle(stock_emu, Some(&mut f.stock))?;
+                    }
+                    for _ in 0..per_slice {
+                        host_cycle(emu, Some(&mut f.ours))?;
+                    }
+                    for _ in 0..per_slice {
+                        direct_cycle(Some(&mut f.direct))?;
+                    }
+                }
+            }
         }
-        for _ in 0..per_slice {
-            direct_cycle(Some(&mut direct))?;
+        // The daemon's own phase times of this run's cycles its history still keeps.
+        let n = f.ours[0].0.len();
+        daemon.backup((history_before + n).min(50))?;
+        let kept = daemon.backups();
+        let mut phases: [Samples; 5] = Default::default();
+        for entry in kept.iter().skip(kept.len().saturating_sub(n)) {
+            for (slot, value) in phases.iter_mut().zip([
+                &entry["freeze"]["prepare_us"],
+                &entry["freeze"]["flush_ahead_wait_us"],
+                &entry["freeze"]["sync_us"],
+                &entry["freeze"]["freeze_us"],
+                &entry["thaw"]["thaw_us"],
+            ]) {
+                slot.push_us(value.as_u64().unwrap_or(0));
+            }
         }
-        for _ in 0..per_slice {
-            floor_trip(Some(&mut floor))?;
-            planning(Some(&mut plans))?;
-        }
+        runs.push((spacing, f, phases));
     }
-    // The daemon's own phase times of the last cycles its history keeps.
-    let last = WARM_UP + per_slice * SLICES;
-    daemon.backup(last.min(50))?;
-    let mut phases: [Samples; 4] = Default::default();
-    for entry in daemon.backups() {
-        for (slot, value) in phases.iter_mut().zip([
-            &entry["freeze"]["prepare_us"],
-            &entry["freeze"]["sync_us"],
-            &entry["freeze"]["freeze_us"],
-            &entry["thaw"]["thaw_us"],
-        ]) {
-            slot.push_us(value.as_u64().context("history: phase times")?);
-        }
+    let (mut floor, mut plans) = (Samples::default(), Samples::default());
+    for _ in 0..cycles {
+        floor_trip(Some(&mut floor))?;
+        planning(Some(&mut plans))?;
     }
     drop(daemon);
+    drop(stock);
     drop(fs);
     let us = Unit::Us;
-    let [whole, check, freeze, thaw] = &ours;
+    for (spacing, f, phases) in &runs {
+        let [whole, check, freeze, thaw] = &f.ours;
+        let [s_whole, s_check, s_freeze, s_thaw] = &f.stock;
+        println!();
+        match spacing {
+            Spacing::Spaced { pause } => println!(
+                "One clean ext4, {} cycles each, {} ms between any two cycles, methods taking turns; median (min–max), ratios of medians",
+                whole.0.len(),
+                pause.as_millis()
+            ),
+            Spacing::BackToBack => println!(
+                "One clean ext4, {} cycles each, back to back, each method in 5 runs of its own; median (min–max), ratios of medians",
+                whole.0.len()
+            ),
+        }
+        println!();
+        println!("| per cycle | stock daemon (baseline) | hv-vssd | hv-vssd / stock daemon |");
+        println!("|---|---|---|---|");
+        for (name, theirs, ours) in [
+            (
+                "HOT_BACKUP + FREEZE + THAW, host round trips",
+                s_whole,
+                whole,
+            ),
+            ("of which HOT_BACKUP", s_check, check),
+            ("of which FREEZE", s_freeze, freeze),
+            ("of which THAW", s_thaw, thaw),
+        ] {
+            println!(
+                "| {name} | {} | {} | {} |",
+                theirs.cell(us),
+                ours.cell(us),
+                ratio(ours, theirs)
+            );
+        }
+        println!(
+            "| direct, in process, no request: open+FIFREEZE, open+FITHAW | {} | | hv-vssd / direct {}, stock daemon / direct {} |",
+            f.direct.cell(us),
+            ratio(whole, &f.direct),
+            ratio(s_whole, &f.direct)
+        );
+        let [prepare, flush_wait, sync, fifreeze, fithaw] = phases;
+        println!(
+            "| hv-vssd's report, last {} cycles: open+check+journal / wait for the flush ahead / syncfs / FIFREEZE / FITHAW | | {} / {} / {} / {} / {} | |",
+            prepare.0.len(),
+            us.fmt(prepare.median()),
+            us.fmt(flush_wait.median()),
+            us.fmt(sync.median()),
+            us.fmt(fifreeze.median()),
+            us.fmt(fithaw.median())
+        );
+    }
     println!();
     println!(
-        "One clean ext4, {} cycles each, median (min–max), ratio of medians to the direct cycle",
-        per_slice * SLICES
-    );
-    println!();
-    println!("| per cycle | time | ratio |");
-    println!("|---|---|---|");
-    println!(
-        "| direct, in process: open+FIFREEZE, open+FITHAW | {} | 1.000x |",
-        direct.cell(us)
-    );
-    println!(
-        "| hv-vssd: HOT_BACKUP + FREEZE + THAW, host round trips | {} | {} |",
-        whole.cell(us),
-        ratio(whole, &direct)
-    );
-    println!("| of which HOT_BACKUP | {} | |", check.cell(us));
-    println!("| of which FREEZE | {} | |", freeze.cell(us));
-    println!("| of which THAW | {} | |", thaw.cell(us));
-    println!(
-        "| added by the daemon (difference of medians) | {} | |",
-        us.fmt(whole.median() - direct.median())
-    );
-    println!(
-        "| transport floor: unknown op answered E_FAIL, one host round trip | {} | |",
+        "| transport floor, {cycles} round trips: hv-vssd, unknown op answered E_FAIL | {} |",
         floor.cell(us)
     );
     println!(
-        "| in process: reading the mount table and planning (`make_plan`) | {} | |",
+        "| in process: reading the mount table and planning (`make_plan`) | {} |",
         plans.cell(us)
-    );
-    let [prepare, sync, fifreeze, fithaw] = &phases;
-    println!(
-        "| daemon's report, last {} cycles: open+check+journal / syncfs / FIFREEZE / FITHAW | {} / {} / {} / {} | |",
-        prepare.0.len(),
-        us.fmt(prepare.median()),
-        us.fmt(sync.median()),
-        us.fmt(fifreeze.median()),
-        us.fmt(fithaw.median())
     );
     Ok(())
 }
 
-fn run(trials: usize, cycles: usize, gap: Duration) -> anyhow::Result<()> {
+fn run(
+    trials: usize,
+    spaced_cycles: usize,
+    cycles: usize,
+    gap: Duration,
+    pause: Duration,
+) -> anyhow::Result<()> {
+    let parts = std::env::var("PARTS").unwrap_or_else(|_| "1,2,3".into());
     let emu = KernelEmulator::start(EmulatorConfig::default())?;
+    let started = Instant::now();
+    if parts.contains('1') {
+        part1(&emu, trials, gap)?;
+    }
+    if parts.contains('2') {
+        let stock_emu = KernelEmulator::start(EmulatorConfig::default())?;
+        overhead(&emu, &stock_emu, spaced_cycles, cycles, pause)?;
+    }
+    if parts.contains('3') {
+        kernel_share(env_count("PART3_CYCLES", 20))?;
+    }
+    eprintln!("measured in {:.0} s", started.elapsed().as_secs_f64());
+    Ok(())
+}
+
+/// Part 3: FIFREEZE + FITHAW of a clean filesystem after pauses, and where FIFREEZE waits.
+fn kernel_share(cycles: usize) -> anyhow::Result<()> {
+    let fs = LoopFs::new(FsKind::Ext4)?;
+    let mp = fs.mount_point().to_path_buf();
+    hv_vss_sys::fs::syncfs(hv_vss_sys::fs::open_mount_point(&mp)?.as_fd())?;
+    println!();
+    println!(
+        "One clean ext4, in process: FIFREEZE and FITHAW after a pause since the last FITHAW; median (min–max) of {cycles}"
+    );
+    println!();
+    println!("| pause | FIFREEZE | FITHAW |");
+    println!("|---|---|---|");
+    for pause_ms in [0u64, 1, 2, 4, 8, 16, 32, 64] {
+        let (mut freeze, mut thaw) = (Samples::default(), Samples::default());
+        for _ in 0..cycles {
+            std::thread::sleep(Duration::from_millis(pause_ms));
+            let fd = hv_vss_sys::fs::open_mount_point(&mp)?;
+            let t = Instant::now();
+            hv_vss_sys::fs::freeze(fd.as_fd())?;
+            freeze.push(t.elapsed());
+            let t = Instant::now();
+            hv_vss_sys::fs::thaw(fd.as_fd())?;
+            thaw.push(t.elapsed());
+        }
+        println!(
+            "| {pause_ms} ms | {} | {} |",
+            freeze.cell(Unit::Us),
+            thaw.cell(Unit::Us)
+        );
+    }
+    // Where the call waits: its thread's kernel stack, sampled while it runs.
+    let mut seen: std::collections::BTreeMap<String, usize> = Default::default();
+    let mut samples = 0;
+    for _ in 0..cycles {
+        std::thread::sleep(Duration::from_millis(100));
+        let fd = hv_vss_sys::fs::open_mount_point(&mp)?;
+        let (tid_tx, tid_rx) = std::sync::mpsc::channel();
+        let done = std::sync::atomic::AtomicBool::new(false);
+        std::thread::scope(|s| -> anyhow::Result<()> {
+            let caller = s.spawn(|| {
+                // "PID/task/TID": this thread's directory under /proc.
+                let _ = tid_tx.send(std::fs::read_link("/proc/thread-self"));
+                let frozen = hv_vss_sys::fs::freeze(fd.as_fd());
+                done.store(true, std::sync::atomic::Ordering::SeqCst);
+                frozen
+            });
+            let task = tid_rx.recv()??;
+            let path = format!("/proc/{}/stack", task.display());
+            while !done.load(std::sync::atomic::Ordering::SeqCst) {
+                if let Ok(stack) = std::fs::read_to_string(&path) {
+                    let frames: Vec<&str> = stack
+                        .lines()
+                        .filter_map(|l| l.split_whitespace().nth(1))
+                        .map(|f| f.split('+').next().unwrap_or(f))
+                        .take(3)
+                        .collect();
+                    if !frames.is_empty() {
+                        *seen.entry(frames.join(" < ")).or_default() += 1;
+                        samples += 1;
+                    }
+                }
+                std::thread::sleep(Duration::from_micros(500));
+            }
+            caller
+                .join()
+                .map_err(|_| anyhow::anyhow!("FIFREEZE thread panicked"))??;
+            Ok(())
+        })?;
+        hv_vss_sys::fs::thaw(fd.as_fd())?;
+    }
+    drop(fs);
+    let mut by_count: Vec<(String, usize)> = seen.into_iter().collect();
+    by_count.sort_by_key(|e| std::cmp::Reverse(e.1));
+    println!();
+    println!(
+        "Where FIFREEZE waits after a 100 ms pause: {samples} kernel-stack samples of the calling thread over {cycles} calls, innermost three frames"
+    );
+    println!();
+    println!("| frames (innermost first) | samples | share |");
+    println!("|---|---|---|");
+    for (frames, n) in by_count.iter().take(6) {
+        println!(
+            "| {frames} | {n} | {:.0}% |",
+            100.0 * *n as f64 / samples.max(1) as f64
+        );
+    }
+    Ok(())
+}
+
+fn part1(emu: &KernelEmulator, trials: usize, gap: Duration) -> anyhow::Result<()> {
     let filesystems: Vec<LoopFs> = (0..8)
         .map(|_| LoopFs::create(FsKind::Ext4, IMAGE_MIB, None))
         .collect::<anyhow::Result<_>>()?;
@@ -741,16 +1098,21 @@ fn run(trials: usize, cycles: usize, gap: Duration) -> anyhow::Result<()> {
         .iter()
         .map(|f| f.mount_point().to_path_buf())
         .collect();
-    let started = Instant::now();
-    frozen_window(&emu, &mounts[..1], trials, gap)?;
-    frozen_window(&emu, &mounts, trials, gap)?;
+    frozen_window(emu, &mounts[..1], trials, gap)?;
+    frozen_window(emu, &mounts, trials, gap)?;
     drop(filesystems);
-    overhead(&emu, cycles)?;
-    eprintln!("measured in {:.0} s", started.elapsed().as_secs_f64());
     Ok(())
 }
 
 fn main() {
+    if let Some(socket) = std::env::var_os(STOCK_DAEMON_ENV) {
+        let mounts: Vec<PathBuf> = std::env::args_os().skip(1).map(PathBuf::from).collect();
+        if let Err(e) = hv_vss_testutil::stock_daemon::serve(socket.as_ref(), &mounts) {
+            eprintln!("stock daemon: {e:#}");
+            std::process::exit(1);
+        }
+        return;
+    }
     if !should_run("daemon_cycle") {
         return;
     }
@@ -759,10 +1121,14 @@ fn main() {
     // a guest whose mounts hold still. Everything this run mounts vanishes with it.
     enter_private_mount_namespace("daemon_cycle");
     let trials = env_count("TRIALS", 9);
+    let spaced_cycles = env_count("SPACED_CYCLES", 100);
     let cycles = env_count("CYCLES", 500);
     let gap = Duration::from_millis(env_count("GAP_MS", 1000) as u64);
+    let pause = Duration::from_millis(env_count("PAUSE_MS", 100) as u64);
     let outcome = std::panic::catch_unwind(|| {
-        hv_vss_testutil::run_with_timeout(RUN_LIMIT, move || run(trials, cycles, gap))
+        hv_vss_testutil::run_with_timeout(RUN_LIMIT, move || {
+            run(trials, spaced_cycles, cycles, gap, pause)
+        })
     });
     // A panic or timeout may leave a daemon running (its guard never dropped): kill it; its
     // guardian then thaws whatever it froze.

@@ -23,7 +23,9 @@
 //! sent; a failing check stops it. `Freeze` stops it and waits for its running `syncfs`
 //! calls (bounded by the freeze deadline: a flush that misses it fails the freeze, nothing
 //! frozen, and its device is not flushed ahead again until that call returns), so no flush
-//! of ours ever runs beside a freeze.
+//! of ours ever runs beside a freeze. The flush threads it stopped exit only once the
+//! freeze has returned ([`FlushAhead::release`]): an exit beside a FIFREEZE slows it
+//! ([`hv_vss_freezer::exit_gate`]).
 //!
 //! A thaw that leaves members frozen (FITHAW failing) is retried every
 //! [`THAW_RETRY_INTERVAL`] until it completes; [`FsOutcome::Thawed::all_thawed`] (or a later
@@ -291,7 +293,9 @@ fn run(
                 }
                 // No flush of ours may run beside the freeze; one that does not return in
                 // time fails it before anything is frozen.
+                let waited = std::time::Instant::now();
                 if let Err(hung) = flusher.cancel_and_wait(setup.options.freeze_deadline) {
+                    flusher.release();
                     emit(FsOutcome::Frozen {
                         txn,
                         epoch,
@@ -303,6 +307,8 @@ fn run(
                     });
                     continue;
                 }
+                let flush_ahead_wait_us =
+                    u64::try_from(waited.elapsed().as_micros()).unwrap_or(u64::MAX);
                 let cancelled = || thaw_sent_through.load(Ordering::SeqCst) >= txn.0;
                 let mut failed_report = None;
                 let prepared = checked.take();
@@ -317,8 +323,11 @@ fn run(
                         f.error
                     })
                 });
+                // Every FIFREEZE has returned: the stopped flush threads may exit now.
+                flusher.release();
                 let (result, report) = match frozen {
-                    Ok(set) => {
+                    Ok(mut set) => {
+                        set.report_mut().flush_ahead_wait_us = flush_ahead_wait_us;
                         let report = set.report().clone();
                         held = Some(set);
                         (Ok(()), Some(report))
@@ -408,8 +417,9 @@ fn freeze(
         None => (plan(setup).map_err(early)?.0, false),
     };
     // The fast path: the flush ahead has just found every filesystem clean (its last pass
-    // cost no more than twice a clean pass), so a flush now would only add its own cost to
-    // the answer; FIFREEZE writes back the little left itself.
+    // wrote nothing to the block device, or, without I/O counters, cost no more than twice
+    // a clean pass), so a flush now would only add its own cost to the answer; FIFREEZE
+    // writes back the little left itself.
     let mut options = setup.options.clone();
     if flusher.found_clean(&plan, FOUND_CLEAN_WITHIN) {
         options.flush = FlushPolicy::Skip;

@@ -60,6 +60,14 @@ impl History {
         let new_line = serde_json::to_string(entry).map_err(std::io::Error::other)?;
         lines.push(&new_line);
         let skip = lines.len().saturating_sub(self.limit);
+        // One buffer, one write: the main loop does this right after an answer, and a host
+        // request arriving meanwhile waits for it (a write per line cost ~2 writes per
+        // entry, hundreds per append at the default limit).
+        let mut text = String::with_capacity(existing.len() + new_line.len() + 1);
+        for line in &lines[skip..] {
+            text.push_str(line);
+            text.push('\n');
+        }
         let tmp = self.path.with_extension("jsonl.tmp");
         // 0600: the state directory is searchable by everyone (the app socket is there).
         let mut file = std::fs::OpenOptions::new()
@@ -68,11 +76,7 @@ impl History {
             .truncate(true)
             .mode(0o600)
             .open(&tmp)?;
-        for line in &lines[skip..] {
-            file.write_all(line.as_bytes())?;
-            file.write_all(b"\n")?;
-        }
-        file.flush()?;
+        file.write_all(text.as_bytes())?;
         drop(file);
         std::fs::rename(&tmp, &self.path)
     }

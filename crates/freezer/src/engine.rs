@@ -59,6 +59,7 @@ use hv_vss_sys::fs::{DevNum, FileIdentity, FreezeError as SysFreezeError, ThawEr
 use serde::{Deserialize, Serialize};
 
 use crate::config::{ForeignFreezePolicy, FreezerConfig, UnsupportedPolicy};
+use crate::exit_gate::{ExitGate, OpenOnDrop};
 use crate::journal::{Journal, JournalEntry, StateLock};
 use crate::plan::{Plan, PlannedFs};
 
@@ -802,6 +803,7 @@ fn freeze_with_watch(
         rollback: None,
         plan_reused: false,
         flush_passes_us: Vec::new(),
+        flush_ahead_wait_us: 0,
     };
     macro_rules! fail {
         ($e:expr) => {
@@ -847,7 +849,15 @@ fn freeze_with_watch(
         journal_listed: Vec::new(),
         watch,
     };
-    match freeze_levels(plan, options, &handles, &mut set, cancelled) {
+    // The threads of the freeze wait for this gate before they exit: an exit just before
+    // or during a FIFREEZE makes its RCU grace periods longer (`exit_gate`). It opens as
+    // soon as the last FIFREEZE has returned, however the levels end.
+    let gate = ExitGate::new();
+    let levels = {
+        let _open = OpenOnDrop(gate.clone());
+        freeze_levels(plan, options, &handles, &mut set, cancelled, &gate)
+    };
+    match levels {
         Ok(()) => Ok(set),
         Err(error) => {
             // The rollback narrows the journal to what it could not thaw.
@@ -877,8 +887,8 @@ fn flush_pass(
     handles: &[Handle],
     set: &mut FrozenSet,
     cancelled: &(dyn Fn() -> bool + Sync),
-    sync_start: Instant,
-    sync_deadline: Option<Instant>,
+    (sync_start, sync_deadline): (Instant, Option<Instant>),
+    gate: &ExitGate,
 ) -> Result<Duration, FreezeError> {
     let ops = set.ops.clone();
     let pass_start = Instant::now();
@@ -905,6 +915,7 @@ fn flush_pass(
         let thread_ops = ops.clone();
         let tx = tx.clone();
         let dev = h.dev;
+        let thread_gate = gate.clone();
         let spawned = std::thread::Builder::new()
             .name("hv-vss-syncfs".into())
             .spawn(move || {
@@ -916,6 +927,9 @@ fn flush_pass(
                     .unwrap_or_else(|p| p.into_inner())
                     .remove(&dev);
                 let _ = tx.send((i, t.elapsed(), r));
+                drop(tx);
+                // Not exiting before the FIFREEZE calls that follow have returned.
+                thread_gate.wait();
             });
         match spawned {
             Ok(_) => flushing[i] = true,
@@ -1014,6 +1028,7 @@ fn freeze_levels(
     handles: &[Handle],
     set: &mut FrozenSet,
     cancelled: &(dyn Fn() -> bool + Sync),
+    gate: &ExitGate,
 ) -> Result<(), FreezeError> {
     if cancelled() {
         return Err(FreezeError::Cancelled);
@@ -1027,7 +1042,14 @@ fn freeze_levels(
         let mut previous: Option<Duration> = None;
         let mut first: Option<Duration> = None;
         loop {
-            let took = flush_pass(options, handles, set, cancelled, sync_start, sync_deadline)?;
+            let took = flush_pass(
+                options,
+                handles,
+                set,
+                cancelled,
+                (sync_start, sync_deadline),
+                gate,
+            )?;
             set.report.flush_passes_us.push(micros(took));
             let first = *first.get_or_insert(took);
             // Another pass only while the last one still had real work (above the floor),
@@ -1111,6 +1133,7 @@ fn freeze_levels(
             let thread_job = job.clone();
             let thread_watch = set.watch.clone();
             let dev = handles[i].dev;
+            let thread_gate = gate.clone();
             let spawned = std::thread::Builder::new()
                 .name(FREEZE_THREAD_NAME.into())
                 .spawn(move || {
@@ -1141,6 +1164,10 @@ fn freeze_levels(
                         let _ = tx.send((i, t, took, result));
                         *state = JobState::Delivered { frozen };
                     }
+                    drop(state);
+                    drop(tx);
+                    // Not exiting while the other FIFREEZE calls of the freeze still run.
+                    thread_gate.wait();
                 });
             match spawned {
                 Ok(_) => started.push((i, job)),

@@ -19,6 +19,10 @@
 //! for writing, which a running `syncfs` holds for reading). So when it returns Ok, no flush
 //! of ours runs and none will start: none ever runs while anything is frozen.
 //!
+//! A flush thread stopped by `cancel_and_wait` does not exit until the freeze is over
+//! ([`FlushAhead::release`], at most [`MAX_HOLD`]): a thread's exit right before a FIFREEZE
+//! makes the FIFREEZE slower ([`crate::exit_gate`]). It makes no call meanwhile.
+//!
 //! # Hung flushes
 //!
 //! A `syncfs` that does not return by the deadline (say, a loop filesystem whose image lies
@@ -35,6 +39,7 @@ use std::time::{Duration, Instant};
 
 use hv_vss_sys::fs::DevNum;
 
+use crate::exit_gate::MAX_HOLD;
 use crate::plan::Plan;
 
 /// Pause between two passes on one filesystem.
@@ -82,6 +87,12 @@ struct InFlight {
 #[derive(Debug, Default)]
 struct State {
     cancelled: bool,
+    /// Set by [`FlushAhead::cancel_and_wait`] (a freeze is about to start): a flush thread
+    /// that stops does not exit until [`FlushAhead::release`] (the freeze is over), since a
+    /// thread's exit right before a FIFREEZE makes it slower ([`crate::exit_gate`]).
+    hold_exits: bool,
+    /// When the threads were told to hold (they give up after [`MAX_HOLD`]).
+    held_since: Option<Instant>,
     /// Passes stop at this instant.
     until: Option<Instant>,
     /// Devices the current start asked for.
@@ -94,12 +105,45 @@ struct State {
     hung: BTreeSet<DevNum>,
     /// `syncfs` calls started, per device, since this flusher was made.
     calls: BTreeMap<DevNum, u64>,
-    /// Per device: when its last pass ended and how long it took.
-    last_pass: BTreeMap<DevNum, (Instant, Duration)>,
+    /// Per device: its last pass.
+    last_pass: BTreeMap<DevNum, Pass>,
     /// Per device: its shortest pass so far (a clean filesystem's cost of a `syncfs`).
     fastest: BTreeMap<DevNum, Duration>,
     /// The most calls that ran at once.
     peak_in_flight: usize,
+}
+
+/// One finished `syncfs` pass on a filesystem.
+#[derive(Debug, Clone, Copy)]
+struct Pass {
+    ended: Instant,
+    took: Duration,
+    /// Sectors its block device wrote during the pass (`/sys/dev/block/M:m/stat`), when the
+    /// device has such a file (not btrfs's anonymous devices).
+    wrote_sectors: Option<u64>,
+}
+
+impl Pass {
+    /// Did it find the filesystem clean? It wrote nothing (where that can be read), else it
+    /// took at most twice the fastest pass (a clean pass's cost on this machine).
+    fn clean(&self, fastest: Duration) -> bool {
+        match self.wrote_sectors {
+            Some(sectors) => sectors == 0,
+            None => self.took <= fastest * 2,
+        }
+    }
+}
+
+/// Sectors written by the block device `dev` so far: field 7 of `/sys/dev/block/M:m/stat`
+/// (Documentation/block/stat.rst). None if the device has no such file or it cannot be read.
+fn sectors_written(dev: DevNum) -> Option<u64> {
+    let text = std::fs::read_to_string(format!("/sys/dev/block/{dev}/stat")).ok()?;
+    parse_sectors_written(&text)
+}
+
+/// The "write sectors" field (the 7th) of a block device's `stat` file.
+pub fn parse_sectors_written(stat: &str) -> Option<u64> {
+    stat.split_ascii_whitespace().nth(6)?.parse().ok()
 }
 
 #[derive(Debug, Default)]
@@ -134,6 +178,7 @@ impl FlushAhead {
         let mut out = FlushAheadStart::default();
         let mut state = self.shared.lock();
         state.cancelled = false;
+        state.hold_exits = false;
         state.until = Instant::now().checked_add(budget);
         state.wanted = plan.filesystems().map(|f| f.dev).collect();
         for fs in plan.filesystems() {
@@ -167,8 +212,23 @@ impl FlushAhead {
 
     /// Stops the passes without waiting (a failed check).
     pub fn cancel(&self) {
-        self.shared.lock().cancelled = true;
+        let mut state = self.shared.lock();
+        state.cancelled = true;
+        state.hold_exits = false;
+        drop(state);
         self.shared.changed.notify_all();
+    }
+
+    /// The freeze that [`FlushAhead::cancel_and_wait`] made way for is over: the stopped
+    /// flush threads may exit now.
+    pub fn release(&self) {
+        self.shared.lock().hold_exits = false;
+        self.shared.changed.notify_all();
+    }
+
+    /// Flush threads alive (running, pausing, or held until [`FlushAhead::release`]).
+    pub fn threads(&self) -> usize {
+        self.shared.lock().threads.len()
     }
 
     /// Stops the passes and waits, at most `deadline`, for the `syncfs` calls still
@@ -178,6 +238,8 @@ impl FlushAhead {
         let end = Instant::now().checked_add(deadline);
         let mut state = self.shared.lock();
         state.cancelled = true;
+        state.hold_exits = true;
+        state.held_since = Some(Instant::now());
         self.shared.changed.notify_all();
         loop {
             // Calls already known to hang are not waited for again.
@@ -218,22 +280,29 @@ impl FlushAhead {
     }
 
     /// Did the last pass on every filesystem of `plan` find it clean, and recently? True
-    /// when, for each, a pass ended less than `within` ago and took at most twice its
-    /// fastest pass so far (its cost with nothing to write, as measured on this machine).
-    /// Then another flush before FIFREEZE would only add its own cost
-    /// ([`crate::FlushPolicy::Skip`]).
+    /// when, for each, a pass ended less than `within` ago and its block device wrote
+    /// nothing during it (read from the device's I/O counters); for a filesystem without
+    /// such counters, when the pass took at most twice its fastest pass so far (its cost
+    /// with nothing to write, as measured on this machine). Then another flush before
+    /// FIFREEZE would only add its own cost ([`crate::FlushPolicy::Skip`]).
     pub fn found_clean(&self, plan: &Plan, within: Duration) -> bool {
         let state = self.shared.lock();
         let now = Instant::now();
         !plan.is_empty()
             && plan.filesystems().all(|fs| {
                 match (state.last_pass.get(&fs.dev), state.fastest.get(&fs.dev)) {
-                    (Some(&(ended, took)), Some(&fastest)) => {
-                        now.saturating_duration_since(ended) < within && took <= fastest * 2
+                    (Some(pass), Some(&fastest)) => {
+                        now.saturating_duration_since(pass.ended) < within && pass.clean(fastest)
                     }
                     _ => false,
                 }
             })
+    }
+
+    /// Sectors the block device of `dev` wrote during its last pass (None: no pass yet, or
+    /// the device has no I/O counters).
+    pub fn last_pass_wrote_sectors(&self, dev: DevNum) -> Option<u64> {
+        self.shared.lock().last_pass.get(&dev)?.wrote_sectors
     }
 
     /// `syncfs` calls started on `dev` so far (by any start).
@@ -269,6 +338,18 @@ impl Drop for FlushAhead {
 fn passes(shared: &Shared, dev: DevNum, mount_point: &std::path::Path, fd: &OwnedFd) {
     let mut state = shared.lock();
     loop {
+        // Stopped for a freeze: stay (no pass) until it is over, then exit, or carry on if
+        // a new start came meanwhile.
+        let held_until = state.held_since.and_then(|t| t.checked_add(MAX_HOLD));
+        if state.cancelled && state.hold_exits && held_until.is_some_and(|u| Instant::now() < u) {
+            let left = held_until.map_or(MAX_HOLD, |u| u.saturating_duration_since(Instant::now()));
+            state = shared
+                .changed
+                .wait_timeout(state, left)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+            continue;
+        }
         let go_on = !state.cancelled
             && state.wanted.contains(&dev)
             && state.until.is_some_and(|u| Instant::now() < u);
@@ -300,12 +381,23 @@ fn passes(shared: &Shared, dev: DevNum, mount_point: &std::path::Path, fd: &Owne
         state.peak_in_flight = state.peak_in_flight.max(state.in_flight.len());
         drop(state);
         // The result does not matter here: the freeze's own flush reports errors.
+        let sectors_before = sectors_written(dev);
         let started = Instant::now();
         let ok = hv_vss_sys::fs::syncfs(fd.as_fd()).is_ok();
         let took = started.elapsed();
+        let wrote_sectors = sectors_before
+            .zip(sectors_written(dev))
+            .map(|(before, after)| after.saturating_sub(before));
         state = shared.lock();
         if ok {
-            state.last_pass.insert(dev, (Instant::now(), took));
+            state.last_pass.insert(
+                dev,
+                Pass {
+                    ended: Instant::now(),
+                    took,
+                    wrote_sectors,
+                },
+            );
             let fastest = state.fastest.entry(dev).or_insert(took);
             *fastest = (*fastest).min(took);
         } else {
@@ -395,8 +487,22 @@ mod tests {
             freeze_path(fs.mount_point()).unwrap();
             std::thread::sleep(PASS_INTERVAL * 5);
             let during_freeze = flusher.calls(dev);
+            // Stopped, but its thread stays until the freeze is over (no exit beside a
+            // FIFREEZE), and goes once released.
+            assert_eq!(
+                flusher.threads(),
+                1,
+                "the flush thread exited beside the freeze"
+            );
             assert!(thaw_path(fs.mount_point()).unwrap());
             assert_eq!(during_freeze, calls, "a flush started while frozen");
+            flusher.release();
+            wait_for(
+                "the released thread to exit",
+                Duration::from_secs(10),
+                || flusher.threads() == 0,
+            );
+            assert_eq!(flusher.calls(dev), calls, "a released thread flushed again");
         });
     }
 
@@ -431,9 +537,8 @@ mod tests {
         });
     }
 
-    /// A clean filesystem is found clean once its passes have run; dirty data written after
-    /// them makes the next pass slower than twice the fastest, or no pass is recent: not
-    /// clean until a pass has written it.
+    /// A clean filesystem is found clean once its passes have run; no pass is recent: not
+    /// clean any more.
     #[test]
     fn found_clean_after_passes_on_a_clean_filesystem_only() {
         freezing_test(Duration::from_secs(120), || {
@@ -459,6 +564,52 @@ mod tests {
                 "a pass long ago says nothing about now"
             );
         });
+    }
+
+    /// A pass that wrote dirty data back is not a clean one, whatever it cost; the passes
+    /// after it, with nothing left to write, write nothing and find the filesystem clean.
+    #[test]
+    fn a_pass_that_wrote_data_is_not_clean_and_the_next_ones_are() {
+        freezing_test(Duration::from_secs(120), || {
+            let fs = LoopFs::new(FsKind::Ext4).unwrap();
+            let dev = fs.dev().unwrap();
+            let plan = plan_of(&fs);
+            dirty(&fs, "dirty", 16);
+            let flusher = FlushAhead::new();
+            flusher.start(&plan, Duration::from_secs(60));
+            wait_for("the first pass", Duration::from_secs(20), || {
+                flusher.calls(dev) >= 1 && flusher.in_flight() == 0
+            });
+            // Read while no second pass had started (the count is the same on both sides).
+            let before = flusher.calls(dev);
+            let clean = flusher.found_clean(&plan, Duration::from_secs(10));
+            let wrote = flusher.last_pass_wrote_sectors(dev);
+            if before == 1 && flusher.calls(dev) == 1 {
+                // (The kernel's own writeback may have written some of it first.)
+                assert!(wrote.is_some(), "no write counter for a loop device");
+                assert_eq!(
+                    clean,
+                    wrote == Some(0),
+                    "the first pass wrote {wrote:?} sectors"
+                );
+            }
+            wait_for(
+                "a pass that writes nothing",
+                Duration::from_secs(20),
+                || flusher.found_clean(&plan, Duration::from_secs(10)),
+            );
+            assert_eq!(flusher.last_pass_wrote_sectors(dev), Some(0));
+            flusher.cancel_and_wait(Duration::from_secs(30)).unwrap();
+        });
+    }
+
+    #[test]
+    fn the_write_sectors_field_of_a_block_stat_line() {
+        let line = "   26058      655   615546     4843    99467    56432 28187047   724435        0   462608   809246        0        0        0        0    51615    79968\n";
+        assert_eq!(parse_sectors_written(line), Some(28_187_047));
+        assert_eq!(parse_sectors_written("1 2 3 4 5 6"), None);
+        assert_eq!(parse_sectors_written("1 2 3 4 5 6 x"), None);
+        assert_eq!(parse_sectors_written(""), None);
     }
 
     /// A flush that cannot finish (a loop filesystem whose image lies on a filesystem this

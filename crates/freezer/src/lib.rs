@@ -52,6 +52,8 @@ pub mod suspend_set;
 #[cfg(target_os = "linux")]
 pub mod engine;
 #[cfg(target_os = "linux")]
+pub mod exit_gate;
+#[cfg(target_os = "linux")]
 pub mod flush_ahead;
 #[cfg(target_os = "linux")]
 pub mod guardian_wire;

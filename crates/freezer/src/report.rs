@@ -81,6 +81,10 @@ pub struct FreezeReport {
     /// Duration of each parallel flush pass before the first FIFREEZE (none if skipped).
     #[serde(default)]
     pub flush_passes_us: Vec<u64>,
+    /// Time the caller waited, before this freeze began, for its own flush ahead to stop
+    /// (a `syncfs` still running when FREEZE came); set by the caller, which knows.
+    #[serde(default)]
+    pub flush_ahead_wait_us: u64,
 }
 
 /// Outcome of FITHAW on one filesystem.

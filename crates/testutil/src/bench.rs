@@ -13,7 +13,7 @@
 
 use std::io::Write;
 use std::os::fd::AsFd;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -69,47 +69,70 @@ pub fn stock_freeze_thaw(mounts: &[PathBuf]) -> anyhow::Result<(Duration, Durati
     Ok((frozen, t.elapsed()))
 }
 
+/// The best a freezer can do once nothing is left to write: FIFREEZE on every filesystem of
+/// `mounts` at once (one thread each), then FITHAW on every one at once as soon as all are
+/// frozen. Returns (first FIFREEZE → all frozen, first FIFREEZE → all thawed). For the
+/// floor of the frozen-window benchmarks: call it on filesystems that were just flushed.
+pub fn parallel_freeze_thaw(mounts: &[PathBuf]) -> anyhow::Result<(Duration, Duration)> {
+    let t = Instant::now();
+    on_each_at_once(mounts, crate::freeze_path)?;
+    let frozen = t.elapsed();
+    on_each_at_once(mounts, |mp| {
+        if crate::thaw_path(mp)? {
+            Ok(())
+        } else {
+            bail!("FITHAW {}: was not frozen", mp.display())
+        }
+    })?;
+    Ok((frozen, t.elapsed()))
+}
+
+/// `syncfs` on every filesystem of `mounts` at once; how long until all returned.
+pub fn parallel_syncfs(mounts: &[PathBuf]) -> anyhow::Result<Duration> {
+    let t = Instant::now();
+    on_each_at_once(mounts, |mp| {
+        let fd = hv_vss_sys::fs::open_mount_point(mp)?;
+        Ok(hv_vss_sys::fs::syncfs(fd.as_fd())?)
+    })?;
+    Ok(t.elapsed())
+}
+
+/// `op` on every path of `mounts` at once, one thread each; the first error, if any.
+pub fn on_each_at_once(
+    mounts: &[PathBuf],
+    op: impl Fn(&Path) -> anyhow::Result<()> + Sync,
+) -> anyhow::Result<()> {
+    std::thread::scope(|s| {
+        let op = &op;
+        let jobs: Vec<_> = mounts.iter().map(|mp| s.spawn(move || op(mp))).collect();
+        jobs.into_iter()
+            .try_for_each(|j| j.join().map_err(|_| anyhow::anyhow!("panicked"))?)
+    })
+}
+
 /// Before trial `trial`: in every filesystem of `mounts` (in parallel) remove earlier
 /// `dirty-*` files and the [`APPENDER_FILE`] and write that back (syncfs); then write
 /// `dirty_mib` MiB of fresh, not yet written back, data to `dirty-<trial>`.
 pub fn prepare_dirty(mounts: &[PathBuf], trial: usize, dirty_mib: usize) -> anyhow::Result<()> {
-    std::thread::scope(|s| {
-        let jobs: Vec<_> = mounts
-            .iter()
-            .map(|mp| {
-                s.spawn(move || -> anyhow::Result<()> {
-                    for entry in std::fs::read_dir(mp)?.flatten() {
-                        let name = entry.file_name();
-                        let name = name.to_string_lossy();
-                        if name.starts_with("dirty-") || name == APPENDER_FILE {
-                            std::fs::remove_file(entry.path())?;
-                        }
-                    }
-                    let fd = hv_vss_sys::fs::open_mount_point(mp)?;
-                    hv_vss_sys::fs::syncfs(fd.as_fd())?;
-                    Ok(())
-                })
-            })
-            .collect();
-        jobs.into_iter()
-            .try_for_each(|j| j.join().map_err(|_| anyhow::anyhow!("panicked"))?)
+    on_each_at_once(mounts, |mp| {
+        for entry in std::fs::read_dir(mp)?.flatten() {
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            if name.starts_with("dirty-") || name == APPENDER_FILE {
+                std::fs::remove_file(entry.path())?;
+            }
+        }
+        let fd = hv_vss_sys::fs::open_mount_point(mp)?;
+        hv_vss_sys::fs::syncfs(fd.as_fd())?;
+        Ok(())
     })?;
-    std::thread::scope(|s| {
-        let jobs: Vec<_> = mounts
-            .iter()
-            .map(|mp| {
-                s.spawn(move || -> anyhow::Result<()> {
-                    let chunk = vec![0x5au8; 1024 * 1024];
-                    let mut f = std::fs::File::create(mp.join(format!("dirty-{trial}")))?;
-                    for _ in 0..dirty_mib {
-                        f.write_all(&chunk)?;
-                    }
-                    Ok(())
-                })
-            })
-            .collect();
-        jobs.into_iter()
-            .try_for_each(|j| j.join().map_err(|_| anyhow::anyhow!("panicked"))?)
+    on_each_at_once(mounts, |mp| {
+        let chunk = vec![0x5au8; 1024 * 1024];
+        let mut f = std::fs::File::create(mp.join(format!("dirty-{trial}")))?;
+        for _ in 0..dirty_mib {
+            f.write_all(&chunk)?;
+        }
+        Ok(())
     })
 }
 

@@ -31,9 +31,25 @@ pub mod app_server;
 pub mod bench;
 pub mod fake_vmbus;
 pub mod private_ns;
+pub mod stock_daemon;
 pub mod vssd;
 
 pub use private_ns::{in_private_mount_namespace, mount_tmpfs, unmount};
+
+/// A listening `SOCK_SEQPACKET` Unix socket bound at `path`: the far end of a device or
+/// simulator socket in a test.
+pub fn seqpacket_listener(path: &Path) -> std::io::Result<std::os::fd::OwnedFd> {
+    use rustix::net::{AddressFamily, SocketAddrUnix, SocketFlags, SocketType};
+    let listener = rustix::net::socket_with(
+        AddressFamily::UNIX,
+        SocketType::SEQPACKET,
+        SocketFlags::CLOEXEC,
+        None,
+    )?;
+    rustix::net::bind(&listener, &SocketAddrUnix::new(path)?)?;
+    rustix::net::listen(&listener, 4)?;
+    Ok(listener)
+}
 
 /// Is this process root (tests that freeze or mount need it)?
 pub fn is_root() -> bool {
