@@ -76,7 +76,7 @@ use rustix::net::{
     AddressFamily, SendAncillaryBuffer, SendAncillaryMessage, SendFlags, SocketFlags, SocketType,
 };
 
-pub use process::run;
+pub use process::{HEARTBEAT_TIMEOUT, run};
 
 /// How long the daemon waits for a new guardian to say it is armed.
 pub const READY_TIMEOUT: Duration = Duration::from_secs(5);

@@ -31,6 +31,9 @@ use std::time::Duration;
 pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(1);
 /// Kept for the loop's deadline arithmetic; nobody listens on FreeBSD.
 pub const DEADLINE_GRACE: Duration = Duration::from_secs(5);
+/// Kept for the loop's stale-heartbeat check; nobody gives up on FreeBSD (a stalled loop
+/// still fails a FREEZE that returns after it, which is harmless).
+pub const HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Stands where the guardian's socket is on Linux: a pipe whose write end we keep, so
 /// its read end never polls readable and the guardian is never "gone".

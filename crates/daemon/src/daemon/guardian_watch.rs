@@ -8,8 +8,7 @@ use std::time::{Duration, Instant};
 use hv_vss_core::Event;
 
 use super::Daemon;
-use crate::guardian::process::HEARTBEAT_TIMEOUT;
-use crate::guardian::{DEADLINE_GRACE, Guardian, HEARTBEAT_INTERVAL};
+use crate::guardian::{DEADLINE_GRACE, Guardian, HEARTBEAT_INTERVAL, HEARTBEAT_TIMEOUT};
 use crate::kmsg::Urgent;
 
 /// Delay between attempts to start a guardian that failed to start.
