@@ -7,7 +7,7 @@
 //! `syncfs` writes back one filesystem and may block as long as its device does. Nothing is
 //! frozen yet, so a pass that misses the deadline fails the freeze and its threads are
 //! abandoned (they end when their call returns); a filesystem whose earlier `syncfs` has not
-//! returned gets no second thread ([`FsOps::flushing`]).
+//! returned gets no second thread ([`super::FsOps::flushing`]).
 
 use std::os::fd::AsFd;
 use std::sync::mpsc;

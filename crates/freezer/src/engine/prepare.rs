@@ -4,9 +4,10 @@
 //!
 //! # Kernel contract
 //!
-//! Mount points are opened `O_RDONLY|O_DIRECTORY|O_NOFOLLOW|O_CLOEXEC|O_NONBLOCK` and
-//! identified by statx mount id (else `st_dev`): a path that leads elsewhere since planning
-//! (an unmount, a mount on top) is refused before any FIFREEZE (R40).
+//! Mount points are opened `O_RDONLY|O_DIRECTORY|O_NOFOLLOW|O_CLOEXEC|O_NONBLOCK`, and a
+//! failed open or stat is an error (R40). Each is identified by statx mount id (else
+//! `st_dev`): a path that leads elsewhere since planning (an unmount, a mount on top) is
+//! refused before any FIFREEZE.
 
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
