@@ -199,10 +199,17 @@ fn thaw(held: Option<HeldByChild>, deadline: Duration) -> FsResult {
     let Some(child) = held else {
         return Ok(());
     };
-    let outcomes = child
+    let resumed = child
         .thaw(deadline)
         .map_err(|e| FsError::new(e.to_string()))?;
-    let failed: Vec<String> = outcomes
+    if !resumed.reason.was_asked() {
+        return Err(FsError::new(format!(
+            "the holder had already resumed on its own before THAW: {}",
+            resumed.reason
+        )));
+    }
+    let failed: Vec<String> = resumed
+        .outcomes
         .iter()
         .filter_map(|o| o.error.as_ref().map(|e| format!("{}: {e}", o.name)))
         .collect();

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use hv_vss_freezer::freebsd_freeze::FreeBsdFreezeReport;
 use hv_vss_freezer::freebsd_plan::{BsdVeto, FreeBsdPlan, VetoReason};
-use hv_vss_freezer::holder_process::{FailKind, HolderLine};
+use hv_vss_freezer::holder_process::{FailKind, HolderLine, Resumed, ThawReason};
 use hv_vss_freezer::suspend_set::ResumeOutcome;
 
 use super::*;
@@ -28,16 +28,19 @@ fn frozen_line() -> String {
 }
 
 fn thawed_line(error: Option<&str>) -> String {
-    line(&HolderLine::Thawed(vec![
-        ResumeOutcome {
-            name: "/".into(),
-            error: error.map(str::to_owned),
-        },
-        ResumeOutcome {
-            name: "/var".into(),
-            error: None,
-        },
-    ]))
+    line(&HolderLine::Thawed(Resumed {
+        reason: ThawReason::StdinClosed,
+        outcomes: vec![
+            ResumeOutcome {
+                name: "/".into(),
+                error: error.map(str::to_owned),
+            },
+            ResumeOutcome {
+                name: "/var".into(),
+                error: None,
+            },
+        ],
+    }))
 }
 
 /// A holder script in `dir`: `body` runs with the lines in $FROZEN / $THAWED / $FAILED and
