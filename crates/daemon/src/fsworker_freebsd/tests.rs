@@ -116,6 +116,28 @@ fn freeze(worker: &FsWorker, txn: u64, epoch: u64) -> FsOutcome {
     next(worker)
 }
 
+/// Sends FREEZE and expects it to succeed.
+fn freezes(worker: &FsWorker, txn: u64, epoch: u64) {
+    match freeze(worker, txn, epoch) {
+        FsOutcome::Frozen { result: Ok(()), .. } => {}
+        other => panic!("{other:?}"),
+    }
+}
+
+/// Sends THAW, expects it to fail with nothing left held, and returns its epoch and error.
+fn thaw_fails(worker: &FsWorker, txn: u64) -> (Epoch, String) {
+    worker.send(FsCommand::Thaw { txn: TxnId(txn) });
+    match next(worker) {
+        FsOutcome::Thawed {
+            result: Err(e),
+            all_thawed: true,
+            epoch,
+            ..
+        } => (epoch, e.detail),
+        other => panic!("{other:?}"),
+    }
+}
+
 fn wait_for(path: &Path) -> bool {
     (0..200).any(|_| {
         std::thread::sleep(Duration::from_millis(10));
@@ -200,23 +222,10 @@ fn a_resume_error_is_reported_and_the_worker_goes_on() {
     let dir = tempfile::tempdir().unwrap();
     let (command, _) = holder(dir.path(), HOLDS, &thawed_line(Some("UFSRESUME: EINVAL")));
     let worker = FsWorker::start(setup(FreeBsdPlan::default(), command)).unwrap();
-    assert!(matches!(
-        freeze(&worker, 1, 1),
-        FsOutcome::Frozen { result: Ok(()), .. }
-    ));
-    worker.send(FsCommand::Thaw { txn: TxnId(1) });
-    match next(&worker) {
-        FsOutcome::Thawed {
-            result: Err(e),
-            all_thawed: true,
-            ..
-        } => assert!(e.detail.contains("/: UFSRESUME: EINVAL"), "{e:?}"),
-        other => panic!("{other:?}"),
-    }
-    assert!(matches!(
-        freeze(&worker, 2, 2),
-        FsOutcome::Frozen { result: Ok(()), .. }
-    ));
+    freezes(&worker, 1, 1);
+    let (_, error) = thaw_fails(&worker, 1);
+    assert!(error.contains("/: UFSRESUME: EINVAL"), "{error}");
+    freezes(&worker, 2, 2);
 }
 
 #[test]
@@ -246,10 +255,7 @@ fn a_worker_dropped_while_holding_ends_the_hold() {
     let dir = tempfile::tempdir().unwrap();
     let (command, ended) = holder(dir.path(), HOLDS, &thawed_line(None));
     let worker = FsWorker::start(setup(FreeBsdPlan::default(), command)).unwrap();
-    assert!(matches!(
-        freeze(&worker, 1, 1),
-        FsOutcome::Frozen { result: Ok(()), .. }
-    ));
+    freezes(&worker, 1, 1);
     drop(worker);
     assert!(wait_for(&ended), "the holder still holds");
 }
@@ -271,10 +277,7 @@ fn the_holder_gets_its_bounds_and_the_loops_heartbeats() {
     // What the main loop does before it sends FREEZE.
     link.set_deadline(Some(Duration::from_secs(30)));
     let worker = FsWorker::start(s).unwrap();
-    assert!(matches!(
-        freeze(&worker, 1, 1),
-        FsOutcome::Frozen { result: Ok(()), .. }
-    ));
+    freezes(&worker, 1, 1);
     link.heartbeat();
     link.heartbeat();
     assert!(wait_for(&beats), "no heartbeats reached the holder");
@@ -307,10 +310,7 @@ fn a_holder_that_resumed_on_its_own_is_reported_and_the_thaw_fails() {
         &thawed_because(ThawReason::NoHeartbeat { waited_ms: 5003 }, None),
     );
     let worker = FsWorker::start(setup(FreeBsdPlan::default(), command)).unwrap();
-    assert!(matches!(
-        freeze(&worker, 1, 7),
-        FsOutcome::Frozen { result: Ok(()), .. }
-    ));
+    freezes(&worker, 1, 7);
     match next(&worker) {
         FsOutcome::ThawedOnItsOwn {
             epoch: Epoch(7),
@@ -323,21 +323,11 @@ fn a_holder_that_resumed_on_its_own_is_reported_and_the_thaw_fails() {
     }
     assert!(wait_for(&ended), "the holder was not reaped");
     // The host's THAW (or the compensation's) must fail: the snapshot may be unfrozen.
-    worker.send(FsCommand::Thaw { txn: TxnId(1) });
-    match next(&worker) {
-        FsOutcome::Thawed {
-            result: Err(e),
-            all_thawed: true,
-            epoch: Epoch(7),
-            ..
-        } => assert!(e.detail.contains("undone before THAW"), "{e:?}"),
-        other => panic!("{other:?}"),
-    }
+    let (epoch, error) = thaw_fails(&worker, 1);
+    assert_eq!(epoch, Epoch(7));
+    assert!(error.contains("undone before THAW"), "{error}");
     // And the worker goes on serving.
-    assert!(matches!(
-        freeze(&worker, 2, 8),
-        FsOutcome::Frozen { result: Ok(()), .. }
-    ));
+    freezes(&worker, 2, 8);
 }
 
 #[test]
@@ -349,10 +339,7 @@ fn a_holder_that_dies_while_holding_is_reported() {
         "",
     );
     let worker = FsWorker::start(setup(FreeBsdPlan::default(), command)).unwrap();
-    assert!(matches!(
-        freeze(&worker, 1, 1),
-        FsOutcome::Frozen { result: Ok(()), .. }
-    ));
+    freezes(&worker, 1, 1);
     match next(&worker) {
         FsOutcome::ThawedOnItsOwn { cause, .. } => {
             assert!(cause.contains("the kernel resumed what it held"), "{cause}")
@@ -371,22 +358,10 @@ fn a_thaw_that_finds_the_holder_already_resumed_fails() {
         &thawed_because(ThawReason::HoldLimit { limit_ms: 25_000 }, None),
     );
     let worker = FsWorker::start(setup(FreeBsdPlan::default(), command)).unwrap();
-    assert!(matches!(
-        freeze(&worker, 1, 1),
-        FsOutcome::Frozen { result: Ok(()), .. }
-    ));
-    worker.send(FsCommand::Thaw { txn: TxnId(1) });
-    match next(&worker) {
-        FsOutcome::Thawed {
-            result: Err(e),
-            all_thawed: true,
-            ..
-        } => assert!(
-            e.detail.contains(
-                "already resumed on its own before THAW: its hard bound of 25000 ms passed"
-            ),
-            "{e:?}"
-        ),
-        other => panic!("{other:?}"),
-    }
+    freezes(&worker, 1, 1);
+    let (_, error) = thaw_fails(&worker, 1);
+    assert!(
+        error.contains("already resumed on its own before THAW: its hard bound of 25000 ms passed"),
+        "{error}"
+    );
 }
