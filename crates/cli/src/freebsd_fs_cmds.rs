@@ -112,10 +112,9 @@ pub struct FreezeArgs {
     #[arg(long, hide = true, conflicts_with_all = ["hold", "json"])]
     holder_protocol: bool,
     /// With --holder-protocol: resume when the parent wrote no heartbeat for this many
-    /// milliseconds (it is hung or stopped).
-    #[arg(long, hide = true, requires = "holder_protocol", value_name = "MS",
-          default_value_t = holder_process::HEARTBEAT_TIMEOUT.as_millis() as u64)]
-    heartbeat_timeout_ms: u64,
+    /// milliseconds (it is hung or stopped); 5000 if not given.
+    #[arg(long, hide = true, requires = "holder_protocol", value_name = "MS")]
+    heartbeat_timeout_ms: Option<u64>,
     /// With --holder-protocol: resume at the latest this many milliseconds after starting,
     /// heartbeats or not.
     #[arg(long, hide = true, requires = "holder_protocol", value_name = "MS")]
@@ -257,7 +256,9 @@ pub fn freeze(args: FreezeArgs) -> anyhow::Result<ExitCode> {
 fn serve_holder(args: &FreezeArgs) -> anyhow::Result<ExitCode> {
     let bounds = holder_process::HoldBounds {
         max_hold: args.max_hold_ms.map(Duration::from_millis),
-        heartbeat_timeout: Duration::from_millis(args.heartbeat_timeout_ms),
+        heartbeat_timeout: args
+            .heartbeat_timeout_ms
+            .map_or(holder_process::HEARTBEAT_TIMEOUT, Duration::from_millis),
     };
     let stop = holder_process::stop_on_signals()?;
     let plan = make_plan(&args.policy.policy());
