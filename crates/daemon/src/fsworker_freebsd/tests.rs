@@ -1,8 +1,8 @@
 //! The FreeBSD worker on Linux: a stand-in holder (a shell script speaking the holder
 //! protocol: `frozen` or `failed` on stdout, hold until stdin closes, `thawed`, or resume
 //! on its own as a real holder does when the heartbeats stop) and a given plan; what is
-//! FreeBSD's (getfsstat, UFSSUSPEND) is not exercised here. The real holder's timers are
-//! tested in `hv_vss_freezer::holder_process`.
+//! FreeBSD's (getfsstat, UFSSUSPEND) is not exercised here. [`real_holder`] runs the
+//! worker over the real child side of the protocol, with a fake suspender.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -13,6 +13,8 @@ use hv_vss_freezer::holder_process::{FailKind, HolderLine, Resumed, ThawReason};
 use hv_vss_freezer::suspend_set::ResumeOutcome;
 
 use super::*;
+
+mod real_holder;
 
 fn line(l: &HolderLine) -> String {
     serde_json::to_string(l).unwrap()
