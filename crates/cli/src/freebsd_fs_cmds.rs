@@ -111,6 +111,14 @@ pub struct FreezeArgs {
     /// stdin and stdout (`hv_vss_freezer::holder_process`) instead of holding for --hold.
     #[arg(long, hide = true, conflicts_with_all = ["hold", "json"])]
     holder_protocol: bool,
+    /// With --holder-protocol: resume when the parent wrote no heartbeat for this many
+    /// milliseconds (it is hung or stopped); 5000 if not given.
+    #[arg(long, hide = true, requires = "holder_protocol", value_name = "MS")]
+    heartbeat_timeout_ms: Option<u64>,
+    /// With --holder-protocol: resume at the latest this many milliseconds after starting,
+    /// heartbeats or not.
+    #[arg(long, hide = true, requires = "holder_protocol", value_name = "MS")]
+    max_hold_ms: Option<u64>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -242,9 +250,16 @@ pub fn freeze(args: FreezeArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// `--holder-protocol`: freeze, report on stdout, hold until stdin closes or SIGTERM,
-/// resume, report. The parent owns the hold, so no holder record is written.
+/// `--holder-protocol`: freeze, report on stdout, hold until stdin closes, SIGTERM, the
+/// parent's heartbeats stop or the hard bound passes, resume, report. The parent owns the
+/// hold, so no holder record is written.
 fn serve_holder(args: &FreezeArgs) -> anyhow::Result<ExitCode> {
+    let bounds = holder_process::HoldBounds {
+        max_hold: args.max_hold_ms.map(Duration::from_millis),
+        heartbeat_timeout: args
+            .heartbeat_timeout_ms
+            .map_or(holder_process::HEARTBEAT_TIMEOUT, Duration::from_millis),
+    };
     let stop = holder_process::stop_on_signals()?;
     let plan = make_plan(&args.policy.policy());
     let stdin = std::io::stdin();
@@ -256,6 +271,7 @@ fn serve_holder(args: &FreezeArgs) -> anyhow::Result<ExitCode> {
         stdin.as_fd(),
         &mut stdout,
         &stop,
+        &bounds,
     )?;
     Ok(ExitCode::SUCCESS)
 }

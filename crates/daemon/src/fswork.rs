@@ -50,4 +50,12 @@ pub enum FsOutcome {
         epoch: Epoch,
         report: ThawReport,
     },
+    /// The frozen set was thawed without a `Thaw`: on FreeBSD the holder child resumed on
+    /// its own (the main loop's heartbeats stopped, or its hard bound passed) or died. The
+    /// loop treats it as the Linux guardian's thaw (`Event::GuardianDied`); the next
+    /// `Thaw` fails, since the host's snapshot may have been taken unfrozen.
+    ThawedOnItsOwn {
+        epoch: Epoch,
+        cause: String,
+    },
 }

@@ -13,6 +13,14 @@
 //! daemon dies, its end of the pipe closes and the child resumes: no guardian and no
 //! journal are needed (`guardian_freebsd.rs`).
 //!
+//! If the daemon hangs or is stopped, the child resumes on its own: the main loop writes
+//! it a heartbeat every second through the [`HolderLink`] and the child resumes after
+//! [`FsSetup::heartbeat_timeout`] without one, or at its hard bound (what is left of the
+//! loop's deadline when it starts). While it holds, this thread looks every
+//! [`WATCH_INTERVAL`] for such a resume; on one it reports
+//! [`FsOutcome::ThawedOnItsOwn`] (the loop answers as when the Linux guardian thaws) and
+//! fails the next `Thaw`, whose host THAW must get E_FAIL.
+//!
 //! CHECK reads the mount table and selects ([`hv_vss_freezer::freebsd_plan`]): a vetoed
 //! plan fails the check, naming the mounts. FREEZE plans again in the child.
 //!
@@ -23,17 +31,23 @@
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::process::Command;
 use std::sync::Arc;
-use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
 use hv_vss_core::{FsError, FsResult, TxnId};
 use hv_vss_freezer::freebsd_plan::FreeBsdPlan;
-use hv_vss_freezer::holder_process::HeldByChild;
+use hv_vss_freezer::holder_process::{HeldByChild, HoldBounds};
 use rustix::pipe::PipeFlags;
 
+pub use self::holder_link::HolderLink;
 pub use crate::fswork::{FsCommand, FsOutcome};
 use crate::safety::Epoch;
+
+mod holder_link;
+
+/// How often the worker looks whether the holder resumed on its own.
+pub const WATCH_INTERVAL: Duration = Duration::from_millis(100);
 
 /// Reads the mount table and selects.
 pub type PlanSource = Arc<dyn Fn() -> Result<FreeBsdPlan, String> + Send + Sync>;
@@ -49,6 +63,10 @@ pub struct FsSetup {
     pub freeze_deadline: Duration,
     /// How long it may take to say `thawed` once its stdin is closed.
     pub thaw_deadline: Duration,
+    /// Heartbeats and the hard bound, shared with the main loop.
+    pub link: HolderLink,
+    /// The child resumes when no heartbeat came for this long.
+    pub heartbeat_timeout: Duration,
 }
 
 impl std::fmt::Debug for FsSetup {
@@ -56,6 +74,7 @@ impl std::fmt::Debug for FsSetup {
         f.debug_struct("FsSetup")
             .field("freeze_deadline", &self.freeze_deadline)
             .field("thaw_deadline", &self.thaw_deadline)
+            .field("heartbeat_timeout", &self.heartbeat_timeout)
             .finish_non_exhaustive()
     }
 }
@@ -119,9 +138,44 @@ impl Drop for FsWorker {
 }
 
 fn run(setup: &FsSetup, commands: &Receiver<FsCommand>, out: &Sender<FsOutcome>, wake: &OwnedFd) {
+    let emit = |outcome| {
+        let sent = out.send(outcome).is_ok();
+        let _ = rustix::io::write(wake, &[1]);
+        sent
+    };
     let mut held: Option<HeldByChild> = None;
+    // Why the holder resumed without a Thaw, until the next Thaw fails with it.
+    let mut resumed_early: Option<String> = None;
     let mut epoch = Epoch::default();
-    for command in commands {
+    loop {
+        let command = match held.as_mut() {
+            None => match commands.recv() {
+                Ok(command) => command,
+                Err(_) => break,
+            },
+            Some(child) => match commands.recv_timeout(WATCH_INTERVAL) {
+                Ok(command) => command,
+                Err(RecvTimeoutError::Disconnected) => break,
+                Err(RecvTimeoutError::Timeout) => {
+                    let Some(ended) = child.resumed_on_its_own() else {
+                        continue;
+                    };
+                    held = None;
+                    setup.link.holding(None);
+                    let cause = match ended {
+                        Ok(resumed) => format!("the holder resumed on its own: {}", resumed.reason),
+                        Err(e) => {
+                            format!("the holder ended ({e}); the kernel resumed what it held")
+                        }
+                    };
+                    resumed_early = Some(cause.clone());
+                    if !emit(FsOutcome::ThawedOnItsOwn { epoch, cause }) {
+                        break;
+                    }
+                    continue;
+                }
+            },
+        };
         let outcome = match command {
             FsCommand::Check { txn } => FsOutcome::Checked {
                 txn,
@@ -132,13 +186,15 @@ fn run(setup: &FsSetup, commands: &Receiver<FsCommand>, out: &Sender<FsOutcome>,
                 epoch: freeze_epoch,
             } => {
                 epoch = freeze_epoch;
+                resumed_early = None;
                 let result = if held.is_some() {
                     // The coordinator answers a FREEZE while frozen itself; never two holds.
                     Err(FsError::new("a freeze is already held"))
                 } else {
-                    match HeldByChild::spawn((setup.holder)(), setup.freeze_deadline) {
+                    match HeldByChild::spawn(holder_command(setup), setup.freeze_deadline) {
                         Ok(child) => {
                             log_frozen(txn, &child);
+                            setup.link.holding(Some(child.heartbeat_sender()));
                             held = Some(child);
                             Ok(())
                         }
@@ -153,25 +209,48 @@ fn run(setup: &FsSetup, commands: &Receiver<FsCommand>, out: &Sender<FsOutcome>,
                     report: None,
                 }
             }
-            FsCommand::Thaw { txn } => FsOutcome::Thawed {
-                txn,
-                epoch,
-                result: thaw(held.take(), setup.thaw_deadline),
-                report: None,
-                // Either the child resumed and exited, or it was killed and the kernel
-                // resumed what it held.
-                all_thawed: true,
-            },
+            FsCommand::Thaw { txn } => {
+                setup.link.holding(None);
+                let result = match resumed_early.take() {
+                    Some(cause) => Err(FsError::new(format!(
+                        "the freeze was undone before THAW: {cause}"
+                    ))),
+                    None => thaw(held.take(), setup.thaw_deadline),
+                };
+                FsOutcome::Thawed {
+                    txn,
+                    epoch,
+                    result,
+                    report: None,
+                    // Either the child resumed and exited, or it was killed and the kernel
+                    // resumed what it held.
+                    all_thawed: true,
+                }
+            }
         };
-        if out.send(outcome).is_err() {
+        if !emit(outcome) {
             break;
         }
-        let _ = rustix::io::write(wake, &[1]);
     }
     // The loop is gone: closing the child's stdin ends the hold.
+    setup.link.holding(None);
     if let Some(child) = held.take() {
         let _ = child.thaw(setup.thaw_deadline);
     }
+}
+
+/// The holder's command with its bounds: the heartbeat timeout, and what is left of the
+/// main loop's deadline.
+fn holder_command(setup: &FsSetup) -> Command {
+    let mut command = (setup.holder)();
+    command.args(
+        HoldBounds {
+            max_hold: setup.link.hold_limit(),
+            heartbeat_timeout: setup.heartbeat_timeout,
+        }
+        .args(),
+    );
+    command
 }
 
 /// A vetoed or unreadable plan fails the check.
@@ -199,10 +278,17 @@ fn thaw(held: Option<HeldByChild>, deadline: Duration) -> FsResult {
     let Some(child) = held else {
         return Ok(());
     };
-    let outcomes = child
+    let resumed = child
         .thaw(deadline)
         .map_err(|e| FsError::new(e.to_string()))?;
-    let failed: Vec<String> = outcomes
+    if !resumed.reason.was_asked() {
+        return Err(FsError::new(format!(
+            "the holder had already resumed on its own before THAW: {}",
+            resumed.reason
+        )));
+    }
+    let failed: Vec<String> = resumed
+        .outcomes
         .iter()
         .filter_map(|o| o.error.as_ref().map(|e| format!("{}: {e}", o.name)))
         .collect();

@@ -1,35 +1,45 @@
 //! FreeBSD has no guardian process; this module keeps the Linux guardian's interface
-//! (`guardian.rs`) so the main loop has no platform conditions.
+//! (`guardian.rs`) so the main loop has no platform conditions, and passes the loop's
+//! heartbeat and deadline on to the holder child, which is the guardian there.
 //!
-//! # Why none is needed
+//! # Why no separate process is needed
 //!
 //! On Linux a FIFREEZE outlives the process that made it, so a second process holds an fd
 //! of each frozen filesystem and thaws them when the daemon dies or hangs. On FreeBSD a UFS
 //! suspension belongs to the open `/dev/ufssuspend` fd it was made through, and ends when
 //! that fd is closed. The suspensions are made and held by a single-threaded child process
 //! of the daemon (`UFSSUSPEND` refuses a multi-threaded caller), which holds them only
-//! while its stdin, a pipe from the daemon, stays open. So:
+//! while its stdin, a pipe from the daemon, stays open and keeps bringing heartbeats
+//! (`hv_vss_freezer::holder_process`). So:
 //!
 //! - the daemon dies, however (SIGKILL, panic, OOM): the kernel closes its end of the pipe,
 //!   the holder resumes everything and exits;
+//! - the daemon hangs or is stopped (SIGSTOP): its main loop writes no heartbeat
+//!   ([`GuardianLink::heartbeat`], every [`HEARTBEAT_INTERVAL`]) and the holder resumes
+//!   after 5 s without one; a daemon whose loop runs but never thaws is bounded by the
+//!   deadline ([`GuardianLink::deadline`]: the FREEZE deadline, the auto-thaw and
+//!   [`DEADLINE_GRACE`]), which the holder gets as its hard bound when it starts. The
+//!   worker sees such a resume and the loop answers as when the Linux guardian thaws
+//!   (`FsOutcome::ThawedOnItsOwn`, `Event::GuardianDied`);
 //! - the holder dies, however: the kernel closes its fds, and the filesystems resume;
 //! - both die: the same, twice over. Nothing is left suspended, and no journal is needed
 //!   to recover at the next start.
 //!
 //! # Limitations
 //!
-//! A daemon that hangs (or is stopped with SIGSTOP) while the holder holds keeps the
-//! filesystems suspended: the holder only sees its stdin close. On Linux the guardian's
-//! heartbeat covers that case; here nothing does yet, beyond the daemon's own auto-thaw
-//! (which runs on its main loop). The ZFS part is never suspended (`zpool sync` only).
+//! With auto-thaw disabled there is no hard bound: only the heartbeat. The hard bound is
+//! fixed when the holder starts (the Linux guardian's is shortened to the auto-thaw once
+//! frozen). The ZFS part is never suspended (`zpool sync` only).
 
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::Path;
 use std::time::Duration;
 
-/// Kept for the loop's heartbeat timer; nobody listens on FreeBSD.
-pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(1);
-/// Kept for the loop's deadline arithmetic; nobody listens on FreeBSD.
+use crate::fsworker::HolderLink;
+
+/// How often the loop tells the holder it is alive.
+pub const HEARTBEAT_INTERVAL: Duration = hv_vss_freezer::holder_process::HEARTBEAT_INTERVAL;
+/// How long after the daemon's own deadline the holder resumes on its own.
 pub const DEADLINE_GRACE: Duration = Duration::from_secs(5);
 /// Kept for the loop's stale-heartbeat check; nobody gives up on FreeBSD (a stalled loop
 /// still fails a FREEZE that returns after it, which is harmless).
@@ -56,7 +66,7 @@ impl Guardian {
     /// The start-up line says there is none, and why.
     pub fn log_started(&self) {
         tracing::info!(
-            "no guardian process on FreeBSD: a UFS suspension ends when its holder's fds close, so a daemon or holder that dies thaws through the kernel"
+            "no guardian process on FreeBSD: a UFS suspension ends when its holder's fds close, so a daemon or holder that dies thaws through the kernel, and the holder resumes on its own when this daemon's heartbeats stop or its hard bound passes"
         );
     }
 
@@ -72,11 +82,10 @@ impl AsFd for Guardian {
     }
 }
 
-/// The Linux guardian's link: here every message has no recipient.
+/// The Linux guardian's link: here it reaches the holder child, if one holds.
 #[derive(Debug, Clone, Default)]
 pub struct GuardianLink {
-    /// Nothing to reach (a field, so it is made like Linux's: `default()`).
-    _none: (),
+    holder: HolderLink,
 }
 
 impl GuardianLink {
@@ -90,9 +99,20 @@ impl GuardianLink {
         0
     }
 
-    pub fn heartbeat(&self) {}
+    /// The loop is alive: a heartbeat line to the holder.
+    pub fn heartbeat(&self) {
+        self.holder.heartbeat();
+    }
 
-    pub fn deadline(&self, _after: Option<Duration>) {}
+    /// The hard bound of a holder started from now on (`None`: only the heartbeat).
+    pub fn deadline(&self, after: Option<Duration>) {
+        self.holder.set_deadline(after);
+    }
+
+    /// The part the filesystem worker uses.
+    pub fn holder(&self) -> HolderLink {
+        self.holder.clone()
+    }
 }
 
 /// `hv-vssd --guardian` does not exist on FreeBSD.

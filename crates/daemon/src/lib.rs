@@ -5,7 +5,8 @@
 //! The platform's parts are chosen here, once each: on Linux `startup.rs`, `fsworker.rs`
 //! (FIFREEZE engine) and `guardian.rs`; on FreeBSD `startup_freebsd.rs`,
 //! `fsworker_freebsd.rs` (UFS suspensions held by a single-threaded child) and
-//! `guardian_freebsd.rs` (none needed: the kernel resumes when the holder's fds close).
+//! `guardian_freebsd.rs` (no process: the kernel resumes when the holder's fds close, and
+//! the holder resumes on its own when the loop's heartbeats stop; it forwards them).
 //! The transports choose theirs in [`transport`]. The rest is shared; on FreeBSD that leaves
 //! some variants of shared types (UIO's queued replies, the Linux worker's retried thaw,
 //! the recovery exit code) never constructed, hence the `dead_code` allowance there.

@@ -54,7 +54,7 @@ pub fn prepare(settings: &Settings) -> Result<Prepared, Fatal> {
 
 impl Prepared {
     /// The worker's setup: the real selection and `hv-vss freeze --holder-protocol`.
-    pub fn worker_setup(&self, settings: &Settings, _link: &GuardianLink) -> fsworker::FsSetup {
+    pub fn worker_setup(&self, settings: &Settings, link: &GuardianLink) -> fsworker::FsSetup {
         let policy = settings.freebsd.policy;
         let holder = settings.freebsd.holder.clone();
         fsworker::FsSetup {
@@ -62,11 +62,13 @@ impl Prepared {
             holder: Arc::new(move || holder_command(&holder, &policy)),
             freeze_deadline: settings.limits.freeze_deadline,
             thaw_deadline: settings.limits.thaw_deadline,
+            link: link.holder(),
+            heartbeat_timeout: hv_vss_freezer::holder_process::HEARTBEAT_TIMEOUT,
         }
     }
 }
 
-/// `hv-vss freeze --holder-protocol --zfs … --other-local …`.
+/// `hv-vss freeze --holder-protocol --zfs … --other-local …` (the worker adds the bounds).
 fn holder_command(program: &Path, policy: &FreeBsdPolicy) -> Command {
     let zfs = match policy.zfs {
         ZfsPolicy::Sync => "sync",

@@ -141,6 +141,22 @@ impl Daemon {
                 self.queue.push_back(Event::FsThawed { txn, result });
                 self.pump();
             }
+            FsOutcome::ThawedOnItsOwn { epoch, cause } => {
+                // While still frozen in our books: the kernel log hears of it.
+                self.urgent(
+                    Urgent::GuardianDied,
+                    &format!(
+                        "the freeze was undone without a THAW ({cause}); answering as on auto-thaw"
+                    ),
+                );
+                tracing::error!(
+                    cause = %cause,
+                    "the filesystems were thawed without a THAW (this daemon was hung or stopped, or the hold passed its hard bound); answering as when the guardian thaws: E_FAIL"
+                );
+                self.all_thawed(epoch);
+                self.queue.push_back(Event::GuardianDied);
+                self.pump();
+            }
             FsOutcome::RetryThawed { epoch, report } => {
                 tracing::info!(
                     thaw_us = report.thaw_us,
