@@ -41,9 +41,9 @@ use crate::fsworker::HolderLink;
 pub const HEARTBEAT_INTERVAL: Duration = hv_vss_freezer::holder_process::HEARTBEAT_INTERVAL;
 /// How long after the daemon's own deadline the holder resumes on its own.
 pub const DEADLINE_GRACE: Duration = Duration::from_secs(5);
-/// Kept for the loop's stale-heartbeat check; nobody gives up on FreeBSD (a stalled loop
-/// still fails a FREEZE that returns after it, which is harmless).
-pub const HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long the holder waits for a heartbeat before it resumes on its own (the loop's
+/// stale-heartbeat check uses it as on Linux).
+pub const HEARTBEAT_TIMEOUT: Duration = hv_vss_freezer::holder_process::HEARTBEAT_TIMEOUT;
 
 /// Stands where the guardian's socket is on Linux: a pipe whose write end we keep, so
 /// its read end never polls readable and the guardian is never "gone".

@@ -81,7 +81,7 @@ impl Daemon {
                 if let Some(r) = report {
                     self.freeze_reports.insert(txn, r);
                 }
-                if result.is_ok() && self.heartbeat_is_stale() {
+                if result.is_ok() && self.beat_after_stale_silence() {
                     // The guardian may have thawed while this loop was silent: this freeze
                     // is not the guardian's to guarantee any more. Fail it (the coordinator
                     // thaws and answers E_FAIL), as when the guardian is lost.

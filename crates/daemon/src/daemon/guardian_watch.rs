@@ -77,13 +77,14 @@ impl Daemon {
         self.next_heartbeat = now + HEARTBEAT_INTERVAL;
     }
 
-    /// Whether the guardian may have given up on this daemon: it thaws everything once
+    /// Sends a heartbeat now, and says whether the silence before it was long enough that
+    /// the guardian may have given up on this daemon: it thaws everything once
     /// [`HEARTBEAT_TIMEOUT`] passes without a message, and this loop (stopped, hung, or
     /// starved) has sent none for long enough that it cannot tell whether that happened.
-    /// A heartbeat goes out now either way, so a guardian that has not given up will not.
+    /// A guardian that has not given up will not, after this heartbeat.
     /// A FIFREEZE that returns in such a moment must not be answered S_OK: the guardian
     /// may have thawed what it froze, and the host would snapshot thawed disks.
-    pub(super) fn heartbeat_is_stale(&mut self) -> bool {
+    pub(super) fn beat_after_stale_silence(&mut self) -> bool {
         let now = Instant::now();
         let silent = now.duration_since(self.last_heartbeat);
         self.send_heartbeat(now);
