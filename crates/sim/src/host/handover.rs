@@ -15,20 +15,7 @@ pub struct HandoverListener {
 impl HandoverListener {
     /// Binds and listens at `path` (which must not exist).
     pub fn bind(path: &Path) -> Result<Self, SimError> {
-        let io = |op| {
-            move |e: rustix::io::Errno| SimError::Io {
-                op,
-                source: e.into(),
-            }
-        };
-        let fd = rustix::net::socket_with(
-            AddressFamily::UNIX,
-            SocketType::SEQPACKET,
-            SocketFlags::CLOEXEC,
-            None,
-        )
-        .map_err(io("socket"))?;
-        let addr = SocketAddrUnix::new(path).map_err(io("socket path"))?;
+        let (fd, addr) = seqpacket_socket(path)?;
         rustix::net::bind(&fd, &addr).map_err(io("bind"))?;
         rustix::net::listen(&fd, 1).map_err(io("listen"))?;
         Ok(Self { fd })
@@ -44,31 +31,25 @@ impl HandoverListener {
         match hv_vss_sys::uio::poll_readable(self.fd.as_fd(), Some(timeout)) {
             Ok(hv_vss_sys::uio::Readable::Yes) => {}
             Ok(_) => return Ok(None),
-            Err(e) => {
-                return Err(SimError::Io {
-                    op: "poll(listener)",
-                    source: e.into(),
-                });
-            }
+            Err(e) => return Err(io("poll(listener)")(e)),
         }
         rustix::net::accept_with(&self.fd, SocketFlags::CLOEXEC)
             .map(Some)
-            .map_err(|e| SimError::Io {
-                op: "accept",
-                source: e.into(),
-            })
+            .map_err(io("accept"))
     }
 }
 
 /// Guest side of the hand-over: connects a `SOCK_SEQPACKET` socket to `path` and receives
 /// the rings. Keep the returned socket open while the rings are in use.
 pub fn connect_handover(path: &Path) -> Result<(OwnedFd, ShmRings), SimError> {
-    let io = |op| {
-        move |e: rustix::io::Errno| SimError::Io {
-            op,
-            source: e.into(),
-        }
-    };
+    let (fd, addr) = seqpacket_socket(path)?;
+    rustix::net::connect(&fd, &addr).map_err(io("connect"))?;
+    let rings = ShmRings::recv_from(&fd)?;
+    Ok((fd, rings))
+}
+
+/// A close-on-exec `SOCK_SEQPACKET` Unix socket and the address of `path`, for either side.
+fn seqpacket_socket(path: &Path) -> Result<(OwnedFd, SocketAddrUnix), SimError> {
     let fd = rustix::net::socket_with(
         AddressFamily::UNIX,
         SocketType::SEQPACKET,
@@ -77,7 +58,13 @@ pub fn connect_handover(path: &Path) -> Result<(OwnedFd, ShmRings), SimError> {
     )
     .map_err(io("socket"))?;
     let addr = SocketAddrUnix::new(path).map_err(io("socket path"))?;
-    rustix::net::connect(&fd, &addr).map_err(io("connect"))?;
-    let rings = ShmRings::recv_from(&fd)?;
-    Ok((fd, rings))
+    Ok((fd, addr))
+}
+
+/// Maps an errno from the system call `op` to [`SimError::Io`].
+fn io(op: &'static str) -> impl Fn(rustix::io::Errno) -> SimError {
+    move |e| SimError::Io {
+        op,
+        source: e.into(),
+    }
 }
