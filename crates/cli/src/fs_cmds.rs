@@ -19,7 +19,7 @@ use hv_vss_freezer::hold::{HoldEnd, hold};
 use hv_vss_freezer::{
     CompiledConfig, DEFAULT_STATE_DIR, FreezeError, FreezeOptions, FreezeReport, FreezerConfig,
     FsFreezeOutcome, MakePlanError, MountSource, Plan, RecoverError, RecoverOptions,
-    RecoverOutcome, Selection, SkipReason, SweepOutcome, ThawReport,
+    RecoverOutcome, Selection, SkipReason, SweepOutcome, SwitchRestore, ThawReport,
 };
 
 use crate::duration;
@@ -480,6 +480,17 @@ pub fn thaw(args: ThawArgs) -> anyhow::Result<ExitCode> {
                 f.entry.fs_type,
                 f.entry.dev
             );
+        }
+        match &report.rcu_expedited {
+            None => {}
+            Some(SwitchRestore::TurnedOff { path }) => println!(
+                "  expedited RCU grace periods, turned on by that freeze: turned off ({})",
+                path.display()
+            ),
+            Some(SwitchRestore::Failed { path, error }) => println!(
+                "  expedited RCU grace periods, turned on by that freeze: cannot turn off ({}: {error}); write 0 to it by hand",
+                path.display()
+            ),
         }
     }
     if !report.complete() {

@@ -143,6 +143,18 @@ fn recover_earlier(dir: &Path) -> Result<(), Fatal> {
     if !report.journal_found {
         return Ok(());
     }
+    match &report.rcu_expedited {
+        None => {}
+        Some(hv_vss_freezer::SwitchRestore::TurnedOff { path }) => tracing::warn!(
+            switch = %path.display(),
+            "the earlier instance's freeze left expedited RCU grace periods on; turned them off"
+        ),
+        Some(hv_vss_freezer::SwitchRestore::Failed { path, error }) => tracing::error!(
+            switch = %path.display(),
+            %error,
+            "the earlier instance's freeze left expedited RCU grace periods on; cannot turn them off"
+        ),
+    }
     let detail = serde_json::to_string(&report.filesystems).unwrap_or_default();
     if report.complete() {
         tracing::warn!(
@@ -200,6 +212,7 @@ mod tests {
                 fs_type: "ext4".into(),
                 pid: 999_999_999,
             }],
+            rcu_expedited: None,
         }
         .write(state)
         .unwrap();

@@ -782,6 +782,7 @@ fn startup_recovery_with_a_fithaw_that_blocks() -> String {
         pid: GONE,
         created_unix_ms: 1,
         filesystems: vec![entry(&s.fs[0]), entry(&s.slow_fs().inner)],
+        rcu_expedited: None,
     }
     .write(s.state.path())
     .unwrap();

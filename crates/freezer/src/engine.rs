@@ -172,6 +172,7 @@ fn freeze_with_watch(
             })
             .collect(),
         rollback: None,
+        expedite: crate::report::Expedite::Off,
         plan_reused: false,
         flush_passes_us: Vec::new(),
         flush_ahead_wait_us: 0,
@@ -218,6 +219,8 @@ fn freeze_with_watch(
         ops,
         in_flight: Vec::new(),
         journal_listed: Vec::new(),
+        rcu_expedited: None,
+        journal_rcu_expedited: None,
         watch,
     };
     // The threads of the freeze wait for this gate before they exit: an exit just before

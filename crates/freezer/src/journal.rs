@@ -52,6 +52,15 @@ pub struct Journal {
     pub created_unix_ms: u64,
     /// Superblocks in freeze order.
     pub filesystems: Vec<JournalEntry>,
+    /// The kernel switch for expedited RCU grace periods that the freezer turned on for its
+    /// FIFREEZE calls (it found it off); whoever recovers this journal turns it off again,
+    /// in case the freezer died before it could ([`crate::expedite`]).
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "serde_util::opt_path"
+    )]
+    pub rcu_expedited: Option<PathBuf>,
 }
 
 /// One superblock in the journal.
@@ -275,6 +284,45 @@ pub struct RecoverReport {
     pub filesystems: Vec<RecoveredFs>,
     /// The journal was removed (every entry thawed or not frozen).
     pub journal_removed: bool,
+    /// The journal named the expedited-RCU switch its freezer had turned on: turning it
+    /// off again (`None`: it named none).
+    #[serde(default)]
+    pub rcu_expedited: Option<SwitchRestore>,
+}
+
+/// Recovery turning off the expedited-RCU switch a dead freezer left on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
+pub enum SwitchRestore {
+    /// Written 0.
+    TurnedOff {
+        /// The switch.
+        #[serde(with = "serde_util::path")]
+        path: PathBuf,
+    },
+    /// Writing 0 failed.
+    Failed {
+        /// The switch.
+        #[serde(with = "serde_util::path")]
+        path: PathBuf,
+        /// The error.
+        error: String,
+    },
+}
+
+impl SwitchRestore {
+    /// Turns the switch at `path` off.
+    pub fn turn_off(path: &Path) -> Self {
+        match crate::expedite::restore_after_crash(path) {
+            Ok(()) => Self::TurnedOff {
+                path: path.to_path_buf(),
+            },
+            Err(e) => Self::Failed {
+                path: path.to_path_buf(),
+                error: e.to_string(),
+            },
+        }
+    }
 }
 
 impl RecoverReport {
@@ -361,6 +409,7 @@ pub fn recover(state_dir: &Path, options: RecoverOptions) -> Result<RecoverRepor
         freezer_pid: None,
         filesystems: Vec::new(),
         journal_removed: false,
+        rcu_expedited: None,
     };
     if !state_dir.exists() {
         return Ok(report);
@@ -394,6 +443,11 @@ pub fn recover(state_dir: &Path, options: RecoverOptions) -> Result<RecoverRepor
         report.freezer_pid = None;
         return Ok(report);
     };
+    // The switch first: it costs nothing to turn off, and a FITHAW below may block.
+    report.rcu_expedited = journal
+        .rcu_expedited
+        .as_deref()
+        .map(SwitchRestore::turn_off);
     for entry in journal.filesystems.iter().rev() {
         let outcome = thaw_entry_within(entry, options.thaw_deadline);
         report.filesystems.push(RecoveredFs {
@@ -470,6 +524,7 @@ mod tests {
                 fs_type: "ext4".into(),
                 pid,
             }],
+            rcu_expedited: None,
         }
     }
 

@@ -54,6 +54,8 @@ pub mod engine;
 #[cfg(target_os = "linux")]
 pub mod exit_gate;
 #[cfg(target_os = "linux")]
+pub mod expedite;
+#[cfg(target_os = "linux")]
 pub mod flush_ahead;
 #[cfg(target_os = "linux")]
 pub mod guardian_wire;
@@ -82,7 +84,7 @@ pub use crate::config::{
     MountFilter, UnsupportedPolicy,
 };
 pub use crate::report::{
-    FreezeReport, FsFreezeOutcome, FsReport, FsThawOutcome, FsThawReport, ThawReport,
+    Expedite, FreezeReport, FsFreezeOutcome, FsReport, FsThawOutcome, FsThawReport, ThawReport,
 };
 pub use hv_vss_sys::fs::DevNum;
 
@@ -100,7 +102,7 @@ mod linux_exports {
     pub use crate::flush_ahead::{FlushAhead, FlushAheadStart, HungFlush};
     pub use crate::journal::{
         DEFAULT_RECOVER_THAW_DEADLINE, Journal, JournalEntry, JournalError, RecoverError,
-        RecoverOptions, RecoverOutcome, RecoverReport, RecoveredFs, recover,
+        RecoverOptions, RecoverOutcome, RecoverReport, RecoveredFs, SwitchRestore, recover,
     };
     pub use crate::mount_source::{MakePlanError, MountSource, make_plan};
     pub use crate::mount_watch::{MountTableWatch, make_plan_watched};

@@ -85,6 +85,28 @@ pub struct FreezeReport {
     /// (a `syncfs` still running when FREEZE came); set by the caller, which knows.
     #[serde(default)]
     pub flush_ahead_wait_us: u64,
+    /// What the freeze did with the kernel's expedited RCU grace periods (Linux).
+    #[serde(default)]
+    pub expedite: Expedite,
+}
+
+/// What a freeze did with the kernel's expedited RCU grace periods (Linux,
+/// `crate::expedite`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum Expedite {
+    /// Not asked for (configuration), or nothing was frozen.
+    #[default]
+    Off,
+    /// Turned on for the FIFREEZE calls, off again after.
+    Expedited,
+    /// Already on (someone else's setting): used, left as found.
+    AlreadyOn,
+    /// Could not be used: the freeze ran with normal grace periods.
+    Unavailable {
+        /// Why (no such file, read-only sysfs, `rcu_normal` set).
+        reason: String,
+    },
 }
 
 /// Outcome of FITHAW on one filesystem.

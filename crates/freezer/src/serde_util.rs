@@ -73,6 +73,29 @@ pub mod path {
     }
 }
 
+/// `#[serde(with = "opt_path")]` for `Option<PathBuf>`.
+pub mod opt_path {
+    use super::*;
+
+    /// Serialize.
+    pub fn serialize<S: Serializer>(path: &Option<PathBuf>, s: S) -> Result<S::Ok, S::Error> {
+        match path {
+            Some(p) => s.serialize_some(&encode_path(p)),
+            None => s.serialize_none(),
+        }
+    }
+
+    /// Deserialize.
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<PathBuf>, D::Error> {
+        Option::<String>::deserialize(d)?
+            .map(|t| {
+                decode_path(&t)
+                    .ok_or_else(|| serde::de::Error::custom(format!("bad path escape in {t:?}")))
+            })
+            .transpose()
+    }
+}
+
 /// `#[serde(with = "paths")]` for `Vec<PathBuf>`.
 pub mod paths {
     use super::*;

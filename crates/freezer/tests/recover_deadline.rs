@@ -43,6 +43,7 @@ fn a_fithaw_that_blocks_times_out_and_recovery_thaws_the_rest() {
                 .unwrap()
                 .as_millis() as u64,
             filesystems: vec![entry(&plain, pid), entry(&slow.inner, pid)],
+            rcu_expedited: None,
         }
         .write(state.path())
         .unwrap();

@@ -35,7 +35,7 @@ use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
 use hv_vss_freezer::guardian_wire::{GuardianMsg, MAX_LOG_LINE, decode, decode_log_line};
-use hv_vss_freezer::{DevNum, FREEZE_THREAD_NAME, Journal};
+use hv_vss_freezer::{DevNum, FREEZE_THREAD_NAME, Journal, SwitchRestore};
 use rustix::event::{PollFd, PollFlags, Timespec};
 use rustix::net::{RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, SendFlags};
 
@@ -129,6 +129,7 @@ pub fn run(state_dir: &Path) -> i32 {
         }
     };
     let started = Instant::now();
+    turn_off_expedite(state_dir, daemon_pid);
     let mut thaws = Thaws::default();
     loop {
         // Confirmed ones at once; the rest once no FIFREEZE call can still be running.
@@ -323,6 +324,27 @@ fn receive_all(
     }
 }
 
+/// Turns off the expedited-RCU switch if the daemon's journal says its freeze turned it on
+/// (`hv_vss_freezer::expedite`): a daemon that died or hangs during its FIFREEZE calls
+/// cannot. At once, before any thaw: a FIFREEZE still blocked may keep the guardian
+/// waiting.
+fn turn_off_expedite(state_dir: &Path, daemon_pid: i32) {
+    let Ok(Some(journal)) = Journal::read(state_dir) else {
+        return;
+    };
+    let Some(path) = journal.rcu_expedited.filter(|_| journal.pid == daemon_pid) else {
+        return;
+    };
+    match SwitchRestore::turn_off(&path) {
+        SwitchRestore::TurnedOff { path } => {
+            tracing::info!(switch = %path.display(), "guardian: expedited RCU grace periods turned off")
+        }
+        SwitchRestore::Failed { path, error } => {
+            tracing::error!(switch = %path.display(), %error, "guardian: cannot turn expedited RCU grace periods off")
+        }
+    }
+}
+
 /// Takes what the guardian thawed off the journal of its daemon. When the daemon is gone,
 /// the journal keeps only `not_thawed` (the held fds were exactly what the daemon may have
 /// frozen: each was armed before its FIFREEZE), and goes when that is nothing.
@@ -339,6 +361,8 @@ fn narrow_journal(
     if journal.pid != daemon_pid {
         return;
     }
+    // Turned off already (`turn_off_expedite`).
+    journal.rcu_expedited = None;
     if cause == Cause::DaemonGone {
         journal.filesystems.retain(|e| not_thawed.contains(&e.dev));
     } else {

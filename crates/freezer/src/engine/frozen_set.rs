@@ -73,6 +73,13 @@ pub struct FrozenSet {
     pub(super) watch: Option<Arc<dyn FreezeWatch>>,
     /// What the journal on disk lists now (empty: no journal).
     pub(super) journal_listed: Vec<JournalEntry>,
+    /// The expedited-RCU switch this freeze turns on for its FIFREEZE calls: the next
+    /// journal names it (before it is turned on), so that recovery after a crash turns it
+    /// off. Left named once it is off again: rewriting the journal for that alone would put
+    /// a file write into the frozen window, and turning an off switch off is harmless.
+    pub(super) rcu_expedited: Option<PathBuf>,
+    /// What the journal on disk names.
+    pub(super) journal_rcu_expedited: Option<PathBuf>,
 }
 
 /// A FIFREEZE call not yet collected, and the member it becomes if it froze.
@@ -175,7 +182,7 @@ impl FrozenSet {
             .chain(self.in_flight.iter().map(|f| &f.member))
             .map(|m| m.journal_entry(pid))
             .collect();
-        if listed == self.journal_listed {
+        if listed == self.journal_listed && self.rcu_expedited == self.journal_rcu_expedited {
             return Ok(());
         }
         if listed.is_empty() {
@@ -186,10 +193,12 @@ impl FrozenSet {
                 pid,
                 created_unix_ms: self.started_unix_ms,
                 filesystems: listed.clone(),
+                rcu_expedited: self.rcu_expedited.clone(),
             }
             .write(&self.state_dir)?;
         }
         self.journal_listed = listed;
+        self.journal_rcu_expedited = self.rcu_expedited.clone();
         Ok(())
     }
 
@@ -231,6 +240,7 @@ impl FrozenSet {
                 report.journal_error = Some(e.to_string());
             }
             self.journal_listed.clear();
+            self.journal_rcu_expedited = None;
             self.lock = None;
         }
         report

@@ -23,6 +23,7 @@ use super::prepare::Handle;
 use super::{CANCEL_POLL, FreezeError, FreezeOptions, FrozenSet, micros};
 use crate::config::{ForeignFreezePolicy, UnsupportedPolicy};
 use crate::exit_gate::ExitGate;
+use crate::expedite::{self, Expedite, ExpeditedGracePeriods};
 use crate::plan::Plan;
 use crate::report::FsFreezeOutcome;
 
@@ -47,6 +48,21 @@ pub(super) fn freeze_levels(
     }
     let ops = set.ops.clone();
     flush(options, handles, set, cancelled, gate)?;
+
+    // Expedited grace periods for the FIFREEZE calls (`crate::expedite`): the first
+    // level's journal names the switch before it is turned on; it is turned off again as
+    // soon as the last call has returned (or been given up on).
+    let mut expedite_pending = None;
+    match options.expedite.as_deref().map(expedite::check) {
+        None => set.report.expedite = Expedite::Off,
+        Some(Ok(Some(path))) => {
+            set.rcu_expedited = Some(path.clone());
+            expedite_pending = Some(path);
+        }
+        Some(Ok(None)) => set.report.expedite = Expedite::AlreadyOn,
+        Some(Err(unavailable)) => set.report.expedite = unavailable,
+    }
+    let mut expedited: Option<ExpeditedGracePeriods> = None;
 
     // Freeze level by level. Nothing below this line may log or write files until thawed.
     let window_start = Instant::now();
@@ -104,6 +120,15 @@ pub(super) fn freeze_levels(
                 set.in_flight.retain(|f| !indices.contains(&f.index));
                 let _ = set.write_journal();
                 break;
+            }
+        }
+        if let Some(path) = expedite_pending.take() {
+            match ExpeditedGracePeriods::turn_on(path) {
+                Ok(on) => {
+                    expedited = Some(on);
+                    set.report.expedite = Expedite::Expedited;
+                }
+                Err(unavailable) => set.report.expedite = unavailable,
             }
         }
         let mut started: Vec<(usize, Arc<Job>)> = Vec::with_capacity(jobs.len());
@@ -283,6 +308,8 @@ pub(super) fn freeze_levels(
             break;
         }
     }
+    // Every FIFREEZE has returned or been given up on.
+    drop(expedited);
     set.report.freeze_us = micros(window_start.elapsed());
     match failure {
         None => Ok(()),

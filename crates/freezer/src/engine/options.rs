@@ -20,6 +20,9 @@ pub struct FreezeOptions {
     pub freeze_deadline: Duration,
     /// How to flush before the first FIFREEZE.
     pub flush: FlushPolicy,
+    /// The expedited-RCU switch to turn on for the FIFREEZE calls (`crate::expedite`);
+    /// None: leave grace periods as they are.
+    pub expedite: Option<PathBuf>,
 }
 
 /// How [`freeze`](super::freeze) flushes before its first FIFREEZE.
@@ -56,6 +59,9 @@ impl FreezeOptions {
             flush: FlushPolicy::Converge {
                 budget: DEFAULT_CONVERGE_BUDGET,
             },
+            expedite: config
+                .expedite_grace_periods
+                .then(|| config.rcu_expedited_switch.clone()),
         }
     }
 }
