@@ -17,8 +17,8 @@ use std::time::Duration;
 use anyhow::Context;
 use hv_vss_freezer::hold::{HoldEnd, hold};
 use hv_vss_freezer::{
-    CompiledConfig, DEFAULT_STATE_DIR, FreezeError, FreezeOptions, FreezeReport, FreezerConfig,
-    FsFreezeOutcome, MakePlanError, MountSource, Plan, RecoverError, RecoverOptions,
+    CompiledConfig, DEFAULT_STATE_DIR, Expedite, FreezeError, FreezeOptions, FreezeReport,
+    FreezerConfig, FsFreezeOutcome, MakePlanError, MountSource, Plan, RecoverError, RecoverOptions,
     RecoverOutcome, Selection, SkipReason, SweepOutcome, SwitchRestore, ThawReport,
 };
 
@@ -284,6 +284,15 @@ fn print_freeze(report: &FreezeReport, thaw: Option<&ThawReport>, held: Option<D
             )),
             ms(t.frozen_window_us)
         );
+        match &report.expedite {
+            Expedite::Off | Expedite::Expedited => {}
+            Expedite::AlreadyOn => {
+                println!("expedited RCU grace periods: already on (left on)")
+            }
+            Expedite::Unavailable { reason } => {
+                println!("expedited RCU grace periods: not used ({reason})")
+            }
+        }
         for f in t
             .filesystems
             .iter()

@@ -53,6 +53,8 @@
 //! on_unsupported = "skip"
 //! on_foreign_freeze = "fail"
 //! freeze_deadline_secs = 60
+//! expedite_grace_periods = true
+//! rcu_expedited_switch = "/sys/kernel/rcu_expedited"
 //! include = { mount_points = [], fs_types = [], sources = [] }
 //! exclude = { mount_points = [], fs_types = [], sources = [] }
 //! ```

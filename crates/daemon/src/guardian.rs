@@ -36,6 +36,10 @@
 //! the systemd unit uses `KillMode=process`, so a stop or a crash of the daemon does not
 //! take the guardian with it.
 //!
+//! Before thawing it turns off the expedited-RCU switch if the daemon's journal names it
+//! (`hv_vss_freezer::expedite`: the daemon's freeze turned it on for its FIFREEZE calls and
+//! may have died before turning it off).
+//!
 //! The daemon watches its end too: when the guardian exits (because it thawed, or died),
 //! the coordinator thaws as on auto-thaw (`Event::GuardianDied`): a pending request is
 //! answered E_FAIL, a later THAW too (R25), and the daemon keeps serving with a new

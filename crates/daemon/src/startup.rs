@@ -202,6 +202,16 @@ mod tests {
         path: &Path,
         dev: hv_vss_freezer::DevNum,
     ) -> Vec<PathBuf> {
+        start_up_over_journal(state, path, dev, None)
+    }
+
+    /// The same, the journal also naming an expedited-RCU switch its freezer turned on.
+    fn start_up_over_journal(
+        state: &Path,
+        path: &Path,
+        dev: hv_vss_freezer::DevNum,
+        rcu_expedited: Option<PathBuf>,
+    ) -> Vec<PathBuf> {
         hv_vss_freezer::Journal {
             version: 1,
             pid: 999_999_999,
@@ -212,7 +222,7 @@ mod tests {
                 fs_type: "ext4".into(),
                 pid: 999_999_999,
             }],
-            rcu_expedited: None,
+            rcu_expedited,
         }
         .write(state)
         .unwrap();
@@ -223,6 +233,19 @@ mod tests {
             .map(|e| e.unwrap().path())
             .filter(|p| p.to_string_lossy().contains(".stale-"))
             .collect()
+    }
+
+    /// An earlier instance killed (with its guardian) during its FIFREEZE calls left the
+    /// expedited-RCU switch on: start-up turns it off.
+    #[test]
+    fn start_up_turns_off_the_expedite_switch_an_earlier_instance_left_on() {
+        let state = tempfile::tempdir().unwrap();
+        let switch = state.path().join("rcu_expedited-stand-in");
+        std::fs::write(&switch, "1\n").unwrap();
+        let gone = state.path().join("unmounted-long-ago");
+        let dev = hv_vss_freezer::DevNum { major: 7, minor: 3 };
+        start_up_over_journal(state.path(), &gone, dev, Some(switch.clone()));
+        assert_eq!(std::fs::read_to_string(&switch).unwrap(), "0");
     }
 
     /// Regression: a journal entry whose mount is gone made start-up exit 6 on every

@@ -51,6 +51,8 @@ const DAEMON_KEYS: &[&str] = &[
     "freezer.on_unsupported",
     "freezer.on_foreign_freeze",
     "freezer.freeze_deadline_secs",
+    "freezer.expedite_grace_periods",
+    "freezer.rcu_expedited_switch",
     "freezer.include.mount_points",
     "freezer.include.fs_types",
     "freezer.include.sources",

@@ -471,10 +471,23 @@ fn state_dir_read_only() -> String {
 /// SIGKILL while a FIFREEZE is still running (made slow on purpose): the daemon lingers
 /// until the call returns and froze; the guardian, which was handed the fd before the call,
 /// thaws it as soon as the daemon is gone.
+/// The daemon's expedited-RCU switch (a stand-in file here: the machine's is shared with
+/// every other test) is on during the call; the guardian turns it off.
 fn sigkill_inside_a_slow_fifreeze() -> String {
     let s = Setup::slow();
-    let d = s.start(&[]);
+    let switch_dir = tempfile::tempdir().unwrap();
+    let switch = switch_dir.path().join("rcu_expedited");
+    std::fs::write(&switch, "0\n").unwrap();
+    let d = s.start_with_config(&format!(
+        "[freezer]\nrcu_expedited_switch = {:?}\n",
+        switch.display().to_string()
+    ));
     let (answer, ()) = s.during_slow_fifreeze(|| {
+        assert_eq!(
+            std::fs::read_to_string(&switch).unwrap(),
+            "1",
+            "the switch is on during the FIFREEZE"
+        );
         kill(d.pid(), Signal::KILL);
         // The host's answer comes when the daemon is gone, after the release below.
         std::thread::sleep(Duration::from_millis(300));
@@ -491,10 +504,18 @@ fn sigkill_inside_a_slow_fifreeze() -> String {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
+    assert_eq!(
+        std::fs::read_to_string(&switch).unwrap(),
+        "0",
+        "the guardian turned the expedited-RCU switch off"
+    );
     drop(d);
     let _d = s.start(&[]);
     s.backup_works();
-    format!("{} after the FIFREEZE returned; host: {answer:?}", ms(took))
+    format!(
+        "{} after the FIFREEZE returned, expedited RCU off again; host: {answer:?}",
+        ms(took)
+    )
 }
 
 /// SIGTERM while a FIFREEZE does not return, with a THAW budget of 2 s: the FREEZE is

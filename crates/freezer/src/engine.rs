@@ -66,6 +66,8 @@ use crate::plan::Plan;
 
 mod error;
 #[cfg(test)]
+mod expedite_tests;
+#[cfg(test)]
 mod fake;
 mod flush;
 mod frozen_set;

@@ -636,4 +636,66 @@ mod tests {
         assert!(!r.journal_removed);
         assert!(Journal::read(dir.path()).unwrap().is_some());
     }
+
+    #[test]
+    fn recover_turns_off_the_expedite_switch_a_dead_freezer_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state");
+        std::fs::create_dir(&state).unwrap();
+        let switch = dir.path().join("rcu_expedited");
+        std::fs::write(&switch, "1").unwrap();
+        // A freezer that died during its FIFREEZE calls: the journal names the switch (and
+        // a device the path does not have, so nothing here is thawed).
+        let mut j = journal(
+            1,
+            dir.path(),
+            DevNum {
+                major: 4095,
+                minor: 78,
+            },
+        );
+        j.rcu_expedited = Some(switch.clone());
+        j.write(&state).unwrap();
+        let text = std::fs::read_to_string(Journal::path_in(&state)).unwrap();
+        assert!(text.contains("rcu_expedited"));
+        let r = recover(&state, RecoverOptions::default()).unwrap();
+        assert_eq!(
+            r.rcu_expedited,
+            Some(SwitchRestore::TurnedOff {
+                path: switch.clone()
+            })
+        );
+        assert_eq!(std::fs::read_to_string(&switch).unwrap(), "0");
+
+        // A switch that cannot be written is reported, not fatal.
+        let mut j = journal(
+            1,
+            dir.path(),
+            DevNum {
+                major: 4095,
+                minor: 78,
+            },
+        );
+        j.rcu_expedited = Some(dir.path().join("no/such/switch"));
+        j.write(&state).unwrap();
+        let r = recover(&state, RecoverOptions::default()).unwrap();
+        assert!(matches!(
+            r.rcu_expedited,
+            Some(SwitchRestore::Failed { .. })
+        ));
+    }
+
+    #[test]
+    fn a_journal_without_the_switch_field_reads_as_naming_none() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            Journal::path_in(dir.path()),
+            r#"{"version":1,"pid":3,"created_unix_ms":1,"filesystems":[]}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            Journal::read(dir.path()).unwrap().unwrap().rcu_expedited,
+            None
+        );
+    }
 }

@@ -94,6 +94,15 @@ impl Daemon {
                 filesystems = freeze.as_ref().map(|f| f.filesystems.len()),
                 "transaction report"
             );
+            if let Some(hv_vss_freezer::Expedite::Unavailable { reason }) =
+                freeze.as_ref().map(|f| &f.expedite)
+            {
+                tracing::warn!(
+                    txn = report.txn.0,
+                    %reason,
+                    "expedited RCU grace periods could not be used: the FIFREEZE calls waited for normal ones (freezer.expedite_grace_periods = false stops trying)"
+                );
+            }
             let unix_ms = SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .map(|d| d.as_millis() as u64)

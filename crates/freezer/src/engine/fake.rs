@@ -37,6 +37,11 @@ pub(super) struct Fake {
     flushing: Mutex<BTreeSet<DevNum>>,
     /// The n-th syncfs call (any filesystem) takes the n-th of these; later ones none.
     pub(super) sync_durations: Mutex<std::collections::VecDeque<Duration>>,
+    /// Every FIFREEZE reads this expedited-RCU switch file and the journal in this state
+    /// directory as it starts, into `seen_at_freeze`.
+    pub(super) probe: Option<(PathBuf, PathBuf)>,
+    /// Per FIFREEZE: the switch's content and the switch the journal named.
+    pub(super) seen_at_freeze: Mutex<Vec<(String, Option<PathBuf>)>>,
 }
 
 /// A barrier with a timeout: a serial caller makes the test fail instead of hang.
@@ -137,6 +142,14 @@ impl FsOps for Fake {
     }
     fn freeze(&self, fd: BorrowedFd<'_>) -> Result<(), SysFreezeError> {
         let p = self.path(fd);
+        if let Some((switch, state_dir)) = &self.probe {
+            let value = std::fs::read_to_string(switch).unwrap_or_default();
+            let named = crate::journal::Journal::read(state_dir)
+                .ok()
+                .flatten()
+                .and_then(|j| j.rcu_expedited);
+            self.seen_at_freeze.lock().unwrap().push((value, named));
+        }
         if let Some(r) = &self.freeze_rendezvous {
             r.meet();
         }

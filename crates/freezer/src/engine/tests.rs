@@ -38,7 +38,7 @@ const TABLE: &str = "\
 5 1 0:20 / /run rw - tmpfs tmpfs rw
 ";
 
-fn setup(sel: Vec<&str>) -> (Plan, Fake, tempfile::TempDir) {
+pub(super) fn setup(sel: Vec<&str>) -> (Plan, Fake, tempfile::TempDir) {
     let mounts = parse_mountinfo(TABLE.as_bytes()).unwrap();
     let topo = NoTopology(BTreeMap::from([(
         DevNum { major: 7, minor: 0 },
@@ -64,9 +64,14 @@ fn setup(sel: Vec<&str>) -> (Plan, Fake, tempfile::TempDir) {
     (plan, fake, tempfile::tempdir().unwrap())
 }
 
-fn opts(dir: &tempfile::TempDir) -> FreezeOptions {
+/// Options with a short deadline and a stand-in for the kernel's expedited-RCU switch in
+/// `dir` (off): tests must not turn the machine's switch.
+pub(super) fn opts(dir: &tempfile::TempDir) -> FreezeOptions {
     let mut o = FreezeOptions::new(&FreezerConfig::default(), dir.path().join("state"));
     o.freeze_deadline = Duration::from_millis(100);
+    let switch = dir.path().join("rcu_expedited");
+    std::fs::write(&switch, "0\n").unwrap();
+    o.expedite = Some(switch);
     o
 }
 
