@@ -42,39 +42,54 @@
 //! filesystem at once (one thread each), then FITHAW on every one at once; and **best**, the
 //! same with the writers running, after a `syncfs` of all as the gap starts (an ideal flush
 //! ahead) and another right before the freeze (what the writers added): what any freezer
-//! pays once nothing is left to write.
+//! pays once nothing is left to write. Both turn `/sys/kernel/rcu_expedited` on around
+//! their FIFREEZE calls as hv-vssd does (expedited RCU grace periods, below), so the floor
+//! is hv-vssd's own.
 //!
 //! # Part 2: the daemon's own overhead per cycle
 //!
 //! One clean 32 MiB ext4 filesystem (nothing ever written to it), `--mount` of it only:
 //! HOT_BACKUP + FREEZE + THAW through the kernel emulator, against the same three requests
 //! answered by the stock daemon's request loop (`hv_vss_testutil::stock_daemon`, in a
-//! process of its own, registered with a second emulator: the like-with-like baseline, a
-//! request and an answer per operation on both sides), and against an in-process open +
-//! FIFREEZE + close, open + FITHAW + close with no request at all (the kernel's share).
-//! Twice: with a pause (env `PAUSE_MS`, default 100) between any two cycles, methods taking
-//! turns, so each FIFREEZE comes long after the last FITHAW as in real backups (`SPACED_CYCLES`,
-//! default 100, each); and back to back, each method in 5 runs of its own (`CYCLES`,
-//! default 500, each). The spacing matters: a FIFREEZE within a few milliseconds of the
-//! last FITHAW of the same filesystem skips the kernel's RCU grace periods (part 3). The
-//! daemon's own phase times from its history (open+check+journal, waiting for the flush
-//! ahead, syncfs, FIFREEZE, FITHAW), the transport's floor (an unknown operation, answered
-//! E_FAIL without touching a filesystem) and the in-process cost of reading the mount table
-//! and planning locate what the daemon adds.
+//! process of its own, registered with an emulator of its own: the like-with-like
+//! baseline, a request and an answer per operation on both sides); by a second hv-vssd
+//! whose configuration sets `[freezer] expedite_grace_periods = false` (the behaviour
+//! before expedited grace periods, behind a third emulator); and against an in-process
+//! open+FIFREEZE+close, open+FITHAW+close with no request at all (the kernel's share), with
+//! normal grace periods and **expedited** (the switch on around the FIFREEZE as the freezer
+//! turns it on). Twice: with a pause (env `PAUSE_MS`, default 100) between any two cycles,
+//! methods taking turns, so each FIFREEZE comes long after the last FITHAW as in real
+//! backups (`SPACED_CYCLES`, default 100, each); and back to back, each method in 5 runs of
+//! its own (`CYCLES`, default 500, each). The spacing matters: a FIFREEZE within a few
+//! milliseconds of the last FITHAW of the same filesystem skips the kernel's RCU grace
+//! periods (part 3). The daemons' own phase times from their histories (open+check+journal,
+//! waiting for the flush ahead, syncfs, FIFREEZE, FITHAW; and whether the freeze was
+//! expedited), the transport's floor (an unknown operation, answered E_FAIL without
+//! touching a filesystem) and the in-process cost of reading the mount table and planning
+//! locate what the daemon adds.
 //!
 //! # Part 3: what a FIFREEZE of a clean filesystem waits for
 //!
-//! In process, on one clean ext4: FIFREEZE + FITHAW after a pause of 0 to 64 ms since the
-//! last FITHAW (`PART3_CYCLES`, default 20, per pause), and, for FIFREEZE calls after a
-//! 100 ms pause, where the calling thread waits: its kernel stack
-//! (`/proc/PID/task/TID/stack`) sampled every 0.5 ms while the call runs, counted by the
-//! innermost frames.
+//! In process, on one clean ext4: FIFREEZE + FITHAW after a pause of 0 to 100 ms since the
+//! last FITHAW (`PART3_CYCLES`, default 20, per pause), and after 100 ms with the switch on
+//! around the FIFREEZE; and, for FIFREEZE calls after a 100 ms pause with normal grace
+//! periods, where the calling thread waits: its kernel stack (`/proc/PID/task/TID/stack`)
+//! sampled every 0.5 ms while the call runs, counted by the innermost frames.
+//!
+//! # Expedited RCU grace periods
+//!
+//! hv-vssd turns `/sys/kernel/rcu_expedited` on for its FIFREEZE calls
+//! (`hv_vss_freezer::expedite`). The switch is global, so the methods meant to see normal
+//! grace periods need it off: the bench reads it at the start (a warning if it is on: the
+//! comparison is then meaningless), the expedited methods turn it on only when they find it
+//! off and off again on every path (`rcu_switch`), the normal ones note whether someone
+//! else had it on, and the last line printed says how it was at the start and the end.
 //!
 //! The run re-executes itself under `unshare -m --propagation private`: mounts made by
 //! other processes on the machine do not reach it (they would make every FREEZE plan again),
 //! and its own mounts vanish with it.
 //!
-//! Run (root; release build of hv-vssd and this bench; about 4 minutes):
+//! Run (root; release build of hv-vssd and this bench; about 5 minutes):
 //! `cargo bench -p hv-vssd --bench daemon_cycle` (env `PARTS`, default `1,2,3`; `TRIALS`,
 //! default 9; `GAP_MS`, default 1000; `QEMU_GA=0`; and the part 2 and 3 counts above). Not a
 //! test: nothing is asserted except that every request got S_OK; the results are printed as
@@ -94,12 +109,21 @@ use hv_vss_freezer::{FreezerConfig, MountSource, Selection, make_plan};
 use hv_vss_protocol::{HvStatus, VssOperation};
 use hv_vss_sim::kernel::{EmulatorConfig, HostOutcome, KernelEmulator};
 use hv_vss_testutil::bench::{
-    Writers, env_count, parallel_freeze_thaw, parallel_syncfs, prepare_dirty, should_run,
+    Writers, env_count, parallel_freeze_thaw_around, parallel_syncfs, prepare_dirty, should_run,
     stock_freeze_thaw,
 };
 use hv_vss_testutil::private_ns::enter_private_mount_namespace;
 use hv_vss_testutil::{FsKind, LoopFs, freeze_path, thaw_path};
 use rustix::process::{Pid, Signal};
+
+#[path = "daemon_cycle/rcu_switch.rs"]
+mod rcu_switch;
+
+/// hv-vssd's configuration: the defaults (expedited RCU grace periods on).
+const DEFAULTS: &str = "";
+/// hv-vssd's configuration with normal grace periods: the behaviour before they were
+/// expedited.
+const EXPEDITE_OFF: &str = "[freezer]\nexpedite_grace_periods = false\n";
 
 const DIRTY_MIB: usize = 64;
 const IMAGE_MIB: u64 = 256;
@@ -159,13 +183,15 @@ struct VssDaemon {
 }
 
 impl VssDaemon {
-    fn start(emu: &KernelEmulator, mounts: &[PathBuf]) -> anyhow::Result<Self> {
+    /// `config`: the text of its configuration file (TOML).
+    fn start(emu: &KernelEmulator, mounts: &[PathBuf], config: &str) -> anyhow::Result<Self> {
         // Config, log and state directory on tmpfs, which nothing here freezes.
         let dir = tempfile::Builder::new()
             .prefix("hv-vssd-bench-")
             .tempdir_in("/dev/shm")?;
-        let config = dir.path().join("empty.toml");
-        std::fs::write(&config, "")?;
+        let text = config;
+        let config = dir.path().join("hv-vssd.toml");
+        std::fs::write(&config, text)?;
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_hv-vssd"));
         cmd.arg("--config")
             .arg(&config)
@@ -210,6 +236,19 @@ impl VssDaemon {
             .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
             .filter(|e| !e["thaw"].is_null())
             .collect()
+    }
+
+    /// How its freezes used expedited RCU grace periods (the reports' `expedite` states) in
+    /// the last `n` finished backups: "expedited 9" etc.
+    fn expedite_states(&self, n: usize) -> String {
+        let kept = self.backups();
+        let mut states: std::collections::BTreeMap<String, usize> = Default::default();
+        for entry in kept.iter().skip(kept.len().saturating_sub(n)) {
+            let state = entry["freeze"]["expedite"]["state"].as_str().unwrap_or("?");
+            *states.entry(state.to_string()).or_default() += 1;
+        }
+        let states: Vec<String> = states.iter().map(|(s, n)| format!("{s} {n}")).collect();
+        states.join(", ")
     }
 
     /// Waits (the report is written after the THAW answer) for backup number `n` (1-based).
@@ -486,7 +525,7 @@ fn frozen_window(
     gap: Duration,
 ) -> anyhow::Result<()> {
     let n = mounts.len();
-    let daemon = VssDaemon::start(emu, mounts)?;
+    let daemon = VssDaemon::start(emu, mounts, DEFAULTS)?;
     let mut qemu_ga = QemuGa::start()?;
     let (mut stock, mut ours, mut peer) =
         (Figures::default(), Figures::default(), Figures::default());
@@ -506,7 +545,8 @@ fn frozen_window(
                 // Nothing dirty, no writer, and as long since the last thaw as the others.
                 parallel_syncfs(mounts)?;
                 std::thread::sleep(gap);
-                let (frozen, thawed) = parallel_freeze_thaw(mounts)?;
+                let (frozen, thawed) =
+                    parallel_freeze_thaw_around(mounts, |freeze| rcu_switch::expedited(freeze))?;
                 eprintln!(
                     "N={n} trial {trial} {method:>7}: all frozen {:>7.1} ms, window {:>7.1} ms",
                     frozen.as_secs_f64() * 1e3,
@@ -524,7 +564,7 @@ fn frozen_window(
                 std::thread::sleep(gap);
                 let in_gap = writers.longest();
                 writers.reset();
-                let (frozen, thawed) = stock_freeze_thaw(mounts)?;
+                let (frozen, thawed) = rcu_switch::normal(|| stock_freeze_thaw(mounts))?;
                 std::thread::sleep(Duration::from_millis(50));
                 let blocked = stock.push_blocked(in_gap, writers.finish()?);
                 eprintln!(
@@ -545,7 +585,8 @@ fn frozen_window(
                 let in_gap = writers.longest();
                 writers.reset();
                 let synced = parallel_syncfs(mounts)?;
-                let (frozen, thawed) = parallel_freeze_thaw(mounts)?;
+                let (frozen, thawed) =
+                    parallel_freeze_thaw_around(mounts, |freeze| rcu_switch::expedited(freeze))?;
                 std::thread::sleep(Duration::from_millis(50));
                 let blocked = best.push_blocked(in_gap, writers.finish()?);
                 eprintln!(
@@ -564,11 +605,13 @@ fn frozen_window(
                 std::thread::sleep(gap);
                 let in_gap = writers.longest();
                 writers.reset();
-                let t = Instant::now();
-                ga.freeze(mounts)?;
-                let answered = t.elapsed();
-                ga.thaw()?;
-                let thawed = t.elapsed();
+                let (answered, thawed) = rcu_switch::normal(|| -> anyhow::Result<_> {
+                    let t = Instant::now();
+                    ga.freeze(mounts)?;
+                    let answered = t.elapsed();
+                    ga.thaw()?;
+                    Ok((answered, t.elapsed()))
+                })?;
                 std::thread::sleep(Duration::from_millis(50));
                 let blocked = peer.push_blocked(in_gap, writers.finish()?);
                 eprintln!(
@@ -619,6 +662,7 @@ fn frozen_window(
             }
         }
     }
+    let expedite = daemon.expedite_states(trials);
     drop(daemon);
     drop(qemu_ga);
     let ms = Unit::Ms;
@@ -692,12 +736,15 @@ fn frozen_window(
         d_fifreeze.cell(ms)
     );
     println!("| hv-vssd: FREEZE reused the HOT_BACKUP plan | | {reused} of {trials} | | | | |");
+    println!("| hv-vssd: expedited RCU grace periods (its reports) | | {expedite} | | | | |");
     println!();
     println!(
-        "The floor, N = {n}, same trials: idle = FIFREEZE on all at once then FITHAW on all at once, nothing dirty, no writer; best = the same with writers running, after a syncfs of all as the gap starts and another right before (FREEZE latency: that syncfs + all frozen)"
+        "The floor, N = {n}, same trials: idle = FIFREEZE on all at once then FITHAW on all at once, nothing dirty, no writer; best = the same with writers running, after a syncfs of all as the gap starts and another right before (FREEZE latency: that syncfs + all frozen); both with /sys/kernel/rcu_expedited turned on around their FIFREEZE calls, as hv-vssd does"
     );
     println!();
-    println!("| metric | idle | best | best / stock | hv-vssd / best | hv-vssd / idle |");
+    println!(
+        "| metric | idle, expedited | best, expedited | best / stock | hv-vssd / best | hv-vssd / idle |"
+    );
     println!("|---|---|---|---|---|---|");
     for (name, idle, best, stock, ours) in [
         (
@@ -759,8 +806,12 @@ struct CycleFigures {
     stock: [Samples; 4],
     /// hv-vssd: the same.
     ours: [Samples; 4],
-    /// In process, no request: open+FIFREEZE, open+FITHAW.
-    direct: Samples,
+    /// hv-vssd with `expedite_grace_periods = false`: the same.
+    ours_off: [Samples; 4],
+    /// In process, no request: open+FIFREEZE+close, open+FITHAW+close; and the first half.
+    direct: [Samples; 2],
+    /// The same with the switch on around the FIFREEZE.
+    direct_expedited: [Samples; 2],
 }
 
 /// How part 2 spaces its cycles.
@@ -774,10 +825,45 @@ enum Spacing {
     BackToBack,
 }
 
+/// A daemon's own phase times in its last `n` finished backups (history): open+check+
+/// journal, wait for the flush ahead, syncfs, FIFREEZE, FITHAW.
+fn phases(daemon: &VssDaemon, n: usize) -> [Samples; 5] {
+    let kept = daemon.backups();
+    let mut phases: [Samples; 5] = Default::default();
+    for entry in kept.iter().skip(kept.len().saturating_sub(n)) {
+        for (slot, value) in phases.iter_mut().zip([
+            &entry["freeze"]["prepare_us"],
+            &entry["freeze"]["flush_ahead_wait_us"],
+            &entry["freeze"]["sync_us"],
+            &entry["freeze"]["freeze_us"],
+            &entry["thaw"]["thaw_us"],
+        ]) {
+            slot.push_us(value.as_u64().unwrap_or(0));
+        }
+    }
+    phases
+}
+
+/// Part 2's daemons, each registered with an emulator of its own.
+struct Part2Daemons<'a> {
+    /// hv-vssd, defaults.
+    ours: (&'a KernelEmulator, VssDaemon),
+    /// hv-vssd, `expedite_grace_periods = false`.
+    ours_off: (&'a KernelEmulator, VssDaemon),
+    stock: (&'a KernelEmulator, StockDaemon),
+}
+
+/// A part 2 run's figures: cycles, and each hv-vssd's phases and expedite states.
+struct Part2Run {
+    spacing: Spacing,
+    figures: CycleFigures,
+    phases: [[Samples; 5]; 2],
+    expedite: [String; 2],
+}
+
 /// Part 2: per-cycle cost with nothing to freeze.
 fn overhead(
-    emu: &KernelEmulator,
-    stock_emu: &KernelEmulator,
+    emus: [&KernelEmulator; 3],
     spaced_cycles: usize,
     cycles: usize,
     pause: Duration,
@@ -786,8 +872,13 @@ fn overhead(
     let fs = LoopFs::new(FsKind::Ext4)?;
     let mp = fs.mount_point().to_path_buf();
     hv_vss_sys::fs::syncfs(hv_vss_sys::fs::open_mount_point(&mp)?.as_fd())?;
-    let daemon = VssDaemon::start(emu, std::slice::from_ref(&mp))?;
-    let stock = StockDaemon::start(stock_emu, std::slice::from_ref(&mp))?;
+    let one = std::slice::from_ref(&mp);
+    let [emu, off_emu, stock_emu] = emus;
+    let d = Part2Daemons {
+        ours: (emu, VssDaemon::start(emu, one, DEFAULTS)?),
+        ours_off: (off_emu, VssDaemon::start(off_emu, one, EXPEDITE_OFF)?),
+        stock: (stock_emu, StockDaemon::start(stock_emu, one)?),
+    };
     // HOT_BACKUP + FREEZE + THAW through `emu`: (whole, check, freeze, thaw).
     let host_cycle =
         |emu: &KernelEmulator, samples: Option<&mut [Samples; 4]>| -> anyhow::Result<()> {
@@ -803,17 +894,37 @@ fn overhead(
             }
             Ok(())
         };
-    let direct_cycle = |samples: Option<&mut Samples>| -> anyhow::Result<()> {
+    // In process, no request: (whole, open+FIFREEZE+close); `expedite`: the switch on around
+    // the FIFREEZE as the freezer turns it on.
+    let direct_cycle = |expedite: bool, samples: Option<&mut [Samples; 2]>| -> anyhow::Result<()> {
         let t = Instant::now();
-        freeze_path(&mp)?;
+        if expedite {
+            rcu_switch::expedited(|| freeze_path(&mp))?;
+        } else {
+            freeze_path(&mp)?;
+        }
+        let frozen = t.elapsed();
         if !thaw_path(&mp)? {
             bail!("FITHAW {}: was not frozen", mp.display());
         }
-        if let Some(s) = samples {
-            s.push(t.elapsed());
+        if let Some([whole, freeze]) = samples {
+            whole.push(t.elapsed());
+            freeze.push(frozen);
         }
         Ok(())
     };
+    // One cycle of method `m` (0..5), into `f` if given; the methods that should see
+    // normal grace periods note whether the switch was on.
+    let cycle = |m: usize, f: Option<&mut CycleFigures>| -> anyhow::Result<()> {
+        match (m, f) {
+            (0, f) => rcu_switch::normal(|| host_cycle(d.stock.0, f.map(|f| &mut f.stock))),
+            (1, f) => host_cycle(d.ours.0, f.map(|f| &mut f.ours)),
+            (2, f) => rcu_switch::normal(|| host_cycle(d.ours_off.0, f.map(|f| &mut f.ours_off))),
+            (3, f) => rcu_switch::normal(|| direct_cycle(false, f.map(|f| &mut f.direct))),
+            (_, f) => direct_cycle(true, f.map(|f| &mut f.direct_expedited)),
+        }
+    };
+    const METHODS: usize = 5;
     // The transport's floor: an operation the daemon does not know, answered E_FAIL at
     // once by its coordinator, with no filesystem work (its log line is rate-limited).
     let unknown = VssOperation(42);
@@ -846,27 +957,23 @@ fn overhead(
         Ok(())
     };
     for _ in 0..WARM_UP {
-        host_cycle(emu, None)?;
-        host_cycle(stock_emu, None)?;
-        direct_cycle(None)?;
+        for m in 0..METHODS {
+            cycle(m, None)?;
+        }
         floor_trip(None)?;
         planning(None)?;
     }
     let mut runs = Vec::new();
     for spacing in [Spacing::Spaced { pause }, Spacing::BackToBack] {
         let mut f = CycleFigures::default();
-        let history_before = daemon.backups().len();
+        let before = [d.ours.1.backups().len(), d.ours_off.1.backups().len()];
         match spacing {
             Spacing::Spaced { pause } => {
                 for i in 0..spaced_cycles {
                     // Each method first in turn.
-                    for m in 0..3 {
+                    for m in 0..METHODS {
                         std::thread::sleep(pause);
-                        match (i + m) % 3 {
-                            0 => host_cycle(stock_emu, Some(&mut f.stock))?,
-                            1 => host_cycle(emu, Some(&mut f.ours))?,
-                            _ => direct_cycle(Some(&mut f.direct))?,
-                        }
+                        cycle((i + m) % METHODS, Some(&mut f))?;
                     }
                 }
             }
@@ -874,97 +981,40 @@ fn overhead(
                 const SLICES: usize = 5;
                 let per_slice = cycles.div_ceil(SLICES);
                 for _ in 0..SLICES {
-                    for _ in 0..per_slice {
-                        host_cycle(stock_emu, Some(&mut f.stock))?;
-                    }
-                    for _ in 0..per_slice {
-                        host_cycle(emu, Some(&mut f.ours))?;
-                    }
-                    for _ in 0..per_slice {
-                        direct_cycle(Some(&mut f.direct))?;
+                    for m in 0..METHODS {
+                        for _ in 0..per_slice {
+                            cycle(m, Some(&mut f))?;
+                        }
                     }
                 }
             }
         }
-        // The daemon's own phase times of this run's cycles its history still keeps.
+        // The daemons' own phase times of this run's cycles their histories still keep.
         let n = f.ours[0].0.len();
-        daemon.backup((history_before + n).min(50))?;
-        let kept = daemon.backups();
-        let mut phases: [Samples; 5] = Default::default();
-        for entry in kept.iter().skip(kept.len().saturating_sub(n)) {
-            for (slot, value) in phases.iter_mut().zip([
-                &entry["freeze"]["prepare_us"],
-                &entry["freeze"]["flush_ahead_wait_us"],
-                &entry["freeze"]["sync_us"],
-                &entry["freeze"]["freeze_us"],
-                &entry["thaw"]["thaw_us"],
-            ]) {
-                slot.push_us(value.as_u64().unwrap_or(0));
-            }
+        for (daemon, before) in [&d.ours.1, &d.ours_off.1].into_iter().zip(before) {
+            daemon.backup((before + n).min(50))?;
         }
-        runs.push((spacing, f, phases));
+        runs.push(Part2Run {
+            spacing,
+            phases: [phases(&d.ours.1, n), phases(&d.ours_off.1, n)],
+            expedite: [
+                d.ours.1.expedite_states(n.min(50)),
+                d.ours_off.1.expedite_states(n.min(50)),
+            ],
+            figures: f,
+        });
     }
     let (mut floor, mut plans) = (Samples::default(), Samples::default());
     for _ in 0..cycles {
         floor_trip(Some(&mut floor))?;
         planning(Some(&mut plans))?;
     }
-    drop(daemon);
-    drop(stock);
+    drop(d);
     drop(fs);
-    let us = Unit::Us;
-    for (spacing, f, phases) in &runs {
-        let [whole, check, freeze, thaw] = &f.ours;
-        let [s_whole, s_check, s_freeze, s_thaw] = &f.stock;
-        println!();
-        match spacing {
-            Spacing::Spaced { pause } => println!(
-                "One clean ext4, {} cycles each, {} ms between any two cycles, methods taking turns; median (min–max), ratios of medians",
-                whole.0.len(),
-                pause.as_millis()
-            ),
-            Spacing::BackToBack => println!(
-                "One clean ext4, {} cycles each, back to back, each method in 5 runs of its own; median (min–max), ratios of medians",
-                whole.0.len()
-            ),
-        }
-        println!();
-        println!("| per cycle | stock daemon (baseline) | hv-vssd | hv-vssd / stock daemon |");
-        println!("|---|---|---|---|");
-        for (name, theirs, ours) in [
-            (
-                "HOT_BACKUP + FREEZE + THAW, host round trips",
-                s_whole,
-                whole,
-            ),
-            ("of which HOT_BACKUP", s_check, check),
-            ("of which FREEZE", s_freeze, freeze),
-            ("of which THAW", s_thaw, thaw),
-        ] {
-            println!(
-                "| {name} | {} | {} | {} |",
-                theirs.cell(us),
-                ours.cell(us),
-                ratio(ours, theirs)
-            );
-        }
-        println!(
-            "| direct, in process, no request: open+FIFREEZE, open+FITHAW | {} | | hv-vssd / direct {}, stock daemon / direct {} |",
-            f.direct.cell(us),
-            ratio(whole, &f.direct),
-            ratio(s_whole, &f.direct)
-        );
-        let [prepare, flush_wait, sync, fifreeze, fithaw] = phases;
-        println!(
-            "| hv-vssd's report, last {} cycles: open+check+journal / wait for the flush ahead / syncfs / FIFREEZE / FITHAW | | {} / {} / {} / {} / {} | |",
-            prepare.0.len(),
-            us.fmt(prepare.median()),
-            us.fmt(flush_wait.median()),
-            us.fmt(sync.median()),
-            us.fmt(fifreeze.median()),
-            us.fmt(fithaw.median())
-        );
+    for run in &runs {
+        print_overhead(run);
     }
+    let us = Unit::Us;
     println!();
     println!(
         "| transport floor, {cycles} round trips: hv-vssd, unknown op answered E_FAIL | {} |",
@@ -975,6 +1025,84 @@ fn overhead(
         plans.cell(us)
     );
     Ok(())
+}
+
+/// Part 2's tables for one run.
+fn print_overhead(run: &Part2Run) {
+    let us = Unit::Us;
+    let f = &run.figures;
+    let [whole, ..] = &f.ours;
+    let [s_whole, _, s_freeze, _] = &f.stock;
+    println!();
+    match run.spacing {
+        Spacing::Spaced { pause } => println!(
+            "One clean ext4, {} cycles each, {} ms between any two cycles, methods taking turns; median (min–max), ratios of medians",
+            whole.0.len(),
+            pause.as_millis()
+        ),
+        Spacing::BackToBack => println!(
+            "One clean ext4, {} cycles each, back to back, each method in 5 runs of its own; median (min–max), ratios of medians",
+            whole.0.len()
+        ),
+    }
+    println!();
+    println!(
+        "| per cycle | stock daemon (baseline) | hv-vssd | hv-vssd / stock daemon | hv-vssd, expedite off | expedite off / stock daemon |"
+    );
+    println!("|---|---|---|---|---|---|");
+    for (i, name) in [
+        "HOT_BACKUP + FREEZE + THAW, host round trips",
+        "of which HOT_BACKUP",
+        "of which FREEZE",
+        "of which THAW",
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let (stock, ours, off) = (&f.stock[i], &f.ours[i], &f.ours_off[i]);
+        println!(
+            "| {name} | {} | {} | {} | {} | {} |",
+            stock.cell(us),
+            ours.cell(us),
+            ratio(ours, stock),
+            off.cell(us),
+            ratio(off, stock)
+        );
+    }
+    for (k, name) in ["hv-vssd", "hv-vssd, expedite off"].into_iter().enumerate() {
+        let [prepare, flush_wait, sync, fifreeze, fithaw] = &run.phases[k];
+        println!(
+            "| {name}'s reports, last {} cycles: open+check+journal / wait for the flush ahead / syncfs / FIFREEZE / FITHAW; expedite | | {} / {} / {} / {} / {}; {} | | | |",
+            prepare.0.len(),
+            us.fmt(prepare.median()),
+            us.fmt(flush_wait.median()),
+            us.fmt(sync.median()),
+            us.fmt(fifreeze.median()),
+            us.fmt(fithaw.median()),
+            run.expedite[k]
+        );
+    }
+    println!();
+    println!(
+        "| in process, no request | open+FIFREEZE+close, open+FITHAW+close | / stock daemon's whole cycle | of which open+FIFREEZE+close | / stock daemon's FREEZE | hv-vssd's whole cycle / this |"
+    );
+    println!("|---|---|---|---|---|---|");
+    for (name, [d_whole, d_freeze]) in [
+        ("direct (normal grace periods)", &f.direct),
+        (
+            "direct, expedited (rcu_expedited on around the FIFREEZE)",
+            &f.direct_expedited,
+        ),
+    ] {
+        println!(
+            "| {name} | {} | {} | {} | {} | {} |",
+            d_whole.cell(us),
+            ratio(d_whole, s_whole),
+            d_freeze.cell(us),
+            ratio(d_freeze, s_freeze),
+            ratio(whole, d_whole)
+        );
+    }
 }
 
 fn run(
@@ -991,8 +1119,9 @@ fn run(
         part1(&emu, trials, gap)?;
     }
     if parts.contains('2') {
+        let off_emu = KernelEmulator::start(EmulatorConfig::default())?;
         let stock_emu = KernelEmulator::start(EmulatorConfig::default())?;
-        overhead(&emu, &stock_emu, spaced_cycles, cycles, pause)?;
+        overhead([&emu, &off_emu, &stock_emu], spaced_cycles, cycles, pause)?;
     }
     if parts.contains('3') {
         kernel_share(env_count("PART3_CYCLES", 20))?;
@@ -1013,20 +1142,34 @@ fn kernel_share(cycles: usize) -> anyhow::Result<()> {
     println!();
     println!("| pause | FIFREEZE | FITHAW |");
     println!("|---|---|---|");
-    for pause_ms in [0u64, 1, 2, 4, 8, 16, 32, 64] {
+    // Normal grace periods, then, after the longest pause, expedited ones (the switch on
+    // around the FIFREEZE, its turning on and off timed with it, as in the freezer).
+    let pauses = [0u64, 1, 2, 4, 8, 16, 32, 64, 100].map(|p| (p, false));
+    for (pause_ms, expedite) in pauses.into_iter().chain([(100, true)]) {
         let (mut freeze, mut thaw) = (Samples::default(), Samples::default());
         for _ in 0..cycles {
             std::thread::sleep(Duration::from_millis(pause_ms));
             let fd = hv_vss_sys::fs::open_mount_point(&mp)?;
-            let t = Instant::now();
-            hv_vss_sys::fs::freeze(fd.as_fd())?;
-            freeze.push(t.elapsed());
+            let timed_freeze = || -> anyhow::Result<Duration> {
+                let t = Instant::now();
+                hv_vss_sys::fs::freeze(fd.as_fd())?;
+                Ok(t.elapsed())
+            };
+            let took = if expedite {
+                let t = Instant::now();
+                rcu_switch::expedited(timed_freeze)?;
+                t.elapsed()
+            } else {
+                rcu_switch::normal(timed_freeze)?
+            };
+            freeze.push(took);
             let t = Instant::now();
             hv_vss_sys::fs::thaw(fd.as_fd())?;
             thaw.push(t.elapsed());
         }
+        let how = if expedite { ", rcu_expedited on" } else { "" };
         println!(
-            "| {pause_ms} ms | {} | {} |",
+            "| {pause_ms} ms{how} | {} | {} |",
             freeze.cell(Unit::Us),
             thaw.cell(Unit::Us)
         );
@@ -1120,6 +1263,16 @@ fn main() {
     // (the mount table changed since HOT_BACKUP): measure in a private mount namespace, as
     // a guest whose mounts hold still. Everything this run mounts vanishes with it.
     enter_private_mount_namespace("daemon_cycle");
+    // The comparison needs the switch off between the expedited methods' FIFREEZE calls.
+    let switch_at_start = rcu_switch::read();
+    if switch_at_start != "0" {
+        let warning = format!(
+            "WARNING: {} is {switch_at_start} at the start: every method's FIFREEZE may be expedited, the comparison of normal and expedited grace periods is meaningless",
+            hv_vss_freezer::expedite::RCU_EXPEDITED
+        );
+        eprintln!("{warning}");
+        println!("{warning}");
+    }
     let trials = env_count("TRIALS", 9);
     let spaced_cycles = env_count("SPACED_CYCLES", 100);
     let cycles = env_count("CYCLES", 500);
@@ -1135,6 +1288,9 @@ fn main() {
     for pid in pids().drain(..) {
         signal(pid, Signal::KILL);
     }
+    rcu_switch::restore_if_left_on();
+    println!();
+    println!("{}", rcu_switch::summary(&switch_at_start));
     match outcome {
         Ok(Ok(())) => {}
         Ok(Err(e)) => {

@@ -74,8 +74,18 @@ pub fn stock_freeze_thaw(mounts: &[PathBuf]) -> anyhow::Result<(Duration, Durati
 /// frozen. Returns (first FIFREEZE → all frozen, first FIFREEZE → all thawed). For the
 /// floor of the frozen-window benchmarks: call it on filesystems that were just flushed.
 pub fn parallel_freeze_thaw(mounts: &[PathBuf]) -> anyhow::Result<(Duration, Duration)> {
+    parallel_freeze_thaw_around(mounts, |freeze| freeze())
+}
+
+/// [`parallel_freeze_thaw`] with `around` wrapped around the FIFREEZE calls (its argument
+/// makes them, and its time counts): for a floor that sets something up for exactly their
+/// duration, as a freezer does (the daemon bench's expedited RCU grace periods).
+pub fn parallel_freeze_thaw_around(
+    mounts: &[PathBuf],
+    around: impl FnOnce(&dyn Fn() -> anyhow::Result<()>) -> anyhow::Result<()>,
+) -> anyhow::Result<(Duration, Duration)> {
     let t = Instant::now();
-    on_each_at_once(mounts, crate::freeze_path)?;
+    around(&|| on_each_at_once(mounts, crate::freeze_path))?;
     let frozen = t.elapsed();
     on_each_at_once(mounts, |mp| {
         if crate::thaw_path(mp)? {
