@@ -190,6 +190,7 @@ fn status(args: &StatusArgs) -> Result<ExitCode, CmdError> {
                 "kind": r.report.kind,
                 "verdict": r.report.verdict,
                 "frozen_window_us": r.thaw.as_ref().map(|t| t.frozen_window_us),
+                "expedite": r.freeze.as_ref().map(|f| &f.expedite),
             })
         };
         let doc = json!({
@@ -274,6 +275,16 @@ fn status(args: &StatusArgs) -> Result<ExitCode, CmdError> {
                 ))
             )),
             None => t.push_str("last backup: none recorded\n"),
+        }
+        if let Some(hv_vss_freezer::Expedite::Unavailable { reason }) = files
+            .last_backup
+            .as_ref()
+            .and_then(|r| r.freeze.as_ref())
+            .map(|f| &f.expedite)
+        {
+            t.push_str(&format!(
+                "             its FIFREEZE calls waited for normal RCU grace periods: {reason}\n"
+            ));
         }
         if let Some(r) = &files.last {
             t.push_str(&format!(
