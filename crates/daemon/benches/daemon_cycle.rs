@@ -91,7 +91,8 @@
 //!
 //! Run (root; release build of hv-vssd and this bench; about 5 minutes):
 //! `cargo bench -p hv-vssd --bench daemon_cycle` (env `PARTS`, default `1,2,3`; `TRIALS`,
-//! default 9; `GAP_MS`, default 1000; `QEMU_GA=0`; and the part 2 and 3 counts above). Not a
+//! default 9; `GAP_MS`, default 1000; `QEMU_GA=0`; `CHECK_GAP_MS`, part 2's pause between
+//! HOT_BACKUP's answer and FREEZE, default 0; and the part 2 and 3 counts above). Not a
 //! test: nothing is asserted except that every request got S_OK; the results are printed as
 //! Markdown tables.
 
@@ -879,14 +880,28 @@ fn overhead(
         ours_off: (off_emu, VssDaemon::start(off_emu, one, EXPEDITE_OFF)?),
         stock: (stock_emu, StockDaemon::start(stock_emu, one)?),
     };
+    // Between HOT_BACKUP's answer and FREEZE (env `CHECK_GAP_MS`, default 0: FREEZE at
+    // once, stricter than any host, which sends HOT_BACKUP seconds before).
+    let check_gap = Duration::from_millis(
+        std::env::var("CHECK_GAP_MS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0),
+    );
+    println!();
+    println!(
+        "Part 2: {} ms between HOT_BACKUP's answer and FREEZE (CHECK_GAP_MS; not counted in the cycle)",
+        check_gap.as_millis()
+    );
     // HOT_BACKUP + FREEZE + THAW through `emu`: (whole, check, freeze, thaw).
     let host_cycle =
         |emu: &KernelEmulator, samples: Option<&mut [Samples; 4]>| -> anyhow::Result<()> {
             let t = Instant::now();
             let check = request(emu, VssOperation::HOT_BACKUP)?;
+            std::thread::sleep(check_gap);
             let freeze = request(emu, VssOperation::FREEZE)?;
             let thaw = request(emu, VssOperation::THAW)?;
-            let whole = t.elapsed();
+            let whole = t.elapsed().saturating_sub(check_gap);
             if let Some(s) = samples {
                 for (slot, d) in s.iter_mut().zip([whole, check, freeze, thaw]) {
                     slot.push(d);
