@@ -145,6 +145,7 @@ fn metrics_parse_as_prometheus_text_and_up_follows_the_daemon_lock() {
         "hv_vss_stage_duration_seconds",
         "hv_vss_last_success_timestamp_seconds",
         "hv_vss_history_entries",
+        "hv_vss_freezes_total",
     ] {
         assert!(families.contains(f), "{f} in {families:?}");
     }

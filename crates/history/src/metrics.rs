@@ -19,6 +19,7 @@ use hv_vss_core::report::TxnKind;
 use hv_vss_core::{Failure, Verdict};
 
 use crate::HistoryRecord;
+use hv_vss_freezer::Expedite;
 
 /// What only the running daemon knows.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -39,7 +40,7 @@ fn window_buckets() -> impl Iterator<Item = f64> {
 type Labels = Vec<(&'static str, String)>;
 
 /// The metric family names, for tests and docs.
-pub const FAMILIES: [&str; 11] = [
+pub const FAMILIES: [&str; 12] = [
     "hv_vss_up",
     "hv_vss_backups",
     "hv_vss_failures",
@@ -49,6 +50,7 @@ pub const FAMILIES: [&str; 11] = [
     "hv_vss_stage_duration_seconds",
     "hv_vss_last_success_timestamp_seconds",
     "hv_vss_history_entries",
+    "hv_vss_freezes",
     "hv_vss_connected_apps",
     "hv_vss_log_lines_dropped",
 ];
@@ -78,8 +80,20 @@ pub fn render(records: &[HistoryRecord], skipped: usize, live: Live) -> String {
         Family::<Labels, Histogram>::new_with_constructor(|| Histogram::new(window_buckets()));
     let last_success = Gauge::<f64, AtomicU64>::default();
     let mut last_success_ms = None;
+    let freezes = Family::<Labels, Counter>::default();
 
     for r in records {
+        if let Some(freeze) = &r.freeze {
+            let state = match &freeze.expedite {
+                Expedite::Off => "off",
+                Expedite::Expedited => "expedited",
+                Expedite::AlreadyOn => "already_on",
+                Expedite::Unavailable { .. } => "unavailable",
+            };
+            freezes
+                .get_or_create(&vec![("grace_periods", state.into())])
+                .inc();
+        }
         let report = &r.report;
         if report.kind == TxnKind::Backup {
             backups
@@ -181,6 +195,11 @@ pub fn render(records: &[HistoryRecord], skipped: usize, live: Live) -> String {
     entries
         .get_or_create(&vec![("state", "skipped".into())])
         .set(i64::try_from(skipped).unwrap_or(i64::MAX));
+    registry.register(
+        "hv_vss_freezes",
+        "Filesystem freezes in the retained history, by how their FIFREEZE calls waited for RCU grace periods (expedited, already_on, unavailable, off)",
+        freezes,
+    );
     registry.register(
         "hv_vss_history_entries",
         "Lines of the report history these metrics come from (read), and unreadable lines (skipped)",

@@ -93,7 +93,7 @@ fn the_history_gives_every_family_with_the_daemon_down() {
     // Only the running daemon knows these.
     assert!(!text.contains("hv_vss_connected_apps"));
     assert!(!text.contains("hv_vss_log_lines_dropped"));
-    for family in FAMILIES.iter().take(9) {
+    for family in FAMILIES.iter().take(10) {
         assert!(
             text.contains(&format!("# TYPE {family} ")),
             "{family}\n{text}"
@@ -129,4 +129,25 @@ fn the_running_daemon_adds_its_live_families() {
         !text.contains("hv_vss_last_success_timestamp_seconds"),
         "{text}"
     );
+}
+
+#[test]
+fn freezes_are_counted_by_how_they_used_rcu_grace_periods() {
+    let mut loaded = parse(crate::tests::SAMPLE);
+    // The sample's two freeze reports predate the field (off); make one unavailable.
+    let freeze = loaded
+        .records
+        .iter_mut()
+        .filter_map(|r| r.freeze.as_mut())
+        .nth(1)
+        .expect("two freeze reports in the sample");
+    freeze.expedite = Expedite::Unavailable {
+        reason: "/sys/kernel/rcu_expedited: Read-only file system".into(),
+    };
+    let text = render(&loaded.records, 0, Live::default());
+    let s = scrape(&text);
+    let count = |state| value(&s, "hv_vss_freezes_total", Some(("grace_periods", state)));
+    assert_eq!(count("off"), Some(1.0), "{text}");
+    assert_eq!(count("unavailable"), Some(1.0), "{text}");
+    assert_eq!(count("expedited"), None, "{text}");
 }
