@@ -17,11 +17,15 @@
 //! the last one has returned, only when it found it off (an administrator's setting is
 //! left alone), and only after the journal says so: a freezer that dies in between leaves
 //! that entry, and whoever recovers the journal turns the switch off again
-//! ([`restore_after_crash`]). The switch is global: while it is on, every `synchronize_rcu`
+//! ([`SwitchRestore::turn_off`]). The switch is global: while it is on, every `synchronize_rcu`
 //! on the machine is expedited, which costs other CPUs an interrupt each time. That is the
 //! trade: a frozen window as short as the disks allow, for a few interrupts during it.
 
 use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::serde_util;
 
 pub use crate::config::RCU_EXPEDITED;
 pub use crate::report::Expedite;
@@ -69,14 +73,48 @@ impl Drop for ExpeditedGracePeriods {
     fn drop(&mut self) {
         // Nothing else can be done about a failure here; recovery of a journal that still
         // names the switch tries again.
-        let _ = std::fs::write(&self.path, b"0");
+        let _ = turn_off(&self.path);
     }
 }
 
-/// Turns off a switch that a journal says a freezer turned on and may not have turned off
-/// (it died while its FIFREEZE calls ran). Errors are returned for the caller to report.
-pub fn restore_after_crash(path: &Path) -> std::io::Result<()> {
+/// Turns the switch off.
+pub fn turn_off(path: &Path) -> std::io::Result<()> {
     std::fs::write(path, b"0")
+}
+
+/// Recovery turning off the expedited-RCU switch a dead freezer left on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
+pub enum SwitchRestore {
+    /// Written 0.
+    TurnedOff {
+        /// The switch.
+        #[serde(with = "serde_util::path")]
+        path: PathBuf,
+    },
+    /// Writing 0 failed.
+    Failed {
+        /// The switch.
+        #[serde(with = "serde_util::path")]
+        path: PathBuf,
+        /// The error.
+        error: String,
+    },
+}
+
+impl SwitchRestore {
+    /// Turns the switch at `path` off, for a freezer that may have died with it on.
+    pub fn turn_off(path: &Path) -> Self {
+        match turn_off(path) {
+            Ok(()) => Self::TurnedOff {
+                path: path.to_path_buf(),
+            },
+            Err(e) => Self::Failed {
+                path: path.to_path_buf(),
+                error: e.to_string(),
+            },
+        }
+    }
 }
 
 #[cfg(test)]

@@ -32,6 +32,7 @@ use hv_vss_sys::fs::{DevNum, ThawError};
 use serde::{Deserialize, Serialize};
 
 use crate::bounded_call::{BoundedCall, Waited};
+pub use crate::expedite::SwitchRestore;
 use crate::serde_util;
 
 /// File name of the journal inside the state directory.
@@ -288,41 +289,6 @@ pub struct RecoverReport {
     /// off again (`None`: it named none).
     #[serde(default)]
     pub rcu_expedited: Option<SwitchRestore>,
-}
-
-/// Recovery turning off the expedited-RCU switch a dead freezer left on.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "outcome", rename_all = "snake_case")]
-pub enum SwitchRestore {
-    /// Written 0.
-    TurnedOff {
-        /// The switch.
-        #[serde(with = "serde_util::path")]
-        path: PathBuf,
-    },
-    /// Writing 0 failed.
-    Failed {
-        /// The switch.
-        #[serde(with = "serde_util::path")]
-        path: PathBuf,
-        /// The error.
-        error: String,
-    },
-}
-
-impl SwitchRestore {
-    /// Turns the switch at `path` off.
-    pub fn turn_off(path: &Path) -> Self {
-        match crate::expedite::restore_after_crash(path) {
-            Ok(()) => Self::TurnedOff {
-                path: path.to_path_buf(),
-            },
-            Err(e) => Self::Failed {
-                path: path.to_path_buf(),
-                error: e.to_string(),
-            },
-        }
-    }
 }
 
 impl RecoverReport {

@@ -102,7 +102,7 @@ pub fn normal<T>(f: impl FnOnce() -> T) -> T {
 /// After a run cut short while this bench held the switch on: turns it off.
 pub fn restore_if_left_on() {
     if HELD.load(Ordering::SeqCst) {
-        match hv_vss_freezer::expedite::restore_after_crash(Path::new(RCU_EXPEDITED)) {
+        match hv_vss_freezer::expedite::turn_off(Path::new(RCU_EXPEDITED)) {
             Ok(()) => {
                 eprintln!("daemon_cycle: turned {RCU_EXPEDITED} off (left on by a cut-short run)")
             }

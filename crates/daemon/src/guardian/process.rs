@@ -129,7 +129,7 @@ pub fn run(state_dir: &Path) -> i32 {
         }
     };
     let started = Instant::now();
-    turn_off_expedite(state_dir, daemon_pid);
+    let switch = turn_off_expedite(state_dir, daemon_pid);
     let mut thaws = Thaws::default();
     loop {
         // Confirmed ones at once; the rest once no FIFREEZE call can still be running.
@@ -174,6 +174,16 @@ pub fn run(state_dir: &Path) -> i32 {
     let Thaws { thawed, failed, .. } = thaws;
     narrow_journal(state_dir, daemon_pid, cause, &thawed, &failed);
     write_last_words(&last_words);
+    // Logged only now: stderr may be a file on a filesystem that was frozen.
+    match switch {
+        None => {}
+        Some(SwitchRestore::TurnedOff { path }) => {
+            tracing::info!(switch = %path.display(), "guardian: expedited RCU grace periods turned off")
+        }
+        Some(SwitchRestore::Failed { path, error }) => {
+            tracing::error!(switch = %path.display(), %error, "guardian: cannot turn expedited RCU grace periods off")
+        }
+    }
     if thawed.is_empty() && failed.is_empty() {
         tracing::debug!(?cause, "guardian: nothing held, exiting");
         return 0;
@@ -327,22 +337,13 @@ fn receive_all(
 /// Turns off the expedited-RCU switch if the daemon's journal says its freeze turned it on
 /// (`hv_vss_freezer::expedite`): a daemon that died or hangs during its FIFREEZE calls
 /// cannot. At once, before any thaw: a FIFREEZE still blocked may keep the guardian
-/// waiting.
-fn turn_off_expedite(state_dir: &Path, daemon_pid: i32) {
-    let Ok(Some(journal)) = Journal::read(state_dir) else {
-        return;
-    };
-    let Some(path) = journal.rcu_expedited.filter(|_| journal.pid == daemon_pid) else {
-        return;
-    };
-    match SwitchRestore::turn_off(&path) {
-        SwitchRestore::TurnedOff { path } => {
-            tracing::info!(switch = %path.display(), "guardian: expedited RCU grace periods turned off")
-        }
-        SwitchRestore::Failed { path, error } => {
-            tracing::error!(switch = %path.display(), %error, "guardian: cannot turn expedited RCU grace periods off")
-        }
-    }
+/// waiting. What happened is logged by the caller once it has thawed.
+fn turn_off_expedite(state_dir: &Path, daemon_pid: i32) -> Option<SwitchRestore> {
+    let journal = Journal::read(state_dir).ok().flatten()?;
+    let path = journal
+        .rcu_expedited
+        .filter(|_| journal.pid == daemon_pid)?;
+    Some(SwitchRestore::turn_off(&path))
 }
 
 /// Takes what the guardian thawed off the journal of its daemon. When the daemon is gone,

@@ -54,7 +54,7 @@ pub(super) fn freeze_levels(
     // soon as the last call has returned (or been given up on).
     let mut expedite_pending = None;
     match options.expedite.as_deref().map(expedite::check) {
-        None => set.report.expedite = Expedite::Off,
+        None => {}
         Some(Ok(Some(path))) => {
             set.rcu_expedited = Some(path.clone());
             expedite_pending = Some(path);
