@@ -250,7 +250,8 @@ fn serve_client(id: u64, mut stream: UnixStream, shared: Arc<Shared>) {
                     state.clients.insert(r.name.clone(), (id, clone));
                     state.registrations.push(r.clone());
                     name = Some(r.name.clone());
-                    drop(state);
+                    // Answered before the lock goes: a test's `send` to this client (which
+                    // takes the lock) must not reach it ahead of its `Registered`.
                     reply(
                         &mut stream,
                         &DaemonMessage::Registered {
@@ -258,6 +259,7 @@ fn serve_client(id: u64, mut stream: UnixStream, shared: Arc<Shared>) {
                             protocol: PROTOCOL_VERSION,
                         },
                     );
+                    drop(state);
                     shared.changed.notify_all();
                 }
                 (ClientMessage::Ack(ack), Some(n)) => {
